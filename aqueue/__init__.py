@@ -1,0 +1,75 @@
+"""aqueue: an asyncio-native task queue with the Celery API you already know."""
+
+from __future__ import annotations
+
+from . import states as states
+from ._version import __version__ as __version__
+from .app import App as App
+from .app import current_app as current_app
+from .app import shared_task as shared_task
+from .backend import ResultBackend as ResultBackend
+from .backend import StoredResult as StoredResult
+from .broker import Broker as Broker
+from .broker import Credit as Credit
+from .broker import DeadLetter as DeadLetter
+from .broker import Delivery as Delivery
+from .config import Settings as Settings
+from .drivers import register_backend as register_backend
+from .drivers import register_broker as register_broker
+from .exceptions import AqueueError as AqueueError
+from .exceptions import BrokerError as BrokerError
+from .exceptions import ConfigurationError as ConfigurationError
+from .exceptions import MessageTooLarge as MessageTooLarge
+from .exceptions import MissingDependency as MissingDependency
+from .exceptions import NotRegistered as NotRegistered
+from .exceptions import ResultsDisabled as ResultsDisabled
+from .exceptions import ResultTimeout as ResultTimeout
+from .exceptions import SerializationError as SerializationError
+from .exceptions import TaskError as TaskError
+from .exceptions import TaskRevoked as TaskRevoked
+from .exceptions import UnknownSetting as UnknownSetting
+from .message import DeadLetterReason as DeadLetterReason
+from .message import OutgoingMessage as OutgoingMessage
+from .result import AsyncResult as AsyncResult
+from .task import AsyncTask as AsyncTask
+from .task import Request as Request
+from .task import SyncTask as SyncTask
+from .task import Task as Task
+from .worker import Worker as Worker
+
+__all__ = [
+    "App",
+    "AqueueError",
+    "AsyncResult",
+    "AsyncTask",
+    "Broker",
+    "BrokerError",
+    "ConfigurationError",
+    "Credit",
+    "DeadLetter",
+    "DeadLetterReason",
+    "Delivery",
+    "MessageTooLarge",
+    "MissingDependency",
+    "NotRegistered",
+    "OutgoingMessage",
+    "Request",
+    "ResultBackend",
+    "ResultTimeout",
+    "ResultsDisabled",
+    "SerializationError",
+    "Settings",
+    "StoredResult",
+    "SyncTask",
+    "Task",
+    "TaskError",
+    "TaskRevoked",
+    "UnknownSetting",
+    "Worker",
+    "__version__",
+    "current_app",
+    "register_backend",
+    "register_broker",
+    "shared_task",
+    "states",
+]

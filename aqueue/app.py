@@ -1,0 +1,424 @@
+"""`App`: the task registry, its settings, and its connections to a broker and a result store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import inspect
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, Self, TypeVar, overload
+
+import anyio
+
+from . import result as _result
+from .backend import ResultBackend
+from .broker import Broker
+from .config import DEFAULT_BROKER_URL, Settings
+from .drivers import create_backend, create_broker
+from .exceptions import ConfigurationError, NotRegistered
+from .message import Envelope, OutgoingMessage
+from .routing import route
+from .task import AsyncTask, SyncTask, Task, TaskOptions
+from .urls import redact, scheme_of
+
+__all__ = ["App", "current_app", "shared_task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Result backends for brokers whose scheme has no store of the same name.
+_DEFAULT_BACKENDS = {"amqp": "rpc://", "amqps": "rpc://", "pyamqp": "rpc://"}
+
+
+class TaskDecorator(Protocol):
+    """What `@app.task(...)` returns: a decorator that makes a typed task."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    """What `@app.task(bind=True)` returns: the function's first parameter is the task."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> SyncTask[P, R]: ...
+
+
+class App:
+    """An aqueue application: `App("tasks")` uses the embedded SQLite default.
+
+    `broker` and `backend` take URLs (`backend=False` turns results off); any other keyword is a
+    setting of `app.conf`. The app connects on first use, or explicitly as an async context
+    manager (`async with app:`), and `close()` releases its connections.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | bool | None = None,
+        *,
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.conf.from_environment()
+        self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._stack: AsyncExitStack | None = None
+        self._lock = anyio.Lock()
+        self._state: Literal["unopened", "open", "closed"] = "unopened"
+        _register_app(self, current=set_as_current)
+
+    def __repr__(self) -> str:
+        return f"<App {self.main or '__main__'}: {redact(self.broker_url)}>"
+
+    # -- configuration -----------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in force: the setting, else the embedded SQLite default."""
+        return self.conf.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend URL in force, or None when results are disabled."""
+        setting = self.conf.result_backend
+        if setting is False or setting in ("disabled", "disabled://"):
+            return None
+        if isinstance(setting, str) and setting:
+            return setting
+        broker = self.broker_url
+        return _DEFAULT_BACKENDS.get(scheme_of(broker), broker)
+
+    def config_from_object(self, obj: object, namespace: str | None = None) -> None:
+        """Read settings from a module, `"module"` / `"module:attr"`, or an object."""
+        self.conf.from_object(obj, namespace=namespace)
+
+    def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
+        """Import `<package>.<related_name>` for each package that has one (as Celery does)."""
+        for package in packages:
+            name = f"{package}.{related_name}"
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:
+                    raise
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        bind: Literal[True],
+        name: str | None = None,
+        ignore_result: bool | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> BoundTaskDecorator: ...
+    @overload
+    def task(
+        self,
+        *,
+        bind: Literal[False] = False,
+        name: str | None = None,
+        ignore_result: bool | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        ignore_result: bool | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Any:
+        """Register a function as a task: `@app.task` or `@app.task(name=..., bind=True)`."""
+        options = TaskOptions(
+            name=name, bind=bind, ignore_result=ignore_result, queue=queue, priority=priority
+        )
+        if fn is not None:
+            return self.register(fn, options)
+        return lambda function: self.register(function, options)
+
+    def register(self, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:
+        """Register `fn` under its task name; a second task with the same name is an error."""
+        return self.add_task(make_task(self, fn, options))
+
+    def add_task(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        """Register a task object made elsewhere (a shared task); return it."""
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.fn is not task.fn:
+            raise ConfigurationError(
+                f"two tasks are named {task.name!r} ({existing.fn.__qualname__} and "
+                f"{task.fn.__qualname__}); give one of them name=..."
+            )
+        self._tasks[task.name] = task
+        return task
+
+    @property
+    def tasks(self) -> Mapping[str, Task[Any, Any]]:
+        """The registered tasks, by name."""
+        return self._tasks
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """Return the task registered as `name`, or raise `NotRegistered`."""
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"no task named {name!r} is registered on this app; import the module that "
+                "defines it before starting the worker"
+            ) from None
+
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult[Any]:  # Celery's name
+        """Return the result handle of a task sent earlier, by id."""
+        return _result.AsyncResult(task_id, self)
+
+    async def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        expires: dt.datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> _result.AsyncResult[Any]:
+        """Send a task by name (it need not be registered in this process)."""
+        args, kwargs = list(args or ()), dict(kwargs or {})
+        task = self._tasks.get(name)
+        now = time.time()
+        envelope = Envelope(
+            id=task_id or str(uuid.uuid4()),
+            task=name,
+            args=args,
+            kwargs=kwargs,
+            eta=_eta(now, countdown, eta),
+            expires=_expires(now, expires),
+            headers=dict(headers or {}),
+        )
+        body = envelope.encode(self.conf.message_max_bytes)
+        message = OutgoingMessage(
+            id=envelope.id,
+            queue=self._queue_for(task, name, args, kwargs, queue),
+            body=body,
+            eta=envelope.eta,
+            priority=self._priority_for(task, priority),
+        )
+        await (await self.connection()).publish([message])
+        ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
+        return _result.AsyncResult(envelope.id, self, task_name=name, ignored=ignored)
+
+    def _queue_for(
+        self,
+        task: Task[Any, Any] | None,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        queue: str | None,
+    ) -> str:
+        if queue:
+            return queue
+        routed = route(self.conf.task_routes, name, args, kwargs)
+        if routed:
+            return routed
+        if task is not None and task.options.queue:
+            return task.options.queue
+        return self.conf.task_default_queue
+
+    def _priority_for(self, task: Task[Any, Any] | None, priority: int | None) -> int:
+        if priority is None and task is not None:
+            priority = task.options.priority
+        if priority is None:
+            return self.conf.task_default_priority
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ConfigurationError(
+                f"priority must be a whole number from 0 to 9, not {priority!r}"
+            )
+        return priority
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the broker and the result backend; called on first use if not before."""
+        async with self._lock:
+            if self._state == "open":
+                return
+            async with AsyncExitStack() as stack:
+                broker = create_broker(self.broker_url, self._broker_options())
+                await broker.open()
+                stack.push_async_callback(broker.close)
+                backend = None
+                if self.backend_url is not None:
+                    backend = create_backend(self.backend_url, self._backend_options())
+                    await backend.open()
+                    stack.push_async_callback(backend.close)
+                self._broker, self._backend = broker, backend
+                self._stack = stack.pop_all()
+                self._state = "open"
+
+    async def close(self) -> None:
+        """Close the connections; the app opens again on next use."""
+        async with self._lock:
+            stack, self._stack = self._stack, None
+            self._broker = self._backend = None
+            self._state = "closed"
+            if stack is not None:
+                await stack.aclose()
+
+    async def connection(self) -> Broker:
+        """Return the open broker, opening the app first if needed."""
+        if self._state != "open":
+            await self.open()
+        assert self._broker is not None
+        return self._broker
+
+    async def result_backend(self) -> ResultBackend | None:
+        """Return the open result backend (None when results are disabled)."""
+        if self._state != "open":
+            await self.open()
+        return self._backend
+
+    def _broker_options(self) -> dict[str, Any]:
+        return {
+            "visibility_timeout": self.conf.broker_visibility_timeout,
+            "max_deliveries": self.conf.broker_max_deliveries,
+            **self.conf.broker_transport_options,
+        }
+
+    def _backend_options(self) -> dict[str, Any]:
+        return dict(self.conf.result_backend_transport_options)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def make_task(app: App | None, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:
+    """Wrap `fn` in the task class that matches it (async or sync)."""
+    cls: type[Task[Any, Any]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
+    return cls(app, fn, options)
+
+
+def _timestamp(value: dt.datetime | float) -> float:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # naive datetimes are UTC, as in Celery (enable_utc)
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    return float(value)
+
+
+def _eta(now: float, countdown: float | None, eta: dt.datetime | float | None) -> float | None:
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("give countdown or eta, not both")
+    if countdown is not None:
+        return now + float(countdown) if countdown > 0 else None
+    return _timestamp(eta) if eta is not None else None
+
+
+def _expires(now: float, expires: dt.datetime | float | None) -> float | None:
+    if expires is None:
+        return None
+    if isinstance(expires, dt.datetime):
+        return _timestamp(expires)
+    return now + float(expires)
+
+
+# -- shared tasks and the current app -------------------------------------------------------
+# shared_task must reach apps that do not exist yet, so these two live at module level: the
+# tasks declared with @shared_task (append-only) and the apps to register them on (weakly).
+
+_shared: list[Task[Any, Any]] = []
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+_current: list[weakref.ref[App]] = []
+
+
+def _register_app(app: App, *, current: bool) -> None:
+    _apps.add(app)
+    for task in _shared:
+        app.add_task(task)
+    if current:
+        _current[:] = [weakref.ref(app)]
+
+
+def current_app() -> App:
+    """Return the app created last (with `set_as_current=True`), the one shared tasks use."""
+    app = _current[0]() if _current else None
+    if app is None:
+        raise ConfigurationError("no aqueue App exists yet; create one before sending tasks")
+    return app
+
+
+@overload
+def shared_task(  # type: ignore[overload-overlap]
+    fn: Callable[P, Coroutine[Any, Any, R]], /
+) -> AsyncTask[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], name: str | None = None) -> BoundTaskDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = False, name: str | None = None) -> TaskDecorator: ...
+
+
+def shared_task(
+    fn: Callable[..., Any] | None = None, *, bind: bool = False, name: str | None = None
+) -> Any:
+    """Declare a task for every app, present and future, as Celery's `shared_task`.
+
+    Reusable libraries use it so they need not import a project's app; the task sends through
+    the current app (`current_app()`).
+    """
+
+    def declare(function: Callable[..., Any]) -> Task[Any, Any]:
+        task = make_task(None, function, TaskOptions(name=name, bind=bind))
+        _shared.append(task)
+        for app in list(_apps):
+            app.add_task(task)
+        return task
+
+    return declare(fn) if fn is not None else declare

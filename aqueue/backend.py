@@ -1,0 +1,68 @@
+"""The result backend interface: where workers put results and callers wait for them.
+
+Results are opaque bytes to a backend, stored with their state (see `aqueue.states`) and a
+time to live. `wait` returns once a ready state is stored, and waits on a notification where
+the backend has one (pub/sub, a reply queue, a wake-up socket), never on a poll loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = ["ResultBackend", "StoredResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A state and its encoded result metadata, as a backend keeps them."""
+
+    state: str
+    payload: bytes
+
+
+class ResultBackend(abc.ABC):
+    """A result store. Use it as an async context manager, or call `open` and `close`."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.options = options
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and wake no one; idempotent."""
+
+    @abc.abstractmethod
+    async def store(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+        """Store the latest state of a task, replacing the one before, for `ttl` seconds."""
+
+    @abc.abstractmethod
+    async def fetch(self, task_id: str) -> StoredResult | None:
+        """Return what is stored for the task, or None."""
+
+    @abc.abstractmethod
+    async def wait(self, task_id: str) -> StoredResult:
+        """Return once the task is in a ready state; the caller bounds the wait with a timeout."""
+
+    @abc.abstractmethod
+    async def forget(self, task_id: str) -> None:
+        """Delete what is stored for the task."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

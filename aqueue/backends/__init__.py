@@ -1,0 +1,1 @@
+"""Result backend drivers, one module each, imported only when their URL scheme is used."""

@@ -1,0 +1,124 @@
+"""The broker interface: the seam every transport driver implements.
+
+A driver subclasses `Broker` and registers its URL scheme (see `aqueue.drivers`). It publishes
+encoded messages and hands out `Delivery` objects; each delivery is acknowledged only after its
+task finished, which makes every driver at-least-once.
+
+The worker asks for messages with a `Credit`: the number of free slots it has right now. A
+driver never holds more unacknowledged deliveries for a consumer than the credit it was given,
+and it blocks on the server (a blocking read, a push consumer, a notification) while the queues
+are empty, never on a clock.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from .message import OutgoingMessage
+
+__all__ = ["Broker", "Credit", "DeadLetter", "Delivery"]
+
+
+class Credit(Protocol):
+    """How many more deliveries a consumer may take now."""
+
+    async def wait(self) -> int:
+        """Wait until at least one slot is free; return how many are."""
+        ...
+
+
+class Delivery(abc.ABC):
+    """One message handed to a consumer, with the means to settle it exactly once."""
+
+    __slots__ = ("body", "delivery_count", "queue")
+
+    def __init__(self, body: bytes, queue: str, delivery_count: int) -> None:
+        self.body = body
+        self.queue = queue
+        self.delivery_count = delivery_count  # 1 on the first delivery
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Remove the message for good: its task finished."""
+
+    @abc.abstractmethod
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Give the message back to its queue, to be delivered again after `delay` seconds."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Move the message to its queue's dead letters with a machine-readable reason."""
+
+    async def renew(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Extend the lease of a message that is still being worked on.
+
+        Brokers that hold a message for as long as the consumer's connection lives (AMQP) need
+        no renewal; lease-based brokers (SQLite, Redis) override this.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a worker refused, with the reason it gave."""
+
+    queue: str
+    body: bytes
+    reason: str
+    detail: str
+    at: float
+
+
+class Broker(abc.ABC):
+    """A message transport. Use it as an async context manager, or call `open` and `close`."""
+
+    #: How often the worker must call `Delivery.renew` on running messages; None: never.
+    renew_interval: float | None = None
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.options = options
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create what the driver needs; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+
+    @abc.abstractmethod
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Put messages on their queues; return once the broker holds them durably."""
+
+    @abc.abstractmethod
+    def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncIterator[Delivery]:
+        """Yield deliveries from `queues`, at most as many unsettled as `credit` allows.
+
+        With `burst`, stop once no message is ready (delayed messages not yet due do not count).
+        """
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete every waiting message of `queue`; return how many went."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the oldest dead letters of `queue`, up to `limit`."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,152 @@
+"""`memory://`: an in-process broker for tests and scripts.
+
+Messages live in this process only: a producer and a worker must share the `App`. It honours
+priorities (9 first), delays, dead letters and `max_deliveries` like the durable drivers, so the
+contract suite holds it to the same rules.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..message import DeadLetterReason, OutgoingMessage
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(order=True)
+class _Item:
+    sort_key: tuple[float, int]
+    body: bytes = field(compare=False)
+    queue: str = field(compare=False)
+    priority: int = field(compare=False)
+    deliveries: int = field(default=0, compare=False)
+
+
+class _MemoryDelivery(Delivery):
+    __slots__ = ("_broker", "_item", "_settled")
+
+    def __init__(self, broker: MemoryBroker, item: _Item) -> None:
+        super().__init__(item.body, item.queue, item.deliveries)
+        self._broker = broker
+        self._item = item
+        self._settled = False
+
+    def _settle(self) -> bool:
+        first, self._settled = not self._settled, True
+        return first
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        if self._settle():
+            self._broker._put(self._item, time.time() + delay if delay > 0 else None)
+
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        if self._settle():
+            self._broker._bury(self._item, reason, detail)
+
+
+class MemoryBroker(Broker):
+    """An in-process broker: `App("t", broker="memory://")`."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.max_deliveries = int(options.get("max_deliveries", 5))
+        self._ready: dict[str, list[_Item]] = {}
+        self._delayed: list[tuple[float, int, _Item]] = []
+        self._dead: dict[str, list[DeadLetter]] = {}
+        self._counter = itertools.count()
+        self._changed = anyio.Event()
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to release; messages stay for the next open, as on a server."""
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def _put(self, item: _Item, eta: float | None) -> None:
+        seq = next(self._counter)
+        if eta is not None and eta > time.time():
+            heapq.heappush(self._delayed, (eta, seq, item))
+        else:
+            item.sort_key = (-item.priority, seq)
+            heapq.heappush(self._ready.setdefault(item.queue, []), item)
+        self._notify()
+
+    def _bury(self, item: _Item, reason: str, detail: str) -> None:
+        letter = DeadLetter(item.queue, item.body, reason, detail, time.time())
+        self._dead.setdefault(item.queue, []).append(letter)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Queue the messages in this process."""
+        for message in messages:
+            item = _Item((0, 0), message.body, message.queue, message.priority)
+            self._put(item, message.eta)
+
+    def _promote_due(self) -> float:
+        """Move due delayed messages to their queues; return seconds to the next one."""
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, seq, item = heapq.heappop(self._delayed)
+            item.sort_key = (-item.priority, seq)
+            heapq.heappush(self._ready.setdefault(item.queue, []), item)
+        return self._delayed[0][0] - now if self._delayed else math.inf
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[_Item]:
+        taken: list[_Item] = []
+        for queue in queues:
+            ready = self._ready.get(queue)
+            while ready and len(taken) < limit:
+                item = heapq.heappop(ready)
+                item.deliveries += 1
+                if item.deliveries > self.max_deliveries:
+                    self._bury(item, DeadLetterReason.MAX_DELIVERIES, "")
+                    continue
+                taken.append(item)
+        return taken
+
+    async def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncIterator[Delivery]:
+        """Yield deliveries as they become ready; wait on publishes, not on a clock."""
+        while True:
+            limit = await credit.wait()
+            changed = self._changed
+            wait = self._promote_due()
+            items = self._take(queues, limit)
+            if not items:
+                if burst:
+                    return
+                with anyio.move_on_after(wait):
+                    await changed.wait()
+                continue
+            for item in items:
+                yield _MemoryDelivery(self, item)
+
+    async def purge(self, queue: str) -> int:
+        """Drop the queue's waiting and delayed messages."""
+        count = len(self._ready.pop(queue, []))
+        kept = [entry for entry in self._delayed if entry[2].queue != queue]
+        count += len(self._delayed) - len(kept)
+        self._delayed = kept
+        heapq.heapify(self._delayed)
+        return count
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the queue's dead letters, oldest first."""
+        return self._dead.get(queue, [])[:limit]

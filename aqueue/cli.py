@@ -1,0 +1,139 @@
+"""The `aqueue` command: `aqueue worker tasks:app`, `aqueue check-config`, `aqueue --version`.
+
+Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
+on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from ._version import __version__
+from .banner import banner
+from .config import Settings
+from .drivers import create_backend, create_broker
+from .exceptions import AqueueError
+from .loader import import_from_cwd, load_app
+from .logs import setup_logging
+from .urls import redact, secrets_in
+from .worker import Worker
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aqueue", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run a worker")
+    worker.add_argument("app", metavar="MODULE:ATTRIBUTE", help="the App, e.g. tasks:app")
+    worker.add_argument("-c", "--concurrency", type=_positive, help="tasks in flight at once")
+    worker.add_argument("--threads", type=_positive, help="threads for plain def tasks")
+    worker.add_argument("-Q", "--queues", help="comma-separated queues to consume")
+    worker.add_argument(
+        "-l",
+        "--loglevel",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    )
+    worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="grace period for running tasks on the first SIGTERM/SIGINT",
+    )
+
+    check = commands.add_parser("check-config", help="validate a configuration module")
+    check.add_argument("module", help="the config module, e.g. aqueueconfig")
+    check.add_argument("--namespace", help='read NAMESPACE_SETTING names, e.g. "AQUEUE"')
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _worker(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    worker = Worker(
+        app,
+        queues=queues,
+        concurrency=args.concurrency,
+        threads=args.threads,
+        shutdown_timeout=args.shutdown_timeout,
+        burst=args.burst,
+        hostname=args.hostname,
+    )
+    secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
+    setup_logging(args.loglevel, secrets)
+    print(banner(worker, args.app), flush=True)
+
+    async def serve() -> None:
+        try:
+            await worker.serve()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await app.close()
+
+    anyio.run(serve)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = Settings()
+    with import_from_cwd():
+        settings.from_object(args.module, namespace=args.namespace)
+    for url in (settings.broker_url, settings.result_backend):
+        if isinstance(url, str) and url not in ("disabled", "disabled://"):
+            # Resolves the driver (and its optional dependency) without connecting.
+            factory = create_broker if url is settings.broker_url else create_backend
+            factory(url, {})
+    print(f"{args.module}: configuration OK")
+    for name, value in settings.as_dict().items():
+        if value != getattr(Settings(), name):
+            shown = redact(value) if isinstance(value, str) else repr(value)
+            print(f"  {name} = {shown}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "worker":
+            return _worker(args)
+        return _check_config(args)
+    except AqueueError as exc:
+        print(f"aqueue: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # only before the worker's own signal handling is in place
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

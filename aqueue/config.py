@@ -1,0 +1,206 @@
+"""`app.conf`: typed settings with Celery's lowercase names.
+
+Settings come, lowest priority first, from the defaults below, the environment
+(`AQUEUE_BROKER_URL`, `AQUEUE_RESULT_BACKEND`), `config_from_object`, `conf.update` and the
+keyword arguments of `App(...)`. A name aqueue does not know is an error that names the closest
+one it does, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import importlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .exceptions import ConfigurationError, UnknownSetting
+
+__all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
+
+#: The embedded default: a SQLite file in the current directory, shared by every process there.
+DEFAULT_BROKER_URL = "sqlite:///aqueue.db"
+
+#: Settings read from the environment when nothing else sets them.
+ENVIRONMENT = {
+    "broker_url": "AQUEUE_BROKER_URL",
+    "result_backend": "AQUEUE_RESULT_BACKEND",
+}
+
+Router = Callable[..., Any]
+
+
+@dataclasses.dataclass(eq=False)
+class Settings:
+    """Every setting aqueue reads; attribute and item access both work (`conf["broker_url"]`)."""
+
+    broker_url: str | None = None
+    #: None: the broker's own store; False or "disabled": no results.
+    result_backend: str | bool | None = None
+    broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    broker_visibility_timeout: float = 30.0
+    broker_max_deliveries: int = 5
+    task_serializer: str = "msgpack"
+    result_serializer: str = "msgpack"
+    accept_content: list[str] = dataclasses.field(default_factory=lambda: ["msgpack"])
+    result_expires: float = 86400.0
+    result_max_bytes: int = 1 << 20
+    message_max_bytes: int = 1 << 20
+    task_default_queue: str = "default"
+    task_default_priority: int = 0
+    task_routes: Any = None
+    task_annotations: Any = None
+    task_ignore_result: bool = False
+    task_track_started: bool = False
+    worker_concurrency: int = 100
+    worker_threads: int = 8
+    worker_shutdown_timeout: float = 10.0
+    worker_hostname: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELDS:
+            raise unknown_setting(name)
+        coerce = _COERCE.get(name)
+        super().__setattr__(name, coerce(name, value) if coerce else value)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _FIELDS:
+            raise unknown_setting(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def update(self, mapping: Mapping[str, Any] | None = None, /, **settings: Any) -> None:
+        """Set several settings at once; every name is checked before any is set."""
+        merged = {**(mapping or {}), **settings}
+        for name in merged:
+            if name not in _FIELDS:
+                raise unknown_setting(name)
+        for name, value in merged.items():
+            setattr(self, name, value)
+
+    def from_environment(self, environ: Mapping[str, str] = os.environ) -> None:
+        """Take the settings listed in `ENVIRONMENT` from environment variables, where set."""
+        for name, variable in ENVIRONMENT.items():
+            if environ.get(variable):
+                setattr(self, name, environ[variable])
+
+    def from_object(self, obj: object, namespace: str | None = None) -> None:
+        """Read settings from a module, a `"module"`/`"module:attr"` path, or any object.
+
+        Without a namespace, lowercase public names are settings. With `namespace="AQUEUE"`,
+        names like `AQUEUE_BROKER_URL` are (as in a Django settings module), and others are
+        ignored.
+        """
+        if isinstance(obj, str):
+            obj = load_object(obj)
+        source = obj if isinstance(obj, Mapping) else vars(obj)
+        prefix = f"{namespace.upper()}_" if namespace else None
+        found: dict[str, Any] = {}
+        for key, value in source.items():
+            if prefix is not None:
+                if key.startswith(prefix):
+                    found[key[len(prefix) :].lower()] = value
+            elif key.islower() and not key.startswith("_") and not _is_module_noise(value):
+                found[key] = value
+        self.update(found)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return every setting and its value."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+
+
+def unknown_setting(name: str) -> UnknownSetting:
+    """Build the error for an unknown setting name, naming the closest known one."""
+    close = difflib.get_close_matches(name.lower(), sorted(_FIELDS), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see aqueue.Settings for the list"
+    return UnknownSetting(f"unknown setting {name!r}{hint}")
+
+
+def _is_module_noise(value: object) -> bool:
+    # Modules used as config carry their imports along (`import os`); skip those.
+    return type(value).__name__ in {"module", "function", "builtin_function_or_method", "type"}
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def _priority(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigurationError(f"{name} must be a whole number from 0 to 9, not {value!r}")
+    return value
+
+
+def _msgpack_only(name: str, value: Any) -> Any:
+    names = [value] if isinstance(value, str) else list(value)
+    if names != ["msgpack"]:
+        raise ConfigurationError(
+            f"{name}={value!r} is not supported: aqueue speaks msgpack only (no pickle, ever)"
+        )
+    return value
+
+
+def _backend(name: str, value: Any) -> Any:
+    if value is False or value is None or isinstance(value, str):
+        return value
+    raise ConfigurationError(f"{name} must be a URL, None or False, not {value!r}")
+
+
+def _optional_url(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigurationError(f"{name} must be a URL string, not {value!r}")
+
+
+_COERCE: dict[str, Callable[[str, Any], Any]] = {
+    "broker_url": _optional_url,
+    "result_backend": _backend,
+    "broker_visibility_timeout": _seconds,
+    "broker_max_deliveries": _positive_int,
+    "task_serializer": _msgpack_only,
+    "result_serializer": _msgpack_only,
+    "accept_content": _msgpack_only,
+    "result_expires": _seconds,
+    "result_max_bytes": _positive_int,
+    "message_max_bytes": _positive_int,
+    "task_default_priority": _priority,
+    "worker_concurrency": _positive_int,
+    "worker_threads": _positive_int,
+    "worker_shutdown_timeout": _seconds,
+}
+
+
+def load_object(path: str) -> Any:
+    """Import `"module"` or `"module:attr"` (a name from configuration, never from a message)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    if not attr:
+        return module
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None

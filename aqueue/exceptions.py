@@ -1,0 +1,93 @@
+"""The errors aqueue raises.
+
+Every error aqueue raises on purpose derives from `AqueueError`; where a builtin type says the
+same thing, the error derives from it too, so `except TimeoutError` and `except ValueError` work.
+
+    AqueueError
+    ├── ConfigurationError (ValueError)
+    │   ├── UnknownSetting
+    │   └── MissingDependency (ImportError)
+    ├── SerializationError (TypeError)
+    │   └── MessageTooLarge (ValueError)
+    ├── NotRegistered (LookupError)
+    ├── BrokerError (ConnectionError)
+    ├── ResultsDisabled
+    ├── ResultTimeout (TimeoutError)
+    ├── TaskRevoked
+    └── TaskError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AqueueError",
+    "BrokerError",
+    "ConfigurationError",
+    "MessageTooLarge",
+    "MissingDependency",
+    "NotRegistered",
+    "ResultTimeout",
+    "ResultsDisabled",
+    "SerializationError",
+    "TaskError",
+    "TaskRevoked",
+    "UnknownSetting",
+]
+
+
+class AqueueError(Exception):
+    """The root of every error aqueue raises on purpose."""
+
+
+class ConfigurationError(AqueueError, ValueError):
+    """Raised when a setting, a URL or an app path is wrong; the message says how to fix it."""
+
+
+class UnknownSetting(ConfigurationError, AttributeError):
+    """Raised when a setting name is not one aqueue knows; the message names the closest one."""
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """Raised when a driver needs an optional package; the message names the pip line to run."""
+
+
+class SerializationError(AqueueError, TypeError):
+    """Raised at `delay()` when an argument has a type the message codec does not carry."""
+
+
+class MessageTooLarge(SerializationError, ValueError):
+    """Raised at `delay()` when the encoded message is larger than `message_max_bytes`."""
+
+
+class NotRegistered(AqueueError, LookupError):
+    """Raised when a task name is not registered on the app."""
+
+
+class BrokerError(AqueueError, ConnectionError):
+    """Raised when the broker or the result backend cannot be reached or refuses an operation."""
+
+
+class ResultsDisabled(AqueueError):
+    """Raised by `AsyncResult` methods when the app has no result backend to read from."""
+
+
+class ResultTimeout(AqueueError, TimeoutError):
+    """Raised by `AsyncResult.get(timeout=...)` when no result arrived in time."""
+
+
+class TaskRevoked(AqueueError):
+    """Raised by `AsyncResult.get()` when the task was revoked or expired before it ran."""
+
+
+class TaskError(AqueueError):
+    """Raised by `AsyncResult.get()` for a remote failure whose type is not a builtin exception.
+
+    aqueue never imports a type named in a result: the remote type's name, its message and the
+    formatted remote traceback are carried as data instead.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str | None = None) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback

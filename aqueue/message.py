@@ -1,0 +1,129 @@
+"""The message envelope: what a producer puts on a queue and a worker takes off it.
+
+The body of every message is one msgpack map (see `aqueue.codec` for the values it may hold):
+
+    {"v": 1, "id": str, "task": str, "args": list, "kwargs": map,
+     "eta": float | None, "expires": float | None, "retries": int, "headers": map}
+
+`eta` and `expires` are POSIX timestamps. `v` is the envelope version: a worker refuses (and
+dead-letters) a version it does not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .exceptions import MessageTooLarge, SerializationError
+
+__all__ = ["VERSION", "DeadLetterReason", "Envelope", "InvalidMessage", "OutgoingMessage"]
+
+VERSION = 1
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why a worker refused a message; stored with the dead-lettered message, machine-readable."""
+
+    UNDECODABLE = "undecodable"
+    OVERSIZED = "oversized"
+    UNKNOWN_TASK = "unknown-task"
+    BAD_ARGUMENTS = "bad-arguments"
+    MAX_DELIVERIES = "max-deliveries"
+
+
+class InvalidMessage(ValueError):
+    """Raised by `Envelope.decode` for a body that is not a valid envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One task invocation, as it travels."""
+
+    id: str
+    task: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    eta: float | None = None
+    expires: float | None = None
+    retries: int = 0
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self, max_bytes: int) -> bytes:
+        """Encode the envelope, refusing arguments the codec cannot carry or a body too large."""
+        fields = {
+            "v": VERSION,
+            "id": self.id,
+            "task": self.task,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "eta": self.eta,
+            "expires": self.expires,
+            "retries": self.retries,
+            "headers": dict(self.headers),
+        }
+        try:
+            body = codec.pack(fields, where="message")
+        except SerializationError:
+            # Encode the parts again, only on failure, so the error names the argument.
+            codec.pack(fields["args"], where="args")
+            codec.pack(fields["kwargs"], where="kwargs")
+            raise
+        if len(body) > max_bytes:
+            raise MessageTooLarge(
+                f"task {self.task} message is {len(body):,} bytes, over message_max_bytes "
+                f"({max_bytes:,}); pass a reference (a path, a URL, a key) instead of the data"
+            )
+        return body
+
+    @classmethod
+    def decode(cls, body: bytes) -> Envelope:
+        """Decode a message body; raise `InvalidMessage` saying what is wrong with it."""
+        try:
+            data = codec.unpack(body)
+        except ValueError as exc:
+            raise InvalidMessage(str(exc)) from None
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"body is a msgpack {type(data).__name__}, not a map")
+        if data.get("v") != VERSION:
+            raise InvalidMessage(f"unsupported envelope version {data.get('v')!r}")
+        try:
+            envelope = cls(
+                id=data["id"],
+                task=data["task"],
+                args=data.get("args") or [],
+                kwargs=data.get("kwargs") or {},
+                eta=data.get("eta"),
+                expires=data.get("expires"),
+                retries=data.get("retries") or 0,
+                headers=data.get("headers") or {},
+            )
+        except KeyError as exc:
+            raise InvalidMessage(f"envelope has no {exc.args[0]!r} field") from None
+        envelope._check_types()
+        return envelope
+
+    def _check_types(self) -> None:
+        checks = (
+            isinstance(self.id, str) and isinstance(self.task, str),
+            isinstance(self.args, list | tuple) and isinstance(self.kwargs, dict),
+            all(isinstance(key, str) for key in self.kwargs),
+            self.eta is None or isinstance(self.eta, int | float),
+            self.expires is None or isinstance(self.expires, int | float),
+            isinstance(self.retries, int) and isinstance(self.headers, dict),
+        )
+        if not all(checks):
+            raise InvalidMessage("envelope fields have the wrong types")
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """What the app hands a broker to publish: an encoded body and its routing."""
+
+    id: str
+    queue: str
+    body: bytes
+    eta: float | None = None
+    priority: int = 0

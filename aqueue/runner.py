@@ -1,0 +1,224 @@
+"""Running one delivery: check it, run its task, store the outcome, then settle the message.
+
+The order is what makes delivery at-least-once: the result is stored before the message is
+acknowledged, so a worker that dies in between leaves a message that runs again rather than a
+task that silently never finished. A message that can never run (undecodable, oversized,
+naming an unknown task, or with arguments the task does not take) is dead-lettered with a
+machine-readable reason after one delivery, and its caller gets a FAILURE result saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import states
+from .exceptions import NotRegistered, SerializationError
+from .message import DeadLetterReason, Envelope, InvalidMessage
+from .result import ResultMeta
+from .task import Request, Task, current_request
+
+if TYPE_CHECKING:
+    from .app import App
+    from .backend import ResultBackend
+    from .broker import Delivery
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("aqueue.worker")
+
+
+class Runner:
+    """Handles deliveries for one worker: `await runner.handle(delivery)`."""
+
+    def __init__(
+        self,
+        app: App,
+        backend: ResultBackend | None,
+        *,
+        hostname: str,
+        threads: anyio.CapacityLimiter,
+    ) -> None:
+        self.app = app
+        self.backend = backend
+        self.hostname = hostname
+        self.threads = threads
+        self.succeeded = 0
+        self.failed = 0
+        self.refused = 0
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Run the delivery's task and settle the message; never raises but cancellation."""
+        checked = await self._check(delivery)
+        if checked is None:
+            return
+        envelope, task = checked
+        if envelope.expires is not None and time.time() > envelope.expires:
+            await self._store(
+                envelope,
+                task,
+                states.REVOKED,
+                ResultMeta(
+                    task=task.name,
+                    exc_type="TaskExpired",
+                    exc_message="expired before it started",
+                    date_done=time.time(),
+                ),
+            )
+            await delivery.ack()
+            logger.info("Task %s[%s] expired before it started", task.name, envelope.id)
+            return
+        await self._run(delivery, envelope, task)
+
+    async def _check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
+        limit = self.app.conf.message_max_bytes
+        if len(delivery.body) > limit:
+            detail = f"{len(delivery.body)} bytes, over message_max_bytes ({limit})"
+            await self._refuse(delivery, DeadLetterReason.OVERSIZED, detail)
+            return None
+        try:
+            envelope = Envelope.decode(delivery.body)
+        except InvalidMessage as exc:
+            await self._refuse(delivery, DeadLetterReason.UNDECODABLE, str(exc))
+            return None
+        task = self.app.tasks.get(envelope.task)
+        if task is None:
+            error = NotRegistered(f"no task named {envelope.task!r} is registered on the worker")
+            await self._refuse(
+                delivery, DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error
+            )
+            return None
+        try:
+            task.signature.bind(*envelope.args, **envelope.kwargs)
+        except TypeError as exc:
+            await self._refuse(
+                delivery, DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc
+            )
+            return None
+        return envelope, task
+
+    async def _refuse(
+        self,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+        detail: str,
+        envelope: Envelope | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        self.refused += 1
+        name = envelope.task if envelope else "?"
+        ident = envelope.id if envelope else "?"
+        logger.error(
+            "Refused message %s[%s] from %s: %s (%s); dead-lettered",
+            name,
+            ident,
+            delivery.queue,
+            reason.value,
+            detail,
+        )
+        if envelope is not None and error is not None and self.backend is not None:
+            meta = ResultMeta.failure(envelope.task, error, None)
+            await self._store(envelope, None, states.FAILURE, meta)
+        await delivery.dead_letter(reason.value, detail)
+
+    async def _run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] received", task.name, envelope.id)
+        if self.app.conf.task_track_started:
+            await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
+        token = current_request.set(self._request(delivery, envelope, task))
+        started = time.perf_counter()
+        try:
+            if task.is_async:
+                value = await task._call(envelope.args, envelope.kwargs)
+            else:
+                call = functools.partial(task._call, envelope.args, envelope.kwargs)
+                value = await anyio.to_thread.run_sync(
+                    call, limiter=self.threads, abandon_on_cancel=True
+                )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await delivery.nack()
+            logger.warning(
+                "Task %s[%s] interrupted by shutdown; returned to the queue", task.name, envelope.id
+            )
+            raise
+        except Exception as exc:
+            await self._failed(envelope, task, exc, time.perf_counter() - started)
+        else:
+            await self._succeeded(envelope, task, value, time.perf_counter() - started)
+        finally:
+            current_request.reset(token)
+        await delivery.ack()
+
+    def _request(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> Request:
+        return Request(
+            id=envelope.id,
+            task=task.name,
+            args=envelope.args,
+            kwargs=envelope.kwargs,
+            retries=envelope.retries,
+            eta=envelope.eta,
+            expires=envelope.expires,
+            headers=envelope.headers,
+            queue=delivery.queue,
+            hostname=self.hostname,
+            delivery_count=delivery.delivery_count,
+            called_directly=False,
+        )
+
+    async def _succeeded(
+        self, envelope: Envelope, task: Task[Any, Any], value: Any, runtime: float
+    ) -> None:
+        self.succeeded += 1
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Task %s[%s] succeeded in %.4fs: %s", task.name, envelope.id, runtime, _short(value)
+            )
+        meta = ResultMeta(
+            task=task.name, result=value, retries=envelope.retries, date_done=time.time()
+        )
+        await self._store(envelope, task, states.SUCCESS, meta)
+
+    async def _failed(
+        self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float
+    ) -> None:
+        self.failed += 1
+        text = "".join(traceback.format_exception(exc))
+        logger.error(
+            "Task %s[%s] raised unexpected in %.4fs: %r\n%s",
+            task.name,
+            envelope.id,
+            runtime,
+            exc,
+            text.rstrip(),
+        )
+        await self._store(envelope, task, states.FAILURE, ResultMeta.failure(task.name, exc, text))
+
+    async def _store(
+        self, envelope: Envelope, task: Task[Any, Any] | None, state: str, meta: ResultMeta
+    ) -> None:
+        if self.backend is None or (task is not None and task.ignore_result):
+            return
+        try:
+            payload = meta.encode()
+        except SerializationError as exc:
+            meta = ResultMeta.failure(meta.task, exc, None)
+            state, payload = states.FAILURE, meta.encode()
+        limit = self.app.conf.result_max_bytes
+        if len(payload) > limit:
+            error = SerializationError(
+                f"the result is {len(payload):,} bytes, over result_max_bytes ({limit:,})"
+            )
+            state, payload = states.FAILURE, ResultMeta.failure(meta.task, error, None).encode()
+        await self.backend.store(envelope.id, state, payload, self.app.conf.result_expires)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

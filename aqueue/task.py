@@ -1,0 +1,183 @@
+"""Tasks: typed handles on registered functions.
+
+`@app.task` on `async def add(x: int, y: int) -> int` gives an `AsyncTask[[int, int], int]`:
+`await add.delay(4, 4)` is checked by mypy and returns `AsyncResult[int]`, and `add(4, 4)` still
+runs the function in-process, as in Celery. A plain `def` gives a `SyncTask`, run by workers in a
+thread. Call options never share a namespace with task arguments: they go to `apply_async`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import inspect
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from . import result as _result
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["AsyncTask", "Request", "SyncTask", "Task", "TaskOptions", "current_request"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a bound task (`bind=True`) sees of the invocation it is running: `self.request`."""
+
+    id: str | None = None
+    task: str = ""
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    hostname: str | None = None
+    delivery_count: int = 0
+    called_directly: bool = True
+
+
+#: The request of the task running in this context (each worker task has its own context).
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "aqueue_request", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task options given to `@app.task(...)`; None means "use the app's setting"."""
+
+    name: str | None = None
+    bind: bool = False
+    ignore_result: bool | None = None
+    queue: str | None = None
+    priority: int | None = None
+
+
+class Task(Generic[P, R]):
+    """A registered task. Use `AsyncTask` and `SyncTask` in annotations."""
+
+    def __init__(self, app: App | None, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self._app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name or _default_name(fn, app)
+        self.bind = options.bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = _call_signature(fn, bind=options.bind)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+    @property
+    def app(self) -> App:
+        """The app this task sends through: its own, or the current one for a shared task."""
+        if self._app is not None:
+            return self._app
+        from .app import current_app
+
+        return current_app()
+
+    @property
+    def request(self) -> Request:
+        """The invocation this task is running now; a direct call's request otherwise."""
+        return current_request.get() or Request(task=self.name)
+
+    @property
+    def ignore_result(self) -> bool:
+        """Whether workers store this task's results (the option, else `task_ignore_result`)."""
+        if self.options.ignore_result is not None:
+            return self.options.ignore_result
+        return self.app.conf.task_ignore_result
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> _result.AsyncResult[R]:
+        """Send the task to a worker with these arguments; return its result handle."""
+        return await self.apply_async(args, kwargs)
+
+    async def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        expires: dt.datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> _result.AsyncResult[R]:
+        """Send the task with call options, as Celery's `apply_async`.
+
+        `countdown` (seconds) or `eta` (an aware datetime, or a POSIX timestamp) delays it;
+        `expires` (seconds from now, or a datetime) drops it if no worker started it in time.
+        """
+        return await self.app.send_task(
+            self.name,
+            args,
+            kwargs,
+            task_id=task_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            headers=headers,
+        )
+
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # Celery's name
+        """Return the result handle of an invocation of this task sent earlier."""
+        return _result.AsyncResult(
+            task_id, self.app, task_name=self.name, ignored=self.ignore_result
+        )
+
+    def _call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
+
+
+class AsyncTask(Task[P, R]):
+    """A task defined with `async def`: workers run it on their event loop."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Run the task here, now, as a plain coroutine call (as Celery's `task()` does)."""
+        coroutine: Coroutine[Any, Any, R] = self._call(args, kwargs)
+        return coroutine
+
+
+class SyncTask(Task[P, R]):
+    """A task defined with `def`: workers run it in a thread of their bounded pool."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task here, now, as a plain function call."""
+        result: R = self._call(args, kwargs)
+        return result
+
+
+def _default_name(fn: Callable[..., Any], app: App | None) -> str:
+    module = fn.__module__
+    if module == "__main__" and app is not None and app.main:
+        module = app.main
+    return f"{module}.{fn.__qualname__}"
+
+
+def _call_signature(fn: Callable[..., Any], *, bind: bool) -> inspect.Signature:
+    signature = inspect.signature(fn)
+    if not bind:
+        return signature
+    parameters = list(signature.parameters.values())
+    if not parameters:
+        raise ConfigurationError(
+            f"{fn.__qualname__} is bound (bind=True) but takes no arguments; "
+            "give it a first parameter, self"
+        )
+    return signature.replace(parameters=parameters[1:])

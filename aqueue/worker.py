@@ -1,0 +1,224 @@
+"""The worker: one anyio task group that consumes, runs and settles tasks.
+
+    Worker.run
+    └── task group
+        ├── heartbeat          renews the leases of running messages (lease-based brokers only)
+        └── work task group
+            ├── consume loop   takes at most as many messages as there are free slots
+            └── one task per delivery (Runner.handle), each under its own cancel scope
+
+Shutdown has two phases, as in Celery: `stop()` (the first SIGTERM/SIGINT) ends the consume
+loop and lets running tasks finish for up to `shutdown_timeout` seconds, then cancels the rest,
+whose messages go straight back to the queue; `stop(now=True)` (a second signal) skips the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .runner import Runner
+
+if TYPE_CHECKING:
+    from .app import App
+    from .broker import Broker, Delivery
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("aqueue.worker")
+
+
+class Slots:
+    """The worker's free slots, handed to the broker as its `Credit`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def wait(self) -> int:
+        """Wait for a free slot; return how many are free."""
+        while self.used >= self.size:
+            await self._changed.wait()
+        return self.size - self.used
+
+    async def wait_idle(self) -> None:
+        """Wait until no slot is in use."""
+        while self.used:
+            await self._changed.wait()
+
+    def take(self) -> None:
+        """Occupy a slot."""
+        self.used += 1
+
+    def release(self) -> None:
+        """Free a slot."""
+        self.used -= 1
+        self._notify()
+
+
+class Worker:
+    """Consumes `queues` of `app` and runs their tasks: `await Worker(app).run()`."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        threads: int | None = None,
+        shutdown_timeout: float | None = None,
+        burst: bool = False,
+        hostname: str | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = concurrency or conf.worker_concurrency
+        self.threads = threads or conf.worker_threads
+        self.shutdown_timeout = (
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        self.burst = burst
+        self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
+        self.slots = Slots(self.concurrency)
+        self.started_at: float | None = None
+        self._running: dict[Delivery, anyio.CancelScope] = {}
+        self._consume_scope = anyio.CancelScope()
+        self._hard_stop = anyio.Event()
+        self._stopping = False
+        self.runner: Runner | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop consuming; running tasks get `shutdown_timeout` to finish (none if `now`)."""
+        if self._stopping or now:
+            self._hard_stop.set()
+        self._stopping = True
+        self._consume_scope.cancel()
+
+    async def run(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Work until stopped (or, in burst mode, until the queues are empty)."""
+        broker = await self.app.connection()
+        backend = await self.app.result_backend()
+        self.runner = Runner(
+            self.app, backend, hostname=self.hostname, threads=anyio.CapacityLimiter(self.threads)
+        )
+        self.started_at = time.time()
+        async with anyio.create_task_group() as group:
+            if broker.renew_interval:
+                group.start_soon(self._heartbeat, broker.renew_interval)
+            async with anyio.create_task_group() as work:
+                with self._consume_scope:
+                    logger.info("%s ready.", self.hostname)
+                    task_status.started(self)
+                    await self._consume(broker, work)
+                await self._drain()
+            group.cancel_scope.cancel()
+        logger.info("%s stopped.", self.hostname)
+
+    async def _consume(self, broker: Broker, work: TaskGroup) -> None:
+        while True:
+            taken = 0
+            async for delivery in broker.consume(self.queues, self.slots, burst=self.burst):
+                taken += 1
+                self.slots.take()
+                work.start_soon(self._handle, delivery)
+            if not self.burst:
+                return
+            await self.slots.wait_idle()  # tasks may have queued more work: look once more
+            if not taken:
+                return
+
+    async def _handle(self, delivery: Delivery) -> None:
+        assert self.runner is not None
+        scope = anyio.CancelScope()
+        self._running[delivery] = scope
+        try:
+            with scope:
+                await self.runner.handle(delivery)
+        except Exception:  # a broker or backend failure while settling: give the message back
+            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
+            with anyio.CancelScope(shield=True):
+                await _nack_quietly(delivery, delay=1.0)
+        finally:
+            del self._running[delivery]
+            self.slots.release()
+
+    async def _drain(self) -> None:
+        if self.slots.used:
+            logger.info(
+                "Waiting up to %ss for %d running task(s)", self.shutdown_timeout, self.slots.used
+            )
+        with anyio.move_on_after(self.shutdown_timeout):
+            async with anyio.create_task_group() as waiters:
+                waiters.start_soon(_first_then_cancel, self.slots.wait_idle, waiters)
+                waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
+        for scope in self._running.values():
+            scope.cancel()
+
+    async def _heartbeat(self, interval: float) -> None:
+        """Renew the leases of running messages every `interval` seconds (a named, owned loop)."""
+        while True:
+            await anyio.sleep(interval)
+            for delivery in list(self._running):
+                try:
+                    await delivery.renew()
+                except Exception:
+                    logger.exception("Could not renew the lease of a message")
+
+    async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watch_signals)
+            await self.run(task_status=task_status)
+            group.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self._stopping:
+                    logger.warning("%s again: stopping now", name)
+                    self.stop(now=True)
+                else:
+                    logger.warning("%s: warm shutdown (%s again to stop now)", name, name)
+                    self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `inspect stats` and tests."""
+        runner = self.runner
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "running": self.slots.used,
+            "succeeded": runner.succeeded if runner else 0,
+            "failed": runner.failed if runner else 0,
+            "refused": runner.refused if runner else 0,
+        }
+
+
+async def _first_then_cancel(wait: Any, group: TaskGroup) -> None:
+    await wait()
+    group.cancel_scope.cancel()
+
+
+async def _nack_quietly(delivery: Delivery, delay: float) -> None:
+    try:
+        await delivery.nack(delay=delay)
+    except Exception:
+        logger.exception("Could not return a message to %s; its lease will expire", delivery.queue)
