@@ -162,8 +162,11 @@ class AsyncResult(Generic[R]):
         _, meta = await self._meta()
         return meta.traceback if meta else None
 
-    async def get(  # noqa: ASYNC109 - Celery's API is get(timeout=...)
-        self, timeout: float | None = None, *, propagate: bool = True
+    async def get(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - Celery's API is get(timeout=...)
+        *,
+        propagate: bool = True,
     ) -> R:
         """Wait for the task to finish and return its result.
 

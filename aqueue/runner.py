@@ -89,9 +89,7 @@ class Runner:
         task = self.app.tasks.get(envelope.task)
         if task is None:
             error = NotRegistered(f"no task named {envelope.task!r} is registered on the worker")
-            await self._refuse(
-                delivery, DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error
-            )
+            await self._refuse(delivery, DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
             return None
         try:
             task.signature.bind(*envelope.args, **envelope.kwargs)
