@@ -1,0 +1,144 @@
+"""What the SQLite broker and result backend share: URL parsing and an off-loop connection.
+
+A `Database` owns one `sqlite3` connection in WAL mode and runs every call on it in a worker
+thread, one call at a time (a `CapacityLimiter(1)` per connection), so the event loop never
+waits on the disk or on another process's write lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar, TypeVarTuple
+
+import anyio
+import anyio.to_thread
+
+from .exceptions import BrokerError, ConfigurationError
+
+__all__ = ["BUSY_TIMEOUT_MS", "Database", "immediate", "parse_sqlite_url", "placeholders"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: How long a writer waits for another connection's write lock before giving up.
+BUSY_TIMEOUT_MS = 5000
+
+
+def parse_sqlite_url(url: str) -> str:
+    """Return the file path of a `sqlite:///relative.db` or `sqlite:////absolute.db` URL.
+
+    The path is returned as written; `Database.open` resolves a relative one against the
+    current directory at open time.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "sqlite":
+        raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(
+            f"{url!r}: sqlite:// URLs take no query; pass options as transport options"
+        )
+    if not rest.startswith("/") or rest in ("/", "//"):
+        raise ConfigurationError(
+            f"{url!r} names no database file; write sqlite:///aqueue.db for a file in the "
+            "current directory, or sqlite:////absolute/path/aqueue.db"
+        )
+    path = rest[1:]
+    if path in (":memory:", "/:memory:") or path.startswith("file:"):
+        raise ConfigurationError(
+            f"{url!r}: an in-memory SQLite database cannot be shared between a producer and "
+            "its workers; use memory:// for one process, or sqlite:///aqueue.db"
+        )
+    return path
+
+
+def placeholders(count: int) -> str:
+    """Return `?, ?, ...` for an IN list of `count` values."""
+    return ", ".join("?" * count)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in a `BEGIN IMMEDIATE` transaction: commit on success, else roll back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _connect(path: str, schema: Sequence[str]) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+        check_same_thread=False,  # used from worker threads, one at a time (the limiter)
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with immediate(conn):
+            for statement in schema:
+                conn.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Database:
+    """One SQLite connection whose calls all run off the event loop, one at a time."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: str, schema: Sequence[str]) -> Database:
+        """Connect to `path` (made absolute now), switch to WAL, and create `schema`."""
+        path = await anyio.to_thread.run_sync(os.path.abspath, path)
+        with anyio.CancelScope(shield=True):  # a connection made is a connection closed
+            try:
+                conn = await anyio.to_thread.run_sync(_connect, path, schema)
+            except sqlite3.Error as exc:
+                raise BrokerError(f"cannot open SQLite database {path}: {exc}") from exc
+        return cls(path, conn)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._conn is None
+
+    async def run(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Call `func(connection, *args)` in this connection's worker thread.
+
+        A cancelled caller still waits for the call to finish (a transaction is never left
+        half done); its result is returned and the cancellation lands at the next checkpoint.
+        """
+        return await anyio.to_thread.run_sync(self._call, func, *args, limiter=self._limiter)
+
+    def _call(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        conn = self._conn
+        if conn is None:
+            raise BrokerError(f"SQLite database {self.path} is closed")
+        try:
+            return func(conn, *args)
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection once the call in flight finished; idempotent."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,402 @@
+"""`sqlite:///path.db`: the embedded default broker, durable and shared between processes.
+
+Messages are rows of one table in a WAL-mode SQLite file. A consumer claims ready rows in a
+`BEGIN IMMEDIATE` transaction by leasing them for `visibility_timeout` seconds under a fresh
+token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token still matches
+(fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
+A lease that runs out (its worker died) makes the message ready again.
+
+Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
+a timeout set to the next delayed message or lease expiry: nothing polls.
+
+Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (default 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, TypeVarTuple
+
+import anyio
+
+from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._wake import Listener, notify, wake_dir
+from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..exceptions import BrokerError, ConfigurationError
+from ..message import DeadLetterReason, OutgoingMessage
+
+__all__ = ["SQLiteBroker"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: The longest an idle consumer sleeps before it looks again, wake-up or not (a safety net).
+MAX_IDLE_WAIT = 60.0
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS aqueue_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        body BLOB NOT NULL,
+        due REAL NOT NULL,
+        lease_until REAL,
+        lease_token TEXT,
+        deliveries INTEGER NOT NULL DEFAULT 0
+    )""",
+    # Waiting messages, in claim order; leased ones are left out of it.
+    """CREATE INDEX IF NOT EXISTS aqueue_messages_ready
+        ON aqueue_messages (queue, priority DESC, id) WHERE lease_until IS NULL""",
+    # The next delayed message, and the next lease to run out.
+    """CREATE INDEX IF NOT EXISTS aqueue_messages_due
+        ON aqueue_messages (queue, due) WHERE lease_until IS NULL""",
+    """CREATE INDEX IF NOT EXISTS aqueue_messages_leased
+        ON aqueue_messages (queue, lease_until) WHERE lease_until IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS aqueue_dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        body BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
+        ON aqueue_dead_letters (queue, id)""",
+)
+
+_READY = """SELECT id, priority FROM aqueue_messages
+    WHERE queue = ? AND lease_until IS NULL AND due <= ? ORDER BY priority DESC, id LIMIT ?"""
+_EXPIRED = """SELECT id, priority FROM aqueue_messages
+    WHERE queue = ? AND lease_until < ? ORDER BY priority DESC, id LIMIT ?"""
+_NEXT_DUE = """SELECT due FROM aqueue_messages
+    WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
+_NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
+    WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
+_BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: int
+    queue: str
+    priority: int
+    body: bytes
+    deliveries: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    messages: list[_Claimed]
+    buried: int  # claimed past max_deliveries, and dead-lettered instead
+    next_at: float | None  # nothing was ready: when the next message may be
+
+
+def _candidates(
+    conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
+) -> list[int]:
+    rows: list[tuple[int, int]] = []
+    for queue in queues:
+        rows += conn.execute(_READY, (queue, now, limit)).fetchall()
+        rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return [row[0] for row in rows[:limit]]
+
+
+def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
+    times: list[float] = []
+    for queue in queues:
+        for sql, args in ((_NEXT_DUE, (queue, now)), (_NEXT_LEASE, (queue,))):
+            row = conn.execute(sql, args).fetchone()
+            if row is not None:
+                times.append(row[0])
+    return min(times, default=None)
+
+
+def _claim(
+    conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float, max_deliveries: int
+) -> _Claim:
+    now = time.time()
+    with immediate(conn):
+        ids = _candidates(conn, queues, limit, now)
+        if not ids:
+            return _Claim([], 0, _next_at(conn, queues, now))
+        token = uuid.uuid4().hex
+        rows = conn.execute(
+            "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
+            f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
+            "RETURNING id, queue, priority, body, deliveries",
+            (now + lease, token, *ids),
+        ).fetchall()
+        claimed = [_Claimed(id_, queue, pri, body, n, token) for id_, queue, pri, body, n in rows]
+        dead = [message for message in claimed if message.deliveries > max_deliveries]
+        if dead:
+            conn.execute(
+                f"DELETE FROM aqueue_messages WHERE id IN ({placeholders(len(dead))})",
+                [message.id for message in dead],
+            )
+            detail = f"delivered {max_deliveries} times without being acknowledged"
+            conn.executemany(
+                _BURY,
+                [
+                    (m.queue, m.body, DeadLetterReason.MAX_DELIVERIES.value, detail, now)
+                    for m in dead
+                ],
+            )
+    live = [message for message in claimed if message.deliveries <= max_deliveries]
+    live.sort(key=lambda message: (-message.priority, message.id))
+    return _Claim(live, len(dead), None)
+
+
+def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage], wake: str) -> None:
+    now = time.time()
+    rows = [(m.queue, m.priority, m.body, m.eta if m.eta is not None else now) for m in messages]
+    with immediate(conn):
+        conn.executemany(
+            "INSERT INTO aqueue_messages (queue, priority, body, due) VALUES (?, ?, ?, ?)", rows
+        )
+    notify(wake)
+
+
+def _ack(conn: sqlite3.Connection, id_: int, token: str) -> bool:
+    cursor = conn.execute(
+        "DELETE FROM aqueue_messages WHERE id = ? AND lease_token = ?", (id_, token)
+    )
+    return cursor.rowcount > 0
+
+
+def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float, wake: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE aqueue_messages SET lease_until = NULL, lease_token = NULL, due = ? "
+        "WHERE id = ? AND lease_token = ?",
+        (due, id_, token),
+    )
+    if cursor.rowcount:
+        notify(wake)
+    return cursor.rowcount > 0
+
+
+def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, detail: str) -> bool:
+    with immediate(conn):
+        row = conn.execute(
+            "DELETE FROM aqueue_messages WHERE id = ? AND lease_token = ? RETURNING queue, body",
+            (id_, token),
+        ).fetchone()
+        if row is not None:
+            conn.execute(_BURY, (row[0], row[1], reason, detail, time.time()))
+    return row is not None
+
+
+def _renew(conn: sqlite3.Connection, id_: int, token: str, lease: float) -> bool:
+    cursor = conn.execute(
+        "UPDATE aqueue_messages SET lease_until = ? WHERE id = ? AND lease_token = ?",
+        (time.time() + lease, id_, token),
+    )
+    return cursor.rowcount > 0
+
+
+def _release(conn: sqlite3.Connection, leases: list[tuple[int, str]], wake: str) -> None:
+    """Give back claimed messages that were never handed out (not counted as deliveries)."""
+    with immediate(conn):
+        conn.executemany(
+            "UPDATE aqueue_messages SET lease_until = NULL, lease_token = NULL, "
+            "deliveries = deliveries - 1 WHERE id = ? AND lease_token = ?",
+            leases,
+        )
+    notify(wake)
+
+
+def _purge(conn: sqlite3.Connection, queue: str) -> int:
+    cursor = conn.execute(
+        "DELETE FROM aqueue_messages WHERE queue = ? AND lease_until IS NULL", (queue,)
+    )
+    return cursor.rowcount
+
+
+def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
+    rows = conn.execute(
+        "SELECT queue, body, reason, detail, at FROM aqueue_dead_letters "
+        "WHERE queue = ? ORDER BY id LIMIT ?",
+        (queue, limit),
+    ).fetchall()
+    return [DeadLetter(*row) for row in rows]
+
+
+class _SQLiteDelivery(Delivery):
+    __slots__ = ("_broker", "_id", "_settled", "_token")
+
+    def __init__(self, broker: SQLiteBroker, message: _Claimed) -> None:
+        super().__init__(message.body, message.queue, message.deliveries)
+        self._broker = broker
+        self._id = message.id
+        self._token = message.token
+        self._settled = False
+
+    def _settle(self) -> bool:
+        first, self._settled = not self._settled, True
+        return first
+
+    def _lost(self, action: str) -> None:
+        logger.warning(
+            "could not %s message %d of queue %r: its lease ran out and another consumer "
+            "holds it now (raise visibility_timeout above the longest task)",
+            action,
+            self._id,
+            self.queue,
+        )
+
+    async def ack(self) -> None:
+        """Delete the message, if this delivery still holds its lease."""
+        if self._settle() and not await self._broker._run(_ack, self._id, self._token):
+            self._lost("acknowledge")
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Make the message ready again after `delay` seconds."""
+        if self._settle():
+            due = time.time() + max(delay, 0.0)
+            if not await self._broker._run(_nack, self._id, self._token, due, self._broker._wake):
+                self._lost("return")
+
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Move the message to the dead letters of its queue."""
+        if self._settle() and not await self._broker._run(
+            _dead_letter, self._id, self._token, str(reason), detail
+        ):
+            self._lost("dead-letter")
+
+    async def renew(self) -> None:
+        """Extend the lease by another `visibility_timeout`."""
+        if not self._settled and not await self._broker._run(
+            _renew, self._id, self._token, self._broker.visibility_timeout
+        ):
+            self._lost("renew the lease of")
+
+
+class SQLiteBroker(Broker):
+    """A broker in one SQLite file, shared by every process on this machine that opens it."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self._path = parse_sqlite_url(url)
+        timeout = options.get("visibility_timeout")
+        self.visibility_timeout = 30.0 if timeout is None else float(timeout)
+        deliveries = options.get("max_deliveries")
+        self.max_deliveries = 5 if deliveries is None else int(deliveries)
+        if not self.visibility_timeout > 0:
+            raise ConfigurationError(f"visibility_timeout must be > 0, not {timeout!r}")
+        if self.max_deliveries < 1:
+            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
+        self.renew_interval = self.visibility_timeout / 3
+        self._db: Database | None = None
+        self._wake = ""
+        self._listeners: set[Listener] = set()
+
+    @property
+    def path(self) -> str | None:
+        """The absolute path of the database file once open, else None."""
+        return None if self._db is None else self._db.path
+
+    async def open(self) -> None:
+        """Open the file (relative paths resolve against the current directory now)."""
+        if self._db is not None:
+            return
+        db = await Database.open(self._path, SCHEMA)
+        with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
+            wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
+        if self._db is not None:  # a concurrent open won
+            await db.close()
+            return
+        self._db, self._wake = db, wake
+
+    async def close(self) -> None:
+        """Close the connection; consumers waiting for messages stop."""
+        db, self._db = self._db, None
+        listeners, self._listeners = self._listeners, set()
+        with anyio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()
+            if db is not None:
+                await db.close()
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
+        return self._db
+
+    async def _run(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        return await self._database().run(func, *args)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Insert the messages in one transaction, then wake the consumers."""
+        if messages:
+            await self._database().run(_publish, messages, self._wake)
+
+    async def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        """Claim ready messages, up to the credit, and sleep on a wake-up socket when none are."""
+        queues = list(dict.fromkeys(queues))
+        db = self._database()
+        listener: Listener | None = None
+        unyielded: deque[_Claimed] = deque()
+        try:
+            if not burst:  # listen before the first look, so no publish goes unnoticed
+                listener = await Listener.open(self._wake)
+                self._listeners.add(listener)
+            while True:
+                limit = await credit.wait()
+                if listener is not None:
+                    listener.drain()
+                claim = await db.run(
+                    _claim, queues, limit, self.visibility_timeout, self.max_deliveries
+                )
+                unyielded.extend(claim.messages)
+                while unyielded:
+                    yield _SQLiteDelivery(self, unyielded.popleft())
+                if claim.messages or claim.buried:
+                    continue
+                if listener is None or not await self._idle(listener, claim.next_at):
+                    return
+        finally:
+            with anyio.CancelScope(shield=True):
+                if listener is not None:
+                    self._listeners.discard(listener)
+                    await listener.aclose()
+                await self._give_back(db, unyielded)
+
+    async def _idle(self, listener: Listener, next_at: float | None) -> bool:
+        """Sleep until a publish, `next_at` or the safety net; False once the broker closed."""
+        timeout = MAX_IDLE_WAIT if next_at is None else next_at - time.time() + 0.001
+        try:
+            await listener.wait(min(timeout, MAX_IDLE_WAIT))
+        except BrokerError:
+            if self._db is None:
+                return False
+            raise
+        return self._db is not None
+
+    async def _give_back(self, db: Database, unyielded: deque[_Claimed]) -> None:
+        if not unyielded or db.closed:
+            return  # a closed database: their leases run out instead
+        leases = [(message.id, message.token) for message in unyielded]
+        unyielded.clear()
+        try:
+            await db.run(_release, leases, self._wake)
+        except BrokerError:  # closed meanwhile, or locked: their leases run out instead
+            logger.warning("could not give back %d claimed message(s)", len(leases), exc_info=True)
+
+    async def purge(self, queue: str) -> int:
+        """Delete the queue's waiting and delayed messages (not the leased ones)."""
+        return await self._run(_purge, queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the queue's dead letters, oldest first."""
+        return await self._run(_dead_letters, queue, limit)
