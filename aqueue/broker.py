@@ -13,7 +13,7 @@ are empty, never on a clock.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -97,10 +97,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def consume(
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False
-    ) -> AsyncIterator[Delivery]:
+    ) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from `queues`, at most as many unsettled as `credit` allows.
 
-        With `burst`, stop once no message is ready (delayed messages not yet due do not count).
+        Across queues, a higher priority goes first, then the older message. With `burst`, stop
+        once no message is ready (delayed messages not yet due do not count). Closing the
+        generator gives back anything it claimed but did not yield.
         """
 
     @abc.abstractmethod

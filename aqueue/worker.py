@@ -93,23 +93,34 @@ class Worker:
         )
         self.burst = burst
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
-        self.slots = Slots(self.concurrency)
         self.started_at: float | None = None
-        self._running: dict[Delivery, anyio.CancelScope] = {}
-        self._consume_scope = anyio.CancelScope()
-        self._hard_stop = anyio.Event()
-        self._stopping = False
         self.runner: Runner | None = None
+        self._running: dict[Delivery, anyio.CancelScope] = {}
+        self._stopping = False
+        self._hard = False
+        # Made in run(): anyio's primitives need the running event loop.
+        self._slots: Slots | None = None
+        self._consume_scope: anyio.CancelScope | None = None
+        self._hard_stop: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={','.join(self.queues)}>"
 
+    @property
+    def slots(self) -> Slots:
+        """The worker's slots (in use while it runs)."""
+        if self._slots is None:
+            raise RuntimeError("the worker is not running")
+        return self._slots
+
     def stop(self, *, now: bool = False) -> None:
         """Stop consuming; running tasks get `shutdown_timeout` to finish (none if `now`)."""
-        if self._stopping or now:
-            self._hard_stop.set()
+        self._hard = self._hard or now or self._stopping
         self._stopping = True
-        self._consume_scope.cancel()
+        if self._hard and self._hard_stop is not None:
+            self._hard_stop.set()
+        if self._consume_scope is not None:
+            self._consume_scope.cancel()
 
     async def run(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
@@ -119,6 +130,11 @@ class Worker:
             self.app, backend, hostname=self.hostname, threads=anyio.CapacityLimiter(self.threads)
         )
         self.started_at = time.time()
+        self._slots = Slots(self.concurrency)
+        self._consume_scope = anyio.CancelScope()
+        self._hard_stop = anyio.Event()
+        if self._stopping:  # stopped before it started
+            self.stop(now=self._hard)
         async with anyio.create_task_group() as group:
             if broker.renew_interval:
                 group.start_soon(self._heartbeat, broker.renew_interval)
@@ -167,6 +183,7 @@ class Worker:
         with anyio.move_on_after(self.shutdown_timeout):
             async with anyio.create_task_group() as waiters:
                 waiters.start_soon(_first_then_cancel, self.slots.wait_idle, waiters)
+                assert self._hard_stop is not None
                 waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
         for scope in self._running.values():
             scope.cancel()
@@ -205,7 +222,7 @@ class Worker:
         return {
             "hostname": self.hostname,
             "pid": os.getpid(),
-            "running": self.slots.used,
+            "running": self._slots.used if self._slots else 0,
             "succeeded": runner.succeeded if runner else 0,
             "failed": runner.failed if runner else 0,
             "refused": runner.refused if runner else 0,

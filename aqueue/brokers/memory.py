@@ -11,7 +11,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,21 +108,25 @@ class MemoryBroker(Broker):
         return self._delayed[0][0] - now if self._delayed else math.inf
 
     def _take(self, queues: Sequence[str], limit: int) -> list[_Item]:
+        """Pop up to `limit` ready items: highest priority first, then oldest, across queues."""
         taken: list[_Item] = []
-        for queue in queues:
-            ready = self._ready.get(queue)
-            while ready and len(taken) < limit:
-                item = heapq.heappop(ready)
-                item.deliveries += 1
-                if item.deliveries > self.max_deliveries:
-                    self._bury(item, DeadLetterReason.MAX_DELIVERIES, "")
-                    continue
-                taken.append(item)
+        heads = [ready for queue in queues if (ready := self._ready.get(queue))]
+        while heads and len(taken) < limit:
+            best = min(heads, key=lambda ready: ready[0])
+            item = heapq.heappop(best)
+            if not best:
+                heads.remove(best)
+            item.deliveries += 1
+            if item.deliveries > self.max_deliveries:
+                detail = f"delivered {item.deliveries - 1} times without being acknowledged"
+                self._bury(item, DeadLetterReason.MAX_DELIVERIES, detail)
+                continue
+            taken.append(item)
         return taken
 
     async def consume(
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False
-    ) -> AsyncIterator[Delivery]:
+    ) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries as they become ready; wait on publishes, not on a clock."""
         while True:
             limit = await credit.wait()
