@@ -1,7 +1,5 @@
 """aqueue: an asyncio-native task queue with the Celery API you already know."""
 
-from __future__ import annotations
-
 from . import states as states
 from ._version import __version__ as __version__
 from .app import App as App

@@ -77,11 +77,13 @@ class App:
         self.main = main
         self.conf = Settings()
         self.conf.from_environment()
-        self.conf.update(settings)
         if broker is not None:
-            self.conf.broker_url = broker
+            settings["broker_url"] = broker
         if backend is not None:
-            self.conf.result_backend = backend
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        #: Given to the constructor: config_from_object does not override these (as Celery).
+        self._explicit = frozenset(settings)
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
@@ -112,8 +114,11 @@ class App:
         return _DEFAULT_BACKENDS.get(scheme_of(broker), broker)
 
     def config_from_object(self, obj: object, namespace: str | None = None) -> None:
-        """Read settings from a module, `"module"` / `"module:attr"`, or an object."""
-        self.conf.from_object(obj, namespace=namespace)
+        """Read settings from a module, `"module"` / `"module:attr"`, or an object.
+
+        Settings given to `App(...)` itself win over the object's, as in Celery.
+        """
+        self.conf.from_object(obj, namespace=namespace, keep=self._explicit)
 
     def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
         """Import `<package>.<related_name>` for each package that has one (as Celery does)."""

@@ -61,13 +61,25 @@ def _encode_ext(value: object) -> msgpack.ExtType:
     return cast(msgpack.ExtType, _coerce_subclass(value))
 
 
+# Exact base-type copies that ignore a subclass's own __str__/__int__...: str() of a
+# `class Color(str, Enum)` member is "Color.RED", str.__str__ of it is its value, "red".
+_BASE_COPIES: tuple[tuple[type, Callable[[Any], object]], ...] = (
+    (dict, dict),
+    (list, list),
+    (str, str.__str__),
+    (bytes, bytes.__bytes__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+
+
 def _coerce_subclass(value: object) -> Any:
     # strict_types makes msgpack refuse subclasses of its own types; plain containers and
     # scalars that merely subclass them (OrderedDict, defaultdict, str-based enums) are fine
     # to send as their base type. bool is handled natively, so int here is a real subclass.
-    for base in (dict, list, str, bytes, int, float):
+    for base, copy in _BASE_COPIES:
         if isinstance(value, base):
-            return cast(Callable[[object], object], base)(value)
+            return copy(value)
     raise _Unpackable(value)
 
 
@@ -108,7 +120,10 @@ def pack(value: object, *, where: str = "value") -> bytes:
             f"{path} is a {kind.__module__}.{kind.__qualname__}, which aqueue cannot send; "
             f"convert it to one of: {ALLOWED_TYPES}"
         ) from None
-    except (OverflowError, ValueError) as exc:
+    except OverflowError as exc:  # an int outside msgpack's 64-bit range
+        path = find_unpackable(value, where) or where
+        raise SerializationError(f"{path} cannot be encoded: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # too deep, or a cycle
         raise SerializationError(f"{where} cannot be encoded: {exc}") from None
 
 
@@ -116,8 +131,11 @@ def unpack(data: bytes) -> Any:
     """Decode bytes made by `pack`; raise `ValueError` on anything else."""
     try:
         return _unpackb(data)
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if str(exc):
+            raise
+        # msgpack's FormatError and StackError carry no message; name them at least.
+        raise ValueError(f"undecodable msgpack: {type(exc).__name__}") from None
     except Exception as exc:  # msgpack raises a zoo of types for corrupt input
         raise ValueError(f"undecodable msgpack: {exc}") from None
 
@@ -140,6 +158,6 @@ def find_unpackable(value: object, path: str) -> str | None:
         return None
     try:
         _packb(value)
-    except _Unpackable:
+    except (_Unpackable, OverflowError):
         return path
     return None

@@ -1,19 +1,22 @@
 """`app.conf`: typed settings with Celery's lowercase names.
 
-Settings come, lowest priority first, from the defaults below, the environment
-(`AQUEUE_BROKER_URL`, `AQUEUE_RESULT_BACKEND`), `config_from_object`, `conf.update` and the
-keyword arguments of `App(...)`. A name aqueue does not know is an error that names the closest
-one it does, so a typo never silently falls back to a default.
+Settings come from the defaults below, then the environment (`AQUEUE_BROKER_URL`,
+`AQUEUE_RESULT_BACKEND`), then the keyword arguments of `App(...)`; later `conf.update` calls
+change anything, and `app.config_from_object` anything but what `App(...)` was given. A name
+aqueue does not know is an error that names the closest one it does, so a typo never silently
+falls back to a default.
 """
 
 from __future__ import annotations
+import __future__
 
 import dataclasses
 import datetime as dt
 import difflib
 import importlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from .exceptions import ConfigurationError, UnknownSetting
@@ -92,25 +95,30 @@ class Settings:
             if environ.get(variable):
                 setattr(self, name, environ[variable])
 
-    def from_object(self, obj: object, namespace: str | None = None) -> None:
+    def from_object(
+        self, obj: object, namespace: str | None = None, *, keep: Collection[str] = ()
+    ) -> None:
         """Read settings from a module, a `"module"`/`"module:attr"` path, or any object.
 
         Without a namespace, lowercase public names are settings. With `namespace="AQUEUE"`,
         names like `AQUEUE_BROKER_URL` are (as in a Django settings module), and others are
-        ignored.
+        ignored. Settings named in `keep` are checked but not changed.
         """
         if isinstance(obj, str):
             obj = load_object(obj)
-        source = obj if isinstance(obj, Mapping) else vars(obj)
+        source = _attributes(obj)
         prefix = f"{namespace.upper()}_" if namespace else None
         found: dict[str, Any] = {}
         for key, value in source.items():
             if prefix is not None:
                 if key.startswith(prefix):
                     found[key[len(prefix) :].lower()] = value
-            elif key.islower() and not key.startswith("_") and not _is_module_noise(value):
+            elif _is_setting_name(key, value):
                 found[key] = value
-        self.update(found)
+        for name in found:
+            if name not in _FIELDS:
+                raise unknown_setting(name)
+        self.update({name: value for name, value in found.items() if name not in keep})
 
     def as_dict(self) -> dict[str, Any]:
         """Return every setting and its value."""
@@ -127,15 +135,34 @@ def unknown_setting(name: str) -> UnknownSetting:
     return UnknownSetting(f"unknown setting {name!r}{hint}")
 
 
+def _attributes(obj: object) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping):
+        return obj
+    if isinstance(obj, ModuleType):
+        return vars(obj)
+    # A class or an instance: its own attributes and those it inherits (dir, not vars).
+    return {name: getattr(obj, name) for name in dir(obj) if not name.startswith("_")}
+
+
+_NOISE = (ModuleType, FunctionType, BuiltinFunctionType, MethodType, type, __future__._Feature)
+
+
+def _is_setting_name(key: str, value: object) -> bool:
+    if not key.islower() or key.startswith("_"):
+        return False
+    return key in _FIELDS or not _is_module_noise(value)
+
+
 def _is_module_noise(value: object) -> bool:
-    # Modules used as config carry their imports along (`import os`); skip those.
-    return type(value).__name__ in {"module", "function", "builtin_function_or_method", "type"}
+    # Modules used as config carry their imports along (`import os`, `from __future__ import
+    # annotations`), classes their methods; skip those unless named like a setting.
+    return isinstance(value, _NOISE)
 
 
 def _seconds(name: str, value: Any) -> float:
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:  # NaN too
         raise ConfigurationError(f"{name} must be a number of seconds >= 0, not {value!r}")
     return float(value)
 
@@ -153,8 +180,8 @@ def _priority(name: str, value: Any) -> int:
 
 
 def _msgpack_only(name: str, value: Any) -> Any:
-    names = [value] if isinstance(value, str) else list(value)
-    if names != ["msgpack"]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or list(names) != ["msgpack"]:
         raise ConfigurationError(
             f"{name}={value!r} is not supported: aqueue speaks msgpack only (no pickle, ever)"
         )

@@ -87,8 +87,11 @@ class Envelope:
             raise InvalidMessage(str(exc)) from None
         if not isinstance(data, dict):
             raise InvalidMessage(f"body is a msgpack {type(data).__name__}, not a map")
-        if data.get("v") != VERSION:
-            raise InvalidMessage(f"unsupported envelope version {data.get('v')!r}")
+        version = data.get("v")
+        if type(version) is not int or version != VERSION:  # True == 1, but is no version
+            raise InvalidMessage(
+                f"unsupported envelope version {version!r} (this aqueue reads version {VERSION})"
+            )
         try:
             envelope = cls(
                 id=data["id"],
@@ -106,16 +109,27 @@ class Envelope:
         return envelope
 
     def _check_types(self) -> None:
-        checks = (
-            isinstance(self.id, str) and isinstance(self.task, str),
-            isinstance(self.args, list | tuple) and isinstance(self.kwargs, dict),
-            all(isinstance(key, str) for key in self.kwargs),
-            self.eta is None or isinstance(self.eta, int | float),
-            self.expires is None or isinstance(self.expires, int | float),
-            isinstance(self.retries, int) and isinstance(self.headers, dict),
-        )
-        if not all(checks):
-            raise InvalidMessage("envelope fields have the wrong types")
+        for name, (kinds, expected) in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise InvalidMessage(
+                    f"envelope field {name!r} is a {type(value).__name__}, not {expected}"
+                )
+        for key in self.kwargs:
+            if not isinstance(key, str):
+                raise InvalidMessage(f"envelope kwargs key {key!r} is not a str")
+
+
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "id": ((str,), "a str"),
+    "task": ((str,), "a str"),
+    "args": ((list, tuple), "a list"),
+    "kwargs": ((dict,), "a map"),
+    "eta": ((int, float, type(None)), "a number or nil"),
+    "expires": ((int, float, type(None)), "a number or nil"),
+    "retries": ((int,), "an int"),
+    "headers": ((dict,), "a map"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,10 +80,17 @@ class ResultMeta:
         return cls(
             task=task,
             exc_type=name,
-            exc_message=str(exc),
+            exc_message=_message_of(exc),
             traceback=traceback,
             date_done=time.time(),
         )
+
+
+def _message_of(exc: BaseException) -> str:
+    # str(KeyError("k")) is "'k'": keep the argument itself, so the rebuilt error matches.
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
 
 
 def rebuild_exception(meta: ResultMeta) -> Exception:

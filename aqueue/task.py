@@ -167,7 +167,7 @@ def _default_name(fn: Callable[..., Any], app: App | None) -> str:
     module = fn.__module__
     if module == "__main__" and app is not None and app.main:
         module = app.main
-    return f"{module}.{fn.__qualname__}"
+    return f"{module}.{fn.__name__}"  # as Celery: nested functions need name=
 
 
 def _call_signature(fn: Callable[..., Any], *, bind: bool) -> inspect.Signature:
