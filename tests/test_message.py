@@ -1,0 +1,225 @@
+"""The message envelope: encoding, its limits, and what decoding refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+import msgpack
+import pytest
+
+from aqueue import MessageTooLarge, SerializationError
+from aqueue.codec import pack
+from aqueue.message import VERSION, Envelope, InvalidMessage
+
+BIG = 1 << 20
+
+
+def body_of(**fields: Any) -> bytes:
+    """A body as a producer would make it, with some fields replaced or (as ...) removed."""
+    data: dict[str, Any] = {
+        "v": VERSION,
+        "id": "abc",
+        "task": "proj.add",
+        "args": [1, 2],
+        "kwargs": {},
+        "eta": None,
+        "expires": None,
+        "retries": 0,
+        "headers": {},
+    }
+    for key, value in fields.items():
+        if value is ...:
+            del data[key]
+        else:
+            data[key] = value
+    return pack(data)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    envelope = Envelope(
+        id=str(uuid.UUID(int=1)),
+        task="proj.tasks.add",
+        args=[1, "two", (3, 4), {5}],
+        kwargs={"when": dt.datetime(2024, 1, 2, tzinfo=dt.UTC), "d": decimal.Decimal("1.5")},
+        eta=1700000000.25,
+        expires=1700000100.5,
+        retries=3,
+        headers={"trace": "x-1", "n": 7},
+    )
+    back = Envelope.decode(envelope.encode(BIG))
+    assert back.id == envelope.id
+    assert back.task == "proj.tasks.add"
+    assert list(back.args) == [1, "two", (3, 4), {5}]
+    assert back.kwargs == envelope.kwargs
+    assert back.eta == 1700000000.25
+    assert back.expires == 1700000100.5
+    assert back.retries == 3
+    assert back.headers == {"trace": "x-1", "n": 7}
+
+
+def test_round_trip_of_defaults() -> None:
+    back = Envelope.decode(Envelope(id="i", task="t").encode(BIG))
+    assert back == Envelope(id="i", task="t", args=[], kwargs={}, headers={})
+    assert back.eta is None
+    assert back.expires is None
+    assert back.retries == 0
+
+
+def test_body_is_a_versioned_msgpack_map() -> None:
+    body = Envelope(id="i", task="t", args=(1,), kwargs={"k": "v"}).encode(BIG)
+    assert msgpack.unpackb(body) == {
+        "v": 1,
+        "id": "i",
+        "task": "t",
+        "args": [1],
+        "kwargs": {"k": "v"},
+        "eta": None,
+        "expires": None,
+        "retries": 0,
+        "headers": {},
+    }
+
+
+def test_body_over_max_bytes_is_message_too_large_saying_the_size() -> None:
+    envelope = Envelope(id="i", task="proj.upload", args=[b"x" * 5000])
+    size = len(envelope.encode(BIG))
+    with pytest.raises(MessageTooLarge) as info:
+        envelope.encode(size - 1)
+    message = str(info.value)
+    assert f"task proj.upload message is {size:,} bytes" in message
+    assert f"over message_max_bytes ({size - 1:,})" in message
+    assert isinstance(info.value, SerializationError)
+    assert isinstance(info.value, ValueError)
+
+
+def test_body_of_exactly_max_bytes_is_fine() -> None:
+    envelope = Envelope(id="i", task="t", args=["y" * 100])
+    size = len(envelope.encode(BIG))
+    assert Envelope.decode(envelope.encode(size)).args == ["y" * 100]
+
+
+def test_non_serialisable_positional_argument_is_named() -> None:
+    with pytest.raises(SerializationError) as info:
+        Envelope(id="i", task="t", args=[1, object()]).encode(BIG)
+    assert str(info.value).startswith("args[1] is a builtins.object, which aqueue cannot send")
+
+
+def test_non_serialisable_keyword_argument_is_named() -> None:
+    with pytest.raises(SerializationError) as info:
+        Envelope(id="i", task="t", args=[1], kwargs={"ok": 1, "x": 2j}).encode(BIG)
+    assert str(info.value).startswith("kwargs['x'] is a builtins.complex, ")
+
+
+def test_non_serialisable_value_deep_in_an_argument_is_named() -> None:
+    with pytest.raises(SerializationError) as info:
+        Envelope(id="i", task="t", kwargs={"when": [1, 2, {3: object()}]}).encode(BIG)
+    assert str(info.value).startswith("kwargs['when'][2][3] is a builtins.object, ")
+
+
+def test_huge_int_argument_is_named() -> None:
+    with pytest.raises(SerializationError) as info:
+        Envelope(id="i", task="t", args=[0, 2**70]).encode(BIG)
+    assert str(info.value) == "args[1] cannot be encoded: Integer value out of range"
+
+
+def test_non_serialisable_header_names_the_header() -> None:
+    with pytest.raises(SerializationError) as info:
+        Envelope(id="i", task="t", headers={"h": object()}).encode(BIG)
+    assert str(info.value).startswith("message['headers']['h'] is a builtins.object, ")
+
+
+# -- decode refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", r"^Unpack failed: incomplete input$"),
+        (b"\xc1", r"^undecodable msgpack: FormatError$"),
+        (b"\x81\xa1a", r"^Unpack failed: incomplete input$"),
+        (b"garbage!", r"\S"),
+    ],
+    ids=["empty", "bad-byte", "truncated", "text"],
+)
+def test_decode_refuses_garbage_bytes(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidMessage, match=message):
+        Envelope.decode(body)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [([1, 2], "list"), ("text", "str"), (7, "int"), (None, "NoneType"), ((1,), "tuple")],
+)
+def test_decode_refuses_a_body_that_is_not_a_map(value: object, kind: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        Envelope.decode(pack(value))
+    assert str(info.value) == f"body is a msgpack {kind}, not a map"
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", 1.5, None, True, ...], ids=repr)
+def test_decode_refuses_an_unknown_version(version: object) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        Envelope.decode(body_of(v=version))
+    shown = None if version is ... else version
+    assert str(info.value) == (
+        f"unsupported envelope version {shown!r} (this aqueue reads version {VERSION})"
+    )
+
+
+@pytest.mark.parametrize("field", ["id", "task"])
+def test_decode_refuses_a_missing_id_or_task(field: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        Envelope.decode(body_of(**{field: ...}))
+    assert str(info.value) == f"envelope has no {field!r} field"
+
+
+def test_decode_fills_in_optional_fields() -> None:
+    body = body_of(args=..., kwargs=..., eta=..., expires=..., retries=..., headers=...)
+    assert Envelope.decode(body) == Envelope(
+        id="abc", task="proj.add", args=[], kwargs={}, headers={}
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("id", 5, "envelope field 'id' is a int, not a str"),
+        ("id", b"abc", "envelope field 'id' is a bytes, not a str"),
+        ("task", ["proj.add"], "envelope field 'task' is a list, not a str"),
+        ("args", {"a": 1}, "envelope field 'args' is a dict, not a list"),
+        ("args", "12", "envelope field 'args' is a str, not a list"),
+        ("kwargs", [1], "envelope field 'kwargs' is a list, not a map"),
+        ("eta", "soon", "envelope field 'eta' is a str, not a number or nil"),
+        ("eta", True, "envelope field 'eta' is a bool, not a number or nil"),
+        ("expires", [1], "envelope field 'expires' is a list, not a number or nil"),
+        ("retries", 1.5, "envelope field 'retries' is a float, not an int"),
+        ("retries", True, "envelope field 'retries' is a bool, not an int"),
+        ("headers", ["h"], "envelope field 'headers' is a list, not a map"),
+    ],
+)
+def test_decode_refuses_wrong_field_types_naming_the_field(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        Envelope.decode(body_of(**{field: value}))
+    assert str(info.value) == message
+
+
+def test_decode_refuses_non_string_kwargs_keys() -> None:
+    with pytest.raises(InvalidMessage) as info:
+        Envelope.decode(body_of(kwargs={"ok": 1, 3: "x"}))
+    assert str(info.value) == "envelope kwargs key 3 is not a str"
+
+
+def test_decode_accepts_int_timestamps_and_tuple_args() -> None:
+    envelope = Envelope.decode(body_of(eta=1700000000, expires=1700000001, args=(1, 2)))
+    assert envelope.eta == 1700000000
+    assert envelope.expires == 1700000001
+    assert tuple(envelope.args) == (1, 2)
+
+
+def test_invalid_message_is_a_value_error() -> None:
+    assert issubclass(InvalidMessage, ValueError)
