@@ -226,29 +226,68 @@ class App:
         headers: Mapping[str, Any] | None = None,
     ) -> _result.AsyncResult[Any]:
         """Send a task by name (it need not be registered in this process)."""
-        args, kwargs = list(args or ()), dict(kwargs or {})
+        (result,) = await self.send_many(
+            name,
+            [(args or (), kwargs or {})],
+            task_ids=[task_id] if task_id else None,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            headers=headers,
+        )
+        return result
+
+    async def send_many(
+        self,
+        name: str,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        task_ids: Sequence[str] | None = None,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        expires: dt.datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> list[_result.AsyncResult[Any]]:
+        """Send many invocations of one task, as `(args, kwargs)` pairs, in one publish.
+
+        Every message is encoded (and refused, if it must be) before any is sent.
+        """
+        broker = await self.connection()
         task = self._tasks.get(name)
         now = time.time()
-        envelope = Envelope(
-            id=task_id or str(uuid.uuid4()),
-            task=name,
-            args=args,
-            kwargs=kwargs,
-            eta=_eta(now, countdown, eta),
-            expires=_expires(now, expires),
-            headers=dict(headers or {}),
-        )
-        body = envelope.encode(self.conf.message_max_bytes)
-        message = OutgoingMessage(
-            id=envelope.id,
-            queue=self._queue_for(task, name, args, kwargs, queue),
-            body=body,
-            eta=envelope.eta,
-            priority=self._priority_for(task, priority),
-        )
-        await (await self.connection()).publish([message])
+        when, until = _eta(now, countdown, eta), _expires(now, expires)
+        extra = {**(self._backend.message_headers() if self._backend else {}), **(headers or {})}
+        chosen_priority = self._priority_for(task, priority)
+        messages: list[OutgoingMessage] = []
+        for index, (args, kwargs) in enumerate(calls):
+            envelope = Envelope(
+                id=task_ids[index] if task_ids else str(uuid.uuid4()),
+                task=name,
+                args=list(args),
+                kwargs=dict(kwargs),
+                eta=when,
+                expires=until,
+                headers=extra,
+            )
+            messages.append(
+                OutgoingMessage(
+                    id=envelope.id,
+                    queue=self._queue_for(task, name, envelope.args, envelope.kwargs, queue),
+                    body=envelope.encode(self.conf.message_max_bytes),
+                    eta=when,
+                    priority=chosen_priority,
+                )
+            )
+        await broker.publish(messages)
         ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
-        return _result.AsyncResult(envelope.id, self, task_name=name, ignored=ignored)
+        return [
+            _result.AsyncResult(message.id, self, task_name=name, ignored=ignored)
+            for message in messages
+        ]
 
     def _queue_for(
         self,

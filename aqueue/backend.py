@@ -39,9 +39,28 @@ class ResultBackend(abc.ABC):
     async def close(self) -> None:
         """Release connections and wake no one; idempotent."""
 
+    def message_headers(self) -> Mapping[str, Any]:
+        """Headers for every message the app sends, so its results can find their way back.
+
+        A backend that routes results to the sending process (`rpc://`) names its reply queue
+        here; the worker hands the headers back to `store`.
+        """
+        return {}
+
     @abc.abstractmethod
-    async def store(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
-        """Store the latest state of a task, replacing the one before, for `ttl` seconds."""
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store the latest state of a task, replacing the one before, for `ttl` seconds.
+
+        `headers` are the task message's headers (see `message_headers`).
+        """
 
     @abc.abstractmethod
     async def fetch(self, task_id: str) -> StoredResult | None:

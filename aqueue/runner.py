@@ -214,7 +214,9 @@ class Runner:
                 f"the result is {len(payload):,} bytes, over result_max_bytes ({limit:,})"
             )
             state, payload = states.FAILURE, ResultMeta.failure(meta.task, error, None).encode()
-        await self.backend.store(envelope.id, state, payload, self.app.conf.result_expires)
+        await self.backend.store(
+            envelope.id, state, payload, self.app.conf.result_expires, headers=envelope.headers
+        )
 
 
 def _short(value: Any, limit: int = 200) -> str:

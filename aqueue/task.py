@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import inspect
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -134,6 +134,20 @@ class Task(Generic[P, R]):
             priority=priority,
             headers=headers,
         )
+
+    async def delay_many(
+        self, calls: Iterable[Sequence[Any]], **options: Any
+    ) -> list[_result.AsyncResult[R]]:
+        """Send one invocation per tuple of positional arguments, all in one publish.
+
+        For producers that fan out: `await add.delay_many([(1, 2), (3, 4)])`. `options` are
+        `apply_async`'s (`countdown`, `queue`, `priority`, ...), shared by every invocation.
+        """
+        results = await self.app.send_many(self.name, [(args, {}) for args in calls], **options)
+        return [
+            _result.AsyncResult(r.id, self.app, task_name=self.name, ignored=self.ignore_result)
+            for r in results
+        ]
 
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # Celery's name
         """Return the result handle of an invocation of this task sent earlier."""

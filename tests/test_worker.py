@@ -395,3 +395,28 @@ async def test_burst_worker_runs_tasks_queued_by_tasks(make_app: MakeApp) -> Non
     await countdown.delay(3)
     await burst(app)
     assert seen == [3, 2, 1, 0]
+
+
+async def test_delay_many_publishes_a_batch(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    results = await add.delay_many([(i, i) for i in range(50)], queue="bulk")
+    assert len({result.id for result in results}) == 50
+    await burst(app, queues=["bulk"])
+    assert [await result.get(timeout=5) for result in results] == [2 * i for i in range(50)]
+
+
+async def test_delay_many_refuses_before_sending_any(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.task
+    async def echo(value: Any) -> Any:
+        return value
+
+    with pytest.raises(SerializationError, match=r"args\[0\]"):
+        await echo.delay_many([(1,), (2,), (object(),)])
+    assert await (await app.connection()).purge("default") == 0

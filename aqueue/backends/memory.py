@@ -28,7 +28,15 @@ class MemoryBackend(ResultBackend):
     async def close(self) -> None:
         """Nothing to release."""
 
-    async def store(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
         """Keep the result for `ttl` seconds and wake its waiters if it is final."""
         now = time.monotonic()
         self._results[task_id] = (StoredResult(state, payload), now + ttl)

@@ -152,7 +152,15 @@ class SQLiteBackend(ResultBackend):
             raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
         return self._db
 
-    async def store(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
         """Upsert the result, and wake the waiters if the state is a ready one."""
         db = self._database()
         self._stores += 1
