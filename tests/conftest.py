@@ -1,20 +1,30 @@
-"""Shared fixtures: apps on every driver, and the rule for unreachable services."""
+"""Shared fixtures: apps on every driver, and the rule for unreachable services.
+
+Each server-backed driver has a module here (`service_redis.py`, `service_amqp.py`) with
+`URL_SCHEME`, `make_url(unique)`, `async unreachable() -> str | None` and
+`async cleanup(url)`; the fixtures below run the contract on every driver in `DRIVERS`.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from aqueue import App
 
+from . import service_amqp, service_redis
+
 #: CI sets this: a test that needs an unreachable service fails instead of skipping.
 REQUIRE_SERVICES = os.environ.get("AQUEUE_REQUIRE_SERVICES") == "1"
 
-DRIVERS = ["memory", "sqlite"]
+SERVICES: dict[str, ModuleType] = {"redis": service_redis, "amqp": service_amqp}
+DRIVERS = ["memory", "sqlite", *(name for name, mod in SERVICES.items() if mod.ENABLED)]
 
 
 def service_unavailable(reason: str) -> None:
@@ -25,18 +35,30 @@ def service_unavailable(reason: str) -> None:
 
 
 def driver_url(driver: str, tmp_path: Path) -> str:
-    """A broker URL for `driver`, private to one test."""
+    """A URL for `driver` private to one test (its own file, key prefix or queue names)."""
     if driver == "memory":
         return "memory://"
     if driver == "sqlite":
         return f"sqlite:///{tmp_path / 'aqueue.db'}"
-    raise AssertionError(f"no such driver {driver}")
+    return str(SERVICES[driver].make_url(uuid.uuid4().hex[:10]))
+
+
+async def require(driver: str) -> None:
+    """Skip or fail the test when `driver`'s server is not reachable."""
+    service = SERVICES.get(driver)
+    if service is not None and (reason := await service.unreachable()):
+        service_unavailable(reason)
 
 
 @pytest.fixture(params=DRIVERS)
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+async def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each driver's URL in turn: the contract every driver must keep."""
-    return driver_url(request.param, tmp_path)
+    driver: str = request.param
+    await require(driver)
+    url = driver_url(driver, tmp_path)
+    yield url
+    if driver in SERVICES:
+        await SERVICES[driver].cleanup(url)
 
 
 MakeApp = Callable[..., App]

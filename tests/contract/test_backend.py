@@ -8,14 +8,22 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from aqueue import ResultBackend, StoredResult, states
+from aqueue import App, ResultBackend, StoredResult, states
 from aqueue.drivers import create_backend
 
 
 @pytest.fixture
 async def backend(broker_url: str) -> AsyncIterator[ResultBackend]:
-    async with create_backend(broker_url, {}) as backend:
+    """The broker's default result store (rpc:// for AMQP), as `App` would pick it."""
+    url = App(broker=broker_url, set_as_current=False).backend_url
+    assert url is not None
+    async with create_backend(url, {}) as backend:
         yield backend
+
+
+async def store(backend: ResultBackend, task_id: str, state: str, payload: bytes) -> None:
+    """Store as a worker does: with the headers of the message that asked for it."""
+    await backend.store(task_id, state, payload, ttl=60, headers=backend.message_headers())
 
 
 @pytest.fixture
@@ -25,21 +33,23 @@ def task_id() -> str:
 
 async def test_store_fetch_forget(backend: ResultBackend, task_id: str) -> None:
     assert await backend.fetch(task_id) is None
-    await backend.store(task_id, states.SUCCESS, b"payload", ttl=60)
+    await store(backend, task_id, states.SUCCESS, b"payload")
     assert await backend.fetch(task_id) == StoredResult(states.SUCCESS, b"payload")
-    await backend.store(task_id, states.FAILURE, b"other", ttl=60)
+    await store(backend, task_id, states.FAILURE, b"other")
     assert await backend.fetch(task_id) == StoredResult(states.FAILURE, b"other")
     await backend.forget(task_id)
     assert await backend.fetch(task_id) is None
 
 
 async def test_expired_results_are_gone(backend: ResultBackend, task_id: str) -> None:
-    await backend.store(task_id, states.SUCCESS, b"old", ttl=0)
+    await backend.store(
+        task_id, states.SUCCESS, b"old", ttl=0, headers=backend.message_headers()
+    )
     assert await backend.fetch(task_id) is None
 
 
 async def test_wait_returns_a_stored_result_at_once(backend: ResultBackend, task_id: str) -> None:
-    await backend.store(task_id, states.SUCCESS, b"done", ttl=60)
+    await store(backend, task_id, states.SUCCESS, b"done")
     with anyio.fail_after(5):
         assert await backend.wait(task_id) == StoredResult(states.SUCCESS, b"done")
     await backend.forget(task_id)
@@ -55,10 +65,10 @@ async def test_wait_wakes_on_a_ready_state_only(backend: ResultBackend, task_id:
         async with anyio.create_task_group() as group:
             group.start_soon(waiter)
             await anyio.wait_all_tasks_blocked()
-            await backend.store(task_id, states.STARTED, b"running", ttl=60)
+            await store(backend, task_id, states.STARTED, b"running")
             await anyio.wait_all_tasks_blocked()
             assert got == []
-            await backend.store(task_id, states.FAILURE, b"boom", ttl=60)
+            await store(backend, task_id, states.FAILURE, b"boom")
     assert got == [StoredResult(states.FAILURE, b"boom")]
     await backend.forget(task_id)
 
@@ -76,7 +86,7 @@ async def test_many_waiters_all_wake(backend: ResultBackend) -> None:
                 group.start_soon(waiter, task_id)
             await anyio.wait_all_tasks_blocked()
             for task_id in ids:
-                await backend.store(task_id, states.SUCCESS, task_id.encode(), ttl=60)
+                await store(backend, task_id, states.SUCCESS, task_id.encode())
     assert got == {task_id: task_id.encode() for task_id in ids}
     for task_id in ids:
         await backend.forget(task_id)
