@@ -19,13 +19,27 @@ from .urls import redact, scheme_of
 __all__ = ["create_backend", "create_broker", "register_backend", "register_broker"]
 
 # scheme -> ("module:Class", pip extra that provides its dependency, or None)
+_REDIS_BROKER = ("aqueue.brokers.redis:RedisBroker", "redis")
+_REDIS_BACKEND = ("aqueue.backends.redis:RedisBackend", "redis")
+_AMQP_BROKER = ("aqueue.brokers.amqp:AMQPBroker", "amqp")
+
 _BROKERS: dict[str, tuple[str, str | None]] = {
     "memory": ("aqueue.brokers.memory:MemoryBroker", None),
     "sqlite": ("aqueue.brokers.sqlite:SQLiteBroker", None),
+    "redis": _REDIS_BROKER,
+    "rediss": _REDIS_BROKER,
+    "unix": _REDIS_BROKER,
+    "amqp": _AMQP_BROKER,
+    "amqps": _AMQP_BROKER,
+    "pyamqp": _AMQP_BROKER,
 }
 _BACKENDS: dict[str, tuple[str, str | None]] = {
     "memory": ("aqueue.backends.memory:MemoryBackend", None),
     "sqlite": ("aqueue.backends.sqlite:SQLiteBackend", None),
+    "redis": _REDIS_BACKEND,
+    "rediss": _REDIS_BACKEND,
+    "unix": _REDIS_BACKEND,
+    "rpc": ("aqueue.backends.rpc:RPCBackend", "amqp"),
 }
 
 
