@@ -367,7 +367,8 @@ class App:
         }
 
     def _backend_options(self) -> dict[str, Any]:
-        return dict(self.conf.result_backend_transport_options)
+        # rpc:// sends results over the broker's own connection settings.
+        return {"broker_url": self.broker_url, **self.conf.result_backend_transport_options}
 
     async def __aenter__(self) -> Self:
         await self.open()
