@@ -218,13 +218,34 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def import_module(name: str) -> ModuleType:
+    """Import a module named in configuration (never in a message); errors are one line."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == name or name.startswith(f"{missing}."):
+            raise ConfigurationError(
+                f"no module named {name!r} (looked in the current directory and sys.path); "
+                "check the spelling, or cd to the project first"
+            ) from None
+        raise ConfigurationError(f"importing {name!r} failed: {first_line(exc)}") from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"importing {name!r} raised {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """Return the first line of an exception message, for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
+
+
 def load_object(path: str) -> Any:
     """Import `"module"` or `"module:attr"` (a name from configuration, never from a message)."""
     module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    module = import_module(module_name)
     if not attr:
         return module
     try:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 from .app import App
+from .config import first_line, import_module
 from .exceptions import ConfigurationError
 
 __all__ = ["import_from_cwd", "load_app"]
@@ -28,19 +28,7 @@ def import_from_cwd() -> Iterator[None]:
 
 def _import(module_name: str) -> Any:
     with import_from_cwd():
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                raise ConfigurationError(
-                    f"no module named {module_name!r} (looked in the current directory and "
-                    "sys.path); check the spelling, or cd to the project first"
-                ) from None
-            raise ConfigurationError(f"importing {module_name!r} failed: {exc}") from None
-        except Exception as exc:
-            raise ConfigurationError(
-                f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-            ) from None
+        return import_module(module_name)
 
 
 def load_app(path: str) -> App:
@@ -64,7 +52,12 @@ def _as_app(obj: Any, where: str) -> App:
     if isinstance(obj, App):
         return obj
     if callable(obj):
-        made = obj()
+        try:
+            made = obj()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{where}() raised {type(exc).__name__}: {first_line(exc)}"
+            ) from None
         if isinstance(made, App):
             return made
         raise ConfigurationError(f"{where}() returned {type(made).__name__}, not an aqueue App")

@@ -514,7 +514,8 @@ async def test_config_from_a_missing_module(build_app: BuildApp) -> None:
     with pytest.raises(ConfigurationError) as info:
         app.config_from_object("aqueue_no_such_module_here")
     assert str(info.value) == (
-        "cannot import 'aqueue_no_such_module_here': No module named 'aqueue_no_such_module_here'"
+        "no module named 'aqueue_no_such_module_here' (looked in the current directory and "
+        "sys.path); check the spelling, or cd to the project first"
     )
 
 
