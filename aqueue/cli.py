@@ -7,6 +7,8 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -95,13 +97,31 @@ def _worker(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         try:
+            await app.open()  # connection errors surface here, as one line, not in a group
             await worker.serve()
         finally:
             with anyio.CancelScope(shield=True):
                 await app.close()
 
     anyio.run(serve)
+    if worker.runner is not None and worker.runner.threads_busy:
+        _exit_past_blocked_threads(worker.runner.threads_busy)
     return 0
+
+
+def _exit_past_blocked_threads(count: int) -> None:
+    """Exit now: sync tasks are still blocked in threads after shutdown.
+
+    Their messages are back on the queue already; Python would otherwise wait for the threads
+    (which cannot be interrupted) before the process could end.
+    """
+    logging.getLogger("aqueue.worker").warning(
+        "%d task thread(s) still blocked after shutdown; exiting without them", count
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -131,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AqueueError as exc:
         print(f"aqueue: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        errors = group.exceptions
+        if len(errors) == 1 and isinstance(errors[0], AqueueError):
+            print(f"aqueue: error: {errors[0]}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:  # only before the worker's own signal handling is in place
         return 130
 

@@ -51,6 +51,8 @@ class Runner:
         self.succeeded = 0
         self.failed = 0
         self.refused = 0
+        #: Sync tasks whose threads are still running (a cancelled one may run on, unawaited).
+        self.threads_busy = 0
 
     async def handle(self, delivery: Delivery) -> None:
         """Run the delivery's task and settle the message; never raises but cancellation."""
@@ -135,7 +137,7 @@ class Runner:
             if task.is_async:
                 value = await task._call(envelope.args, envelope.kwargs)
             else:
-                call = functools.partial(task._call, envelope.args, envelope.kwargs)
+                call = functools.partial(self._in_thread, task, envelope)
                 value = await anyio.to_thread.run_sync(
                     call, limiter=self.threads, abandon_on_cancel=True
                 )
@@ -153,6 +155,13 @@ class Runner:
         finally:
             current_request.reset(token)
         await delivery.ack()
+
+    def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
+        self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
+        try:
+            return task._call(envelope.args, envelope.kwargs)
+        finally:
+            self.threads_busy -= 1
 
     def _request(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> Request:
         return Request(
