@@ -42,9 +42,7 @@ async def test_store_fetch_forget(backend: ResultBackend, task_id: str) -> None:
 
 
 async def test_expired_results_are_gone(backend: ResultBackend, task_id: str) -> None:
-    await backend.store(
-        task_id, states.SUCCESS, b"old", ttl=0, headers=backend.message_headers()
-    )
+    await backend.store(task_id, states.SUCCESS, b"old", ttl=0, headers=backend.message_headers())
     assert await backend.fetch(task_id) is None
 
 
