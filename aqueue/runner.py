@@ -94,7 +94,7 @@ class Runner:
             await self._refuse(delivery, DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
             return None
         try:
-            task.signature.bind(*envelope.args, **envelope.kwargs)
+            task.check_arguments(envelope.args, envelope.kwargs)
         except TypeError as exc:
             await self._refuse(
                 delivery, DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc
@@ -142,10 +142,10 @@ class Runner:
                     call, limiter=self.threads, abandon_on_cancel=True
                 )
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await delivery.nack()
             logger.warning(
-                "Task %s[%s] interrupted by shutdown; returned to the queue", task.name, envelope.id
+                "Task %s[%s] interrupted by shutdown; returning it to the queue",
+                task.name,
+                envelope.id,
             )
             raise
         except Exception as exc:

@@ -4,8 +4,9 @@
     └── task group
         ├── heartbeat          renews the leases of running messages (lease-based brokers only)
         └── work task group
-            ├── consume loop   takes at most as many messages as there are free slots
-            └── one task per delivery (Runner.handle), each under its own cancel scope
+            ├── consume loop   takes at most as many messages as there are free slots,
+            │                  and puts them in the inbox
+            └── one slot coroutine per unit of concurrency: inbox -> Runner.handle
 
 Shutdown has two phases, as in Celery: `stop()` (the first SIGTERM/SIGINT) ends the consume
 loop and lets running tasks finish for up to `shutdown_timeout` seconds, then cancels the rest,
@@ -26,6 +27,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .runner import Runner
+from .slots import Inbox, InboxClosed, Slots
 
 if TYPE_CHECKING:
     from .app import App
@@ -34,39 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 logger = logging.getLogger("aqueue.worker")
-
-
-class Slots:
-    """The worker's free slots, handed to the broker as its `Credit`."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.used = 0
-        self._changed = anyio.Event()
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-
-    async def wait(self) -> int:
-        """Wait for a free slot; return how many are free."""
-        while self.used >= self.size:
-            await self._changed.wait()
-        return self.size - self.used
-
-    async def wait_idle(self) -> None:
-        """Wait until no slot is in use."""
-        while self.used:
-            await self._changed.wait()
-
-    def take(self) -> None:
-        """Occupy a slot."""
-        self.used += 1
-
-    def release(self) -> None:
-        """Free a slot."""
-        self.used -= 1
-        self._notify()
 
 
 class Worker:
@@ -95,11 +64,12 @@ class Worker:
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         self.runner: Runner | None = None
-        self._running: dict[Delivery, anyio.CancelScope] = {}
+        self._running: set[Delivery] = set()
         self._stopping = False
         self._hard = False
         # Made in run(): anyio's primitives need the running event loop.
         self._slots: Slots | None = None
+        self._inbox: Inbox[Delivery] = Inbox()
         self._consume_scope: anyio.CancelScope | None = None
         self._hard_stop: anyio.Event | None = None
 
@@ -131,6 +101,7 @@ class Worker:
         )
         self.started_at = time.time()
         self._slots = Slots(self.concurrency)
+        self._inbox = Inbox()
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
         if self._stopping:  # stopped before it started
@@ -139,54 +110,73 @@ class Worker:
             if broker.renew_interval:
                 group.start_soon(self._heartbeat, broker.renew_interval)
             async with anyio.create_task_group() as work:
+                for _ in range(self.concurrency):
+                    work.start_soon(self._slot, self.runner)
                 with self._consume_scope:
                     logger.info("%s ready.", self.hostname)
                     task_status.started(self)
-                    await self._consume(broker, work)
-                await self._drain()
+                    await self._consume(broker)
+                await self._drain(work)
             group.cancel_scope.cancel()
         logger.info("%s stopped.", self.hostname)
 
-    async def _consume(self, broker: Broker, work: TaskGroup) -> None:
+    async def _consume(self, broker: Broker) -> None:
+        slots, inbox = self.slots, self._inbox
         while True:
             taken = 0
-            async for delivery in broker.consume(self.queues, self.slots, burst=self.burst):
+            async for delivery in broker.consume(self.queues, slots, burst=self.burst):
                 taken += 1
-                self.slots.take()
-                work.start_soon(self._handle, delivery)
+                slots.take()
+                inbox.put(delivery)
             if not self.burst:
                 return
-            await self.slots.wait_idle()  # tasks may have queued more work: look once more
+            await slots.wait_idle()  # tasks may have queued more work: look once more
             if not taken:
                 return
 
-    async def _handle(self, delivery: Delivery) -> None:
-        assert self.runner is not None
-        scope = anyio.CancelScope()
-        self._running[delivery] = scope
-        try:
-            with scope:
-                await self.runner.handle(delivery)
-        except Exception:  # a broker or backend failure while settling: give the message back
-            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
-            with anyio.CancelScope(shield=True):
-                await _nack_quietly(delivery, delay=1.0)
-        finally:
-            del self._running[delivery]
-            self.slots.release()
+    async def _slot(self, runner: Runner) -> None:
+        """Run deliveries from the inbox, one at a time, until the inbox closes."""
+        inbox, slots, running = self._inbox, self.slots, self._running
+        while True:
+            try:
+                delivery = await inbox.get()
+            except InboxClosed:
+                return
+            running.add(delivery)
+            try:
+                await runner.handle(delivery)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):  # a no-op if it was settled already
+                    await _nack_quietly(delivery, delay=0.0)
+                raise
+            except Exception:  # a broker or backend failure while settling: give it back
+                logger.exception("Could not settle a message from %s; returning it", delivery.queue)
+                with anyio.CancelScope(shield=True):
+                    await _nack_quietly(delivery, delay=1.0)
+            finally:
+                running.discard(delivery)
+                slots.release()
 
-    async def _drain(self) -> None:
-        if self.slots.used:
+    async def _drain(self, work: TaskGroup) -> None:
+        """Give running tasks their grace period, then cancel them; end the slot coroutines."""
+        slots = self.slots
+        if slots.used:
             logger.info(
-                "Waiting up to %ss for %d running task(s)", self.shutdown_timeout, self.slots.used
+                "Waiting up to %ss for %d running task(s)", self.shutdown_timeout, slots.used
             )
-        with anyio.move_on_after(self.shutdown_timeout):
-            async with anyio.create_task_group() as waiters:
-                waiters.start_soon(_first_then_cancel, self.slots.wait_idle, waiters)
-                assert self._hard_stop is not None
-                waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
-        for scope in self._running.values():
-            scope.cancel()
+            with anyio.move_on_after(self.shutdown_timeout):
+                async with anyio.create_task_group() as waiters:
+                    waiters.start_soon(_first_then_cancel, slots.wait_idle, waiters)
+                    assert self._hard_stop is not None
+                    waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
+        unstarted = self._inbox.take_all()
+        self._inbox.close()
+        with anyio.CancelScope(shield=True):
+            for delivery in unstarted:
+                await _nack_quietly(delivery, delay=0.0)
+                slots.release()
+        if slots.used:
+            work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
 
     async def _heartbeat(self, interval: float) -> None:
         """Renew the leases of running messages every `interval` seconds (a named, owned loop)."""
