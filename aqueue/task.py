@@ -73,6 +73,8 @@ class Task(Generic[P, R]):
         self.bind = options.bind
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = _call_signature(fn, bind=options.bind)
+        #: For a signature of plain positional parameters, how many it takes: a fast check.
+        self.arity = _plain_arity(self.signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -92,6 +94,11 @@ class Task(Generic[P, R]):
     def request(self) -> Request:
         """The invocation this task is running now; a direct call's request otherwise."""
         return current_request.get() or Request(task=self.name)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise `TypeError` (as a call would) if the task does not take these arguments."""
+        if not (self.arity is not None and not kwargs and len(args) == self.arity):
+            self.signature.bind(*args, **kwargs)
 
     @property
     def ignore_result(self) -> bool:
@@ -182,6 +189,14 @@ def _default_name(fn: Callable[..., Any], app: App | None) -> str:
     if module == "__main__" and app is not None and app.main:
         module = app.main
     return f"{module}.{fn.__name__}"  # as Celery: nested functions need name=
+
+
+def _plain_arity(signature: inspect.Signature) -> int | None:
+    plain = all(
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+        for p in signature.parameters.values()
+    )
+    return len(signature.parameters) if plain else None
 
 
 def _call_signature(fn: Callable[..., Any], *, bind: bool) -> inspect.Signature:

@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -23,13 +23,16 @@ from ..message import DeadLetterReason, OutgoingMessage
 __all__ = ["MemoryBroker"]
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class _Item:
-    sort_key: tuple[float, int]
-    body: bytes = field(compare=False)
-    queue: str = field(compare=False)
-    priority: int = field(compare=False)
-    deliveries: int = field(default=0, compare=False)
+    body: bytes
+    queue: str
+    priority: int
+    deliveries: int = 0
+
+
+#: A ready message in its queue's heap: (-priority, arrival number, item).
+_Ready = tuple[int, int, _Item]
 
 
 class _MemoryDelivery(Delivery):
@@ -63,7 +66,7 @@ class MemoryBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.max_deliveries = int(options.get("max_deliveries", 5))
-        self._ready: dict[str, list[_Item]] = {}
+        self._ready: dict[str, list[_Ready]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
         self._dead: dict[str, list[DeadLetter]] = {}
         self._counter = itertools.count()
@@ -84,8 +87,7 @@ class MemoryBroker(Broker):
         if eta is not None and eta > time.time():
             heapq.heappush(self._delayed, (eta, seq, item))
         else:
-            item.sort_key = (-item.priority, seq)
-            heapq.heappush(self._ready.setdefault(item.queue, []), item)
+            heapq.heappush(self._ready.setdefault(item.queue, []), (-item.priority, seq, item))
         self._notify()
 
     def _bury(self, item: _Item, reason: str, detail: str) -> None:
@@ -95,7 +97,7 @@ class MemoryBroker(Broker):
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Queue the messages in this process."""
         for message in messages:
-            item = _Item((0, 0), message.body, message.queue, message.priority)
+            item = _Item(message.body, message.queue, message.priority)
             self._put(item, message.eta)
 
     def _promote_due(self) -> float:
@@ -103,8 +105,7 @@ class MemoryBroker(Broker):
         now = time.time()
         while self._delayed and self._delayed[0][0] <= now:
             _, seq, item = heapq.heappop(self._delayed)
-            item.sort_key = (-item.priority, seq)
-            heapq.heappush(self._ready.setdefault(item.queue, []), item)
+            heapq.heappush(self._ready.setdefault(item.queue, []), (-item.priority, seq, item))
         return self._delayed[0][0] - now if self._delayed else math.inf
 
     def _take(self, queues: Sequence[str], limit: int) -> list[_Item]:
@@ -113,7 +114,7 @@ class MemoryBroker(Broker):
         heads = [ready for queue in queues if (ready := self._ready.get(queue))]
         while heads and len(taken) < limit:
             best = min(heads, key=lambda ready: ready[0])
-            item = heapq.heappop(best)
+            item = heapq.heappop(best)[2]
             if not best:
                 heads.remove(best)
             item.deliveries += 1
