@@ -17,8 +17,8 @@ from typing import Any
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
-from .._wake import Listener, notify, wake_dir
+from .._sqlite import Database, parse_sqlite_url, placeholders
+from .._wake import Listener, wake_dir
 from ..backend import ResultBackend, StoredResult
 from ..exceptions import BrokerError
 from ..states import READY_STATES
@@ -46,21 +46,13 @@ SCHEMA = (
 _READY = ", ".join(f"'{state}'" for state in sorted(READY_STATES))
 
 
-def _store(
-    conn: sqlite3.Connection,
-    row: tuple[str, str, bytes, float],
-    wake: str | None,
-    sweep: bool,
-) -> None:
-    with immediate(conn):
-        conn.execute(
-            "INSERT INTO aqueue_results (task_id, state, payload, expires) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
-            "payload = excluded.payload, expires = excluded.expires",
-            row,
-        )
-    if wake is not None:
-        notify(wake)
+def _store(conn: sqlite3.Connection, row: tuple[str, str, bytes, float], sweep: bool) -> None:
+    conn.execute(
+        "INSERT INTO aqueue_results (task_id, state, payload, expires) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
+        "payload = excluded.payload, expires = excluded.expires",
+        row,
+    )
     if sweep:
         conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (time.time(),))
 
@@ -168,7 +160,7 @@ class SQLiteBackend(ResultBackend):
         if sweep:
             self._stores, self._swept = 0, time.monotonic()
         wake = self._wake if state in READY_STATES else None
-        await db.run(_store, (task_id, state, payload, time.time() + ttl), wake, sweep)
+        await db.write(_store, (task_id, state, payload, time.time() + ttl), sweep, wake=wake)
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return the stored result unless it expired."""

@@ -156,14 +156,12 @@ def _claim(
     return _Claim(live, len(dead), None)
 
 
-def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage], wake: str) -> None:
+def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> None:
     now = time.time()
     rows = [(m.queue, m.priority, m.body, m.eta if m.eta is not None else now) for m in messages]
-    with immediate(conn):
-        conn.executemany(
-            "INSERT INTO aqueue_messages (queue, priority, body, due) VALUES (?, ?, ?, ?)", rows
-        )
-    notify(wake)
+    conn.executemany(
+        "INSERT INTO aqueue_messages (queue, priority, body, due) VALUES (?, ?, ?, ?)", rows
+    )
 
 
 def _ack(conn: sqlite3.Connection, id_: int, token: str) -> bool:
@@ -173,14 +171,12 @@ def _ack(conn: sqlite3.Connection, id_: int, token: str) -> bool:
     return cursor.rowcount > 0
 
 
-def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float, wake: str) -> bool:
+def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float) -> bool:
     cursor = conn.execute(
         "UPDATE aqueue_messages SET lease_until = NULL, lease_token = NULL, due = ? "
         "WHERE id = ? AND lease_token = ?",
         (due, id_, token),
     )
-    if cursor.rowcount:
-        notify(wake)
     return cursor.rowcount > 0
 
 
@@ -255,26 +251,27 @@ class _SQLiteDelivery(Delivery):
 
     async def ack(self) -> None:
         """Delete the message, if this delivery still holds its lease."""
-        if self._settle() and not await self._broker._run(_ack, self._id, self._token):
+        if self._settle() and not await self._broker._write(_ack, self._id, self._token):
             self._lost("acknowledge")
 
     async def nack(self, *, delay: float = 0.0) -> None:
         """Make the message ready again after `delay` seconds."""
         if self._settle():
             due = time.time() + max(delay, 0.0)
-            if not await self._broker._run(_nack, self._id, self._token, due, self._broker._wake):
+            broker = self._broker
+            if not await broker._write(_nack, self._id, self._token, due, wake=broker._wake):
                 self._lost("return")
 
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Move the message to the dead letters of its queue."""
-        if self._settle() and not await self._broker._run(
+        if self._settle() and not await self._broker._write(
             _dead_letter, self._id, self._token, str(reason), detail
         ):
             self._lost("dead-letter")
 
     async def renew(self) -> None:
         """Extend the lease by another `visibility_timeout`."""
-        if not self._settled and not await self._broker._run(
+        if not self._settled and not await self._broker._write(
             _renew, self._id, self._token, self._broker.visibility_timeout
         ):
             self._lost("renew the lease of")
@@ -334,10 +331,15 @@ class SQLiteBroker(Broker):
     async def _run(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         return await self._database().run(func, *args)
 
+    async def _write(
+        self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts, wake: str | None = None
+    ) -> T:
+        return await self._database().write(func, *args, wake=wake)
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Insert the messages in one transaction, then wake the consumers."""
         if messages:
-            await self._database().run(_publish, messages, self._wake)
+            await self._database().write(_publish, messages, wake=self._wake)
 
     async def consume(
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False
