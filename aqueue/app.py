@@ -11,7 +11,17 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import (
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 import anyio
 
@@ -23,7 +33,7 @@ from .drivers import create_backend, create_broker
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, OutgoingMessage
 from .routing import route
-from .task import AsyncTask, SyncTask, Task, TaskOptions
+from .task import AsyncTask, SyncTask, Task, TaskOptionArgs, TaskOptions
 from .urls import redact, scheme_of
 
 __all__ = ["App", "current_app", "shared_task"]
@@ -140,42 +150,25 @@ class App:
     def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
     @overload
     def task(
-        self,
-        *,
-        bind: Literal[True],
-        name: str | None = None,
-        ignore_result: bool | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
+        self, *, bind: Literal[True], **options: Unpack[TaskOptionArgs]
     ) -> BoundTaskDecorator: ...
     @overload
     def task(
-        self,
-        *,
-        bind: Literal[False] = False,
-        name: str | None = None,
-        ignore_result: bool | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
+        self, *, bind: Literal[False] = False, **options: Unpack[TaskOptionArgs]
     ) -> TaskDecorator: ...
 
     def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        *,
-        bind: bool = False,
-        name: str | None = None,
-        ignore_result: bool | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
+        self, fn: Callable[..., Any] | None = None, *, bind: bool = False, **options: Any
     ) -> Any:
-        """Register a function as a task: `@app.task` or `@app.task(name=..., bind=True)`."""
-        options = TaskOptions(
-            name=name, bind=bind, ignore_result=ignore_result, queue=queue, priority=priority
-        )
+        """Register a function as a task: `@app.task`, or `@app.task(name=..., bind=True)`.
+
+        The options are `TaskOptions`' (`name`, `queue`, `priority`, `ignore_result`,
+        `max_retries`, `autoretry_for`, `retry_backoff`, `time_limit`, ...).
+        """
+        parsed = TaskOptions.from_arguments(bind=bind, **options)
         if fn is not None:
-            return self.register(fn, options)
-        return lambda function: self.register(function, options)
+            return self.register(fn, parsed)
+        return lambda function: self.register(function, parsed)
 
     def register(self, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:
         """Register `fn` under its task name; a second task with the same name is an error."""
@@ -445,22 +438,25 @@ def shared_task(  # type: ignore[overload-overlap]
 @overload
 def shared_task(fn: Callable[P, R], /) -> SyncTask[P, R]: ...
 @overload
-def shared_task(*, bind: Literal[True], name: str | None = None) -> BoundTaskDecorator: ...
-@overload
-def shared_task(*, bind: Literal[False] = False, name: str | None = None) -> TaskDecorator: ...
-
-
 def shared_task(
-    fn: Callable[..., Any] | None = None, *, bind: bool = False, name: str | None = None
-) -> Any:
+    *, bind: Literal[True], **options: Unpack[TaskOptionArgs]
+) -> BoundTaskDecorator: ...
+@overload
+def shared_task(
+    *, bind: Literal[False] = False, **options: Unpack[TaskOptionArgs]
+) -> TaskDecorator: ...
+
+
+def shared_task(fn: Callable[..., Any] | None = None, *, bind: bool = False, **options: Any) -> Any:
     """Declare a task for every app, present and future, as Celery's `shared_task`.
 
     Reusable libraries use it so they need not import a project's app; the task sends through
     the current app (`current_app()`).
     """
+    parsed = TaskOptions.from_arguments(bind=bind, **options)
 
     def declare(function: Callable[..., Any]) -> Task[Any, Any]:
-        task = make_task(None, function, TaskOptions(name=name, bind=bind))
+        task = make_task(None, function, parsed)
         _shared.append(task)
         for app in list(_apps):
             app.add_task(task)

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import difflib
 import inspect
+import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NoReturn,
+    ParamSpec,
+    TypedDict,
+    TypeVar,
+)
 
 from . import result as _result
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 
 if TYPE_CHECKING:
     from .app import App
@@ -51,15 +62,58 @@ current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 )
 
 
+class TaskOptionArgs(TypedDict, total=False):
+    """The keyword options `@app.task(...)` takes (see `TaskOptions`)."""
+
+    name: str
+    ignore_result: bool
+    queue: str
+    priority: int
+    max_retries: int | None
+    default_retry_delay: float
+    autoretry_for: tuple[type[Exception], ...]
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    time_limit: float
+    soft_time_limit: float
+
+
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """Per-task options given to `@app.task(...)`; None means "use the app's setting"."""
+    """Per-task options given to `@app.task(...)`; None means "use the app's setting".
+
+    Retries (Celery's names): `max_retries` (3; None retries for ever), `default_retry_delay`
+    (seconds, 180), `autoretry_for` (exception types that retry by themselves),
+    `retry_backoff` (True, or a base in seconds: the delay doubles with each retry, up to
+    `retry_backoff_max`, 600) and `retry_jitter` (True: a random delay up to the computed one).
+    Time limits: `soft_time_limit` and `time_limit`, in seconds.
+    """
 
     name: str | None = None
     bind: bool = False
     ignore_result: bool | None = None
     queue: str | None = None
     priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[Exception], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+
+    @classmethod
+    def from_arguments(cls, **options: Any) -> TaskOptions:
+        """Build options from keyword arguments; an unknown name names the closest one."""
+        known = cls.__dataclass_fields__
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigurationError(f"unknown task option {name!r}{hint}")
+        return cls(**options)
 
 
 class Task(Generic[P, R]):
@@ -94,6 +148,41 @@ class Task(Generic[P, R]):
     def request(self) -> Request:
         """The invocation this task is running now; a direct call's request otherwise."""
         return current_request.get() or Request(task=self.name)
+
+    def retry(
+        self,
+        exc: Exception | None = None,
+        *,
+        countdown: float | None = None,
+        max_retries: int | Literal["default"] | None = "default",
+    ) -> NoReturn:
+        """Run this task again later (call it from a bound task, as Celery's `self.retry`).
+
+        Raises `Retry`, which the worker handles, after `countdown` seconds (else
+        `default_retry_delay`). Once `max_retries` retries were made, raises `exc` instead (or
+        `MaxRetriesExceeded`), so the task fails with it. Outside a worker it raises `exc`.
+        """
+        request = current_request.get()
+        if request is None or request.called_directly:
+            raise exc or RuntimeError(f"{self.name}.retry() called outside a worker")
+        limit = self.options.max_retries if max_retries == "default" else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceeded(
+                f"task {self.name}[{request.id}] gave up after {request.retries} retries"
+            )
+        delay = self.options.default_retry_delay if countdown is None else countdown
+        raise Retry(max(delay, 0.0), exc)
+
+    def backoff(self, retries: int) -> float:
+        """Return the countdown before retry number `retries + 1` under `autoretry_for`."""
+        options = self.options
+        if not options.retry_backoff:
+            return options.default_retry_delay
+        base = 1.0 if options.retry_backoff is True else float(options.retry_backoff)
+        delay = min(options.retry_backoff_max, base * 2**retries)
+        return random.uniform(0, delay) if options.retry_jitter else delay
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise `TypeError` (as a call would) if the task does not take these arguments."""
