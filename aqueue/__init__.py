@@ -17,14 +17,18 @@ from .drivers import register_broker as register_broker
 from .exceptions import AqueueError as AqueueError
 from .exceptions import BrokerError as BrokerError
 from .exceptions import ConfigurationError as ConfigurationError
+from .exceptions import MaxRetriesExceeded as MaxRetriesExceeded
 from .exceptions import MessageTooLarge as MessageTooLarge
 from .exceptions import MissingDependency as MissingDependency
 from .exceptions import NotRegistered as NotRegistered
 from .exceptions import ResultsDisabled as ResultsDisabled
 from .exceptions import ResultTimeout as ResultTimeout
+from .exceptions import Retry as Retry
 from .exceptions import SerializationError as SerializationError
+from .exceptions import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from .exceptions import TaskError as TaskError
 from .exceptions import TaskRevoked as TaskRevoked
+from .exceptions import TimeLimitExceeded as TimeLimitExceeded
 from .exceptions import UnknownSetting as UnknownSetting
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
@@ -33,6 +37,7 @@ from .task import AsyncTask as AsyncTask
 from .task import Request as Request
 from .task import SyncTask as SyncTask
 from .task import Task as Task
+from .task import TaskOptions as TaskOptions
 from .worker import Worker as Worker
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "Delivery",
+    "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
     "NotRegistered",
@@ -55,13 +61,17 @@ __all__ = [
     "ResultBackend",
     "ResultTimeout",
     "ResultsDisabled",
+    "Retry",
     "SerializationError",
     "Settings",
+    "SoftTimeLimitExceeded",
     "StoredResult",
     "SyncTask",
     "Task",
     "TaskError",
+    "TaskOptions",
     "TaskRevoked",
+    "TimeLimitExceeded",
     "UnknownSetting",
     "Worker",
     "__version__",

@@ -14,7 +14,11 @@ same thing, the error derives from it too, so `except TimeoutError` and `except 
     ├── ResultsDisabled
     ├── ResultTimeout (TimeoutError)
     ├── TaskRevoked
-    └── TaskError
+    ├── TaskError
+    ├── MaxRetriesExceeded
+    ├── SoftTimeLimitExceeded
+    ├── TimeLimitExceeded (TimeoutError)
+    └── Retry                 (control flow, not an error: see its docstring)
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ __all__ = [
     "AqueueError",
     "BrokerError",
     "ConfigurationError",
+    "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
     "NotRegistered",
     "ResultTimeout",
     "ResultsDisabled",
+    "Retry",
     "SerializationError",
+    "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevoked",
+    "TimeLimitExceeded",
     "UnknownSetting",
 ]
 
@@ -91,3 +99,29 @@ class TaskError(AqueueError):
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+
+
+class MaxRetriesExceeded(AqueueError):
+    """Raised by `task.retry()` when the task has no retries left and no exception was given."""
+
+
+class SoftTimeLimitExceeded(AqueueError):
+    """Raised inside a coroutine task that ran past its `soft_time_limit`; it may clean up."""
+
+
+class TimeLimitExceeded(AqueueError, TimeoutError):
+    """The failure of a task that ran past its hard `time_limit` and was cancelled."""
+
+
+class Retry(AqueueError):
+    """Raised by `task.retry()` to have the worker run the task again later.
+
+    This is control flow, not an error: the worker catches it, stores the RETRY state and sends
+    the task again with `retries + 1` after `countdown` seconds. Let it propagate out of the
+    task; catching it (or a bare `except Exception` around `retry()`) cancels the retry.
+    """
+
+    def __init__(self, countdown: float, exc: Exception | None = None) -> None:
+        super().__init__(f"retry in {countdown:g}s" + (f": {exc!r}" if exc else ""))
+        self.countdown = countdown
+        self.exc = exc

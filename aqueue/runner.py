@@ -9,6 +9,7 @@ machine-readable reason after one delivery, and its caller gets a FAILURE result
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -18,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import states
-from .exceptions import NotRegistered, SerializationError
-from .message import DeadLetterReason, Envelope, InvalidMessage
+from .exceptions import NotRegistered, Retry, SerializationError
+from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result import ResultMeta
 from .task import Request, Task, current_request
 
 if TYPE_CHECKING:
     from .app import App
     from .backend import ResultBackend
-    from .broker import Delivery
+    from .broker import Broker, Delivery
 
 __all__ = ["Runner"]
 
@@ -39,18 +40,21 @@ class Runner:
     def __init__(
         self,
         app: App,
+        broker: Broker,
         backend: ResultBackend | None,
         *,
         hostname: str,
         threads: anyio.CapacityLimiter,
     ) -> None:
         self.app = app
+        self.broker = broker
         self.backend = backend
         self.hostname = hostname
         self.threads = threads
         self.succeeded = 0
         self.failed = 0
         self.refused = 0
+        self.retried = 0
         #: Sync tasks whose threads are still running (a cancelled one may run on, unawaited).
         self.threads_busy = 0
 
@@ -134,13 +138,7 @@ class Runner:
         token = current_request.set(self._request(delivery, envelope, task))
         started = time.perf_counter()
         try:
-            if task.is_async:
-                value = await task._call(envelope.args, envelope.kwargs)
-            else:
-                call = functools.partial(self._in_thread, task, envelope)
-                value = await anyio.to_thread.run_sync(
-                    call, limiter=self.threads, abandon_on_cancel=True
-                )
+            value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
             logger.warning(
                 "Task %s[%s] interrupted by shutdown; returning it to the queue",
@@ -148,13 +146,57 @@ class Runner:
                 envelope.id,
             )
             raise
+        except Retry as retry:
+            await self._retry(delivery, envelope, task, retry)
         except Exception as exc:
-            await self._failed(envelope, task, exc, time.perf_counter() - started)
+            again = _autoretry(task, exc, envelope.retries)
+            if again is None:
+                await self._failed(envelope, task, exc, time.perf_counter() - started)
+            else:
+                await self._retry(delivery, envelope, task, again)
         else:
             await self._succeeded(envelope, task, value, time.perf_counter() - started)
         finally:
             current_request.reset(token)
         await delivery.ack()
+
+    async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
+        if task.is_async:
+            return await task._call(envelope.args, envelope.kwargs)
+        call = functools.partial(self._in_thread, task, envelope)
+        return await anyio.to_thread.run_sync(call, limiter=self.threads, abandon_on_cancel=True)
+
+    async def _retry(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], retry: Retry
+    ) -> None:
+        """Send the task again with `retries + 1`, then record the RETRY state."""
+        self.retried += 1
+        eta = time.time() + retry.countdown if retry.countdown > 0 else None
+        again = dataclasses.replace(envelope, retries=envelope.retries + 1, eta=eta)
+        message = OutgoingMessage(
+            id=again.id,
+            queue=delivery.queue,
+            body=again.encode(self.app.conf.message_max_bytes),
+            eta=eta,
+            priority=self.app._priority_for(task, None),
+        )
+        await self.broker.publish([message])
+        logger.info(
+            "Task %s[%s] retry %d in %gs: %r",
+            task.name,
+            envelope.id,
+            again.retries,
+            retry.countdown,
+            retry.exc,
+        )
+        if retry.exc is not None:
+            text = "".join(traceback.format_exception(retry.exc))
+            meta = ResultMeta.failure(task.name, retry.exc, text)
+        else:
+            meta = ResultMeta(task=task.name)
+        await self._store(
+            envelope, task, states.RETRY, dataclasses.replace(meta, retries=envelope.retries + 1)
+        )
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
@@ -226,6 +268,18 @@ class Runner:
         await self.backend.store(
             envelope.id, state, payload, self.app.conf.result_expires, headers=envelope.headers
         )
+
+
+def _autoretry(task: Task[Any, Any], exc: Exception, retries: int) -> Retry | None:
+    """Return the retry `autoretry_for` asks for, or None when the failure stands."""
+    if not task.options.autoretry_for or not isinstance(exc, task.options.autoretry_for):
+        return None
+    try:
+        task.retry(exc=exc, countdown=task.backoff(retries))
+    except Retry as retry:
+        return retry
+    except Exception:  # out of retries: the task fails with exc
+        return None
 
 
 def _short(value: Any, limit: int = 200) -> str:

@@ -97,7 +97,11 @@ class Worker:
         broker = await self.app.connection()
         backend = await self.app.result_backend()
         self.runner = Runner(
-            self.app, backend, hostname=self.hostname, threads=anyio.CapacityLimiter(self.threads)
+            self.app,
+            broker,
+            backend,
+            hostname=self.hostname,
+            threads=anyio.CapacityLimiter(self.threads),
         )
         self.started_at = time.time()
         self._slots = Slots(self.concurrency)
@@ -216,6 +220,7 @@ class Worker:
             "succeeded": runner.succeeded if runner else 0,
             "failed": runner.failed if runner else 0,
             "refused": runner.refused if runner else 0,
+            "retried": runner.retried if runner else 0,
         }
 
 
