@@ -58,6 +58,8 @@ class Settings:
     task_annotations: Any = None
     task_ignore_result: bool = False
     task_track_started: bool = False
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
     worker_concurrency: int = 100
     worker_threads: int = 8
     worker_shutdown_timeout: float = 10.0
@@ -215,6 +217,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_concurrency": _positive_int,
     "worker_threads": _positive_int,
     "worker_shutdown_timeout": _seconds,
+    "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
+    "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
 }
 
 

@@ -20,6 +20,7 @@ import anyio
 
 from . import states
 from .exceptions import NotRegistered, Retry, SerializationError
+from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result import ResultMeta
 from .task import Request, Task, current_request
@@ -161,10 +162,16 @@ class Runner:
         await delivery.ack()
 
     async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
+        conf = self.app.conf
+        hard = task.options.time_limit or conf.task_time_limit
         if task.is_async:
-            return await task._call(envelope.args, envelope.kwargs)
+            coroutine = task._call(envelope.args, envelope.kwargs)
+            soft = task.options.soft_time_limit or conf.task_soft_time_limit
+            if soft is None and hard is None:
+                return await coroutine
+            return await run_coroutine(coroutine, soft=soft, hard=hard, name=task.name)
         call = functools.partial(self._in_thread, task, envelope)
-        return await anyio.to_thread.run_sync(call, limiter=self.threads, abandon_on_cancel=True)
+        return await run_in_thread(call, hard=hard, limiter=self.threads, name=task.name)
 
     async def _retry(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], retry: Retry
