@@ -1,0 +1,167 @@
+"""`redis://`, `rediss://`, `unix://` results: one key per task, with a time to live.
+
+A result is the key `<prefix>:result:<task id>` (state, a NUL byte, the encoded payload),
+written with `SET ... PX <ttl>`. Reaching a ready state also PUBLISHes the same value on the
+channel `<prefix>:done:<task id>`.
+
+`wait` never polls: each backend instance (so, one per `App`, typically one per process) keeps
+ONE pub/sub connection shared by all its waiters (`aqueue._redis_pubsub`): a waiter subscribes
+to its task's channel, then reads the key, then waits for the notification. The key lookups of
+concurrent waiters go out together as one `MGET`, and concurrent stores as one pipeline, so
+10,000 concurrent waiters use two connections: the pub/sub one and one for commands.
+
+Options (URL query or `result_backend_transport_options`): `prefix` (default `aqueue`) and the
+connection options of `aqueue._redis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+
+from .._redis import Batcher, RedisSettings, parse_redis_url, redis_errors
+from .._redis_pubsub import Subscriptions
+from ..backend import ResultBackend, StoredResult
+from ..exceptions import BrokerError
+from ..states import READY_STATES
+
+__all__ = ["RedisBackend"]
+
+_READY = frozenset(state.encode() for state in READY_STATES)
+
+
+def _decode(raw: bytes | None) -> StoredResult | None:
+    if raw is None:
+        return None
+    state, _, payload = bytes(raw).partition(b"\0")
+    return StoredResult(state.decode(), payload)
+
+
+def _ready(raw: bytes | None) -> bool:
+    return raw is not None and raw.partition(b"\0")[0] in _READY
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis: `App(backend="redis://localhost:6379/0")`."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.settings: RedisSettings = parse_redis_url(
+            url, options, ignore=frozenset({"broker_url"})
+        )
+        self._client: aioredis.Redis | None = None
+        self._subscriptions: Subscriptions | None = None
+        self._stores: Batcher[tuple[str, str, bytes, float], None] = Batcher(self._flush_stores)
+        self._lookups: Batcher[str, bytes | None] = Batcher(self._flush_lookups)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.settings.url}>"
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.settings.prefix}:result:{task_id}"
+
+    def _channel(self, task_id: str) -> bytes:
+        return f"{self.settings.prefix}:done:{task_id}".encode()
+
+    async def open(self) -> None:
+        """Connect (and check that Redis answers); the pub/sub connection opens on first wait."""
+        if self._client is not None:
+            return
+        client = self.settings.client()
+        try:
+            with redis_errors(self.settings, "connecting"):
+                await client.ping()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+            raise
+        if self._client is not None:  # a concurrent open won
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+            return
+        self._client = client
+        self._subscriptions = Subscriptions(self.settings)
+
+    async def close(self) -> None:
+        """Close both connections."""
+        client, self._client = self._client, None
+        subscriptions, self._subscriptions = self._subscriptions, None
+        with anyio.CancelScope(shield=True):
+            if subscriptions is not None:
+                await subscriptions.close()
+            if client is not None:
+                await client.aclose()
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
+        return self._client
+
+    @property
+    def waiting(self) -> int:
+        """How many task ids `wait` calls are waiting on now."""
+        return 0 if self._subscriptions is None else self._subscriptions.channels
+
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the result (batched with concurrent stores); notify waiters if it is final."""
+        self._redis()
+        with redis_errors(self.settings, "storing a result"):
+            await self._stores.submit((task_id, state, payload, ttl))
+
+    async def _flush_stores(self, items: list[tuple[str, str, bytes, float]]) -> list[None]:
+        pipe = self._redis().pipeline(transaction=False)
+        for task_id, state, payload, ttl in items:
+            value = state.encode() + b"\0" + payload
+            key = self._key(task_id)
+            milliseconds = int(ttl * 1000)
+            if milliseconds > 0:
+                pipe.set(key, value, px=milliseconds)
+            else:
+                pipe.delete(key)
+            if state in READY_STATES:
+                pipe.publish(self._channel(task_id), value)
+        await pipe.execute()
+        return [None] * len(items)
+
+    async def _flush_lookups(self, keys: list[str]) -> list[bytes | None]:
+        values: Any = await self._redis().mget(keys)
+        return list(values)
+
+    async def fetch(self, task_id: str) -> StoredResult | None:
+        """Return the stored result, or None (never stored, expired or forgotten)."""
+        with redis_errors(self.settings, "fetching a result"):
+            raw: Any = await self._redis().get(self._key(task_id))
+        return _decode(raw)
+
+    async def wait(self, task_id: str) -> StoredResult:
+        """Return once the task is ready: subscribe, look the key up, wait to be notified."""
+        self._redis()
+        subscriptions = self._subscriptions
+        assert subscriptions is not None
+        key = self._key(task_id)
+
+        async def lookup() -> bytes | None:
+            with redis_errors(self.settings, "fetching a result"):
+                raw = await self._lookups.submit(key)
+            return raw if _ready(raw) else None
+
+        raw = await subscriptions.wait(self._channel(task_id), lookup)
+        result = _decode(raw)
+        assert result is not None
+        return result
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the result."""
+        with redis_errors(self.settings, "forgetting a result"):
+            await self._redis().delete(self._key(task_id))

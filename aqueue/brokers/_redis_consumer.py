@@ -1,0 +1,252 @@
+"""The consuming side of the Redis broker: one `Consumer` per `RedisBroker.consume` call.
+
+A consumer claims with the claim script, blocks in `XREADGROUP ... BLOCK` when nothing is ready,
+retries with backoff when Redis goes away, and gives back what it claimed but did not hand out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError, ResponseError
+
+from .._redis import Script, broker_error, process_tag
+from ..exceptions import BrokerError
+from . import _redis_scripts as lua
+
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ["GROUP", "MAX_BLOCK", "Claimed", "Consumer", "QueueKeys", "text"]
+
+logger = logging.getLogger("aqueue.brokers.redis")
+
+GROUP = "aqueue"
+#: The longest an idle consumer blocks in one XREADGROUP call.
+MAX_BLOCK = 30.0
+#: The longest wait between two attempts to reach a Redis that went away.
+MAX_BACKOFF = 2.0
+#: A consumer with nothing pending and unseen for this long is removed from the groups.
+STALE_CONSUMER_MS = 3_600_000
+
+_CLAIM = Script(lua.CLAIM)
+
+
+class QueueKeys:
+    """The keys of one queue."""
+
+    __slots__ = ("dead", "delayed", "queue", "streams", "wake")
+
+    def __init__(self, prefix: str, queue: str) -> None:
+        base = f"{prefix}:{{{queue}}}"
+        self.queue = queue
+        self.streams = [f"{base}:p{priority}" for priority in range(9, -1, -1)]  # p9 first
+        self.delayed = f"{base}:delayed"
+        self.wake = f"{base}:wake"
+        self.dead = f"{base}:dead"
+
+    def stream(self, priority: int) -> str:
+        return self.streams[9 - priority]
+
+
+@dataclass(slots=True)
+class Claimed:
+    keys: QueueKeys
+    priority: int
+    id: str
+    body: bytes
+    n: int  # deliveries before this stream entry
+    counter: int  # deliveries of this stream entry (the fencing token, with the consumer)
+
+    @property
+    def stream(self) -> str:
+        return self.keys.stream(self.priority)
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Consumer:
+    """The state of one `consume` call: its consumer name, what it holds, when to sweep."""
+
+    def __init__(self, broker: RedisBroker, keys: list[QueueKeys], burst: bool) -> None:
+        self.broker = broker
+        self.keys = keys
+        self.burst = burst
+        self.name = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        self.unyielded: deque[Claimed] = deque()
+        self.held: set[str] = set()  # ids yielded and not settled yet
+        self.next_sweep = 0.0  # the first claim sweeps
+        self.failures = 0
+        self.by_stream: dict[str, tuple[QueueKeys, int]] = {}
+        for each in keys:
+            for priority in range(10):
+                self.by_stream[each.stream(priority)] = (each, priority)
+
+    async def next_batch(self, limit: int) -> list[Claimed] | None:
+        """Return the next messages to hand out (at most `limit`), or None to stop."""
+        while True:
+            try:
+                batch, next_due = await self._claim(limit)
+                if batch is None:  # only dead-lettered: look again
+                    continue
+                if batch or self.burst:
+                    return batch or None
+                batch = await self._block(limit, next_due)
+                self.failures = 0
+                if batch:
+                    return batch
+            except (RedisError, OSError) as exc:
+                if self.broker._client is None:
+                    return None  # the broker closed under us
+                if self.burst:
+                    raise broker_error(self.broker.settings, exc, "consuming") from None
+                await self._back_off(exc)
+
+    async def _back_off(self, exc: BaseException) -> None:
+        self.failures += 1
+        delay = min(MAX_BACKOFF, 0.1 * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        logger.warning(
+            "%s; trying again in %.1fs", broker_error(self.broker.settings, exc, "consuming"), delay
+        )
+        await anyio.sleep(delay)
+
+    async def _claim(self, limit: int) -> tuple[list[Claimed] | None, float | None]:
+        """Run the claim script; (None, _) when it only dead-lettered messages."""
+        broker = self.broker
+        now = time.time()
+        sweep = now >= self.next_sweep
+        if sweep:
+            self.next_sweep = now + broker.sweep_interval
+        keys: list[str] = []
+        for each in self.keys:
+            keys.extend((*each.streams, each.delayed, each.dead))
+        args = [
+            GROUP,
+            self.name,
+            limit,
+            repr(now),
+            broker.max_deliveries,
+            int(sweep),
+            int(broker.visibility_timeout * 1000),
+            STALE_CONSUMER_MS,
+        ]
+        entries, buried, next_due = await _CLAIM(broker._redis(), keys, args)
+        self.failures = 0
+        claimed = [
+            Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
+            for q, p, i, body, n, counter in entries
+        ]
+        if not claimed and int(buried):
+            return None, None
+        return claimed, float(next_due) if next_due is not None else None
+
+    async def _block(self, limit: int, next_due: float | None) -> list[Claimed]:
+        """Block until a message arrives, or an earlier delayed one is added.
+
+        Or until it is time to look again: the next delayed message, the next sweep.
+        """
+        broker = self.broker
+        wake_at = min(self.next_sweep, next_due if next_due is not None else math.inf)
+        timeout = min(max(wake_at - time.time(), 0.001), MAX_BLOCK)
+        streams: dict[Any, Any] = {stream: ">" for stream in self.by_stream}
+        streams.update((each.wake, ">") for each in self.keys)
+        client = broker._blocking
+        if client is None:
+            raise BrokerError("the broker is closed")
+        try:
+            reply: Any = await client.xreadgroup(
+                GROUP, self.name, streams, count=limit, block=max(1, int(timeout * 1000))
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_groups()  # a restarted Redis lost them
+            return []
+        return await self._sort_out(reply or [], limit)
+
+    async def _ensure_groups(self) -> None:
+        pipe = self.broker._redis().pipeline(transaction=False)
+        for stream in [*self.by_stream, *(each.wake for each in self.keys)]:
+            pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        await pipe.execute(raise_on_error=False)  # BUSYGROUP: it exists, fine
+
+    async def _sort_out(self, reply: list[Any], limit: int) -> list[Any]:
+        """Split a blocking read into messages (at most `limit`) and wake-up signals."""
+        wakes: dict[str, list[str]] = {}
+        claimed: list[Claimed] = []
+        for stream, entries in reply:
+            stream = text(stream)
+            place = self.by_stream.get(stream)
+            if place is None:
+                wakes.setdefault(stream, []).extend(text(entry_id) for entry_id, _ in entries)
+                continue
+            keys, priority = place
+            for entry_id, fields in entries:
+                n = int(fields.get(b"n", 0) or 0)
+                body = fields.get(b"b", b"")
+                claimed.append(Claimed(keys, priority, text(entry_id), body, n, 1))
+        if wakes:
+            pipe = self.broker._redis().pipeline(transaction=False)
+            for stream, ids in wakes.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+        claimed.sort(key=lambda message: (-message.priority, _id_key(message.id)))
+        extra = claimed[limit:]
+        for message in extra:  # several streams served at once (Redis 7.2+): give back
+            await self.broker._requeue(message, self.name, "release", 0.0)
+        kept = []
+        for message in claimed[:limit]:
+            if message.n + 1 > self.broker.max_deliveries:
+                detail = f"delivered {message.n} times without being acknowledged"
+                await self.broker._dead_letter(message, self.name, "max-deliveries", detail)
+            else:
+                kept.append(message)
+        return kept
+
+    async def give_back(self) -> None:
+        """Give back what was claimed and not handed out.
+
+        That includes claims whose reply a cancellation cut off: they are found among this
+        consumer's pending entries.
+        """
+        broker = self.broker
+        client = broker._client
+        if client is None:
+            return  # closed: their leases run out instead
+        try:
+            pipe = client.pipeline(transaction=False)
+            streams = list(self.by_stream)
+            for stream in streams:
+                pipe.xpending_range(stream, GROUP, "-", "+", 10_000, self.name)
+            replies = await pipe.execute(raise_on_error=False)
+            self.unyielded.clear()  # pending for this consumer: found below
+            for stream, reply in zip(streams, replies, strict=True):
+                if isinstance(reply, Exception):
+                    continue
+                keys, priority = self.by_stream[stream]
+                for entry in reply:
+                    entry_id = text(entry["message_id"])
+                    if entry_id in self.held:
+                        continue
+                    claimed = Claimed(keys, priority, entry_id, b"", 0, 0)
+                    await broker._requeue(claimed, self.name, "release", 0.0, fenced=False)
+        except (RedisError, OSError, BrokerError):
+            logger.warning(
+                "could not give back claimed messages; their leases will run out", exc_info=True
+            )

@@ -1,0 +1,342 @@
+"""The Redis broker's Lua scripts: every multi-step change to a queue is one atomic script.
+
+Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash tag):
+
+    <prefix>:{<queue>}:p9 ... :p0   one stream per priority level, each with the group "aqueue"
+    <prefix>:{<queue>}:delayed      sorted set of messages not due yet, scored by due time
+    <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
+                                    message arrives, so it can shorten its sleep
+    <prefix>:{<queue>}:dead         the dead-letter stream
+
+A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
+added: a message given back with `nack` is added again, and keeps its count). A delayed member
+is `<priority>:<n>:<nonce>:<body>`.
+
+A delivery is fenced by (consumer, delivery counter of its pending entry): `XAUTOCLAIM` bumps the
+counter and changes the owner, so a settle from a consumer whose lease ran out changes nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "REQUEUE", "SCHEDULE"]
+
+#: Helpers shared by the scripts (prepended to each).
+_COMMON = """
+local function fields_of(entry)
+  local f = entry[2]
+  local body, n = nil, 0
+  for i = 1, #f, 2 do
+    if f[i] == 'b' then body = f[i + 1] elseif f[i] == 'n' then n = tonumber(f[i + 1]) or 0 end
+  end
+  return body, n
+end
+
+-- The pending entry `id`, if `consumer` still owns it with delivery counter `count`.
+local function owned(key, group, id, consumer, count)
+  local ok, pend = pcall(redis.call, 'XPENDING', key, group, id, id, 1)
+  if not ok then return nil end
+  local e = pend[1]
+  if not e or e[2] ~= consumer then return nil end
+  if count ~= nil and tonumber(e[4]) ~= count then return nil end
+  return e
+end
+
+local function bury(dead, body, reason, detail, now)
+  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*',
+    'b', body, 'r', reason, 'd', detail, 't', now)
+end
+
+-- Add a delayed member; wake one idle consumer if it is now the earliest.
+local function schedule(delayed, wake, due, member)
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', delayed, due, member)
+  if first[2] == nil or tonumber(due) < tonumber(first[2]) then
+    redis.call('XADD', wake, 'MAXLEN', '~', 16, '*', 'w', '1')
+  end
+end
+"""
+
+#: Claim up to `limit` messages of several queues: due delayed messages first move to their
+#: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
+#: priority 9 first and, within a level, oldest first across queues. Messages past
+#: `max_deliveries` are dead-lettered on the way.
+#: KEYS: per queue, 12 keys: p9..p0, delayed, dead.
+#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms.
+#: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false.
+CLAIM = (
+    _COMMON
+    + """
+local group, consumer = ARGV[1], ARGV[2]
+local remaining = tonumber(ARGV[3])
+local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
+local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+local nq = #KEYS / 12
+local out, buried = {}, 0
+
+local function stream(q, p) return KEYS[(q - 1) * 12 + 10 - p] end
+
+local function ensure_group(key)
+  redis.pcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+end
+
+local function promote(q)
+  local delayed = KEYS[(q - 1) * 12 + 11]
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, member in ipairs(due) do
+    local p, n, pos = string.match(member, '^(%d):(%d+):[^:]*:()')
+    if p then
+      redis.call('XADD', stream(q, tonumber(p)), '*', 'b', string.sub(member, pos), 'n', n)
+    end
+    redis.call('ZREM', delayed, member)
+  end
+end
+
+-- Keep a claimed entry, or dead-letter it once it has been delivered too often.
+local function take(q, p, key, entry, counter)
+  local body, n = fields_of(entry)
+  if n + counter > max_deliveries then
+    bury(KEYS[q * 12], body or '', 'max-deliveries',
+      'delivered ' .. (n + counter - 1) .. ' times without being acknowledged', now)
+    redis.call('XACK', key, group, entry[1])
+    redis.call('XDEL', key, entry[1])
+    buried = buried + 1
+    return
+  end
+  out[#out + 1] = {q, p, entry[1], body or '', n, counter}
+  remaining = remaining - 1
+end
+
+local function forget_stale(key)
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', key, group)
+  if not ok then return end
+  for _, c in ipairs(consumers) do
+    local name, pending, idle
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1]
+      elseif c[i] == 'pending' then pending = c[i + 1]
+      elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if pending == 0 and idle > stale and name ~= consumer then
+      redis.call('XGROUP', 'DELCONSUMER', key, group, name)
+    end
+  end
+end
+
+local function reclaim_stream(q, p)
+  local key = stream(q, p)
+  local cursor = '0-0'
+  for _ = 1, 10 do
+    if remaining <= 0 then return end
+    local res = redis.pcall('XAUTOCLAIM', key, group, consumer, min_idle, cursor,
+      'COUNT', remaining)
+    if type(res) ~= 'table' or res.err then return end
+    cursor = res[1]
+    for _, entry in ipairs(res[2]) do
+      local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
+      take(q, p, key, entry, tonumber(e[4]))
+    end
+    if cursor == '0-0' then break end
+  end
+  forget_stale(key)
+end
+
+local function read(key, count)
+  local res = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+    'STREAMS', key, '>')
+  if type(res) == 'table' and res.err then
+    ensure_group(key)
+    res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+      'STREAMS', key, '>')
+  end
+  if not res then return {} end
+  return res[1][2]
+end
+
+local function last_delivered(key)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if ok then
+    for _, g in ipairs(groups) do
+      local name, last
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1]
+        elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+      end
+      if name == group then return last end
+    end
+  end
+  ensure_group(key)
+  return '0-0'
+end
+
+local function id_less(a, b)
+  local ams, aseq = string.match(a[2], '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b[2], '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  aseq, bseq = tonumber(aseq), tonumber(bseq)
+  if aseq ~= bseq then return aseq < bseq end
+  return a[1] < b[1]
+end
+
+-- One priority level of several queues: peek at each, then read the oldest across them.
+local function read_level(p)
+  if nq == 1 then
+    for _, entry in ipairs(read(stream(1, p), remaining)) do take(1, p, stream(1, p), entry, 1) end
+    return
+  end
+  local seen = {}
+  for q = 1, nq do
+    local key = stream(q, p)
+    if redis.call('EXISTS', key) == 1 then
+      local last = last_delivered(key)
+      for _, e in ipairs(redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', remaining)) do
+        seen[#seen + 1] = {q, e[1]}
+      end
+    end
+  end
+  if #seen == 0 then return end
+  table.sort(seen, id_less)
+  local per = {}
+  for i = 1, math.min(#seen, remaining) do per[seen[i][1]] = (per[seen[i][1]] or 0) + 1 end
+  local got = {}
+  for q, count in pairs(per) do
+    for _, entry in ipairs(read(stream(q, p), count)) do got[#got + 1] = {q, entry} end
+  end
+  table.sort(got, function(a, b) return id_less({a[1], a[2][1]}, {b[1], b[2][1]}) end)
+  for _, item in ipairs(got) do take(item[1], p, stream(item[1], p), item[2], 1) end
+end
+
+for q = 1, nq do promote(q) end
+if reclaim then
+  for p = 9, 0, -1 do
+    for q = 1, nq do reclaim_stream(q, p) end
+  end
+end
+for p = 9, 0, -1 do
+  if remaining <= 0 then break end
+  read_level(p)
+end
+local next_due = false
+for q = 1, nq do
+  local first = redis.call('ZRANGE', KEYS[(q - 1) * 12 + 11], 0, 0, 'WITHSCORES')
+  if first[2] and (not next_due or tonumber(first[2]) < tonumber(next_due)) then
+    next_due = first[2]
+  end
+end
+return {out, buried, next_due}
+"""
+)
+
+#: Acknowledge (XACK + XDEL) or renew (XCLAIM JUSTID: resets the idle time, not the counter)
+#: deliveries that their consumer still owns.
+#: KEYS: one stream per delivery. ARGV: group, mode ('ack' | 'renew'), then per delivery:
+#: consumer, id, counter. Returns 1 (done) or 0 (fenced off) per delivery.
+ACK = (
+    _COMMON
+    + """
+local group, mode = ARGV[1], ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  local consumer, id, counter = ARGV[3 * i], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2])
+  out[i] = 0
+  if owned(KEYS[i], group, id, consumer, counter) then
+    if mode == 'ack' then
+      redis.call('XACK', KEYS[i], group, id)
+      redis.call('XDEL', KEYS[i], id)
+    else
+      redis.call('XCLAIM', KEYS[i], group, consumer, 0, id, 'JUSTID')
+    end
+    out[i] = 1
+  end
+end
+return out
+"""
+)
+
+#: Give a delivery back: add it again (now, or to the delayed set) and drop the old entry.
+#: KEYS: stream, delayed, wake. ARGV: group, consumer, id, counter ('' = any), mode ('nack'
+#: counts the delivery, 'release' does not), due (0 = now), nonce, priority.
+REQUEUE = (
+    _COMMON
+    + """
+local key, group, id = KEYS[1], ARGV[1], ARGV[3]
+local e = owned(key, group, id, ARGV[2], tonumber(ARGV[4]))
+if not e then return 0 end
+local entries = redis.call('XRANGE', key, id, id)
+redis.call('XACK', key, group, id)
+redis.call('XDEL', key, id)
+if not entries[1] then return 1 end
+local body, n = fields_of(entries[1])
+if not body then return 1 end
+n = n + tonumber(e[4])
+if ARGV[5] == 'release' then n = n - 1 end
+if tonumber(ARGV[6]) > 0 then
+  schedule(KEYS[2], KEYS[3], ARGV[6], ARGV[8] .. ':' .. n .. ':' .. ARGV[7] .. ':' .. body)
+else
+  redis.call('XADD', key, '*', 'b', body, 'n', n)
+end
+return 1
+"""
+)
+
+#: Move a delivery to the dead-letter stream with its reason.
+#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now.
+DEAD_LETTER = (
+    _COMMON
+    + """
+local key, group, id = KEYS[1], ARGV[1], ARGV[3]
+if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
+local entries = redis.call('XRANGE', key, id, id)
+local body = ''
+if entries[1] then body = fields_of(entries[1]) or '' end
+bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
+redis.call('XACK', key, group, id)
+redis.call('XDEL', key, id)
+return 1
+"""
+)
+
+#: Add delayed messages. KEYS: delayed, wake. ARGV: due, member, due, member...
+SCHEDULE = (
+    _COMMON
+    + """
+for i = 1, #ARGV, 2 do schedule(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
+)
+
+#: Delete the waiting (not yet delivered) and delayed messages of a queue; return how many.
+#: KEYS: p9..p0, delayed. ARGV: group.
+PURGE = """
+local group = ARGV[1]
+local count = 0
+for k = 1, 10 do
+  local key = KEYS[k]
+  if redis.call('EXISTS', key) == 1 then
+    local last = nil
+    local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+    if ok then
+      for _, g in ipairs(groups) do
+        local name, id
+        for i = 1, #g, 2 do
+          if g[i] == 'name' then name = g[i + 1]
+          elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
+        end
+        if name == group then last = id end
+      end
+    end
+    local start = '-'
+    if last then start = '(' .. last end
+    while true do
+      local entries = redis.call('XRANGE', key, start, '+', 'COUNT', 1000)
+      if #entries == 0 then break end
+      for _, e in ipairs(entries) do redis.call('XDEL', key, e[1]) end
+      count = count + #entries
+      start = '(' .. entries[#entries][1]
+    end
+  end
+end
+count = count + redis.call('ZCARD', KEYS[11])
+redis.call('DEL', KEYS[11])
+return count
+"""

@@ -1,0 +1,335 @@
+"""`redis://`, `rediss://`, `unix://`: a broker on Redis Streams with consumer groups.
+
+Each queue has one stream per priority level (`<prefix>:{<queue>}:p0` ... `:p9`) read by the
+consumer group `aqueue`, a sorted set of delayed messages, a wake-up stream and a dead-letter
+stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis_scripts`).
+
+- A consumer claims up to its credit in one Lua script (due delayed messages move to their
+  streams, then priority 9 first, oldest first), and when nothing is ready it blocks in
+  `XREADGROUP ... BLOCK` on every stream of its queues: a publish wakes it at once. It sleeps
+  no longer than the next delayed message (a publish of an earlier one wakes a consumer through
+  the wake-up stream) or its next reclaim sweep.
+- A delivered message stays pending until it is settled. `renew` (the worker's heartbeat)
+  resets its idle time; a message idle longer than `visibility_timeout` belongs to a dead
+  consumer and is reclaimed (`XAUTOCLAIM`) by the sweep of any live one, which every consumer
+  runs every `visibility_timeout / 2` seconds. Settling is fenced by owner and delivery counter:
+  a consumer whose lease ran out cannot settle the message another consumer now holds.
+- After `max_deliveries` deliveries a message goes to the dead letters (`max-deliveries`).
+- `nack` and a closing consumer give messages back at once, as new entries (counting the
+  deliveries so far), not after the lease.
+- Lost connections: the consumer retries with backoff (at most 2 s apart), and recreates the
+  consumer groups and scripts a restarted Redis lost (`_redis_consumer`).
+- Across queues, priority goes first, then age: stream ids (Redis time, in milliseconds).
+
+Options (URL query or `broker_transport_options`): `prefix` (default `aqueue`), the connection
+options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` as on every broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+
+from .._redis import (
+    SOCKET_TIMEOUT,
+    Batcher,
+    RedisSettings,
+    Script,
+    parse_redis_url,
+    redis_errors,
+    run_scripts,
+)
+from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..exceptions import BrokerError, ConfigurationError
+from ..message import OutgoingMessage
+from . import _redis_scripts as lua
+from ._redis_consumer import GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys, text
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger(__name__)
+
+_ACK = Script(lua.ACK)
+_REQUEUE = Script(lua.REQUEUE)
+_DEAD_LETTER = Script(lua.DEAD_LETTER)
+_SCHEDULE = Script(lua.SCHEDULE)
+_PURGE = Script(lua.PURGE)
+
+
+class _RedisDelivery(Delivery):
+    __slots__ = ("_broker", "_claimed", "_consumer", "_held", "_settled")
+
+    def __init__(
+        self, broker: RedisBroker, claimed: Claimed, consumer: str, held: set[str]
+    ) -> None:
+        super().__init__(claimed.body, claimed.keys.queue, claimed.n + claimed.counter)
+        self._broker = broker
+        self._claimed = claimed
+        self._consumer = consumer
+        self._held = held
+        self._settled = False
+
+    def _settle(self) -> bool:
+        first, self._settled = not self._settled, True
+        return first
+
+    def _release(self) -> None:
+        """Settled: no longer this consumer's to give back (only once Redis has done it)."""
+        self._held.discard(self._claimed.id)
+
+    def _lost(self, action: str) -> None:
+        logger.warning(
+            "could not %s message %s of queue %r: its lease ran out and another consumer "
+            "holds it now (raise visibility_timeout above the longest task)",
+            action,
+            self._claimed.id,
+            self.queue,
+        )
+
+    def _fence(self) -> tuple[str, str, int]:
+        return self._consumer, self._claimed.id, self._claimed.counter
+
+    async def ack(self) -> None:
+        """Delete the message, if this delivery still holds it (batched with other acks)."""
+        if not self._settle():
+            return
+        try:
+            if not await self._broker._settle("ack", self._claimed, self._fence()):
+                self._lost("acknowledge")
+        finally:
+            self._release()
+
+    async def renew(self) -> None:
+        """Reset the message's idle time, so that no sweep reclaims it."""
+        if not self._settled and not await self._broker._settle(
+            "renew", self._claimed, self._fence()
+        ):
+            self._lost("renew the lease of")
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Add the message again, now or to the delayed set, counting this delivery."""
+        if not self._settle():
+            return
+        due = time.time() + delay if delay > 0 else 0.0
+        try:
+            if not await self._broker._requeue(self._claimed, self._consumer, "nack", due):
+                self._lost("return")
+        finally:
+            self._release()
+
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Move the message to its queue's dead-letter stream."""
+        if not self._settle():
+            return
+        try:
+            if not await self._broker._dead_letter(
+                self._claimed, self._consumer, str(reason), detail
+            ):
+                self._lost("dead-letter")
+        finally:
+            self._release()
+
+
+class RedisBroker(Broker):
+    """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.settings: RedisSettings = parse_redis_url(
+            url, options, ignore=frozenset({"visibility_timeout", "max_deliveries"})
+        )
+        timeout = options.get("visibility_timeout")
+        self.visibility_timeout = 30.0 if timeout is None else float(timeout)
+        deliveries = options.get("max_deliveries")
+        self.max_deliveries = 5 if deliveries is None else int(deliveries)
+        if not self.visibility_timeout > 0:
+            raise ConfigurationError(f"visibility_timeout must be > 0, not {timeout!r}")
+        if self.max_deliveries < 1:
+            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
+        self.renew_interval = self.visibility_timeout / 3
+        #: How often a consumer looks for messages whose lease ran out.
+        self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
+        self._client: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._keys: dict[str, QueueKeys] = {}
+        self._settler: Batcher[tuple[str, Claimed, tuple[str, str, int]], bool] = Batcher(
+            self._flush_settles
+        )
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.settings.url}>"
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (and check that Redis answers)."""
+        if self._client is not None:
+            return
+        client = self.settings.client()
+        blocking = self.settings.client(socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
+        try:
+            with redis_errors(self.settings, "connecting"):
+                await client.ping()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+                await blocking.aclose()
+            raise
+        if self._client is not None:  # a concurrent open won
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+                await blocking.aclose()
+            return
+        self._client, self._blocking = client, blocking
+
+    async def close(self) -> None:
+        """Close every connection; a consumer blocked on Redis stops."""
+        client, blocking = self._client, self._blocking
+        self._client = self._blocking = None
+        with anyio.CancelScope(shield=True):
+            for each in (client, blocking):
+                if each is not None:
+                    await each.aclose()
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
+        return self._client
+
+    def keys(self, queue: str) -> QueueKeys:
+        """Return the Redis keys of `queue`."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(self.settings.prefix, queue)
+        return keys
+
+    # -- producing --------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Add the messages in one pipeline: ready ones to their streams, others delayed."""
+        if not messages:
+            return
+        client = self._redis()
+        now = time.time()
+        delayed: dict[str, list[Any]] = {}
+        pipe = client.pipeline(transaction=False)
+        for message in messages:
+            keys = self.keys(message.queue)
+            priority = min(max(int(message.priority), 0), 9)
+            if message.eta is not None and message.eta > now:
+                member = b"%d:0:%s:%s" % (priority, uuid.uuid4().hex[:8].encode(), message.body)
+                delayed.setdefault(message.queue, []).extend((repr(message.eta), member))
+            else:
+                pipe.xadd(keys.stream(priority), {"b": message.body})
+        with redis_errors(self.settings, "publishing"):
+            if len(pipe):
+                await pipe.execute()
+            if delayed:
+                calls = [
+                    (_SCHEDULE, [self.keys(queue).delayed, self.keys(queue).wake], args)
+                    for queue, args in delayed.items()
+                ]
+                await run_scripts(client, calls)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def _settle(self, mode: str, claimed: Claimed, fence: tuple[str, str, int]) -> bool:
+        with redis_errors(self.settings, f"settling ({mode})"):
+            return await self._settler.submit((mode, claimed, fence))
+
+    async def _flush_settles(
+        self, items: list[tuple[str, Claimed, tuple[str, str, int]]]
+    ) -> list[bool]:
+        """One ACK script call per (mode, queue), all in one pipeline."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, (mode, claimed, _) in enumerate(items):
+            groups.setdefault((mode, claimed.keys.queue), []).append(index)
+        calls = []
+        for (mode, _), indexes in groups.items():
+            keys = [items[index][1].stream for index in indexes]
+            args: list[Any] = [GROUP, mode]
+            for index in indexes:
+                args.extend(items[index][2])
+            calls.append((_ACK, keys, args))
+        replies = await run_scripts(self._redis(), calls)
+        done = [False] * len(items)
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            for index, flag in zip(indexes, reply, strict=True):
+                done[index] = bool(flag)
+        return done
+
+    async def _requeue(
+        self, claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool = True
+    ) -> bool:
+        keys = claimed.keys
+        args = [
+            GROUP,
+            consumer,
+            claimed.id,
+            claimed.counter if fenced else "",
+            mode,
+            repr(due),
+            uuid.uuid4().hex[:8],
+            claimed.priority,
+        ]
+        with redis_errors(self.settings, "returning a message"):
+            return bool(
+                await _REQUEUE(self._redis(), [claimed.stream, keys.delayed, keys.wake], args)
+            )
+
+    async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
+        args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
+        with redis_errors(self.settings, "dead-lettering a message"):
+            reply = await _DEAD_LETTER(self._redis(), [claimed.stream, claimed.keys.dead], args)
+        return bool(reply)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        """Claim up to the credit; block in XREADGROUP while nothing is ready."""
+        state = Consumer(self, [self.keys(queue) for queue in dict.fromkeys(queues)], burst)
+        try:
+            while True:
+                limit = await credit.wait()
+                claimed = await state.next_batch(limit)
+                if claimed is None:
+                    return
+                state.unyielded.extend(claimed)
+                while state.unyielded:
+                    message = state.unyielded.popleft()
+                    state.held.add(message.id)
+                    yield _RedisDelivery(self, message, state.name, state.held)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await state.give_back()
+
+    async def purge(self, queue: str) -> int:
+        """Delete the queue's waiting and delayed messages (not the delivered ones)."""
+        keys = self.keys(queue)
+        with redis_errors(self.settings, "purging"):
+            return int(await _PURGE(self._redis(), [*keys.streams, keys.delayed], [GROUP]))
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the queue's dead letters, oldest first."""
+        with redis_errors(self.settings, "reading dead letters"):
+            entries: Any = await self._redis().xrange(self.keys(queue).dead, count=limit)
+        letters = []
+        for _, fields in entries:
+            letters.append(
+                DeadLetter(
+                    queue=queue,
+                    body=fields.get(b"b", b""),
+                    reason=text(fields.get(b"r", b"")),
+                    detail=text(fields.get(b"d", b"")),
+                    at=float(fields.get(b"t", 0) or 0),
+                )
+            )
+        return letters
