@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from .throttle import RateLimiter, Semaphore
+
 __all__ = ["ResultBackend", "StoredResult"]
 
 
@@ -73,6 +75,14 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     async def forget(self, task_id: str) -> None:
         """Delete what is stored for the task."""
+
+    def rate_limiter(self) -> RateLimiter | None:
+        """Return a limiter shared by every worker using this store, if it can have one."""
+        return None
+
+    def semaphore(self) -> Semaphore | None:
+        """Return a semaphore shared by every worker using this store, if it can have one."""
+        return None
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from .exceptions import BrokerError
+from .mailbox import Mailbox
 from .message import OutgoingMessage
+from .throttle import RateLimiter, Semaphore
 
 __all__ = ["Broker", "Credit", "DeadLetter", "Delivery"]
 
@@ -112,6 +115,21 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the oldest dead letters of `queue`, up to `limit`."""
+
+    def mailbox(self) -> Mailbox:
+        """Return the mailbox over this broker's transport (see `aqueue.mailbox`)."""
+        raise BrokerError(
+            f"{type(self).__name__} has no mailbox: inspect, control and runtime rate limits "
+            "need a broker that provides one"
+        )
+
+    def rate_limiter(self) -> RateLimiter | None:
+        """Return a limiter shared by every worker of this broker, if it can have one."""
+        return None
+
+    def semaphore(self) -> Semaphore | None:
+        """Return a semaphore shared by every worker of this broker, if it can have one."""
+        return None
 
     async def __aenter__(self) -> Self:
         await self.open()

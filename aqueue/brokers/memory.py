@@ -18,7 +18,9 @@ from typing import Any
 import anyio
 
 from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from ._memory_mailbox import MemoryMailbox
 
 __all__ = ["MemoryBroker"]
 
@@ -71,6 +73,7 @@ class MemoryBroker(Broker):
         self._dead: dict[str, list[DeadLetter]] = {}
         self._counter = itertools.count()
         self._changed = anyio.Event()
+        self._mailbox = MemoryMailbox()
 
     async def open(self) -> None:
         """Nothing to connect."""
@@ -142,6 +145,10 @@ class MemoryBroker(Broker):
                 continue
             for item in items:
                 yield _MemoryDelivery(self, item)
+
+    def mailbox(self) -> Mailbox:
+        """Return this broker's in-process mailbox."""
+        return self._mailbox
 
     async def purge(self, queue: str) -> int:
         """Drop the queue's waiting and delayed messages."""

@@ -29,7 +29,10 @@ from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
+from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
+from ._sqlite_mailbox import SQLiteMailbox
 
 __all__ = ["SQLiteBroker"]
 
@@ -295,6 +298,7 @@ class SQLiteBroker(Broker):
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
+        self._mailbox: SQLiteMailbox | None = None
 
     @property
     def path(self) -> str | None:
@@ -305,7 +309,7 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, SCHEMA)
+        db = await Database.open(self._path, (*SCHEMA, *MAILBOX_SCHEMA))
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -316,6 +320,7 @@ class SQLiteBroker(Broker):
     async def close(self) -> None:
         """Close the connection; consumers waiting for messages stop."""
         db, self._db = self._db, None
+        self._mailbox = None
         listeners, self._listeners = self._listeners, set()
         with anyio.CancelScope(shield=True):
             for listener in listeners:
@@ -394,6 +399,12 @@ class SQLiteBroker(Broker):
             await db.run(_release, leases, self._wake)
         except BrokerError:  # closed meanwhile, or locked: their leases run out instead
             logger.warning("could not give back %d claimed message(s)", len(leases), exc_info=True)
+
+    def mailbox(self) -> Mailbox:
+        """Return the mailbox in this broker's database (open the broker first)."""
+        if self._mailbox is None:
+            self._mailbox = SQLiteMailbox(self._database())
+        return self._mailbox
 
     async def purge(self, queue: str) -> int:
         """Delete the queue's waiting and delayed messages (not the leased ones)."""
