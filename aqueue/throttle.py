@@ -106,8 +106,8 @@ class Semaphore(abc.ABC):
         """Give a place back, waking a waiter."""
 
     @abc.abstractmethod
-    async def wait(self, key: str, timeout: float) -> None:
-        """Return when a place of `key` may have come free, or after `timeout` seconds."""
+    async def wait(self, key: str, at_most: float) -> None:
+        """Return when a place of `key` may have come free, or after `at_most` seconds."""
 
 
 class LocalSemaphore(Semaphore):
@@ -138,8 +138,8 @@ class LocalSemaphore(Semaphore):
         if event is not None:
             event.set()
 
-    async def wait(self, key: str, timeout: float) -> None:
+    async def wait(self, key: str, at_most: float) -> None:
         """Wait for a release of `key`."""
         event = self._freed.setdefault(key, anyio.Event())
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(at_most):
             await event.wait()
