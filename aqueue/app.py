@@ -29,6 +29,7 @@ from . import result as _result
 from .backend import ResultBackend
 from .broker import Broker
 from .config import DEFAULT_BROKER_URL, Settings
+from .control import Control
 from .drivers import create_backend, create_broker
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, OutgoingMessage
@@ -104,6 +105,11 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}: {redact(self.broker_url)}>"
+
+    @property
+    def control(self) -> Control:
+        """Remote control of this app's workers: `await app.control.ping()`."""
+        return Control(self)
 
     # -- configuration -----------------------------------------------------------------------
 

@@ -202,6 +202,14 @@ class AsyncResult(Generic[R]):
             raise error
         return cast(R, error)
 
+    async def revoke(self, *, terminate: bool = False) -> None:
+        """Stop the task from running on any worker; with `terminate`, cancel it if it runs.
+
+        A coroutine is cancelled; a `def` task's thread cannot be, so the worker stops waiting
+        for it and its message is not run again (the function itself runs on to its end).
+        """
+        await self.app.control.revoke(self.id, terminate=terminate, reply=False)
+
     async def forget(self) -> None:
         """Delete the stored result."""
         await (await self._backend()).forget(self.id)

@@ -14,6 +14,8 @@ import functools
 import logging
 import time
 import traceback
+from collections.abc import Container
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,9 +32,18 @@ if TYPE_CHECKING:
     from .backend import ResultBackend
     from .broker import Broker, Delivery
 
-__all__ = ["Runner"]
+__all__ = ["Active", "Runner"]
 
 logger = logging.getLogger("aqueue.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """A task running now: its message, and when it started (a POSIX time)."""
+
+    delivery: Delivery
+    envelope: Envelope
+    started: float
 
 
 class Runner:
@@ -46,12 +57,16 @@ class Runner:
         *,
         hostname: str,
         threads: anyio.CapacityLimiter,
+        revoked: Container[str] = frozenset(),
     ) -> None:
         self.app = app
         self.broker = broker
         self.backend = backend
         self.hostname = hostname
         self.threads = threads
+        self.revoked = revoked
+        #: The tasks running now, by id.
+        self.active: dict[str, Active] = {}
         self.succeeded = 0
         self.failed = 0
         self.refused = 0
@@ -66,21 +81,22 @@ class Runner:
             return
         envelope, task = checked
         if envelope.expires is not None and time.time() > envelope.expires:
-            await self._store(
-                envelope,
-                task,
-                states.REVOKED,
-                ResultMeta(
-                    task=task.name,
-                    exc_type="TaskExpired",
-                    exc_message="expired before it started",
-                    date_done=time.time(),
-                ),
-            )
-            await delivery.ack()
-            logger.info("Task %s[%s] expired before it started", task.name, envelope.id)
-            return
-        await self._run(delivery, envelope, task)
+            await self._discard(delivery, envelope, task, "expired before it started")
+        elif envelope.id in self.revoked:
+            await self._discard(delivery, envelope, task, "revoked before it started")
+        else:
+            await self._run(delivery, envelope, task)
+
+    async def _discard(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], why: str
+    ) -> None:
+        """Settle a task that must not run, its result saying REVOKED and why."""
+        meta = ResultMeta(
+            task=task.name, exc_type="TaskRevoked", exc_message=why, date_done=time.time()
+        )
+        await self._store(envelope, task, states.REVOKED, meta)
+        await delivery.ack()
+        logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
 
     async def _check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
         limit = self.app.conf.message_max_bytes
@@ -138,14 +154,12 @@ class Runner:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
         token = current_request.set(self._request(delivery, envelope, task))
         started = time.perf_counter()
+        self.active[envelope.id] = Active(delivery, envelope, time.time())
         try:
             value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
-            logger.warning(
-                "Task %s[%s] interrupted by shutdown; returning it to the queue",
-                task.name,
-                envelope.id,
-            )
+            with anyio.CancelScope(shield=True):
+                await self._interrupted(delivery, envelope, task)
             raise
         except Retry as retry:
             await self._retry(delivery, envelope, task, retry)
@@ -159,7 +173,20 @@ class Runner:
             await self._succeeded(envelope, task, value, time.perf_counter() - started)
         finally:
             current_request.reset(token)
+            del self.active[envelope.id]
         await delivery.ack()
+
+    async def _interrupted(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+    ) -> None:
+        if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
+            await self._discard(delivery, envelope, task, "terminated while running")
+        else:  # a shutdown: the worker gives the message back
+            logger.warning(
+                "Task %s[%s] interrupted by shutdown; returning it to the queue",
+                task.name,
+                envelope.id,
+            )
 
     async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         conf = self.app.conf

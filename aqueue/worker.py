@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .exceptions import BrokerError
+from .remote import RemoteControl, Revocations
 from .runner import Runner
 from .slots import Inbox, InboxClosed, Slots
 
@@ -64,7 +66,11 @@ class Worker:
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         self.runner: Runner | None = None
-        self._running: set[Delivery] = set()
+        self._running: dict[Delivery, anyio.CancelScope] = {}
+        #: Task ids revoked on this worker (by `app.control.revoke`), each until it expires.
+        self.revoked = Revocations()
+        #: Rate limits changed at runtime (`aqueue control rate_limit`), by task name.
+        self.rate_limits: dict[str, str | None] = {}
         self._stopping = False
         self._hard = False
         # Made in run(): anyio's primitives need the running event loop.
@@ -102,7 +108,11 @@ class Worker:
             backend,
             hostname=self.hostname,
             threads=anyio.CapacityLimiter(self.threads),
+            revoked=self.revoked,
         )
+        remote = _remote_control(self, broker)
+        if remote is not None:
+            await remote.load()
         self.started_at = time.time()
         self._slots = Slots(self.concurrency)
         self._inbox = Inbox()
@@ -113,6 +123,8 @@ class Worker:
         async with anyio.create_task_group() as group:
             if broker.renew_interval:
                 group.start_soon(self._heartbeat, broker.renew_interval)
+            if remote is not None:
+                await group.start(remote.run)
             async with anyio.create_task_group() as work:
                 for _ in range(self.concurrency):
                     work.start_soon(self._slot, self.runner)
@@ -146,9 +158,10 @@ class Worker:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
-            running.add(delivery)
+            running[delivery] = scope = anyio.CancelScope()
             try:
-                await runner.handle(delivery)
+                with scope:  # cancelled alone by revoke(terminate=True)
+                    await runner.handle(delivery)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):  # a no-op if it was settled already
                     await _nack_quietly(delivery, delay=0.0)
@@ -158,7 +171,7 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await _nack_quietly(delivery, delay=1.0)
             finally:
-                running.discard(delivery)
+                del running[delivery]
                 slots.release()
 
     async def _drain(self, work: TaskGroup) -> None:
@@ -192,6 +205,41 @@ class Worker:
                 except Exception:
                     logger.exception("Could not renew the lease of a message")
 
+    def terminate(self, task_id: str) -> bool:
+        """Cancel the running task `task_id` (after revoking it); False if it is not running."""
+        active = self.runner.active.get(task_id) if self.runner else None
+        scope = self._running.get(active.delivery) if active else None
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    def set_rate_limit(self, task_name: str, rate: str | None) -> str:
+        """Change a task's rate limit on this worker; return its scope ("global" or "local")."""
+        self.rate_limits[task_name] = rate
+        return "local"
+
+    def active(self) -> list[dict[str, Any]]:
+        """Return the tasks running now, for `inspect active`."""
+        if self.runner is None:
+            return []
+        return [
+            {
+                "id": item.envelope.id,
+                "name": item.envelope.task,
+                "args": list(item.envelope.args),
+                "kwargs": dict(item.envelope.kwargs),
+                "started": item.started,
+                "queue": item.delivery.queue,
+                "delivery_count": item.delivery.delivery_count,
+            }
+            for item in self.runner.active.values()
+        ]
+
+    def held(self) -> list[dict[str, Any]]:
+        """Return the tasks this worker holds for later, for `inspect scheduled`."""
+        return []
+
     async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does."""
         async with anyio.create_task_group() as group:
@@ -222,6 +270,15 @@ class Worker:
             "refused": runner.refused if runner else 0,
             "retried": runner.retried if runner else 0,
         }
+
+
+def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:
+    try:
+        mailbox = broker.mailbox()
+    except BrokerError:
+        logger.info("%s has no mailbox: remote control is off", type(broker).__name__)
+        return None
+    return RemoteControl(worker, mailbox)
 
 
 async def _first_then_cancel(wait: Any, group: TaskGroup) -> None:

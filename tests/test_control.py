@@ -1,0 +1,181 @@
+"""The control plane: commands to live workers, revocation, runtime rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from aqueue import App, ConfigurationError, NotRegistered, TaskRevoked, Worker, states
+from aqueue.control import NoReply, require_replies
+
+from .conftest import MakeApp
+from .contract.test_mailbox import MAILBOX_DRIVERS
+
+
+@pytest.fixture
+def make(make_app: MakeApp, broker_url: str) -> MakeApp:
+    if not broker_url.startswith(MAILBOX_DRIVERS):
+        pytest.skip("this driver has no mailbox yet")
+    return make_app
+
+
+@asynccontextmanager
+async def running(app: App, **options: Any) -> AsyncIterator[Worker]:
+    async with anyio.create_task_group() as group:
+        worker: Worker = await group.start(Worker(app, **options).run)
+        yield worker
+        worker.stop(now=True)
+
+
+async def test_ping_and_inspect(make: MakeApp) -> None:
+    app = make()
+    started = anyio.Event()
+    release = anyio.Event()
+
+    @app.task
+    async def hold(tag: str) -> str:
+        started.set()
+        await release.wait()
+        return tag
+
+    result = await hold.delay("x")
+    async with running(app, hostname="w1@test") as worker:
+        with anyio.fail_after(10):
+            await started.wait()
+        replies = await app.control.ping(timeout=2, destination=["w1@test"])
+        assert [(r.hostname, r.ok, r.result) for r in replies] == [("w1@test", True, "pong")]
+        inspect = app.control.inspect(timeout=2, destination=["w1@test"])
+        assert await inspect.registered() == {"w1@test": [hold.name]}
+        (active,) = (await inspect.active())["w1@test"]
+        assert (active["id"], active["name"], active["args"]) == (result.id, hold.name, ["x"])
+        assert (await inspect.stats())["w1@test"]["running"] == 1
+        assert await inspect.scheduled() == {"w1@test": []}
+        assert worker.hostname == "w1@test"
+        release.set()
+        assert await result.get(timeout=5) == "x"
+
+
+async def test_no_reply_from_a_missing_worker(make: MakeApp) -> None:
+    app = make()
+    replies = await app.control.ping(timeout=0.2, destination=["nobody@nowhere"])
+    assert replies == []
+    with pytest.raises(NoReply, match=r"no reply from nobody@nowhere within 0\.2s"):
+        require_replies(replies, ["nobody@nowhere"], 0.2)
+    with pytest.raises(NoReply, match="no worker replied"):
+        require_replies([], None, 0.2)
+
+
+async def test_revoke_a_queued_task(make: MakeApp) -> None:
+    app = make()
+    ran: list[int] = []
+
+    @app.task
+    async def job(n: int) -> int:
+        ran.append(n)
+        return n
+
+    doomed, kept = await job.delay(1), await job.delay(2)
+    await doomed.revoke()
+    assert await doomed.state() == states.REVOKED
+    with anyio.fail_after(30):
+        await Worker(app, burst=True).run()  # a worker started after the revoke honours it
+    assert ran == [2]
+    assert await kept.get(timeout=5) == 2
+    with pytest.raises(TaskRevoked, match="revoked"):
+        await doomed.get(timeout=5)
+
+
+async def test_revoke_reaches_a_running_worker(make: MakeApp) -> None:
+    app = make()
+    ran: list[int] = []
+    first_started = anyio.Event()
+    release = anyio.Event()
+
+    @app.task
+    async def job(n: int) -> None:
+        ran.append(n)
+        if n == 1:
+            first_started.set()
+            await release.wait()
+
+    await job.delay(1)
+    async with running(app, concurrency=1, hostname="w@t") as worker:
+        with anyio.fail_after(10):
+            await first_started.wait()
+        second = await job.delay(2)  # waits behind the first: the one slot is busy
+        replies = await app.control.revoke(second.id, timeout=0.5)
+        assert [r.result for r in replies] == [f"revoked {second.id}"]
+        assert second.id in worker.revoked
+        release.set()
+        with pytest.raises(TaskRevoked):
+            await second.get(timeout=10)
+    assert ran == [1]
+
+
+async def test_revoke_terminate_cancels_a_running_coroutine(make: MakeApp) -> None:
+    app = make()
+    started = anyio.Event()
+    cancelled = anyio.Event()
+
+    @app.task
+    async def forever() -> None:
+        started.set()
+        try:
+            await anyio.Event().wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    result = await forever.delay()
+    async with running(app, hostname="w@t"):
+        with anyio.fail_after(10):
+            await started.wait()
+        await result.revoke(terminate=True)
+        with anyio.fail_after(10):
+            await cancelled.wait()
+        with pytest.raises(TaskRevoked, match="terminated"):
+            await result.get(timeout=10)
+    assert await (await app.connection()).purge("default") == 0  # not given back
+
+
+async def test_rate_limit_checks_and_persists(make: MakeApp) -> None:
+    app = make()
+
+    @app.task
+    async def limited() -> None: ...
+
+    with pytest.raises(NotRegistered):
+        await app.control.rate_limit("tasks.nope", "10/m", timeout=0.1)
+    with pytest.raises(ConfigurationError, match="'10/x' is not a rate"):
+        await app.control.rate_limit(limited.name, "10/x", timeout=0.1)
+    async with running(app, hostname="w@t") as worker:
+        replies = await app.control.rate_limit(limited.name, "10/m", timeout=0.5)
+        assert [r.result for r in replies] == [f"rate limit of {limited.name} set to 10/m (local)"]
+        assert worker.rate_limits == {limited.name: "10/m"}
+    async with running(app, hostname="w2@t") as restarted:
+        assert restarted.rate_limits == {limited.name: "10/m"}  # picked up at start
+
+
+async def test_shutdown_stops_the_worker(make: MakeApp) -> None:
+    app = make()
+    async with anyio.create_task_group() as group:
+        worker: Worker = await group.start(Worker(app, hostname="w@t").run)
+        replies = await app.control.shutdown(timeout=2, destination=["w@t"])
+        assert [r.result for r in replies] == ["shutting down"]
+    assert worker.slots.used == 0
+
+
+async def test_unknown_and_malformed_commands(make: MakeApp) -> None:
+    app = make()
+    async with running(app, hostname="w@t"):
+        (reply,) = await app.control.broadcast("explode", timeout=2, destination=["w@t"])
+        assert not reply.ok
+        assert reply.error == "ValueError: unknown control command 'explode'"
+        mailbox = (await app.connection()).mailbox()
+        await mailbox.publish("control.broadcast", b"\xc1 garbage")
+        replies = await app.control.ping(timeout=2, destination=["w@t"])
+        assert [r.result for r in replies] == ["pong"]
