@@ -1,4 +1,6 @@
-"""The `aqueue` command: `aqueue worker tasks:app`, `aqueue check-config`, `aqueue --version`.
+"""The `aqueue` command: `aqueue worker tasks:app`, `check-config`, and the operator commands.
+
+`aqueue inspect|control|purge|result|call` live in `aqueue.operate`.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
 on stderr and exit code 2, never a traceback.
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from . import operate
 from ._version import __version__
 from .banner import banner
 from .config import Settings
@@ -56,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration module")
     check.add_argument("module", help="the config module, e.g. aqueueconfig")
     check.add_argument("--namespace", help='read NAMESPACE_SETTING names, e.g. "AQUEUE"')
+    operate.add_commands(commands)
     return parser
 
 
@@ -147,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker(args)
-        return _check_config(args)
+        if args.command == "check-config":
+            return _check_config(args)
+        return operate.run(args)
     except AqueueError as exc:
         print(f"aqueue: error: {exc}", file=sys.stderr)
         return 2

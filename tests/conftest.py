@@ -19,6 +19,7 @@ import pytest
 from aqueue import App
 
 from . import service_amqp, service_redis
+from .test_processes import project, workers  # noqa: F401 - worker-process fixtures, shared
 
 #: CI sets this: a test that needs an unreachable service fails instead of skipping.
 REQUIRE_SERVICES = os.environ.get("AQUEUE_REQUIRE_SERVICES") == "1"
