@@ -75,19 +75,26 @@ class Runner:
         self.threads_busy = 0
 
     async def handle(self, delivery: Delivery) -> None:
-        """Run the delivery's task and settle the message; never raises but cancellation."""
+        """Check the delivery, run its task and settle the message (`check`, then `run`)."""
+        checked = await self.check(delivery)
+        if checked is not None:
+            await self.run(delivery, *checked)
+
+    async def check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
+        """Return the envelope and task to run, or settle a message that must not run."""
         checked = await self._check(delivery)
         if checked is None:
-            return
+            return None
         envelope, task = checked
         if envelope.expires is not None and time.time() > envelope.expires:
-            await self._discard(delivery, envelope, task, "expired before it started")
+            await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
-            await self._discard(delivery, envelope, task, "revoked before it started")
+            await self.discard(delivery, envelope, task, "revoked before it started")
         else:
-            await self._run(delivery, envelope, task)
+            return checked
+        return None
 
-    async def _discard(
+    async def discard(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], why: str
     ) -> None:
         """Settle a task that must not run, its result saying REVOKED and why."""
@@ -147,7 +154,8 @@ class Runner:
             await self._store(envelope, None, states.FAILURE, meta)
         await delivery.dead_letter(reason.value, detail)
 
-    async def _run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
+    async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
+        """Run a checked task, store its outcome, and acknowledge its message."""
         if logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] received", task.name, envelope.id)
         if self.app.conf.task_track_started:
@@ -180,7 +188,7 @@ class Runner:
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
     ) -> None:
         if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
-            await self._discard(delivery, envelope, task, "terminated while running")
+            await self.discard(delivery, envelope, task, "terminated while running")
         else:  # a shutdown: the worker gives the message back
             logger.warning(
                 "Task %s[%s] interrupted by shutdown; returning it to the queue",

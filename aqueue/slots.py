@@ -74,6 +74,8 @@ class Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
+        #: Tasks held outside the slots (waiting for a rate limit or a place).
+        self.held = 0
         self._waiter: asyncio.Future[None] | None = None
 
     async def wait(self) -> int:
@@ -83,8 +85,8 @@ class Slots:
         return self.size - self.used
 
     async def wait_idle(self) -> None:
-        """Wait until no slot is in use."""
-        while self.used:
+        """Wait until no slot is in use and no task is held."""
+        while self.used or self.held:
             await self._wait_change()
 
     async def _wait_change(self) -> None:
@@ -97,9 +99,21 @@ class Slots:
         """Occupy a slot."""
         self.used += 1
 
+    def hold(self) -> None:
+        """Count a task held outside the slots."""
+        self.held += 1
+
+    def unhold(self) -> None:
+        """Count a held task gone (to a slot, or back to the broker)."""
+        self.held -= 1
+        self._wake()
+
     def release(self) -> None:
         """Free a slot, waking whoever waits for one."""
         self.used -= 1
+        self._wake()
+
+    def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -9,6 +9,7 @@ thread. Call options never share a namespace with task arguments: they go to `ap
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import datetime as dt
 import difflib
 import inspect
@@ -28,6 +29,7 @@ from typing import (
 
 from . import result as _result
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
+from .throttle import parse_rate
 
 if TYPE_CHECKING:
     from .app import App
@@ -77,6 +79,8 @@ class TaskOptionArgs(TypedDict, total=False):
     retry_jitter: bool
     time_limit: float
     soft_time_limit: float
+    rate_limit: str | float | None
+    concurrency: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,12 @@ class TaskOptions:
     (seconds, 180), `autoretry_for` (exception types that retry by themselves),
     `retry_backoff` (True, or a base in seconds: the delay doubles with each retry, up to
     `retry_backoff_max`, 600) and `retry_jitter` (True: a random delay up to the computed one).
-    Time limits: `soft_time_limit` and `time_limit`, in seconds.
+    Time limits: `soft_time_limit` and `time_limit`, in seconds. Throttles: `rate_limit`
+    ("10/m": across all workers where the app has Redis, else per worker) and `concurrency`
+    (at most this many running at once, counted the same way).
+
+    `task_annotations` (`{"tasks.add": {"rate_limit": "10/m"}, "*": {...}}`) override these
+    for tasks by name, "*" for all, as in Celery.
     """
 
     name: str | None = None
@@ -103,17 +112,48 @@ class TaskOptions:
     retry_jitter: bool = True
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    rate_limit: str | float | None = None
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        parse_rate(self.rate_limit)  # a malformed rate fails where it is written
+        if self.concurrency is not None and (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"concurrency must be a whole number >= 1, not {self.concurrency!r}"
+            )
 
     @classmethod
     def from_arguments(cls, **options: Any) -> TaskOptions:
         """Build options from keyword arguments; an unknown name names the closest one."""
-        known = cls.__dataclass_fields__
-        for name in options:
-            if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigurationError(f"unknown task option {name!r}{hint}")
+        _check_names(options, "task option", identity=True)
         return cls(**options)
+
+    def annotated(self, annotations: Any, name: str) -> TaskOptions:
+        """Return these options with `task_annotations` for task `name` applied ("*" first)."""
+        if not annotations:
+            return self
+        if not isinstance(annotations, Mapping):
+            raise ConfigurationError("task_annotations must be a mapping of task names to options")
+        changes: dict[str, Any] = {}
+        for key in ("*", name):
+            found = annotations.get(key) or {}
+            _check_names(found, f"task_annotations[{key!r}] option")
+            changes.update(found)
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def _check_names(options: Mapping[str, Any], what: str, *, identity: bool = False) -> None:
+    # A task's name and binding are the decorator's to set, not an annotation's.
+    known = TaskOptions.__dataclass_fields__
+    for name in options:
+        if name not in known or (not identity and name in ("name", "bind")):
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown {what} {name!r}{hint}")
 
 
 class Task(Generic[P, R]):
@@ -122,7 +162,9 @@ class Task(Generic[P, R]):
     def __init__(self, app: App | None, fn: Callable[..., Any], options: TaskOptions) -> None:
         self._app = app
         self.fn = fn
-        self.options = options
+        self.declared = options
+        self._annotations: Any = None
+        self._options = options
         self.name = options.name or _default_name(fn, app)
         self.bind = options.bind
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -134,6 +176,16 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+    @property
+    def options(self) -> TaskOptions:
+        """The options in force: as declared, with the app's `task_annotations` applied."""
+        app = self._app or _current_or_none()
+        annotations = app.conf.task_annotations if app is not None else None
+        if annotations is not self._annotations:  # recomputed when the setting is replaced
+            self._options = self.declared.annotated(annotations, self.name)
+            self._annotations = annotations
+        return self._options
 
     @property
     def app(self) -> App:
@@ -278,6 +330,15 @@ def _default_name(fn: Callable[..., Any], app: App | None) -> str:
     if module == "__main__" and app is not None and app.main:
         module = app.main
     return f"{module}.{fn.__name__}"  # as Celery: nested functions need name=
+
+
+def _current_or_none() -> App | None:
+    from .app import current_app
+
+    try:
+        return current_app()
+    except ConfigurationError:
+        return None
 
 
 def _plain_arity(signature: inspect.Signature) -> int | None:

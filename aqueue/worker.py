@@ -15,17 +15,20 @@ whose messages go straight back to the queue; `stop(now=True)` (a second signal)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .admission import Admission, Ticket
 from .exceptions import BrokerError
 from .remote import RemoteControl, Revocations
 from .runner import Runner
@@ -33,7 +36,10 @@ from .slots import Inbox, InboxClosed, Slots
 
 if TYPE_CHECKING:
     from .app import App
+    from .backend import ResultBackend
     from .broker import Broker, Delivery
+    from .message import Envelope
+    from .task import Task
 
 __all__ = ["Worker"]
 
@@ -66,11 +72,16 @@ class Worker:
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         self.runner: Runner | None = None
-        self._running: dict[Delivery, anyio.CancelScope] = {}
+        #: The running deliveries, with the asyncio task running each (for terminate).
+        self._running: dict[Delivery, asyncio.Task[Any]] = {}
+        self._terminated: dict[Delivery, bool] = {}
         #: Task ids revoked on this worker (by `app.control.revoke`), each until it expires.
         self.revoked = Revocations()
         #: Rate limits changed at runtime (`aqueue control rate_limit`), by task name.
-        self.rate_limits: dict[str, str | None] = {}
+        self.rate_limits: dict[str, str | float | None] = {}
+        self.admission: Admission | None = None
+        self._held: dict[Delivery, Held] = {}
+        self._work: TaskGroup | None = None
         self._stopping = False
         self._hard = False
         # Made in run(): anyio's primitives need the running event loop.
@@ -110,6 +121,7 @@ class Worker:
             threads=anyio.CapacityLimiter(self.threads),
             revoked=self.revoked,
         )
+        self.admission = _admission(broker, backend, self.rate_limits)
         remote = _remote_control(self, broker)
         if remote is not None:
             await remote.load()
@@ -121,11 +133,13 @@ class Worker:
         if self._stopping:  # stopped before it started
             self.stop(now=self._hard)
         async with anyio.create_task_group() as group:
-            if broker.renew_interval:
-                group.start_soon(self._heartbeat, broker.renew_interval)
+            interval = _heartbeat_interval(broker, self.admission)
+            if interval is not None:
+                group.start_soon(self._heartbeat, interval)
             if remote is not None:
                 await group.start(remote.run)
             async with anyio.create_task_group() as work:
+                self._work = work
                 for _ in range(self.concurrency):
                     work.start_soon(self._slot, self.runner)
                 with self._consume_scope:
@@ -153,16 +167,19 @@ class Worker:
     async def _slot(self, runner: Runner) -> None:
         """Run deliveries from the inbox, one at a time, until the inbox closes."""
         inbox, slots, running = self._inbox, self.slots, self._running
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             try:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
-            running[delivery] = scope = anyio.CancelScope()
+            running[delivery] = me
             try:
-                with scope:  # cancelled alone by revoke(terminate=True)
-                    await runner.handle(delivery)
-            except anyio.get_cancelled_exc_class():
+                await self._admit(runner, delivery)
+            except asyncio.CancelledError:
+                if self._terminated.pop(delivery, False) and me.uncancel() == 0:
+                    continue  # revoke(terminate=True) cancelled this task alone: carry on
                 with anyio.CancelScope(shield=True):  # a no-op if it was settled already
                     await _nack_quietly(delivery, delay=0.0)
                 raise
@@ -174,8 +191,80 @@ class Worker:
                 del running[delivery]
                 slots.release()
 
+    async def _admit(self, runner: Runner, delivery: Delivery) -> None:
+        """Run the delivery now, or hold it outside the slots until it may start."""
+        checked = await runner.check(delivery)
+        if checked is None:
+            return
+        assert self.admission is not None
+        assert self._work is not None
+        ticket = await self.admission.admit(checked[1])
+        if ticket.held:
+            self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
+            self._work.start_soon(self._hold, runner, delivery, checked, ticket)
+        else:
+            await self._run(runner, delivery, checked, ticket)
+
+    async def _run(
+        self,
+        runner: Runner,
+        delivery: Delivery,
+        checked: tuple[Envelope, Task[Any, Any]],
+        ticket: Ticket,
+    ) -> None:
+        assert self.admission is not None
+        try:
+            await runner.run(delivery, *checked)
+        finally:
+            if ticket.token is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.admission.done(checked[1], ticket)
+
+    async def _hold(
+        self,
+        runner: Runner,
+        delivery: Delivery,
+        checked: tuple[Envelope, Task[Any, Any]],
+        ticket: Ticket,
+    ) -> None:
+        """Wait for a held task's turn without a slot, then take one and run it."""
+        assert self.admission is not None
+        envelope, task = checked
+        self._held[delivery] = scope = Held(
+            anyio.CancelScope(), envelope, time.time() + ticket.wait
+        )
+        try:
+            with scope.cancel_scope:  # cancelled at shutdown: the message goes back
+                await self.admission.wait(task, ticket)
+                await self.slots.wait()
+                self.slots.take()
+                del self._held[delivery]
+                self.slots.unhold()
+                me = asyncio.current_task()
+                assert me is not None
+                self._running[delivery] = me
+                try:
+                    if envelope.id in self.revoked:
+                        await runner.discard(delivery, envelope, task, "revoked while held")
+                    else:
+                        await self._run(runner, delivery, checked, ticket)
+                except asyncio.CancelledError:
+                    if not (self._terminated.pop(delivery, False) and me.uncancel() == 0):
+                        raise
+                finally:
+                    del self._running[delivery]
+                    self.slots.release()
+        finally:
+            if self._held.pop(delivery, None) is not None:  # never started: give it back
+                self.slots.unhold()
+                with anyio.CancelScope(shield=True):
+                    await self.admission.done(task, ticket)
+                    await _nack_quietly(delivery, delay=0.0)
+
     async def _drain(self, work: TaskGroup) -> None:
         """Give running tasks their grace period, then cancel them; end the slot coroutines."""
+        for held in list(self._held.values()):  # not started: they go back at once
+            held.cancel_scope.cancel()
         slots = self.slots
         if slots.used:
             logger.info(
@@ -199,25 +288,33 @@ class Worker:
         """Renew the leases of running messages every `interval` seconds (a named, owned loop)."""
         while True:
             await anyio.sleep(interval)
-            for delivery in list(self._running):
+            for delivery in [*self._running, *self._held]:
                 try:
                     await delivery.renew()
                 except Exception:
                     logger.exception("Could not renew the lease of a message")
+            if self.admission is not None and self.admission.holding_places:
+                try:
+                    await self.admission.renew()
+                except Exception:
+                    logger.exception("Could not renew the concurrency places of running tasks")
 
     def terminate(self, task_id: str) -> bool:
         """Cancel the running task `task_id` (after revoking it); False if it is not running."""
         active = self.runner.active.get(task_id) if self.runner else None
-        scope = self._running.get(active.delivery) if active else None
-        if scope is None:
+        task = self._running.get(active.delivery) if active else None
+        if active is None or task is None:
             return False
-        scope.cancel()
+        # A native cancellation of the task running it, taken back (uncancel) once it has
+        # unwound; anyio's own cancellations (a shutdown) are told apart by their count.
+        self._terminated[active.delivery] = True
+        task.cancel()
         return True
 
-    def set_rate_limit(self, task_name: str, rate: str | None) -> str:
+    def set_rate_limit(self, task_name: str, rate: str | float | None) -> str:
         """Change a task's rate limit on this worker; return its scope ("global" or "local")."""
         self.rate_limits[task_name] = rate
-        return "local"
+        return self.admission.scope if self.admission else "local"
 
     def active(self) -> list[dict[str, Any]]:
         """Return the tasks running now, for `inspect active`."""
@@ -238,7 +335,10 @@ class Worker:
 
     def held(self) -> list[dict[str, Any]]:
         """Return the tasks this worker holds for later, for `inspect scheduled`."""
-        return []
+        return [
+            {"id": held.envelope.id, "name": held.envelope.task, "until": held.until}
+            for held in self._held.values()
+        ]
 
     async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does."""
@@ -270,6 +370,33 @@ class Worker:
             "refused": runner.refused if runner else 0,
             "retried": runner.retried if runner else 0,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A task waiting outside the slots for its rate limit or a place."""
+
+    cancel_scope: anyio.CancelScope
+    envelope: Envelope
+    until: float  # its booked start (a POSIX time); later if it also waits for a place
+
+
+def _admission(
+    broker: Broker, backend: ResultBackend | None, overrides: dict[str, str | float | None]
+) -> Admission:
+    limiter = broker.rate_limiter() or (backend.rate_limiter() if backend else None)
+    semaphore = broker.semaphore() or (backend.semaphore() if backend else None)
+    lease = float(broker.options.get("visibility_timeout") or 30.0)
+    admission = Admission(limiter, semaphore, lease=lease)
+    admission.overrides = overrides
+    return admission
+
+
+def _heartbeat_interval(broker: Broker, admission: Admission | None) -> float | None:
+    intervals = [broker.renew_interval] if broker.renew_interval else []
+    if admission is not None and admission.semaphore.scope == "global":
+        intervals.append(admission.lease / 3)
+    return min(intervals, default=None)
 
 
 def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:
