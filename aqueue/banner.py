@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 __all__ = ["banner"]
 
 
-def banner(worker: Worker, app_path: str) -> str:
-    """Return the banner text for `worker`, started from `app_path` (`tasks:app`)."""
+def banner(worker: Worker, app_path: str, *, limits: str | None = None) -> str:
+    """Return the banner text for `worker`, started from `app_path` (`tasks:app`).
+
+    `limits` says whether rate and concurrency limits hold across workers or per worker.
+    """
     app = worker.app
     results = redact(app.backend_url) if app.backend_url else "disabled://"
     lines = [
@@ -28,6 +31,7 @@ def banner(worker: Worker, app_path: str) -> str:
         f".> transport:   {redact(app.broker_url)}",
         f".> results:     {results}",
         f".> concurrency: {worker.concurrency} (asyncio), threads: {worker.threads}",
+        *([f".> rate limits: {limits}"] if limits else []),
         "",
         "[queues]",
         *(f".> {queue}" for queue in worker.queues),

@@ -18,6 +18,7 @@ import anyio
 
 from . import operate
 from ._version import __version__
+from .app import App
 from .banner import banner
 from .config import Settings
 from .drivers import create_backend, create_broker
@@ -97,11 +98,11 @@ def _worker(args: argparse.Namespace) -> int:
     )
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
     setup_logging(args.loglevel, secrets)
-    print(banner(worker, args.app), flush=True)
 
     async def serve() -> None:
         try:
             await app.open()  # connection errors surface here, as one line, not in a group
+            print(banner(worker, args.app, limits=await _limits_scope(app)), flush=True)
             await worker.serve()
         finally:
             with anyio.CancelScope(shield=True):
@@ -111,6 +112,13 @@ def _worker(args: argparse.Namespace) -> int:
     if worker.runner is not None and worker.runner.threads_busy:
         _exit_past_blocked_threads(worker.runner.threads_busy)
     return 0
+
+
+async def _limits_scope(app: App) -> str:
+    broker, backend = await app.connection(), await app.result_backend()
+    if broker.rate_limiter() or (backend is not None and backend.rate_limiter()):
+        return "global (across all workers)"
+    return "per worker (no Redis for a global limiter)"
 
 
 def _exit_past_blocked_threads(count: int) -> None:
