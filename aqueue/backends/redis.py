@@ -10,6 +10,10 @@ to its task's channel, then reads the key, then waits for the notification. The 
 concurrent waiters go out together as one `MGET`, and concurrent stores as one pipeline, so
 10,000 concurrent waiters use two connections: the pub/sub one and one for commands.
 
+An app whose broker is not Redis still gets global rate limits and per-task concurrency from
+a Redis result backend: `rate_limiter()` and `semaphore()` (see `aqueue._redis_throttle`),
+made on first use; the semaphore's waiters have a pub/sub connection of their own.
+
 Options (URL query or `result_backend_transport_options`): `prefix` (default `aqueue`) and the
 connection options of `aqueue._redis`.
 """
@@ -23,7 +27,9 @@ import anyio
 import redis.asyncio as aioredis
 
 from .._redis import Batcher, RedisSettings, parse_redis_url, redis_errors
+from .._redis_mailbox import Channels
 from .._redis_pubsub import Subscriptions
+from .._redis_throttle import RedisRateLimiter, RedisSemaphore
 from ..backend import ResultBackend, StoredResult
 from ..exceptions import BrokerError
 from ..states import READY_STATES
@@ -54,6 +60,9 @@ class RedisBackend(ResultBackend):
         )
         self._client: aioredis.Redis | None = None
         self._subscriptions: Subscriptions | None = None
+        self._channels: Channels | None = None
+        self._rate_limiter: RedisRateLimiter | None = None
+        self._semaphore: RedisSemaphore | None = None
         self._stores: Batcher[tuple[str, str, bytes, float], None] = Batcher(self._flush_stores)
         self._lookups: Batcher[str, bytes | None] = Batcher(self._flush_lookups)
 
@@ -86,12 +95,16 @@ class RedisBackend(ResultBackend):
         self._subscriptions = Subscriptions(self.settings)
 
     async def close(self) -> None:
-        """Close both connections."""
+        """Close every connection."""
         client, self._client = self._client, None
         subscriptions, self._subscriptions = self._subscriptions, None
+        channels, self._channels = self._channels, None
+        self._rate_limiter = self._semaphore = None
         with anyio.CancelScope(shield=True):
             if subscriptions is not None:
                 await subscriptions.close()
+            if channels is not None:
+                await channels.close()
             if client is not None:
                 await client.aclose()
 
@@ -99,6 +112,21 @@ class RedisBackend(ResultBackend):
         if self._client is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
         return self._client
+
+    def rate_limiter(self) -> RedisRateLimiter:
+        """Return the rate limiter every worker on this Redis shares (open the backend first)."""
+        self._redis()
+        if self._rate_limiter is None:
+            self._rate_limiter = RedisRateLimiter(self.settings, self._redis)
+        return self._rate_limiter
+
+    def semaphore(self) -> RedisSemaphore:
+        """Return the semaphore every worker on this Redis shares (open the backend first)."""
+        self._redis()
+        if self._semaphore is None:
+            self._channels = Channels(self.settings)
+            self._semaphore = RedisSemaphore(self.settings, self._redis, self._channels)
+        return self._semaphore
 
     @property
     def waiting(self) -> int:

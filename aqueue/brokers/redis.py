@@ -21,6 +21,11 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
   consumer groups and scripts a restarted Redis lost (`_redis_consumer`).
 - Across queues, priority goes first, then age: stream ids (Redis time, in milliseconds).
 
+The mailbox (`aqueue._redis_mailbox`: pub/sub topics, settings in a hash), the global rate
+limiter and the lease-based semaphore (`aqueue._redis_throttle`) are made on first use, once
+per broker; the mailbox's subscriptions and the semaphore's waiters share one pub/sub
+connection of the broker's own.
+
 Options (URL query or `broker_transport_options`): `prefix` (default `aqueue`), the connection
 options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` as on every broker.
 """
@@ -45,6 +50,8 @@ from .._redis import (
     redis_errors,
     run_scripts,
 )
+from .._redis_mailbox import Channels, RedisMailbox
+from .._redis_throttle import RedisRateLimiter, RedisSemaphore
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
@@ -158,6 +165,10 @@ class RedisBroker(Broker):
         self._client: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._keys: dict[str, QueueKeys] = {}
+        self._channels: Channels | None = None
+        self._mailbox: RedisMailbox | None = None
+        self._rate_limiter: RedisRateLimiter | None = None
+        self._semaphore: RedisSemaphore | None = None
         self._settler: Batcher[tuple[str, Claimed, tuple[str, str, int]], bool] = Batcher(
             self._flush_settles
         )
@@ -189,10 +200,14 @@ class RedisBroker(Broker):
         self._client, self._blocking = client, blocking
 
     async def close(self) -> None:
-        """Close every connection; a consumer blocked on Redis stops."""
+        """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
         client, blocking = self._client, self._blocking
         self._client = self._blocking = None
+        channels, self._channels = self._channels, None
+        self._mailbox = self._rate_limiter = self._semaphore = None
         with anyio.CancelScope(shield=True):
+            if channels is not None:
+                await channels.close()
             for each in (client, blocking):
                 if each is not None:
                     await each.aclose()
@@ -201,6 +216,31 @@ class RedisBroker(Broker):
         if self._client is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._client
+
+    def _pubsub(self) -> Channels:
+        self._redis()
+        if self._channels is None:
+            self._channels = Channels(self.settings)
+        return self._channels
+
+    def mailbox(self) -> RedisMailbox:
+        """Return the mailbox on this Redis: pub/sub topics and settings (open the broker first)."""
+        if self._mailbox is None:
+            self._mailbox = RedisMailbox(self.settings, self._redis, self._pubsub())
+        return self._mailbox
+
+    def rate_limiter(self) -> RedisRateLimiter:
+        """Return the rate limiter every worker on this Redis shares (open the broker first)."""
+        self._redis()
+        if self._rate_limiter is None:
+            self._rate_limiter = RedisRateLimiter(self.settings, self._redis)
+        return self._rate_limiter
+
+    def semaphore(self) -> RedisSemaphore:
+        """Return the semaphore every worker on this Redis shares (open the broker first)."""
+        if self._semaphore is None:
+            self._semaphore = RedisSemaphore(self.settings, self._redis, self._pubsub())
+        return self._semaphore
 
     def keys(self, queue: str) -> QueueKeys:
         """Return the Redis keys of `queue`."""

@@ -13,7 +13,7 @@ from aqueue.drivers import create_broker
 from aqueue.mailbox import Mailbox
 
 #: Drivers whose broker has a mailbox yet; each server driver joins when it gets one.
-MAILBOX_DRIVERS = ("memory", "sqlite")
+MAILBOX_DRIVERS = ("memory", "sqlite", "redis")
 
 
 @pytest.fixture
@@ -60,10 +60,13 @@ async def test_nothing_is_kept_for_later_subscribers(broker: Broker, topic: str)
 async def test_a_subscriber_in_another_connection_hears_it(broker_url: str, topic: str) -> None:
     if not broker_url.startswith(MAILBOX_DRIVERS) or broker_url.startswith("memory"):
         pytest.skip("needs a mailbox shared between connections")
-    async with create_broker(broker_url, {}) as one, create_broker(broker_url, {}) as two:
-        async with two.mailbox().subscribe(topic) as messages:
-            await one.mailbox().publish(topic, b"across")
-            assert await receive(messages, 1) == [b"across"]
+    async with (
+        create_broker(broker_url, {}) as one,
+        create_broker(broker_url, {}) as two,
+        two.mailbox().subscribe(topic) as messages,
+    ):
+        await one.mailbox().publish(topic, b"across")
+        assert await receive(messages, 1) == [b"across"]
 
 
 async def test_settings_put_items_delete(broker: Broker) -> None:
