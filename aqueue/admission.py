@@ -54,7 +54,7 @@ class Admission:
 
     @property
     def scope(self) -> str:
-        """"global" when limits hold across all workers, else "local"."""
+        """Say "global" when limits hold across all workers, else "local"."""
         return self.limiter.scope
 
     def rate_of(self, task: Task[Any, Any]) -> float | None:

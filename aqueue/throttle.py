@@ -75,15 +75,20 @@ class LocalRateLimiter(RateLimiter):
     scope: Literal["global", "local"] = "local"
 
     def __init__(self) -> None:
-        self._tat: dict[str, float] = {}  # theoretical arrival time of the next start
+        # Per key: the theoretical arrival time of the next start, and the interval it was
+        # booked at. A changed rate rescales the backlog still ahead, as the Redis limiter does.
+        self._tat: dict[str, tuple[float, float]] = {}
 
     async def reserve(self, key: str, rate: float, burst: int = 1) -> float:
         """Book a start; return how long to wait for it."""
         now = time.monotonic()
         interval = 1.0 / rate
-        tat = max(self._tat.get(key, now), now)
+        tat, booked_at = self._tat.get(key, (now, interval))
+        if booked_at != interval and tat > now:
+            tat = now + (tat - now) / booked_at * interval
+        tat = max(tat, now)
         start = max(now, tat - (burst - 1) * interval)
-        self._tat[key] = tat + interval
+        self._tat[key] = (tat + interval, interval)
         return start - now
 
 

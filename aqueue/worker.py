@@ -312,8 +312,14 @@ class Worker:
         return True
 
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> str:
-        """Change a task's rate limit on this worker; return its scope ("global" or "local")."""
+        """Change a task's rate limit on this worker; return its scope ("global" or "local").
+
+        Tasks of that name held for their old booking go back to the queue, to be booked again.
+        """
         self.rate_limits[task_name] = rate
+        for held in list(self._held.values()):  # booked at the old rate: book them again
+            if held.envelope.task == task_name:
+                held.cancel_scope.cancel()
         return self.admission.scope if self.admission else "local"
 
     def active(self) -> list[dict[str, Any]]:

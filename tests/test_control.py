@@ -154,7 +154,11 @@ async def test_rate_limit_checks_and_persists(make: MakeApp) -> None:
         await app.control.rate_limit(limited.name, "10/x", timeout=0.1)
     async with running(app, hostname="w@t") as worker:
         replies = await app.control.rate_limit(limited.name, "10/m", timeout=0.5)
-        assert [r.result for r in replies] == [f"rate limit of {limited.name} set to 10/m (local)"]
+        scope = "global" if worker.admission and worker.admission.scope == "global" else "local"
+        assert scope == ("global" if app.broker_url.startswith("redis") else "local")
+        assert [r.result for r in replies] == [
+            f"rate limit of {limited.name} set to 10/m ({scope})"
+        ]
         assert worker.rate_limits == {limited.name: "10/m"}
     async with running(app, hostname="w2@t") as restarted:
         assert restarted.rate_limits == {limited.name: "10/m"}  # picked up at start
