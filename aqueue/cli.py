@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("app", metavar="MODULE:ATTRIBUTE", help="the App, e.g. tasks:app")
     worker.add_argument("-c", "--concurrency", type=_positive, help="tasks in flight at once")
     worker.add_argument("--threads", type=_positive, help="threads for plain def tasks")
+    worker.add_argument(
+        "--processes", type=_positive, help='child processes for executor="process" tasks'
+    )
     worker.add_argument("-Q", "--queues", help="comma-separated queues to consume")
     worker.add_argument(
         "-l",
@@ -95,6 +98,8 @@ def _worker(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         burst=args.burst,
         hostname=args.hostname,
+        processes=args.processes,
+        app_path=args.app,
     )
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
     setup_logging(args.loglevel, secrets)

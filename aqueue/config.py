@@ -62,6 +62,8 @@ class Settings:
     task_soft_time_limit: float | None = None
     worker_concurrency: int = 100
     worker_threads: int = 8
+    #: Child processes for executor="process" tasks; None: one per CPU (os.cpu_count()).
+    worker_processes: int | None = None
     worker_shutdown_timeout: float = 10.0
     worker_hostname: str | None = None
 
@@ -216,6 +218,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "task_default_priority": _priority,
     "worker_concurrency": _positive_int,
     "worker_threads": _positive_int,
+    "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import states
-from .exceptions import NotRegistered, Retry, SerializationError
+from .exceptions import ConfigurationError, NotRegistered, Retry, SerializationError
 from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result import ResultMeta
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .app import App
     from .backend import ResultBackend
     from .broker import Broker, Delivery
+    from .processes import ProcessPool
 
 __all__ = ["Active", "Runner"]
 
@@ -58,6 +59,7 @@ class Runner:
         hostname: str,
         threads: anyio.CapacityLimiter,
         revoked: Container[str] = frozenset(),
+        processes: ProcessPool | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -65,6 +67,8 @@ class Runner:
         self.hostname = hostname
         self.threads = threads
         self.revoked = revoked
+        #: The pool that runs executor="process" tasks (None: the app has none).
+        self.processes = processes
         #: The tasks running now, by id.
         self.active: dict[str, Active] = {}
         self.succeeded = 0
@@ -199,6 +203,8 @@ class Runner:
     async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         conf = self.app.conf
         hard = task.options.time_limit or conf.task_time_limit
+        if task.options.executor == "process":
+            return await self._in_process(task, envelope, hard)
         if task.is_async:
             coroutine = task._call(envelope.args, envelope.kwargs)
             soft = task.options.soft_time_limit or conf.task_soft_time_limit
@@ -207,6 +213,25 @@ class Runner:
             return await run_coroutine(coroutine, soft=soft, hard=hard, name=task.name)
         call = functools.partial(self._in_thread, task, envelope)
         return await run_in_thread(call, hard=hard, limiter=self.threads, name=task.name)
+
+    async def _in_process(
+        self, task: Task[Any, Any], envelope: Envelope, hard: float | None
+    ) -> Any:
+        """Run an executor="process" task in the pool; its child is killed past `hard`."""
+        if self.processes is None:
+            raise ConfigurationError(
+                f"task {task.name} has executor='process', but this worker has no process "
+                "pool; start it with `aqueue worker module:app` (or Worker(app_path=...))"
+            )
+        soft = task.options.soft_time_limit or self.app.conf.task_soft_time_limit
+        return await self.processes.run(
+            task.name,
+            envelope.args,
+            envelope.kwargs,
+            current_request.get(),
+            hard_limit=hard,
+            soft_limit=soft,
+        )
 
     async def _retry(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], retry: Retry

@@ -81,6 +81,7 @@ class TaskOptionArgs(TypedDict, total=False):
     soft_time_limit: float
     rate_limit: str | float | None
     concurrency: int | None
+    executor: Literal["auto", "thread", "process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,9 @@ class TaskOptions:
     Time limits: `soft_time_limit` and `time_limit`, in seconds. Throttles: `rate_limit`
     ("10/m": across all workers where the app has Redis, else per worker) and `concurrency`
     (at most this many running at once, counted the same way).
+    Executor: "auto" (an `async def` on the event loop, a `def` in a thread), "thread" (a `def`
+    only), or "process" (a `def` in a child process of the worker's pool: for CPU-bound code,
+    and code that must be killable at its hard `time_limit`).
 
     `task_annotations` (`{"tasks.add": {"rate_limit": "10/m"}, "*": {...}}`) override these
     for tasks by name, "*" for all, as in Celery.
@@ -114,9 +118,14 @@ class TaskOptions:
     soft_time_limit: float | None = None
     rate_limit: str | float | None = None
     concurrency: int | None = None
+    executor: Literal["auto", "thread", "process"] = "auto"
 
     def __post_init__(self) -> None:
         parse_rate(self.rate_limit)  # a malformed rate fails where it is written
+        if self.executor not in ("auto", "thread", "process"):
+            raise ConfigurationError(
+                f"executor must be 'auto', 'thread' or 'process', not {self.executor!r}"
+            )
         if self.concurrency is not None and (
             isinstance(self.concurrency, bool)
             or not isinstance(self.concurrency, int)
@@ -168,6 +177,7 @@ class Task(Generic[P, R]):
         self.name = options.name or _default_name(fn, app)
         self.bind = options.bind
         self.is_async = inspect.iscoroutinefunction(fn)
+        _check_executor(fn, options.executor, is_async=self.is_async)
         self.signature = _call_signature(fn, bind=options.bind)
         #: For a signature of plain positional parameters, how many it takes: a fast check.
         self.arity = _plain_arity(self.signature)
@@ -330,6 +340,15 @@ def _default_name(fn: Callable[..., Any], app: App | None) -> str:
     if module == "__main__" and app is not None and app.main:
         module = app.main
     return f"{module}.{fn.__name__}"  # as Celery: nested functions need name=
+
+
+def _check_executor(fn: Callable[..., Any], executor: str, *, is_async: bool) -> None:
+    # A coroutine runs on the worker's event loop only; threads and processes run plain defs.
+    if is_async and executor != "auto":
+        raise ConfigurationError(
+            f"{fn.__qualname__} is an async def, which runs on the worker's event loop; "
+            f"executor={executor!r} takes a plain def (drop executor=, or make it a def)"
+        )
 
 
 def _current_or_none() -> App | None:

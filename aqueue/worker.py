@@ -16,6 +16,7 @@ whose messages go straight back to the queue; `stop(now=True)` (a second signal)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +30,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .admission import Admission, Ticket
-from .exceptions import BrokerError
+from .exceptions import BrokerError, ConfigurationError
+from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
 from .runner import Runner
 from .slots import Inbox, InboxClosed, Slots
@@ -59,12 +61,17 @@ class Worker:
         shutdown_timeout: float | None = None,
         burst: bool = False,
         hostname: str | None = None,
+        processes: int | None = None,
+        app_path: str | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
         self.concurrency = concurrency or conf.worker_concurrency
         self.threads = threads or conf.worker_threads
+        #: The size of the pool for executor="process" tasks, and the app path its children load.
+        self.processes = processes or conf.worker_processes or os.cpu_count() or 1
+        self.app_path = app_path
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
@@ -111,6 +118,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
+        pool = self._process_pool()  # before connecting: a missing app path fails at once
         broker = await self.app.connection()
         backend = await self.app.result_backend()
         self.runner = Runner(
@@ -120,6 +128,7 @@ class Worker:
             hostname=self.hostname,
             threads=anyio.CapacityLimiter(self.threads),
             revoked=self.revoked,
+            processes=pool,
         )
         self.admission = _admission(broker, backend, self.rate_limits)
         remote = _remote_control(self, broker)
@@ -132,7 +141,8 @@ class Worker:
         self._hard_stop = anyio.Event()
         if self._stopping:  # stopped before it started
             self.stop(now=self._hard)
-        async with anyio.create_task_group() as group:
+        # The pool (children start with the first process task) closes after the tasks end.
+        async with pool or contextlib.nullcontext(), anyio.create_task_group() as group:
             interval = _heartbeat_interval(broker, self.admission)
             if interval is not None:
                 group.start_soon(self._heartbeat, interval)
@@ -149,6 +159,17 @@ class Worker:
                 await self._drain(work)
             group.cancel_scope.cancel()
         logger.info("%s stopped.", self.hostname)
+
+    def _process_pool(self) -> ProcessPool | None:
+        """Return a pool for the app's executor="process" tasks; None if it has none."""
+        if not any(task.options.executor == "process" for task in self.app.tasks.values()):
+            return None
+        if self.app_path is None:
+            raise ConfigurationError(
+                "executor='process' needs the worker to know the app path: start it with "
+                "`aqueue worker module:app` (or pass Worker(app_path='module:app'))"
+            )
+        return ProcessPool(self.app_path, self.processes)
 
     async def _consume(self, broker: Broker) -> None:
         slots, inbox = self.slots, self._inbox
