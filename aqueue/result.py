@@ -70,7 +70,15 @@ class ResultMeta:
 
     @classmethod
     def failure(cls, task: str, exc: BaseException, traceback: str | None) -> ResultMeta:
-        """Describe a failure as data."""
+        """Describe a failure as data (a `TaskError` keeps the remote type it carries)."""
+        if isinstance(exc, TaskError):
+            return cls(
+                task=task,
+                exc_type=exc.type_name,
+                exc_message=exc.message,
+                traceback=exc.remote_traceback or traceback,
+                date_done=time.time(),
+            )
         kind = type(exc)
         name = (
             kind.__name__
