@@ -102,8 +102,10 @@ async def test_a_rate_limited_task_leaves_the_slots_to_others(make_app: MakeApp)
         await Worker(app, burst=True, concurrency=2).run()  # burst waits for held tasks too
     assert len(limited_starts) == 6
     assert len(free_done) == 40
-    gaps = [b - a for a, b in itertools.pairwise(limited_starts)]
-    assert min(gaps) >= 0.05 - 0.01  # 1/20 s apart, less a little timer slack
+    # Starts are booked 1/20 s apart; each waits on its own timer, so one late wake-up can
+    # shorten the next gap, but 6 starts can never fit in less than 5 intervals (20 ms slack
+    # for timers and, on Redis, the booking's round trip).
+    assert limited_starts[-1] - limited_starts[0] >= 5 * 0.05 - 0.02
     assert max(free_done) < limited_starts[-1]  # the free tasks did not wait for the limited
 
 
