@@ -1,0 +1,359 @@
+"""The consuming side of the RabbitMQ broker.
+
+One channel per `consume()` call, and deliveries settled on the channel that delivered them.
+
+A `Session` owns a channel with `basic.qos` set to the worker's free slots, one consumer per
+queue, and a buffer of what RabbitMQ pushed but the generator has not yielded yet. It outlives
+the generator until every delivery it yielded is settled, then closes its channel. A session
+whose channel died (a dropped connection) is abandoned: RabbitMQ gives its unacknowledged
+messages to another consumer by itself, and settling one of its deliveries is a no-op.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import aiormq
+import anyio
+import anyio.lowlevel
+from aiormq.abc import AbstractChannel, ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
+
+from .._amqp import amqp_errors, released
+from ..broker import Delivery
+
+if TYPE_CHECKING:
+    from .amqp import AMQPBroker
+
+__all__ = ["AMQPDelivery", "Session"]
+
+logger = logging.getLogger("aqueue.amqp")
+
+#: basic.qos takes a 16-bit prefetch count.
+MAX_PREFETCH = 65535
+#: Burst mode: how long to wait for messages RabbitMQ reports ready before looking again
+#: (another consumer may have taken them, so no delivery would come to say so).
+BURST_RECHECK = 0.5
+
+# Message headers aqueue sets.
+H_AT = "aqueue-at"  # first published, in µs (orders messages across queues)
+H_DELIVERIES = "aqueue-deliveries"  # deliveries before this copy was published (nack, delay)
+H_ETA = "aqueue-eta"  # due time (µs) of a delay longer than the ladder holds
+H_REASON = "aqueue-reason"  # dead letters: the reason and detail a worker gave
+H_DETAIL = "aqueue-detail"
+
+
+def stamp(when: float) -> int:
+    """Encode a POSIX time for a header: integer microseconds (AMQP floats are 32-bit)."""
+    return round(when * 1_000_000)
+
+
+def header_time(headers: dict[str, Any] | None, key: str) -> float:
+    """Decode a time written by `stamp`; 0 when absent."""
+    return header_number(headers, key) / 1_000_000
+
+
+def header_number(headers: dict[str, Any] | None, key: str) -> float:
+    """Return a numeric header, 0 when absent or not a number."""
+    value = (headers or {}).get(key)
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _tag(message: DeliveredMessage) -> int:
+    delivery = message.delivery
+    assert isinstance(delivery, spec.Basic.Deliver | spec.Basic.GetOk)
+    return delivery.delivery_tag or 0
+
+
+class AMQPDelivery(Delivery):
+    """A message delivered on a session's channel; settled once, on that channel."""
+
+    __slots__ = ("_session", "_settled", "message")
+
+    def __init__(
+        self, session: Session, queue: str, message: DeliveredMessage, delivery_count: int
+    ) -> None:
+        super().__init__(message.body, queue, delivery_count)
+        self._session = session
+        self._settled = False
+        self.message = message
+
+    @property
+    def tag(self) -> int:
+        """The delivery tag, meaningful on the session's channel only."""
+        return _tag(self.message)
+
+    @property
+    def consumer_tag(self) -> str:
+        """The consumer that received the message."""
+        delivery = self.message.delivery
+        return (delivery.consumer_tag if isinstance(delivery, spec.Basic.Deliver) else "") or ""
+
+    @property
+    def stale(self) -> bool:
+        """Whether the delivering channel is gone (RabbitMQ has the message back)."""
+        return self._session.channel.is_closed
+
+    def _settle(self) -> bool:
+        first, self._settled = not self._settled, True
+        return first
+
+    async def ack(self) -> None:
+        """Acknowledge: RabbitMQ deletes the message."""
+        if self._settle():
+            await self._session.settle(self, requeue=None)
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Give the message back, counted as a delivery, after `delay` seconds."""
+        if self._settle():
+            await self._session.broker._give_back(self, delay)
+
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Publish the message to its queue's dead letters with the reason, then ack it."""
+        if self._settle():
+            await self._session.broker._bury(self, str(reason), detail)
+
+    async def settle(self, *, requeue: bool | None) -> None:
+        """Ack (`requeue=None`) or reject on the delivering channel; for the broker's use."""
+        await self._session.settle(self, requeue=requeue)
+
+
+class Session:
+    """One channel consuming `queues` for one `consume()` call."""
+
+    def __init__(
+        self,
+        broker: AMQPBroker,
+        channel: AbstractChannel,
+        queues: Sequence[str],
+        prefetch: int,
+    ) -> None:
+        self.broker = broker
+        self.channel = channel
+        self.queues = list(queues)
+        #: The limit RabbitMQ applies now: channel-wide on classic queues (basic.qos changes
+        #: it at once), per consumer on quorum queues (new consumers are needed to change it).
+        self.limit = max(1, min(prefetch, MAX_PREFETCH))
+        self.shared = broker.settings.queue_type == "classic"
+        self.outstanding = 0  # yielded, not settled yet
+        self.stopped = False
+        self.cancelled = False
+        self._tags: dict[str, str] = {}  # consumer tag -> aqueue queue
+        self._current: list[str] = []  # the consumer tags in use (quorum: the latest ones)
+        self._load: collections.Counter[str] = collections.Counter()  # tag -> unsettled
+        self._ordered = len(self.queues) > 1
+        self._fifo: deque[tuple[str, DeliveredMessage]] = deque()
+        self._heap: list[tuple[int, float, int, str, DeliveredMessage]] = []
+        self._seq = itertools.count()
+        self._changed = anyio.Event()
+        self._frames: list[spec.Basic.Ack | spec.Basic.Reject] = []
+        self._flushing = False
+        self._closing = channel.closing
+        self._closing.add_done_callback(lambda _: self._notify())
+        cast(aiormq.Channel, channel).on_consumer_cancel_callbacks.add(self._on_cancel)
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def broken(self) -> bool:
+        """Whether the channel is gone (its deliveries went back to RabbitMQ) or a consumer."""
+        return self.cancelled or self.channel.is_closed
+
+    def _on_cancel(self, frame: spec.Basic.Cancel) -> None:
+        """RabbitMQ cancelled a consumer (its queue was deleted): consume anew."""
+        if frame.consumer_tag in self._tags:
+            self.cancelled = True
+            self._notify()
+
+    def __len__(self) -> int:
+        return len(self._heap) if self._ordered else len(self._fifo)
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def wait(self) -> None:
+        """Wait for a delivery, a settlement or the channel closing."""
+        await self._changed.wait()
+        self._changed = anyio.Event()
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Set the prefetch, start one consumer per queue, and let the first deliveries in."""
+        # A channel-wide limit keeps several queues within the credit and can change as the
+        # worker holds tasks back; quorum queues refuse it (each consumer has its own limit,
+        # so with several quorum queues each may hold up to the credit).
+        async with amqp_errors(self.broker.settings, "start consuming"):
+            await self.channel.basic_qos(prefetch_count=self.limit, global_=self.shared)
+            await self._consume()
+            # A round trip after the consumers started: what RabbitMQ had ready for them is in
+            # the buffer now, so the first message yielded is the best across the queues.
+            await self.ready_counts()
+
+    async def _consume(self) -> None:
+        tags = []
+        for queue in self.queues:
+            tag = f"aqueue-{uuid.uuid4().hex}"
+            self._tags[tag] = queue
+            tags.append(tag)
+            await self.channel.basic_consume(
+                self.broker.topology.queue(queue), self._on_message, consumer_tag=tag
+            )
+        self._current = tags
+
+    async def fit(self, free: int) -> None:
+        """Let RabbitMQ send up to `free` more, however many deliveries are still unsettled.
+
+        A worker holds some tasks back (rate limits, concurrency limits) with their messages
+        unacknowledged and their slots freed; the limit follows, so the credit stays the credit.
+        """
+        async with amqp_errors(self.broker.settings, "change the prefetch"):
+            if self.shared:
+                want = max(1, min(self.outstanding + free, MAX_PREFETCH))
+                if want != self.limit:
+                    await self.channel.basic_qos(prefetch_count=want, global_=True)
+                    self.limit = want
+                return
+            if self._budget() <= 0 < free - len(self):
+                # The consumers' own limits are used up by held deliveries: new consumers, with
+                # a limit of their own, take over (the old ones' deliveries stay valid).
+                old, self.limit = self._current, min(free - len(self), MAX_PREFETCH)
+                await self.channel.basic_qos(prefetch_count=self.limit)
+                await self._consume()
+                for tag in old:
+                    await self.channel.basic_cancel(tag)
+
+    def _budget(self) -> int:
+        """How many more RabbitMQ may send now."""
+        if self.shared:
+            return self.limit - self.outstanding - len(self)
+        return self.limit - sum(self._load[tag] for tag in self._current)
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        delivery = message.delivery
+        tag = delivery.consumer_tag if isinstance(delivery, spec.Basic.Deliver) else None
+        queue = self._tags.get(tag or "")
+        if queue is None or self.stopped:
+            return  # a consumer being cancelled: the message goes back when the channel closes
+        self._load[tag or ""] += 1
+        if self._ordered:
+            properties = message.header.properties
+            priority = properties.priority or 0
+            at = header_number(properties.headers, H_AT)
+            heapq.heappush(self._heap, (-priority, at, next(self._seq), queue, message))
+        else:
+            self._fifo.append((queue, message))
+        self._notify()
+
+    def next(self) -> tuple[str, DeliveredMessage] | None:
+        """Pop the best buffered message (priority, then age, across queues), or None."""
+        if self._ordered:
+            if not self._heap:
+                return None
+            _, _, _, queue, message = heapq.heappop(self._heap)
+            return queue, message
+        return self._fifo.popleft() if self._fifo else None
+
+    async def ready_counts(self) -> list[int]:
+        """How many messages wait in each queue (one round trip per queue on this channel)."""
+        counts = []
+        for queue in self.queues:
+            name = self.broker.topology.queue(queue)
+            result = await self.channel.queue_declare(name, passive=True)
+            counts.append(result.message_count or 0)
+        return counts
+
+    async def drained(self) -> bool:
+        """Burst mode, with an empty buffer: True once no message is ready in the queues."""
+        if self._budget() <= 0:  # RabbitMQ holds back until something settles
+            await self.wait()
+            return False
+        async with amqp_errors(self.broker.settings, "look for ready messages"):
+            if any(await self.ready_counts()):
+                with anyio.move_on_after(BURST_RECHECK):
+                    await self.wait()
+                return False
+            # One more round trip: anything RabbitMQ dispatched before it counted has arrived.
+            await self.channel.queue_declare(
+                self.broker.topology.queue(self.queues[0]), passive=True
+            )
+        return not len(self)
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def yielded(self) -> None:
+        """Count a delivery handed to the consumer."""
+        self.outstanding += 1
+
+    async def settle(self, delivery: AMQPDelivery, *, requeue: bool | None) -> None:
+        """Ack (`requeue=None`) or reject a delivery of this session, if its channel lives."""
+        self.outstanding -= 1
+        self._load[delivery.consumer_tag] -= 1
+        self._notify()
+        await self._settle(delivery.tag, requeue)
+        if self.stopped and not self.outstanding:
+            await self.close()
+
+    async def _settle(self, tag: int, requeue: bool | None) -> None:
+        """Queue an ack or reject; one writer sends what piled up in one write."""
+        if self.channel.is_closed:
+            return  # RabbitMQ already gave the message back: nothing to settle
+        if requeue is None:
+            self._frames.append(spec.Basic.Ack(delivery_tag=tag))
+        else:
+            self._frames.append(spec.Basic.Reject(delivery_tag=tag, requeue=requeue))
+        if self._flushing:
+            return  # the writer at work takes this one too
+        self._flushing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()  # the tasks finishing this turn add theirs
+                await self._flush()
+        finally:
+            self._flushing = False
+
+    async def _flush(self) -> None:
+        channel = cast(aiormq.Channel, self.channel)
+        while self._frames and not channel.is_closed:
+            frames, self._frames = self._frames, []
+            with released("settle deliveries"):
+                await channel.write_queue.put(ChannelFrame.marshall(channel.number, frames))
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Cancel the consumers and give back what was not yielded (the generator closed)."""
+        if self.stopped:
+            return
+        if not self.channel.is_closed:
+            with released("cancel a consumer"):  # what came before a cancel-ok is in
+                for tag in self._tags:
+                    await self.channel.basic_cancel(tag)
+        self.stopped = True
+        returned = False
+        while (entry := self.next()) is not None:
+            await self._settle(_tag(entry[1]), True)
+            returned = True
+        if returned and not self.channel.is_closed:
+            # A round trip to each queue after the rejects: they are back in their queues
+            # now, for the next consumer to see (a burst worker looks again right away).
+            with released("confirm the return of messages"):
+                await self._flush()
+                await self.ready_counts()
+        if not self.outstanding:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (messages still unacknowledged on it go back to their queues)."""
+        self._closing.cancel()
+        await self._flush()  # acks still waiting for the writer go before the close
+        if not self.channel.is_closed:
+            with released("close a consumer channel"):
+                await self.channel.close()

@@ -1,0 +1,409 @@
+"""`amqp://` (also `amqps://`, `pyamqp://`): RabbitMQ, through aio-pika's protocol engine aiormq.
+
+What it promises:
+
+- **Publishing** is confirmed: `publish` returns once RabbitMQ confirmed every message
+  (persistent, on durable queues). A batch is pipelined: all messages are written, then all
+  confirmations awaited together. An unroutable message (published `mandatory`) or a negative
+  confirmation is a `BrokerError`. Messages left unconfirmed by a dropped connection are sent
+  again on a new one (for up to 10 s), so a publish is at-least-once.
+- **Queues** (see `_amqp_topology`): one durable queue per aqueue queue behind a direct
+  exchange, each with a dead-letter queue; `queue_type` "classic" (default, with
+  `x-max-priority` = `max_priority`, 9 by default) or "quorum" (with `x-delivery-limit`).
+- **Consuming**: manual acks after the task, and a `basic.qos` limit equal to the worker's free
+  slots, plus the deliveries it still holds (tasks held back by a rate or concurrency limit keep
+  their message but free their slot). On classic queues the limit is channel-wide and follows
+  at once; quorum queues refuse that, so each consumer has its own limit (with several quorum
+  queues, each may hold up to the credit) and new consumers take over when held tasks use it
+  up. Acks and nacks go to the channel that delivered the message; after a reconnect they are
+  no-ops, RabbitMQ having given the message to a consumer again. Closing the consumer gives
+  back, at once, what it received and did not yield.
+- **Delays** are held by RabbitMQ in TTL'd wait queues, a ladder of powers of two milliseconds
+  (see `_amqp_topology`): no plugin, and a delayed message survives a worker restart.
+- **Priorities** 0-9 on classic queues. Quorum queues in RabbitMQ 3.x ignore priorities (FIFO).
+- **Delivery limit.** Each message carries its delivery count: `x-delivery-count` (quorum
+  queues) plus the `aqueue-deliveries` header aqueue sets when it republishes a message. A
+  message delivered more than `max_deliveries` times is dead-lettered with reason
+  `max-deliveries` before it runs again. `nack()` republishes the message with its count
+  (RabbitMQ counts no requeues on classic queues) and acks the original. A message that
+  kills its worker comes back on a classic queue without any count: only quorum queues can stop
+  that loop (`x-delivery-limit`); use `queue_type=quorum` where this matters. On quorum queues,
+  a prefetched message given back unstarted at shutdown also counts as one delivery.
+- **Reconnects**: a consumer whose connection dropped reconnects with backoff (capped at 3 s)
+  and consumes again; publishers retry on the new connection.
+
+`visibility_timeout` does not apply: a message stays with its consumer as long as its channel
+lives, so nothing needs renewing. Queue arguments are fixed when RabbitMQ creates a queue: a
+queue that already exists with other arguments is used as it is (with a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import aiormq
+import anyio
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+
+from .._amqp import Link, amqp_errors, broker_error, parse_amqp_url, released
+from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..exceptions import BrokerError, ConfigurationError
+from ..message import DeadLetterReason, OutgoingMessage
+from ._amqp_consumer import (
+    H_AT,
+    H_DELIVERIES,
+    H_DETAIL,
+    H_ETA,
+    H_REASON,
+    AMQPDelivery,
+    Session,
+    header_number,
+    header_time,
+    stamp,
+)
+from ._amqp_publisher import Outgoing, confirm
+from ._amqp_topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
+
+__all__ = ["AMQPBroker"]
+
+logger = logging.getLogger("aqueue.amqp")
+
+#: How long a publish keeps retrying on new connections before it fails.
+PUBLISH_RETRY_FOR = 10.0
+#: Publishes in flight at once within one batch.
+WINDOW = 5000
+#: RabbitMQ's reasons in `x-death`, as aqueue's dead-letter reasons.
+_DEATH_REASONS = {"delivery_limit": DeadLetterReason.MAX_DELIVERIES.value}
+
+
+class AMQPBroker(Broker):
+    """RabbitMQ: `App("tasks", broker="amqp://guest:guest@localhost//")`."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.settings = parse_amqp_url(url, options)
+        deliveries = options.get("max_deliveries")
+        self.max_deliveries = 5 if deliveries is None else int(deliveries)
+        if self.max_deliveries < 1:
+            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
+        self.link = Link(self.settings, "broker")
+        self.topology = Topology(self.link, self.settings, self.max_deliveries)
+        self._publisher: AbstractChannel | None = None
+        self._publisher_lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<AMQPBroker {self.settings.display}>"
+
+    async def open(self) -> None:
+        """Connect (fails fast with `BrokerError` when RabbitMQ is unreachable)."""
+        await self.link.open()
+
+    async def close(self) -> None:
+        """Close the connection; running consumers end, unsettled messages go back."""
+        with anyio.CancelScope(shield=True):
+            await self.topology.close()
+            self._publisher = None
+            await self.link.close()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish persistent messages and return once RabbitMQ confirmed all of them."""
+        if not messages:
+            return
+        with self._patience(time.monotonic() + PUBLISH_RETRY_FOR):  # declaring: a few RTTs
+            await self.topology.ensure_queues(dict.fromkeys(m.queue for m in messages))
+            now = time.time()
+            at = {H_AT: stamp(now)}
+            outgoing = [
+                await self._route(m.queue, m.body, m.priority, at, m.id, m.eta, now)
+                for m in messages
+            ]
+        await self._send(outgoing)
+
+    @contextlib.contextmanager
+    def _patience(self, deadline: float) -> Iterator[None]:
+        """Fail with `BrokerError` if RabbitMQ stays unreachable until `deadline`."""
+        try:
+            with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+                yield
+        except TimeoutError:
+            raise BrokerError(
+                f"could not publish to {self.settings.display}: no connection for "
+                f"{PUBLISH_RETRY_FOR:.0f} s"
+            ) from None
+
+    async def _route(
+        self,
+        queue: str,
+        body: bytes,
+        priority: int | None,
+        headers: dict[str, Any],
+        message_id: str | None,
+        eta: float | None,
+        now: float,
+    ) -> Outgoing:
+        """Address a message to its queue, or to the delay ladder if `eta` is ahead."""
+        topology = self.topology
+        exchange, routing_key = topology.exchange, topology.queue(queue)
+        if eta is not None and eta > now:
+            ms = math.ceil((eta - now) * 1000) + 1  # never early, whatever the rounding
+            if ms > MAX_DELAY_MS:  # longer than one pass: the consumer sends it round again
+                headers = {**headers, H_ETA: stamp(eta)}
+                ms = MAX_DELAY_MS
+            levels = delay_levels(ms)
+            await topology.ensure_delays(queue, levels)
+            exchange = topology.delay_exchange(levels[0])
+            routing_key = delay_routing_key(ms, routing_key)
+        properties = spec.Basic.Properties(
+            delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
+        )
+        return Outgoing(exchange, routing_key, body, properties)
+
+    async def _publisher_channel(self) -> aiormq.Channel:
+        async with self._publisher_lock:
+            if self._publisher is None or self._publisher.is_closed:
+                self._publisher = await self.link.channel(confirms=True)
+            return cast(aiormq.Channel, self._publisher)
+
+    async def _send(self, outgoing: Sequence[Outgoing]) -> None:
+        """Publish with confirms; resend what a dropped connection left unconfirmed."""
+        pending = list(outgoing)
+        deadline = time.monotonic() + PUBLISH_RETRY_FOR
+        while pending:
+            with self._patience(deadline):
+                channel = await self._publisher_channel()
+            lost: list[Outgoing] = []
+            for start in range(0, len(pending), WINDOW):
+                lost, reason = await confirm(channel, pending[start : start + WINDOW])
+                if lost:
+                    lost += pending[start + WINDOW :]
+                    break
+            pending = lost
+            if not pending:
+                return
+            if isinstance(reason, aiormq.exceptions.AMQPChannelError):
+                # RabbitMQ closed the channel over an error (a missing exchange...): declare
+                # again on the next publish, and tell this caller.
+                self.topology.forget()
+                raise broker_error(self.settings, "publish", reason)
+            logger.warning(
+                "the connection closed before RabbitMQ confirmed %d message(s); "
+                "publishing them again",
+                len(pending),
+            )
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        """Yield what RabbitMQ pushes, holding at most `credit` unacknowledged messages."""
+        queues = list(dict.fromkeys(queues))
+        session: Session | None = None
+        try:
+            prefetch = await credit.wait()
+            while True:
+                free = await credit.wait()
+                if session is None or session.broken:  # what it buffered went back: drop it
+                    session = await self._session(queues, prefetch, session)
+                    if session is None:
+                        return  # the broker was closed
+                entry = session.next()
+                if entry is None:
+                    if await self._idle(session, free, burst=burst):
+                        return
+                    continue
+                delivery = await self._admit(session, *entry)
+                if delivery is not None:
+                    yield delivery
+        finally:
+            if session is not None:
+                with anyio.CancelScope(shield=True):
+                    await session.stop()
+
+    async def _session(
+        self, queues: list[str], prefetch: int, old: Session | None
+    ) -> Session | None:
+        """Start consuming on a new channel, reconnecting first if the connection is gone."""
+        if old is not None:
+            await old.stop()
+            if self.link.closed:
+                return None
+            if old.cancelled:  # RabbitMQ cancelled a consumer: its queue was deleted
+                self.topology.forget(queues)
+            logger.warning("consumer of %s lost its channel; consuming again", ", ".join(queues))
+        while not self.link.closed:
+            session: Session | None = None
+            try:
+                connection = await self.link.connection()
+                await self.topology.ensure_queues(queues)
+                session = Session(self, await self.link.channel(confirms=False), queues, prefetch)
+                await session.start()
+                return session
+            except BrokerError:
+                if session is not None:
+                    await session.close()
+                if self.link.closed:
+                    return None
+                if not connection.is_closed:
+                    raise
+                # The connection dropped while starting: reconnect and start again.
+        return None
+
+    async def _idle(self, session: Session, free: int, *, burst: bool) -> bool:
+        """Wait for something to happen; True when a burst consumer should stop."""
+        try:
+            await session.fit(free)  # RabbitMQ may send `free` more: the wait cannot starve
+            if not burst:
+                await session.wait()
+                return False
+            return await session.drained()
+        except BrokerError:
+            if session.broken:
+                return False  # the connection dropped: consume again on a new one
+            raise
+
+    async def _admit(
+        self, session: Session, queue: str, message: DeliveredMessage
+    ) -> AMQPDelivery | None:
+        """Return the delivery to yield, or None when the message must not run (yet)."""
+        headers = message.header.properties.headers
+        count = 1 + int(header_number(headers, H_DELIVERIES))
+        count += int(header_number(headers, "x-delivery-count"))
+        delivery = AMQPDelivery(session, queue, message, count)
+        session.yielded()
+        if count > self.max_deliveries:
+            detail = f"delivered {count - 1} times without being acknowledged"
+            logger.error("message of %s %s; dead-lettered", queue, detail)
+            await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
+            return None
+        eta = header_time(headers, H_ETA)
+        if eta and eta > time.time():  # a delay longer than the ladder: once more round it
+            delivery._settle()
+            await self._republish(delivery, eta=eta, deliveries=count - 1)
+            return None
+        return delivery
+
+    # -- settling (called by AMQPDelivery) ----------------------------------------------------
+
+    async def _give_back(self, delivery: AMQPDelivery, delay: float) -> None:
+        """`nack`: republish with the delivery count (and delay), then ack the original.
+
+        Not a reject-requeue: RabbitMQ counts no requeues on classic queues, a delay needs the
+        ladder anyway, and a confirmed publish is back in the queue when `nack` returns.
+        """
+        if delivery.stale:
+            return  # its channel is gone: RabbitMQ gives the message again by itself
+        eta = time.time() + delay if delay > 0 else None
+        await self._republish(delivery, eta=eta, deliveries=delivery.delivery_count)
+
+    async def _republish(
+        self, delivery: AMQPDelivery, *, eta: float | None, deliveries: int
+    ) -> None:
+        properties = delivery.message.header.properties
+        headers: dict[str, Any] = {
+            H_AT: header_number(properties.headers, H_AT) or stamp(time.time()),
+            H_DELIVERIES: deliveries,
+        }
+        outgoing = await self._route(
+            delivery.queue,
+            delivery.body,
+            properties.priority,
+            headers,
+            properties.message_id,
+            eta,
+            time.time(),
+        )
+        await self._replace(delivery, outgoing)
+
+    async def _bury(self, delivery: AMQPDelivery, reason: str, detail: str) -> None:
+        """`dead_letter`: publish to the dead-letter queue with the reason, then ack."""
+        if delivery.stale:
+            return  # RabbitMQ gives it again, and it is refused again
+        headers: dict[str, Any] = {
+            H_REASON: reason,
+            H_DETAIL: detail,
+            H_AT: stamp(time.time()),
+            H_DELIVERIES: delivery.delivery_count,
+        }
+        properties = spec.Basic.Properties(
+            delivery_mode=2,
+            headers=headers,
+            message_id=delivery.message.header.properties.message_id,
+        )
+        await self.topology.ensure_queues([delivery.queue])
+        topology = self.topology
+        outgoing = Outgoing(
+            topology.dead_exchange, topology.queue(delivery.queue), delivery.body, properties
+        )
+        await self._replace(delivery, outgoing)
+
+    async def _replace(self, delivery: AMQPDelivery, outgoing: Outgoing) -> None:
+        """Publish the message's successor, then ack it; on failure, requeue it as it is."""
+        try:
+            await self._send([outgoing])
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await delivery.settle(requeue=True)
+            raise
+        await delivery.settle(requeue=None)
+
+    # -- administration -----------------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        """Delete the queue's waiting and delayed messages (not those held by consumers)."""
+        await self.link.connection()
+        return await self.topology.purge(queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Read (and leave in place) the oldest dead letters of `queue`."""
+        await self.topology.ensure_queues([queue])
+        channel = await self.link.channel(confirms=False)
+        letters: list[DeadLetter] = []
+        try:
+            async with amqp_errors(self.settings, f"read the dead letters of {queue!r}"):
+                last = 0
+                for _ in range(limit):
+                    message = await channel.basic_get(self.topology.dead_queue(queue))
+                    if not isinstance(message.delivery, spec.Basic.GetOk):
+                        break
+                    letters.append(_letter(queue, message))
+                    last = message.delivery.delivery_tag or 0
+                if last:
+                    await channel.basic_nack(last, multiple=True, requeue=True)
+        finally:
+            with anyio.CancelScope(shield=True), released("close a channel"):
+                await channel.close()
+        return letters
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _letter(queue: str, message: DeliveredMessage) -> DeadLetter:
+    """Read a dead letter from what aqueue (reason headers) or RabbitMQ (`x-death`) wrote on it."""
+    headers = message.header.properties.headers or {}
+    at = header_time(headers, H_AT)
+    if H_REASON in headers:
+        reason, detail = _text(headers[H_REASON]), _text(headers.get(H_DETAIL))
+    else:
+        deaths = headers.get("x-death")
+        death = deaths[0] if isinstance(deaths, list) and isinstance(deaths[0], dict) else {}
+        raw = _text(death.get("reason")) or "dead-lettered"
+        reason = _DEATH_REASONS.get(raw, raw)
+        detail = f"dead-lettered by RabbitMQ ({raw}) from {_text(death.get('queue'))}"
+        when = death.get("time")
+        if isinstance(when, dt.datetime):
+            at = when.timestamp()
+    return DeadLetter(queue, message.body, reason, detail, at or time.time())
