@@ -166,7 +166,7 @@ class Runner:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
         token = current_request.set(self._request(delivery, envelope, task))
         started = time.perf_counter()
-        self.active[envelope.id] = Active(delivery, envelope, time.time())
+        self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
             value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
@@ -185,7 +185,8 @@ class Runner:
             await self._succeeded(envelope, task, value, time.perf_counter() - started)
         finally:
             current_request.reset(token)
-            del self.active[envelope.id]
+            if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
+                del self.active[envelope.id]
         await delivery.ack()
 
     async def _interrupted(
@@ -236,7 +237,7 @@ class Runner:
     async def _retry(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], retry: Retry
     ) -> None:
-        """Send the task again with `retries + 1`, then record the RETRY state."""
+        """Record the RETRY state, then send the task again with `retries + 1`."""
         self.retried += 1
         eta = time.time() + retry.countdown if retry.countdown > 0 else None
         again = dataclasses.replace(envelope, retries=envelope.retries + 1, eta=eta)
@@ -247,6 +248,16 @@ class Runner:
             eta=eta,
             priority=self.app._priority_for(task, None),
         )
+        if retry.exc is not None:
+            text = "".join(traceback.format_exception(retry.exc))
+            meta = ResultMeta.failure(task.name, retry.exc, text)
+        else:
+            meta = ResultMeta(task=task.name)
+        # RETRY is stored first: the retried message may run (and store its outcome) before
+        # this coroutine is scheduled again.
+        await self._store(
+            envelope, task, states.RETRY, dataclasses.replace(meta, retries=again.retries)
+        )
         await self.broker.publish([message])
         logger.info(
             "Task %s[%s] retry %d in %gs: %r",
@@ -255,14 +266,6 @@ class Runner:
             again.retries,
             retry.countdown,
             retry.exc,
-        )
-        if retry.exc is not None:
-            text = "".join(traceback.format_exception(retry.exc))
-            meta = ResultMeta.failure(task.name, retry.exc, text)
-        else:
-            meta = ResultMeta(task=task.name)
-        await self._store(
-            envelope, task, states.RETRY, dataclasses.replace(meta, retries=envelope.retries + 1)
         )
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
