@@ -65,6 +65,8 @@ class Settings:
     #: Child processes for executor="process" tasks; None: one per CPU (os.cpu_count()).
     worker_processes: int | None = None
     worker_shutdown_timeout: float = 10.0
+    #: The most tasks a worker holds outside its slots, waiting for a rate limit or a place.
+    worker_held_limit: int = 1000
     worker_hostname: str | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -220,6 +222,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_threads": _positive_int,
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
+    "worker_held_limit": _positive_int,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
 }

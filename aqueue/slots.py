@@ -99,6 +99,11 @@ class Slots:
         """Occupy a slot."""
         self.used += 1
 
+    async def wait_held_below(self, limit: int) -> None:
+        """Wait until fewer than `limit` tasks are held."""
+        while self.held >= limit:
+            await self._wait_change()
+
     def hold(self) -> None:
         """Count a task held outside the slots."""
         self.held += 1

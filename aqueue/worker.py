@@ -219,8 +219,18 @@ class Worker:
             return
         assert self.admission is not None
         assert self._work is not None
+        if self.admission.throttled(checked[1]):
+            # Past the cap, a throttled task waits here, in its slot: the worker then takes no
+            # more than it can hold, instead of booking the whole backlog ahead.
+            await self.slots.wait_held_below(self.app.conf.worker_held_limit)
+            if self._stopping:  # a stopping worker books nothing more: the message goes back
+                await _nack_quietly(delivery, delay=0.0)
+                return
         ticket = await self.admission.admit(checked[1])
-        if ticket.held:
+        if ticket.held and self._stopping:
+            await self.admission.done(checked[1], ticket)
+            await _nack_quietly(delivery, delay=0.0)
+        elif ticket.held:
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             self._work.start_soon(self._hold, runner, delivery, checked, ticket)
         else:

@@ -150,7 +150,7 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
     names = set(conf)
     assert {"broker_url", "result_backend", "worker_threads", "task_routes"} <= names
     assert {"task_time_limit", "task_soft_time_limit", "worker_processes"} <= names
-    assert len(names) == 25
+    assert len(names) == 26
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 

@@ -183,3 +183,21 @@ async def test_runtime_override_and_annotations(make_app: MakeApp) -> None:
         worker.set_rate_limit(plain.name, None)
         assert worker.admission.rate_of(plain) is None
         worker.stop()
+
+
+async def test_held_tasks_are_capped(make_app: MakeApp) -> None:
+    app = make_app(worker_held_limit=2)
+
+    @app.task(rate_limit="1/h")
+    async def rare() -> None: ...
+
+    for _ in range(6):
+        await rare.delay()
+    async with anyio.create_task_group() as group:
+        worker: Worker = await group.start(Worker(app, concurrency=2).run)
+        with anyio.fail_after(10):
+            while worker.slots.used < 2:  # the cap is reached: the next ones wait in the slots
+                await anyio.wait_all_tasks_blocked()
+        assert len(worker.held()) == 2
+        worker.stop()
+    assert await (await app.connection()).purge("default") == 5  # all but the first came back
