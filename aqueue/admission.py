@@ -63,10 +63,6 @@ class Admission:
             return parse_rate(self.overrides[task.name])
         return parse_rate(task.options.rate_limit)
 
-    def throttled(self, task: Task[Any, Any]) -> bool:
-        """Whether `task` has a rate limit or a concurrency limit in force."""
-        return self.rate_of(task) is not None or bool(task.options.concurrency)
-
     async def admit(self, task: Task[Any, Any]) -> Ticket:
         """Book the task's start; the ticket says whether it must be held first."""
         ticket = Ticket()

@@ -65,7 +65,8 @@ class Settings:
     #: Child processes for executor="process" tasks; None: one per CPU (os.cpu_count()).
     worker_processes: int | None = None
     worker_shutdown_timeout: float = 10.0
-    #: The most tasks a worker holds outside its slots, waiting for a rate limit or a place.
+    #: How many tasks a worker holds outside its slots (waiting for a rate limit or a place)
+    #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
 

@@ -71,18 +71,27 @@ class Inbox(Generic[T]):
 class Slots:
     """Counts the slots in use, and lets the broker wait for a free one (its `Credit`)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, held_limit: int | None = None) -> None:
         self.size = size
         self.used = 0
-        #: Tasks held outside the slots (waiting for a rate limit or a place).
+        #: Tasks held outside the slots (waiting for a rate limit or a place), and how many
+        #: may be: at the limit, the worker takes no more messages until one moves on.
         self.held = 0
+        self.held_limit = held_limit
         self._waiter: asyncio.Future[None] | None = None
 
     async def wait(self) -> int:
-        """Wait until at least one slot is free; return how many are."""
-        while self.used >= self.size:
+        """Wait until at least one slot is free (and the held are under their limit)."""
+        while self.used >= self.size or (
+            self.held_limit is not None and self.held >= self.held_limit
+        ):
             await self._wait_change()
         return self.size - self.used
+
+    async def wait_slot(self) -> None:
+        """Wait for a free slot, whatever the held count (for a held task whose turn came)."""
+        while self.used >= self.size:
+            await self._wait_change()
 
     async def wait_idle(self) -> None:
         """Wait until no slot is in use and no task is held."""
@@ -98,11 +107,6 @@ class Slots:
     def take(self) -> None:
         """Occupy a slot."""
         self.used += 1
-
-    async def wait_held_below(self, limit: int) -> None:
-        """Wait until fewer than `limit` tasks are held."""
-        while self.held >= limit:
-            await self._wait_change()
 
     def hold(self) -> None:
         """Count a task held outside the slots."""

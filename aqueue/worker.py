@@ -135,7 +135,7 @@ class Worker:
         if remote is not None:
             await remote.load()
         self.started_at = time.time()
-        self._slots = Slots(self.concurrency)
+        self._slots = Slots(self.concurrency, held_limit=self.app.conf.worker_held_limit)
         self._inbox = Inbox()
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
@@ -219,13 +219,6 @@ class Worker:
             return
         assert self.admission is not None
         assert self._work is not None
-        if self.admission.throttled(checked[1]):
-            # Past the cap, a throttled task waits here, in its slot: the worker then takes no
-            # more than it can hold, instead of booking the whole backlog ahead.
-            await self.slots.wait_held_below(self.app.conf.worker_held_limit)
-            if self._stopping:  # a stopping worker books nothing more: the message goes back
-                await _nack_quietly(delivery, delay=0.0)
-                return
         ticket = await self.admission.admit(checked[1])
         if ticket.held and self._stopping:
             await self.admission.done(checked[1], ticket)
@@ -267,7 +260,7 @@ class Worker:
         try:
             with scope.cancel_scope:  # cancelled at shutdown: the message goes back
                 await self.admission.wait(task, ticket)
-                await self.slots.wait()
+                await self.slots.wait_slot()  # not wait(): that one refuses at the held limit
                 self.slots.take()
                 del self._held[delivery]
                 self.slots.unhold()

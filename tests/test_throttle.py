@@ -191,13 +191,18 @@ async def test_held_tasks_are_capped(make_app: MakeApp) -> None:
     @app.task(rate_limit="1/h")
     async def rare() -> None: ...
 
-    for _ in range(6):
+    for _ in range(8):
         await rare.delay()
     async with anyio.create_task_group() as group:
         worker: Worker = await group.start(Worker(app, concurrency=2).run)
         with anyio.fail_after(10):
-            while worker.slots.used < 2:  # the cap is reached: the next ones wait in the slots
+            while len(worker.held()) < 2:
                 await anyio.wait_all_tasks_blocked()
-        assert len(worker.held()) == 2
+        await anyio.wait_all_tasks_blocked()
+        held = len(worker.held())
+        # At the cap the worker takes nothing more; a fetch already under way may add at most
+        # one batch (the credit it was given, here 2) beyond it.
+        assert 2 <= held <= 2 + 2
         worker.stop()
-    assert await (await app.connection()).purge("default") == 5  # all but the first came back
+    # The first ran at once; the held ones came back at shutdown, the rest were never taken.
+    assert await (await app.connection()).purge("default") == 8 - 1
