@@ -151,7 +151,13 @@ class Control:
         if stored is not None and stored.state in states.READY_STATES:
             return
         meta = ResultMeta(exc_type="TaskRevoked", exc_message="revoked", date_done=time.time())
-        await backend.store(task_id, states.REVOKED, meta.encode(), self.app.conf.result_expires)
+        await backend.store(
+            task_id,
+            states.REVOKED,
+            meta.encode(),
+            self.app.conf.result_expires,
+            headers=backend.message_headers(),  # rpc:// keeps it only for its own reply queue
+        )
 
     async def shutdown(
         self, *, destination: Sequence[str] | None = None, timeout: float = 1.0
