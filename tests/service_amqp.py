@@ -76,7 +76,7 @@ async def cleanup(url: str) -> None:
     settings = parse_amqp_url(url)
     queues = await anyio.to_thread.run_sync(list_queues, prefix, settings.vhost)
     base = f"{prefix}aqueue"
-    exchanges = [base, f"{base}.dead", f"{base}.delayed"]
+    exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
     exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
     async with aiormq.connect(settings.aiormq_url("tests")) as connection:
         channel = await connection.channel()

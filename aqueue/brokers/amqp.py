@@ -29,6 +29,8 @@ What it promises:
   kills its worker comes back on a classic queue without any count: only quorum queues can stop
   that loop (`x-delivery-limit`); use `queue_type=quorum` where this matters. On quorum queues,
   a prefetched message given back unstarted at shutdown also counts as one delivery.
+- **Mailbox** (`mailbox()`, see `_amqp_mailbox`): control-plane topics over the direct
+  exchange `aqueue.mailbox`, durable settings in the classic queue `aqueue.settings`.
 - **Reconnects**: a consumer whose connection dropped reconnects with backoff (capped at 3 s)
   and consumes again; publishers retry on the new connection.
 
@@ -68,6 +70,7 @@ from ._amqp_consumer import (
     header_time,
     stamp,
 )
+from ._amqp_mailbox import AMQPMailbox
 from ._amqp_publisher import Outgoing, confirm
 from ._amqp_topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
@@ -97,6 +100,7 @@ class AMQPBroker(Broker):
         self.topology = Topology(self.link, self.settings, self.max_deliveries)
         self._publisher: AbstractChannel | None = None
         self._publisher_lock = anyio.Lock()
+        self._mailbox: AMQPMailbox | None = None
 
     def __repr__(self) -> str:
         return f"<AMQPBroker {self.settings.display}>"
@@ -110,7 +114,16 @@ class AMQPBroker(Broker):
         with anyio.CancelScope(shield=True):
             await self.topology.close()
             self._publisher = None
+            mailbox, self._mailbox = self._mailbox, None
+            if mailbox is not None:
+                await mailbox.close()
             await self.link.close()
+
+    def mailbox(self) -> AMQPMailbox:
+        """Return the mailbox on this RabbitMQ (see `_amqp_mailbox`); open the broker first."""
+        if self._mailbox is None:
+            self._mailbox = AMQPMailbox(self.link, self.settings)
+        return self._mailbox
 
     # -- publishing ---------------------------------------------------------------------------
 

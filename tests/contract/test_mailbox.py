@@ -13,7 +13,7 @@ from aqueue.drivers import create_broker
 from aqueue.mailbox import Mailbox
 
 #: Drivers whose broker has a mailbox yet; each server driver joins when it gets one.
-MAILBOX_DRIVERS = ("memory", "sqlite", "redis")
+MAILBOX_DRIVERS = ("memory", "sqlite", "redis", "amqp")
 
 
 @pytest.fixture
