@@ -14,7 +14,7 @@ import datetime as dt
 import difflib
 import inspect
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -34,7 +34,15 @@ from .throttle import parse_rate
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["AsyncTask", "Request", "SyncTask", "Task", "TaskOptions", "current_request"]
+__all__ = [
+    "AsyncTask",
+    "Request",
+    "SyncTask",
+    "Task",
+    "TaskOptions",
+    "current_request",
+    "current_revocations",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +69,11 @@ class Request:
 #: The request of the task running in this context (each worker task has its own context).
 current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "aqueue_request", default=None
+)
+
+#: The task ids revoked on the worker running this context (set once per worker slot).
+current_revocations: contextvars.ContextVar[Container[str]] = contextvars.ContextVar(
+    "aqueue_revocations", default=frozenset()
 )
 
 
@@ -245,6 +258,20 @@ class Task(Generic[P, R]):
         base = 1.0 if options.retry_backoff is True else float(options.retry_backoff)
         delay = min(options.retry_backoff_max, base * 2**retries)
         return random.uniform(0, delay) if options.retry_jitter else delay
+
+    def is_revoked(self) -> bool:
+        """Whether the invocation running now was revoked: the cooperative flag for `def` tasks.
+
+        A thread cannot be interrupted, so `revoke(terminate=True)` cannot stop a `def` task; a
+        long one can check this now and then and return early. (Coroutines are cancelled, and
+        process tasks killed, so they need not ask.)
+        """
+        request = current_request.get()
+        return (
+            request is not None
+            and request.id is not None
+            and (request.id in current_revocations.get())
+        )
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise `TypeError` (as a call would) if the task does not take these arguments."""

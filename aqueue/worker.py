@@ -35,6 +35,7 @@ from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
 from .runner import Runner
 from .slots import Inbox, InboxClosed, Slots
+from .task import current_revocations
 
 if TYPE_CHECKING:
     from .app import App
@@ -188,6 +189,7 @@ class Worker:
     async def _slot(self, runner: Runner) -> None:
         """Run deliveries from the inbox, one at a time, until the inbox closes."""
         inbox, slots, running = self._inbox, self.slots, self._running
+        current_revocations.set(self.revoked)  # this slot's context, copied into its threads
         me = asyncio.current_task()
         assert me is not None
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -183,3 +184,28 @@ async def test_unknown_and_malformed_commands(make: MakeApp) -> None:
         await mailbox.publish("control.broadcast", b"\xc1 garbage")
         replies = await app.control.ping(timeout=2, destination=["w@t"])
         assert [r.result for r in replies] == ["pong"]
+
+
+async def test_terminate_raises_the_cooperative_flag_of_a_thread(make: MakeApp) -> None:
+    app = make()
+    started = threading.Event()
+    noticed = threading.Event()
+
+    @app.task(bind=True)
+    def patient(self: Any) -> str:
+        started.set()
+        assert not self.is_revoked()
+        for _ in range(3000):
+            if self.is_revoked():
+                noticed.set()
+                return "stopped early"
+            threading.Event().wait(0.01)  # task body: a unit of blocking work
+        return "ran to the end"
+
+    result = await patient.delay()
+    async with running(app, hostname="w@t"):
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        await result.revoke(terminate=True)
+        assert await anyio.to_thread.run_sync(noticed.wait, 10)
+        with pytest.raises(TaskRevoked, match="terminated"):
+            await result.get(timeout=10)
