@@ -137,6 +137,8 @@ class Worker:
             await remote.load()
         self.started_at = time.time()
         self._slots = Slots(self.concurrency, held_limit=self.app.conf.worker_held_limit)
+        # The budgets of def tasks (threads) and process tasks, apart from the slots.
+        self._lanes = (anyio.CapacityLimiter(self.threads), anyio.CapacityLimiter(self.processes))
         self._inbox = Inbox()
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
@@ -228,8 +230,71 @@ class Worker:
         elif ticket.held:
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             self._work.start_soon(self._hold, runner, delivery, checked, ticket)
+        elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
+            self.slots.hold()
+            self._work.start_soon(self._lane, runner, delivery, checked, ticket)
         else:
             await self._run(runner, delivery, checked, ticket)
+
+    async def _lane(
+        self,
+        runner: Runner,
+        delivery: Delivery,
+        checked: tuple[Envelope, Task[Any, Any]],
+        ticket: Ticket,
+    ) -> None:
+        """Run a def or process task within its executor's own budget, outside the slots.
+
+        It waits for a place in its pool (`--threads` or `--processes`) as a held task (given
+        back at shutdown if it never started), then runs as a running task: blocking code
+        never takes one of the slots that coroutines run in.
+        """
+        envelope, task = checked
+        lane = self._lanes[task.options.executor == "process"]
+        held = Held(anyio.CancelScope(), envelope, time.time())
+        self._held[delivery] = held
+        try:
+            with held.cancel_scope:  # cancelled at shutdown while it waits: it goes back
+                await lane.acquire()
+            if held.cancel_scope.cancelled_caught:
+                return
+            del self._held[delivery]
+            try:
+                await self._run_outside_slots(runner, delivery, checked, ticket)
+            finally:
+                lane.release()
+        finally:
+            if self._held.pop(delivery, None) is not None:  # never started: give it back
+                with anyio.CancelScope(shield=True):
+                    if self.admission is not None:
+                        await self.admission.done(task, ticket)
+                    await _nack_quietly(delivery, delay=0.0)
+            self.slots.unhold()
+
+    async def _run_outside_slots(
+        self,
+        runner: Runner,
+        delivery: Delivery,
+        checked: tuple[Envelope, Task[Any, Any]],
+        ticket: Ticket,
+    ) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        self._running[delivery] = me
+        try:
+            await self._run(runner, delivery, checked, ticket)
+        except asyncio.CancelledError:
+            if self._terminated.pop(delivery, False) and me.uncancel() == 0:
+                return  # revoke(terminate=True): settled as revoked already
+            with anyio.CancelScope(shield=True):
+                await _nack_quietly(delivery, delay=0.0)
+            raise
+        except Exception:
+            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
+            with anyio.CancelScope(shield=True):
+                await _nack_quietly(delivery, delay=1.0)
+        finally:
+            del self._running[delivery]
 
     async def _run(
         self,
@@ -292,9 +357,11 @@ class Worker:
         for held in list(self._held.values()):  # not started: they go back at once
             held.cancel_scope.cancel()
         slots = self.slots
-        if slots.used:
+        if slots.used or slots.held:
             logger.info(
-                "Waiting up to %ss for %d running task(s)", self.shutdown_timeout, slots.used
+                "Waiting up to %ss for %d running task(s)",
+                self.shutdown_timeout,
+                slots.used + slots.held,
             )
             with anyio.move_on_after(self.shutdown_timeout):
                 async with anyio.create_task_group() as waiters:
@@ -307,7 +374,7 @@ class Worker:
             for delivery in unstarted:
                 await _nack_quietly(delivery, delay=0.0)
                 slots.release()
-        if slots.used:
+        if slots.used or slots.held:
             work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
 
     async def _heartbeat(self, interval: float) -> None:

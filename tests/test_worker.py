@@ -420,3 +420,32 @@ async def test_delay_many_refuses_before_sending_any(make_app: MakeApp) -> None:
     with pytest.raises(SerializationError, match=r"args\[0\]"):
         await echo.delay_many([(1,), (2,), (object(),)])
     assert await (await app.connection()).purge("default") == 0
+
+
+async def test_blocking_def_tasks_never_take_the_coroutines_slots(make_app: MakeApp) -> None:
+    app = make_app()
+    both_blocking = threading.Barrier(3)
+    release = threading.Event()
+    coroutine_ran = anyio.Event()
+
+    @app.task
+    def blocking() -> None:
+        both_blocking.wait(10)
+        release.wait(10)
+
+    @app.task
+    async def quick() -> None:
+        coroutine_ran.set()
+
+    sync_results = [await blocking.delay(), await blocking.delay()]
+    await quick.delay()
+    async with anyio.create_task_group() as group:
+        # One slot for coroutines, two threads: the def tasks run in their own budget.
+        worker: Worker = await group.start(Worker(app, concurrency=1, threads=2).run)
+        await anyio.to_thread.run_sync(both_blocking.wait, 10)
+        with anyio.fail_after(10):
+            await coroutine_ran.wait()  # ran while both threads were blocked
+        release.set()
+        for result in sync_results:
+            await result.get(timeout=10)
+        worker.stop()
