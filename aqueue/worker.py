@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,30 +190,16 @@ class Worker:
 
     async def _slot(self, runner: Runner) -> None:
         """Run deliveries from the inbox, one at a time, until the inbox closes."""
-        inbox, slots, running = self._inbox, self.slots, self._running
+        inbox, slots = self._inbox, self.slots
         current_revocations.set(self.revoked)  # this slot's context, copied into its threads
-        me = asyncio.current_task()
-        assert me is not None
         while True:
             try:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
-            running[delivery] = me
             try:
-                await self._admit(runner, delivery)
-            except asyncio.CancelledError:
-                if self._terminated.pop(delivery, False) and me.uncancel() == 0:
-                    continue  # revoke(terminate=True) cancelled this task alone: carry on
-                with anyio.CancelScope(shield=True):  # a no-op if it was settled already
-                    await _nack_quietly(delivery, delay=0.0)
-                raise
-            except Exception:  # a broker or backend failure while settling: give it back
-                logger.exception("Could not settle a message from %s; returning it", delivery.queue)
-                with anyio.CancelScope(shield=True):
-                    await _nack_quietly(delivery, delay=1.0)
+                await self._guarded(delivery, self._admit(runner, delivery))
             finally:
-                del running[delivery]
                 slots.release()
 
     async def _admit(self, runner: Runner, delivery: Delivery) -> None:
@@ -260,7 +246,7 @@ class Worker:
                 return
             del self._held[delivery]
             try:
-                await self._run_outside_slots(runner, delivery, checked, ticket)
+                await self._guarded(delivery, self._run(runner, delivery, checked, ticket))
             finally:
                 lane.release()
         finally:
@@ -271,22 +257,22 @@ class Worker:
                     await _nack_quietly(delivery, delay=0.0)
             self.slots.unhold()
 
-    async def _run_outside_slots(
-        self,
-        runner: Runner,
-        delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
-        ticket: Ticket,
-    ) -> None:
+    async def _guarded(self, delivery: Delivery, work: Awaitable[None]) -> None:
+        """Run `work` for a delivery as a running task, and settle whatever goes wrong.
+
+        A revoke(terminate=True) cancels this task alone, and is taken back (uncancel) once it
+        unwound; any other cancellation (a shutdown) gives the message back and goes on; a
+        broker or backend failure while settling gives it back a little later.
+        """
         me = asyncio.current_task()
         assert me is not None
         self._running[delivery] = me
         try:
-            await self._run(runner, delivery, checked, ticket)
+            await work
         except asyncio.CancelledError:
             if self._terminated.pop(delivery, False) and me.uncancel() == 0:
-                return  # revoke(terminate=True): settled as revoked already
-            with anyio.CancelScope(shield=True):
+                return  # settled as revoked already
+            with anyio.CancelScope(shield=True):  # a no-op if it was settled already
                 await _nack_quietly(delivery, delay=0.0)
             raise
         except Exception:
@@ -331,19 +317,9 @@ class Worker:
                 self.slots.take()
                 del self._held[delivery]
                 self.slots.unhold()
-                me = asyncio.current_task()
-                assert me is not None
-                self._running[delivery] = me
                 try:
-                    if envelope.id in self.revoked:
-                        await runner.discard(delivery, envelope, task, "revoked while held")
-                    else:
-                        await self._run(runner, delivery, checked, ticket)
-                except asyncio.CancelledError:
-                    if not (self._terminated.pop(delivery, False) and me.uncancel() == 0):
-                        raise
+                    await self._guarded(delivery, self._run_held(runner, delivery, checked, ticket))
                 finally:
-                    del self._running[delivery]
                     self.slots.release()
         finally:
             if self._held.pop(delivery, None) is not None:  # never started: give it back
@@ -351,6 +327,19 @@ class Worker:
                 with anyio.CancelScope(shield=True):
                     await self.admission.done(task, ticket)
                     await _nack_quietly(delivery, delay=0.0)
+
+    async def _run_held(
+        self,
+        runner: Runner,
+        delivery: Delivery,
+        checked: tuple[Envelope, Task[Any, Any]],
+        ticket: Ticket,
+    ) -> None:
+        envelope, task = checked
+        if envelope.id in self.revoked:
+            await runner.discard(delivery, envelope, task, "revoked while held")
+        else:
+            await self._run(runner, delivery, checked, ticket)
 
     async def _drain(self, work: TaskGroup) -> None:
         """Give running tasks their grace period, then cancel them; end the slot coroutines."""
