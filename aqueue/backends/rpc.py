@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, cast
@@ -41,8 +40,8 @@ from pamqp import commands as spec
 from .._amqp import AMQP_ERRORS, Link, amqp_errors, parse_amqp_url
 from ..backend import ResultBackend, StoredResult
 from ..exceptions import BrokerError
-from ..states import READY_STATES
 from ..urls import scheme_of
+from ._local import LocalResults
 
 __all__ = ["RPCBackend"]
 
@@ -74,8 +73,7 @@ class RPCBackend(ResultBackend):
         self.link = Link(self.settings, "results")
         #: This process's reply queue, named in every task message it sends.
         self.reply_queue = f"{self.settings.prefix}aqueue.reply.{uuid.uuid4().hex}"
-        self._results: dict[str, tuple[StoredResult, float]] = {}
-        self._waiters: dict[str, anyio.Event] = {}
+        self._local = LocalResults()
         self._consumer: AbstractChannel | None = None
         self._publisher: AbstractChannel | None = None
         self._publisher_lock = anyio.Lock()
@@ -160,16 +158,9 @@ class RPCBackend(ResultBackend):
         ttl = headers.get("ttl-ms")
         if properties.correlation_id and properties.message_type:
             seconds = ttl / 1000 if isinstance(ttl, int) else 86400.0
-            self._keep(properties.correlation_id, properties.message_type, message.body, seconds)
-
-    def _keep(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
-        now = time.monotonic()
-        self._results[task_id] = (StoredResult(state, payload), now + ttl)
-        if len(self._results) % 1024 == 0:
-            for key in [key for key, (_, expiry) in self._results.items() if expiry <= now]:
-                del self._results[key]
-        if state in READY_STATES and (event := self._waiters.pop(task_id, None)):
-            event.set()
+            self._local.keep(
+                properties.correlation_id, properties.message_type, message.body, seconds
+            )
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -188,7 +179,7 @@ class RPCBackend(ResultBackend):
             logger.debug("task %s has no reply_to: its %s result is dropped", task_id, state)
             return
         if reply_to == self.reply_queue:  # sent by this very process: no round trip
-            self._keep(task_id, state, payload, ttl)
+            self._local.keep(task_id, state, payload, ttl)
             return
         properties = spec.Basic.Properties(
             correlation_id=task_id,
@@ -224,23 +215,12 @@ class RPCBackend(ResultBackend):
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return what this process received for the task, unless it expired."""
-        entry = self._results.get(task_id)
-        if entry is None:
-            return None
-        if entry[1] <= time.monotonic():
-            del self._results[task_id]
-            return None
-        return entry[0]
+        return self._local.get(task_id)
 
     async def wait(self, task_id: str) -> StoredResult:
         """Wait until the reply queue brings a ready state for the task."""
-        while True:
-            stored = await self.fetch(task_id)
-            if stored is not None and stored.state in READY_STATES:
-                return stored
-            event = self._waiters.setdefault(task_id, anyio.Event())
-            await event.wait()
+        return await self._local.wait(task_id)
 
     async def forget(self, task_id: str) -> None:
         """Drop what this process holds for the task."""
-        self._results.pop(task_id, None)
+        self._local.forget(task_id)
