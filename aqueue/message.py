@@ -105,8 +105,24 @@ class Envelope:
             )
         except KeyError as exc:
             raise InvalidMessage(f"envelope has no {exc.args[0]!r} field") from None
-        envelope._check_types()
+        if not envelope._well_typed():
+            envelope._check_types()  # says what is wrong
         return envelope
+
+    def _well_typed(self) -> bool:
+        """Say whether every field has its type (the fast check every message goes through)."""
+        numbers = (int, float, type(None))
+        return (
+            type(self.id) is str
+            and type(self.task) is str
+            and type(self.args) in (list, tuple)
+            and type(self.kwargs) is dict
+            and type(self.eta) in numbers
+            and type(self.expires) in numbers
+            and type(self.retries) is int
+            and type(self.headers) is dict
+            and all(type(key) is str for key in self.kwargs)
+        )
 
     def _check_types(self) -> None:
         for name, (kinds, expected) in _FIELD_TYPES.items():
