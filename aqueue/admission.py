@@ -66,10 +66,13 @@ class Admission:
     async def admit(self, task: Task[Any, Any]) -> Ticket:
         """Book the task's start; the ticket says whether it must be held first."""
         ticket = Ticket()
+        options = task.options
+        if options.rate_limit is None and not options.concurrency and not self.overrides:
+            return ticket  # the common case: nothing to book
         rate = self.rate_of(task)
         if rate is not None:
             ticket.wait = await self.limiter.reserve(task.name, rate)
-        if task.options.concurrency and not ticket.held:
+        if options.concurrency and not ticket.held:
             await self._take_place(task, ticket)
         return ticket
 

@@ -160,7 +160,8 @@ class Runner:
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""
-        if logger.isEnabledFor(logging.INFO):
+        informed = logger.isEnabledFor(logging.INFO)
+        if informed:
             logger.info("Task %s[%s] received", task.name, envelope.id)
         if self.app.conf.task_track_started:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
@@ -182,7 +183,7 @@ class Runner:
             else:
                 await self._retry(delivery, envelope, task, again)
         else:
-            await self._succeeded(envelope, task, value, time.perf_counter() - started)
+            await self._succeeded(envelope, task, value, started, informed)
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
@@ -203,12 +204,13 @@ class Runner:
 
     async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         conf = self.app.conf
-        hard = task.options.time_limit or conf.task_time_limit
-        if task.options.executor == "process":
+        options = task.options
+        hard = options.time_limit or conf.task_time_limit
+        if options.executor == "process":
             return await self._in_process(task, envelope, hard)
         if task.is_async:
             coroutine = task._call(envelope.args, envelope.kwargs)
-            soft = task.options.soft_time_limit or conf.task_soft_time_limit
+            soft = options.soft_time_limit or conf.task_soft_time_limit
             if soft is None and hard is None:
                 return await coroutine
             return await run_coroutine(coroutine, soft=soft, hard=hard, name=task.name)
@@ -292,17 +294,19 @@ class Runner:
         )
 
     async def _succeeded(
-        self, envelope: Envelope, task: Task[Any, Any], value: Any, runtime: float
+        self, envelope: Envelope, task: Task[Any, Any], value: Any, started: float, informed: bool
     ) -> None:
         self.succeeded += 1
-        if logger.isEnabledFor(logging.INFO):
+        if informed:
+            runtime = time.perf_counter() - started
             logger.info(
                 "Task %s[%s] succeeded in %.4fs: %s", task.name, envelope.id, runtime, _short(value)
             )
-        meta = ResultMeta(
-            task=task.name, result=value, retries=envelope.retries, date_done=time.time()
-        )
-        await self._store(envelope, task, states.SUCCESS, meta)
+        if self.backend is not None and not task.ignore_result:  # no result to build otherwise
+            meta = ResultMeta(
+                task=task.name, result=value, retries=envelope.retries, date_done=time.time()
+            )
+            await self._store(envelope, task, states.SUCCESS, meta)
 
     async def _failed(
         self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float

@@ -192,13 +192,15 @@ class Worker:
         """Run deliveries from the inbox, one at a time, until the inbox closes."""
         inbox, slots = self._inbox, self.slots
         current_revocations.set(self.revoked)  # this slot's context, copied into its threads
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             try:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
             try:
-                await self._guarded(delivery, self._admit(runner, delivery))
+                await self._guarded(delivery, self._admit(runner, delivery), me)
             finally:
                 slots.release()
 
@@ -257,14 +259,16 @@ class Worker:
                     await _nack_quietly(delivery, delay=0.0)
             self.slots.unhold()
 
-    async def _guarded(self, delivery: Delivery, work: Awaitable[None]) -> None:
+    async def _guarded(
+        self, delivery: Delivery, work: Awaitable[None], me: asyncio.Task[Any] | None = None
+    ) -> None:
         """Run `work` for a delivery as a running task, and settle whatever goes wrong.
 
         A revoke(terminate=True) cancels this task alone, and is taken back (uncancel) once it
         unwound; any other cancellation (a shutdown) gives the message back and goes on; a
         broker or backend failure while settling gives it back a little later.
         """
-        me = asyncio.current_task()
+        me = me or asyncio.current_task()
         assert me is not None
         self._running[delivery] = me
         try:
