@@ -1,0 +1,96 @@
+"""The worker's inbox: every item taken once, woken consumers pass their turn on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from aqueue.slots import WAKE_AHEAD, Inbox, InboxClosed
+
+
+async def test_quick_consumers_take_a_batch_without_waking_one_each() -> None:
+    inbox: Inbox[int] = Inbox()
+    taken: dict[int, list[int]] = {}
+    wakeups = 0
+
+    async def consumer(name: int) -> None:
+        nonlocal wakeups
+        taken[name] = []
+        while True:
+            try:
+                item = await inbox.get()
+            except InboxClosed:
+                return
+            taken[name].append(item)  # a task that never suspends
+
+    async with anyio.create_task_group() as group:
+        for name in range(50):
+            group.start_soon(consumer, name)
+        await anyio.wait_all_tasks_blocked()
+        for item in range(100):
+            inbox.put(item)
+        await anyio.wait_all_tasks_blocked()
+        inbox.close()
+    everything = sorted(item for items in taken.values() for item in items)
+    assert everything == list(range(100))  # each item once
+    busy = [name for name, items in taken.items() if items]
+    assert 1 <= len(busy) <= WAKE_AHEAD  # not 50 consumers woken for 100 quick items
+
+
+async def test_consumers_that_wait_all_get_items() -> None:
+    inbox: Inbox[int] = Inbox()
+    release = anyio.Event()
+    started: list[int] = []
+
+    async def consumer() -> None:
+        while True:
+            try:
+                item = await inbox.get()
+            except InboxClosed:
+                return
+            started.append(item)
+            await release.wait()  # a task that suspends: its consumer is busy
+
+    async with anyio.create_task_group() as group:
+        for _ in range(30):
+            group.start_soon(consumer)
+        await anyio.wait_all_tasks_blocked()
+        for item in range(30):
+            inbox.put(item)
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(started) == list(range(30))  # all 30 running at once
+        release.set()
+        inbox.close()
+
+
+async def test_a_woken_consumer_cancelled_passes_its_turn_on() -> None:
+    inbox: Inbox[int] = Inbox()
+    first = asyncio.ensure_future(inbox.get())
+    second = asyncio.ensure_future(inbox.get())
+    await anyio.wait_all_tasks_blocked()
+    inbox.put(7)  # wakes the first consumer...
+    first.cancel()  # ...which is cancelled before it runs (a shutdown, a terminate)
+    assert await second == 7  # the second took its turn
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert len(inbox) == 0
+
+
+async def test_close_ends_every_sleeping_consumer() -> None:
+    inbox: Inbox[int] = Inbox()
+    ended = 0
+
+    async def consumer() -> None:
+        nonlocal ended
+        with pytest.raises(InboxClosed):
+            await inbox.get()
+        ended += 1
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(consumer)
+        await anyio.wait_all_tasks_blocked()
+        inbox.close()
+    assert ended == 20
