@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from .exceptions import BrokerError, ConfigurationError
 from .urls import redact, scheme_of
 
 __all__ = ["Batcher", "RedisSettings", "Script", "parse_redis_url", "redis_errors", "run_scripts"]
+
+logger = logging.getLogger("aqueue.redis")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -241,14 +244,27 @@ def process_tag() -> str:
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("cancelled", "done", "error", "item", "result", "taken", "waiter", "woken")
+    __slots__ = (
+        "caller",
+        "cancelled",
+        "done",
+        "error",
+        "item",
+        "result",
+        "taken",
+        "unwaited",
+        "waiter",
+        "woken",
+    )
 
-    def __init__(self, item: T) -> None:
+    def __init__(self, item: T, *, unwaited: bool = False) -> None:
         self.item = item
         # A future only for a caller that actually waits: most never do (their own flush
         # settles them), and an anyio.Event per message was a tenth of a busy worker's CPU.
         self.waiter: asyncio.Future[None] | None = None
         self.woken = self.done = self.taken = self.cancelled = False
+        self.unwaited = unwaited  # sent by `send`: its outcome goes to the batcher's hook
+        self.caller = False  # a caller waits in `_submit` for it (and may lead a flush)
         self.result: R | None = None
         self.error: BaseException | None = None
 
@@ -270,17 +286,45 @@ class Batcher(Generic[T, R]):
     The first caller flushes at once (no added latency); callers that arrive while a flush is
     in flight queue up and go together in the next one, flushed by the first of them. A flush
     is shielded from cancellation: an ack or a stored result is never half sent.
+
+    `send` does not wait for a flush in flight: its item joins the next flush, which the caller
+    flushing now sends before it returns, and its outcome goes to `on_unwaited`.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]], max_size: int = 1000):
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        max_size: int = 1000,
+        *,
+        on_unwaited: Callable[[T, R | Exception], None] | None = None,
+    ):
         self._flush = flush
         self._max = max_size
+        self._on_unwaited = on_unwaited
         self._queue: list[_Slot[T, R]] = []
         self._busy = False
 
     async def submit(self, item: T) -> R:
         """Send `item` with whatever else is waiting; return its own result."""
-        slot: _Slot[T, R] = _Slot(item)
+        return await self._submit(_Slot(item))
+
+    async def send(self, item: T) -> None:
+        """Send `item`, waiting only when no flush is in flight or too many items queue.
+
+        Its outcome (a result, or the exception that failed its flush) goes to `on_unwaited`,
+        never to the caller: a coroutine that acknowledges a message goes on to the next one
+        while the acknowledgement travels with the next batch.
+        """
+        assert self._on_unwaited is not None, "send() needs an on_unwaited hook"
+        slot: _Slot[T, R] = _Slot(item, unwaited=True)
+        if self._busy and len(self._queue) < self._max:
+            self._queue.append(slot)  # the caller flushing now sends it next
+            return
+        with contextlib.suppress(Exception):  # reported to on_unwaited already
+            await self._submit(slot)
+
+    async def _submit(self, slot: _Slot[T, R]) -> R:
+        slot.caller = True
         self._queue.append(slot)
         try:
             while not slot.done:
@@ -292,16 +336,22 @@ class Batcher(Generic[T, R]):
             if not slot.taken:
                 slot.cancelled = True
             if not self._busy:
-                self._wake_next()
+                await self._hand_over()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _wake_next(self) -> None:
-        while self._queue and self._queue[0].cancelled:
-            self._queue.pop(0)
-        if self._queue:
-            self._queue[0].wake()  # the next leader
+    async def _hand_over(self) -> None:
+        """Wake the next waiting caller to flush; with only unwaited items, flush them here."""
+        while self._queue and not self._busy:
+            leader = next((s for s in self._queue if s.caller and not s.cancelled), None)
+            if leader is not None:
+                leader.wake()
+                return
+            try:
+                await self._flush_next()
+            except Exception:  # reported to on_unwaited; the items after it go next
+                continue
 
     async def _flush_next(self) -> None:
         self._busy = True
@@ -315,14 +365,25 @@ class Batcher(Generic[T, R]):
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
         except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else BrokerError("flush interrupted")
             for slot in batch:
-                slot.error = exc if isinstance(exc, Exception) else BrokerError("flush interrupted")
+                slot.error = error
             raise
         finally:
             self._busy = False
             for slot in batch:
                 slot.done = True
+                if slot.unwaited:
+                    self._report(slot)
                 slot.wake()
+
+    def _report(self, slot: _Slot[T, R]) -> None:
+        assert self._on_unwaited is not None
+        outcome = slot.error if slot.error is not None else slot.result
+        try:
+            self._on_unwaited(slot.item, outcome)  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("the hook of a batched call failed")
 
 
 class Script:

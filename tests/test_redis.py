@@ -575,3 +575,65 @@ async def test_batcher_coalesces_and_shares_failures() -> None:
     failed = next(batch for batch in batches if 13 in batch)
     assert all(isinstance(results[item], ValueError) for item in failed)
     assert all(results[item] == item * 2 for item in range(30) if item not in failed)
+
+
+async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
+    from aqueue._redis import Batcher
+
+    gate = anyio.Event()
+    batches: list[list[int]] = []
+    outcomes: dict[int, Any] = {}
+
+    async def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()  # the first flush stays in flight until the test lets it go
+        if 5 in items:
+            raise ValueError("unlucky")
+        return [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(
+        flush, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
+    )
+    returned: list[int] = []
+
+    async def send(item: int) -> None:
+        await batcher.send(item)
+        returned.append(item)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send, 0)  # the leader: its flush is in flight
+        await anyio.wait_all_tasks_blocked()
+        for item in (1, 2, 3):
+            await batcher.send(item)  # returns at once, before any of them is sent
+        assert batches == [[0]]
+        assert returned == []
+        assert outcomes == {}
+        gate.set()
+    assert batches == [[0], [1, 2, 3]]  # the leader sent what queued behind it, in one flush
+    assert outcomes == {0: 0, 1: 2, 2: 4, 3: 6}
+    await batcher.send(5)  # nothing in flight: it waits, and its failure goes to the hook
+    assert isinstance(outcomes[5], ValueError)
+
+
+async def test_a_burst_worker_leaves_nothing_pending(url: str) -> None:
+    """Acks that travel after their task returned all land before the worker stops."""
+    app = App("tests", broker=url, backend=False, set_as_current=False)
+    ran = 0
+
+    @app.task
+    async def noop() -> None:
+        nonlocal ran
+        ran += 1
+
+    async with app:
+        await noop.delay_many([()] * 2_000)
+        await Worker(app, concurrency=200, burst=True).run()
+        broker = await app.connection()
+        assert isinstance(broker, RedisBroker)
+        client = broker._redis()
+        stream = broker.keys("default").stream(0)
+        assert ran == 2_000
+        assert await client.xlen(stream) == 0  # every entry acknowledged and deleted
+        pending: Any = await client.xpending(stream, "aqueue")
+        assert pending["pending"] == 0

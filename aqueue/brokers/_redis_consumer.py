@@ -25,11 +25,16 @@ from . import _redis_scripts as lua
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["GROUP", "MAX_BLOCK", "Claimed", "Consumer", "QueueKeys", "text"]
+__all__ = ["CLAIM_BATCH", "GROUP", "MAX_BLOCK", "Claimed", "Consumer", "QueueKeys", "text"]
 
 logger = logging.getLogger("aqueue.brokers.redis")
 
 GROUP = "aqueue"
+#: The most messages one claim takes. A worker with more free slots claims again as soon as
+#: this batch is handed out, so the next claim travels while this one's tasks run, instead of
+#: the worker and Redis waiting for each other in turn (measured: 40k against 30k no-op
+#: tasks/s for claims of up to 500).
+CLAIM_BATCH = 100
 #: The longest an idle consumer blocks in one XREADGROUP call.
 MAX_BLOCK = 30.0
 #: The longest wait between two attempts to reach a Redis that went away.

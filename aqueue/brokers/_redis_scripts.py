@@ -228,28 +228,34 @@ return {out, buried, next_due}
 )
 
 #: Acknowledge (XACK + XDEL) or renew (XCLAIM JUSTID: resets the idle time, not the counter)
-#: deliveries that their consumer still owns.
-#: KEYS: one stream per delivery. ARGV: group, mode ('ack' | 'renew'), then per delivery:
-#: consumer, id, counter. Returns 1 (done) or 0 (fenced off) per delivery.
+#: deliveries of one stream that their consumer still owns.
+#: KEYS: the stream. ARGV: group, mode ('ack' | 'renew'), consumer, and the deliveries as one
+#: string "id/counter,id/counter..." (one argument, not two per delivery: packing arguments
+#: was a sixth of a busy worker's time). Returns a string of '1' (done) or '0' (fenced off),
+#: one character per delivery.
 ACK = (
     _COMMON
     + """
-local group, mode = ARGV[1], ARGV[2]
-local out = {}
-for i = 1, #KEYS do
-  local consumer, id, counter = ARGV[3 * i], ARGV[3 * i + 1], tonumber(ARGV[3 * i + 2])
-  out[i] = 0
-  if owned(KEYS[i], group, id, consumer, counter) then
-    if mode == 'ack' then
-      redis.call('XACK', KEYS[i], group, id)
-      redis.call('XDEL', KEYS[i], id)
-    else
-      redis.call('XCLAIM', KEYS[i], group, consumer, 0, id, 'JUSTID')
-    end
-    out[i] = 1
+local key, group, mode, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local out, ids = {}, {}
+for id, counter in string.gmatch(ARGV[4], '([^,/]+)/(%d+)') do
+  if owned(key, group, id, consumer, tonumber(counter)) then
+    ids[#ids + 1] = id
+    out[#out + 1] = '1'
+  else
+    out[#out + 1] = '0'
   end
 end
-return out
+if #ids > 0 then
+  if mode == 'ack' then
+    redis.call('XACK', key, group, unpack(ids))
+    redis.call('XDEL', key, unpack(ids))
+  else
+    ids[#ids + 1] = 'JUSTID'  -- keeps the delivery counter: the fence
+    redis.call('XCLAIM', key, group, consumer, 0, unpack(ids))
+  end
+end
+return table.concat(out)
 """
 )
 

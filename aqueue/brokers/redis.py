@@ -4,8 +4,9 @@ Each queue has one stream per priority level (`<prefix>:{<queue>}:p0` ... `:p9`)
 consumer group `aqueue`, a sorted set of delayed messages, a wake-up stream and a dead-letter
 stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis_scripts`).
 
-- A consumer claims up to its credit in one Lua script (due delayed messages move to their
-  streams, then priority 9 first, oldest first), and when nothing is ready it blocks in
+- A consumer claims up to its credit (at most `CLAIM_BATCH`) in one Lua script (due delayed
+  messages move to their streams, then priority 9 first, oldest first), and when nothing is
+  ready it blocks in
   `XREADGROUP ... BLOCK` on every stream of its queues: a publish wakes it at once. It sleeps
   no longer than the next delayed message (a publish of an earlier one wakes a consumer through
   the wake-up stream) or its next reclaim sweep.
@@ -56,7 +57,7 @@ from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
 from . import _redis_scripts as lua
-from ._redis_consumer import GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys, text
+from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys, text
 
 __all__ = ["RedisBroker"]
 
@@ -103,21 +104,36 @@ class _RedisDelivery(Delivery):
         return self._consumer, self._claimed.id, self._claimed.counter
 
     async def ack(self) -> None:
-        """Delete the message, if this delivery still holds it (batched with other acks)."""
-        if not self._settle():
-            return
-        try:
-            if not await self._broker._settle("ack", self._claimed, self._fence()):
-                self._lost("acknowledge")
-        finally:
-            self._release()
+        """Delete the message, if this delivery still holds it (batched with other acks).
+
+        It returns without waiting while another batch of acks is on its way: this one goes
+        with the next batch, sent before the caller sending the current one returns. An ack
+        that fails is logged; the message then runs again once its lease ran out.
+        """
+        if self._settle():
+            await self._broker._settler.send(("ack", self))
+
+    def _acked(self, outcome: bool | Exception) -> None:
+        """Take the outcome of this delivery's ack, when its batch came back."""
+        self._release()
+        if isinstance(outcome, Exception):
+            logger.warning(
+                "could not acknowledge message %s of queue %r (it runs again once its lease "
+                "ran out): %s",
+                self._claimed.id,
+                self.queue,
+                outcome,
+            )
+        elif not outcome:
+            self._lost("acknowledge")
 
     async def renew(self) -> None:
         """Reset the message's idle time, so that no sweep reclaims it."""
-        if not self._settled and not await self._broker._settle(
-            "renew", self._claimed, self._fence()
-        ):
-            self._lost("renew the lease of")
+        if self._settled:
+            return
+        with redis_errors(self._broker.settings, "renewing a lease"):
+            if not await self._broker._settler.submit(("renew", self)):
+                self._lost("renew the lease of")
 
     async def nack(self, *, delay: float = 0.0) -> None:
         """Add the message again, now or to the delayed set, counting this delivery."""
@@ -141,6 +157,10 @@ class _RedisDelivery(Delivery):
                 self._lost("dead-letter")
         finally:
             self._release()
+
+
+def _acked(item: tuple[str, _RedisDelivery], outcome: bool | Exception) -> None:
+    item[1]._acked(outcome)
 
 
 class RedisBroker(Broker):
@@ -169,8 +189,8 @@ class RedisBroker(Broker):
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
-        self._settler: Batcher[tuple[str, Claimed, tuple[str, str, int]], bool] = Batcher(
-            self._flush_settles
+        self._settler: Batcher[tuple[str, _RedisDelivery], bool] = Batcher(
+            self._flush_settles, on_unwaited=_acked
         )
 
     def __repr__(self) -> str:
@@ -279,29 +299,26 @@ class RedisBroker(Broker):
 
     # -- settling ---------------------------------------------------------------------------
 
-    async def _settle(self, mode: str, claimed: Claimed, fence: tuple[str, str, int]) -> bool:
-        with redis_errors(self.settings, f"settling ({mode})"):
-            return await self._settler.submit((mode, claimed, fence))
-
-    async def _flush_settles(
-        self, items: list[tuple[str, Claimed, tuple[str, str, int]]]
-    ) -> list[bool]:
-        """One ACK script call per (mode, queue), all in one pipeline."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for index, (mode, claimed, _) in enumerate(items):
-            groups.setdefault((mode, claimed.keys.queue), []).append(index)
+    async def _flush_settles(self, items: list[tuple[str, _RedisDelivery]]) -> list[bool]:
+        """One ACK script call per (mode, stream, consumer), all in one pipeline."""
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for index, (mode, delivery) in enumerate(items):
+            groups.setdefault((mode, delivery._claimed.stream, delivery._consumer), []).append(
+                index
+            )
         calls = []
-        for (mode, _), indexes in groups.items():
-            keys = [items[index][1].stream for index in indexes]
-            args: list[Any] = [GROUP, mode]
-            for index in indexes:
-                args.extend(items[index][2])
-            calls.append((_ACK, keys, args))
-        replies = await run_scripts(self._redis(), calls)
+        for (mode, stream, consumer), indexes in groups.items():
+            packed = ",".join(
+                f"{items[index][1]._claimed.id}/{items[index][1]._claimed.counter}"
+                for index in indexes
+            )
+            calls.append((_ACK, [stream], [GROUP, mode, consumer, packed]))
+        with redis_errors(self.settings, "settling messages"):
+            replies = await run_scripts(self._redis(), calls)
         done = [False] * len(items)
         for indexes, reply in zip(groups.values(), replies, strict=True):
-            for index, flag in zip(indexes, reply, strict=True):
-                done[index] = bool(flag)
+            for index, flag in zip(indexes, bytes(reply), strict=True):
+                done[index] = flag == ord("1")
         return done
 
     async def _requeue(
@@ -338,7 +355,7 @@ class RedisBroker(Broker):
         state = Consumer(self, [self.keys(queue) for queue in dict.fromkeys(queues)], burst)
         try:
             while True:
-                limit = await credit.wait()
+                limit = min(await credit.wait(), CLAIM_BATCH)
                 claimed = await state.next_batch(limit)
                 if claimed is None:
                     return
