@@ -7,7 +7,7 @@ channel `<prefix>:done:<task id>`.
 `wait` never polls: each backend instance (so, one per `App`, typically one per process) keeps
 ONE pub/sub connection shared by all its waiters (`aqueue._redis_pubsub`): a waiter subscribes
 to its task's channel, then reads the key, then waits for the notification. The key lookups of
-concurrent waiters go out together as one `MGET`, and concurrent stores as one pipeline, so
+concurrent waiters go out together as one `MGET`, and concurrent stores as one script call, so
 10,000 concurrent waiters use two connections: the pub/sub one and one for commands.
 
 An app whose broker is not Redis still gets global rate limits and per-task concurrency from
@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import msgpack
 import redis.asyncio as aioredis
 
-from .._redis import Batcher, RedisSettings, parse_redis_url, redis_errors
+from .._redis import Batcher, RedisSettings, Script, parse_redis_url, redis_errors, run_scripts
 from .._redis_mailbox import Channels
 from .._redis_pubsub import Subscriptions
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
@@ -37,6 +38,28 @@ from ..states import READY_STATES
 __all__ = ["RedisBackend"]
 
 _READY = frozenset(state.encode() for state in READY_STATES)
+
+#: Store a batch of results in one script call: its reply is one integer, where a pipeline of
+#: SET and PUBLISH replies cost the worker more to parse than the rest of a task.
+#: KEYS: the result keys. ARGV[1]: a msgpack array, per key: {value, ttl_ms, channel}; a TTL
+#: of 0 or less deletes the key, an empty channel publishes nothing.
+_STORE = Script(
+    """
+local items = cmsgpack.unpack(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local value, ttl, channel = items[i][1], items[i][2], items[i][3]
+  if ttl > 0 then
+    redis.call('SET', key, value, 'PX', string.format('%d', ttl))
+  else
+    redis.call('DEL', key)
+  end
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, value)
+  end
+end
+return #KEYS
+"""
+)
 
 
 def _decode(raw: bytes | None) -> StoredResult | None:
@@ -148,18 +171,15 @@ class RedisBackend(ResultBackend):
             await self._stores.submit((task_id, state, payload, ttl))
 
     async def _flush_stores(self, items: list[tuple[str, str, bytes, float]]) -> list[None]:
-        pipe = self._redis().pipeline(transaction=False)
+        keys, values = [], []
         for task_id, state, payload, ttl in items:
-            value = state.encode() + b"\0" + payload
-            key = self._key(task_id)
-            milliseconds = int(ttl * 1000)
-            if milliseconds > 0:
-                pipe.set(key, value, px=milliseconds)
-            else:
-                pipe.delete(key)
-            if state in READY_STATES:
-                pipe.publish(self._channel(task_id), value)
-        await pipe.execute()
+            keys.append(self._key(task_id))
+            channel = self._channel(task_id) if state in READY_STATES else b""
+            values.append((state.encode() + b"\0" + payload, int(ttl * 1000), channel))
+        # Bytes as msgpack raw strings: Redis's cmsgpack reads no bin types, and a Lua string
+        # holds any bytes.
+        packed = msgpack.packb(values, use_bin_type=False)
+        await run_scripts(self._redis(), [(_STORE, keys, [packed])])
         return [None] * len(items)
 
     async def _flush_lookups(self, keys: list[str]) -> list[bytes | None]:
