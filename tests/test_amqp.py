@@ -480,3 +480,25 @@ async def test_reconnecting_backs_off_until_rabbitmq_answers(
     await link.close()
     with pytest.raises(BrokerError, match="is closed"):
         await link.connection()
+
+
+async def test_acks_cover_only_settled_messages(broker: AMQPBroker, queue: str) -> None:
+    """Acks go out together (one with `multiple` where it may), never over an unsettled one."""
+    await broker.publish([message(queue, str(i).encode()) for i in range(10)])
+    consumer = broker.consume([queue], Credit(10))
+    with anyio.fail_after(10):
+        held = [await consumer.__anext__() for _ in range(10)]
+    session = held[0]._session  # type: ignore[attr-defined]
+    assert session.tapped  # deliveries are read straight off the frames with this aiormq
+    by_body = {delivery.body: delivery for delivery in held}
+    keep = {b"3", b"7"}  # unsettled while the others are acknowledged together
+    async with anyio.create_task_group() as group:
+        for body, delivery in by_body.items():
+            if body not in keep:
+                group.start_soon(delivery.ack)
+    assert not session._acks  # written: the acks go before the close below
+    await consumer.aclose()
+    connection = await broker.link.connection()
+    await connection.close()  # what is not acknowledged goes back to the queue
+    back = sorted(delivery.body for delivery in await drain(broker, [queue]))
+    assert back == [b"3", b"7"]
