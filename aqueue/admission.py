@@ -63,12 +63,15 @@ class Admission:
             return parse_rate(self.overrides[task.name])
         return parse_rate(task.options.rate_limit)
 
+    def unlimited(self, task: Task[Any, Any]) -> bool:
+        """Say whether the task has no rate limit and no concurrency limit: nothing to book."""
+        options = task.options
+        return options.rate_limit is None and not options.concurrency and not self.overrides
+
     async def admit(self, task: Task[Any, Any]) -> Ticket:
         """Book the task's start; the ticket says whether it must be held first."""
         ticket = Ticket()
         options = task.options
-        if options.rate_limit is None and not options.concurrency and not self.overrides:
-            return ticket  # the common case: nothing to book
         rate = self.rate_of(task)
         if rate is not None:
             ticket.wait = await self.limiter.reserve(task.name, rate)

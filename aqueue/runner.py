@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -86,8 +86,9 @@ class Runner:
 
     async def check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
         """Return the envelope and task to run, or settle a message that must not run."""
-        checked = await self._check(delivery)
-        if checked is None:
+        checked = self._inspect(delivery)
+        if isinstance(checked, _Refusal):
+            await self._refuse(delivery, *checked)
             return None
         envelope, task = checked
         if envelope.expires is not None and time.time() > envelope.expires:
@@ -109,29 +110,24 @@ class Runner:
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
 
-    async def _check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
+    def _inspect(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | _Refusal:
+        """Decode the message and find its task, or say why it can never run."""
         limit = self.app.conf.message_max_bytes
         if len(delivery.body) > limit:
             detail = f"{len(delivery.body)} bytes, over message_max_bytes ({limit})"
-            await self._refuse(delivery, DeadLetterReason.OVERSIZED, detail)
-            return None
+            return _Refusal(DeadLetterReason.OVERSIZED, detail)
         try:
             envelope = Envelope.decode(delivery.body)
         except InvalidMessage as exc:
-            await self._refuse(delivery, DeadLetterReason.UNDECODABLE, str(exc))
-            return None
+            return _Refusal(DeadLetterReason.UNDECODABLE, str(exc))
         task = self.app.tasks.get(envelope.task)
         if task is None:
             error = NotRegistered(f"no task named {envelope.task!r} is registered on the worker")
-            await self._refuse(delivery, DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
-            return None
+            return _Refusal(DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
         try:
             task.check_arguments(envelope.args, envelope.kwargs)
         except TypeError as exc:
-            await self._refuse(
-                delivery, DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc
-            )
-            return None
+            return _Refusal(DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc)
         return envelope, task
 
     async def _refuse(
@@ -342,6 +338,15 @@ class Runner:
         await self.backend.store(
             envelope.id, state, payload, self.app.conf.result_expires, headers=envelope.headers
         )
+
+
+class _Refusal(NamedTuple):
+    """Why a message can never run: `Runner._refuse`'s arguments after the delivery."""
+
+    reason: DeadLetterReason
+    detail: str
+    envelope: Envelope | None = None
+    error: Exception | None = None
 
 
 def _autoretry(task: Task[Any, Any], exc: Exception, retries: int) -> Retry | None:

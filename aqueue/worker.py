@@ -211,7 +211,8 @@ class Worker:
             return
         assert self.admission is not None
         assert self._work is not None
-        ticket = await self.admission.admit(checked[1])
+        admission = self.admission
+        ticket = Ticket() if admission.unlimited(checked[1]) else await admission.admit(checked[1])
         if ticket.held and self._stopping:
             await self.admission.done(checked[1], ticket)
             await _nack_quietly(delivery, delay=0.0)
@@ -221,6 +222,8 @@ class Worker:
         elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
             self.slots.hold()
             self._work.start_soon(self._lane, runner, delivery, checked, ticket)
+        elif ticket.token is None:
+            await runner.run(delivery, *checked)  # the common case, one coroutine less
         else:
             await self._run(runner, delivery, checked, ticket)
 
