@@ -17,6 +17,9 @@ transport options (`broker_transport_options`), the options winning:
     queue_type      "classic" (default) or "quorum"
     max_priority    x-max-priority of classic queues (default 9; 0 turns priorities off)
     connect_timeout seconds to wait for a connection (default 10)
+    publish_timeout seconds a publish waits for RabbitMQ's confirms (default 30; 0: no limit):
+                    past it the caller gets a BrokerError (a memory or disk alarm blocks
+                    publishers)
     cafile, certfile, keyfile   TLS files for amqps:// (options may also give `ssl_context`)
 
 The connection (`Link`) opens once, fails fast if RabbitMQ is unreachable, and afterwards
@@ -73,6 +76,7 @@ _QUERY_KEYS = frozenset(
         "queue_type",
         "max_priority",
         "connect_timeout",
+        "publish_timeout",
         "cafile",
         "certfile",
         "keyfile",
@@ -100,6 +104,7 @@ class AMQPSettings:
     queue_type: Literal["classic", "quorum"] = "classic"
     max_priority: int = 9
     connect_timeout: float = 10.0
+    publish_timeout: float = 30.0
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -194,6 +199,7 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPSe
         queue_type="quorum" if queue_type == "quorum" else "classic",
         max_priority=max_priority,
         connect_timeout=_number(url, "connect_timeout", values.get("connect_timeout", 10), float),
+        publish_timeout=_number(url, "publish_timeout", values.get("publish_timeout", 30), float),
         cafile=values.get("cafile") or None,
         certfile=values.get("certfile") or None,
         keyfile=values.get("keyfile") or None,

@@ -8,12 +8,15 @@ its own, deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 import ssl
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiormq
@@ -502,3 +505,41 @@ async def test_acks_cover_only_settled_messages(broker: AMQPBroker, queue: str) 
     await connection.close()  # what is not acknowledged goes back to the queue
     back = sorted(delivery.body for delivery in await drain(broker, [queue]))
     assert back == [b"3", b"7"]
+
+
+def _rabbitmqctl(*args: str) -> str:
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        pytest.skip("rabbitmqctl is not on PATH: cannot raise a resource alarm")
+    done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+@contextlib.contextmanager
+def memory_alarm() -> Iterator[None]:
+    """Raise RabbitMQ's memory alarm (it blocks every publisher) and clear it afterwards."""
+    watermark = _rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+    _rabbitmqctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        yield
+    finally:
+        _rabbitmqctl("set_vm_memory_high_watermark", watermark.strip())
+
+
+async def test_a_publish_blocked_by_a_resource_alarm_fails_after_publish_timeout(
+    url: str, queue: str
+) -> None:
+    broker = create_broker(url, {"publish_timeout": 1})
+    assert isinstance(broker, AMQPBroker)
+    async with broker:
+        await broker.publish([message(queue, b"before")])  # declared, connected, confirmed
+        with memory_alarm():
+            started = time.monotonic()
+            with anyio.fail_after(20), pytest.raises(BrokerError, match="did not confirm 1 "):
+                await broker.publish([message(queue, b"blocked")])
+            assert 0.9 < time.monotonic() - started < 10
+        # Once the alarm is cleared, RabbitMQ takes what waited: nothing was lost.
+        with anyio.fail_after(20):
+            await broker.publish([message(queue, b"after")])
+        bodies = sorted(delivery.body for delivery in await drain(broker, [queue]))
+        assert bodies == [b"after", b"before", b"blocked"]

@@ -153,6 +153,20 @@ class AMQPBroker(Broker):
                 f"{PUBLISH_RETRY_FOR:.0f} s"
             ) from None
 
+    @contextlib.contextmanager
+    def _confirms_within(self, count: int) -> Iterator[None]:
+        """Fail with `BrokerError` if RabbitMQ confirms nothing for `publish_timeout` seconds."""
+        timeout = self.settings.publish_timeout
+        try:
+            with anyio.fail_after(timeout or None):  # 0: wait as long as it takes
+                yield
+        except TimeoutError:
+            raise BrokerError(
+                f"RabbitMQ at {self.settings.display} did not confirm {count} message(s) within "
+                f"{timeout:g} s: a memory or disk alarm blocks publishers (`rabbitmqctl status` "
+                "shows alarms); they may still arrive once it accepts them again"
+            ) from None
+
     async def _route(
         self,
         queue: str,
@@ -195,7 +209,8 @@ class AMQPBroker(Broker):
                 channel = await self._publisher_channel()
             lost: list[Outgoing] = []
             for start in range(0, len(pending), WINDOW):
-                lost, reason = await confirm(channel, pending[start : start + WINDOW])
+                with self._confirms_within(len(pending) - start):
+                    lost, reason = await confirm(channel, pending[start : start + WINDOW])
                 if lost:
                     lost += pending[start + WINDOW :]
                     break
