@@ -7,9 +7,14 @@ with `rabbitmqctl` (the management plugin need not be enabled); exchanges have k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
+import uuid
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import aiormq
@@ -84,3 +89,88 @@ async def cleanup(url: str) -> None:
             await channel.queue_delete(queue)
         for exchange in exchanges:
             await channel.exchange_delete(exchange)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateNode:
+    """A RabbitMQ node of one test's own, on free ports, in a temporary folder: to stop and start.
+
+    Started with `rabbitmq-server` (the test must skip where it is not installed) and stopped
+    with `rabbitmqctl shutdown`; `await_startup` is the readiness signal. Its queues and
+    persistent messages survive a restart, as on any node.
+    """
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: its folders are private to this user, and the node
+        # runs as the rabbitmq user.
+        self.base = base = Path(tempfile.mkdtemp(prefix="aqueue-rabbit-"))
+        base.chmod(0o755)
+        self.name = f"aqtest{uuid.uuid4().hex[:8]}@localhost"
+        self.port = _free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.log = base / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        (base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        for folder in ("mnesia", "log"):
+            (base / folder).mkdir(exist_ok=True)
+        if os.geteuid() == 0:  # the server script runs the node as the rabbitmq user
+            for path in (base, *base.iterdir()):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+
+    @staticmethod
+    def missing() -> str | None:
+        """Why no private node can run here, or None."""
+        for tool in ("rabbitmq-server", "rabbitmqctl"):
+            if shutil.which(tool) is None:
+                return f"{tool} is not on PATH: cannot start a RabbitMQ node of the test's own"
+        return None
+
+    def _ctl(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.name, *args],
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        )
+
+    def start(self) -> None:
+        """Start the node and return once it accepts connections."""
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_DIST_PORT": str(_free_port()),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "plugins"),
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["rabbitmq-server"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._ctl("wait", str(self.base / "node.pid"), "--timeout", "60", timeout=90)
+
+    def stop(self) -> None:
+        """Stop the node (as an operator would) and wait for its process to end."""
+        if self.process is None:
+            return
+        try:
+            self._ctl("shutdown")
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def remove(self) -> None:
+        """Stop the node if it runs, and delete its folder."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)

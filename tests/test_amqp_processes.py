@@ -243,3 +243,39 @@ async def test_a_worker_resumes_after_rabbitmq_closed_its_connection(
         assert await running.get(timeout=STEP) == 1
         await worker.wait_line("consuming again")
         await stop(worker)
+
+
+async def test_a_worker_resumes_after_rabbitmq_restarted(
+    project: Callable[..., Path], workers: Callable[..., Any]
+) -> None:
+    """A node of the test's own is stopped and started again under a running worker."""
+    if reason := service_amqp.PrivateNode.missing():
+        pytest.skip(reason)
+    node = service_amqp.PrivateNode()
+    try:
+        await anyio.to_thread.run_sync(node.start)
+        cwd = project(node.url)
+        worker = await workers("-c", "5")
+        async with App("caller", broker=node.url, backend=False, set_as_current=False) as caller:
+            for _ in range(5):  # every slot busy: what follows waits in RabbitMQ
+                await caller.send_task("tasks.block", ["go"])
+            await worker.wait_line("Task tasks.block[", count=5)
+            # Confirmed, so RabbitMQ holds them (durable queue, persistent messages).
+            await caller.send_many("tasks.record", [((i,), {}) for i in range(500)])
+            await anyio.to_thread.run_sync(node.stop)
+            await anyio.to_thread.run_sync(node.start)
+            back = time.perf_counter()
+            (cwd / "go").touch()
+            after = await caller.send_task("tasks.record", [500])
+            await worker.wait_line(f"Task tasks.record[{after.id}] succeeded")
+            resumed = time.perf_counter() - back
+            print(f"\nworker consuming again {resumed:.2f} s after RabbitMQ was back")
+            assert resumed < 10
+            # 501 records, and the five blocked tasks twice: their acks went to the stopped
+            # node, so RabbitMQ gave them again.
+            await worker.wait_line(" succeeded in ", count=511)
+            await stop(worker)
+        runs = collections.Counter(int(line) for line in (cwd / "runs.log").read_text().split())
+        assert set(runs) == set(range(501))  # nothing confirmed was lost
+    finally:
+        await anyio.to_thread.run_sync(node.remove)
