@@ -117,13 +117,15 @@ class _RedisDelivery(Delivery):
         """Take the outcome of this delivery's ack, when its batch came back."""
         self._release()
         if isinstance(outcome, Exception):
-            logger.warning(
-                "could not acknowledge message %s of queue %r (it runs again once its lease "
-                "ran out): %s",
-                self._claimed.id,
-                self.queue,
-                outcome,
-            )
+            if self._broker._ack_failure is not outcome:  # once per failed batch
+                self._broker._ack_failure = outcome
+                logger.warning(
+                    "could not acknowledge a batch of messages (from %s of queue %r): they "
+                    "run again once their leases ran out: %s",
+                    self._claimed.id,
+                    self.queue,
+                    outcome,
+                )
         elif not outcome:
             self._lost("acknowledge")
 
@@ -189,6 +191,7 @@ class RedisBroker(Broker):
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
+        self._ack_failure: Exception | None = None  # the last one logged
         self._settler: Batcher[tuple[str, _RedisDelivery], bool] = Batcher(
             self._flush_settles, on_unwaited=_acked
         )
