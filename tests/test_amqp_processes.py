@@ -3,7 +3,8 @@
 Every worker is `python -m aqueue worker tasks:app` in its own process (see `test_processes`),
 with `tasks.py` naming this test's RabbitMQ URL (a name prefix of its own). The tests
 synchronise on what the worker logs and on results, never on a clock. Connections are closed
-from the broker's side with `rabbitmqctl close_connection`, found by their connection name.
+from the broker's side with `rabbitmqctl close_connection`, found by their connection name;
+the restart test stops and starts a RabbitMQ node of its own (`service_amqp.PrivateNode`).
 """
 
 from __future__ import annotations
