@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -152,7 +153,11 @@ class PrivateNode:
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["rabbitmq-server"], env=env, stdout=log, stderr=subprocess.STDOUT
+                ["rabbitmq-server"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killed whole if need be
             )
         self._ctl("wait", str(self.base / "node.pid"), "--timeout", "60", timeout=90)
 
@@ -165,12 +170,15 @@ class PrivateNode:
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
-            if self.process.poll() is None:
-                self.process.kill()
+            if self.process.poll() is None:  # it did not stop: kill its whole group
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
             self.process = None
 
     def remove(self) -> None:
         """Stop the node if it runs, and delete its folder."""
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
