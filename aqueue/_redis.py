@@ -41,7 +41,16 @@ from redis.exceptions import NoScriptError, RedisError
 from .exceptions import BrokerError, ConfigurationError
 from .urls import redact, scheme_of
 
-__all__ = ["Batcher", "RedisSettings", "Script", "parse_redis_url", "redis_errors", "run_scripts"]
+__all__ = [
+    "Batcher",
+    "RedisSettings",
+    "Script",
+    "checked",
+    "close_clients",
+    "parse_redis_url",
+    "redis_errors",
+    "run_scripts",
+]
 
 logger = logging.getLogger("aqueue.redis")
 
@@ -236,6 +245,24 @@ def redis_errors(settings: RedisSettings, doing: str = "") -> Iterator[None]:
         yield
     except (RedisError, OSError) as exc:
         raise broker_error(settings, exc, doing) from None
+
+
+async def close_clients(*clients: aioredis.Redis | None) -> None:
+    """Close the clients given (None: skipped), shielded from cancellation."""
+    with anyio.CancelScope(shield=True):
+        for client in clients:
+            if client is not None:
+                await client.aclose()
+
+
+async def checked(settings: RedisSettings, *clients: aioredis.Redis) -> None:
+    """Check that Redis answers on the first client; if not, close them all and raise."""
+    try:
+        with redis_errors(settings, "connecting"):
+            await clients[0].ping()
+    except BaseException:
+        await close_clients(*clients)
+        raise
 
 
 def process_tag() -> str:

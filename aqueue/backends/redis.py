@@ -27,7 +27,16 @@ import anyio
 import msgpack
 import redis.asyncio as aioredis
 
-from .._redis import Batcher, RedisSettings, Script, parse_redis_url, redis_errors, run_scripts
+from .._redis import (
+    Batcher,
+    RedisSettings,
+    Script,
+    checked,
+    close_clients,
+    parse_redis_url,
+    redis_errors,
+    run_scripts,
+)
 from .._redis_mailbox import Channels
 from .._redis_pubsub import Subscriptions
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
@@ -103,16 +112,9 @@ class RedisBackend(ResultBackend):
         if self._client is not None:
             return
         client = self.settings.client()
-        try:
-            with redis_errors(self.settings, "connecting"):
-                await client.ping()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
-            raise
+        await checked(self.settings, client)
         if self._client is not None:  # a concurrent open won
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
+            await close_clients(client)
             return
         self._client = client
         self._subscriptions = Subscriptions(self.settings)
@@ -128,8 +130,7 @@ class RedisBackend(ResultBackend):
                 await subscriptions.close()
             if channels is not None:
                 await channels.close()
-            if client is not None:
-                await client.aclose()
+            await close_clients(client)
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:

@@ -47,6 +47,8 @@ from .._redis import (
     Batcher,
     RedisSettings,
     Script,
+    checked,
+    close_clients,
     parse_redis_url,
     redis_errors,
     run_scripts,
@@ -207,18 +209,9 @@ class RedisBroker(Broker):
             return
         client = self.settings.client()
         blocking = self.settings.client(socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
-        try:
-            with redis_errors(self.settings, "connecting"):
-                await client.ping()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
-                await blocking.aclose()
-            raise
+        await checked(self.settings, client, blocking)
         if self._client is not None:  # a concurrent open won
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
-                await blocking.aclose()
+            await close_clients(client, blocking)
             return
         self._client, self._blocking = client, blocking
 
@@ -231,9 +224,7 @@ class RedisBroker(Broker):
         with anyio.CancelScope(shield=True):
             if channels is not None:
                 await channels.close()
-            for each in (client, blocking):
-                if each is not None:
-                    await each.aclose()
+            await close_clients(client, blocking)
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
