@@ -222,8 +222,6 @@ class Worker:
         elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
             self.slots.hold()
             self._work.start_soon(self._lane, runner, delivery, checked, ticket)
-        elif ticket.token is None:
-            await runner.run(delivery, *checked)  # the common case, one coroutine less
         else:
             await self._run(runner, delivery, checked, ticket)
 

@@ -160,7 +160,7 @@ class Session:
         self._heap: list[tuple[int, float, int, str, DeliveredMessage]] = []
         self._seq = itertools.count()
         self._changed = anyio.Event()
-        self._frames: list[spec.Basic.Ack | spec.Basic.Reject] = []  # rejects, in order
+        self._rejects: list[spec.Basic.Reject] = []  # to send with the next write, in order
         self._acks: list[int] = []  # delivery tags to acknowledge with the next write
         #: Delivery tags received and not settled yet: an ack with `multiple` may cover every
         #: tag below the lowest of them (tags only grow on a channel).
@@ -325,7 +325,7 @@ class Session:
         if requeue is None:
             self._acks.append(tag)
         else:
-            self._frames.append(spec.Basic.Reject(delivery_tag=tag, requeue=requeue))
+            self._rejects.append(spec.Basic.Reject(delivery_tag=tag, requeue=requeue))
         if self._flushing:
             return  # the writer at work takes this one too
         self._flushing = True
@@ -338,9 +338,9 @@ class Session:
 
     async def _flush(self) -> None:
         channel = cast(aiormq.Channel, self.channel)
-        while (self._frames or self._acks) and not channel.is_closed:
-            frames, self._frames = self._frames, []
-            frames.extend(self._ack_frames())
+        while (self._rejects or self._acks) and not channel.is_closed:
+            rejects, self._rejects = self._rejects, []
+            frames = [*rejects, *self._ack_frames()]
             with released("settle deliveries"):
                 await channel.write_queue.put(ChannelFrame.marshall(channel.number, frames))
 

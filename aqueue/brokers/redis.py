@@ -102,9 +102,6 @@ class _RedisDelivery(Delivery):
             self.queue,
         )
 
-    def _fence(self) -> tuple[str, str, int]:
-        return self._consumer, self._claimed.id, self._claimed.counter
-
     async def ack(self) -> None:
         """Delete the message, if this delivery still holds it (batched with other acks).
 
