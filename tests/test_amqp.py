@@ -25,7 +25,7 @@ import msgpack
 import pytest
 from pamqp import commands as spec
 
-from aqueue import App, Broker, BrokerError, ConfigurationError, OutgoingMessage, Worker
+from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker
 from aqueue._amqp import Link, parse_amqp_url
 from aqueue.brokers._amqp_consumer import stamp
 from aqueue.brokers._amqp_publisher import Outgoing
@@ -35,14 +35,7 @@ from aqueue.drivers import create_broker
 
 from . import service_amqp
 from .conftest import service_unavailable
-
-
-class Credit:
-    def __init__(self, free: int = 100) -> None:
-        self.free = free
-
-    async def wait(self) -> int:
-        return self.free
+from .consuming import Credit, drain
 
 
 @pytest.fixture
@@ -69,11 +62,6 @@ def queue() -> str:
 
 def message(queue: str, body: bytes = b"x", **fields: Any) -> OutgoingMessage:
     return OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body, **fields)
-
-
-async def drain(broker: Broker, queues: list[str], credit: int = 100) -> list[Any]:
-    with anyio.fail_after(10):
-        return [d async for d in broker.consume(queues, Credit(credit), burst=True)]
 
 
 async def ready_count(broker: AMQPBroker, queue: str) -> int:

@@ -24,21 +24,14 @@ service_redis.require_client_library()  # before anything imports redis-py
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection  # noqa: E402
 from redis.crc import key_slot  # noqa: E402
 
-from aqueue import App, Broker, BrokerError, ConfigurationError, OutgoingMessage, Worker, states  # noqa: E402
+from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker, states  # noqa: E402
 from aqueue._redis import parse_redis_url  # noqa: E402
 from aqueue.backends.redis import RedisBackend  # noqa: E402
 from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
-
-
-class Credit:
-    def __init__(self, free: int = 100) -> None:
-        self.free = free
-
-    async def wait(self) -> int:
-        return self.free
+from .consuming import Credit, drain  # noqa: E402
 
 
 @pytest.fixture
@@ -65,11 +58,6 @@ def queue() -> str:
 
 def message(queue: str, body: bytes = b"x", **fields: Any) -> OutgoingMessage:
     return OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body, **fields)
-
-
-async def drain(broker: Broker, queues: list[str], credit: int = 100) -> list[Any]:
-    with anyio.fail_after(10):
-        return [d async for d in broker.consume(queues, Credit(credit), burst=True)]
 
 
 # -- URLs and options -----------------------------------------------------------------------

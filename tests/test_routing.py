@@ -8,17 +8,11 @@ from typing import Any
 import pytest
 
 from aqueue import App, ConfigurationError
-from aqueue.message import Envelope
 from aqueue.routing import route
 
+from .consuming import take_envelopes
+
 NewApp = Callable[..., App]
-
-
-class Credit:
-    """A consumer with room for plenty of messages."""
-
-    async def wait(self) -> int:
-        return 100
 
 
 @pytest.fixture
@@ -35,19 +29,11 @@ async def new_app() -> AsyncIterator[NewApp]:
         await app.close()
 
 
-async def drain(app: App, queue: str) -> list[Envelope]:
-    """Take every ready message off `queue` and decode it."""
-    broker = await app.connection()
-    envelopes = []
-    async for delivery in broker.consume([queue], Credit(), burst=True):
-        envelopes.append(Envelope.decode(delivery.body))
-        await delivery.ack()
-    return envelopes
-
-
 async def queues_of(app: App, *queues: str) -> dict[str, list[str]]:
     """Which task names each queue holds (draining them)."""
-    return {queue: [envelope.task for envelope in await drain(app, queue)] for queue in queues}
+    return {
+        queue: [envelope.task for envelope in await take_envelopes(app, queue)] for queue in queues
+    }
 
 
 # -- route() ----------------------------------------------------------------------------------
@@ -299,7 +285,7 @@ async def test_send_task_by_name_is_routed_too(new_app: NewApp) -> None:
     await app.send_task("remote.thing", [3], queue="call")
     calls = {}
     for queue in ("routed", "fallback", "call"):
-        calls[queue] = [(e.task, list(e.args)) for e in await drain(app, queue)]
+        calls[queue] = [(e.task, list(e.args)) for e in await take_envelopes(app, queue)]
     assert calls == {
         "routed": [("remote.thing", [1])],
         "fallback": [("elsewhere.thing", [2])],

@@ -28,18 +28,14 @@ from aqueue import (
     current_app,
     shared_task,
 )
-from aqueue.message import Envelope
 from aqueue.task import current_request
+
+from .consuming import take_envelopes
 
 NewApp = Callable[..., App]
 
 #: The clock of `send_task`, pinned (and in the past, so every message is due at once).
 NOW = 1_000_000.0
-
-
-class Credit:
-    async def wait(self) -> int:
-        return 100
 
 
 @pytest.fixture
@@ -70,15 +66,6 @@ def isolated_shared_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aqueue.app, "_shared", [])
     monkeypatch.setattr(aqueue.app, "_apps", weakref.WeakSet())
     monkeypatch.setattr(aqueue.app, "_current", [])
-
-
-async def drain(app: App, queue: str = "default") -> list[Envelope]:
-    broker = await app.connection()
-    envelopes = []
-    async for delivery in broker.consume([queue], Credit(), burst=True):
-        envelopes.append(Envelope.decode(delivery.body))
-        await delivery.ack()
-    return envelopes
 
 
 async def capture_publishes(app: App, monkeypatch: pytest.MonkeyPatch) -> list[OutgoingMessage]:
@@ -194,14 +181,14 @@ async def test_calling_an_async_task_runs_it_here(new_app: NewApp) -> None:
     task = app.task(add)
     assert await task(1, 2) == 3
     assert await task(x=5, y=-1) == 4
-    assert await drain(app) == []  # nothing was sent
+    assert await take_envelopes(app) == []  # nothing was sent
 
 
 async def test_calling_a_sync_task_runs_it_here(new_app: NewApp) -> None:
     app = new_app()
     task = app.task(checksum)
     assert task("x") == 120
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
 
 
 async def test_bound_task_gets_itself_and_a_direct_request(new_app: NewApp) -> None:
@@ -295,10 +282,10 @@ async def test_shared_task_sends_through_the_current_app(new_app: NewApp) -> Non
     assert ping.app is second
     result = await ping.delay(5)
     assert result.app is second
-    sent = await drain(second)
+    sent = await take_envelopes(second)
     assert [(e.id, e.task, list(e.args)) for e in sent] == [(result.id, ping.name, [5])]
-    assert await drain(first) == []
-    assert await drain(bystander) == []
+    assert await take_envelopes(first) == []
+    assert await take_envelopes(bystander) == []
     assert ping.name.endswith(".ping")
 
 
@@ -327,7 +314,7 @@ async def test_delay_sends_args_and_kwargs(new_app: NewApp) -> None:
     app = new_app()
     task = app.task(add)
     result = await task.delay(1, y=2)
-    [envelope] = await drain(app)
+    [envelope] = await take_envelopes(app)
     assert envelope.id == result.id
     assert envelope.task == f"{__name__}.add"
     assert list(envelope.args) == [1]
@@ -345,7 +332,7 @@ async def test_apply_async_with_task_id_and_headers(new_app: NewApp) -> None:
     task = app.task(add)
     result = await task.apply_async([1, 2], task_id="fixed-id", headers={"trace": "t-1"})
     assert result.id == "fixed-id"
-    [envelope] = await drain(app)
+    [envelope] = await take_envelopes(app)
     assert envelope.id == "fixed-id"
     assert envelope.headers == {"trace": "t-1"}
 
@@ -373,7 +360,7 @@ async def test_apply_async_with_task_id_and_headers(new_app: NewApp) -> None:
 async def test_send_task_eta(new_app: NewApp, options: dict[str, Any], eta: float | None) -> None:
     app = new_app()
     await app.send_task("remote.job", [1], **options)
-    [envelope] = await drain(app)
+    [envelope] = await take_envelopes(app)
     assert envelope.eta == eta
 
 
@@ -404,7 +391,7 @@ async def test_send_task_expires(
     app = new_app()
     task = app.task(add)
     await task.apply_async((1, 2), expires=expires)
-    [envelope] = await drain(app)
+    [envelope] = await take_envelopes(app)
     assert envelope.expires == expected
 
 
@@ -413,7 +400,7 @@ async def test_countdown_and_eta_together_is_an_error(new_app: NewApp) -> None:
     with pytest.raises(ConfigurationError) as info:
         await app.send_task("remote.job", countdown=5, eta=dt.datetime(2001, 1, 1))
     assert str(info.value) == "give countdown or eta, not both"
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
 
 
 @pytest.mark.parametrize("priority", [10, -1, True, 2.5, "5"], ids=repr)
@@ -423,7 +410,7 @@ async def test_priority_out_of_range_is_an_error(new_app: NewApp, priority: Any)
     with pytest.raises(ConfigurationError) as info:
         await task.apply_async((1, 2), priority=priority)
     assert str(info.value) == f"priority must be a whole number from 0 to 9, not {priority!r}"
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
 
 
 async def test_task_priority_option_out_of_range_fails_at_send(new_app: NewApp) -> None:
@@ -431,7 +418,7 @@ async def test_task_priority_option_out_of_range_fails_at_send(new_app: NewApp) 
     task = app.task(priority=12)(add)
     with pytest.raises(ConfigurationError, match=r"not 12$"):
         await task.delay(1, 2)
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
 
 
 async def test_priority_precedence(new_app: NewApp, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -452,7 +439,7 @@ async def test_higher_priority_is_delivered_first(new_app: NewApp) -> None:
     await app.send_task("low", priority=0)
     await app.send_task("high", priority=9)
     await app.send_task("middle", priority=5)
-    assert [envelope.task for envelope in await drain(app)] == ["high", "middle", "low"]
+    assert [envelope.task for envelope in await take_envelopes(app)] == ["high", "middle", "low"]
 
 
 # -- sending: what is refused -----------------------------------------------------------------
@@ -467,7 +454,7 @@ async def test_delay_with_a_non_serialisable_argument(new_app: NewApp) -> None:
     with pytest.raises(SerializationError) as info:
         await task.delay(1, y={"when": [1, 1j]})  # type: ignore[arg-type]
     assert str(info.value).startswith("kwargs['y']['when'][1] is a builtins.complex, ")
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
 
 
 async def test_oversized_message(new_app: NewApp) -> None:
@@ -477,9 +464,9 @@ async def test_oversized_message(new_app: NewApp) -> None:
         await task.delay("x" * 2000)
     assert f"task {task.name} message is " in str(info.value)
     assert "over message_max_bytes (1,000)" in str(info.value)
-    assert await drain(app) == []
+    assert await take_envelopes(app) == []
     await task.delay("x" * 100)
-    assert len(await drain(app)) == 1
+    assert len(await take_envelopes(app)) == 1
 
 
 # -- result handles ---------------------------------------------------------------------------
@@ -490,7 +477,7 @@ async def test_results_disabled_app(new_app: NewApp) -> None:
     assert await app.result_backend() is None
     task = app.task(add)
     result = await task.delay(1, 2)
-    assert len(await drain(app)) == 1  # sending still works
+    assert len(await take_envelopes(app)) == 1  # sending still works
     expected = (
         "this app has no result backend (result_backend is disabled); "
         "set result_backend, or leave it unset to use the broker's own store"

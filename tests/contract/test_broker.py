@@ -9,18 +9,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from aqueue import Broker, Delivery, OutgoingMessage
+from aqueue import Broker, OutgoingMessage
 from aqueue.drivers import create_broker
 
-
-class Credit:
-    """A fixed credit, as a worker with `free` idle slots gives."""
-
-    def __init__(self, free: int = 100) -> None:
-        self.free = free
-
-    async def wait(self) -> int:
-        return self.free
+from ..consuming import Credit, drain
 
 
 @pytest.fixture
@@ -37,12 +29,6 @@ def queue() -> str:
 
 def message(queue: str, body: bytes = b"x", **fields: object) -> OutgoingMessage:
     return OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body, **fields)  # type: ignore[arg-type]
-
-
-async def drain(broker: Broker, queues: list[str], credit: int = 100) -> list[Delivery]:
-    """Every delivery ready now (burst mode), unsettled."""
-    with anyio.fail_after(10):
-        return [d async for d in broker.consume(queues, Credit(credit), burst=True)]
 
 
 async def test_publish_consume_ack(broker: Broker, queue: str) -> None:
