@@ -16,7 +16,7 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,14 @@ import pytest
 
 from aqueue import App
 
-from . import service_amqp
+from . import service_amqp, test_processes
 from .conftest import service_unavailable
 from .test_processes import STEP, WorkerProcess
 
 pytestmark = pytest.mark.slow
+
+#: Worker processes in tmp_path, killed and reaped afterwards (the fixture of `test_processes`).
+workers = test_processes.workers
 
 TASKS = """
     import os
@@ -106,23 +109,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Pa
         return tmp_path
 
     return write
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start worker processes in tmp_path; every one is killed and reaped afterwards."""
-    started: list[WorkerProcess] = []
-
-    async def start(*args: str, ready: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path, list(args))
-        started.append(worker)
-        if ready:
-            await worker.wait_line("ready.")
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 async def stop(worker: WorkerProcess) -> None:
