@@ -93,43 +93,41 @@ class Envelope:
             raise InvalidMessage(
                 f"unsupported envelope version {version!r} (this aqueue reads version {VERSION})"
             )
+        get = data.get
         try:
-            envelope = cls(
-                id=data["id"],
-                task=data["task"],
-                args=data.get("args") or [],
-                kwargs=data.get("kwargs") or {},
-                eta=data.get("eta"),
-                expires=data.get("expires"),
-                retries=data.get("retries") or 0,
-                headers=data.get("headers") or {},
+            values = (
+                data["id"],
+                data["task"],
+                get("args") or [],
+                get("kwargs") or {},
+                get("eta"),
+                get("expires"),
+                get("retries") or 0,
+                get("headers") or {},
             )
         except KeyError as exc:
             raise InvalidMessage(f"envelope has no {exc.args[0]!r} field") from None
-        if not envelope._well_typed():
-            envelope._check_types()  # says what is wrong
-        return envelope
+        # The fast check every message goes through: exact types, from `_FIELD_TYPES` (a
+        # subclass, such as a bool for an int, goes to the slow check, which says what is wrong).
+        kwargs = values[3]
+        if not (
+            all(map(operator.contains, _FIELD_KINDS, map(type, values)))
+            and (not kwargs or all(type(key) is str for key in kwargs))
+        ):
+            _check_types(values)
+        return cls(*values)
 
-    def _well_typed(self) -> bool:
-        """Say whether every field has its type (the fast check every message goes through).
 
-        Exact types, from `_FIELD_TYPES`: a subclass (a bool for an int) goes to the slow check.
-        """
-        kinds = map(type, _FIELD_VALUES(self))
-        return all(map(operator.contains, _FIELD_KINDS, kinds)) and all(
-            type(key) is str for key in self.kwargs
-        )
-
-    def _check_types(self) -> None:
-        for name, (kinds, expected) in _FIELD_TYPES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise InvalidMessage(
-                    f"envelope field {name!r} is a {type(value).__name__}, not {expected}"
-                )
-        for key in self.kwargs:
-            if not isinstance(key, str):
-                raise InvalidMessage(f"envelope kwargs key {key!r} is not a str")
+def _check_types(values: tuple[Any, ...]) -> None:
+    """Raise `InvalidMessage` naming the first field of `values` that has a wrong type."""
+    for value, (name, (kinds, expected)) in zip(values, _FIELD_TYPES.items(), strict=True):
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise InvalidMessage(
+                f"envelope field {name!r} is a {type(value).__name__}, not {expected}"
+            )
+    for key in values[3]:
+        if not isinstance(key, str):
+            raise InvalidMessage(f"envelope kwargs key {key!r} is not a str")
 
 
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
@@ -142,7 +140,6 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "retries": ((int,), "an int"),
     "headers": ((dict,), "a map"),
 }
-_FIELD_VALUES = operator.attrgetter(*_FIELD_TYPES)
 _FIELD_KINDS = tuple(kinds for kinds, _ in _FIELD_TYPES.values())
 
 
