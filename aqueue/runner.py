@@ -25,7 +25,7 @@ from .exceptions import ConfigurationError, NotRegistered, Retry, SerializationE
 from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result import ResultMeta
-from .task import Request, Task, current_request
+from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
     from .app import App
@@ -161,7 +161,8 @@ class Runner:
             logger.info("Task %s[%s] received", task.name, envelope.id)
         if self.app.conf.task_track_started:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
-        token = current_request.set(self._request(delivery, envelope, task))
+        # Built only if the task asks for it (`self.request`): most never do.
+        token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
@@ -227,7 +228,7 @@ class Runner:
             task.name,
             envelope.args,
             envelope.kwargs,
-            current_request.get(),
+            running_request(),
             hard_limit=hard,
             soft_limit=soft,
         )

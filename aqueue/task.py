@@ -42,6 +42,7 @@ __all__ = [
     "TaskOptions",
     "current_request",
     "current_revocations",
+    "running_request",
 ]
 
 P = ParamSpec("P")
@@ -66,10 +67,22 @@ class Request:
     called_directly: bool = True
 
 
-#: The request of the task running in this context (each worker task has its own context).
-current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
-    "aqueue_request", default=None
+#: The request of the task running in this context (each worker task has its own context): a
+#: `Request`, or a function that builds it, for the worker to build it only if the task asks.
+current_request: contextvars.ContextVar[Request | Callable[[], Request] | None] = (
+    contextvars.ContextVar("aqueue_request", default=None)
 )
+
+
+def running_request() -> Request | None:
+    """Return the request of the task running in this context (None outside a worker)."""
+    request = current_request.get()
+    if request is None or isinstance(request, Request):
+        return request
+    built = request()
+    current_request.set(built)  # the same object on every call; the worker resets the var
+    return built
+
 
 #: The task ids revoked on the worker running this context (set once per worker slot).
 current_revocations: contextvars.ContextVar[Container[str]] = contextvars.ContextVar(
@@ -222,7 +235,7 @@ class Task(Generic[P, R]):
     @property
     def request(self) -> Request:
         """The invocation this task is running now; a direct call's request otherwise."""
-        return current_request.get() or Request(task=self.name)
+        return running_request() or Request(task=self.name)
 
     def retry(
         self,
@@ -237,7 +250,7 @@ class Task(Generic[P, R]):
         `default_retry_delay`). Once `max_retries` retries were made, raises `exc` instead (or
         `MaxRetriesExceeded`), so the task fails with it. Outside a worker it raises `exc`.
         """
-        request = current_request.get()
+        request = running_request()
         if request is None or request.called_directly:
             raise exc or RuntimeError(f"{self.name}.retry() called outside a worker")
         limit = self.options.max_retries if max_retries == "default" else max_retries
@@ -266,7 +279,7 @@ class Task(Generic[P, R]):
         long one can check this now and then and return early. (Coroutines are cancelled, and
         process tasks killed, so they need not ask.)
         """
-        request = current_request.get()
+        request = running_request()
         return (
             request is not None
             and request.id is not None

@@ -57,6 +57,34 @@ async def test_async_and_sync_tasks_run_and_store_results(make_app: MakeApp) -> 
     assert worker.stats()["succeeded"] == 2
 
 
+async def test_bound_tasks_see_their_request_one_object_per_run(make_app: MakeApp) -> None:
+    app = make_app()
+    seen: list[tuple[Any, ...]] = []
+
+    def look(request: Any, again: Any) -> None:
+        fields = (request.id, request.task, request.args, request.kwargs, request.queue)
+        seen.append((*fields, request.hostname, request.delivery_count, request is again))
+
+    @app.task(bind=True, name="req.coro")
+    async def coro(self: Any, x: int, *, y: int) -> None:
+        look(self.request, self.request)
+
+    @app.task(bind=True, name="req.thread")
+    def thread(self: Any, x: int, *, y: int) -> None:
+        look(self.request, self.request)
+
+    one, two = await coro.delay(1, y=2), await thread.delay(3, y=4)
+    await burst(app, hostname="w1")
+    queue = app.conf.task_default_queue
+    assert sorted(seen) == sorted(
+        [
+            (one.id, "req.coro", [1], {"y": 2}, queue, "w1", 1, True),
+            (two.id, "req.thread", [3], {"y": 4}, queue, "w1", 1, True),
+        ]
+    )
+    assert coro.request.called_directly  # outside the worker: a direct call's request
+
+
 async def test_failure_is_stored_as_data_and_reraised(make_app: MakeApp) -> None:
     app = make_app()
 
