@@ -12,7 +12,7 @@ import pytest
 
 from aqueue import MessageTooLarge, SerializationError
 from aqueue.codec import pack
-from aqueue.message import VERSION, Envelope, InvalidMessage
+from aqueue.message import VERSION, Envelope, InvalidMessage, _check_types, _well_typed
 
 BIG = 1 << 20
 
@@ -223,3 +223,20 @@ def test_decode_accepts_int_timestamps_and_tuple_args() -> None:
 
 def test_invalid_message_is_a_value_error() -> None:
     assert issubclass(InvalidMessage, ValueError)
+
+
+FIELD_VALUES: list[object] = [None, True, 0, 1.5, "s", b"b", [], [1], (1,), {}, {"k": 1}, {1: 2}]
+
+
+@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("value", FIELD_VALUES, ids=repr)
+def test_the_fast_type_check_agrees_with_the_field_table(index: int, value: object) -> None:
+    values: list[object] = ["abc", "proj.add", [1], {"x": 1}, None, 1.5, 0, {}]
+    values[index] = value
+    try:
+        _check_types(tuple(values))
+    except InvalidMessage:
+        accepted = False
+    else:
+        accepted = True
+    assert _well_typed(tuple(values)) is accepted
