@@ -8,9 +8,10 @@ the generator until every delivery it yielded is settled, then closes its channe
 whose channel died (a dropped connection) is abandoned: RabbitMQ gives its unacknowledged
 messages to another consumer by itself, and settling one of its deliveries is a no-op.
 
-Deliveries are read off the channel's frames as they arrive (`tap_deliveries`), and the acks of
-one turn of the event loop go out in one write, as one ack with `multiple` for the tags below
-every unsettled one.
+Deliveries are read off the socket by the connection's own frame reader (`_amqp_frames.tap`)
+or, with an aiormq that reader does not know, off the channel's frames as they arrive
+(`tap_deliveries`). The acks of one turn of the event loop go out in one write, as one ack with
+`multiple` for the tags below every unsettled one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pamqp.header import ContentHeader
 
 from .._amqp import amqp_errors, released
 from ..broker import Delivery
+from ._amqp_frames import tap
 
 if TYPE_CHECKING:
     from .amqp import AMQPBroker
@@ -169,7 +171,9 @@ class Session:
         self._closing = channel.closing
         self._closing.add_done_callback(lambda _: self._notify())
         cast(aiormq.Channel, channel).on_consumer_cancel_callbacks.add(self._on_cancel)
-        self.tapped = tap_deliveries(channel, self._take)
+        #: Deliveries decoded straight off the socket (`_amqp_frames`), else off aiormq's frames.
+        self.fast = tap(channel, self._take)
+        self.tapped = self.fast or tap_deliveries(channel, self._take)
 
     # -- state --------------------------------------------------------------------------------
 
