@@ -425,10 +425,10 @@ class Script:
     async def __call__(self, client: aioredis.Redis, keys: list[str], args: list[Any]) -> Any:
         """Run the script once; return its reply (loading it first if the server lost it)."""
         try:
-            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-        return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 async def run_scripts(
