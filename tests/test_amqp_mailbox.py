@@ -136,3 +136,15 @@ async def test_expiry_and_overwrites(broker: AMQPBroker, monkeypatch: pytest.Mon
     monkeypatch.setattr(_amqp_mailbox, "time", Later)
     assert await mailbox.items("") == {"b": b"for an hour"}
     assert await settings_count(broker) == 1
+
+
+async def test_leaving_a_topic_deletes_its_queue_without_a_warning(
+    broker: AMQPBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with broker.mailbox().subscribe("t") as messages:
+        assert isinstance(messages, Subscription)
+        queue = messages._queue
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    channel = await broker.link.channel(confirms=False)
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        await channel.queue_declare(queue, passive=True)

@@ -81,6 +81,7 @@ class Subscription:
         self._event = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._queue = ""
+        self._consumer = ""
         self.left = False
         #: Set while the queue is bound and consumed; cleared when its channel closes.
         self.live = asyncio.Event()
@@ -128,11 +129,11 @@ class Subscription:
                 declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
                 queue = declared.queue or ""
                 await channel.queue_bind(queue, mailbox.exchange, routing_key=self.topic)
-                await channel.basic_consume(queue, self._on_message, no_ack=True)
+                ok = await channel.basic_consume(queue, self._on_message, no_ack=True)
         except BaseException:
             await _close(channel)
             raise
-        self._channel, self._queue = channel, queue
+        self._channel, self._queue, self._consumer = channel, queue, ok.consumer_tag or ""
         self.live.set()
         channel.closing.add_done_callback(lambda _: self._lost())
 
@@ -154,6 +155,9 @@ class Subscription:
             return
         with anyio.CancelScope(shield=True):
             with released("delete a mailbox subscription queue"):
+                # The consumer first: a queue deleted under it is a cancel that aiormq logs
+                # as a warning at every worker's exit.
+                await channel.basic_cancel(self._consumer)
                 await channel.queue_delete(self._queue)
             await _close(channel)
 
