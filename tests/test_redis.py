@@ -27,6 +27,7 @@ from redis.crc import key_slot  # noqa: E402
 from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker, states  # noqa: E402
 from aqueue._redis import parse_redis_url  # noqa: E402
 from aqueue.backends.redis import RedisBackend  # noqa: E402
+from aqueue.brokers._redis_consumer import Consumer  # noqa: E402
 from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
 
@@ -625,3 +626,40 @@ async def test_a_burst_worker_leaves_nothing_pending(url: str) -> None:
         assert await client.xlen(stream) == 0  # every entry acknowledged and deleted
         pending: Any = await client.xpending(stream, "aqueue")
         assert pending["pending"] == 0
+
+
+async def test_a_closing_consumer_gives_back_nothing_acknowledged_meanwhile(
+    broker: RedisBroker, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message whose ack lands while `give_back` asks what is pending is not given back.
+
+    Simulated: right after the XPENDING reply, one of the two yielded messages leaves `held`,
+    as its landed ack makes it do (here it is still pending, so giving it back would show).
+    """
+    await broker.publish([message(queue, b"a"), message(queue, b"b")])
+    consumer = Consumer(broker, [broker.keys(queue)], burst=True)
+    claimed = await consumer.next_batch(10)
+    assert claimed is not None
+    assert len(claimed) == 2
+    consumer.held.update(each.id for each in claimed)  # both yielded, as consume() does
+    client = broker._redis()
+    pipeline = client.pipeline
+
+    def acked_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def execute_then_ack(*args: Any, **kwargs: Any) -> Any:
+            replies = await execute(*args, **kwargs)
+            consumer.held.discard(claimed[0].id)
+            return replies
+
+        pipe.execute = execute_then_ack
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", acked_meanwhile)
+    await consumer.give_back()
+    monkeypatch.undo()
+    pending: Any = await client.xpending(broker.keys(queue).stream(0), "aqueue")
+    assert pending["pending"] == 2  # neither was taken back from this consumer
+    assert await client.xlen(broker.keys(queue).stream(0)) == 2

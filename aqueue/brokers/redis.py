@@ -164,6 +164,24 @@ def _acked(item: tuple[str, _RedisDelivery], outcome: bool | Exception) -> None:
     item[1]._acked(outcome)
 
 
+def _requeue_call(
+    claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool
+) -> tuple[Script, list[str], list[Any]]:
+    """Return the REQUEUE script call for a claimed message (unfenced: whatever its counter)."""
+    keys = claimed.keys
+    args = [
+        GROUP,
+        consumer,
+        claimed.id,
+        claimed.counter if fenced else "",
+        mode,
+        repr(due),
+        uuid.uuid4().hex[:8],
+        claimed.priority,
+    ]
+    return _REQUEUE, [claimed.stream, keys.delayed, keys.wake], args
+
+
 class RedisBroker(Broker):
     """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
 
@@ -315,21 +333,15 @@ class RedisBroker(Broker):
     async def _requeue(
         self, claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool = True
     ) -> bool:
-        keys = claimed.keys
-        args = [
-            GROUP,
-            consumer,
-            claimed.id,
-            claimed.counter if fenced else "",
-            mode,
-            repr(due),
-            uuid.uuid4().hex[:8],
-            claimed.priority,
-        ]
+        script, keys, args = _requeue_call(claimed, consumer, mode, due, fenced=fenced)
         with redis_errors(self.settings, "returning a message"):
-            return bool(
-                await _REQUEUE(self._redis(), [claimed.stream, keys.delayed, keys.wake], args)
-            )
+            return bool(await script(self._redis(), keys, args))
+
+    async def _release(self, messages: list[Claimed], consumer: str, *, fenced: bool) -> None:
+        """Give back claimed messages that were never handed out, all in one round trip."""
+        calls = [_requeue_call(m, consumer, "release", 0.0, fenced=fenced) for m in messages]
+        with redis_errors(self.settings, "returning messages"):
+            await run_scripts(self._redis(), calls)
 
     async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
         args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
