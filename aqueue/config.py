@@ -69,6 +69,9 @@ class Settings:
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
+    #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
+    #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
+    worker_tune_gc: bool = True
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:

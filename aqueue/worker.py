@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .exceptions import BrokerError, ConfigurationError
 from .processes import ProcessPool
@@ -434,11 +435,15 @@ class Worker:
         ]
 
     async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does."""
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._watch_signals)
-            await self.run(task_status=task_status)
-            group.cancel_scope.cancel()
+        """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does.
+
+        As a process of its own, it also tunes the garbage collector (`worker_tune_gc`).
+        """
+        with tuned_for_worker(self.app.conf.worker_tune_gc):
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_signals)
+                await self.run(task_status=task_status)
+                group.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -201,8 +201,8 @@ def serve_aqueue(cfg: dict[str, Any], tally: Tally) -> None:
         tally.end()
 
     async def main() -> None:
-        async with app:
-            await Worker(app, concurrency=cfg["concurrency"]).run()
+        async with app:  # as `aqueue worker` runs it (serve: signals, worker_tune_gc)
+            await Worker(app, concurrency=cfg["concurrency"]).serve()
 
     anyio.run(main)
 
@@ -1203,7 +1203,8 @@ def setups(bench: Bench, systems: list[str]) -> list[str]:
     """How each system that ran was set up, one line each."""
     how = {
         "aqueue-redis": "`App(broker='redis://...')`, results in the same Redis (off: "
-        "`backend=False`); `Worker(app, concurrency=C)`; bulk = `task.delay_many()`; S3 "
+        "`backend=False`); `Worker(app, concurrency=C).serve()`, as `aqueue worker` runs it "
+        "(with its default `worker_tune_gc`); bulk = `task.delay_many()`; S3 "
         "`await (await t.delay()).get()`.",
         "aqueue-amqp": "`App(broker='amqp://...')`: classic queues, persistent messages, "
         "publisher confirms; `backend=False` for S1/S2, `rpc://` for S3.",
