@@ -149,8 +149,13 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
     conf = Settings(worker_threads=2)
     names = set(conf)
     assert {"broker_url", "result_backend", "worker_threads", "task_routes"} <= names
-    assert {"task_time_limit", "task_soft_time_limit", "worker_processes"} <= names
-    assert len(names) == 26
+    assert {
+        "task_time_limit",
+        "task_soft_time_limit",
+        "worker_processes",
+        "worker_tune_gc",
+    } <= names
+    assert len(names) == 27
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
