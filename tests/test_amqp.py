@@ -27,7 +27,7 @@ from pamqp import commands as spec
 
 from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker
 from aqueue._amqp import Link, parse_amqp_url
-from aqueue.brokers._amqp_consumer import stamp
+from aqueue.brokers._amqp_consumer import AMQPDelivery, stamp
 from aqueue.brokers._amqp_publisher import Outgoing
 from aqueue.brokers._amqp_topology import LEVELS, delay_levels, delay_routing_key
 from aqueue.brokers.amqp import AMQPBroker
@@ -531,3 +531,41 @@ async def test_a_publish_blocked_by_a_resource_alarm_fails_after_publish_timeout
             await broker.publish([message(queue, b"after")])
         bodies = sorted(delivery.body for delivery in await drain(broker, [queue]))
         assert bodies == [b"after", b"before", b"blocked"]
+
+
+async def test_a_stop_during_a_prefetch_change_keeps_the_channel(
+    broker: AMQPBroker, queue: str
+) -> None:
+    """aiormq closes a channel whose RPC is cancelled, which would hand its deliveries, those
+    of running tasks too, to another consumer: the consumer's RPCs finish first."""
+    await broker.publish([message(queue, b"a")])
+    with anyio.fail_after(10):
+        consumer = broker.consume([queue], Credit(2))
+        delivery = await consumer.__anext__()
+        assert isinstance(delivery, AMQPDelivery)
+        session = delivery._session
+        qos = session.channel.basic_qos
+        entered, gate = anyio.Event(), anyio.Event()
+
+        async def slow_qos(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            await gate.wait()
+            return await qos(*args, **kwargs)
+
+        session.channel.basic_qos = slow_qos  # type: ignore[method-assign]
+        async with anyio.create_task_group() as group:
+            with anyio.CancelScope() as stop:
+
+                async def stop_in_the_middle() -> None:
+                    await entered.wait()
+                    stop.cancel()
+                    gate.set()
+
+                group.start_soon(stop_in_the_middle)
+                await session.fit(4)  # 1 unsettled + 4 free: a new prefetch of 5
+        assert stop.cancel_called
+        assert session.limit == 5
+        assert not session.channel.is_closed
+        await delivery.ack()
+        await consumer.aclose()
+    assert await ready_count(broker, queue) == 0

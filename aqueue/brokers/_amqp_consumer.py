@@ -231,20 +231,24 @@ class Session:
         unacknowledged and their slots freed; the limit follows, so the credit stays the credit.
         """
         async with amqp_errors(self.broker.settings, "change the prefetch"):
-            if self.shared:
-                want = max(1, min(self.outstanding + free, MAX_PREFETCH))
-                if want != self.limit:
-                    await self.channel.basic_qos(prefetch_count=want, global_=True)
-                    self.limit = want
-                return
-            if self._budget() <= 0 < free - len(self):
-                # The consumers' own limits are used up by held deliveries: new consumers, with
-                # a limit of their own, take over (the old ones' deliveries stay valid).
-                old, self.limit = self._current, min(free - len(self), MAX_PREFETCH)
-                await self.channel.basic_qos(prefetch_count=self.limit)
-                await self._consume()
-                for tag in old:
-                    await self.channel.basic_cancel(tag)
+            with _whole(self):
+                await self._fit(free)
+
+    async def _fit(self, free: int) -> None:
+        if self.shared:
+            want = max(1, min(self.outstanding + free, MAX_PREFETCH))
+            if want != self.limit:
+                await self.channel.basic_qos(prefetch_count=want, global_=True)
+                self.limit = want
+            return
+        if self._budget() <= 0 < free - len(self):
+            # The consumers' own limits are used up by held deliveries: new consumers, with
+            # a limit of their own, take over (the old ones' deliveries stay valid).
+            old, self.limit = self._current, min(free - len(self), MAX_PREFETCH)
+            await self.channel.basic_qos(prefetch_count=self.limit)
+            await self._consume()
+            for tag in old:
+                await self.channel.basic_cancel(tag)
 
     def _budget(self) -> int:
         """How many more RabbitMQ may send now."""
@@ -296,14 +300,17 @@ class Session:
             await self.wait()
             return False
         async with amqp_errors(self.broker.settings, "look for ready messages"):
-            if any(await self.ready_counts()):
+            with _whole(self):
+                ready = any(await self.ready_counts())
+            if ready:
                 with anyio.move_on_after(BURST_RECHECK):
                     await self.wait()
                 return False
             # One more round trip: anything RabbitMQ dispatched before it counted has arrived.
-            await self.channel.queue_declare(
-                self.broker.topology.queue(self.queues[0]), passive=True
-            )
+            with _whole(self):
+                await self.channel.queue_declare(
+                    self.broker.topology.queue(self.queues[0]), passive=True
+                )
         return not len(self)
 
     # -- settling -----------------------------------------------------------------------------
@@ -400,6 +407,18 @@ class Session:
         if not self.channel.is_closed:
             with released("close a consumer channel"):
                 await self.channel.close()
+
+
+def _whole(session: Session) -> anyio.CancelScope:
+    """Return a scope in which the consumer's RPCs finish even if the worker stops meanwhile.
+
+    aiormq closes a channel whose RPC is cancelled, and RabbitMQ then gives every delivery of
+    that channel to another consumer, those of tasks still running too: they would run twice.
+    The wait is bounded (`connect_timeout`): past it the channel goes, as before.
+    """
+    scope = anyio.CancelScope(shield=True)
+    scope.deadline = anyio.current_time() + session.broker.settings.connect_timeout
+    return scope
 
 
 class _Assembling:
