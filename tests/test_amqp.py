@@ -569,3 +569,32 @@ async def test_a_stop_during_a_prefetch_change_keeps_the_channel(
         await delivery.ack()
         await consumer.aclose()
     assert await ready_count(broker, queue) == 0
+
+
+async def test_the_prefetch_stays_put_while_tasks_are_acknowledged(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only held tasks change the prefetch: an ack and the slot it frees are one change."""
+    prefetches: list[int] = []
+    basic_qos = aiormq.Channel.basic_qos
+
+    async def counted(self: aiormq.Channel, *args: Any, **kwargs: Any) -> Any:
+        prefetches.append(kwargs.get("prefetch_count", 0))
+        return await basic_qos(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_qos", counted)
+    app = App("tests", broker=url, backend=False, set_as_current=False)
+    done = 0
+
+    @app.task
+    async def step() -> None:
+        nonlocal done
+        done += 1
+        await anyio.sleep(0.001)  # the work: acks land while the consumer waits for more
+
+    async with app:
+        await step.delay_many([()] * 1_000)
+        with anyio.fail_after(30):
+            await Worker(app, concurrency=50, burst=True).run()
+    assert done == 1_000
+    assert set(prefetches) == {50}  # set when consuming started, never lowered for an ack

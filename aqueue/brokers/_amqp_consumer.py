@@ -320,11 +320,18 @@ class Session:
         self.outstanding += 1
 
     async def settle(self, delivery: AMQPDelivery, *, requeue: bool | None) -> None:
-        """Ack (`requeue=None`) or reject a delivery of this session, if its channel lives."""
-        self.outstanding -= 1
+        """Ack (`requeue=None`) or reject a delivery of this session, if its channel lives.
+
+        The delivery counts as outstanding until its ack is on its way: the worker frees its
+        slot right after, so outstanding + free (the prefetch `fit` asks for) never dips in
+        between (it did, and every dip cost two basic.qos round trips: 18 per 5,000 tasks).
+        """
         self._load[delivery.consumer_tag] -= 1
-        self._notify()
-        await self._settle(delivery.tag, requeue)
+        try:
+            await self._settle(delivery.tag, requeue)
+        finally:
+            self.outstanding -= 1
+            self._notify()
         if self.stopped and not self.outstanding:
             await self.close()
 
