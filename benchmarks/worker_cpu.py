@@ -1,0 +1,169 @@
+"""How much CPU one task costs an aqueue worker, and how much of it the garbage collector takes.
+
+    python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
+                                    [--tasks 5000] [--repeat 5] [--gc run|serve|off]
+
+Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
+asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
+with one `Worker(app, concurrency=500)` in this process, and reports, from the moment the first
+task starts to the moment the N-th finishes:
+
+- the drain rate, and the process's CPU time per task and CPU share over that span (a share
+  near 100% means the worker is CPU-bound: less CPU per task is more tasks per second);
+- the collector's passes (young, middle, full) and the time they took.
+
+`--gc run` drains with `worker.run()`, which leaves the collector alone; `serve` with
+`worker.serve()`, as `aqueue worker` does (its `worker_tune_gc` settings); `off` with the
+collector disabled (a bound, not a setting to use). Medians of the runs at the end.
+
+Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
+after, as compare.py does); RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
+hand. This is no test: nothing fails when a number is low.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from compare import AmqpPlace, RedisPlace  # the same clean-up as the peer comparison
+
+from aqueue import App, Worker
+
+SLEEP = 0.01
+CONCURRENCY = 500
+
+
+class Drain:
+    """One run's clock, CPU clock and collector passes, from the first task to the N-th."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.done = 0
+        self.first = self.first_cpu = self.end = self.end_cpu = 0.0
+        self.passes: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started: dict[int, float] = {}
+        self.worker: Worker | None = None
+
+    def begin(self) -> None:
+        if not self.first:
+            self.first, self.first_cpu = time.perf_counter(), time.process_time()
+
+    def finish(self) -> None:
+        self.done += 1
+        if self.done == self.n:
+            self.end, self.end_cpu = time.perf_counter(), time.process_time()
+            assert self.worker is not None
+            self.worker.stop()
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.first or self.end:
+            return
+        generation = info["generation"]
+        if phase == "start":
+            self._started[generation] = time.perf_counter()
+        elif generation in self._started:
+            self.passes[generation].append(time.perf_counter() - self._started.pop(generation))
+
+    def row(self) -> dict[str, float]:
+        span, cpu = self.end - self.first, self.end_cpu - self.first_cpu
+        row = {"rate": self.n / span, "cpu_us": cpu / self.n * 1e6, "cpu_share": cpu / span}
+        for generation, took in self.passes.items():
+            row[f"gc{generation}_n"] = len(took)
+            row[f"gc{generation}_ms"] = sum(took) * 1000
+        return row
+
+
+async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
+    drain = Drain(n)
+    app = App("cpu", broker=url, backend=False, set_as_current=False)
+    app.conf.worker_tune_gc = how == "serve"
+
+    @app.task(name="cpu.task")
+    async def task() -> None:
+        drain.begin()
+        if kind == "sleep":
+            await asyncio.sleep(SLEEP)
+        drain.finish()
+
+    async with app:
+        for start in range(0, n, 1000):
+            await task.delay_many([() for _ in range(min(1000, n - start))])
+        drain.worker = worker = Worker(app, concurrency=CONCURRENCY)
+        gc.callbacks.append(drain.on_gc)
+        try:
+            with anyio.fail_after(120):
+                if how == "serve":
+                    await worker.serve()
+                elif how == "off":
+                    gc.disable()
+                    try:
+                        await worker.run()
+                    finally:
+                        gc.enable()
+                else:
+                    await worker.run()
+        finally:
+            gc.callbacks.remove(drain.on_gc)
+    return drain.row()
+
+
+@contextlib.asynccontextmanager
+async def place(broker: str, args: argparse.Namespace) -> AsyncIterator[str]:
+    if broker == "memory":
+        yield "memory://"
+    elif broker == "redis":
+        async with RedisPlace(args.redis_url) as redis:
+            yield redis.url
+    else:
+        async with AmqpPlace(args.amqp_url) as amqp:
+            yield amqp.url
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows = []
+    print(
+        f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {CONCURRENCY}, "
+        f"collector: {args.gc}"
+    )
+    async with place(args.broker, args) as url:
+        for run in range(args.repeat):
+            row = await one_run(url, args.kind, args.tasks, args.gc)
+            rows.append(row)
+            print(f"  run {run + 1}: {text(row)}", flush=True)
+    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    print(f"  medians: {text(medians)}")
+
+
+def text(row: dict[str, float]) -> str:
+    passes = ", ".join(
+        f"{row[f'gc{g}_n']:.0f} {name} in {row[f'gc{g}_ms']:.1f} ms"
+        for g, name in ((0, "young"), (1, "middle"), (2, "full"))
+    )
+    return (
+        f"{row['rate']:,.0f} tasks/s, {row['cpu_us']:.1f} µs CPU per task, "
+        f"CPU {row['cpu_share']:.0%}; collector: {passes}"
+    )
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=["memory", "redis", "amqp"], default="memory")
+    parser.add_argument("--kind", choices=["sleep", "noop"], default="sleep")
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--gc", choices=["run", "serve", "off"], default="serve")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    anyio.run(main, parse())
