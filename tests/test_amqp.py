@@ -590,7 +590,7 @@ async def test_the_prefetch_stays_put_while_tasks_are_acknowledged(
     async def step() -> None:
         nonlocal done
         done += 1
-        await anyio.sleep(0.001)  # the work: acks land while the consumer waits for more
+        await anyio.sleep(0.001)  # simulated work: acks land while the consumer waits for more
 
     async with app:
         await step.delay_many([()] * 1_000)

@@ -214,7 +214,7 @@ class Consumer:
         claimed.sort(key=lambda message: (-message.priority, _id_key(message.id)))
         extra = claimed[limit:]
         if extra:  # several streams served at once (Redis 7.2+): give back
-            await self.broker._release(extra, self.name, fenced=True)
+            await self.broker._give_back_unyielded(extra, self.name, fenced=True)
         kept = []
         for message in claimed[:limit]:
             if message.n + 1 > self.broker.max_deliveries:
@@ -255,7 +255,7 @@ class Consumer:
                     if entry_id not in held:
                         lost.append(Claimed(keys, priority, entry_id, b"", 0, 0))
             if lost:
-                await broker._release(lost, self.name, fenced=False)
+                await broker._give_back_unyielded(lost, self.name, fenced=False)
         except (RedisError, OSError, BrokerError):
             logger.warning(
                 "could not give back claimed messages; their leases will run out", exc_info=True

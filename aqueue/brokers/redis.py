@@ -337,7 +337,9 @@ class RedisBroker(Broker):
         with redis_errors(self.settings, "returning a message"):
             return bool(await script(self._redis(), keys, args))
 
-    async def _release(self, messages: list[Claimed], consumer: str, *, fenced: bool) -> None:
+    async def _give_back_unyielded(
+        self, messages: list[Claimed], consumer: str, *, fenced: bool
+    ) -> None:
         """Give back claimed messages that were never handed out, all in one round trip."""
         calls = [_requeue_call(m, consumer, "release", 0.0, fenced=fenced) for m in messages]
         with redis_errors(self.settings, "returning messages"):
