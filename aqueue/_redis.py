@@ -38,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from ._resp import RespClient
 from .exceptions import BrokerError, ConfigurationError
 from .urls import redact, scheme_of
 
@@ -422,7 +423,9 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: aioredis.Redis, keys: list[str], args: list[Any]) -> Any:
+    async def __call__(
+        self, client: aioredis.Redis | RespClient, keys: list[str], args: list[Any]
+    ) -> Any:
         """Run the script once; return its reply (loading it first if the server lost it)."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -431,8 +434,18 @@ class Script:
         return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
+async def _pipelined(client: aioredis.Redis | RespClient, commands: list[tuple[Any, ...]]) -> Any:
+    """Run commands in one round trip; return their replies, an error as its exception."""
+    if isinstance(client, RespClient):
+        return await client.execute_many(commands)
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return await pipe.execute(raise_on_error=False)
+
+
 async def run_scripts(
-    client: aioredis.Redis, calls: list[tuple[Script, list[str], list[Any]]]
+    client: aioredis.Redis | RespClient, calls: list[tuple[Script, list[str], list[Any]]]
 ) -> list[Any]:
     """Run several scripts in one pipeline; return their replies, or raise the first error.
 
@@ -446,11 +459,11 @@ async def run_scripts(
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
+        commands = []
         for index in todo:
             script, keys, args = calls[index]
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        results = await _pipelined(client, commands)
         missing: list[int] = []
         for index, result in zip(todo, results, strict=True):
             if isinstance(result, NoScriptError) and attempt == 0:
