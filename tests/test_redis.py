@@ -332,6 +332,50 @@ async def test_idle_wake_up_latency(broker: RedisBroker, queue: str) -> None:
     assert p50 < 50
 
 
+async def test_each_consumer_blocks_on_a_connection_of_its_own(
+    broker: RedisBroker, queue: str
+) -> None:
+    """Two idle consumers both wait in Redis: neither one's read queues behind the other's."""
+    got: list[str] = []
+
+    async def consume(name: str) -> None:
+        async for delivery in broker.consume([queue], Credit(1)):
+            got.append(name)
+            await delivery.ack()
+            return
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume, "a")
+            group.start_soon(consume, "b")
+            await anyio.wait_all_tasks_blocked()
+            assert len(broker._readers) == 2
+            await broker.publish([message(queue)])
+            await broker.publish([message(queue)])
+    assert sorted(got) == ["a", "b"]
+    assert not broker._readers  # each one's connection went with it
+
+
+async def test_closing_the_broker_ends_a_blocked_consumer(url: str, queue: str) -> None:
+    broker = create_broker(url, {})
+    assert isinstance(broker, RedisBroker)
+    await broker.open()
+    ended = anyio.Event()
+
+    async def consume() -> None:
+        async for _ in broker.consume([queue], Credit()):
+            pass
+        ended.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            await broker.close()
+            await ended.wait()
+    assert not broker._readers
+
+
 async def test_an_earlier_delayed_message_wakes_a_sleeping_consumer(
     broker: RedisBroker, queue: str
 ) -> None:

@@ -93,6 +93,7 @@ class Consumer:
         self.keys = keys
         self.burst = burst
         self.name = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        self.reader = broker._reader()  # its blocking reads: a connection of its own
         self.unyielded: deque[Claimed] = deque()
         self.held: set[str] = set()  # ids yielded and not settled yet
         self.next_sweep = 0.0  # the first claim sweeps
@@ -150,7 +151,7 @@ class Consumer:
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
         ]
-        entries, buried, next_due = await _CLAIM(broker._redis(), keys, args)
+        entries, buried, next_due = await _CLAIM(broker._hot_path(), keys, args)
         self.failures = 0
         claimed = [
             Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
@@ -165,18 +166,14 @@ class Consumer:
 
         Or until it is time to look again: the next delayed message, the next sweep.
         """
-        broker = self.broker
         wake_at = min(self.next_sweep, next_due if next_due is not None else math.inf)
         timeout = min(max(wake_at - time.time(), 0.001), MAX_BLOCK)
-        streams: dict[Any, Any] = {stream: ">" for stream in self.by_stream}
-        streams.update((each.wake, ">") for each in self.keys)
-        client = broker._blocking
-        if client is None:
-            raise BrokerError("the broker is closed")
+        streams = [*self.by_stream, *(each.wake for each in self.keys)]
+        command = ["XREADGROUP", "GROUP", GROUP, self.name, "COUNT", limit]
+        command += ["BLOCK", max(1, int(timeout * 1000)), "STREAMS", *streams]
+        command += [">"] * len(streams)
         try:
-            reply: Any = await client.xreadgroup(
-                GROUP, self.name, streams, count=limit, block=max(1, int(timeout * 1000))
-            )
+            reply: Any = await self.reader.execute(*command)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -201,7 +198,8 @@ class Consumer:
                 wakes.setdefault(stream, []).extend(text(entry_id) for entry_id, _ in entries)
                 continue
             keys, priority = place
-            for entry_id, fields in entries:
+            for entry_id, flat in entries:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
                 n = int(fields.get(b"n", 0) or 0)
                 body = fields.get(b"b", b"")
                 claimed.append(Claimed(keys, priority, text(entry_id), body, n, 1))

@@ -55,6 +55,7 @@ from .._redis import (
 )
 from .._redis_mailbox import Channels, RedisMailbox
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
+from .._resp import RespClient
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
@@ -202,7 +203,10 @@ class RedisBroker(Broker):
         #: How often a consumer looks for messages whose lease ran out.
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None
-        self._blocking: aioredis.Redis | None = None
+        #: The blocking reads of the consumers now running, a connection each (`_resp`).
+        self._readers: set[RespClient] = set()
+        #: Claims and acks: the worker's hot path, on a lean connection of its own (`_resp`).
+        self._hot: RespClient | None = None
         self._keys: dict[str, QueueKeys] = {}
         self._channels: Channels | None = None
         self._mailbox: RedisMailbox | None = None
@@ -223,28 +227,47 @@ class RedisBroker(Broker):
         if self._client is not None:
             return
         client = self.settings.client()
-        blocking = self.settings.client(socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
-        await checked(self.settings, client, blocking)
+        await checked(self.settings, client)
         if self._client is not None:  # a concurrent open won
-            await close_clients(client, blocking)
+            await close_clients(client)
             return
-        self._client, self._blocking = client, blocking
+        self._client = client
+        self._hot = RespClient(self.settings)  # connects on first use
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
-        client, blocking = self._client, self._blocking
-        self._client = self._blocking = None
+        client, hot = self._client, self._hot
+        self._client = self._hot = None
+        for each in [hot, *self._readers]:
+            if each is not None:
+                await each.aclose()
         channels, self._channels = self._channels, None
         self._mailbox = self._rate_limiter = self._semaphore = None
         with anyio.CancelScope(shield=True):
             if channels is not None:
                 await channels.close()
-            await close_clients(client, blocking)
+            await close_clients(client)
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._client
+
+    def _hot_path(self) -> RespClient:
+        if self._hot is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
+        return self._hot
+
+    def _reader(self) -> RespClient:
+        """Return a new connection for one consumer's blocking reads (closed by `close`)."""
+        self._hot_path()
+        reader = RespClient(self.settings, socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
+        self._readers.add(reader)
+        return reader
+
+    async def _drop_reader(self, reader: RespClient) -> None:
+        self._readers.discard(reader)
+        await reader.aclose()
 
     def _pubsub(self) -> Channels:
         self._redis()
@@ -281,13 +304,13 @@ class RedisBroker(Broker):
     # -- producing --------------------------------------------------------------------------
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Add the messages in one pipeline: ready ones to their streams, others delayed."""
+        """Add the messages in one round trip: ready ones to their streams, others delayed."""
         if not messages:
             return
-        client = self._redis()
+        hot = self._hot_path()
         now = time.time()
         delayed: dict[str, list[Any]] = {}
-        pipe = client.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for message in messages:
             keys = self.keys(message.queue)
             priority = min(max(int(message.priority), 0), 9)
@@ -295,16 +318,20 @@ class RedisBroker(Broker):
                 member = b"%d:0:%s:%s" % (priority, uuid.uuid4().hex[:8].encode(), message.body)
                 delayed.setdefault(message.queue, []).extend((repr(message.eta), member))
             else:
-                pipe.xadd(keys.stream(priority), {"b": message.body})
+                commands.append(("XADD", keys.stream(priority), "*", "b", message.body))
         with redis_errors(self.settings, "publishing"):
-            if len(pipe):
-                await pipe.execute()
+            if len(commands) == 1:
+                await hot.execute(*commands[0])
+            elif commands:
+                for reply in await hot.execute_many(commands):
+                    if isinstance(reply, Exception):
+                        raise reply
             if delayed:
                 calls = [
                     (_SCHEDULE, [self.keys(queue).delayed, self.keys(queue).wake], args)
                     for queue, args in delayed.items()
                 ]
-                await run_scripts(client, calls)
+                await run_scripts(hot, calls)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -323,7 +350,7 @@ class RedisBroker(Broker):
             )
             calls.append((_ACK, [stream], [GROUP, mode, consumer, packed]))
         with redis_errors(self.settings, "settling messages"):
-            replies = await run_scripts(self._redis(), calls)
+            replies = await run_scripts(self._hot_path(), calls)
         done = [False] * len(items)
         for indexes, reply in zip(groups.values(), replies, strict=True):
             for index, flag in zip(indexes, bytes(reply), strict=True):
@@ -371,6 +398,7 @@ class RedisBroker(Broker):
                     yield _RedisDelivery(self, message, state.name, state.held)
         finally:
             with anyio.CancelScope(shield=True):
+                await self._drop_reader(state.reader)  # a blocked read ends before we look
                 await state.give_back()
 
     async def purge(self, queue: str) -> int:
