@@ -31,7 +31,6 @@ from .._redis import (
     Batcher,
     RedisSettings,
     Script,
-    checked,
     close_clients,
     parse_redis_url,
     redis_errors,
@@ -40,6 +39,7 @@ from .._redis import (
 from .._redis_mailbox import Channels
 from .._redis_pubsub import Subscriptions
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
+from .._resp import RespClient
 from ..backend import ResultBackend, StoredResult
 from ..exceptions import BrokerError
 from ..states import READY_STATES
@@ -90,7 +90,10 @@ class RedisBackend(ResultBackend):
         self.settings: RedisSettings = parse_redis_url(
             url, options, ignore=frozenset({"broker_url"})
         )
-        self._client: aioredis.Redis | None = None
+        #: Stores and lookups, on a lean connection (`_resp`): a waiter's process and a
+        #: worker use no other for results.
+        self._hot: RespClient | None = None
+        self._client: aioredis.Redis | None = None  # for the rate limiter and the semaphore
         self._subscriptions: Subscriptions | None = None
         self._channels: Channels | None = None
         self._rate_limiter: RedisRateLimiter | None = None
@@ -109,32 +112,47 @@ class RedisBackend(ResultBackend):
 
     async def open(self) -> None:
         """Connect (and check that Redis answers); the pub/sub connection opens on first wait."""
-        if self._client is not None:
+        if self._hot is not None:
             return
-        client = self.settings.client()
-        await checked(self.settings, client)
-        if self._client is not None:  # a concurrent open won
-            await close_clients(client)
+        hot = RespClient(self.settings)
+        try:
+            with redis_errors(self.settings, "connecting"):
+                await hot.execute("PING")
+        except BaseException:
+            await hot.aclose()
+            raise
+        if self._hot is not None:  # a concurrent open won
+            await hot.aclose()
             return
-        self._client = client
+        self._hot = hot
         self._subscriptions = Subscriptions(self.settings)
 
     async def close(self) -> None:
         """Close every connection."""
+        hot, self._hot = self._hot, None
         client, self._client = self._client, None
         subscriptions, self._subscriptions = self._subscriptions, None
         channels, self._channels = self._channels, None
         self._rate_limiter = self._semaphore = None
         with anyio.CancelScope(shield=True):
+            if hot is not None:
+                await hot.aclose()
             if subscriptions is not None:
                 await subscriptions.close()
             if channels is not None:
                 await channels.close()
             await close_clients(client)
 
-    def _redis(self) -> aioredis.Redis:
-        if self._client is None:
+    def _hot_path(self) -> RespClient:
+        if self._hot is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
+        return self._hot
+
+    def _redis(self) -> aioredis.Redis:
+        """Return a redis-py client (made on first use) for the rate limiter and semaphore."""
+        self._hot_path()
+        if self._client is None:
+            self._client = self.settings.client()
         return self._client
 
     def rate_limiter(self) -> RedisRateLimiter:
@@ -167,7 +185,7 @@ class RedisBackend(ResultBackend):
         headers: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the result (batched with concurrent stores); notify waiters if it is final."""
-        self._redis()
+        self._hot_path()
         with redis_errors(self.settings, "storing a result"):
             await self._stores.submit((task_id, state, payload, ttl))
 
@@ -180,22 +198,22 @@ class RedisBackend(ResultBackend):
         # Bytes as msgpack raw strings: Redis's cmsgpack reads no bin types, and a Lua string
         # holds any bytes.
         packed = msgpack.packb(values, use_bin_type=False)
-        await run_scripts(self._redis(), [(_STORE, keys, [packed])])
+        await run_scripts(self._hot_path(), [(_STORE, keys, [packed])])
         return [None] * len(items)
 
     async def _flush_lookups(self, keys: list[str]) -> list[bytes | None]:
-        values: Any = await self._redis().mget(keys)
+        values: Any = await self._hot_path().execute("MGET", *keys)
         return list(values)
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return the stored result, or None (never stored, expired or forgotten)."""
         with redis_errors(self.settings, "fetching a result"):
-            raw: Any = await self._redis().get(self._key(task_id))
+            raw: Any = await self._hot_path().execute("GET", self._key(task_id))
         return _decode(raw)
 
     async def wait(self, task_id: str) -> StoredResult:
         """Return once the task is ready: subscribe, look the key up, wait to be notified."""
-        self._redis()
+        self._hot_path()
         subscriptions = self._subscriptions
         assert subscriptions is not None
         key = self._key(task_id)
@@ -213,4 +231,4 @@ class RedisBackend(ResultBackend):
     async def forget(self, task_id: str) -> None:
         """Delete the result."""
         with redis_errors(self.settings, "forgetting a result"):
-            await self._redis().delete(self._key(task_id))
+            await self._hot_path().execute("DEL", self._key(task_id))
