@@ -46,7 +46,7 @@ __all__ = [
     "Batcher",
     "RedisSettings",
     "Script",
-    "checked",
+    "answering",
     "close_clients",
     "parse_redis_url",
     "redis_errors",
@@ -256,14 +256,16 @@ async def close_clients(*clients: aioredis.Redis | None) -> None:
                 await client.aclose()
 
 
-async def checked(settings: RedisSettings, *clients: aioredis.Redis) -> None:
-    """Check that Redis answers on the first client; if not, close them all and raise."""
+async def answering(settings: RedisSettings) -> RespClient:
+    """Return a lean client (`_resp`) whose Redis answered a PING, or raise a `BrokerError`."""
+    client = RespClient(settings)
     try:
         with redis_errors(settings, "connecting"):
-            await clients[0].ping()
+            await client.execute("PING")
     except BaseException:
-        await close_clients(*clients)
+        await client.aclose()
         raise
+    return client
 
 
 def process_tag() -> str:

@@ -31,6 +31,7 @@ from .._redis import (
     Batcher,
     RedisSettings,
     Script,
+    answering,
     close_clients,
     parse_redis_url,
     redis_errors,
@@ -114,13 +115,7 @@ class RedisBackend(ResultBackend):
         """Connect (and check that Redis answers); the pub/sub connection opens on first wait."""
         if self._hot is not None:
             return
-        hot = RespClient(self.settings)
-        try:
-            with redis_errors(self.settings, "connecting"):
-                await hot.execute("PING")
-        except BaseException:
-            await hot.aclose()
-            raise
+        hot = await answering(self.settings)
         if self._hot is not None:  # a concurrent open won
             await hot.aclose()
             return

@@ -47,7 +47,7 @@ from .._redis import (
     Batcher,
     RedisSettings,
     Script,
-    checked,
+    answering,
     close_clients,
     parse_redis_url,
     redis_errors,
@@ -226,13 +226,13 @@ class RedisBroker(Broker):
         """Connect (and check that Redis answers)."""
         if self._client is not None:
             return
-        client = self.settings.client()
-        await checked(self.settings, client)
+        hot = await answering(self.settings)
         if self._client is not None:  # a concurrent open won
-            await close_clients(client)
+            await hot.aclose()
             return
-        self._client = client
-        self._hot = RespClient(self.settings)  # connects on first use
+        self._hot = hot
+        # redis-py for everything but the hot path; it connects when first used.
+        self._client = self.settings.client()
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
