@@ -18,6 +18,8 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
 - After `max_deliveries` deliveries a message goes to the dead letters (`max-deliveries`).
 - `nack` and a closing consumer give messages back at once, as new entries (counting the
   deliveries so far), not after the lease.
+- Connections: publishes, claims and acks share one lean pipelined connection (`aqueue._resp`),
+  and each consumer blocks on a connection of its own; redis-py serves everything else.
 - Lost connections: the consumer retries with backoff (at most 2 s apart), and recreates the
   consumer groups and scripts a restarted Redis lost (`_redis_consumer`).
 - Across queues, priority goes first, then age: stream ids (Redis time, in milliseconds).
@@ -205,7 +207,7 @@ class RedisBroker(Broker):
         self._client: aioredis.Redis | None = None
         #: The blocking reads of the consumers now running, a connection each (`_resp`).
         self._readers: set[RespClient] = set()
-        #: Claims and acks: the worker's hot path, on a lean connection of its own (`_resp`).
+        #: Publishes, claims and acks (the hot path), on a lean connection (`aqueue._resp`).
         self._hot: RespClient | None = None
         self._keys: dict[str, QueueKeys] = {}
         self._channels: Channels | None = None
