@@ -35,6 +35,16 @@ def service_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+async def shared_url() -> AsyncIterator[str]:
+    """The shared test Redis (AQUEUE_TEST_REDIS_URL) under a key prefix of this test's own."""
+    if reason := await service_redis.unreachable():
+        service_unavailable(reason)
+    url = service_redis.make_url(uuid.uuid4().hex[:10])
+    yield url
+    await service_redis.cleanup(url)
+
+
 def driver_url(driver: str, tmp_path: Path) -> str:
     """A URL for `driver` private to one test (its own file, key prefix or queue names)."""
     if driver == "memory":

@@ -19,8 +19,7 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -198,16 +197,6 @@ def redis_servers() -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in made:
         server.kill()
-
-
-@pytest.fixture
-async def shared_url() -> AsyncIterator[str]:
-    """The shared test server (AQUEUE_TEST_REDIS_URL) under a prefix of this test's own."""
-    if reason := await service_redis.unreachable():
-        service_unavailable(reason)
-    url = service_redis.make_url(uuid.uuid4().hex[:10])
-    yield url
-    await service_redis.cleanup(url)
 
 
 @pytest.fixture

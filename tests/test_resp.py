@@ -50,16 +50,6 @@ from .test_redis_processes import STEP, RedisServer, free_port, spawn  # noqa: E
 T = TypeVar("T")
 
 
-@pytest.fixture
-async def shared_url() -> AsyncIterator[str]:
-    """The shared test server (AQUEUE_TEST_REDIS_URL) under a key prefix of this test's own."""
-    if reason := await service_redis.unreachable():
-        service_unavailable(reason)
-    url = service_redis.make_url(uuid.uuid4().hex[:10])
-    yield url
-    await service_redis.cleanup(url)
-
-
 class Clients:
     """The clients a test makes (RespClient and redis-py), every one closed at its end."""
 
@@ -539,33 +529,26 @@ def certificates(tmp_path: Path) -> Path:
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
     )  # fmt: skip
-    openssl(
-        "req", *key_options, "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=localhost",
-    )  # fmt: skip
-    (directory / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
+
+    def signed(name: str, subject: str, extensions: str) -> None:
+        """Make `name`.key and `name`.pem, signed by the CA."""
+        openssl(
+            "req", *key_options, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject
+        )
+        (directory / f"{name}.ext").write_text(
+            f"{extensions}basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        )
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+        )  # fmt: skip
+
+    signed(
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
-    )  # fmt: skip
-    openssl(
-        "req", *key_options, "-keyout", "client.key", "-out", "client.csr",
-        "-subj", "/CN=aqueue worker",
-    )  # fmt: skip
-    (directory / "client.ext").write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=clientAuth\n"
-    )
-    openssl(
-        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile", "client.ext",
-    )  # fmt: skip
+    signed("client", "/CN=aqueue worker", "extendedKeyUsage=clientAuth\n")
     return directory
 
 
