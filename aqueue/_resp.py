@@ -16,7 +16,8 @@ connection without a lock, their commands pipelined.
 - The settings are those of redis-py's connections (`RedisSettings`): TCP with keepalive,
   TLS, Unix sockets, AUTH with a username or not, the client name and the database.
 - Error replies raise what redis-py raises for them (`ResponseError`, `NoScriptError`,
-  `AuthenticationError`). A cancelled caller's reply is read and dropped: the connection stays
+  `AuthenticationError`, `BusyLoadingError`, `ReadOnlyError`, `NoPermissionError`,
+  `OutOfMemoryError`). A cancelled caller's reply is read and dropped: the connection stays
   in step.
 - It speaks RESP2 and nothing else: no pub/sub, no blocking commands beyond `socket_timeout`.
 """
@@ -34,7 +35,10 @@ import hiredis
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
 )
@@ -71,16 +75,24 @@ def encode_command(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+_BY_CODE: dict[str, type[RedisError]] = {
+    "NOSCRIPT": NoScriptError,
+    "LOADING": BusyLoadingError,  # a restarted Redis, still reading its data
+    "READONLY": ReadOnlyError,  # a replica
+    "NOPERM": NoPermissionError,  # an ACL user without the right
+    "OOM": OutOfMemoryError,  # at maxmemory
+}
+
+
 def _error(reply: ResponseError) -> RedisError:
     """Return the exception redis-py raises for an error reply."""
     message = str(reply)
     code = message.split(" ", 1)[0]
-    if code == "NOSCRIPT":
-        return NoScriptError(message)
+    kind = _BY_CODE.get(code)
+    if kind is not None:
+        return kind(message)
     if code in ("WRONGPASS", "NOAUTH") or "invalid password" in message:
         return AuthenticationError(message)
-    if code == "LOADING":  # a restarted Redis, still reading its data
-        return BusyLoadingError(message)
     if "max number of clients reached" in message:
         return RedisConnectionError(message)
     return reply

@@ -34,7 +34,9 @@ service_redis.require_client_library()  # before anything imports redis-py
 import redis.asyncio as aioredis  # noqa: E402
 from redis.exceptions import (  # noqa: E402
     AuthenticationError,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
@@ -454,6 +456,23 @@ async def test_auth_client_name_and_database(servers: Servers, clients: Clients)
     anonymous = clients.resp(f"redis://127.0.0.1:{server.port}/0")
     with pytest.raises(AuthenticationError, match="NOAUTH"):
         await anonymous.execute("PING")
+
+
+async def test_refusals_raise_redis_py_s_classes(servers: Servers, clients: Clients) -> None:
+    server = await servers.plain()
+    admin = clients.plain(server.url)
+    assert await admin.acl_setuser(
+        "reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+get", "+client"]
+    )
+    reader = clients.resp(f"redis://reader:pw@127.0.0.1:{server.port}/0")
+    assert await reader.execute("GET", "k") is None
+    with pytest.raises(NoPermissionError, match="NOPERM"):
+        await reader.execute("SET", "k", "v")
+    writer = clients.resp(server.url)
+    assert await admin.config_set("maxmemory", "1")
+    with pytest.raises(OutOfMemoryError, match="OOM"):
+        await writer.execute("SET", "k", "v")
+    assert await writer.execute("GET", "k") is None  # reads still work: the connection too
 
 
 async def test_a_password_for_a_server_without_one_is_an_authentication_error(
