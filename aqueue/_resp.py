@@ -199,19 +199,9 @@ class RespClient:
 
     async def execute(self, *args: Any) -> Any:
         """Run one command; return its reply, or raise the error it got."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connected()
-        (future,) = protocol.send(encode_command(args), 1)
-        try:
-            if protocol.writable is not None:
-                await asyncio.shield(protocol.writable)
-            reply = await future
-        except BaseException:
-            _forsake([future])
-            raise
-        if type(reply) is ResponseError:
-            raise _error(reply)
+        (reply,) = await self.execute_many((args,))
+        if isinstance(reply, RedisError):
+            raise reply
         return reply
 
     async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -222,15 +212,7 @@ class RespClient:
         if protocol is None or protocol.lost is not None:
             protocol = await self._connected()
         data = b"".join(encode_command(command) for command in commands)
-        futures = protocol.send(data, len(commands))
-        try:
-            if protocol.writable is not None:
-                await asyncio.shield(protocol.writable)
-            await futures[-1]  # replies come in order: the others are in too
-        except BaseException:
-            _forsake(futures)
-            raise
-        replies = [future.result() for future in futures]
+        replies = await _replies(protocol, protocol.send(data, len(commands)))
         return [_error(r) if type(r) is ResponseError else r for r in replies]
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
@@ -307,13 +289,20 @@ class RespClient:
         return protocol
 
 
-def _forsake(futures: list[asyncio.Future[Any]]) -> None:
-    """Cancel the futures of a call that ended early, and mark their errors as seen."""
-    for future in futures:
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled():
-            future.exception()
+async def _replies(protocol: _Protocol, futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """Wait for the replies of commands just sent (cancelled: they are dropped as they come)."""
+    try:
+        if protocol.writable is not None:
+            await asyncio.shield(protocol.writable)
+        await futures[-1]  # replies come in order: the others are in too
+    except BaseException:
+        for future in futures:  # cancel the rest, and mark errors as seen
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
+        raise
+    return [future.result() for future in futures]
 
 
 async def _hello(protocol: _Protocol, kwargs: dict[str, Any]) -> None:
@@ -330,14 +319,9 @@ async def _hello(protocol: _Protocol, kwargs: dict[str, Any]) -> None:
         commands.append(("SELECT", int(kwargs["db"])))
     if not commands:
         return
-    futures = protocol.send(b"".join(encode_command(c) for c in commands), len(commands))
-    try:
-        await futures[-1]
-    except BaseException:
-        _forsake(futures)
-        raise
-    for command, future in zip(commands, futures, strict=True):
-        reply = future.result()
+    data = b"".join(encode_command(command) for command in commands)
+    replies = await _replies(protocol, protocol.send(data, len(commands)))
+    for command, reply in zip(commands, replies, strict=True):
         if type(reply) is ResponseError:  # a refused AUTH, whatever Redis calls it
             raise AuthenticationError(str(reply)) if command[0] == "AUTH" else _error(reply)
 

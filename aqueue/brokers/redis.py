@@ -322,9 +322,7 @@ class RedisBroker(Broker):
             else:
                 commands.append(("XADD", keys.stream(priority), "*", "b", message.body))
         with redis_errors(self.settings, "publishing"):
-            if len(commands) == 1:
-                await hot.execute(*commands[0])
-            elif commands:
+            if commands:
                 for reply in await hot.execute_many(commands):
                     if isinstance(reply, Exception):
                         raise reply
