@@ -29,7 +29,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 from redis.exceptions import (
@@ -113,8 +113,9 @@ class _Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport's interface without subclassing it:
+        # rely on the interface, never on the class.
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, data: bytes, count: int) -> list[asyncio.Future[Any]]:
         """Write `count` commands; return the futures of their replies, in order."""
