@@ -1,0 +1,238 @@
+"""How fast does one process enqueue? `delay()` calls in flight at once, and `delay_many`.
+
+    python benchmarks/enqueue.py [--brokers amqp,redis,sqlite] [--tasks 10000] [--repeat 5]
+                                 [--flights 1,10,100,1000] [--loop asyncio|uvloop]
+                                 [--amqp-url URL] [--redis-url URL] [--json FILE]
+
+For each broker, each run opens an app (results off), sends one warm-up task, then times:
+
+- `c` in flight, for each `c` of `--flights`: `c` coroutines, each calling `await
+  noop.delay()` one after the other, `--tasks` calls in all (a fifth of them at `c` = 1,
+  which is the slowest); the clock runs from the first call to the last confirmation;
+- `bulk`: the same number of tasks through `noop.delay_many`, 1,000 a call, one call at a time.
+
+After each figure the queue is purged, so every figure starts on an empty queue. The runs are
+interleaved (run 1 of every broker, then run 2 ...) so that noise on a shared machine hits
+every figure alike. Each cell is the median of `--repeat` runs with the lowest and highest;
+the last column is `c` = 100 against `bulk`, the median of the ratios taken within each run.
+
+What it makes, it deletes: RabbitMQ queues and exchanges under a prefix of its own
+(`aqbench-enq-<random>-`), Redis keys under a prefix of its own (database 13 by default, which
+`compare.py`, flushing database 14, leaves alone), and the SQLite file, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aqueue
+from aqueue import App
+
+BULK_CHUNK = 1000
+BROKERS = ("amqp", "redis", "sqlite")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brokers", default=",".join(BROKERS))
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks per figure")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--flights", default="1,10,100,1000", help="delay() calls in flight")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    args = parser.parse_args(argv)
+    args.brokers = [name.strip() for name in args.brokers.split(",") if name.strip()]
+    unknown = set(args.brokers) - set(BROKERS)
+    if unknown:
+        parser.error(f"unknown broker(s) {sorted(unknown)}: choose from {', '.join(BROKERS)}")
+    args.flights = [int(value) for value in args.flights.split(",") if value.strip()]
+    return args
+
+
+# -- what each broker needs: a URL with a prefix of our own, and the cleaning up -------------
+
+
+def _with_query(url: str, **query: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return url + separator + "&".join(f"{key}={value}" for key, value in query.items())
+
+
+async def _clean_amqp(url: str, prefix: str) -> None:
+    import aiormq
+
+    from aqueue._amqp import parse_amqp_url
+    from aqueue.brokers._amqp_topology import LEVELS
+
+    settings = parse_amqp_url(url)
+    base = f"{prefix}aqueue"
+    queues = [f"{prefix}bench", f"{base}.dead.bench"]
+    queues += [f"{base}.delay.{level}.bench" for level in range(LEVELS)]
+    exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
+    exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
+    async with aiormq.connect(settings.aiormq_url("aqueue-bench")) as connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)  # a no-op for a queue that is not there
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
+
+
+async def _clean_redis(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def broker_url(name: str, args: argparse.Namespace) -> AsyncIterator[str]:
+    """A URL under a prefix (or in a folder) of the benchmark's own; deleted on the way out."""
+    tag = uuid.uuid4().hex[:8]
+    if name == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="aqbench-enq-") as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    if name == "amqp":
+        prefix = f"aqbench-enq-{tag}-"
+        try:
+            yield _with_query(args.amqp_url, prefix=prefix)
+        finally:
+            await _clean_amqp(args.amqp_url, prefix)
+        return
+    prefix = f"aqbench-enq-{tag}"
+    try:
+        yield _with_query(args.redis_url, prefix=prefix)
+    finally:
+        await _clean_redis(args.redis_url, prefix)
+
+
+# -- the measurements --------------------------------------------------------------------------
+
+
+async def in_flight(app: App, n: int, flight: int) -> float:
+    """`flight` coroutines send n tasks between them, each awaiting one delay() at a time."""
+    task: Any = app.tasks["bench.noop"]
+    shares = [n // flight + (1 if index < n % flight else 0) for index in range(flight)]
+
+    async def sender(count: int) -> None:
+        for _ in range(count):
+            await task.delay()
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for count in shares:
+            group.create_task(sender(count))
+    return n / (time.perf_counter() - started)
+
+
+async def bulk(app: App, n: int) -> float:
+    task: Any = app.tasks["bench.noop"]
+    started = time.perf_counter()
+    for start in range(0, n, BULK_CHUNK):
+        await task.delay_many([() for _ in range(min(BULK_CHUNK, n - start))])
+    return n / (time.perf_counter() - started)
+
+
+def make_app(url: str) -> App:
+    app = App("bench", broker=url, backend=False, set_as_current=False)
+
+    @app.task(name="bench.noop")
+    async def noop() -> None:
+        return None
+
+    return app
+
+
+async def one_run(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Every figure of one broker, once; tasks per second by column."""
+    rates: dict[str, float] = {}
+    async with broker_url(name, args) as url:
+        app = make_app(url)
+        async with app:
+            broker = await app.connection()
+            await app.tasks["bench.noop"].delay()  # connects, declares the queue
+            await broker.purge(app.conf.task_default_queue)
+            for flight in args.flights:
+                n = max(args.tasks // 5, flight) if flight == 1 else args.tasks
+                rates[f"c{flight}"] = await in_flight(app, n, flight)
+                await broker.purge(app.conf.task_default_queue)
+            rates["bulk"] = await bulk(app, args.tasks)
+            await broker.purge(app.conf.task_default_queue)
+    return rates
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def report(args: argparse.Namespace, samples: dict[str, list[dict[str, float]]]) -> str:
+    columns = [f"c{flight}" for flight in args.flights] + ["bulk"]
+    heads = [f"{flight} in flight" for flight in args.flights] + ["delay_many"]
+    lines = [
+        f"enqueue/s, median (lowest-highest) of {args.repeat} runs; {args.tasks:,} tasks a "
+        f"figure; loop {args.loop}; aqueue {aqueue.__version__} from {Path(aqueue.__file__).parent}",
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores",
+        "",
+        "| broker | " + " | ".join(heads) + " | 100 in flight / bulk |",
+        "|---" * (len(heads) + 2) + "|",
+    ]
+    for name, runs in samples.items():
+        values = [cell([run[column] for run in runs if column in run]) for column in columns]
+        ratios = [run["c100"] / run["bulk"] for run in runs if "c100" in run and "bulk" in run]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        lines.append(f"| {name} | " + " | ".join(values) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in args.brokers}
+    for run in range(args.repeat):
+        for name in args.brokers:
+            rates = await one_run(name, args)
+            samples[name].append(rates)
+            shown = ", ".join(f"{key} {value:,.0f}" for key, value in rates.items())
+            print(f"run {run + 1}/{args.repeat} {name:6}: {shown}", flush=True)
+    print()
+    print(report(args, samples))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"aqueue": aqueue.__file__, "samples": samples}))
+
+
+def run(args: argparse.Namespace) -> None:
+    runner: Callable[[Any], None]
+    if args.loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
+    runner(main(args))
+
+
+if __name__ == "__main__":
+    run(parse_args(sys.argv[1:]))
