@@ -8,6 +8,11 @@ reply comes in: about 35 µs, the rest being the system calls (measured on 5,000
 EVALSHA calls). Replies come in the order of the commands, so concurrent callers share the
 connection without a lock, their commands pipelined.
 
+- Writes coalesce, with no timer: a command sent while none is in flight is written at once; one
+  sent while replies are awaited joins a buffer that is written once the current turn of the
+  event loop ends. So 100 callers sending in one turn (as 100 `delay()` calls woken by one
+  read of replies do) cost one system call, not 100, and a lone command never waits.
+
 - It opens its connection on first use, and again on the next call after one was lost; the
   caller of a command in flight when it was lost gets a `redis.exceptions.ConnectionError`.
 - A reply that takes longer than `socket_timeout` closes the connection and fails every
@@ -110,6 +115,9 @@ class _Protocol(asyncio.Protocol):
         self.lost: RedisError | None = None  # why it closed; None while open
         self.timer: asyncio.TimerHandle | None = None
         self.writable: asyncio.Future[None] | None = None  # set while writing is paused
+        #: Commands sent this turn of the loop while others were in flight: written by `flush`.
+        self.buffer: list[bytes] = []
+        self.flushing: asyncio.Handle | None = None
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,11 +131,24 @@ class _Protocol(asyncio.Protocol):
             raise self.lost or RedisConnectionError("the connection is closed")
         deadline = self.loop.time() + self.timeout if self.timeout else 0.0
         futures = [self.loop.create_future() for _ in range(count)]
+        idle = not self.pending
         self.pending.extend((future, deadline) for future in futures)
-        self.transport.write(data)
+        if idle:  # nothing in flight: no company to wait for
+            self.transport.write(data)
+        else:
+            self.buffer.append(data)
+            if self.flushing is None:
+                self.flushing = self.loop.call_soon(self.flush)
         if self.timer is None and deadline:
             self.timer = self.loop.call_at(deadline, self._check_deadline)
         return futures
+
+    def flush(self) -> None:
+        """Write what was sent this turn of the loop, in one system call."""
+        self.flushing = None
+        buffer, self.buffer = self.buffer, []
+        if buffer and self.lost is None and self.transport is not None:
+            self.transport.write(b"".join(buffer))
 
     def data_received(self, data: bytes) -> None:
         reader, pending = self.reader, self.pending
@@ -171,6 +192,10 @@ class _Protocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.flushing is not None:
+            self.flushing.cancel()
+            self.flushing = None
+        self.buffer.clear()
         while self.pending:
             future = self.pending.popleft()[0]
             if not future.done():

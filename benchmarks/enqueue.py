@@ -193,9 +193,10 @@ def cell(values: list[float]) -> str:
 def report(args: argparse.Namespace, samples: dict[str, list[dict[str, float]]]) -> str:
     columns = [f"c{flight}" for flight in args.flights] + ["bulk"]
     heads = [f"{flight} in flight" for flight in args.flights] + ["delay_many"]
+    source = Path(aqueue.__file__).parent
     lines = [
         f"enqueue/s, median (lowest-highest) of {args.repeat} runs; {args.tasks:,} tasks a "
-        f"figure; loop {args.loop}; aqueue {aqueue.__version__} from {Path(aqueue.__file__).parent}",
+        f"figure; loop {args.loop}; aqueue {aqueue.__version__} from {source}",
         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores",
         "",
         "| broker | " + " | ".join(heads) + " | 100 in flight / bulk |",

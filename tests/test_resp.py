@@ -122,8 +122,9 @@ def key(url: str, name: str) -> str:
 async def started(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     """Run a command in a task as far as its first wait: on an open connection, it is written.
 
-    `execute` and `execute_many` write synchronously once connected, then wait on the reply:
-    a task scheduled now runs to that point before this coroutine resumes.
+    `execute` and `execute_many` write synchronously once connected (with other commands in
+    flight: at the end of this turn of the loop), then wait on the reply: a task scheduled now
+    runs to that point before this coroutine resumes.
     """
     task = asyncio.create_task(coro)
     await asyncio.sleep(0)
@@ -184,6 +185,22 @@ async def test_a_thousand_concurrent_callers_get_their_own_replies_on_one_connec
     listed = [each for each in await plain.client_list() if each["name"] == name]
     assert len(listed) == 1  # one connection made, for all 2,000 calls
     assert int(listed[0]["id"]) == await client.execute("CLIENT", "ID")
+
+
+async def test_commands_sent_in_one_turn_while_others_are_in_flight_go_in_one_write(
+    servers: Servers, clients: Clients
+) -> None:
+    server = await servers.plain()  # of this test's own: its read count is this test's
+    client = clients.resp(server.url)
+    await client.execute("PING")  # connected
+    plain = clients.plain(server.url)
+    before = (await plain.info("stats"))["total_reads_processed"]
+    # 500 callers in one turn of the loop: the first is written at once, and the 499 sent
+    # while it is in flight go together at the end of the turn (12 kB: one or two reads).
+    replies = await asyncio.gather(*(client.execute("INCR", "n") for _ in range(500)))
+    assert sorted(replies) == list(range(1, 501))
+    reads = (await plain.info("stats"))["total_reads_processed"] - before
+    assert reads <= 6  # 2 or 3 for the 500 commands, 1 for INFO (about 250 without coalescing)
 
 
 async def test_replies_round_trip_exactly(shared_url: str, clients: Clients) -> None:
