@@ -3,10 +3,14 @@
 What it promises:
 
 - **Publishing** is confirmed: `publish` returns once RabbitMQ confirmed every message
-  (persistent, on durable queues). A batch is pipelined: all messages are written, then all
-  confirmations awaited together. An unroutable message (published `mandatory`) or a negative
-  confirmation is a `BrokerError`. Messages left unconfirmed by a dropped connection are sent
-  again on a new one (for up to 10 s), so a publish is at-least-once.
+  (persistent, on durable queues). Publishes are pipelined and coalesced (`_amqp_publisher`):
+  one writer task writes what every concurrent caller queued since its last write in one go,
+  without waiting for confirmations, and each caller awaits the confirmations of its own
+  messages. An unroutable message (published `mandatory`) or a negative confirmation is a
+  `BrokerError` for its caller alone. Messages left unconfirmed by a dropped connection are
+  sent again on a new one (for up to 10 s), so a publish is at-least-once. A channel error
+  (RabbitMQ closing the channel, as for a missing exchange) fails every caller whose messages
+  were unconfirmed on that channel.
 - **Queues** (see `_amqp_topology`): one durable queue per aqueue queue behind a direct
   exchange, each with a dead-letter queue; `queue_type` "classic" (default, with
   `x-max-priority` = `max_priority`, 9 by default) or "quorum" (with `x-delivery-limit`).
@@ -41,6 +45,7 @@ queue that already exists with other arguments is used as it is (with a warning)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -51,7 +56,7 @@ from typing import Any, cast
 
 import aiormq
 import anyio
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from .._amqp import Link, amqp_errors, broker_error, parse_amqp_url, released
@@ -71,7 +76,7 @@ from ._amqp_consumer import (
     stamp,
 )
 from ._amqp_mailbox import AMQPMailbox
-from ._amqp_publisher import Outgoing, confirm
+from ._amqp_publisher import Outgoing, Pipeline
 from ._amqp_topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
 __all__ = ["AMQPBroker"]
@@ -98,7 +103,7 @@ class AMQPBroker(Broker):
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.link = Link(self.settings, "broker")
         self.topology = Topology(self.link, self.settings, self.max_deliveries)
-        self._publisher: AbstractChannel | None = None
+        self._publisher: Pipeline | None = None
         self._publisher_lock = anyio.Lock()
         self._mailbox: AMQPMailbox | None = None
 
@@ -113,11 +118,14 @@ class AMQPBroker(Broker):
         """Close the connection; running consumers end, unsettled messages go back."""
         with anyio.CancelScope(shield=True):
             await self.topology.close()
-            self._publisher = None
             mailbox, self._mailbox = self._mailbox, None
             if mailbox is not None:
                 await mailbox.close()
-            await self.link.close()
+            await self.link.close()  # first: a caller sending again finds the link closed
+            async with self._publisher_lock:
+                publisher, self._publisher = self._publisher, None
+            if publisher is not None:
+                await publisher.close()
 
     def mailbox(self) -> AMQPMailbox:
         """Return the mailbox on this RabbitMQ (see `_amqp_mailbox`); open the broker first."""
@@ -131,14 +139,19 @@ class AMQPBroker(Broker):
         """Publish persistent messages and return once RabbitMQ confirmed all of them."""
         if not messages:
             return
-        with self._patience(time.monotonic() + PUBLISH_RETRY_FOR):  # declaring: a few RTTs
-            await self.topology.ensure_queues(dict.fromkeys(m.queue for m in messages))
-            now = time.time()
-            at = {H_AT: stamp(now)}
-            outgoing = [
-                await self._route(m.queue, m.body, m.priority, at, m.id, m.eta, now)
-                for m in messages
-            ]
+        queues = dict.fromkeys(m.queue for m in messages)
+        now = time.time()
+        at = {H_AT: stamp(now)}
+        if self.topology.ready(queues) and all(m.eta is None or m.eta <= now for m in messages):
+            # Declared, and nothing for the delay ladder: no round trip to wait for.
+            outgoing = [self._outgoing(m.queue, m.body, m.priority, at, m.id) for m in messages]
+        else:
+            with self._patience(time.monotonic() + PUBLISH_RETRY_FOR):  # declaring: a few RTTs
+                await self.topology.ensure_queues(queues)
+                outgoing = [
+                    await self._route(m.queue, m.body, m.priority, at, m.id, m.eta, now)
+                    for m in messages
+                ]
         await self._send(outgoing)
 
     @contextlib.contextmanager
@@ -153,18 +166,23 @@ class AMQPBroker(Broker):
                 f"{PUBLISH_RETRY_FOR:.0f} s"
             ) from None
 
-    @contextlib.contextmanager
-    def _confirms_within(self, count: int) -> Iterator[None]:
-        """Fail with `BrokerError` if RabbitMQ confirms nothing for `publish_timeout` seconds."""
+    async def _confirm(
+        self, pipeline: Pipeline, batch: Sequence[Outgoing]
+    ) -> tuple[list[Outgoing], BaseException | None]:
+        """Publish through the pipeline; fail if nothing is confirmed for `publish_timeout` s.
+
+        An asyncio timeout, not an anyio cancel scope: this is every `delay()`'s path, and
+        RabbitMQ's client is asyncio's anyway.
+        """
         timeout = self.settings.publish_timeout
         try:
-            with anyio.fail_after(timeout or None):  # 0: wait as long as it takes
-                yield
+            async with asyncio.timeout(timeout or None):  # 0: wait as long as it takes
+                return await pipeline.confirm(batch)
         except TimeoutError:
             raise BrokerError(
-                f"RabbitMQ at {self.settings.display} did not confirm {count} message(s) within "
-                f"{timeout:g} s: a memory or disk alarm blocks publishers (`rabbitmqctl status` "
-                "shows alarms); they may still arrive once it accepts them again"
+                f"RabbitMQ at {self.settings.display} did not confirm {len(batch)} message(s) "
+                f"within {timeout:g} s: a memory or disk alarm blocks publishers (`rabbitmqctl "
+                "status` shows alarms); they may still arrive once it accepts them again"
             ) from None
 
     async def _route(
@@ -178,39 +196,63 @@ class AMQPBroker(Broker):
         now: float,
     ) -> Outgoing:
         """Address a message to its queue, or to the delay ladder if `eta` is ahead."""
+        if eta is None or eta <= now:
+            return self._outgoing(queue, body, priority, headers, message_id)
         topology = self.topology
-        exchange, routing_key = topology.exchange, topology.queue(queue)
-        if eta is not None and eta > now:
-            ms = math.ceil((eta - now) * 1000) + 1  # never early, whatever the rounding
-            if ms > MAX_DELAY_MS:  # longer than one pass: the consumer sends it round again
-                headers = {**headers, H_ETA: stamp(eta)}
-                ms = MAX_DELAY_MS
-            levels = delay_levels(ms)
-            await topology.ensure_delays(queue, levels)
-            exchange = topology.delay_exchange(levels[0])
-            routing_key = delay_routing_key(ms, routing_key)
+        ms = math.ceil((eta - now) * 1000) + 1  # never early, whatever the rounding
+        if ms > MAX_DELAY_MS:  # longer than one pass: the consumer sends it round again
+            headers = {**headers, H_ETA: stamp(eta)}
+            ms = MAX_DELAY_MS
+        levels = delay_levels(ms)
+        await topology.ensure_delays(queue, levels)
         properties = spec.Basic.Properties(
             delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
         )
-        return Outgoing(exchange, routing_key, body, properties)
+        routing_key = delay_routing_key(ms, topology.queue(queue))
+        return Outgoing(topology.delay_exchange(levels[0]), routing_key, body, properties)
 
-    async def _publisher_channel(self) -> aiormq.Channel:
+    def _outgoing(
+        self,
+        queue: str,
+        body: bytes,
+        priority: int | None,
+        headers: dict[str, Any],
+        message_id: str | None,
+    ) -> Outgoing:
+        """Address a message to its queue, now."""
+        properties = spec.Basic.Properties(
+            delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
+        )
+        topology = self.topology
+        return Outgoing(topology.exchange, topology.queue(queue), body, properties)
+
+    async def _pipeline(self) -> Pipeline:
+        """Return the publishing pipeline, on a new channel if its channel closed."""
+        publisher = self._publisher
+        if publisher is not None and not publisher.is_closed:
+            return publisher
         async with self._publisher_lock:
-            if self._publisher is None or self._publisher.is_closed:
-                self._publisher = await self.link.channel(confirms=True)
-            return cast(aiormq.Channel, self._publisher)
+            publisher = self._publisher
+            if publisher is None or publisher.is_closed:
+                self._publisher = None
+                if publisher is not None:
+                    await publisher.close()
+                channel = await self.link.channel(confirms=True)
+                publisher = self._publisher = Pipeline(cast(aiormq.Channel, channel))
+            return publisher
 
     async def _send(self, outgoing: Sequence[Outgoing]) -> None:
         """Publish with confirms; resend what a dropped connection left unconfirmed."""
         pending = list(outgoing)
         deadline = time.monotonic() + PUBLISH_RETRY_FOR
         while pending:
-            with self._patience(deadline):
-                channel = await self._publisher_channel()
+            pipeline = self._publisher
+            if pipeline is None or pipeline.is_closed:
+                with self._patience(deadline):
+                    pipeline = await self._pipeline()
             lost: list[Outgoing] = []
             for start in range(0, len(pending), WINDOW):
-                with self._confirms_within(len(pending) - start):
-                    lost, reason = await confirm(channel, pending[start : start + WINDOW])
+                lost, reason = await self._confirm(pipeline, pending[start : start + WINDOW])
                 if lost:
                     lost += pending[start + WINDOW :]
                     break
