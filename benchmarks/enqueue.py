@@ -42,6 +42,7 @@ import aqueue
 from aqueue import App
 
 BULK_CHUNK = 1000
+QUEUE = "bench"  # the queue the tasks go to (purged after each figure, deleted at the end)
 BROKERS = ("amqp", "redis", "sqlite")
 
 
@@ -80,8 +81,8 @@ async def _clean_amqp(url: str, prefix: str) -> None:
 
     settings = parse_amqp_url(url)
     base = f"{prefix}aqueue"
-    queues = [f"{prefix}bench", f"{base}.dead.bench"]
-    queues += [f"{base}.delay.{level}.bench" for level in range(LEVELS)]
+    queues = [f"{prefix}{QUEUE}", f"{base}.dead.{QUEUE}"]
+    queues += [f"{base}.delay.{level}.{QUEUE}" for level in range(LEVELS)]
     exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
     exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
     async with aiormq.connect(settings.aiormq_url("aqueue-bench")) as connection:
@@ -156,7 +157,7 @@ async def bulk(app: App, n: int) -> float:
 def make_app(url: str) -> App:
     app = App("bench", broker=url, backend=False, set_as_current=False)
 
-    @app.task(name="bench.noop")
+    @app.task(name="bench.noop", queue=QUEUE)
     async def noop() -> None:
         return None
 
@@ -171,13 +172,13 @@ async def one_run(name: str, args: argparse.Namespace) -> dict[str, float]:
         async with app:
             broker = await app.connection()
             await app.tasks["bench.noop"].delay()  # connects, declares the queue
-            await broker.purge(app.conf.task_default_queue)
+            await broker.purge(QUEUE)
             for flight in args.flights:
                 n = max(args.tasks // 5, flight) if flight == 1 else args.tasks
                 rates[f"c{flight}"] = await in_flight(app, n, flight)
-                await broker.purge(app.conf.task_default_queue)
+                await broker.purge(QUEUE)
             rates["bulk"] = await bulk(app, args.tasks)
-            await broker.purge(app.conf.task_default_queue)
+            await broker.purge(QUEUE)
     return rates
 
 

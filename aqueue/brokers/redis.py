@@ -43,6 +43,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .._redis import (
     SOCKET_TIMEOUT,
@@ -50,6 +51,7 @@ from .._redis import (
     RedisSettings,
     Script,
     answering,
+    broker_error,
     close_clients,
     parse_redis_url,
     redis_errors,
@@ -321,7 +323,7 @@ class RedisBroker(Broker):
                 delayed.setdefault(message.queue, []).extend((repr(message.eta), member))
             else:
                 commands.append(("XADD", keys.stream(priority), "*", "b", message.body))
-        with redis_errors(self.settings, "publishing"):
+        try:  # not `redis_errors`: every `delay()` comes this way, and a try costs nothing
             if commands:
                 for reply in await hot.execute_many(commands):
                     if isinstance(reply, Exception):
@@ -332,6 +334,8 @@ class RedisBroker(Broker):
                     for queue, args in delayed.items()
                 ]
                 await run_scripts(hot, calls)
+        except (RedisError, OSError) as exc:
+            raise broker_error(self.settings, exc, "publishing") from None
 
     # -- settling ---------------------------------------------------------------------------
 
