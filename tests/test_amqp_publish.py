@@ -1,0 +1,222 @@
+"""Concurrent publishes on RabbitMQ coalesce (`_amqp_publisher.Pipeline`), on a real RabbitMQ.
+
+Many callers share a write; each still returns once its own messages are confirmed, and gets
+the errors of its own messages only: a cancelled caller, an unroutable message, a dropped
+connection or a closed broker leave the others' messages as they were. To hold callers between
+queueing and writing, a test takes the publishing channel's lock, which the writer needs: no
+sleeping. Every test has a name prefix of its own, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import pytest
+
+from aqueue import BrokerError, OutgoingMessage
+from aqueue.brokers._amqp_publisher import Pipeline
+from aqueue.brokers.amqp import AMQPBroker
+from aqueue.drivers import create_broker
+
+from . import service_amqp
+from .conftest import service_unavailable
+from .consuming import drain
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    if reason := await service_amqp.unreachable():
+        service_unavailable(reason)
+    url = service_amqp.make_url(uuid.uuid4().hex[:10])
+    yield url
+    await service_amqp.cleanup(url)
+
+
+@pytest.fixture
+async def broker(url: str) -> AsyncIterator[AMQPBroker]:
+    broker = create_broker(url, {})
+    assert isinstance(broker, AMQPBroker)
+    async with broker:
+        yield broker
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+def message(queue: str, body: bytes) -> OutgoingMessage:
+    return OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body)
+
+
+async def pipeline(broker: AMQPBroker, queue: str) -> Pipeline:
+    """Declare `queue` and open the publishing channel; return the broker's pipeline."""
+    await broker.publish([message(queue, b"first")])
+    assert await broker.purge(queue) == 1
+    publisher = broker._publisher
+    assert publisher is not None
+    return publisher
+
+
+async def bodies(broker: AMQPBroker, queue: str) -> list[bytes]:
+    """Every message of `queue`, taken off it (acknowledged)."""
+    got = await drain(broker, [queue], credit=1000)
+    for delivery in got:
+        await delivery.ack()
+    return sorted(delivery.body for delivery in got)
+
+
+async def test_concurrent_publishes_share_writes_and_each_is_delivered_once(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    writes = publisher.writes
+    sent = [str(i).encode() for i in range(1000)]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            for body in sent:
+                group.start_soon(broker.publish, [message(queue, body)])
+    # 1,000 callers in one turn of the loop: a write or two, not 1,000.
+    assert publisher.writes - writes <= 5
+    assert await bodies(broker, queue) == sorted(sent)  # every one, once
+
+
+async def test_a_caller_cancelled_before_the_write_takes_its_message_out_of_it(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    done: list[bytes] = []
+
+    async def publish(body: bytes) -> None:
+        await broker.publish([message(queue, body)])
+        done.append(body)
+
+    with anyio.fail_after(30):
+        async with (
+            anyio.create_task_group() as group,
+            publisher.channel.lock,
+        ):  # the writer waits: callers queue up
+            scopes = {}
+            for i in range(10):
+                scope = scopes[i] = anyio.CancelScope()
+                group.start_soon(_in_scope, scope, publish, str(i).encode())
+            await anyio.wait_all_tasks_blocked()
+            scopes[3].cancel()
+            await anyio.wait_all_tasks_blocked()
+    expected = sorted(str(i).encode() for i in range(10) if i != 3)
+    assert sorted(done) == expected  # the other nine returned, confirmed
+    assert await bodies(broker, queue) == expected  # and the cancelled one was never sent
+
+
+async def test_a_caller_cancelled_while_waiting_for_its_confirm_leaves_the_others_confirmed(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    done: list[bytes] = []
+
+    async def publish(body: bytes) -> None:
+        await broker.publish([message(queue, body)])
+        done.append(body)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            scopes = {}
+            for i in range(200):
+                scope = scopes[i] = anyio.CancelScope()
+                group.start_soon(_in_scope, scope, publish, str(i).encode())
+            writes = publisher.writes
+            while publisher.writes == writes:  # until the writer wrote them: one turn
+                await anyio.wait_all_tasks_blocked()
+            scopes[7].cancel()  # written: its confirmation is read and dropped
+    assert len(done) in (199, 200)  # the 7th returned if its confirm came first
+    assert set(done) >= {str(i).encode() for i in range(200) if i != 7}
+    got = await bodies(broker, queue)
+    assert got == sorted(str(i).encode() for i in range(200))  # written: it went, once
+
+
+async def test_an_unroutable_message_fails_its_caller_alone(broker: AMQPBroker, queue: str) -> None:
+    publisher = await pipeline(broker, queue)
+    gone = f"{queue}-gone"
+    await broker.publish([message(gone, b"declared")])
+    channel = await broker.topology.admin()
+    await channel.queue_delete(broker.topology.queue(gone))  # behind the broker's back
+    outcomes: dict[bytes, str] = {}
+
+    async def publish(target: str, body: bytes) -> None:
+        try:
+            await broker.publish([message(target, body)])
+        except BrokerError as exc:
+            outcomes[body] = str(exc)
+        else:
+            outcomes[body] = "ok"
+
+    writes = publisher.writes
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group, publisher.channel.lock:  # all in one write
+            for i in range(20):
+                target = gone if i % 5 == 0 else queue
+                group.start_soon(publish, target, str(i).encode())
+            await anyio.wait_all_tasks_blocked()
+    assert publisher.writes - writes == 1
+    for i in range(20):
+        outcome = outcomes[str(i).encode()]
+        if i % 5 == 0:
+            assert "could not route" in outcome
+        else:
+            assert outcome == "ok"
+    assert await bodies(broker, queue) == sorted(str(i).encode() for i in range(20) if i % 5)
+    await broker.publish([message(queue, b"after")])  # the channel is as good as before
+    assert await bodies(broker, queue) == [b"after"]
+
+
+async def test_a_connection_lost_under_a_batch_sends_it_again_on_a_new_one(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    sent = [str(i).encode() for i in range(50)]
+    with anyio.fail_after(30):
+        async with (
+            anyio.create_task_group() as group,
+            publisher.channel.lock,
+        ):  # queued, not written
+            for body in sent:
+                group.start_soon(broker.publish, [message(queue, body)])
+            await anyio.wait_all_tasks_blocked()
+            await (await broker.link.connection()).close()
+    assert broker._publisher is not publisher  # a new channel, on a new connection
+    assert publisher.is_closed
+    assert await bodies(broker, queue) == sorted(sent)  # never written before: each once
+
+
+async def test_closing_the_broker_under_a_batch_fails_its_callers(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    failures: list[BaseException] = []
+
+    async def publish(body: bytes) -> None:
+        try:
+            await broker.publish([message(queue, body)])
+        except BrokerError as exc:
+            failures.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group, publisher.channel.lock:
+            for i in range(10):
+                group.start_soon(publish, str(i).encode())
+            await anyio.wait_all_tasks_blocked()
+            await broker.close()
+    assert len(failures) == 10
+    assert all("closed" in str(failure) for failure in failures)
+    assert publisher.is_closed
+    await broker.open()
+    assert await bodies(broker, queue) == []  # nothing was sent
+
+
+async def _in_scope(
+    scope: anyio.CancelScope, publish: Callable[[bytes], Awaitable[None]], body: bytes
+) -> None:
+    with scope:
+        await publish(body)
