@@ -22,7 +22,7 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
   and each consumer blocks on a connection of its own; redis-py serves everything else.
   Concurrent publishes coalesce there: what callers send in one turn of the event loop while
   replies are awaited goes in one write, and each caller returns on its own reply (an error
-  reply, or a connection lost while its command was in flight, fails that caller alone).
+  reply fails its caller alone; a lost connection, the callers whose commands were in flight).
   Publishes are not sent again after a lost connection: the caller gets a `BrokerError`.
 - Lost connections: the consumer retries with backoff (at most 2 s apart), and recreates the
   consumer groups and scripts a restarted Redis lost (`_redis_consumer`).
