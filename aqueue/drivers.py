@@ -70,7 +70,7 @@ def _load(table: dict[str, tuple[str, str | None]], url: str, kind: str) -> type
             raise
         raise MissingDependency(
             f"{scheme}:// needs {exc.name or 'an optional package'}: "
-            f'run pip install "aqueue[{extra}]"'
+            f'run pip install "aqueue-tasks[{extra}]"'
         ) from None
     cls: type[Any] = getattr(module, attr)
     return cls

@@ -1,6 +1,6 @@
 """aqueue in a FastAPI app, on Redis: enqueue from an endpoint, await the result in another.
 
-    pip install "aqueue[redis]" fastapi uvicorn
+    pip install "aqueue-tasks[redis]" fastapi uvicorn
     export AQUEUE_BROKER_URL=redis://localhost:6379/0
     cd examples
     aqueue worker fastapi_app:tasks_app -l INFO     # the worker, in its own process

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ENABLED = True
 
 URL = os.environ.get("AQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-MISSING = "redis-py is not installed: pip install 'aqueue[redis]'"
+MISSING = "redis-py is not installed: pip install 'aqueue-tasks[redis]'"
 
 
 def require_client_library() -> None:
