@@ -12,6 +12,7 @@ dead-letters) a version it does not know instead of guessing.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 from . import codec
 from .exceptions import MessageTooLarge, SerializationError
 
-__all__ = ["VERSION", "DeadLetterReason", "Envelope", "InvalidMessage", "OutgoingMessage"]
+__all__ = [
+    "VERSION",
+    "DeadLetterReason",
+    "Envelope",
+    "InvalidMessage",
+    "OutgoingMessage",
+    "encode_body",
+    "new_id",
+]
 
 VERSION = 1
 
@@ -53,30 +62,17 @@ class Envelope:
 
     def encode(self, max_bytes: int) -> bytes:
         """Encode the envelope, refusing arguments the codec cannot carry or a body too large."""
-        fields = {
-            "v": VERSION,
-            "id": self.id,
-            "task": self.task,
-            "args": list(self.args),
-            "kwargs": dict(self.kwargs),
-            "eta": self.eta,
-            "expires": self.expires,
-            "retries": self.retries,
-            "headers": dict(self.headers),
-        }
-        try:
-            body = codec.pack(fields, where="message")
-        except SerializationError:
-            # Encode the parts again, only on failure, so the error names the argument.
-            codec.pack(fields["args"], where="args")
-            codec.pack(fields["kwargs"], where="kwargs")
-            raise
-        if len(body) > max_bytes:
-            raise MessageTooLarge(
-                f"task {self.task} message is {len(body):,} bytes, over message_max_bytes "
-                f"({max_bytes:,}); pass a reference (a path, a URL, a key) instead of the data"
-            )
-        return body
+        return encode_body(
+            self.id,
+            self.task,
+            list(self.args),
+            dict(self.kwargs),
+            self.eta,
+            self.expires,
+            self.retries,
+            dict(self.headers),
+            max_bytes,
+        )
 
     @classmethod
     def decode(cls, body: bytes) -> Envelope:
@@ -109,6 +105,65 @@ class Envelope:
         if not _well_typed(values):
             _check_types(values)  # says what is wrong
         return cls(*values)
+
+
+def encode_body(
+    message_id: str,
+    task: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    eta: float | None,
+    expires: float | None,
+    retries: int,
+    headers: dict[str, Any],
+    max_bytes: int,
+) -> bytes:
+    """Encode an envelope from its fields (what `Envelope.encode` does, with no `Envelope`).
+
+    Every `delay()` comes this way, so it takes the list and maps the body holds as they are:
+    building an `Envelope` to encode it costs a third of the whole encoding.
+    """
+    fields = {
+        "v": VERSION,
+        "id": message_id,
+        "task": task,
+        "args": args,
+        "kwargs": kwargs,
+        "eta": eta,
+        "expires": expires,
+        "retries": retries,
+        "headers": headers,
+    }
+    try:
+        body = codec.pack(fields, where="message")
+    except SerializationError:
+        # Encode the parts again, only on failure, so the error names the argument.
+        codec.pack(args, where="args")
+        codec.pack(kwargs, where="kwargs")
+        raise
+    if len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"task {task} message is {len(body):,} bytes, over message_max_bytes "
+            f"({max_bytes:,}); pass a reference (a path, a URL, a key) instead of the data"
+        )
+    return body
+
+
+#: The hex digit of a version 4 UUID's variant (RFC 4122: 0b10xx), by a random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_id() -> str:
+    """Return a new message id: a random UUID (version 4) as `str(uuid.uuid4())` spells it.
+
+    Twice as fast as `uuid.uuid4()` (no `UUID` object): the same 122 random bits from
+    `os.urandom`, the version and variant digits set, the same 8-4-4-4-12 form.
+    """
+    digits = os.urandom(16).hex()
+    return (
+        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+        f"{_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:]}"
+    )
 
 
 def _well_typed(values: tuple[Any, ...]) -> bool:

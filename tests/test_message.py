@@ -12,7 +12,15 @@ import pytest
 
 from aqueue import MessageTooLarge, SerializationError
 from aqueue.codec import pack
-from aqueue.message import VERSION, Envelope, InvalidMessage, _check_types, _well_typed
+from aqueue.message import (
+    VERSION,
+    Envelope,
+    InvalidMessage,
+    _check_types,
+    _well_typed,
+    encode_body,
+    new_id,
+)
 
 BIG = 1 << 20
 
@@ -240,3 +248,26 @@ def test_the_fast_type_check_agrees_with_the_field_table(index: int, value: obje
     else:
         accepted = True
     assert _well_typed(tuple(values)) is accepted
+
+
+def test_new_ids_are_random_uuids_spelled_as_uuid4s_are() -> None:
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for each in ids[:1000]:
+        parsed = uuid.UUID(each)
+        assert str(parsed) == each  # lowercase, 8-4-4-4-12
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every variant digit comes up: the random bits reach it.
+    assert {each[19] for each in ids} == set("89ab")
+
+
+def test_encode_body_is_what_an_envelope_encodes() -> None:
+    envelope = Envelope(
+        id="i", task="t", args=(1, "x"), kwargs={"k": [2]}, eta=5.0, retries=2, headers={"h": 1}
+    )
+    body = encode_body("i", "t", [1, "x"], {"k": [2]}, 5.0, None, 2, {"h": 1}, BIG)
+    assert body == envelope.encode(BIG)
+    assert Envelope.decode(body) == Envelope(
+        id="i", task="t", args=[1, "x"], kwargs={"k": [2]}, eta=5.0, retries=2, headers={"h": 1}
+    )
