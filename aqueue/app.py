@@ -6,7 +6,6 @@ import datetime as dt
 import importlib
 import inspect
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -32,7 +31,7 @@ from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .drivers import create_backend, create_broker
 from .exceptions import ConfigurationError, NotRegistered
-from .message import Envelope, OutgoingMessage
+from .message import Envelope, OutgoingMessage, encode_body, new_id
 from .routing import route
 from .task import AsyncTask, SyncTask, Task, TaskOptionArgs, TaskOptions
 from .urls import redact, scheme_of
@@ -225,6 +224,16 @@ class App:
         headers: Mapping[str, Any] | None = None,
     ) -> _result.AsyncResult[Any]:
         """Send a task by name (it need not be registered in this process)."""
+        if not (
+            task_id
+            or countdown is not None
+            or eta is not None
+            or expires is not None
+            or queue
+            or priority is not None
+            or headers
+        ):
+            return await self._send_plain(name, args or (), kwargs or {})
         (result,) = await self.send_many(
             name,
             [(args or (), kwargs or {})],
@@ -264,7 +273,7 @@ class App:
         messages: list[OutgoingMessage] = []
         for index, (args, kwargs) in enumerate(calls):
             envelope = Envelope(
-                id=task_ids[index] if task_ids else str(uuid.uuid4()),
+                id=task_ids[index] if task_ids else new_id(),
                 task=name,
                 args=list(args),
                 kwargs=dict(kwargs),
@@ -287,6 +296,37 @@ class App:
             _result.AsyncResult(message.id, self, task_name=name, ignored=ignored)
             for message in messages
         ]
+
+    async def _send_plain(
+        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> _result.AsyncResult[Any]:
+        """Send one invocation with no call options, as every `delay()` does.
+
+        `send_many`'s work for one message, without the option handling and the lists.
+        """
+        broker = self._broker
+        if broker is None or self._state != "open":
+            broker = await self.connection()
+        task = self._tasks.get(name)
+        message_id = new_id()
+        args, kwargs = list(args), dict(kwargs)
+        backend = self._backend
+        body = encode_body(
+            message_id,
+            name,
+            args,
+            kwargs,
+            None,
+            None,
+            0,
+            dict(backend.message_headers()) if backend is not None else {},
+            self.conf.message_max_bytes,
+        )
+        queue = self._queue_for(task, name, args, kwargs, None)
+        priority = self._priority_for(task, None)
+        await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
+        ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
+        return _result.AsyncResult(message_id, self, task_name=name, ignored=ignored)
 
     def _queue_for(
         self,

@@ -300,7 +300,7 @@ class Task(Generic[P, R]):
 
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> _result.AsyncResult[R]:
         """Send the task to a worker with these arguments; return its result handle."""
-        return await self.apply_async(args, kwargs)
+        return await self.app.send_task(self.name, args, kwargs)
 
     async def apply_async(
         self,

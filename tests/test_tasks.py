@@ -327,6 +327,54 @@ async def test_delay_sends_args_and_kwargs(new_app: NewApp) -> None:
     assert result.task_name == task.name
 
 
+async def test_delay_sends_what_apply_async_with_every_option_given_sends(
+    new_app: NewApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # delay() takes a path of its own (no options to resolve): the same message either way.
+    routed: list[tuple[Any, Any]] = []
+
+    def router(name: str, args: Any, kwargs: Any, options: Any) -> str | None:
+        routed.append((args, kwargs))
+        return "routed" if name.endswith("urgent") else None
+
+    app = new_app(task_routes=router, task_default_priority=3, task_ignore_result=True)
+    backend = await app.result_backend()
+    assert backend is not None
+    monkeypatch.setattr(backend, "message_headers", lambda: {"reply_to": "here"})
+    sent = await capture_publishes(app, monkeypatch)
+    plain = app.task(add)
+    urgent = app.task(name="urgent", priority=8, queue="own", ignore_result=False)(add)
+    other = app.task(name="other", queue="own")(add)
+    for task in (plain, urgent, other):
+        by_delay = await task.delay(1, y=2)
+        by_options = await task.apply_async((1,), {"y": 2}, headers={"extra": 1})
+        assert (by_delay.task_name, by_delay._ignored) == (
+            by_options.task_name,
+            by_options._ignored,
+        )
+    assert [(m.queue, m.priority, m.eta) for m in sent[::2]] == [
+        ("default", 3, None),
+        ("routed", 8, None),
+        ("own", 3, None),
+    ]
+    assert [(m.queue, m.priority, m.eta) for m in sent[::2]] == [
+        (m.queue, m.priority, m.eta) for m in sent[1::2]
+    ]
+    assert routed == [([1], {"y": 2})] * 6  # the router sees the same arguments
+    envelopes = await take_envelopes(app) + await take_envelopes(app, "routed")
+    envelopes += await take_envelopes(app, "own")
+    for by_delay, by_options in zip(envelopes[::2], envelopes[1::2], strict=True):
+        assert by_delay.headers == {"reply_to": "here"}
+        assert by_options.headers == {"reply_to": "here", "extra": 1}
+        assert by_delay.id != by_options.id
+        assert (by_delay.task, by_delay.args, by_delay.kwargs) == (
+            by_options.task,
+            by_options.args,
+            by_options.kwargs,
+        )
+        assert (by_delay.eta, by_delay.expires, by_delay.retries) == (None, None, 0)
+
+
 async def test_apply_async_with_task_id_and_headers(new_app: NewApp) -> None:
     app = new_app()
     task = app.task(add)
