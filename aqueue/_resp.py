@@ -53,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 if TYPE_CHECKING:
     from ._redis import RedisSettings
 
-__all__ = ["RespClient", "encode_command"]
+__all__ = ["RespClient", "encode_bulk", "encode_command", "encode_head"]
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -78,6 +78,20 @@ def encode_command(args: Sequence[Any]) -> bytes:
             raise TypeError(f"a Redis argument must be str, bytes, int or float, not {arg!r}")
         parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
     return b"".join(parts)
+
+
+def encode_head(args: Sequence[Any], count: int) -> bytes:
+    """Return the start of a command of `count` arguments, the first of which are `args`.
+
+    For a command sent often with only its last arguments changing: its head is encoded once,
+    and each call adds `encode_bulk` of each remaining argument.
+    """
+    return b"*%d\r\n" % count + encode_command(args).partition(b"\r\n")[2]
+
+
+def encode_bulk(value: bytes) -> bytes:
+    """Return one argument of a command (a bulk string), to follow `encode_head`."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 _BY_CODE: dict[str, type[RedisError]] = {
@@ -133,6 +147,23 @@ class _Protocol(asyncio.Protocol):
         futures = [self.loop.create_future() for _ in range(count)]
         idle = not self.pending
         self.pending.extend((future, deadline) for future in futures)
+        self._write(data, deadline, idle=idle)
+        return futures
+
+    def send_one(self, data: bytes) -> asyncio.Future[Any]:
+        """Write one command; return the future of its reply (`send` without the lists)."""
+        if self.lost is not None or self.transport is None:
+            raise self.lost or RedisConnectionError("the connection is closed")
+        deadline = self.loop.time() + self.timeout if self.timeout else 0.0
+        future = self.loop.create_future()
+        idle = not self.pending
+        self.pending.append((future, deadline))
+        self._write(data, deadline, idle=idle)
+        return future
+
+    def _write(self, data: bytes, deadline: float, *, idle: bool) -> None:
+        """Write now if nothing was in flight, else with the rest of this turn (`flush`)."""
+        assert self.transport is not None  # checked by the callers
         if idle:  # nothing in flight: no company to wait for
             self.transport.write(data)
         else:
@@ -141,7 +172,6 @@ class _Protocol(asyncio.Protocol):
                 self.flushing = self.loop.call_soon(self.flush)
         if self.timer is None and deadline:
             self.timer = self.loop.call_at(deadline, self._check_deadline)
-        return futures
 
     def flush(self) -> None:
         """Write what was sent this turn of the loop, in one system call."""
@@ -240,6 +270,28 @@ class RespClient:
         data = b"".join(encode_command(command) for command in commands)
         replies = await _replies(protocol, protocol.send(data, len(commands)))
         return [_error(r) if type(r) is ResponseError else r for r in replies]
+
+    async def execute_encoded(self, data: bytes) -> Any:
+        """Run one command encoded already; return its reply, an error reply as its exception.
+
+        `execute_many` for one command (every `delay()` on Redis is one XADD), without the
+        lists: the caller encodes it (`encode_head` once, `encode_bulk` per call).
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connected()
+        future = protocol.send_one(data)
+        try:
+            if protocol.writable is not None:
+                await asyncio.shield(protocol.writable)
+            reply = await future
+        except BaseException:
+            if not future.done():  # its reply is dropped as it comes
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # seen
+            raise
+        return _error(reply) if type(reply) is ResponseError else reply
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """Run a loaded Lua script (as redis-py's `evalsha`)."""

@@ -156,3 +156,31 @@ async def test_a_connection_lost_under_a_batch_fails_those_callers_and_the_next_
     got = await bodies(broker, queue)
     assert b"before" in got
     assert b"after" in got
+
+
+async def test_one_ready_message_goes_to_the_stream_of_its_priority(url: str, queue: str) -> None:
+    broker = create_broker(url, {})
+    assert isinstance(broker, RedisBroker)
+    async with broker:
+        for priority in (0, 7, 7, 12, -3):  # out of range: clamped, as for many messages
+            await broker.publish(
+                [OutgoingMessage(id="m", queue=queue, body=b"p%d" % priority, priority=priority)]
+            )
+        keys = broker.keys(queue)
+        lengths = [await broker._hot_path().execute("XLEN", keys.stream(p)) for p in range(10)]
+        assert lengths == [2, 0, 0, 0, 0, 0, 0, 2, 0, 1]
+        assert await bodies(broker, queue) == [b"p-3", b"p0", b"p12", b"p7", b"p7"]
+
+
+async def test_a_refused_xadd_of_one_message_is_a_broker_error(url: str, queue: str) -> None:
+    broker = create_broker(url, {})
+    assert isinstance(broker, RedisBroker)
+    async with broker:
+        hot = broker._hot_path()
+        stream = broker.keys(queue).stream(0)
+        await hot.execute("SET", stream, "not a stream")
+        with pytest.raises(BrokerError, match="while publishing: ResponseError: WRONGTYPE"):
+            await broker.publish([message(queue, b"refused")])
+        await hot.execute("DEL", stream)
+        await broker.publish([message(queue, b"accepted")])  # the connection is in step
+        assert await bodies(broker, queue) == [b"accepted"]

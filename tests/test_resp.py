@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: E402
 
 from aqueue import App, Worker  # noqa: E402
 from aqueue._redis import parse_redis_url  # noqa: E402
-from aqueue._resp import RespClient, encode_command  # noqa: E402
+from aqueue._resp import RespClient, encode_bulk, encode_command, encode_head  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 from .test_redis_processes import STEP, RedisServer, free_port, spawn  # noqa: E402
@@ -166,6 +166,16 @@ def test_encode_command_refuses_other_types(bad: Any) -> None:
         encode_command(["SET", "k", bad])
 
 
+def test_a_head_and_its_last_arguments_make_the_whole_command() -> None:
+    head = encode_head(("XADD", "stream", "*", "b"), 5)
+    assert head + encode_bulk(b"a\r\nbody") == encode_command(
+        ("XADD", "stream", "*", "b", b"a\r\nbody")
+    )
+    assert encode_head(("SET",), 3) + encode_bulk(b"k") + encode_bulk(b"") == encode_command(
+        ("SET", "k", b"")
+    )
+
+
 # -- one connection, pipelined --------------------------------------------------------------
 
 
@@ -262,6 +272,20 @@ async def test_execute_many_returns_replies_in_order_with_errors_in_place(
     assert await client.execute_many([("ECHO", "a"), ("ECHO", "b")]) == [b"a", b"b"]
 
 
+async def test_execute_encoded_returns_the_reply_or_the_error_reply_as_an_exception(
+    shared_url: str, clients: Clients
+) -> None:
+    client = clients.resp(shared_url)
+    text = key(shared_url, "text")
+    assert await client.execute_encoded(encode_command(("SET", text, "not a number"))) == b"OK"
+    reply = await client.execute_encoded(encode_command(("INCR", text)))
+    assert type(reply) is ResponseError  # returned, as execute_many does, not raised
+    assert "not an integer" in str(reply)
+    reply = await client.execute_encoded(encode_command(("EVALSHA", "0" * 40, 0)))
+    assert type(reply) is NoScriptError
+    assert await client.execute_encoded(encode_command(("GET", text))) == b"not a number"
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 
@@ -290,7 +314,7 @@ async def test_error_replies_raise_what_redis_py_raises(shared_url: str, clients
 # -- cancellation, timeouts, lost connections -----------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["execute", "execute_many"])
+@pytest.mark.parametrize("how", ["execute", "execute_many", "execute_encoded"])
 async def test_a_cancelled_caller_leaves_the_connection_in_step(
     shared_url: str, clients: Clients, how: str
 ) -> None:
@@ -300,6 +324,8 @@ async def test_a_cancelled_caller_leaves_the_connection_in_step(
     first = await client.execute("CLIENT", "ID")  # open: the next command is written at once
     if how == "execute":
         blocked = await started(client.execute("BLPOP", waiting, 0))
+    elif how == "execute_encoded":
+        blocked = await started(client.execute_encoded(encode_command(("BLPOP", waiting, 0))))
     else:
         commands = [("ECHO", "before"), ("BLPOP", waiting, 0), ("ECHO", "after")]
         blocked = await started(client.execute_many(commands))

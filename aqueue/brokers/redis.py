@@ -63,7 +63,7 @@ from .._redis import (
 )
 from .._redis_mailbox import Channels, RedisMailbox
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
-from .._resp import RespClient
+from .._resp import RespClient, encode_bulk, encode_head
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
@@ -216,6 +216,8 @@ class RedisBroker(Broker):
         #: Publishes, claims and acks (the hot path), on a lean connection (`aqueue._resp`).
         self._hot: RespClient | None = None
         self._keys: dict[str, QueueKeys] = {}
+        #: The encoded start of the XADD of a ready message, by queue and priority (`_add`).
+        self._xadd: dict[tuple[str, int], bytes] = {}
         self._channels: Channels | None = None
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
@@ -315,6 +317,9 @@ class RedisBroker(Broker):
         """Add the messages in one round trip: ready ones to their streams, others delayed."""
         if not messages:
             return
+        if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
+            await self._add(messages[0])
+            return
         hot = self._hot_path()
         now = time.time()
         delayed: dict[str, list[Any]] = {}
@@ -340,6 +345,21 @@ class RedisBroker(Broker):
                 await run_scripts(hot, calls)
         except (RedisError, OSError) as exc:
             raise broker_error(self.settings, exc, "publishing") from None
+
+    async def _add(self, message: OutgoingMessage) -> None:
+        """Add one ready message to its stream: one XADD, its head encoded once per stream."""
+        hot = self._hot_path()
+        priority = min(max(int(message.priority), 0), 9)
+        head = self._xadd.get((message.queue, priority))
+        if head is None:
+            stream = self.keys(message.queue).stream(priority)
+            head = self._xadd[message.queue, priority] = encode_head(("XADD", stream, "*", "b"), 5)
+        try:
+            reply = await hot.execute_encoded(head + encode_bulk(message.body))
+        except (RedisError, OSError) as exc:
+            raise broker_error(self.settings, exc, "publishing") from None
+        if isinstance(reply, Exception):
+            raise broker_error(self.settings, reply, "publishing")
 
     # -- settling ---------------------------------------------------------------------------
 
