@@ -13,10 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import pamqp.frame
 import pytest
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from aqueue import BrokerError, OutgoingMessage
-from aqueue.brokers._amqp_publisher import Pipeline
+from aqueue.brokers._amqp_publisher import Outgoing, Pipeline, _Encoder
 from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
 
@@ -220,3 +224,39 @@ async def _in_scope(
 ) -> None:
     with scope:
         await publish(body)
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        spec.Basic.Properties(
+            delivery_mode=2, priority=5, headers={"n": 1, "s": "\u00e9t\u00e9"}, message_id="id"
+        ),
+        spec.Basic.Properties(delivery_mode=2, headers={}),
+        spec.Basic.Properties(headers=None, message_id=""),
+        spec.Basic.Properties(content_type="text/plain", delivery_mode=2, message_id="m"),
+    ],
+    ids=["aqueue's", "empty headers", "none", "another property"],
+)
+@pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 350])
+def test_the_frames_of_a_message_are_those_pamqp_marshals(
+    properties: spec.Basic.Properties, size: int
+) -> None:
+    encoder = _Encoder(number=3, max_content_size=100)
+    body = bytes(i % 256 for i in range(size))
+    frames = [
+        spec.Basic.Publish(exchange="ex", routing_key="key", mandatory=True),
+        ContentHeader(properties=properties, body_size=len(body)),
+        *(ContentBody(body[at : at + 100]) for at in range(0, len(body), 100)),
+    ]
+    expected = b"".join(pamqp.frame.marshal(frame, 3) for frame in frames)
+    for _ in range(2):  # the publish frame encoded, then kept
+        assert encoder.message(Outgoing("ex", "key", body, properties)) == expected
+
+
+def test_the_publish_frames_kept_are_bounded() -> None:
+    encoder = _Encoder(number=1, max_content_size=1000)
+    properties = spec.Basic.Properties(delivery_mode=2)
+    for i in range(3000):  # a routing key per delay, say
+        encoder.message(Outgoing("ex", f"key-{i}", b"x", properties))
+    assert 0 < len(encoder.publish_frames) <= 1024
