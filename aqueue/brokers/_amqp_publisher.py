@@ -105,17 +105,17 @@ class _Encoder:
     def content_header(self, properties: spec.Basic.Properties, body_size: int) -> bytes:
         """Return a content header frame, as pamqp marshals it."""
         p = properties
-        if not (
-            p.content_type is None
-            and p.content_encoding is None
-            and p.correlation_id is None
-            and p.reply_to is None
-            and p.expiration is None
-            and p.timestamp is None
-            and p.message_type is None
-            and p.user_id is None
-            and p.app_id is None
-            and p.cluster_id is None
+        if (  # pamqp leaves out None and "" (the default cluster_id): so does this
+            p.content_type
+            or p.content_encoding
+            or p.correlation_id
+            or p.reply_to
+            or p.expiration
+            or p.timestamp
+            or p.message_type
+            or p.user_id
+            or p.app_id
+            or p.cluster_id
         ):
             header = ContentHeader(properties=p, body_size=body_size)
             return pamqp.frame.marshal(header, self.number)
