@@ -262,3 +262,32 @@ def test_the_publish_frames_kept_are_bounded() -> None:
     for i in range(3000):  # a routing key per delay, say
         encoder.message(Outgoing("ex", f"key-{i}", b"x", properties))
     assert 0 < len(encoder.publish_frames) <= 1024
+
+
+async def test_callers_not_confirmed_within_publish_timeout_fail_and_their_messages_stay_unsent(
+    url: str, queue: str
+) -> None:
+    broker = create_broker(url, {"publish_timeout": 0.3})
+    assert isinstance(broker, AMQPBroker)
+    async with broker:
+        publisher = await pipeline(broker, queue)
+        failures: list[str] = []
+
+        async def publish(body: bytes) -> None:
+            try:
+                await broker.publish([message(queue, body)])
+            except BrokerError as exc:
+                failures.append(str(exc))
+
+        with anyio.fail_after(30):
+            async with (
+                publisher.channel.lock,  # the writer waits: nothing is written
+                anyio.create_task_group() as group,
+            ):
+                for i in range(3):
+                    group.start_soon(publish, str(i).encode())
+            # One timer for the three: each caller failed at its own deadline.
+            assert len(failures) == 3
+            assert all("did not confirm 1 message(s) within 0.3 s" in f for f in failures)
+            await broker.publish([message(queue, b"after")])  # the pipeline goes on
+        assert await bodies(broker, queue) == [b"after"]  # the timed-out were never written

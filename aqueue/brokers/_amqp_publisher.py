@@ -149,7 +149,7 @@ class _Encoder:
 class _Submission:
     """One caller's messages: their confirmations, and the future the caller waits on."""
 
-    __slots__ = ("confirmations", "done", "error", "items", "left")
+    __slots__ = ("confirmations", "deadline", "done", "error", "items", "left", "timed_out")
 
     def __init__(self, items: Sequence[Outgoing], done: asyncio.Future[None]) -> None:
         self.items = items
@@ -157,6 +157,8 @@ class _Submission:
         self.confirmations: list[asyncio.Future[object]] = []
         self.left = len(items)
         self.error: BaseException | None = None  # its messages could not be encoded
+        self.deadline = 0.0  # loop time; 0: none
+        self.timed_out = False
 
     def settled(self, channel: aiormq.Channel, message_id: str, tag: int, _: object) -> None:
         """One message was confirmed, refused or lost (a done callback of its confirmation)."""
@@ -179,10 +181,16 @@ class _Submission:
 class Pipeline:
     """Publishes on one confirming channel, coalescing concurrent callers (see the module)."""
 
-    def __init__(self, channel: aiormq.Channel) -> None:
+    def __init__(self, channel: aiormq.Channel, timeout: float = 0.0) -> None:
+        """`timeout`: how long `confirm` waits for confirmations (0: as long as it takes)."""
         self.channel = channel
+        self.timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._queued: deque[_Submission] = deque()
+        #: The submissions with a deadline, oldest first (so, as all share the timeout, the
+        #: first deadline first); one timer, at the first deadline, for all of them.
+        self._timed: deque[_Submission] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._wakeup = asyncio.Event()
         self._closed: BaseException | None = None
         #: How many writes it made (each one system call at most): for tests and benchmarks.
@@ -201,7 +209,8 @@ class Pipeline:
         """Publish `batch` (mandatory, confirmed).
 
         Return what a closed channel left unconfirmed, and why the channel closed. An unroutable
-        message or a negative confirmation raises `BrokerError`.
+        message or a negative confirmation raises `BrokerError`; no confirmation of every
+        message within `timeout`, `TimeoutError` (those not written yet are not).
         """
         submission = _Submission(batch, self._loop.create_future())
         if self.is_closed:
@@ -209,13 +218,48 @@ class Pipeline:
         else:
             self._queued.append(submission)
             self._wakeup.set()
-        await submission.done  # cancelled: it is dropped if not written yet
+            if self.timeout:
+                self._time(submission)
+        try:
+            await submission.done  # cancelled: it is dropped if not written yet
+        finally:
+            timed = self._timed
+            while timed and timed[0].done.done():  # let go of those answered
+                timed.popleft()
+        if submission.timed_out:
+            raise TimeoutError
         return _outcome(submission)
+
+    def _time(self, submission: _Submission) -> None:
+        """Give `submission` its deadline; the timer runs at the first of them."""
+        submission.deadline = self._loop.time() + self.timeout
+        self._timed.append(submission)
+        if self._timer is None:
+            self._timer = self._loop.call_at(submission.deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Time out the submissions past their deadline (their callers raise TimeoutError)."""
+        self._timer = None
+        timed, now = self._timed, self._loop.time()
+        while timed:
+            submission = timed[0]
+            if submission.done.done():
+                timed.popleft()
+            elif submission.deadline <= now:
+                timed.popleft()
+                submission.timed_out = True  # not written yet: `_take` leaves it out
+                submission.done.set_result(None)
+            else:
+                self._timer = self._loop.call_at(submission.deadline, self._expire)
+                return
 
     async def close(self) -> None:
         """Stop the writer; messages queued and not written are left to their callers."""
         if self._closed is None:
             self._closed = aiormq.exceptions.ChannelInvalidStateError("the publisher was closed")
+        if self._timer is not None:  # callers still waiting fail with the channel
+            self._timer.cancel()
+            self._timer = None
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
 

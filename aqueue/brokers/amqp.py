@@ -45,7 +45,6 @@ queue that already exists with other arguments is used as it is (with a warning)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -139,6 +138,12 @@ class AMQPBroker(Broker):
         """Publish persistent messages and return once RabbitMQ confirmed all of them."""
         if not messages:
             return
+        if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
+            m = messages[0]
+            if self.topology.ready((m.queue,)):
+                at = {H_AT: stamp(time.time())}
+                await self._send((self._outgoing(m.queue, m.body, m.priority, at, m.id),))
+                return
         queues = dict.fromkeys(m.queue for m in messages)
         now = time.time()
         at = {H_AT: stamp(now)}
@@ -171,14 +176,13 @@ class AMQPBroker(Broker):
     ) -> tuple[list[Outgoing], BaseException | None]:
         """Publish through the pipeline; fail if nothing is confirmed for `publish_timeout` s.
 
-        An asyncio timeout, not an anyio cancel scope: this is every `delay()`'s path, and
-        RabbitMQ's client is asyncio's anyway.
+        The pipeline keeps the time (one timer for every caller, not a cancel scope each):
+        this is every `delay()`'s path.
         """
-        timeout = self.settings.publish_timeout
         try:
-            async with asyncio.timeout(timeout or None):  # 0: wait as long as it takes
-                return await pipeline.confirm(batch)
+            return await pipeline.confirm(batch)
         except TimeoutError:
+            timeout = self.settings.publish_timeout
             raise BrokerError(
                 f"RabbitMQ at {self.settings.display} did not confirm {len(batch)} message(s) "
                 f"within {timeout:g} s: a memory or disk alarm blocks publishers (`rabbitmqctl "
@@ -238,24 +242,28 @@ class AMQPBroker(Broker):
                 if publisher is not None:
                     await publisher.close()
                 channel = await self.link.channel(confirms=True)
-                publisher = self._publisher = Pipeline(cast(aiormq.Channel, channel))
+                publisher = self._publisher = Pipeline(
+                    cast(aiormq.Channel, channel), self.settings.publish_timeout
+                )
             return publisher
 
     async def _send(self, outgoing: Sequence[Outgoing]) -> None:
         """Publish with confirms; resend what a dropped connection left unconfirmed."""
-        pending = list(outgoing)
+        pending = outgoing
         deadline = time.monotonic() + PUBLISH_RETRY_FOR
         while pending:
             pipeline = self._publisher
             if pipeline is None or pipeline.is_closed:
                 with self._patience(deadline):
                     pipeline = await self._pipeline()
-            lost: list[Outgoing] = []
-            for start in range(0, len(pending), WINDOW):
-                lost, reason = await self._confirm(pipeline, pending[start : start + WINDOW])
-                if lost:
-                    lost += pending[start + WINDOW :]
-                    break
+            if len(pending) <= WINDOW:  # one window (every `delay()`): no slicing
+                lost, reason = await self._confirm(pipeline, pending)
+            else:
+                for start in range(0, len(pending), WINDOW):
+                    lost, reason = await self._confirm(pipeline, pending[start : start + WINDOW])
+                    if lost:
+                        lost += pending[start + WINDOW :]
+                        break
             pending = lost
             if not pending:
                 return
