@@ -1,7 +1,7 @@
 """How fast does one process enqueue? `delay()` calls in flight at once, and `delay_many`.
 
     python benchmarks/enqueue.py [--brokers amqp,redis,sqlite] [--tasks 10000] [--repeat 5]
-                                 [--flights 1,10,100,1000] [--loop asyncio|uvloop]
+                                 [--flights 1,10,100,1000] [--loop asyncio|uvloop] [--taskiq]
                                  [--amqp-url URL] [--redis-url URL] [--json FILE]
 
 For each broker, each run opens an app (results off), sends one warm-up task, then times:
@@ -10,6 +10,10 @@ For each broker, each run opens an app (results off), sends one warm-up task, th
   noop.delay()` one after the other, `--tasks` calls in all (a fifth of them at `c` = 1,
   which is the slowest); the clock runs from the first call to the last confirmation;
 - `bulk`: the same number of tasks through `noop.delay_many`, 1,000 a call, one call at a time.
+
+With `--taskiq` (`pip install taskiq-aio-pika`), each run also times taskiq-aio-pika's `kiq()`
+the same way on the same RabbitMQ (its default broker: publisher confirms, persistent
+messages), so that the last line compares aqueue with it at 100 in flight, run by run.
 
 After each figure the queue is purged, so every figure starts on an empty queue. The runs are
 interleaved (run 1 of every broker, then run 2 ...) so that noise on a shared machine hits
@@ -56,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    parser.add_argument(
+        "--taskiq", action="store_true", help="also time taskiq-aio-pika on the same RabbitMQ"
+    )
     args = parser.parse_args(argv)
     args.brokers = [name.strip() for name in args.brokers.split(",") if name.strip()]
     unknown = set(args.brokers) - set(BROKERS)
@@ -74,17 +81,22 @@ def _with_query(url: str, **query: str) -> str:
 
 
 async def _clean_amqp(url: str, prefix: str) -> None:
-    import aiormq
-
-    from aqueue._amqp import parse_amqp_url
     from aqueue.brokers._amqp_topology import LEVELS
 
-    settings = parse_amqp_url(url)
     base = f"{prefix}aqueue"
     queues = [f"{prefix}{QUEUE}", f"{base}.dead.{QUEUE}"]
     queues += [f"{base}.delay.{level}.{QUEUE}" for level in range(LEVELS)]
     exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
     exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
+    await _delete_amqp(url, queues, exchanges)
+
+
+async def _delete_amqp(url: str, queues: list[str], exchanges: list[str]) -> None:
+    import aiormq
+
+    from aqueue._amqp import parse_amqp_url
+
+    settings = parse_amqp_url(url)
     async with aiormq.connect(settings.aiormq_url("aqueue-bench")) as connection:
         channel = await connection.channel()
         for queue in queues:
@@ -182,6 +194,50 @@ async def one_run(name: str, args: argparse.Namespace) -> dict[str, float]:
     return rates
 
 
+# -- taskiq-aio-pika, the same way ------------------------------------------------------------
+
+
+async def taskiq_run(args: argparse.Namespace) -> dict[str, float]:
+    """taskiq-aio-pika's `kiq()`, `c` in flight, under names of the run's own (deleted after)."""
+    from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
+
+    prefix = f"aqbench-enq-{uuid.uuid4().hex[:8]}-"
+    queues = [f"{prefix}taskiq", f"{prefix}taskiq.dead_letter", f"{prefix}taskiq.delay"]
+    broker = AioPikaBroker(
+        url=args.amqp_url,
+        exchange=Exchange(name=f"{prefix}taskiq"),
+        task_queues=[Queue(name=queues[0])],
+        dead_letter_queue=Queue(name=queues[1]),
+        delay_queue=Queue(name=queues[2]),
+    )
+
+    async def body() -> None:
+        return None
+
+    task = broker.task(task_name="bench.noop")(body)
+    rates: dict[str, float] = {}
+    await broker.startup()
+    try:
+        await task.kiq()
+        for flight in args.flights:
+            n = max(args.tasks // 5, flight) if flight == 1 else args.tasks
+            shares = [n // flight + (1 if index < n % flight else 0) for index in range(flight)]
+
+            async def sender(count: int) -> None:
+                for _ in range(count):
+                    await task.kiq()
+
+            started = time.perf_counter()
+            async with asyncio.TaskGroup() as group:
+                for count in shares:
+                    group.create_task(sender(count))
+            rates[f"c{flight}"] = n / (time.perf_counter() - started)
+    finally:
+        await broker.shutdown()
+        await _delete_amqp(args.amqp_url, queues, [f"{prefix}taskiq"])
+    return rates
+
+
 # -- the report --------------------------------------------------------------------------------
 
 
@@ -208,14 +264,22 @@ def report(args: argparse.Namespace, samples: dict[str, list[dict[str, float]]])
         ratios = [run["c100"] / run["bulk"] for run in runs if "c100" in run and "bulk" in run]
         ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
         lines.append(f"| {name} | " + " | ".join(values) + f" | {ratio} |")
+    peer, ours = samples.get("taskiq-aio-pika"), samples.get("amqp")
+    if peer and ours:
+        pairs = zip(ours, peer, strict=True)
+        versus = [a["c100"] / b["c100"] for a, b in pairs if "c100" in a and "c100" in b]
+        if versus:
+            lines += ["", f"aqueue (amqp) / taskiq-aio-pika at 100 in flight, median of the "
+                      f"runs' ratios: {statistics.median(versus):.2f}"]  # fmt: skip
     return "\n".join(lines)
 
 
 async def main(args: argparse.Namespace) -> None:
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in args.brokers}
+    names = [*args.brokers, *(["taskiq-aio-pika"] if args.taskiq else [])]
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for run in range(args.repeat):
-        for name in args.brokers:
-            rates = await one_run(name, args)
+        for name in names:
+            rates = await (taskiq_run(args) if name == "taskiq-aio-pika" else one_run(name, args))
             samples[name].append(rates)
             shown = ", ".join(f"{key} {value:,.0f}" for key, value in rates.items())
             print(f"run {run + 1}/{args.repeat} {name:6}: {shown}", flush=True)
