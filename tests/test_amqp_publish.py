@@ -219,6 +219,35 @@ async def test_closing_the_broker_under_a_batch_fails_its_callers(
     assert await bodies(broker, queue) == []  # nothing was sent
 
 
+async def test_a_channel_closed_under_written_messages_fails_their_callers(
+    broker: AMQPBroker, queue: str
+) -> None:
+    publisher = await pipeline(broker, queue)
+    admin = await broker.link.channel(confirms=False)
+    failures: list[str] = []
+
+    async def publish(body: bytes) -> None:
+        try:
+            await broker.publish([message(queue, body)])
+        except BrokerError as exc:
+            failures.append(str(exc))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:  # noqa: SIM117 (unlocked, then awaited)
+            async with publisher.channel.lock:  # queued, to go in one write
+                for i in range(10):
+                    group.start_soon(publish, str(i).encode())
+                await anyio.wait_all_tasks_blocked()
+                # Behind the topology's back: RabbitMQ closes the channel at the first message,
+                # and never confirms the others, written with it.
+                await admin.exchange_delete(broker.topology.exchange)
+    assert len(failures) == 10  # every caller heard of it; none waits for ever
+    assert all("NOT_FOUND" in failure for failure in failures)
+    assert publisher.is_closed
+    await broker.publish([message(queue, b"after")])  # declared again, on a new channel
+    assert await bodies(broker, queue) == [b"after"]
+
+
 async def _in_scope(
     scope: anyio.CancelScope, publish: Callable[[bytes], Awaitable[None]], body: bytes
 ) -> None:

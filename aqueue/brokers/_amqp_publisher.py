@@ -3,12 +3,13 @@
 Every publish of a broker goes through one `Pipeline`, on the broker's confirming channel. A
 caller queues its messages and waits for their confirmations; the pipeline's writer task takes
 everything queued since its last write and writes the frames of all of it in one buffer (one
-system call), registering a confirmation future per message on aiormq's own bookkeeping (the
+system call), registering a confirmation per message on aiormq's own bookkeeping (the
 channel's `delivery_tag`, `confirmations` and `message_id_delivery_tag`, so confirms, nacks and
-returns resolve them as for `basic_publish`). It does not wait for confirmations between
-writes, and never waits for company: a lone message is written as soon as the writer runs;
-messages queued while it writes (or while the connection's frame buffer is full) go together
-in its next write. So 100 concurrent `delay()` calls cost a few writes, not 100.
+returns resolve them as for `basic_publish`; `_Confirmation` says why it is not a future). It
+does not wait for confirmations between writes, and never waits for company: a lone message
+is written as soon as the writer runs; messages queued while it writes (or while the
+connection's frame buffer is full) go together in its next write. So 100 concurrent `delay()`
+calls cost a few writes, not 100.
 
 Each caller gets the outcome of its own messages only: a return (unroutable) or a nack fails
 that caller; a channel that closes leaves the messages it did not confirm to their callers,
@@ -21,12 +22,12 @@ when the channel closed).
 from __future__ import annotations
 
 import asyncio
-import functools
 import struct
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import aiormq
 import pamqp.frame
@@ -146,6 +147,58 @@ class _Encoder:
         return b"".join([self.message(item) for item in items])
 
 
+class _Confirmation:
+    """One message's confirmation, where aiormq's channel keeps a future per delivery tag.
+
+    aiormq settles `channel.confirmations[tag]` with `set_result` (an ack) or `set_exception`
+    (a nack, a return), having asked `done()` (and `cancelled()`): this object answers those
+    calls, and settles its message in its submission there and then. A future there would cost
+    three callbacks scheduled on the loop per message (two of aiormq's future store, one to
+    settle); as this is in no store, the pipeline fails those left when the channel closes.
+    """
+
+    __slots__ = ("channel", "error", "message_id", "settled", "submission", "tag")
+
+    def __init__(
+        self, submission: _Submission, channel: aiormq.Channel | None, message_id: str, tag: int
+    ) -> None:
+        self.submission = submission
+        self.channel = channel  # None: never registered (see `_Submission.fail`)
+        self.message_id = message_id
+        self.tag = tag
+        self.settled = False
+        self.error: BaseException | None = None  # None once settled: confirmed
+
+    def done(self) -> bool:
+        """Whether it was settled (asked by aiormq before it settles it)."""
+        return self.settled
+
+    def cancelled(self) -> bool:
+        """Never: a caller that goes away leaves its confirmations to be read and dropped."""
+        return False
+
+    def set_result(self, _: object) -> None:
+        """Settle it as confirmed (aiormq: an ack)."""
+        self._settle(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        """Settle it as refused (aiormq: a nack or a return) or lost (the channel closed)."""
+        self._settle(error)
+
+    def _settle(self, error: BaseException | None) -> None:
+        if self.settled:
+            return
+        self.settled, self.error = True, error
+        if self.channel is not None:
+            tags = self.channel.message_id_delivery_tag  # kept by aiormq to match returns
+            if tags.get(self.message_id) == self.tag:
+                del tags[self.message_id]
+        submission = self.submission
+        submission.left -= 1
+        if not submission.left and not submission.done.done():
+            submission.done.set_result(None)
+
+
 class _Submission:
     """One caller's messages: their confirmations, and the future the caller waits on."""
 
@@ -154,26 +207,18 @@ class _Submission:
     def __init__(self, items: Sequence[Outgoing], done: asyncio.Future[None]) -> None:
         self.items = items
         self.done = done  # cancelled: the caller went away
-        self.confirmations: list[asyncio.Future[object]] = []
+        self.confirmations: list[_Confirmation] = []
         self.left = len(items)
         self.error: BaseException | None = None  # its messages could not be encoded
         self.deadline = 0.0  # loop time; 0: none
         self.timed_out = False
 
-    def settled(self, channel: aiormq.Channel, message_id: str, tag: int, _: object) -> None:
-        """One message was confirmed, refused or lost (a done callback of its confirmation)."""
-        if channel.message_id_delivery_tag.get(message_id) == tag:
-            del channel.message_id_delivery_tag[message_id]  # kept by aiormq to match returns
-        self.left -= 1
-        if not self.left and not self.done.done():
-            self.done.set_result(None)
-
-    def fail(self, reason: BaseException, loop: asyncio.AbstractEventLoop) -> None:
-        """Mark every message as not sent (the caller sends them again)."""
+    def fail(self, reason: BaseException) -> None:
+        """Mark every message not written as not sent (the caller sends them again)."""
         for _ in self.items[len(self.confirmations) :]:
-            future: asyncio.Future[object] = loop.create_future()
-            future.set_exception(reason)
-            self.confirmations.append(future)
+            confirmation = _Confirmation(self, None, "", 0)
+            confirmation.settled, confirmation.error = True, reason
+            self.confirmations.append(confirmation)
         if not self.done.done():
             self.done.set_result(None)
 
@@ -196,6 +241,7 @@ class Pipeline:
         #: How many writes it made (each one system call at most): for tests and benchmarks.
         self.writes = 0
         self._encoder = _Encoder(channel.number, channel.max_content_size)
+        channel.closing.add_done_callback(self._channel_closed)
         self._writer = self._loop.create_task(self._run(), name="aqueue amqp publisher")
 
     @property
@@ -214,7 +260,7 @@ class Pipeline:
         """
         submission = _Submission(batch, self._loop.create_future())
         if self.is_closed:
-            submission.fail(self._closed or _channel_closed(), self._loop)
+            submission.fail(self._closed or _channel_closed())
         else:
             self._queued.append(submission)
             self._wakeup.set()
@@ -276,7 +322,7 @@ class Pipeline:
         finally:
             self._closed = self._closed or _channel_closed()
             for submission in [*batch, *self._queued]:
-                submission.fail(self._closed, self._loop)
+                submission.fail(self._closed)
             self._queued.clear()
 
     def _take(self) -> list[_Submission]:
@@ -298,7 +344,7 @@ class Pipeline:
             batch = [s for s in batch if not s.done.done()]  # callers gone while it waited
             if channel.is_closed:
                 for submission in batch:
-                    submission.fail(_channel_closed(), self._loop)
+                    submission.fail(_channel_closed())
                 return
             first = channel.delivery_tag
             payloads: list[bytes] = []
@@ -307,7 +353,7 @@ class Pipeline:
                     payloads.append(self._encoder.payload(submission.items))
                 except Exception as exc:  # refused by the encoder: this caller's alone
                     submission.error = exc
-                    submission.fail(exc, self._loop)
+                    submission.fail(exc)
                     continue
                 for item in submission.items:
                     self._register(submission, item)
@@ -329,11 +375,10 @@ class Pipeline:
         message_id = item.properties.message_id or ""
         channel.delivery_tag += 1
         tag = channel.delivery_tag
-        future = channel.create_future()
-        channel.confirmations[tag] = future
+        confirmation = _Confirmation(submission, channel, message_id, tag)
+        channel.confirmations[tag] = cast("asyncio.Future[Any]", confirmation)  # see the class
         channel.message_id_delivery_tag[message_id] = tag
-        future.add_done_callback(functools.partial(submission.settled, channel, message_id, tag))
-        submission.confirmations.append(future)
+        submission.confirmations.append(confirmation)
 
     def _unregister(self, batch: list[_Submission], first: int, exc: BaseException) -> None:
         channel = self.channel
@@ -342,9 +387,16 @@ class Pipeline:
         channel.delivery_tag = first
         reason = exc if isinstance(exc, Exception) else _channel_closed()
         for submission in batch:
-            for future in submission.confirmations:
-                if not future.done():
-                    future.set_exception(reason)
+            for confirmation in submission.confirmations:
+                confirmation.set_exception(reason)  # unless settled
+
+    def _channel_closed(self, closing: asyncio.Future[Any]) -> None:
+        """Fail the confirmations the channel left when it closed (as aiormq fails futures)."""
+        reason = None if closing.cancelled() else closing.exception()
+        reason = reason or _channel_closed()
+        for confirmation in list(self.channel.confirmations.values()):
+            if isinstance(confirmation, _Confirmation):
+                confirmation.set_exception(reason)  # unless settled
 
 
 def _channel_closed() -> BaseException:
@@ -359,8 +411,8 @@ def _outcome(submission: _Submission) -> tuple[list[Outgoing], BaseException | N
         ) from submission.error
     lost: list[Outgoing] = []
     reason: BaseException | None = None
-    for item, future in zip(submission.items, submission.confirmations, strict=True):
-        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+    for item, confirmation in zip(submission.items, submission.confirmations, strict=True):
+        error = confirmation.error if confirmation.settled else _channel_closed()
         if isinstance(error, aiormq.exceptions.PublishError):
             raise BrokerError(
                 f"RabbitMQ could not route a message to {item.routing_key!r} "
