@@ -144,6 +144,8 @@ class _Encoder:
         for item in items:
             if not item.properties.message_id:  # aiormq maps returns by message id
                 item.properties.message_id = uuid.uuid4().hex
+        if len(items) == 1:  # a `delay()`
+            return self.message(items[0])
         return b"".join([self.message(item) for item in items])
 
 

@@ -124,6 +124,10 @@ class Topology:
         """Whether everything under `keys` is declared on the current connection."""
         return self._generation == self.link.generation and all(k in self._done for k in keys)
 
+    def ready_one(self, key: str) -> bool:
+        """`ready` for one key (every `delay()` asks)."""
+        return self._generation == self.link.generation and key in self._done
+
     async def _admin(self) -> AbstractChannel:
         if self._channel is None or self._channel.is_closed:
             self._channel = await self.link.channel(confirms=False)

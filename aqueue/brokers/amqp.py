@@ -140,7 +140,7 @@ class AMQPBroker(Broker):
             return
         if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
             m = messages[0]
-            if self.topology.ready((m.queue,)):
+            if self.topology.ready_one(m.queue):
                 at = {H_AT: stamp(time.time())}
                 await self._send((self._outgoing(m.queue, m.body, m.priority, at, m.id),))
                 return
