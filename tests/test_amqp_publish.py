@@ -20,6 +20,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from aqueue import BrokerError, OutgoingMessage
+from aqueue.brokers import amqp
 from aqueue.brokers._amqp_publisher import Outgoing, Pipeline, _Encoder
 from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
@@ -320,3 +321,16 @@ async def test_callers_not_confirmed_within_publish_timeout_fail_and_their_messa
             assert all("did not confirm 1 message(s) within 0.3 s" in f for f in failures)
             await broker.publish([message(queue, b"after")])  # the pipeline goes on
         assert await bodies(broker, queue) == [b"after"]  # the timed-out were never written
+
+
+async def test_a_publish_larger_than_a_window_goes_in_windows(
+    broker: AMQPBroker, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = await pipeline(broker, queue)
+    monkeypatch.setattr(amqp, "WINDOW", 3)
+    writes = publisher.writes
+    sent = [str(i).encode() for i in range(10)]
+    with anyio.fail_after(30):
+        await broker.publish([message(queue, body) for body in sent])
+    assert publisher.writes - writes == 4  # 3 + 3 + 3 + 1, each confirmed before the next
+    assert await bodies(broker, queue) == sorted(sent)
