@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import os
+import threading
 import uuid
+import warnings
 from typing import Any
 
 import msgpack
@@ -13,6 +16,7 @@ import pytest
 from aqueue import MessageTooLarge, SerializationError
 from aqueue.codec import pack
 from aqueue.message import (
+    ID_BATCH,
     VERSION,
     Envelope,
     InvalidMessage,
@@ -271,3 +275,38 @@ def test_encode_body_is_what_an_envelope_encodes() -> None:
     assert Envelope.decode(body) == Envelope(
         id="i", task="t", args=[1, "x"], kwargs={"k": [2]}, eta=5.0, retries=2, headers={"h": 1}
     )
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    new_id()  # the parent holds ids made and not handed out yet
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of forking with threads (pytest-timeout's)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            os.write(write, " ".join(new_id() for _ in range(ID_BATCH)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    os.waitpid(child, 0)
+    ours = {new_id() for _ in range(ID_BATCH)}
+    assert len(theirs) == ID_BATCH
+    assert not ours & theirs  # without the reset, the child hands out the parent's next ids
+
+
+def test_threads_never_get_the_same_id() -> None:
+    got: list[list[str]] = [[] for _ in range(4)]
+
+    def take(into: list[str]) -> None:
+        into.extend(new_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in got]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [each for into in got for each in into]
+    assert len(set(every)) == len(every) == 20_000
