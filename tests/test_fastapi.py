@@ -21,7 +21,7 @@ from .test_redis_processes import Lines, spawn
 pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (the test extra)")
 httpx = pytest.importorskip("httpx", reason="the FastAPI example test needs httpx")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_loops]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
