@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import re
 import sys
 import textwrap
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import aqueue
 from aqueue import App, Settings
 from aqueue.exceptions import ConfigurationError
 from aqueue.loader import load_app
@@ -248,3 +250,17 @@ async def test_unmarked_tests_run_on_asyncio_by_default(request: pytest.FixtureR
 def test_app_keyword_sets_worker_loop() -> None:
     app = App("x", broker="memory://", set_as_current=False, worker_loop="asyncio")
     assert app.conf.worker_loop == "asyncio"
+
+
+def test_no_code_checks_transport_classes() -> None:
+    """uvloop's transports implement asyncio's interfaces without subclassing them: code that
+    asks `isinstance(t, asyncio.Transport)` breaks on uvloop (it broke every Redis connection)."""
+    package = Path(aqueue.__file__).parent
+    check = re.compile(r"isinstance\([^)]*\b(asyncio\.)?\w*(Transport|Protocol)\b\s*\)")
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if check.search(line)
+    ]
+    assert offenders == []
