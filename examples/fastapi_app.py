@@ -3,8 +3,8 @@
     pip install "aqueue-tasks[redis,uvloop]" fastapi "uvicorn[standard]"
     export AQUEUE_BROKER_URL=redis://localhost:6379/0
     cd examples
-    aqueue worker fastapi_app:tasks_app -l INFO                  # the worker, its own process
-    uvicorn fastapi_app:api --timeout-graceful-shutdown 5         # the web app
+    aqueue worker fastapi_app:tasks_app -l INFO            # the worker, in its own process
+    uvicorn fastapi_app:api --timeout-graceful-shutdown 5  # the web app
 
     curl -X POST localhost:8000/add -H 'content-type: application/json' -d '{"x": 2, "y": 3}'
     curl 'localhost:8000/tasks/<task_id>/result?timeout=5'
