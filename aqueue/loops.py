@@ -2,8 +2,9 @@
 
 `auto` (the default, the `worker_loop` setting) is uvloop when it is installed
 (`pip install "aqueue-tasks[uvloop]"`) and the stock asyncio loop otherwise. aqueue works the
-same on both; uvloop is faster. An app that runs its own loop (uvicorn, `asyncio.run`) keeps
-it: this only chooses the loop of the `aqueue worker` command.
+same on both; uvloop costs less CPU where tasks wait on timers and sockets
+(`benchmarks/worker_cpu.py --loop` measures it). An app that runs its own loop (uvicorn,
+`asyncio.run`) keeps it: this only chooses the loop of the `aqueue worker` command.
 """
 
 from __future__ import annotations
