@@ -1,0 +1,92 @@
+"""Hostile or corrupt input, on every driver: the worker refuses it with a reason and goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+
+from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker
+from aqueue.codec import MAX_DEPTH
+
+from .conftest import MakeApp
+
+
+async def burst(app: App) -> Worker:
+    worker = Worker(app, burst=True)
+    with anyio.fail_after(30):
+        await worker.run()
+    return worker
+
+
+def nested_tuples(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+def deep_envelope(task: str, depth: int) -> bytes:
+    """An envelope whose one argument is `depth` tuples nested, written byte by byte."""
+    data = msgpack.packb(1)
+    for _ in range(depth - 1):
+        data = msgpack.packb(msgpack.ExtType(7, b"\x91" + data))  # a tuple of one
+    envelope = {
+        "v": 1,
+        "id": "deep-1",
+        "task": task,
+        "args": [msgpack.ExtType(7, b"\x91" + data)],
+        "kwargs": {},
+        "eta": None,
+        "expires": None,
+        "retries": 0,
+        "headers": {},
+    }
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+async def test_a_message_nested_too_deep_is_dead_lettered_on_its_first_delivery(
+    make_app: MakeApp,
+) -> None:
+    # 200 tuples deep: before MAX_DEPTH, msgpack's C decoder overflowed the stack (exit 139).
+    app = make_app()
+
+    @app.task
+    async def echo(value: Any) -> Any:
+        return value
+
+    broker = await app.connection()
+    await broker.publish(
+        [OutgoingMessage(id="deep-1", queue="default", body=deep_envelope(echo.name, 200))]
+    )
+    good = await echo.delay(2)
+    worker = await burst(app)
+    assert await good.get(timeout=5) == 2
+    letters = await broker.dead_letters("default")
+    assert [(letter.reason, letter.detail) for letter in letters] == [
+        ("undecodable", f"undecodable msgpack: extension types nested over {MAX_DEPTH} deep")
+    ]
+    assert worker.stats()["refused"] == 1  # one delivery, refused at once
+
+
+async def test_too_deep_is_refused_at_delay_and_at_result_store(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.task
+    async def deep(depth: int) -> Any:
+        return nested_tuples(depth)
+
+    @app.task
+    async def echo(value: Any) -> Any:
+        return value
+
+    with pytest.raises(SerializationError, match=r"^args nests tuples.* more than 32 deep"):
+        await echo.delay(nested_tuples(MAX_DEPTH + 1))
+    fine = await deep.delay(MAX_DEPTH)
+    too_deep = await deep.delay(MAX_DEPTH + 1)
+    await burst(app)
+    assert await fine.get(timeout=5) == nested_tuples(MAX_DEPTH)
+    with pytest.raises(TaskError, match=r"SerializationError: result nests tuples.* 32 deep"):
+        await too_deep.get(timeout=5)
