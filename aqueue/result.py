@@ -66,7 +66,9 @@ class ResultMeta:
     def decode(cls, payload: bytes) -> ResultMeta:
         """Decode what `encode` made."""
         data = codec.unpack(payload)
-        return cls(**{key: data.get(key) for key in cls.__slots__ if key in data})
+        if not isinstance(data, dict):
+            raise ValueError(f"stored result is a msgpack {type(data).__name__}, not a map")
+        return cls(**{key: data[key] for key in cls.__slots__ if key in data})
 
     @classmethod
     def failure(cls, task: str, exc: BaseException, traceback: str | None) -> ResultMeta:

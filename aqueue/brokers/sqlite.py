@@ -6,6 +6,11 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
+No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before
+may hold a TEXT priority or due, or an INTEGER body. A claim checks the type of every column it
+reads, and a consumer about to sleep looks for non-numeric times (an index range, `>= ''`); a
+bad row is dead-lettered at once as `undecodable`, saying which column is wrong.
+
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
@@ -15,6 +20,7 @@ Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (defaul
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -25,7 +31,7 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders, sql_type
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
@@ -54,7 +60,8 @@ SCHEMA = (
         lease_until REAL,
         lease_token TEXT,
         deliveries INTEGER NOT NULL DEFAULT 0
-    )""",
+    )"""
+    + STRICT,
     # Waiting messages, in claim order; leased ones are left out of it.
     """CREATE INDEX IF NOT EXISTS aqueue_messages_ready
         ON aqueue_messages (queue, priority DESC, id) WHERE lease_until IS NULL""",
@@ -70,7 +77,8 @@ SCHEMA = (
         reason TEXT NOT NULL,
         detail TEXT NOT NULL,
         at REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
 )
@@ -83,7 +91,14 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
+# Times that are not numbers: TEXT and BLOB sort after every number, from '' on (the indexes
+# above serve these ranges); such a row would never be due, and `min()` of it raised.
+_BAD_TIMES = """SELECT id, 'due', due FROM aqueue_messages
+    WHERE queue = ? AND lease_until IS NULL AND due >= '' LIMIT 100"""
+_BAD_LEASES = """SELECT id, 'lease_until', lease_until FROM aqueue_messages
+    WHERE queue = ? AND lease_until >= '' LIMIT 100"""
 _BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
+_UNDECODABLE = DeadLetterReason.UNDECODABLE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +121,19 @@ class _Claim:
 def _candidates(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
 ) -> list[int]:
-    rows: list[tuple[int, int]] = []
+    """Return the ids to claim: the best `limit` rows, and any whose priority is no integer.
+
+    A TEXT priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`.
+    """
+    rows: list[tuple[int, Any]] = []
     for queue in queues:
         rows += conn.execute(_READY, (queue, now, limit)).fetchall()
         rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    bad = [row[0] for row in rows if type(row[1]) is not int]
+    if bad:
+        rows = [row for row in rows if type(row[1]) is int]
     rows.sort(key=lambda row: (-row[1], row[0]))
-    return [row[0] for row in rows[:limit]]
+    return bad + [row[0] for row in rows[:limit]]
 
 
 def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
@@ -124,6 +146,50 @@ def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
     return min(times, default=None)
 
 
+def _bury_rows(conn: sqlite3.Connection, faults: dict[int, str], now: float) -> int:
+    """Dead-letter rows by id as undecodable, each with what is wrong with it; say how many."""
+    rows = conn.execute(
+        f"DELETE FROM aqueue_messages WHERE id IN ({placeholders(len(faults))}) "
+        "RETURNING id, queue, body",
+        list(faults),
+    ).fetchall()
+    conn.executemany(
+        _BURY,
+        [
+            (
+                str(queue),
+                body if type(body) is bytes else str(body).encode(),
+                _UNDECODABLE,
+                f"corrupt row {id_}: {faults[id_]}",
+                now,
+            )
+            for id_, queue, body in rows
+        ],
+    )
+    return len(rows)
+
+
+def _bad_times(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> int:
+    """Dead-letter rows whose due or lease time is not a number; say how many."""
+    faults: dict[int, str] = {}
+    for queue in queues:
+        for sql in (_BAD_TIMES, _BAD_LEASES):
+            for id_, column, value in conn.execute(sql, (queue,)):
+                faults[id_] = f"its {column} is {sql_type(value)}, not a REAL"
+    return _bury_rows(conn, faults, now) if faults else 0
+
+
+def _fault(priority: Any, body: Any, deliveries: Any) -> str | None:
+    """Say what is wrong with a claimed row's columns, if anything."""
+    if type(priority) is not int:
+        return f"its priority is {sql_type(priority)}, not an INTEGER"
+    if type(body) is not bytes:
+        return f"its body is {sql_type(body)}, not a BLOB"
+    if type(deliveries) is not int:
+        return f"its deliveries is {sql_type(deliveries)}, not an INTEGER"
+    return None
+
+
 def _claim(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float, max_deliveries: int
 ) -> _Claim:
@@ -131,7 +197,8 @@ def _claim(
     with immediate(conn):
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now))
+            buried = _bad_times(conn, queues, now)
+            return _Claim([], buried, None if buried else _next_at(conn, queues, now))
         token = uuid.uuid4().hex
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
@@ -139,7 +206,13 @@ def _claim(
             "RETURNING id, queue, priority, body, deliveries",
             (now + lease, token, *ids),
         ).fetchall()
-        claimed = [_Claimed(id_, queue, pri, body, n, token) for id_, queue, pri, body, n in rows]
+        faults = {row[0]: fault for row in rows if (fault := _fault(*row[2:]))}
+        corrupt = _bury_rows(conn, faults, now) if faults else 0
+        claimed = [
+            _Claimed(id_, queue, pri, body, n, token)
+            for id_, queue, pri, body, n in rows
+            if id_ not in faults
+        ]
         dead = [message for message in claimed if message.deliveries > max_deliveries]
         if dead:
             conn.execute(
@@ -156,7 +229,7 @@ def _claim(
             )
     live = [message for message in claimed if message.deliveries <= max_deliveries]
     live.sort(key=lambda message: (-message.priority, message.id))
-    return _Claim(live, len(dead), None)
+    return _Claim(live, len(dead) + corrupt, None)
 
 
 def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> None:
@@ -221,12 +294,19 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
 
 
 def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(
-        "SELECT queue, body, reason, detail, at FROM aqueue_dead_letters "
-        "WHERE queue = ? ORDER BY id LIMIT ?",
+    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
+        "SELECT queue, CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at "
+        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
         (queue, limit),
     ).fetchall()
-    return [DeadLetter(*row) for row in rows]
+    return [
+        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at))
+        for _, body, reason, detail, at in rows
+    ]
+
+
+def _time(value: Any) -> float:
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 class _SQLiteDelivery(Delivery):
