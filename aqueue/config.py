@@ -20,6 +20,7 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from .exceptions import ConfigurationError, UnknownSetting
+from .urls import redact_text
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
 
@@ -72,6 +73,11 @@ class Settings:
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
     worker_tune_gc: bool = True
+
+    def __repr__(self) -> str:
+        """Every setting, with the password of any URL among them shown as `***`."""
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_ORDER)
+        return redact_text(f"{type(self).__name__}({shown})")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:
@@ -135,7 +141,8 @@ class Settings:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+_FIELD_ORDER = tuple(field.name for field in dataclasses.fields(Settings))
+_FIELDS = frozenset(_FIELD_ORDER)
 
 
 def unknown_setting(name: str) -> UnknownSetting:
