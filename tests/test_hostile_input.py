@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -10,6 +11,7 @@ import pytest
 
 from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker
 from aqueue.codec import MAX_DEPTH
+from aqueue.result import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 
 from .conftest import MakeApp
 
@@ -90,3 +92,45 @@ async def test_too_deep_is_refused_at_delay_and_at_result_store(make_app: MakeAp
     assert await fine.get(timeout=5) == nested_tuples(MAX_DEPTH)
     with pytest.raises(TaskError, match=r"SerializationError: result nests tuples.* 32 deep"):
         await too_deep.get(timeout=5)
+
+
+class Huge(Exception):
+    """An exception type of the user's own (not a builtin): it comes back as a TaskError."""
+
+
+async def test_an_error_of_a_megabyte_is_stored_cut_to_size_and_logged_once_cut(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the caller got a SerializationError (over result_max_bytes) instead of the
+    # error, and the worker log wrote the megabyte twice.
+    app = make_app()
+    text = "h" * 500_000 + "t" * 500_000
+
+    @app.task
+    async def builtin_error() -> None:
+        raise ValueError(text)
+
+    @app.task
+    async def own_error() -> None:
+        raise Huge(text)
+
+    first, second = await builtin_error.delay(), await own_error.delay()
+    with caplog.at_level(logging.ERROR, logger="aqueue.worker"):
+        await burst(app)
+    with pytest.raises(ValueError, match=r"^h+ \.\.\. \[") as builtin:  # the type is kept
+        await first.get(timeout=5)
+    message = str(builtin.value)
+    assert len(message) < MAX_MESSAGE_CHARS + 100
+    assert message.startswith("h" * (MAX_MESSAGE_CHARS // 2) + " ... [")
+    assert message.endswith("characters cut] ... " + "t" * (MAX_MESSAGE_CHARS // 2))
+    assert f"[{len(text) - MAX_MESSAGE_CHARS:,} characters cut]" in message
+    with pytest.raises(TaskError) as own:
+        await second.get(timeout=5)
+    assert own.value.type_name == f"{__name__}.Huge"
+    assert len(own.value.message) < MAX_MESSAGE_CHARS + 100
+    assert own.value.remote_traceback is not None
+    assert len(own.value.remote_traceback) < MAX_TRACEBACK_CHARS + 100
+    assert "Traceback (most recent call last)" in own.value.remote_traceback
+    logged = [record.getMessage() for record in caplog.records if "raised" in record.msg]
+    assert len(logged) == 2
+    assert all(len(line) < MAX_TRACEBACK_CHARS + 1000 for line in logged)
