@@ -9,11 +9,13 @@ import anyio
 import msgpack
 import pytest
 
-from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker
+from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker, codec
 from aqueue.codec import MAX_DEPTH
+from aqueue.control import RATE_LIMIT_PREFIX
 from aqueue.result import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 
 from .conftest import MakeApp
+from .contract.test_mailbox import MAILBOX_DRIVERS
 
 
 async def burst(app: App) -> Worker:
@@ -134,3 +136,35 @@ async def test_an_error_of_a_megabyte_is_stored_cut_to_size_and_logged_once_cut(
     logged = [record.getMessage() for record in caplog.records if "raised" in record.msg]
     assert len(logged) == 2
     assert all(len(line) < MAX_TRACEBACK_CHARS + 1000 for line in logged)
+
+
+async def test_a_bad_stored_rate_limit_is_ignored_not_fatal(
+    make_app: MakeApp, broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: a stored NaN ran as a rate; garbage bytes or a list killed the worker at start.
+    if not broker_url.startswith(MAILBOX_DRIVERS):
+        pytest.skip("this driver has no mailbox")
+    app = make_app()
+    names = []
+    for index in range(4):
+
+        @app.task(name=f"tests.limited{index}")
+        async def limited() -> int:
+            return 1
+
+        names.append(limited.name)
+    mailbox = (await app.connection()).mailbox()
+    stored = [b"\xc1 not msgpack", codec.pack(float("nan")), codec.pack([1]), codec.pack("2/s")]
+    for name, value in zip(names, stored, strict=True):
+        await mailbox.put(RATE_LIMIT_PREFIX + name, value)
+    with caplog.at_level(logging.WARNING, logger="aqueue.worker"):
+        async with anyio.create_task_group() as group:
+            worker: Worker = await group.start(Worker(app).run)
+            assert worker.rate_limits == {names[3]: "2/s"}  # the one good setting
+            result = await app.tasks[names[1]].delay()
+            assert await result.get(timeout=10) == 1
+            worker.stop()
+    ignored = [r.getMessage() for r in caplog.records if "Ignored the stored rate" in r.msg]
+    assert len(ignored) == 3
+    for name in names:
+        await mailbox.delete(RATE_LIMIT_PREFIX + name)
