@@ -205,6 +205,4 @@ def find_unpackable(value: object, path: str) -> str | None:
         _packb(value)
     except (_Unpackable, OverflowError):
         return path
-    except _TooDeep:
-        return None  # not this value's type: `pack` says it is too deep
     return None
