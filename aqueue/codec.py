@@ -10,12 +10,18 @@ Nothing else is accepted: there is no pickle and no way for a message to name a 
 and its type.
 
 An extension whose payload is msgpack itself (tuple, set, frozenset, timedelta) is decoded by a
-nested call of msgpack's C decoder, and each such call takes tens of kilobytes of C stack: a
-tuple nested 200 deep (900 bytes) overflowed it and killed the process. So extension payloads
-nest at most `MAX_DEPTH` deep: `pack` refuses deeper values, and `unpack` counts the depth
-before each nested call (every level has its own `ext_hook`) and refuses deeper input with a
-`ValueError`, never recursing past the limit. Lists and maps nest in one call, on msgpack's own
-bounded heap stack, so they do not count.
+nested call of msgpack's decoder, and `msgpack.unpackb` keeps its state (about 45 KB) on the C
+stack: a tuple nested 200 deep (900 bytes) overflowed it and killed the process. So:
+
+- extension payloads nest at most `MAX_DEPTH` deep: `pack` refuses deeper values, and `unpack`
+  counts the depth before each nested call (every level has its own `ext_hook`) and refuses
+  deeper input with a `ValueError`, never recursing past the limit;
+- past the first `_STACK_LEVELS` levels, payloads are decoded by a `msgpack.Unpacker`, whose
+  state is on the heap, so that even `MAX_DEPTH` levels fit a thread with a small stack
+  (512 KB; tests/test_codec.py checks it). The shallow levels, the common case, keep the
+  faster `unpackb`.
+
+Lists and maps nest in one call, on msgpack's own bounded stack, so they do not count.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ ALLOWED_TYPES = (
 
 #: How deep extension payloads (tuple, set, frozenset, timedelta) may nest in one value.
 MAX_DEPTH = 32
+#: Nesting levels decoded by `msgpack.unpackb` (C stack) before `msgpack.Unpacker` (heap).
+_STACK_LEVELS = 3
 
 _TOO_DEEP = (
     f"nests tuples, sets, frozensets or timedeltas more than {MAX_DEPTH} deep "
@@ -126,7 +134,9 @@ def _decode_ext(depth: int, code: int, data: bytes) -> object:
     if build is not None:
         if depth >= MAX_DEPTH:  # checked before the nested call, not by the C stack
             raise ValueError(f"undecodable msgpack: extension types nested over {MAX_DEPTH} deep")
-        return build(_unpackb(data, depth + 1))
+        if depth < _STACK_LEVELS:
+            return build(_unpackb(data, depth + 1))
+        return build(_unpack_on_heap(data, depth + 1))
     decoder = _SCALAR_DECODERS.get(code)
     if decoder is None:
         raise ValueError(f"unknown msgpack extension type {code}")
@@ -146,6 +156,18 @@ def _packb(value: object, depth: int = 0) -> bytes:
 
 def _unpackb(data: bytes, depth: int = 0) -> Any:
     return msgpack.unpackb(data, ext_hook=_DECODERS[depth], raw=False, strict_map_key=False)
+
+
+def _unpack_on_heap(data: bytes, depth: int) -> Any:
+    """Decode one value as `_unpackb` does, keeping the decoder's state off the C stack."""
+    unpacker = msgpack.Unpacker(
+        ext_hook=_DECODERS[depth], raw=False, strict_map_key=False, max_buffer_size=len(data)
+    )
+    unpacker.feed(data)
+    value = unpacker.unpack()
+    if unpacker.tell() != len(data):
+        raise ValueError("undecodable msgpack: extra data after an extension's value")
+    return value
 
 
 _ENCODE_TOP = _ENCODERS[0]

@@ -513,3 +513,49 @@ def test_the_decoder_refuses_input_one_level_past_the_limit(code: int) -> None:
     unpack(raw_nesting(MAX_DEPTH, code))
     with pytest.raises(ValueError, match=r"^undecodable msgpack: extension types nested over 32"):
         unpack(raw_nesting(MAX_DEPTH + 1, code))
+
+
+_SMALL_STACK_PROBE = """
+import threading
+from aqueue import codec
+
+value = 1
+for level in range(codec.MAX_DEPTH):
+    value = (value,) if level % 2 else frozenset({value})
+data = codec.pack(value)
+out = []
+
+def decode():
+    out.append(codec.unpack(data) == value)
+
+threading.stack_size(512 * 1024)
+thread = threading.Thread(target=decode)
+thread.start()
+thread.join()
+print(out)
+"""
+
+
+def test_max_depth_decodes_in_a_thread_with_a_small_stack() -> None:
+    # msgpack.unpackb keeps ~45 KB of state on the C stack per level: 32 levels of it
+    # overflowed a 1 MB thread stack. Past the first levels the state is on the heap.
+    done = subprocess.run(
+        [sys.executable, "-c", _SMALL_STACK_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "[True]"), done.stderr[-2000:]
+
+
+def test_trailing_bytes_in_a_deep_payload_are_refused() -> None:
+    data = msgpack.packb(1)
+    for level in range(6):  # the deeper levels are decoded on the heap
+        extra = b"\x00" if level == 0 else b""
+        data = msgpack.packb(msgpack.ExtType(7, b"\x91" + data + extra))
+    with pytest.raises(ValueError, match=r"^undecodable msgpack: extra data after an extension"):
+        unpack(data)
+    inner = msgpack.packb(1)
+    for level in range(6):
+        inner = msgpack.packb(
+            msgpack.ExtType(7, b"\x92" + inner if level == 0 else b"\x91" + inner)
+        )
+    with pytest.raises(ValueError, match=r"\S"):  # an array of 2 holding 1 value, deep down
+        unpack(inner)
