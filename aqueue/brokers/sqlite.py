@@ -6,10 +6,8 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
-No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before
-may hold a TEXT priority or due, or an INTEGER body. A claim checks the type of every column it
-reads, and a consumer about to sleep looks for non-numeric times (an index range, `>= ''`); a
-bad row is dead-lettered at once as `undecodable`, saying which column is wrong.
+No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before may
+hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad row at once.
 
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
@@ -31,7 +29,7 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders, sql_type
+from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
@@ -39,6 +37,7 @@ from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
+from ._sqlite_rows import bad_times, bury_rows, fault
 
 __all__ = ["SQLiteBroker"]
 
@@ -91,14 +90,7 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
-# Times that are not numbers: TEXT and BLOB sort after every number, from '' on (the indexes
-# above serve these ranges); such a row would never be due, and `min()` of it raised.
-_BAD_TIMES = """SELECT id, 'due', due FROM aqueue_messages
-    WHERE queue = ? AND lease_until IS NULL AND due >= '' LIMIT 100"""
-_BAD_LEASES = """SELECT id, 'lease_until', lease_until FROM aqueue_messages
-    WHERE queue = ? AND lease_until >= '' LIMIT 100"""
 _BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
-_UNDECODABLE = DeadLetterReason.UNDECODABLE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,50 +138,6 @@ def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
     return min(times, default=None)
 
 
-def _bury_rows(conn: sqlite3.Connection, faults: dict[int, str], now: float) -> int:
-    """Dead-letter rows by id as undecodable, each with what is wrong with it; say how many."""
-    rows = conn.execute(
-        f"DELETE FROM aqueue_messages WHERE id IN ({placeholders(len(faults))}) "
-        "RETURNING id, queue, body",
-        list(faults),
-    ).fetchall()
-    conn.executemany(
-        _BURY,
-        [
-            (
-                str(queue),
-                body if type(body) is bytes else str(body).encode(),
-                _UNDECODABLE,
-                f"corrupt row {id_}: {faults[id_]}",
-                now,
-            )
-            for id_, queue, body in rows
-        ],
-    )
-    return len(rows)
-
-
-def _bad_times(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> int:
-    """Dead-letter rows whose due or lease time is not a number; say how many."""
-    faults: dict[int, str] = {}
-    for queue in queues:
-        for sql in (_BAD_TIMES, _BAD_LEASES):
-            for id_, column, value in conn.execute(sql, (queue,)):
-                faults[id_] = f"its {column} is {sql_type(value)}, not a REAL"
-    return _bury_rows(conn, faults, now) if faults else 0
-
-
-def _fault(priority: Any, body: Any, deliveries: Any) -> str | None:
-    """Say what is wrong with a claimed row's columns, if anything."""
-    if type(priority) is not int:
-        return f"its priority is {sql_type(priority)}, not an INTEGER"
-    if type(body) is not bytes:
-        return f"its body is {sql_type(body)}, not a BLOB"
-    if type(deliveries) is not int:
-        return f"its deliveries is {sql_type(deliveries)}, not an INTEGER"
-    return None
-
-
 def _claim(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float, max_deliveries: int
 ) -> _Claim:
@@ -197,7 +145,7 @@ def _claim(
     with immediate(conn):
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            buried = _bad_times(conn, queues, now)
+            buried = bad_times(conn, queues, now)
             return _Claim([], buried, None if buried else _next_at(conn, queues, now))
         token = uuid.uuid4().hex
         rows = conn.execute(
@@ -206,8 +154,8 @@ def _claim(
             "RETURNING id, queue, priority, body, deliveries",
             (now + lease, token, *ids),
         ).fetchall()
-        faults = {row[0]: fault for row in rows if (fault := _fault(*row[2:]))}
-        corrupt = _bury_rows(conn, faults, now) if faults else 0
+        faults = {row[0]: wrong for row in rows if (wrong := fault(*row[2:]))}
+        corrupt = bury_rows(conn, faults, now) if faults else 0
         claimed = [
             _Claimed(id_, queue, pri, body, n, token)
             for id_, queue, pri, body, n in rows
