@@ -308,8 +308,10 @@ class App:
         if broker is None or self._state != "open":
             broker = await self.connection()
         task = self._tasks.get(name)
+        priority = self._priority_for(task, None)  # what fails first fails as in send_many
         message_id = new_id()
         args, kwargs = list(args), dict(kwargs)
+        queue = self._queue_for(task, name, args, kwargs, None)
         backend = self._backend
         body = encode_body(
             message_id,
@@ -322,8 +324,6 @@ class App:
             dict(backend.message_headers()) if backend is not None else {},
             self.conf.message_max_bytes,
         )
-        queue = self._queue_for(task, name, args, kwargs, None)
-        priority = self._priority_for(task, None)
         await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
         ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
         return _result.AsyncResult(message_id, self, task_name=name, ignored=ignored)
