@@ -469,6 +469,16 @@ async def test_task_priority_option_out_of_range_fails_at_send(new_app: NewApp) 
     assert await take_envelopes(app) == []
 
 
+async def test_delay_and_apply_async_refuse_the_same_way_first(new_app: NewApp) -> None:
+    app = new_app()
+    task = app.task(priority=12)(add)  # a bad option, and an argument that cannot go
+    with pytest.raises(ConfigurationError, match=r"not 12$"):
+        await task.delay(1, object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"not 12$"):
+        await task.apply_async((1, object()), expires=60)
+    assert await take_envelopes(app) == []
+
+
 async def test_priority_precedence(new_app: NewApp, monkeypatch: pytest.MonkeyPatch) -> None:
     app = new_app(task_default_priority=3)
     sent = await capture_publishes(app, monkeypatch)
