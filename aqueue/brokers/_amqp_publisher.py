@@ -411,6 +411,11 @@ def _outcome(submission: _Submission) -> tuple[list[Outgoing], BaseException | N
         raise BrokerError(
             f"could not encode a message for RabbitMQ: {submission.error}"
         ) from submission.error
+    confirmations = submission.confirmations
+    if len(confirmations) == len(submission.items) and all(
+        c.settled and c.error is None for c in confirmations
+    ):
+        return [], None  # every one confirmed: the common case
     lost: list[Outgoing] = []
     reason: BaseException | None = None
     for item, confirmation in zip(submission.items, submission.confirmations, strict=True):
