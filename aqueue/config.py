@@ -69,6 +69,9 @@ class Settings:
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
+    #: Warn (naming the task) when the event loop was blocked longer than this many seconds,
+    #: which only code that does not await can do (see aqueue/loopwatch.py); 0 turns it off.
+    worker_loop_block_warning: float = 1.0
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
     worker_tune_gc: bool = True
@@ -227,6 +230,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
+    "worker_loop_block_warning": _seconds,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
 }

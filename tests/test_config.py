@@ -154,8 +154,9 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "task_soft_time_limit",
         "worker_processes",
         "worker_tune_gc",
+        "worker_loop_block_warning",
     } <= names
-    assert len(names) == 27
+    assert len(names) == 28
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -225,7 +226,13 @@ def test_unknown_setting_is_a_configuration_and_attribute_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["result_expires", "broker_visibility_timeout", "worker_shutdown_timeout"]
+    "name",
+    [
+        "result_expires",
+        "broker_visibility_timeout",
+        "worker_shutdown_timeout",
+        "worker_loop_block_warning",
+    ],
 )
 @pytest.mark.parametrize(
     ("value", "seconds"),
