@@ -46,6 +46,9 @@ class Settings:
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_visibility_timeout: float = 30.0
     broker_max_deliveries: int = 5
+    #: The bytes of dead letters each queue keeps (bodies, reasons, details): past it, the
+    #: oldest are dropped. RabbitMQ leaves this to a policy (see the README).
+    broker_dead_letter_max_bytes: int = 64 << 20
     task_serializer: str = "msgpack"
     result_serializer: str = "msgpack"
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["msgpack"])
@@ -218,6 +221,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "result_backend": _backend,
     "broker_visibility_timeout": _seconds,
     "broker_max_deliveries": _positive_int,
+    "broker_dead_letter_max_bytes": _positive_int,
     "task_serializer": _msgpack_only,
     "result_serializer": _msgpack_only,
     "accept_content": _msgpack_only,

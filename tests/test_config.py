@@ -155,8 +155,9 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_processes",
         "worker_tune_gc",
         "worker_loop_block_warning",
+        "broker_dead_letter_max_bytes",
     } <= names
-    assert len(names) == 28
+    assert len(names) == 29
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -278,7 +279,13 @@ async def test_bad_setting_as_app_keyword(build_app: BuildApp) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["broker_max_deliveries", "result_max_bytes", "message_max_bytes", "worker_threads"],
+    [
+        "broker_max_deliveries",
+        "broker_dead_letter_max_bytes",
+        "result_max_bytes",
+        "message_max_bytes",
+        "worker_threads",
+    ],
 )
 def test_other_counts_must_be_positive_ints(name: str) -> None:
     conf = Settings()

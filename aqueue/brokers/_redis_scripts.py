@@ -6,7 +6,8 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
     <prefix>:{<queue>}:delayed      sorted set of messages not due yet, scored by due time
     <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
                                     message arrives, so it can shorten its sleep
-    <prefix>:{<queue>}:dead         the dead-letter stream
+    <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
+    <prefix>:{<queue>}:dead:info    its bytes kept, letters dropped and cap (see `bury`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with `nack` is added again, and keeps its count). A delayed member
@@ -18,7 +19,9 @@ counter and changes the owner, so a settle from a consumer whose lease ran out c
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "REQUEUE", "SCHEDULE"]
+from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT
+
+__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "PURGE_DEAD", "REQUEUE", "SCHEDULE", "TAKE_DEAD"]
 
 #: Helpers shared by the scripts (prepended to each).
 _COMMON = """
@@ -41,9 +44,38 @@ local function owned(key, group, id, consumer, count)
   return e
 end
 
+-- The bytes a dead letter counts for (`DeadLetter.size`): its body, reason and detail.
+local function dead_size(entry)
+  local f, size = entry[2], 0
+  for i = 1, #f, 2 do
+    if f[i] == 'b' or f[i] == 'r' or f[i] == 'd' then size = size + #f[i + 1] end
+  end
+  return size
+end
+
+-- Add a dead letter, then drop the oldest while the stream holds more bytes than its cap or
+-- more entries than MAX_COUNT (the newest stays). The hash <dead>:info (same hash slot)
+-- counts the bytes kept and the letters dropped, and holds the cap of the last worker that
+-- refused a message (DEAD_LETTER writes it; MAX_BYTES before any did).
 local function bury(dead, body, reason, detail, now)
-  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*',
-    'b', body, 'r', reason, 'd', detail, 't', now)
+  local info = dead .. ':info'
+  redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
+  local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
+  local cap = tonumber(redis.call('HGET', info, 'cap')) or MAX_BYTES
+  local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
+  while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
+    local oldest = redis.call('XRANGE', dead, '-', '+', 'COUNT', 64)
+    if #oldest == 0 then break end
+    for _, e in ipairs(oldest) do
+      if kept <= 1 or (total - freed <= cap and kept <= MAX_COUNT) then break end
+      redis.call('XDEL', dead, e[1])
+      freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
+    end
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', info, 'bytes', -freed)
+    redis.call('HINCRBY', info, 'dropped', dropped)
+  end
 end
 
 -- Add a delayed member; wake one idle consumer if it is now the earliest.
@@ -54,7 +86,9 @@ local function schedule(delayed, wake, due, member)
     redis.call('XADD', wake, 'MAXLEN', '~', 16, '*', 'w', '1')
   end
 end
-"""
+""".replace("MAX_BYTES", str(DEAD_LETTER_MAX_BYTES)).replace(
+    "MAX_COUNT", str(DEAD_LETTER_MAX_COUNT)
+)
 
 #: Claim up to `limit` messages of several queues: due delayed messages first move to their
 #: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
@@ -285,8 +319,8 @@ return 1
 """
 )
 
-#: Move a delivery to the dead-letter stream with its reason.
-#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now.
+#: Move a delivery to the dead-letter stream with its reason; record the caller's cap.
+#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now, cap.
 DEAD_LETTER = (
     _COMMON
     + """
@@ -295,6 +329,7 @@ if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
 local entries = redis.call('XRANGE', key, id, id)
 local body = ''
 if entries[1] then body = fields_of(entries[1]) or '' end
+if ARGV[8] then redis.call('HSET', KEYS[2] .. ':info', 'cap', ARGV[8]) end
 bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', key, group, id)
 redis.call('XDEL', key, id)
@@ -345,4 +380,40 @@ end
 count = count + redis.call('ZCARD', KEYS[11])
 redis.call('DEL', KEYS[11])
 return count
+"""
+
+#: Take dead letters out by id; with a stream, add their bodies to it (never delivered).
+#: KEYS: dead, info[, stream]. ARGV: ids. Returns how many were taken.
+TAKE_DEAD = (
+    _COMMON
+    + """
+local dead, info, stream = KEYS[1], KEYS[2], KEYS[3]
+local taken, freed = 0, 0
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', dead, ARGV[i], ARGV[i])[1]
+  if e then
+    if stream then
+      local f, body = e[2], ''
+      for j = 1, #f, 2 do if f[j] == 'b' then body = f[j + 1] end end
+      redis.call('XADD', stream, '*', 'b', body, 'n', '0')
+    end
+    redis.call('XDEL', dead, e[1])
+    freed, taken = freed + dead_size(e), taken + 1
+  end
+end
+if redis.call('XLEN', dead) == 0 then
+  redis.call('HSET', info, 'bytes', 0)
+else
+  redis.call('HINCRBY', info, 'bytes', -freed)
+end
+return taken
+"""
+)
+
+#: Delete every dead letter of a queue. KEYS: dead, info. Returns how many there were.
+PURGE_DEAD = """
+local kept = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'bytes', 0)
+return kept
 """
