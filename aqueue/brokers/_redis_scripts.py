@@ -64,13 +64,11 @@ local function bury(dead, body, reason, detail, now)
   local cap = tonumber(redis.call('HGET', info, 'cap')) or MAX_BYTES
   local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
   while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
-    local oldest = redis.call('XRANGE', dead, '-', '+', 'COUNT', 64)
-    if #oldest == 0 then break end
-    for _, e in ipairs(oldest) do
-      if kept <= 1 or (total - freed <= cap and kept <= MAX_COUNT) then break end
-      redis.call('XDEL', dead, e[1])
-      freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
-    end
+    -- One at a time: an entry read is copied whole (a body may be a megabyte).
+    local e = redis.call('XRANGE', dead, '-', '+', 'COUNT', 1)[1]
+    if not e then break end
+    redis.call('XDEL', dead, e[1])
+    freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
   end
   if dropped > 0 then
     redis.call('HINCRBY', info, 'bytes', -freed)

@@ -19,9 +19,8 @@ from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT, DeadLetter, D
 
 __all__ = ["SCHEMA", "bury", "dead_letters", "purge", "retry", "set_caps", "stats"]
 
-_SIZE = "length(CAST({0}.body AS BLOB)) + length(CAST({0}.reason AS BLOB)) + " + (
-    "length(CAST({0}.detail AS BLOB))"
-)
+#: A dead letter's bytes (`DeadLetter.size`); length() of a BLOB reads no overflow pages.
+_SIZE = "length({0}.body) + length(CAST({0}.reason AS BLOB)) + length(CAST({0}.detail AS BLOB))"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS aqueue_dead_letter_totals (
