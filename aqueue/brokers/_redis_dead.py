@@ -11,6 +11,7 @@ script, so the count stays true.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -44,20 +45,26 @@ async def dead_letters(client: aioredis.Redis, keys: QueueKeys, limit: int) -> l
         DeadLetter(
             queue=keys.queue,
             body=fields.get(b"b", b""),
-            reason=text(fields.get(b"r", b"")),
-            detail=text(fields.get(b"d", b"")),
+            reason=_text(fields.get(b"r", b"")),
+            detail=_text(fields.get(b"d", b"")),
             at=_time(fields.get(b"t")),
             id=text(entry_id),
         )
-        for entry_id, fields in entries
+        for entry_id, fields in ((entry_id, fields or {}) for entry_id, fields in entries)
     ]
 
 
 def _time(value: Any) -> float:
     try:
-        return float(value or 0)
+        at = float(value or 0)
     except ValueError:
         return 0.0
+    return at if math.isfinite(at) else 0.0
+
+
+def _text(value: Any) -> str:
+    """Decode a field; anyone can XADD anything to the stream, so trust none of them."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 async def stats(client: aioredis.Redis, keys: QueueKeys) -> DeadLetterStats:

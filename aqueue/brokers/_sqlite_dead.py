@@ -10,11 +10,13 @@ newest dead letter is always kept.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from .._sqlite import immediate, placeholders
+from .._sqlite import STRICT, immediate, placeholders
 from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT, DeadLetter, DeadLetterStats
 
 __all__ = ["SCHEMA", "bury", "dead_letters", "purge", "retry", "set_caps", "stats"]
@@ -29,7 +31,8 @@ SCHEMA = (
         bytes INTEGER NOT NULL DEFAULT 0,
         dropped INTEGER NOT NULL DEFAULT 0,
         cap INTEGER
-    )""",
+    )"""
+    + STRICT,
     # Dead letters kept before the totals existed (an older aqueue) are counted once.
     f"""INSERT INTO aqueue_dead_letter_totals (queue, kept, bytes)
         SELECT queue, count(*), sum({_SIZE.format("d")}) FROM aqueue_dead_letters AS d
@@ -103,15 +106,19 @@ def set_caps(conn: sqlite3.Connection, queues: Sequence[str], cap: int) -> None:
 
 def dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
     """Return the oldest dead letters of `queue`, up to `limit`."""
-    rows = conn.execute(
-        "SELECT queue, body, reason, detail, at, id FROM aqueue_dead_letters "
-        "WHERE queue = ? ORDER BY id LIMIT ?",
+    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
+        "SELECT CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at, id "
+        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
         (queue, limit),
     ).fetchall()
     return [
-        DeadLetter(q, body, reason, detail, at, str(id_))
-        for q, body, reason, detail, at, id_ in rows
+        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at), str(id_))
+        for body, reason, detail, at, id_ in rows
     ]
+
+
+def _time(value: Any) -> float:
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 def stats(conn: sqlite3.Connection, queue: str) -> DeadLetterStats:
