@@ -20,8 +20,7 @@ import uuid
 import anyio
 import redis.asyncio as aioredis
 
-from aqueue import App, OutgoingMessage, Worker
-from aqueue.broker import DeadLetterStats
+from aqueue import App, DeadLetterStats, OutgoingMessage, Worker
 from aqueue.message import Envelope
 
 

@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue import Broker, OutgoingMessage
-from aqueue.broker import DeadLetterStats
+from aqueue import Broker, DeadLetterStats, OutgoingMessage
 from aqueue.drivers import create_broker
 
 from ..consuming import drain
