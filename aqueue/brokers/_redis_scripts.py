@@ -75,6 +75,17 @@ end
 -- refused a message (DEAD_LETTER writes it; MAX_BYTES before any did).
 local function bury(dead, body, reason, detail, now)
   local info = dead .. ':info'
+  if redis.call('HEXISTS', info, 'bytes') == 0 then
+    -- Dead letters an older aqueue kept, uncounted: count them once.
+    local total, from = 0, '-'
+    while true do
+      local page = redis.call('XRANGE', dead, from, '+', 'COUNT', 16)
+      if #page == 0 then break end
+      for _, e in ipairs(page) do total = total + dead_size(e) end
+      from = '(' .. page[#page][1]
+    end
+    redis.call('HSET', info, 'bytes', total)
+  end
   redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
   local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
   local cap = tonumber(redis.call('HGET', info, 'cap')) or MAX_BYTES
