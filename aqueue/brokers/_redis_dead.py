@@ -2,9 +2,8 @@
 
 They are entries of the stream `<prefix>:{<queue>}:dead` (fields `b` body, `r` reason,
 `d` detail, `t` time), and the hash `<dead>:info` counts the bytes they hold and the letters
-dropped over the cap (the Lua `bury` in `_redis_scripts` adds and trims). The cap there is the
-one of the last worker that refused a message (a dead letter that passed `max_deliveries` is
-found by a claim, which has no cap to give: it uses the cap recorded last, or the default).
+dropped over the cap (the Lua `bury` in `_redis_scripts` adds and trims, under the cap of the
+worker that dead-letters).
 Retrying or purging one moves or deletes its entry and takes its bytes off the count, in one
 script, so the count stays true.
 """

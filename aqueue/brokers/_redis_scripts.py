@@ -7,7 +7,7 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
     <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
                                     message arrives, so it can shorten its sleep
     <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
-    <prefix>:{<queue>}:dead:info    its bytes kept, letters dropped and cap (see `bury`)
+    <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with `nack` is added again, and keeps its count). A delayed member
@@ -69,10 +69,12 @@ local function dead_size(entry)
   return size
 end
 
--- Add a dead letter, then drop the oldest while the stream holds more bytes than its cap or
+-- The cap of the dead letters of the queues a script serves: the caller's (its ARGV).
+local dead_cap = nil
+
+-- Add a dead letter, then drop the oldest while the stream holds more bytes than the cap or
 -- more entries than MAX_COUNT (the newest stays). The hash <dead>:info (same hash slot)
--- counts the bytes kept and the letters dropped, and holds the cap of the last worker that
--- refused a message (DEAD_LETTER writes it; MAX_BYTES before any did).
+-- counts the bytes kept and the letters dropped.
 local function bury(dead, body, reason, detail, now)
   local info = dead .. ':info'
   if redis.call('HEXISTS', info, 'bytes') == 0 then
@@ -88,7 +90,7 @@ local function bury(dead, body, reason, detail, now)
   end
   redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
   local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
-  local cap = tonumber(redis.call('HGET', info, 'cap')) or MAX_BYTES
+  local cap = dead_cap or MAX_BYTES
   local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
   while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
     -- One at a time: an entry read is copied whole (a body may be a megabyte).
@@ -120,7 +122,8 @@ end
 #: priority 9 first and, within a level, oldest first across queues. Messages past
 #: `max_deliveries` are dead-lettered on the way.
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead.
-#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms.
+#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
+#: dead_letter_max_bytes.
 #: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false.
 CLAIM = (
     _COMMON
@@ -129,6 +132,7 @@ local group, consumer = ARGV[1], ARGV[2]
 local remaining = tonumber(ARGV[3])
 local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+dead_cap = tonumber(ARGV[9])
 local nq = #KEYS / 12
 local out, buried = {}, 0
 
@@ -355,7 +359,7 @@ return 1
 """
 )
 
-#: Move a delivery to the dead-letter stream with its reason; record the caller's cap.
+#: Move a delivery to the dead-letter stream with its reason, under the caller's cap.
 #: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now, cap.
 DEAD_LETTER = (
     _COMMON
@@ -365,7 +369,7 @@ if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
 local entries = redis.call('XRANGE', key, id, id)
 local body = ''
 if entries[1] then body = fields_of(entries[1]) or '' end
-if ARGV[8] then redis.call('HSET', KEYS[2] .. ':info', 'cap', ARGV[8]) end
+dead_cap = tonumber(ARGV[8])
 bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', key, group, id)
 redis.call('XDEL', key, id)

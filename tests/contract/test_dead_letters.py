@@ -109,3 +109,24 @@ async def test_the_oldest_go_first_past_the_cap_in_bytes(broker_url: str, queue:
         await bury(broker, queue, b"x" * 1000)  # alone over the cap: the newest is kept
         assert [letter.body for letter in await broker.dead_letters(queue)] == [b"x" * 1000]
         assert await broker.dead_letter_stats(queue) == DeadLetterStats(1, 1012, 5)
+
+
+async def test_the_cap_holds_for_messages_past_max_deliveries(broker_url: str, queue: str) -> None:
+    """Dead-lettered while claimed (max-deliveries), not refused: the same cap applies."""
+    options = {"max_deliveries": 3, "dead_letter_max_bytes": 500}
+    async with create_broker(broker_url, options) as broker:
+        bodies = [bytes([65 + i]) * 300 for i in range(3)]
+        for body in bodies:
+            await broker.publish([message(queue, body)])
+            for _ in range(3):
+                (delivery,) = await drain(broker, [queue])
+                await delivery.nack()
+            assert await drain(broker, [queue]) == []  # the fourth delivery: dead-lettered
+        letters = await broker.dead_letters(queue)
+        assert [(letter.body, letter.reason) for letter in letters] == [
+            (bodies[-1], "max-deliveries")
+        ]
+        stats = await broker.dead_letter_stats(queue)
+        assert stats.kept == 1
+        if not is_amqp(broker):
+            assert stats == DeadLetterStats(1, letters[0].size, 2)
