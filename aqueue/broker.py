@@ -16,14 +16,18 @@ import abc
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from .exceptions import BrokerError
 from .mailbox import Mailbox
 from .message import OutgoingMessage
 from .throttle import RateLimiter, Semaphore
 
-__all__ = ["Broker", "Credit", "DeadLetter", "Delivery"]
+__all__ = ["UNSTARTED_FACTOR", "Broker", "Credit", "DeadLetter", "Delivery"]
+
+#: A message delivered `UNSTARTED_FACTOR * max_deliveries` times is dead-lettered even with no
+#: run recorded: a backstop for one that kills its worker before its task starts.
+UNSTARTED_FACTOR = 10
 
 
 class Credit(Protocol):
@@ -35,14 +39,36 @@ class Credit(Protocol):
 
 
 class Delivery(abc.ABC):
-    """One message handed to a consumer, with the means to settle it exactly once."""
+    """One message handed to a consumer, with the means to settle it exactly once.
 
-    __slots__ = ("body", "delivery_count", "queue")
+    `runs` counts the times a worker recorded (`begin`) that it started this message's task
+    without settling it: the crashes it may have caused. A worker begins only redelivered
+    messages (`suspect`), each run alone (`aqueue.isolation`), so a message that was merely
+    held by a worker that died is not blamed for its death.
+    """
 
-    def __init__(self, body: bytes, queue: str, delivery_count: int) -> None:
+    __slots__ = ("body", "delivery_count", "queue", "runs")
+
+    #: Whether `begin` leaves a copy of the message in its queue (a broker that cannot change a
+    #: message it delivered): the copy runs again unless the result store says it finished.
+    begin_copies: ClassVar[bool] = False
+
+    def __init__(self, body: bytes, queue: str, delivery_count: int, runs: int = 0) -> None:
         self.body = body
         self.queue = queue
         self.delivery_count = delivery_count  # 1 on the first delivery
+        self.runs = runs
+
+    @property
+    def suspect(self) -> bool:
+        """Whether this message may have been running when a worker died (a redelivery)."""
+        return self.delivery_count > 1 or self.runs > 0
+
+    async def begin(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Record durably that a run of the task starts now (`runs` of later deliveries).
+
+        A broker whose messages do not outlive the worker (memory) needs no record.
+        """
 
     @abc.abstractmethod
     async def ack(self) -> None:
@@ -80,6 +106,8 @@ class Broker(abc.ABC):
 
     #: How often the worker must call `Delivery.renew` on running messages; None: never.
     renew_interval: float | None = None
+    #: How many runs of a message may end in a dead worker before it is dead-lettered.
+    max_deliveries: int = 5
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url
