@@ -23,10 +23,10 @@ from aqueue.result import ResultMeta
 from aqueue.runner import Runner
 
 from . import service_amqp, service_redis
-from .conftest import SERVICES, require
+from .conftest import require
 from .consuming import Credit
 
-DURABLE = ["sqlite"]
+DURABLE = ["sqlite", "redis"]
 LEASE = 0.3  # SQLite and Redis: how soon a dead worker's message comes back
 
 
