@@ -154,8 +154,9 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "task_soft_time_limit",
         "worker_processes",
         "worker_tune_gc",
+        "worker_loop",
     } <= names
-    assert len(names) == 27
+    assert len(names) == 28
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -279,6 +280,19 @@ def test_other_counts_must_be_positive_ints(name: str) -> None:
     assert conf[name] == 1
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number >= 1, not 0$"):
         conf[name] = 0
+
+
+@pytest.mark.parametrize("value", ["auto", "asyncio", "uvloop"])
+def test_worker_loop_takes_a_loop_name(value: str) -> None:
+    assert Settings().worker_loop == "auto"
+    assert Settings(worker_loop=value).worker_loop == value
+
+
+@pytest.mark.parametrize("value", ["trio", "UVLOOP", "", None, 1, ["uvloop"]])
+def test_worker_loop_refuses_other_values(value: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(worker_loop=value)  # type: ignore[arg-type]
+    assert str(info.value) == f"worker_loop must be one of auto, asyncio, uvloop, not {value!r}"
 
 
 @pytest.mark.parametrize("value", [0, 5, 9])

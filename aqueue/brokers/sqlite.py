@@ -6,6 +6,9 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
+No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before may
+hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad row at once.
+
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
@@ -21,6 +24,7 @@ Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (defaul
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -31,7 +35,7 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import UNSTARTED_FACTOR, Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
@@ -39,6 +43,7 @@ from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
+from ._sqlite_rows import bad_times, bury_rows, fault
 
 __all__ = ["SQLiteBroker"]
 
@@ -60,7 +65,8 @@ SCHEMA = (
         lease_until REAL,
         lease_token TEXT,
         deliveries INTEGER NOT NULL DEFAULT 0
-    )""",
+    )"""
+    + STRICT,
     # Waiting messages, in claim order; leased ones are left out of it.
     """CREATE INDEX IF NOT EXISTS aqueue_messages_ready
         ON aqueue_messages (queue, priority DESC, id) WHERE lease_until IS NULL""",
@@ -76,7 +82,8 @@ SCHEMA = (
         reason TEXT NOT NULL,
         detail TEXT NOT NULL,
         at REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
     # Recorded runs (`begin`) and give-backs (`nack`) of messages, by aqueue_messages.id; a
@@ -121,12 +128,19 @@ class _Claim:
 def _candidates(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
 ) -> list[int]:
-    rows: list[tuple[int, int]] = []
+    """Return the ids to claim: the best `limit` rows, and any whose priority is no integer.
+
+    A TEXT priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`.
+    """
+    rows: list[tuple[int, Any]] = []
     for queue in queues:
         rows += conn.execute(_READY, (queue, now, limit)).fetchall()
         rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    bad = [row[0] for row in rows if type(row[1]) is not int]
+    if bad:
+        rows = [row for row in rows if type(row[1]) is int]
     rows.sort(key=lambda row: (-row[1], row[0]))
-    return [row[0] for row in rows[:limit]]
+    return bad + [row[0] for row in rows[:limit]]
 
 
 def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
@@ -146,7 +160,8 @@ def _claim(
     with immediate(conn):
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now))
+            buried = bad_times(conn, queues, now)
+            return _Claim([], buried, None if buried else _next_at(conn, queues, now))
         token = uuid.uuid4().hex
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
@@ -154,6 +169,9 @@ def _claim(
             "RETURNING id, queue, priority, body, deliveries",
             (now + lease, token, *ids),
         ).fetchall()
+        faults = {row[0]: wrong for row in rows if (wrong := fault(*row[2:]))}
+        corrupt = bury_rows(conn, faults, now) if faults else 0
+        rows = [row for row in rows if row[0] not in faults]
         again = [row[0] for row in rows if row[4] > 1]  # only they can have runs
         runs: dict[int, int] = {}
         if again:
@@ -175,10 +193,10 @@ def _claim(
             conn.execute(f"DELETE FROM aqueue_runs WHERE id IN ({marks})", ids)
             reason = DeadLetterReason.MAX_DELIVERIES.value
             conn.executemany(_BURY, [(m.queue, m.body, reason, why, now) for m, why in dead])
-    buried = {message.id for message, _ in dead}
-    live = [message for message in claimed if message.id not in buried]
+    gone = {message.id for message, _ in dead}
+    live = [message for message in claimed if message.id not in gone]
     live.sort(key=lambda message: (-message.priority, message.id))
-    return _Claim(live, len(dead), None)
+    return _Claim(live, len(dead) + corrupt, None)
 
 
 def _exhausted(message: _Claimed, max_deliveries: int) -> str:
@@ -268,12 +286,19 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
 
 
 def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(
-        "SELECT queue, body, reason, detail, at FROM aqueue_dead_letters "
-        "WHERE queue = ? ORDER BY id LIMIT ?",
+    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
+        "SELECT queue, CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at "
+        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
         (queue, limit),
     ).fetchall()
-    return [DeadLetter(*row) for row in rows]
+    return [
+        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at))
+        for _, body, reason, detail, at in rows
+    ]
+
+
+def _time(value: Any) -> float:
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 class _SQLiteDelivery(Delivery):
