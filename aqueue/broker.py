@@ -16,7 +16,7 @@ import abc
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, Protocol, Self
 
 from .exceptions import BrokerError
 from .mailbox import Mailbox
@@ -48,10 +48,6 @@ class Delivery(abc.ABC):
     """
 
     __slots__ = ("body", "delivery_count", "queue", "runs")
-
-    #: Whether `begin` leaves a copy of the message in its queue (a broker that cannot change a
-    #: message it delivered): the copy runs again unless the result store says it finished.
-    begin_copies: ClassVar[bool] = False
 
     def __init__(self, body: bytes, queue: str, delivery_count: int, runs: int = 0) -> None:
         self.body = body

@@ -321,11 +321,14 @@ class Worker:
         self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, Task[Any, Any]]
     ) -> None:
         """Run a redelivered message alone, its start recorded (see `aqueue.isolation`)."""
-        if delivery.begin_copies and not runner.knows_outcome(checked[1]):
-            # The broker's record of the start would be a copy that runs again, and nothing
-            # could tell that this run finished: give the message back, counted, instead.
-            await delivery.nack()
-            return
+        envelope = checked[0]
+        logger.warning(
+            "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
+            envelope.task,
+            envelope.id,
+            delivery.delivery_count,
+            delivery.runs,
+        )
         async with self._isolation.alone():
             await delivery.begin()
             await runner.run(delivery, *checked)

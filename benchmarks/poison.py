@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cap", type=float, default=150.0, help="seconds before giving up")
     parser.add_argument("--lease", type=float, default=2.0, help="visibility_timeout (s)")
+    parser.add_argument("--log", type=Path, help="append the workers' logs to this file")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument(
         "--redis-url",
@@ -103,7 +104,12 @@ class Supervisor:
     def start_one(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE")}
         command = [sys.executable, "-m", "aqueue", "worker", "tasks:app"]
-        command += ["-c", str(self.concurrency), "-l", "WARNING"]
+        command += [
+            "-c",
+            str(self.concurrency),
+            "-l",
+            os.environ.get("POISON_LOG_LEVEL", "WARNING"),
+        ]
         return subprocess.Popen(command, cwd=self.cwd, env=env, stdout=self.log, stderr=self.log)
 
     async def run(self) -> None:
@@ -167,6 +173,9 @@ async def probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
             return await measure(app, tmp, args)
         finally:
             await cleanup(name, app, broker, tag)
+            if args.log:
+                with args.log.open("a") as log:
+                    log.write((tmp / "workers.log").read_text(errors="replace"))
 
 
 async def measure(app: App, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:

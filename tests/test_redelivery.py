@@ -23,10 +23,10 @@ from aqueue.result import ResultMeta
 from aqueue.runner import Runner
 
 from . import service_amqp, service_redis
-from .conftest import require
+from .conftest import SERVICES, require
 from .consuming import Credit
 
-DURABLE = ["sqlite", "redis"]
+DURABLE = ["sqlite", *(name for name, mod in SERVICES.items() if mod.ENABLED)]
 LEASE = 0.3  # SQLite and Redis: how soon a dead worker's message comes back
 
 
@@ -159,7 +159,7 @@ async def test_a_message_whose_runs_all_killed_the_worker_gets_a_failure(setup: 
 
 
 async def test_a_suspect_runs_alone() -> None:
-    gate = Isolation()
+    gate = Isolation(grace=60)
     order: list[str] = []
     first_done, suspect_in, release = anyio.Event(), anyio.Event(), anyio.Event()
 
@@ -200,7 +200,7 @@ async def test_a_suspect_runs_alone() -> None:
 
 
 async def test_a_suspect_cancelled_while_waiting_lets_others_start() -> None:
-    gate = Isolation()
+    gate = Isolation(grace=60)
     done = anyio.Event()
     await gate.enter()
     async with anyio.create_task_group() as group:
@@ -224,3 +224,25 @@ async def test_a_suspect_cancelled_while_waiting_lets_others_start() -> None:
         group.start_soon(ordinary)
     assert done.is_set()
     gate.leave()
+
+
+async def test_a_long_task_holds_a_suspect_back_for_the_grace_period_only() -> None:
+    gate = Isolation(grace=0.05)
+    forever, order = anyio.Event(), []
+    await gate.enter()  # a long task, running
+    async with anyio.create_task_group() as group:
+
+        async def suspect() -> None:
+            async with gate.alone():
+                order.append("suspect starts")
+                await forever.wait()  # a long suspect, too
+
+        group.start_soon(suspect)
+        await anyio.wait_all_tasks_blocked()
+        await gate.enter()  # waits for the suspect's turn, then its first grace period
+        order.append("next starts")
+        gate.leave()
+        assert order == ["suspect starts", "next starts"]
+        group.cancel_scope.cancel()
+    gate.leave()
+    assert not gate.closed
