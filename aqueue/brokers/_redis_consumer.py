@@ -176,6 +176,7 @@ class Consumer:
             int(sweep),
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
+            broker.dead_letter_max_bytes,
         ]
         entries, buried, next_due = await _CLAIM(broker._hot_path(), keys, args)
         self.failures = 0

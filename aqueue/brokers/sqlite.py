@@ -24,7 +24,6 @@ Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (defaul
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
 import uuid
@@ -37,10 +36,19 @@ import anyio
 
 from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
-from ..broker import UNSTARTED_FACTOR, Broker, Credit, DeadLetter, Delivery
+from ..broker import (
+    DEAD_LETTER_MAX_BYTES,
+    UNSTARTED_FACTOR,
+    Broker,
+    Credit,
+    DeadLetter,
+    DeadLetterStats,
+    Delivery,
+)
 from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from . import _sqlite_dead as deadletters
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
 from ._sqlite_rows import bad_times, bury_rows, fault
@@ -102,7 +110,6 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
-_BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
 _STRIKE = """INSERT INTO aqueue_runs (id, runs) VALUES (?, 1)
     ON CONFLICT (id) DO UPDATE SET runs = runs + 1"""
 
@@ -192,7 +199,7 @@ def _claim(
             conn.execute(f"DELETE FROM aqueue_messages WHERE id IN ({marks})", ids)
             conn.execute(f"DELETE FROM aqueue_runs WHERE id IN ({marks})", ids)
             reason = DeadLetterReason.MAX_DELIVERIES.value
-            conn.executemany(_BURY, [(m.queue, m.body, reason, why, now) for m, why in dead])
+            deadletters.bury(conn, [(m.queue, m.body, reason, why, now) for m, why in dead])
     gone = {message.id for message, _ in dead}
     live = [message for message in claimed if message.id not in gone]
     live.sort(key=lambda message: (-message.priority, message.id))
@@ -252,7 +259,7 @@ def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, de
             (id_, token),
         ).fetchone()
         if row is not None:
-            conn.execute(_BURY, (row[0], row[1], reason, detail, time.time()))
+            deadletters.bury(conn, [(row[0], row[1], reason, detail, time.time())])
             conn.execute("DELETE FROM aqueue_runs WHERE id = ?", (id_,))
     return row is not None
 
@@ -283,22 +290,6 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
         )
         conn.execute("DELETE FROM aqueue_runs WHERE id NOT IN (SELECT id FROM aqueue_messages)")
     return cursor.rowcount
-
-
-def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
-        "SELECT queue, CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at "
-        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
-        (queue, limit),
-    ).fetchall()
-    return [
-        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at))
-        for _, body, reason, detail, at in rows
-    ]
-
-
-def _time(value: Any) -> float:
-    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 class _SQLiteDelivery(Delivery):
@@ -379,6 +370,9 @@ class SQLiteBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -393,7 +387,7 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, (*SCHEMA, *MAILBOX_SCHEMA))
+        db = await Database.open(self._path, (*SCHEMA, *deadletters.SCHEMA, *MAILBOX_SCHEMA))
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -439,6 +433,7 @@ class SQLiteBroker(Broker):
         listener: Listener | None = None
         unyielded: deque[_Claimed] = deque()
         try:
+            await db.write(deadletters.set_caps, queues, self.dead_letter_max_bytes)
             if not burst:  # listen before the first look, so no publish goes unnoticed
                 listener = await Listener.open(self._wake)
                 self._listeners.add(listener)
@@ -496,4 +491,16 @@ class SQLiteBroker(Broker):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
-        return await self._run(_dead_letters, queue, limit)
+        return await self._run(deadletters.dead_letters, queue, limit)
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        return await self._run(deadletters.stats, queue)
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered), then wake it."""
+        return await self._write(deadletters.retry, queue, ids, wake=self._wake)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        return await self._write(deadletters.purge, queue, ids)
