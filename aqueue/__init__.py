@@ -31,6 +31,7 @@ from .exceptions import TaskError as TaskError
 from .exceptions import TaskRevoked as TaskRevoked
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded
 from .exceptions import UnknownSetting as UnknownSetting
+from .exceptions import WorkerLostError as WorkerLostError
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
 from .result import AsyncResult as AsyncResult
@@ -76,6 +77,7 @@ __all__ = [
     "TimeLimitExceeded",
     "UnknownSetting",
     "Worker",
+    "WorkerLostError",
     "__version__",
     "current_app",
     "register_backend",

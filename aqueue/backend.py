@@ -11,7 +11,7 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from .throttle import RateLimiter, Semaphore
 
@@ -28,6 +28,10 @@ class StoredResult:
 
 class ResultBackend(abc.ABC):
     """A result store. Use it as an async context manager, or call `open` and `close`."""
+
+    #: Whether every process can `fetch` what a worker stored (not so for `rpc://`, whose
+    #: results travel to the caller alone).
+    shared: ClassVar[bool] = True
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url

@@ -26,6 +26,7 @@ from .throttle import RateLimiter, Semaphore
 __all__ = [
     "DEAD_LETTER_MAX_BYTES",
     "DEAD_LETTER_MAX_COUNT",
+    "UNSTARTED_FACTOR",
     "Broker",
     "Credit",
     "DeadLetter",
@@ -39,6 +40,10 @@ __all__ = [
 DEAD_LETTER_MAX_BYTES = 64 << 20
 DEAD_LETTER_MAX_COUNT = 100_000
 
+#: A message delivered `UNSTARTED_FACTOR * max_deliveries` times is dead-lettered even with no
+#: run recorded: a backstop for one that kills its worker before its task starts.
+UNSTARTED_FACTOR = 10
+
 
 class Credit(Protocol):
     """How many more deliveries a consumer may take now."""
@@ -49,14 +54,32 @@ class Credit(Protocol):
 
 
 class Delivery(abc.ABC):
-    """One message handed to a consumer, with the means to settle it exactly once."""
+    """One message handed to a consumer, with the means to settle it exactly once.
 
-    __slots__ = ("body", "delivery_count", "queue")
+    `runs` counts the times a worker recorded (`begin`) that it started this message's task
+    without settling it: the crashes it may have caused. A worker begins only redelivered
+    messages (`suspect`), each run alone (`aqueue.isolation`), so a message that was merely
+    held by a worker that died is not blamed for its death.
+    """
 
-    def __init__(self, body: bytes, queue: str, delivery_count: int) -> None:
+    __slots__ = ("body", "delivery_count", "queue", "runs")
+
+    def __init__(self, body: bytes, queue: str, delivery_count: int, runs: int = 0) -> None:
         self.body = body
         self.queue = queue
         self.delivery_count = delivery_count  # 1 on the first delivery
+        self.runs = runs
+
+    @property
+    def suspect(self) -> bool:
+        """Whether this message may have been running when a worker died (a redelivery)."""
+        return self.delivery_count > 1 or self.runs > 0
+
+    async def begin(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Record durably that a run of the task starts now (`runs` of later deliveries).
+
+        A broker whose messages do not outlive the worker (memory) needs no record.
+        """
 
     @abc.abstractmethod
     async def ack(self) -> None:
@@ -118,6 +141,8 @@ class Broker(abc.ABC):
 
     #: How often the worker must call `Delivery.renew` on running messages; None: never.
     renew_interval: float | None = None
+    #: How many runs of a message may end in a dead worker before it is dead-lettered.
+    max_deliveries: int = 5
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url

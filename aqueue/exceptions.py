@@ -18,6 +18,7 @@ same thing, the error derives from it too, so `except TimeoutError` and `except 
     ├── MaxRetriesExceeded
     ├── SoftTimeLimitExceeded
     ├── TimeLimitExceeded (TimeoutError)
+    ├── WorkerLostError
     └── Retry                 (control flow, not an error: see its docstring)
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "TaskRevoked",
     "TimeLimitExceeded",
     "UnknownSetting",
+    "WorkerLostError",
 ]
 
 
@@ -111,6 +113,15 @@ class SoftTimeLimitExceeded(AqueueError):
 
 class TimeLimitExceeded(AqueueError, TimeoutError):
     """The failure of a task that ran past its hard `time_limit` and was cancelled."""
+
+
+class WorkerLostError(AqueueError):
+    """The failure stored for a task whose worker died in each of its last runs.
+
+    After `broker_max_deliveries` runs that each ended in a dead worker (a segfault,
+    `os._exit`, the OOM killer), the message goes to the dead letters and this failure is its
+    result, so that `get()` raises at once instead of waiting for a result that never comes.
+    """
 
 
 class Retry(AqueueError):

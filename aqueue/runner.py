@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from . import states
-from .exceptions import ConfigurationError, NotRegistered, Retry, SerializationError
+from .exceptions import (
+    ConfigurationError,
+    NotRegistered,
+    Retry,
+    SerializationError,
+    WorkerLostError,
+)
 from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result import ResultMeta
@@ -96,9 +102,47 @@ class Runner:
             await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
-        else:
+        elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             return checked
         return None
+
+    def knows_outcome(self, task: Task[Any, Any]) -> bool:
+        """Whether any worker can learn from the result store that this task finished."""
+        backend = self.backend
+        return backend is not None and backend.shared and not task.ignore_result
+
+    async def _settled_suspect(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+    ) -> bool:
+        """Settle a redelivered message that must not run again; False if it may run.
+
+        See `aqueue.isolation`: its task finished already, or it was started too often.
+        """
+        if self.knows_outcome(task):
+            assert self.backend is not None
+            stored = await self.backend.fetch(envelope.id)
+            if stored is not None and stored.state in states.READY_STATES:
+                await delivery.ack()
+                logger.warning(
+                    "Task %s[%s] was redelivered after it finished (%s): acknowledged, not run",
+                    task.name,
+                    envelope.id,
+                    stored.state,
+                )
+                return True
+        started = delivery.runs + 1  # its first run is never recorded
+        limit = self.broker.max_deliveries
+        if started < limit:
+            return False
+        self.failed += 1
+        detail = f"the worker died {started} times running this task; dead-lettered"
+        error = WorkerLostError(f"{detail} (broker_max_deliveries is {limit})")
+        await self._store(
+            envelope, task, states.FAILURE, ResultMeta.failure(task.name, error, None)
+        )
+        await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
+        logger.error("Task %s[%s]: %s", task.name, envelope.id, detail)
+        return True
 
     async def discard(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], why: str

@@ -9,6 +9,9 @@
             │                  and puts them in the inbox
             └── one slot coroutine per unit of concurrency: inbox -> Runner.handle
 
+A redelivered message runs alone, its start recorded first (`aqueue.isolation`), so that a
+message that kills its worker is told apart from the ones that worker merely held.
+
 Shutdown has two phases, as in Celery: `stop()` (the first SIGTERM/SIGINT) ends the consume
 loop and lets running tasks finish for up to `shutdown_timeout` seconds, then cancels the rest,
 whose messages go straight back to the queue; `stop(now=True)` (a second signal) skips the wait.
@@ -34,6 +37,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .exceptions import BrokerError, ConfigurationError
+from .isolation import Isolation
 from .loopwatch import LoopWatch, blocking_tasks
 from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
@@ -99,6 +103,7 @@ class Worker:
         # Made in run(): anyio's primitives need the running event loop.
         self._slots: Slots | None = None
         self._inbox: Inbox[Delivery] = Inbox()
+        self._isolation = Isolation()
         self._consume_scope: anyio.CancelScope | None = None
         self._hard_stop: anyio.Event | None = None
 
@@ -144,6 +149,7 @@ class Worker:
         # The budgets of def tasks (threads) and process tasks, apart from the slots.
         self._lanes = (anyio.CapacityLimiter(self.threads), anyio.CapacityLimiter(self.processes))
         self._inbox = Inbox()
+        self._isolation = Isolation()
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
         if self._stopping:  # stopped before it started
@@ -301,11 +307,35 @@ class Worker:
     ) -> None:
         assert self.admission is not None
         try:
-            await runner.run(delivery, *checked)
+            if delivery.suspect:
+                await self._run_alone(runner, delivery, checked)
+            else:
+                gate = self._isolation
+                await gate.enter()
+                try:
+                    await runner.run(delivery, *checked)
+                finally:
+                    gate.leave()
         finally:
             if ticket.token is not None:
                 with anyio.CancelScope(shield=True):
                     await self.admission.done(checked[1], ticket)
+
+    async def _run_alone(
+        self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, Task[Any, Any]]
+    ) -> None:
+        """Run a redelivered message alone, its start recorded (see `aqueue.isolation`)."""
+        envelope = checked[0]
+        logger.warning(
+            "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
+            envelope.task,
+            envelope.id,
+            delivery.delivery_count,
+            delivery.runs,
+        )
+        async with self._isolation.alone():
+            await delivery.begin()
+            await runner.run(delivery, *checked)
 
     async def _hold(
         self,

@@ -35,6 +35,7 @@ from aqueue import (  # noqa: E402
 )
 from aqueue._redis import parse_redis_url  # noqa: E402
 from aqueue.backends.redis import RedisBackend  # noqa: E402
+from aqueue.broker import UNSTARTED_FACTOR  # noqa: E402
 from aqueue.brokers._redis_consumer import Consumer  # noqa: E402
 from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
@@ -253,12 +254,27 @@ async def test_a_message_that_keeps_killing_workers_is_dead_lettered(
     await broker.publish([message(queue, b"poison")])
     for attempt in (1, 2, 3):  # max_deliveries is 3
         (delivery,) = await drain(broker, [queue])
-        assert delivery.delivery_count == attempt
-        await _set_idle(broker, queue, delivery._claimed.id, delivery._consumer)  # "dies"
+        assert (delivery.delivery_count, delivery.runs) == (attempt, attempt - 1)
+        await delivery.begin()  # it starts...
+        await _set_idle(broker, queue, delivery._claimed.id, delivery._consumer)  # and "dies"
     assert await drain(broker, [queue]) == []
     (letter,) = await broker.dead_letters(queue)
     assert (letter.body, letter.reason) == (b"poison", "max-deliveries")
-    assert letter.detail == "delivered 3 times without being acknowledged"
+    assert letter.detail == "started 3 times without being acknowledged"
+    assert not await broker._redis().exists(broker.keys(queue).runs)
+
+
+async def test_a_message_held_by_dying_workers_is_dead_lettered_only_as_a_backstop(
+    broker: RedisBroker, queue: str
+) -> None:
+    await broker.publish([message(queue, b"held")])
+    for attempt in range(1, 3 * UNSTARTED_FACTOR + 1):  # never started: not blamed...
+        (delivery,) = await drain(broker, [queue])
+        assert (delivery.delivery_count, delivery.runs) == (attempt, 0)
+        await _set_idle(broker, queue, delivery._claimed.id, delivery._consumer)
+    assert await drain(broker, [queue]) == []  # ...until it looks like a loop
+    (letter,) = await broker.dead_letters(queue)
+    assert letter.detail == f"delivered {3 * UNSTARTED_FACTOR} times without a recorded start"
 
 
 async def test_closing_the_consumer_gives_back_what_it_did_not_hand_out(

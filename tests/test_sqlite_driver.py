@@ -32,6 +32,7 @@ from aqueue._sqlite import parse_sqlite_url
 from aqueue.backend import StoredResult
 from aqueue.backends import sqlite as sqlite_backend
 from aqueue.backends.sqlite import SQLiteBackend
+from aqueue.broker import UNSTARTED_FACTOR
 from aqueue.brokers import sqlite as sqlite_broker
 from aqueue.brokers.sqlite import SQLiteBroker
 from aqueue.message import DeadLetterReason
@@ -318,6 +319,63 @@ async def test_max_deliveries_dead_letters(make_broker: MakeBroker) -> None:
     (letter,) = await broker.dead_letters(QUEUE)
     assert (letter.body, letter.reason) == (b"poison", DeadLetterReason.MAX_DELIVERIES)
     assert "2 times" in letter.detail
+
+
+async def test_runs_count_begun_and_nacked_deliveries_not_held_ones(
+    make_broker: MakeBroker, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [time.time()]
+    monkeypatch.setattr(sqlite_broker, "time", SimpleNamespace(time=lambda: now[0]))
+    broker = await make_broker(visibility_timeout=0.3, max_deliveries=3)
+    await broker.publish([message(b"poison")])
+    (held,) = await drain(broker)
+    now[0] += 0.31  # its worker died holding it: no run recorded
+    (begun,) = await drain(broker)
+    assert (begun.delivery_count, begun.runs) == (2, 0)
+    await begun.begin()
+    await begun.begin()  # once per delivery
+    await begun.nack()  # counted by begin already
+    (nacked,) = await drain(broker)
+    assert nacked.runs == 1
+    await nacked.nack()  # a give-back is a run
+    (third,) = await drain(broker)
+    assert third.runs == 2
+    await third.begin()
+    now[0] += 0.31  # it started, and its worker died
+    assert await drain(broker) == []
+    (letter,) = await broker.dead_letters(QUEUE)
+    assert letter.detail == "started 3 times without being acknowledged"
+    assert await count_rows(db, "aqueue_runs") == 0
+    await held.begin()  # its lease is long gone: logged, changes nothing
+    assert await count_rows(db, "aqueue_runs") == 0
+
+
+async def test_a_begun_message_acked_leaves_no_runs(make_broker: MakeBroker, db: Path) -> None:
+    broker = await make_broker()
+    await broker.publish([message(b"job")])
+    (first,) = await drain(broker)
+    await first.nack()
+    (second,) = await drain(broker)
+    await second.begin()
+    assert await count_rows(db, "aqueue_runs") == 1
+    await second.ack()
+    assert await count_rows(db, "aqueue_runs") == 0
+
+
+async def test_a_message_held_by_dying_workers_is_dead_lettered_only_as_a_backstop(
+    make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [time.time()]
+    monkeypatch.setattr(sqlite_broker, "time", SimpleNamespace(time=lambda: now[0]))
+    broker = await make_broker(visibility_timeout=0.3, max_deliveries=2)
+    await broker.publish([message(b"held")])
+    for attempt in range(1, 2 * UNSTARTED_FACTOR + 1):
+        (delivery,) = await drain(broker)
+        assert (delivery.delivery_count, delivery.runs) == (attempt, 0)
+        now[0] += 0.31
+    assert await drain(broker) == []
+    (letter,) = await broker.dead_letters(QUEUE)
+    assert letter.detail == f"delivered {2 * UNSTARTED_FACTOR} times without a recorded start"
 
 
 async def test_dead_letter_reason_detail_oldest_first(broker: SQLiteBroker) -> None:

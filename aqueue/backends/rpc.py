@@ -67,6 +67,8 @@ def _broker_url(options: Mapping[str, Any]) -> str:
 class RPCBackend(ResultBackend):
     """Results returned over RabbitMQ to the sending process: `backend="rpc://"`."""
 
+    shared = False  # a worker cannot read what another one sent
+
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings = parse_amqp_url(_broker_url(options), options)

@@ -82,17 +82,40 @@ def _tag(message: DeliveredMessage) -> int:
 
 
 class AMQPDelivery(Delivery):
-    """A message delivered on a session's channel; settled once, on that channel."""
+    """A message delivered on a session's channel; settled once, on that channel.
 
-    __slots__ = ("_session", "_settled", "message")
+    Once begun on a classic queue, it stands for the copy that `begin` holds on the running
+    channel (`_amqp_running`): settling it settles the copy.
+    """
+
+    __slots__ = ("_copy", "_session", "_settled", "message")
 
     def __init__(
-        self, session: Session, queue: str, message: DeliveredMessage, delivery_count: int
+        self,
+        session: Session,
+        queue: str,
+        message: DeliveredMessage,
+        delivery_count: int,
+        runs: int = 0,
     ) -> None:
-        super().__init__(message.body, queue, delivery_count)
+        super().__init__(message.body, queue, delivery_count, runs)
         self._session = session
         self._settled = False
+        self._copy: tuple[AbstractChannel, int] | None = None
         self.message = message
+
+    @property
+    def begun(self) -> bool:
+        """Whether `begin` replaced the message by a copy with one more run."""
+        return self._copy is not None
+
+    async def settled(self) -> None:
+        """Return once RabbitMQ has processed the settlement of the original message."""
+        await self._session.sync()
+
+    def hold_copy(self, channel: AbstractChannel, copy: DeliveredMessage) -> None:
+        """Stand for `copy`, held on `channel`, from now on (the original was acknowledged)."""
+        self._copy = (channel, _tag(copy))
 
     @property
     def tag(self) -> int:
@@ -108,6 +131,8 @@ class AMQPDelivery(Delivery):
     @property
     def stale(self) -> bool:
         """Whether the delivering channel is gone (RabbitMQ has the message back)."""
+        if self._copy is not None:
+            return self._copy[0].is_closed
         return self._session.channel.is_closed
 
     def _settle(self) -> bool:
@@ -117,7 +142,7 @@ class AMQPDelivery(Delivery):
     async def ack(self) -> None:
         """Acknowledge: RabbitMQ deletes the message."""
         if self._settle():
-            await self._session.settle(self, requeue=None)
+            await self.settle(requeue=None)
 
     async def nack(self, *, delay: float = 0.0) -> None:
         """Give the message back, counted as a delivery, after `delay` seconds."""
@@ -129,9 +154,24 @@ class AMQPDelivery(Delivery):
         if self._settle():
             await self._session.broker._bury(self, str(reason), detail)
 
+    async def begin(self) -> None:
+        """Record a run: on a classic queue, hold a copy with one more run instead."""
+        if not self._settled and self._copy is None:
+            await self._session.broker._begin(self)
+
     async def settle(self, *, requeue: bool | None) -> None:
         """Ack (`requeue=None`) or reject on the delivering channel; for the broker's use."""
-        await self._session.settle(self, requeue=requeue)
+        if self._copy is None:
+            await self._session.settle(self, requeue=requeue)
+            return
+        channel, tag = self._copy
+        if channel.is_closed:
+            return  # RabbitMQ has the copy back: it goes on to its queue
+        with released("settle a running copy"):
+            if requeue is None:
+                await channel.basic_ack(tag)
+            else:
+                await channel.basic_reject(tag, requeue=requeue)
 
 
 class Session:
@@ -382,6 +422,20 @@ class Session:
         elif below:
             frames.append(spec.Basic.Ack(delivery_tag=max(below), multiple=True))
         return frames
+
+    async def sync(self) -> None:
+        """Return once RabbitMQ processed what this channel sent so far (a round trip).
+
+        A closed channel returns at once: closing it was a round trip after what it sent.
+        """
+        if self.channel.is_closed:
+            return
+        async with amqp_errors(self.broker.settings, "settle a delivery"):
+            with _whole(self):
+                await self._flush()
+                await self.channel.queue_declare(
+                    self.broker.topology.queue(self.queues[0]), passive=True
+                )
 
     # -- stopping -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ retries with backoff when Redis goes away, and gives back what it claimed but di
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -19,6 +20,7 @@ import anyio
 from redis.exceptions import RedisError, ResponseError
 
 from .._redis import Script, broker_error, process_tag
+from ..broker import UNSTARTED_FACTOR
 from ..exceptions import BrokerError
 from . import _redis_scripts as lua
 
@@ -48,7 +50,7 @@ _CLAIM = Script(lua.CLAIM)
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("dead", "delayed", "queue", "streams", "wake")
+    __slots__ = ("dead", "delayed", "queue", "runs", "streams", "wake")
 
     def __init__(self, prefix: str, queue: str) -> None:
         base = f"{prefix}:{{{queue}}}"
@@ -57,6 +59,7 @@ class QueueKeys:
         self.delayed = f"{base}:delayed"
         self.wake = f"{base}:wake"
         self.dead = f"{base}:dead"
+        self.runs = f"{base}:runs"  # recorded runs, by `run_key` of the message body
 
     def stream(self, priority: int) -> str:
         return self.streams[9 - priority]
@@ -70,10 +73,16 @@ class Claimed:
     body: bytes
     n: int  # deliveries before this stream entry
     counter: int  # deliveries of this stream entry (the fencing token, with the consumer)
+    runs: int = 0  # recorded runs (`begin`, `nack`), looked up for redeliveries only
 
     @property
     def stream(self) -> str:
         return self.keys.stream(self.priority)
+
+
+def run_key(body: bytes) -> str:
+    """Return the field of a message in its queue's runs hash (the same after `nack`)."""
+    return hashlib.sha1(body, usedforsecurity=False).hexdigest()
 
 
 def text(value: Any) -> str:
@@ -163,7 +172,7 @@ class Consumer:
             self.name,
             limit,
             repr(now),
-            broker.max_deliveries,
+            broker.max_deliveries * UNSTARTED_FACTOR,  # a backstop: runs are counted below
             int(sweep),
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
@@ -175,6 +184,10 @@ class Consumer:
             Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
             for q, p, i, body, n, counter in entries
         ]
+        if claimed:
+            claimed = await self._with_runs(claimed)
+            if not claimed:
+                return None, None  # only dead-lettered
         if not claimed and int(buried):
             return None, None
         return claimed, float(next_due) if next_due is not None else None
@@ -197,7 +210,7 @@ class Consumer:
                 raise
             await self._ensure_groups()  # a restarted Redis lost them
             return []
-        return await self._sort_out(reply or [], limit)
+        return await self._with_runs(await self._sort_out(reply or [], limit))
 
     async def _ensure_groups(self) -> None:
         pipe = self.broker._redis().pipeline(transaction=False)
@@ -222,9 +235,30 @@ class Consumer:
             await self.broker._give_back_unyielded(extra, self.name, fenced=True)
         kept = []
         for message in claimed[:limit]:
-            if message.n + 1 > self.broker.max_deliveries:
-                detail = f"delivered {message.n} times without being acknowledged"
+            if message.n + 1 > self.broker.max_deliveries * UNSTARTED_FACTOR:
+                detail = f"delivered {message.n} times without a recorded start"
                 await self.broker._dead_letter(message, self.name, "max-deliveries", detail)
+            else:
+                kept.append(message)
+        return kept
+
+    async def _with_runs(self, batch: list[Claimed]) -> list[Claimed]:
+        """Look up the recorded runs of redelivered messages; dead-letter those with too many."""
+        again = [message for message in batch if message.n + message.counter > 1]
+        if not again:
+            return batch
+        pipe = self.broker._redis().pipeline(transaction=False)
+        for message in again:
+            pipe.hget(message.keys.runs, run_key(message.body))
+        for message, runs in zip(again, await pipe.execute(), strict=True):
+            message.runs = int(runs or 0)
+        limit = self.broker.max_deliveries
+        kept = []
+        for message in batch:
+            if message.runs >= limit:
+                detail = f"started {message.runs} times without being acknowledged"
+                await self.broker._dead_letter(message, self.name, "max-deliveries", detail)
+                await self.broker._forget_runs(message)
             else:
                 kept.append(message)
         return kept

@@ -119,8 +119,9 @@ end
 
 #: Claim up to `limit` messages of several queues: due delayed messages first move to their
 #: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
-#: priority 9 first and, within a level, oldest first across queues. Messages past
-#: `max_deliveries` are dead-lettered on the way.
+#: priority 9 first and, within a level, oldest first across queues. Messages delivered more
+#: than `max_deliveries` times (the broker passes a backstop: runs are counted apart) are
+#: dead-lettered on the way.
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead.
 #: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
 #: dead_letter_max_bytes.
@@ -170,7 +171,7 @@ local function take(q, p, key, entry, counter)
   end
   if n + counter > max_deliveries then
     bury(KEYS[q * 12], body or '', 'max-deliveries',
-      'delivered ' .. (n + counter - 1) .. ' times without being acknowledged', now)
+      'delivered ' .. (n + counter - 1) .. ' times without a recorded start', now)
     redis.call('XACK', key, group, entry[1])
     redis.call('XDEL', key, entry[1])
     buried = buried + 1

@@ -26,13 +26,17 @@ What it promises:
   (see `_amqp_topology`): no plugin, and a delayed message survives a worker restart.
 - **Priorities** 0-9 on classic queues. Quorum queues in RabbitMQ 3.x ignore priorities (FIFO).
 - **Delivery limit.** Each message carries its delivery count: `x-delivery-count` (quorum
-  queues) plus the `aqueue-deliveries` header aqueue sets when it republishes a message. A
-  message delivered more than `max_deliveries` times is dead-lettered with reason
-  `max-deliveries` before it runs again. `nack()` republishes the message with its count
-  (RabbitMQ counts no requeues on classic queues) and acks the original. A message that
-  kills its worker comes back on a classic queue without any count: only quorum queues can stop
-  that loop (`x-delivery-limit`); use `queue_type=quorum` where this matters. On quorum queues,
-  a prefetched message given back unstarted at shutdown also counts as one delivery.
+  queues) plus the `aqueue-deliveries` header aqueue sets when it republishes a message, plus
+  one on a classic queue when RabbitMQ flags it redelivered (its holder died or lost its
+  channel). `nack()` republishes the message with its count (RabbitMQ counts no requeues on
+  classic queues) and acks the original. A message delivered more than `max_deliveries`
+  times is dead-lettered with reason `max-deliveries` before it runs again.
+- **Runs.** On classic queues, `begin` (the worker calls it before running a redelivered
+  message alone, see `aqueue.isolation`) replaces the message by a copy with one more
+  `aqueue-runs`, held on a running queue while the task runs (`_amqp_running`): a message
+  that kills its worker comes back counted, and one merely held is not blamed. A message with
+  `max_deliveries` runs is dead-lettered (the worker does it first, with a failure result).
+  Quorum queues count every redelivery themselves (`x-delivery-limit`), held messages too.
 - **Mailbox** (`mailbox()`, see `_amqp_mailbox`): control-plane topics over the direct
   exchange `aqueue.mailbox`, durable settings in the classic queue `aqueue.settings`.
 - **Reconnects**: a consumer whose connection dropped reconnects with backoff (capped at 3 s)
@@ -76,6 +80,7 @@ from ._amqp_consumer import (
 from ._amqp_dead import DeadLetters
 from ._amqp_mailbox import AMQPMailbox
 from ._amqp_publisher import Outgoing, Pipeline
+from ._amqp_running import H_RUNS, RunningCopies
 from ._amqp_topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
 __all__ = ["AMQPBroker"]
@@ -105,6 +110,8 @@ class AMQPBroker(Broker):
         self._publisher: Pipeline | None = None
         self._publisher_lock = anyio.Lock()
         self._mailbox: AMQPMailbox | None = None
+        self._running: RunningCopies | None = None
+        self._classic = self.settings.queue_type == "classic"
 
     def __repr__(self) -> str:
         return f"<AMQPBroker {self.settings.display}>"
@@ -116,6 +123,9 @@ class AMQPBroker(Broker):
     async def close(self) -> None:
         """Close the connection; running consumers end, unsettled messages go back."""
         with anyio.CancelScope(shield=True):
+            running, self._running = self._running, None
+            if running is not None:
+                await running.close()
             await self.topology.close()
             mailbox, self._mailbox = self._mailbox, None
             if mailbox is not None:
@@ -356,19 +366,38 @@ class AMQPBroker(Broker):
         headers = message.header.properties.headers
         count = 1 + int(header_number(headers, H_DELIVERIES))
         count += int(header_number(headers, "x-delivery-count"))
-        delivery = AMQPDelivery(session, queue, message, count)
+        deliver = message.delivery
+        if self._classic and isinstance(deliver, spec.Basic.Deliver) and deliver.redelivered:
+            count += 1  # its holder died (or lost its channel): a suspect, and counted so
+        runs = int(header_number(headers, H_RUNS))
+        delivery = AMQPDelivery(session, queue, message, count, runs)
         session.yielded()
-        if count > self.max_deliveries:
-            detail = f"delivered {count - 1} times without being acknowledged"
+        if count > self.max_deliveries or runs >= self.max_deliveries:
+            detail = (
+                f"started {runs} times without being acknowledged"
+                if runs >= self.max_deliveries
+                else f"delivered {count - 1} times without being acknowledged"
+            )
             logger.error("message of %s %s; dead-lettered", queue, detail)
             await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
             return None
         eta = header_time(headers, H_ETA)
         if eta and eta > time.time():  # a delay longer than the ladder: once more round it
             delivery._settle()
-            await self._republish(delivery, eta=eta, deliveries=count - 1)
+            await self._republish(delivery, eta=eta, deliveries=count - 1, runs=runs)
             return None
         return delivery
+
+    async def _begin(self, delivery: AMQPDelivery) -> None:
+        """`begin` on a classic queue: hold a copy with one more run, ack the original."""
+        if not self._classic or delivery.stale:
+            return  # quorum queues count deliveries themselves (`x-delivery-limit`)
+        if self._running is None:
+            self._running = RunningCopies(self)
+        channel, copy = await self._running.hold(delivery)
+        await delivery.settle(requeue=None)
+        await delivery.settled()  # or, if the task kills the worker now, both come back
+        delivery.hold_copy(channel, copy)
 
     # -- settling (called by AMQPDelivery) ----------------------------------------------------
 
@@ -381,16 +410,19 @@ class AMQPBroker(Broker):
         if delivery.stale:
             return  # its channel is gone: RabbitMQ gives the message again by itself
         eta = time.time() + delay if delay > 0 else None
-        await self._republish(delivery, eta=eta, deliveries=delivery.delivery_count)
+        runs = delivery.runs + delivery.begun
+        await self._republish(delivery, eta=eta, deliveries=delivery.delivery_count, runs=runs)
 
     async def _republish(
-        self, delivery: AMQPDelivery, *, eta: float | None, deliveries: int
+        self, delivery: AMQPDelivery, *, eta: float | None, deliveries: int, runs: int
     ) -> None:
         properties = delivery.message.header.properties
         headers: dict[str, Any] = {
             H_AT: header_number(properties.headers, H_AT) or stamp(time.time()),
             H_DELIVERIES: deliveries,
         }
+        if runs:
+            headers[H_RUNS] = runs
         outgoing = await self._route(
             delivery.queue,
             delivery.body,

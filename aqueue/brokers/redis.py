@@ -15,7 +15,12 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
   consumer and is reclaimed (`XAUTOCLAIM`) by the sweep of any live one, which every consumer
   runs every `visibility_timeout / 2` seconds. Settling is fenced by owner and delivery counter:
   a consumer whose lease ran out cannot settle the message another consumer now holds.
-- After `max_deliveries` deliveries a message goes to the dead letters (`max-deliveries`).
+- Runs: `begin` (the worker calls it before running a redelivered message alone, see
+  `aqueue.isolation`) and `nack` add one to the message's field in the hash
+  `<prefix>:{<queue>}:runs` (keyed by a digest of the body, which survives `nack` and delays);
+  a redelivered message with `max_deliveries` runs goes to the dead letters
+  (`max-deliveries`); the worker does it first, with a failure result. Deliveries blame
+  nothing: a message merely held by a worker that died is not the one that killed it.
 - `nack` and a closing consumer give messages back at once, as new entries (counting the
   deliveries so far), not after the lease.
 - Connections: publishes, claims and acks share one lean pipelined connection (`aqueue._resp`),
@@ -69,7 +74,15 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
 from . import _redis_dead as deadletters
 from . import _redis_scripts as lua
-from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys
+from ._redis_consumer import (
+    CLAIM_BATCH,
+    GROUP,
+    MAX_BLOCK,
+    Claimed,
+    Consumer,
+    QueueKeys,
+    run_key,
+)
 
 __all__ = ["RedisBroker"]
 
@@ -80,20 +93,35 @@ _REQUEUE = Script(lua.REQUEUE)
 _DEAD_LETTER = Script(lua.DEAD_LETTER)
 _SCHEDULE = Script(lua.SCHEDULE)
 _PURGE = Script(lua.PURGE)
+#: How long a queue's runs hash outlives its last change (a count left by a lost settle).
+RUNS_TTL = 7 * 24 * 3600
 
 
 class _RedisDelivery(Delivery):
-    __slots__ = ("_broker", "_claimed", "_consumer", "_held", "_settled")
+    __slots__ = ("_begun", "_broker", "_claimed", "_consumer", "_held", "_settled")
 
     def __init__(
         self, broker: RedisBroker, claimed: Claimed, consumer: str, held: set[str]
     ) -> None:
-        super().__init__(claimed.body, claimed.keys.queue, claimed.n + claimed.counter)
+        count = claimed.n + claimed.counter
+        super().__init__(claimed.body, claimed.keys.queue, count, claimed.runs)
         self._broker = broker
         self._claimed = claimed
         self._consumer = consumer
         self._held = held
         self._settled = False
+        self._begun = False
+
+    async def begin(self) -> None:
+        """Count a run of the message in its queue's runs hash, before it starts."""
+        if not self._settled and not self._begun:
+            self._begun = True
+            await self._broker._count_run(self._claimed)
+
+    async def _forget_runs(self) -> None:
+        """Settled for good: drop its count of runs, if it has one."""
+        if self._begun or self.runs:
+            await self._broker._forget_runs(self._claimed)
 
     def _settle(self) -> bool:
         first, self._settled = not self._settled, True
@@ -121,6 +149,7 @@ class _RedisDelivery(Delivery):
         """
         if self._settle():
             await self._broker._settler.send(("ack", self))
+            await self._forget_runs()
 
     def _acked(self, outcome: bool | Exception) -> None:
         """Take the outcome of this delivery's ack, when its batch came back."""
@@ -151,6 +180,8 @@ class _RedisDelivery(Delivery):
         if not self._settle():
             return
         due = time.time() + delay if delay > 0 else 0.0
+        if not self._begun:  # a begun run was counted already
+            await self._broker._count_run(self._claimed)
         try:
             if not await self._broker._requeue(self._claimed, self._consumer, "nack", due):
                 self._lost("return")
@@ -166,6 +197,7 @@ class _RedisDelivery(Delivery):
                 self._claimed, self._consumer, str(reason), detail
             ):
                 self._lost("dead-letter")
+            await self._forget_runs()
         finally:
             self._release()
 
@@ -405,6 +437,19 @@ class RedisBroker(Broker):
         calls = [_requeue_call(m, consumer, "release", 0.0, fenced=fenced) for m in messages]
         with redis_errors(self.settings, "returning messages"):
             await run_scripts(self._redis(), calls)
+
+    async def _count_run(self, claimed: Claimed) -> None:
+        """Add one to the message's runs (the hash lives a week after its last change)."""
+        key = claimed.keys.runs
+        with redis_errors(self.settings, "recording the start of a task"):
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hincrby(key, run_key(claimed.body), 1)
+            pipe.expire(key, RUNS_TTL)
+            await pipe.execute()
+
+    async def _forget_runs(self, claimed: Claimed) -> None:
+        with redis_errors(self.settings, "settling a message"):
+            await self._redis().hdel(claimed.keys.runs, run_key(claimed.body))
 
     async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
         args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]

@@ -12,6 +12,12 @@ hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad r
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
+Runs: `begin` (the worker calls it before running a redelivered message alone, see
+`aqueue.isolation`) and `nack` add one to the message's row in `aqueue_runs`; a message with
+`max_deliveries` runs is dead-lettered when next claimed (the worker does it first, with a
+failure result). Claims count deliveries in `deliveries`, which blames nothing: a message
+merely held by a worker that died is not the one that killed it.
+
 Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (default 5).
 """
 
@@ -30,7 +36,15 @@ import anyio
 
 from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
-from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..broker import (
+    DEAD_LETTER_MAX_BYTES,
+    UNSTARTED_FACTOR,
+    Broker,
+    Credit,
+    DeadLetter,
+    DeadLetterStats,
+    Delivery,
+)
 from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
@@ -80,6 +94,12 @@ SCHEMA = (
     + STRICT,
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
+    # Recorded runs (`begin`) and give-backs (`nack`) of messages, by aqueue_messages.id; a
+    # table of its own, so that files made before it need no migration.
+    """CREATE TABLE IF NOT EXISTS aqueue_runs (
+        id INTEGER PRIMARY KEY,
+        runs INTEGER NOT NULL
+    )""",
 )
 
 _READY = """SELECT id, priority FROM aqueue_messages
@@ -90,6 +110,8 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
+_STRIKE = """INSERT INTO aqueue_runs (id, runs) VALUES (?, 1)
+    ON CONFLICT (id) DO UPDATE SET runs = runs + 1"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +121,7 @@ class _Claimed:
     priority: int
     body: bytes
     deliveries: int
+    runs: int
     token: str
 
 
@@ -155,28 +178,41 @@ def _claim(
         ).fetchall()
         faults = {row[0]: wrong for row in rows if (wrong := fault(*row[2:]))}
         corrupt = bury_rows(conn, faults, now) if faults else 0
+        rows = [row for row in rows if row[0] not in faults]
+        again = [row[0] for row in rows if row[4] > 1]  # only they can have runs
+        runs: dict[int, int] = {}
+        if again:
+            runs = dict(
+                conn.execute(
+                    f"SELECT id, runs FROM aqueue_runs WHERE id IN ({placeholders(len(again))})",
+                    again,
+                ).fetchall()
+            )
         claimed = [
-            _Claimed(id_, queue, pri, body, n, token)
+            _Claimed(id_, queue, pri, body, n, runs.get(id_, 0), token)
             for id_, queue, pri, body, n in rows
-            if id_ not in faults
         ]
-        dead = [message for message in claimed if message.deliveries > max_deliveries]
+        dead = [(m, why) for m in claimed if (why := _exhausted(m, max_deliveries))]
         if dead:
-            conn.execute(
-                f"DELETE FROM aqueue_messages WHERE id IN ({placeholders(len(dead))})",
-                [message.id for message in dead],
-            )
-            detail = f"delivered {max_deliveries} times without being acknowledged"
-            deadletters.bury(
-                conn,
-                [
-                    (m.queue, m.body, DeadLetterReason.MAX_DELIVERIES.value, detail, now)
-                    for m in dead
-                ],
-            )
-    live = [message for message in claimed if message.deliveries <= max_deliveries]
+            marks = placeholders(len(dead))
+            ids = [message.id for message, _ in dead]
+            conn.execute(f"DELETE FROM aqueue_messages WHERE id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM aqueue_runs WHERE id IN ({marks})", ids)
+            reason = DeadLetterReason.MAX_DELIVERIES.value
+            deadletters.bury(conn, [(m.queue, m.body, reason, why, now) for m, why in dead])
+    gone = {message.id for message, _ in dead}
+    live = [message for message in claimed if message.id not in gone]
     live.sort(key=lambda message: (-message.priority, message.id))
     return _Claim(live, len(dead) + corrupt, None)
+
+
+def _exhausted(message: _Claimed, max_deliveries: int) -> str:
+    """Why a claimed message must be dead-lettered rather than delivered; "" if it may run."""
+    if message.runs >= max_deliveries:
+        return f"started {message.runs} times without being acknowledged"
+    if message.deliveries > UNSTARTED_FACTOR * max_deliveries:
+        return f"delivered {message.deliveries - 1} times without a recorded start"
+    return ""
 
 
 def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> None:
@@ -187,18 +223,31 @@ def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> N
     )
 
 
-def _ack(conn: sqlite3.Connection, id_: int, token: str) -> bool:
+def _ack(conn: sqlite3.Connection, id_: int, token: str, runs: bool) -> bool:
     cursor = conn.execute(
         "DELETE FROM aqueue_messages WHERE id = ? AND lease_token = ?", (id_, token)
     )
+    if runs and cursor.rowcount > 0:
+        conn.execute("DELETE FROM aqueue_runs WHERE id = ?", (id_,))
     return cursor.rowcount > 0
 
 
-def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float) -> bool:
+def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float, strike: bool) -> bool:
     cursor = conn.execute(
         "UPDATE aqueue_messages SET lease_until = NULL, lease_token = NULL, due = ? "
         "WHERE id = ? AND lease_token = ?",
         (due, id_, token),
+    )
+    if strike and cursor.rowcount > 0:
+        conn.execute(_STRIKE, (id_,))
+    return cursor.rowcount > 0
+
+
+def _begin(conn: sqlite3.Connection, id_: int, token: str) -> bool:
+    cursor = conn.execute(
+        "INSERT INTO aqueue_runs (id, runs) SELECT id, 1 FROM aqueue_messages "
+        "WHERE id = ? AND lease_token = ? ON CONFLICT (id) DO UPDATE SET runs = runs + 1",
+        (id_, token),
     )
     return cursor.rowcount > 0
 
@@ -211,6 +260,7 @@ def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, de
         ).fetchone()
         if row is not None:
             deadletters.bury(conn, [(row[0], row[1], reason, detail, time.time())])
+            conn.execute("DELETE FROM aqueue_runs WHERE id = ?", (id_,))
     return row is not None
 
 
@@ -234,21 +284,24 @@ def _release(conn: sqlite3.Connection, leases: list[tuple[int, str]], wake: str)
 
 
 def _purge(conn: sqlite3.Connection, queue: str) -> int:
-    cursor = conn.execute(
-        "DELETE FROM aqueue_messages WHERE queue = ? AND lease_until IS NULL", (queue,)
-    )
+    with immediate(conn):
+        cursor = conn.execute(
+            "DELETE FROM aqueue_messages WHERE queue = ? AND lease_until IS NULL", (queue,)
+        )
+        conn.execute("DELETE FROM aqueue_runs WHERE id NOT IN (SELECT id FROM aqueue_messages)")
     return cursor.rowcount
 
 
 class _SQLiteDelivery(Delivery):
-    __slots__ = ("_broker", "_id", "_settled", "_token")
+    __slots__ = ("_begun", "_broker", "_id", "_settled", "_token")
 
     def __init__(self, broker: SQLiteBroker, message: _Claimed) -> None:
-        super().__init__(message.body, message.queue, message.deliveries)
+        super().__init__(message.body, message.queue, message.deliveries, message.runs)
         self._broker = broker
         self._id = message.id
         self._token = message.token
         self._settled = False
+        self._begun = False
 
     def _settle(self) -> bool:
         first, self._settled = not self._settled, True
@@ -265,16 +318,27 @@ class _SQLiteDelivery(Delivery):
 
     async def ack(self) -> None:
         """Delete the message, if this delivery still holds its lease."""
-        if self._settle() and not await self._broker._write(_ack, self._id, self._token):
+        runs = self._begun or self.runs > 0
+        if self._settle() and not await self._broker._write(_ack, self._id, self._token, runs):
             self._lost("acknowledge")
 
     async def nack(self, *, delay: float = 0.0) -> None:
-        """Make the message ready again after `delay` seconds."""
+        """Make the message ready again after `delay` seconds, counted as a run."""
         if self._settle():
             due = time.time() + max(delay, 0.0)
             broker = self._broker
-            if not await broker._write(_nack, self._id, self._token, due, wake=broker._wake):
+            strike = not self._begun  # a begun run was counted already
+            if not await broker._write(
+                _nack, self._id, self._token, due, strike, wake=broker._wake
+            ):
                 self._lost("return")
+
+    async def begin(self) -> None:
+        """Count a run of the message, in the same file, before it starts."""
+        if not self._settled and not self._begun:
+            self._begun = True
+            if not await self._broker._write(_begin, self._id, self._token):
+                self._lost("record the start of")
 
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Move the message to the dead letters of its queue."""

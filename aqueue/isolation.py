@@ -1,0 +1,108 @@
+"""Isolation: a redelivered message runs alone, so that only it is blamed if its worker dies.
+
+A message delivered again after its worker died (`Delivery.suspect`) may be the one that
+killed it, or one that the worker merely held, or one whose task finished just before the
+death. The runner (`Runner.check`) tells them apart:
+
+1. a suspect whose task already finished (the result store holds a ready state for its id:
+   the worker died after storing the result, before the ack landed) is acknowledged, not run
+   again;
+2. a suspect started `max_deliveries` times (its recorded runs, plus the first run, which is
+   never recorded) gets a `WorkerLostError` failure as its result, so callers learn at once,
+   and goes to the dead letters with reason `max-deliveries`;
+3. any other suspect runs alone (`Isolation.alone`): the worker starts no other task, waits for
+   the running ones to finish, records the start (`Delivery.begin`), and runs it. If the
+   worker dies now, this message is the only one whose count of runs went up. Both waits are
+   bounded (`GRACE`, 2 s): a long task does not stall the worker; a crash past them may blame
+   a suspect still running then.
+
+First deliveries run side by side and record nothing (a durable write per task would halve a
+worker's throughput): a worker that dies while running many of them blames none, and each
+comes back as a suspect to be run alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+__all__ = ["GRACE", "Isolation"]
+
+#: How long a suspect waits for the running tasks, and then runs with nothing else starting.
+GRACE = 2.0
+
+
+class Isolation:
+    """Runs suspects alone: `async with gate.alone(): ...`; other tasks `enter` and `leave`.
+
+    A suspect closes the gate: new tasks wait, and the suspect waits for the running ones to
+    finish, for at most `grace` seconds; then it runs with the gate closed for at most `grace`
+    seconds more. A crash comes early in a run, as a rule; bounding both waits keeps a long
+    task (running, or the suspect itself) from stalling the worker, at the price of precision
+    about what crashes past them. Suspects that arrive together go one after the other.
+    """
+
+    def __init__(self, grace: float = GRACE) -> None:
+        self.grace = grace
+        self.running = 0  # tasks (suspects too) between their start and their end
+        self._waiting = False  # a suspect waits for the running tasks: the gate is closed
+        self._until: float | None = None  # then it runs, the gate closed until then
+        self._event: anyio.Event | None = None  # made when first awaited: it needs a loop
+
+    @property
+    def closed(self) -> bool:
+        """Whether a task starting now has to wait."""
+        return self._waiting or (self._until is not None and anyio.current_time() < self._until)
+
+    def _notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def _changed(self, until: float | None) -> None:
+        """Wait for a change, or until `until` (anyio's clock)."""
+        if self._event is None:
+            self._event = anyio.Event()
+        with anyio.move_on_after(math.inf if until is None else until - anyio.current_time()):
+            await self._event.wait()
+
+    async def enter(self) -> None:
+        """Wait while the gate is closed, then count a running task."""
+        while self.closed:
+            await self._changed(None if self._waiting else self._until)
+        self.running += 1
+
+    def leave(self) -> None:
+        """Count a running task done."""
+        self.running -= 1
+        if not self.running:
+            self._notify()
+
+    @asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        """Run the body alone: see the class docstring for how alone."""
+        await self.enter()  # after the suspect before it (for as long as its gate is closed)
+        self.running -= 1
+        until: float | None = None
+        self._waiting = True
+        try:
+            deadline = anyio.current_time() + self.grace
+            try:
+                while self.running and anyio.current_time() < deadline:
+                    await self._changed(deadline)
+            finally:
+                self._waiting = False
+            until = self._until = anyio.current_time() + self.grace
+            self._notify()  # waiting tasks now wait for this time
+            self.running += 1
+            try:
+                yield
+            finally:
+                self.running -= 1
+        finally:
+            if until is None or self._until == until:  # not a later suspect's window
+                self._until = None
+            self._notify()
