@@ -6,15 +6,25 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
+Sooner than that, a dead worker is found by its heartbeat (`aqueue._heartbeat`): a consuming
+broker upserts its row of `aqueue_consumers` (its id, `time.monotonic()` of its last beat:
+one clock for every process on the machine, which wall-clock steps do not move) every
+`heartbeat_interval` seconds from a thread of its own. A lease token starts with its owner's
+id; a claim first looks for owners whose beat is older than `heartbeat_timeout`, makes their
+leases run out at once, and deletes their rows. An idle consumer wakes up when the oldest beat
+of an owner holding leases would go stale, so nothing polls for it either.
+
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
-Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (default 5).
+Options: `visibility_timeout` (seconds, default 30), `max_deliveries` (default 5),
+`heartbeat_interval` (1) and `heartbeat_timeout` (5; None: leases only).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -25,7 +35,8 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._heartbeat import Heartbeat, heartbeat_options
+from .._sqlite import BUSY_TIMEOUT_MS, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
@@ -73,7 +84,15 @@ SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
+    # Consuming brokers and their last heartbeat (time.monotonic()); see the module.
+    """CREATE TABLE IF NOT EXISTS aqueue_consumers (
+        id TEXT PRIMARY KEY,
+        beat REAL NOT NULL
+    )""",
 )
+
+#: The length of a consumer id, the first characters of each lease token it makes.
+OWNER_LENGTH = 32
 
 _READY = """SELECT id, priority FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due <= ? ORDER BY priority DESC, id LIMIT ?"""
@@ -83,6 +102,13 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
+_DEAD_OWNERS = """SELECT id FROM aqueue_consumers
+    WHERE id != ? AND (beat < ? OR beat > ?)"""
+_EXPIRE_OWNER = f"""UPDATE aqueue_messages SET lease_until = 0
+    WHERE lease_until IS NOT NULL AND substr(lease_token, 1, {OWNER_LENGTH}) = ?"""
+_OLDEST_HOLDER = f"""SELECT min(beat) FROM aqueue_consumers WHERE id != ? AND id IN (
+    SELECT substr(lease_token, 1, {OWNER_LENGTH}) FROM aqueue_messages
+    WHERE lease_until IS NOT NULL)"""
 _BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -97,10 +123,50 @@ class _Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class _Judge:
+    """Who claims (`owner`, the prefix of its lease tokens) and how it judges other owners."""
+
+    owner: str
+    timeout: float
+    judging: bool  # whether its own heartbeat lets it declare others dead now
+    wake: str  # the wake-up directory, poked when it expired a dead owner's leases
+
+
+@dataclass(frozen=True, slots=True)
 class _Claim:
     messages: list[_Claimed]
     buried: int  # claimed past max_deliveries, and dead-lettered instead
     next_at: float | None  # nothing was ready: when the next message may be
+    #: Nothing was ready: the oldest heartbeat (monotonic) of another owner holding leases.
+    oldest_beat: float | None = None
+
+
+def _expire_dead_owners(conn: sqlite3.Connection, judge: _Judge) -> int:
+    """Make the leases of owners whose heartbeat is stale run out now; return how many."""
+    now = time.monotonic()
+    # A beat in the future is from before a reboot (the monotonic clock started again).
+    args = (judge.owner, now - judge.timeout, now + judge.timeout)
+    dead = [row[0] for row in conn.execute(_DEAD_OWNERS, args).fetchall()]
+    expired = 0
+    for owner in dead:
+        expired += conn.execute(_EXPIRE_OWNER, (owner,)).rowcount
+    if dead:
+        conn.execute(f"DELETE FROM aqueue_consumers WHERE id IN ({placeholders(len(dead))})", dead)
+    if expired:
+        logger.warning(
+            "reclaiming %d message(s) of %d consumer(s) whose heartbeat stopped more than %gs ago",
+            expired,
+            len(dead),
+            judge.timeout,
+        )
+    return expired
+
+
+def _oldest_beat(conn: sqlite3.Connection, judge: _Judge | None) -> float | None:
+    if judge is None:
+        return None
+    row = conn.execute(_OLDEST_HOLDER, (judge.owner,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def _candidates(
@@ -125,14 +191,21 @@ def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
 
 
 def _claim(
-    conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float, max_deliveries: int
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    lease: float,
+    max_deliveries: int,
+    judge: _Judge | None = None,
 ) -> _Claim:
     now = time.time()
     with immediate(conn):
+        if judge is not None and judge.judging and _expire_dead_owners(conn, judge):
+            notify(judge.wake)  # consumers of other queues look again, once this commits
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now))
-        token = uuid.uuid4().hex
+            return _Claim([], 0, _next_at(conn, queues, now), _oldest_beat(conn, judge))
+        token = (judge.owner if judge is not None else "") + uuid.uuid4().hex
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
             f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
@@ -229,6 +302,36 @@ def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[Dead
     return [DeadLetter(*row) for row in rows]
 
 
+class _SQLiteBeats:
+    """The heartbeat's own connection, used only by its thread (see `aqueue._heartbeat`)."""
+
+    def __init__(self, path: str, owner: str) -> None:
+        self._path = path
+        self._owner = owner
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+        return self._conn
+
+    async def beat(self) -> None:
+        self._connection().execute(
+            "INSERT INTO aqueue_consumers (id, beat) VALUES (?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET beat = excluded.beat",
+            (self._owner, time.monotonic()),
+        )
+
+    async def forget(self) -> None:
+        self._connection().execute("DELETE FROM aqueue_consumers WHERE id = ?", (self._owner,))
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class _SQLiteDelivery(Delivery):
     __slots__ = ("_broker", "_id", "_settled", "_token")
 
@@ -280,6 +383,10 @@ class _SQLiteDelivery(Delivery):
             self._lost("renew the lease of")
 
 
+def _earliest(*times: float | None) -> float | None:
+    return min((each for each in times if each is not None), default=None)
+
+
 class SQLiteBroker(Broker):
     """A broker in one SQLite file, shared by every process on this machine that opens it."""
 
@@ -295,6 +402,11 @@ class SQLiteBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_options(options)
+        #: This broker's consumer id: the start of every lease token it makes.
+        self._owner = uuid.uuid4().hex
+        assert len(self._owner) == OWNER_LENGTH
+        self._heartbeat: Heartbeat | None = None
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -322,7 +434,10 @@ class SQLiteBroker(Broker):
         db, self._db = self._db, None
         self._mailbox = None
         listeners, self._listeners = self._listeners, set()
+        heartbeat, self._heartbeat = self._heartbeat, None
         with anyio.CancelScope(shield=True):
+            if heartbeat is not None:  # removes this consumer's row
+                await anyio.to_thread.run_sync(heartbeat.stop)
             for listener in listeners:
                 await listener.aclose()
             if db is not None:
@@ -354,6 +469,7 @@ class SQLiteBroker(Broker):
         db = self._database()
         listener: Listener | None = None
         unyielded: deque[_Claimed] = deque()
+        await self._start_heartbeat(db)
         try:
             if not burst:  # listen before the first look, so no publish goes unnoticed
                 listener = await Listener.open(self._wake)
@@ -363,14 +479,20 @@ class SQLiteBroker(Broker):
                 if listener is not None:
                     listener.drain()
                 claim = await db.run(
-                    _claim, queues, limit, self.visibility_timeout, self.max_deliveries
+                    _claim,
+                    queues,
+                    limit,
+                    self.visibility_timeout,
+                    self.max_deliveries,
+                    self._judge(),
                 )
                 unyielded.extend(claim.messages)
                 while unyielded:
                     yield _SQLiteDelivery(self, unyielded.popleft())
                 if claim.messages or claim.buried:
                     continue
-                if listener is None or not await self._idle(listener, claim.next_at):
+                next_at = _earliest(claim.next_at, self._next_judgment(claim.oldest_beat))
+                if listener is None or not await self._idle(listener, next_at):
                     return
         finally:
             with anyio.CancelScope(shield=True):
@@ -378,6 +500,37 @@ class SQLiteBroker(Broker):
                     self._listeners.discard(listener)
                     await listener.aclose()
                 await self._give_back(db, unyielded)
+
+    async def _start_heartbeat(self, db: Database) -> None:
+        """Start beating before the first claim (once per broker; `close` stops it)."""
+        if self._heartbeat is not None or self.heartbeat_timeout is None:
+            return
+        path, owner = db.path, self._owner
+        self._heartbeat = heartbeat = Heartbeat(
+            lambda: _SQLiteBeats(path, owner),
+            interval=self.heartbeat_interval,
+            timeout=self.heartbeat_timeout,
+            name=f"aqueue-heartbeat-{owner[:8]}",
+        )
+        with anyio.CancelScope(shield=True):  # a thread started is a thread stopped (close)
+            await anyio.to_thread.run_sync(heartbeat.start)
+
+    def _judge(self) -> _Judge:
+        heartbeat = self._heartbeat
+        if heartbeat is None:
+            return _Judge(self._owner, math.inf, False, self._wake)
+        return _Judge(self._owner, heartbeat.timeout, heartbeat.judging(), self._wake)
+
+    def _next_judgment(self, oldest_beat: float | None) -> float | None:
+        """When (a time.time()) the oldest beat of an owner holding leases goes stale."""
+        heartbeat = self._heartbeat
+        if heartbeat is None or oldest_beat is None:
+            return None
+        now = time.monotonic()
+        at = max(oldest_beat + heartbeat.timeout, heartbeat.judging_from(), now)
+        if at == math.inf:
+            return None
+        return time.time() + max(at - now, heartbeat.interval / 2)
 
     async def _idle(self, listener: Listener, next_at: float | None) -> bool:
         """Sleep until a publish, `next_at` or the safety net; False once the broker closed."""
