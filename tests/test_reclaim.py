@@ -66,7 +66,7 @@ TASKS = """
 """
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A broker URL of this test's own, on SQLite and on Redis."""
     driver: str = request.param

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from .._redis import Script, broker_error, process_tag
+from .._redis import Script, broker_error
 from ..exceptions import BrokerError
 from . import _redis_scripts as lua
 
@@ -48,7 +48,7 @@ _CLAIM = Script(lua.CLAIM)
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("dead", "delayed", "queue", "streams", "wake")
+    __slots__ = ("beats", "dead", "delayed", "queue", "streams", "wake")
 
     def __init__(self, prefix: str, queue: str) -> None:
         base = f"{prefix}:{{{queue}}}"
@@ -57,6 +57,7 @@ class QueueKeys:
         self.delayed = f"{base}:delayed"
         self.wake = f"{base}:wake"
         self.dead = f"{base}:dead"
+        self.beats = f"{base}:beats"
 
     def stream(self, priority: int) -> str:
         return self.streams[9 - priority]
@@ -92,11 +93,13 @@ class Consumer:
         self.broker = broker
         self.keys = keys
         self.burst = burst
-        self.name = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        self.name = f"{broker.owner}:{uuid.uuid4().hex[:8]}"  # see `_redis_scripts`
         self.reader = broker._reader()  # its blocking reads: a connection of its own
         self.unyielded: deque[Claimed] = deque()
         self.held: set[str] = set()  # ids yielded and not settled yet
         self.next_sweep = 0.0  # the first claim sweeps
+        #: When (a time.time()) to look for dead owners again, if nothing comes before.
+        self.next_judgment = math.inf
         self.failures = 0
         self.by_stream: dict[str, tuple[QueueKeys, int]] = {}
         for each in keys:
@@ -141,6 +144,9 @@ class Consumer:
         keys: list[str] = []
         for each in self.keys:
             keys.extend((*each.streams, each.delayed, each.dead))
+        keys.extend(each.beats for each in self.keys)
+        heartbeat = broker.heartbeat
+        judging = heartbeat is not None and heartbeat.judging()
         args = [
             GROUP,
             self.name,
@@ -150,9 +156,13 @@ class Consumer:
             int(sweep),
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
+            int(judging),
+            broker.owner,
+            int((heartbeat.timeout if heartbeat else 0) * 1000),
         ]
-        entries, buried, next_due = await _CLAIM(broker._hot_path(), keys, args)
+        entries, buried, next_due, next_check, robbed = await _CLAIM(broker._hot_path(), keys, args)
         self.failures = 0
+        self._judged(judging, next_check, robbed)
         claimed = [
             Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
             for q, p, i, body, n, counter in entries
@@ -161,12 +171,37 @@ class Consumer:
             return None, None
         return claimed, float(next_due) if next_due is not None else None
 
+    def _judged(self, judging: bool, next_check: Any, robbed: list[Any]) -> None:
+        """Note when to judge again, and log what was taken from dead consumers."""
+        heartbeat = self.broker.heartbeat
+        if heartbeat is None:
+            return
+        if judging:  # when the oldest beat goes stale; a worker that starts meanwhile
+            # and dies is seen by the next look, a timeout from now
+            wait = heartbeat.timeout if next_check is None else int(next_check) / 1000
+            wait = min(wait, heartbeat.timeout)
+        else:
+            wait = heartbeat.judging_from() - time.monotonic()
+        # Not sooner than half a beat: a dead owner found now was dealt with already.
+        self.next_judgment = time.time() + max(wait, heartbeat.interval / 2)
+        taken, owners = (int(each) for each in robbed)
+        if taken:
+            logger.warning(
+                "reclaiming %d message(s) of %d consumer(s) whose heartbeat stopped more than "
+                "%gs ago",
+                taken,
+                owners,
+                heartbeat.timeout,
+            )
+
     async def _block(self, limit: int, next_due: float | None) -> list[Claimed]:
         """Block until a message arrives, or an earlier delayed one is added.
 
         Or until it is time to look again: the next delayed message, the next sweep.
         """
-        wake_at = min(self.next_sweep, next_due if next_due is not None else math.inf)
+        wake_at = min(
+            self.next_sweep, self.next_judgment, next_due if next_due is not None else math.inf
+        )
         timeout = min(max(wake_at - time.time(), 0.001), MAX_BLOCK)
         streams = [*self.by_stream, *(each.wake for each in self.keys)]
         command = ["XREADGROUP", "GROUP", GROUP, self.name, "COUNT", limit]

@@ -15,6 +15,11 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
   consumer and is reclaimed (`XAUTOCLAIM`) by the sweep of any live one, which every consumer
   runs every `visibility_timeout / 2` seconds. Settling is fenced by owner and delivery counter:
   a consumer whose lease ran out cannot settle the message another consumer now holds.
+- Heartbeats (`aqueue._heartbeat`): a consuming broker records in each of its queues'
+  `beats` hash, every `heartbeat_interval` seconds from a thread of its own, that it is alive
+  (in Redis's time). A claim takes the messages of consumers whose owner's beat is older than
+  `heartbeat_timeout` at once, without waiting for their leases; an idle consumer looks again
+  when the oldest beat would go stale, and at least every `heartbeat_timeout` seconds.
 - After `max_deliveries` deliveries a message goes to the dead letters (`max-deliveries`).
 - `nack` and a closing consumer give messages back at once, as new entries (counting the
   deliveries so far), not after the lease.
@@ -34,7 +39,8 @@ per broker; the mailbox's subscriptions and the semaphore's waiters share one pu
 connection of the broker's own.
 
 Options (URL query or `broker_transport_options`): `prefix` (default `aqueue`), the connection
-options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` as on every broker.
+options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` / `heartbeat_interval` /
+`heartbeat_timeout` as on SQLite.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._heartbeat import Heartbeat, heartbeat_options
 from .._redis import (
     SOCKET_TIMEOUT,
     Batcher,
@@ -58,6 +65,7 @@ from .._redis import (
     broker_error,
     close_clients,
     parse_redis_url,
+    process_tag,
     redis_errors,
     run_scripts,
 )
@@ -72,6 +80,14 @@ from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, Q
 
 __all__ = ["RedisBroker"]
 
+#: The options a Redis broker reads itself, not passed on to the connections.
+_BROKER_OPTIONS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+)
+
 logger = logging.getLogger(__name__)
 
 _ACK = Script(lua.ACK)
@@ -79,6 +95,7 @@ _REQUEUE = Script(lua.REQUEUE)
 _DEAD_LETTER = Script(lua.DEAD_LETTER)
 _SCHEDULE = Script(lua.SCHEDULE)
 _PURGE = Script(lua.PURGE)
+_BEAT = Script(lua.BEAT)
 
 
 class _RedisDelivery(Delivery):
@@ -191,13 +208,36 @@ def _requeue_call(
     return _REQUEUE, [claimed.stream, keys.delayed, keys.wake], args
 
 
+class _RedisBeats:
+    """The heartbeat's own connection, used only by its thread (see `aqueue._heartbeat`)."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._client = RespClient(broker.settings)
+
+    async def _run(self, forget: bool) -> None:
+        broker = self._broker
+        calls = [(_BEAT, [key], [broker.owner, int(forget)]) for key in broker.beat_keys]
+        if calls:
+            await run_scripts(self._client, calls)
+
+    async def beat(self) -> None:
+        await self._run(forget=False)
+
+    async def forget(self) -> None:
+        await self._run(forget=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 class RedisBroker(Broker):
     """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings: RedisSettings = parse_redis_url(
-            url, options, ignore=frozenset({"visibility_timeout", "max_deliveries"})
+            url, options, ignore=frozenset(_BROKER_OPTIONS)
         )
         timeout = options.get("visibility_timeout")
         self.visibility_timeout = 30.0 if timeout is None else float(timeout)
@@ -208,6 +248,13 @@ class RedisBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_options(options)
+        #: This broker's name, the start of its consumers' names (see `_redis_scripts`).
+        self.owner = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        #: The beats hashes of the queues consumed so far (replaced, never changed in place:
+        #: the heartbeat thread reads it).
+        self.beat_keys: tuple[str, ...] = ()
+        self.heartbeat: Heartbeat | None = None
         #: How often a consumer looks for messages whose lease ran out.
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None
@@ -244,6 +291,10 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
+        heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:  # removes this broker's beats
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(heartbeat.stop)
         client, hot = self._client, self._hot
         self._client = self._hot = None
         for each in [hot, *self._readers]:
@@ -392,7 +443,9 @@ class RedisBroker(Broker):
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False
     ) -> AsyncGenerator[Delivery, None]:
         """Claim up to the credit; block in XREADGROUP while nothing is ready."""
-        state = Consumer(self, [self.keys(queue) for queue in dict.fromkeys(queues)], burst)
+        keys = [self.keys(queue) for queue in dict.fromkeys(queues)]
+        await self._start_heartbeat(keys)
+        state = Consumer(self, keys, burst)
         try:
             while True:
                 limit = min(await credit.wait(), CLAIM_BATCH)
@@ -408,6 +461,21 @@ class RedisBroker(Broker):
             with anyio.CancelScope(shield=True):
                 await self._drop_reader(state.reader)  # a blocked read ends before we look
                 await state.give_back()
+
+    async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:
+        """Beat in these queues too, starting the heartbeat on the first call (`close` stops it)."""
+        self._hot_path()
+        self.beat_keys = tuple(dict.fromkeys([*self.beat_keys, *(each.beats for each in keys)]))
+        if self.heartbeat is not None or self.heartbeat_timeout is None:
+            return
+        self.heartbeat = heartbeat = Heartbeat(
+            lambda: _RedisBeats(self),
+            interval=self.heartbeat_interval,
+            timeout=self.heartbeat_timeout,
+            name=f"aqueue-heartbeat-{self.owner}",
+        )
+        with anyio.CancelScope(shield=True):  # a thread started is a thread stopped (close)
+            await anyio.to_thread.run_sync(heartbeat.start)
 
     async def purge(self, queue: str) -> int:
         """Delete the queue's waiting and delayed messages (not the delivered ones)."""

@@ -12,7 +12,8 @@ one clock for every process on the machine, which wall-clock steps do not move) 
 `heartbeat_interval` seconds from a thread of its own. A lease token starts with its owner's
 id; a claim first looks for owners whose beat is older than `heartbeat_timeout`, makes their
 leases run out at once, and deletes their rows. An idle consumer wakes up when the oldest beat
-of an owner holding leases would go stale, so nothing polls for it either.
+of an owner holding leases would go stale, and at least every `heartbeat_timeout` seconds
+(for a worker that starts meanwhile, takes messages and dies): a timer, not a poll loop.
 
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
@@ -522,14 +523,20 @@ class SQLiteBroker(Broker):
         return _Judge(self._owner, heartbeat.timeout, heartbeat.judging(), self._wake)
 
     def _next_judgment(self, oldest_beat: float | None) -> float | None:
-        """When (a time.time()) the oldest beat of an owner holding leases goes stale."""
+        """When (a time.time()) to look for dead owners again (see the module)."""
         heartbeat = self._heartbeat
-        if heartbeat is None or oldest_beat is None:
+        if heartbeat is None:
             return None
         now = time.monotonic()
-        at = max(oldest_beat + heartbeat.timeout, heartbeat.judging_from(), now)
+        # Nobody else holds leases: look again in a timeout, for a worker that starts
+        # meanwhile, takes messages and dies.
+        stale_at = now + heartbeat.timeout
+        if oldest_beat is not None:
+            stale_at = min(stale_at, oldest_beat + heartbeat.timeout)
+        at = max(stale_at, heartbeat.judging_from())
         if at == math.inf:
             return None
+        # Not sooner than half a beat: a dead owner found now was dealt with already.
         return time.time() + max(at - now, heartbeat.interval / 2)
 
     async def _idle(self, listener: Listener, next_at: float | None) -> bool:
