@@ -111,9 +111,10 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Stop beating and remove the entry (blocking: call it in a worker thread)."""
-        thread, self._stopping = self._thread, True
+        thread = self._thread
         if thread is None:
             return
+        self._stopping = True
         self._first.wait(self.timeout)
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
