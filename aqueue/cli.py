@@ -9,6 +9,7 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from .drivers import create_backend, create_broker
 from .exceptions import AqueueError
 from .loader import import_from_cwd, load_app
 from .logs import setup_logging
+from .loops import LOOPS, describe, loop_factory
 from .urls import redact, secrets_in
 from .worker import Worker
 
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument(
+        "--loop",
+        choices=LOOPS,
+        help="event loop: auto (uvloop when installed, the default), asyncio or uvloop",
+    )
     worker.add_argument(
         "--shutdown-timeout",
         type=_seconds,
@@ -101,19 +108,22 @@ def _worker(args: argparse.Namespace) -> int:
         processes=args.processes,
         app_path=args.app,
     )
+    factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
     setup_logging(args.loglevel, secrets)
 
     async def serve() -> None:
         try:
             await app.open()  # connection errors surface here, as one line, not in a group
-            print(banner(worker, args.app, limits=await _limits_scope(app)), flush=True)
+            limits = await _limits_scope(app)
+            loop = describe(asyncio.get_running_loop())
+            print(banner(worker, args.app, limits=limits, loop=loop), flush=True)
             await worker.serve()
         finally:
             with anyio.CancelScope(shield=True):
                 await app.close()
 
-    anyio.run(serve)
+    anyio.run(serve, backend_options={"loop_factory": factory})
     if worker.runner is not None and worker.runner.threads_busy:
         _exit_past_blocked_threads(worker.runner.threads_busy)
     return 0

@@ -20,6 +20,7 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from .exceptions import ConfigurationError, UnknownSetting
+from .loops import LOOPS
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
 
@@ -79,6 +80,9 @@ class Settings:
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
     worker_tune_gc: bool = True
+    #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
+    #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
+    worker_loop: str = "auto"
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:
@@ -203,6 +207,12 @@ def _priority(name: str, value: Any) -> int:
     return value
 
 
+def _loop(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in LOOPS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOOPS)}, not {value!r}")
+    return value
+
+
 def _msgpack_only(name: str, value: Any) -> Any:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list | tuple) or list(names) != ["msgpack"]:
@@ -245,6 +255,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
+    "worker_loop": _loop,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
 }

@@ -2,6 +2,7 @@
 
     python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
                                     [--tasks 5000] [--repeat 5] [--gc run|serve|off]
+                                    [--loop auto|asyncio|uvloop]
 
 Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
 asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
@@ -14,7 +15,8 @@ task starts to the moment the N-th finishes:
 
 `--gc run` drains with `worker.run()`, which leaves the collector alone; `serve` with
 `worker.serve()`, as `aqueue worker` does (its `worker_tune_gc` settings); `off` with the
-collector disabled (a bound, not a setting to use). Medians of the runs at the end.
+collector disabled (a bound, not a setting to use). `--loop` picks the event loop as
+`aqueue worker --loop` does (auto: uvloop when installed). Medians of the runs at the end.
 
 Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
 after, as compare.py does); RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
@@ -36,6 +38,7 @@ import anyio
 from compare import AmqpPlace, RedisPlace  # the same clean-up as the peer comparison
 
 from aqueue import App, Worker
+from aqueue.loops import LOOPS, describe, loop_factory
 
 SLEEP = 0.01
 CONCURRENCY = 500
@@ -131,7 +134,7 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     print(
         f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {CONCURRENCY}, "
-        f"collector: {args.gc}"
+        f"collector: {args.gc}, loop: {describe(asyncio.get_running_loop())}"
     )
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
@@ -162,8 +165,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gc", choices=["run", "serve", "off"], default="serve")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--loop", choices=LOOPS, default="auto")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    arguments = parse()
+    anyio.run(main, arguments, backend_options={"loop_factory": loop_factory(arguments.loop)})

@@ -157,8 +157,9 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_tune_gc",
         "broker_heartbeat_interval",
         "broker_heartbeat_timeout",
+        "worker_loop",
     } <= names
-    assert len(names) == 29
+    assert len(names) == 30
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -322,6 +323,19 @@ def test_heartbeat_options_of_a_broker(options: dict[str, object], expected: obj
 def test_bad_heartbeat_options_are_refused(options: dict[str, object], error: str) -> None:
     with pytest.raises(ConfigurationError, match=error):
         heartbeat_options(options)
+
+
+@pytest.mark.parametrize("value", ["auto", "asyncio", "uvloop"])
+def test_worker_loop_takes_a_loop_name(value: str) -> None:
+    assert Settings().worker_loop == "auto"
+    assert Settings(worker_loop=value).worker_loop == value
+
+
+@pytest.mark.parametrize("value", ["trio", "UVLOOP", "", None, 1, ["uvloop"]])
+def test_worker_loop_refuses_other_values(value: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(worker_loop=value)  # type: ignore[arg-type]
+    assert str(info.value) == f"worker_loop must be one of auto, asyncio, uvloop, not {value!r}"
 
 
 @pytest.mark.parametrize("value", [0, 5, 9])

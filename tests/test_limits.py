@@ -14,6 +14,8 @@ from aqueue.limits import run_coroutine
 
 from .conftest import MakeApp
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 LIMIT = "aqueue.exceptions.TimeLimitExceeded"
 
 

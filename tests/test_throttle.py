@@ -14,6 +14,8 @@ from aqueue.throttle import LocalRateLimiter, LocalSemaphore, parse_rate
 
 from .conftest import MakeApp
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.mark.parametrize(
     ("text", "per_second"),

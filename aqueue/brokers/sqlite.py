@@ -492,8 +492,10 @@ class SQLiteBroker(Broker):
                     yield _SQLiteDelivery(self, unyielded.popleft())
                 if claim.messages or claim.buried:
                     continue
+                if listener is None:  # burst
+                    return
                 next_at = _earliest(claim.next_at, self._next_judgment(claim.oldest_beat))
-                if listener is None or not await self._idle(listener, next_at):
+                if not await self._idle(listener, next_at):
                     return
         finally:
             with anyio.CancelScope(shield=True):
