@@ -95,7 +95,7 @@ async def test_a_failing_heartbeat_says_so_once_and_judges_nobody(
 # -- SQLite ---------------------------------------------------------------------------------
 
 
-def _lease_to(path: Path, owners: dict[str, float]) -> None:
+def _lease_to(path: Path, owners: dict[str, object]) -> None:
     """Lease one waiting message to each made-up owner, whose last beat is given."""
     with sqlite3.connect(path) as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM aqueue_messages ORDER BY id")]
@@ -127,14 +127,15 @@ async def test_sqlite_takes_the_leases_of_owners_whose_heartbeat_stopped(tmp_pat
     path = tmp_path / "q.db"
     broker = SQLiteBroker(f"sqlite:///{path}", {**FAST, "visibility_timeout": 60})
     async with broker:
-        await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(3)])
+        await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(4)])
         now = time.monotonic()
-        stale, rebooted = "a" * 32, "b" * 32  # a beat in the future: from before a reboot
-        _lease_to(path, {stale: now - 10, rebooted: now + 1000})
-        # Two of three were leased for 60 s; the claim waits for its own heartbeat, then
-        # takes them (the third, waiting, comes first).
-        taken = await _take(broker, 3)
-        assert sorted(d.delivery_count for d in taken) == [1, 2, 2]
+        # A beat in the future is from before a reboot; one that is not a number, garbage.
+        stale, rebooted, garbage = "a" * 32, "b" * 32, "c" * 32
+        _lease_to(path, {stale: now - 10, rebooted: now + 1000, garbage: "soon"})
+        # Three of four were leased for 60 s; the claim waits for its own heartbeat, then
+        # takes them (the fourth, waiting, comes first).
+        taken = await _take(broker, 4)
+        assert sorted(d.delivery_count for d in taken) == [1, 2, 2, 2]
         for delivery in taken:
             await delivery.ack()
         assert len(_consumers(path)) == 1  # this broker's own row; the dead ones went
@@ -149,7 +150,7 @@ async def test_sqlite_without_heartbeats_waits_for_the_lease(tmp_path: Path) -> 
         (delivery,) = await _take(broker, 1)
         await delivery.ack()
         assert _consumers(path) == []
-        assert broker._heartbeat is None
+        assert broker._beating.heartbeat is None
 
 
 # -- Redis ----------------------------------------------------------------------------------

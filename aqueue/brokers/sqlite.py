@@ -6,14 +6,8 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
-Sooner than that, a dead worker is found by its heartbeat (`aqueue._heartbeat`): a consuming
-broker upserts its row of `aqueue_consumers` (its id, `time.monotonic()` of its last beat:
-one clock for every process on the machine, which wall-clock steps do not move) every
-`heartbeat_interval` seconds from a thread of its own. A lease token starts with its owner's
-id; a claim first looks for owners whose beat is older than `heartbeat_timeout`, makes their
-leases run out at once, and deletes their rows. An idle consumer wakes up when the oldest beat
-of an owner holding leases would go stale, and at least every `heartbeat_timeout` seconds
-(for a worker that starts meanwhile, takes messages and dies): a timer, not a poll loop.
+Sooner than that, a claim makes the leases of a worker whose heartbeat stopped run out
+(`_sqlite_beats`).
 
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
@@ -25,10 +19,8 @@ Options: `visibility_timeout` (seconds, default 30), `max_deliveries` (default 5
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,13 +28,14 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._heartbeat import Heartbeat, heartbeat_options
-from .._sqlite import BUSY_TIMEOUT_MS, Database, immediate, parse_sqlite_url, placeholders
+from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from ._sqlite_beats import SCHEMA as BEATS_SCHEMA
+from ._sqlite_beats import Beating, Judge, expire_dead_owners, oldest_beat
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
 
@@ -85,15 +78,7 @@ SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
-    # Consuming brokers and their last heartbeat (time.monotonic()); see the module.
-    """CREATE TABLE IF NOT EXISTS aqueue_consumers (
-        id TEXT PRIMARY KEY,
-        beat REAL NOT NULL
-    )""",
 )
-
-#: The length of a consumer id, the first characters of each lease token it makes.
-OWNER_LENGTH = 32
 
 _READY = """SELECT id, priority FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due <= ? ORDER BY priority DESC, id LIMIT ?"""
@@ -103,13 +88,6 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
-_DEAD_OWNERS = """SELECT id FROM aqueue_consumers
-    WHERE id != ? AND (beat < ? OR beat > ?)"""
-_EXPIRE_OWNER = f"""UPDATE aqueue_messages SET lease_until = 0
-    WHERE lease_until IS NOT NULL AND substr(lease_token, 1, {OWNER_LENGTH}) = ?"""
-_OLDEST_HOLDER = f"""SELECT min(beat) FROM aqueue_consumers WHERE id != ? AND id IN (
-    SELECT substr(lease_token, 1, {OWNER_LENGTH}) FROM aqueue_messages
-    WHERE lease_until IS NOT NULL)"""
 _BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -124,50 +102,12 @@ class _Claimed:
 
 
 @dataclass(frozen=True, slots=True)
-class _Judge:
-    """Who claims (`owner`, the prefix of its lease tokens) and how it judges other owners."""
-
-    owner: str
-    timeout: float
-    judging: bool  # whether its own heartbeat lets it declare others dead now
-    wake: str  # the wake-up directory, poked when it expired a dead owner's leases
-
-
-@dataclass(frozen=True, slots=True)
 class _Claim:
     messages: list[_Claimed]
     buried: int  # claimed past max_deliveries, and dead-lettered instead
     next_at: float | None  # nothing was ready: when the next message may be
     #: Nothing was ready: the oldest heartbeat (monotonic) of another owner holding leases.
     oldest_beat: float | None = None
-
-
-def _expire_dead_owners(conn: sqlite3.Connection, judge: _Judge) -> int:
-    """Make the leases of owners whose heartbeat is stale run out now; return how many."""
-    now = time.monotonic()
-    # A beat in the future is from before a reboot (the monotonic clock started again).
-    args = (judge.owner, now - judge.timeout, now + judge.timeout)
-    dead = [row[0] for row in conn.execute(_DEAD_OWNERS, args).fetchall()]
-    expired = 0
-    for owner in dead:
-        expired += conn.execute(_EXPIRE_OWNER, (owner,)).rowcount
-    if dead:
-        conn.execute(f"DELETE FROM aqueue_consumers WHERE id IN ({placeholders(len(dead))})", dead)
-    if expired:
-        logger.warning(
-            "reclaiming %d message(s) of %d consumer(s) whose heartbeat stopped more than %gs ago",
-            expired,
-            len(dead),
-            judge.timeout,
-        )
-    return expired
-
-
-def _oldest_beat(conn: sqlite3.Connection, judge: _Judge | None) -> float | None:
-    if judge is None:
-        return None
-    row = conn.execute(_OLDEST_HOLDER, (judge.owner,)).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def _candidates(
@@ -197,16 +137,15 @@ def _claim(
     limit: int,
     lease: float,
     max_deliveries: int,
-    judge: _Judge | None = None,
+    judge: Judge,
+    token: str,
 ) -> _Claim:
     now = time.time()
     with immediate(conn):
-        if judge is not None and judge.judging and _expire_dead_owners(conn, judge):
-            notify(judge.wake)  # consumers of other queues look again, once this commits
+        expire_dead_owners(conn, judge)
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now), _oldest_beat(conn, judge))
-        token = (judge.owner if judge is not None else "") + uuid.uuid4().hex
+            return _Claim([], 0, _next_at(conn, queues, now), oldest_beat(conn, judge))
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
             f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
@@ -303,36 +242,6 @@ def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[Dead
     return [DeadLetter(*row) for row in rows]
 
 
-class _SQLiteBeats:
-    """The heartbeat's own connection, used only by its thread (see `aqueue._heartbeat`)."""
-
-    def __init__(self, path: str, owner: str) -> None:
-        self._path = path
-        self._owner = owner
-        self._conn: sqlite3.Connection | None = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = sqlite3.connect(
-                self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
-            )
-        return self._conn
-
-    async def beat(self) -> None:
-        self._connection().execute(
-            "INSERT INTO aqueue_consumers (id, beat) VALUES (?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET beat = excluded.beat",
-            (self._owner, time.monotonic()),
-        )
-
-    async def forget(self) -> None:
-        self._connection().execute("DELETE FROM aqueue_consumers WHERE id = ?", (self._owner,))
-
-    async def aclose(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 class _SQLiteDelivery(Delivery):
     __slots__ = ("_broker", "_id", "_settled", "_token")
 
@@ -403,11 +312,7 @@ class SQLiteBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
-        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_options(options)
-        #: This broker's consumer id: the start of every lease token it makes.
-        self._owner = uuid.uuid4().hex
-        assert len(self._owner) == OWNER_LENGTH
-        self._heartbeat: Heartbeat | None = None
+        self._beating = Beating(options)  # heartbeats: see `_sqlite_beats`
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -422,7 +327,7 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, (*SCHEMA, *MAILBOX_SCHEMA))
+        db = await Database.open(self._path, (*SCHEMA, *BEATS_SCHEMA, *MAILBOX_SCHEMA))
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -435,10 +340,8 @@ class SQLiteBroker(Broker):
         db, self._db = self._db, None
         self._mailbox = None
         listeners, self._listeners = self._listeners, set()
-        heartbeat, self._heartbeat = self._heartbeat, None
         with anyio.CancelScope(shield=True):
-            if heartbeat is not None:  # removes this consumer's row
-                await anyio.to_thread.run_sync(heartbeat.stop)
+            await self._beating.stop()  # removes this consumer's row
             for listener in listeners:
                 await listener.aclose()
             if db is not None:
@@ -470,7 +373,7 @@ class SQLiteBroker(Broker):
         db = self._database()
         listener: Listener | None = None
         unyielded: deque[_Claimed] = deque()
-        await self._start_heartbeat(db)
+        await self._beating.start(db.path)
         try:
             if not burst:  # listen before the first look, so no publish goes unnoticed
                 listener = await Listener.open(self._wake)
@@ -485,7 +388,8 @@ class SQLiteBroker(Broker):
                     limit,
                     self.visibility_timeout,
                     self.max_deliveries,
-                    self._judge(),
+                    self._beating.judge(self._wake),
+                    self._beating.token(),
                 )
                 unyielded.extend(claim.messages)
                 while unyielded:
@@ -494,7 +398,7 @@ class SQLiteBroker(Broker):
                     continue
                 if listener is None:  # burst
                     return
-                next_at = _earliest(claim.next_at, self._next_judgment(claim.oldest_beat))
+                next_at = _earliest(claim.next_at, self._beating.next_judgment(claim.oldest_beat))
                 if not await self._idle(listener, next_at):
                     return
         finally:
@@ -503,43 +407,6 @@ class SQLiteBroker(Broker):
                     self._listeners.discard(listener)
                     await listener.aclose()
                 await self._give_back(db, unyielded)
-
-    async def _start_heartbeat(self, db: Database) -> None:
-        """Start beating before the first claim (once per broker; `close` stops it)."""
-        if self._heartbeat is not None or self.heartbeat_timeout is None:
-            return
-        path, owner = db.path, self._owner
-        self._heartbeat = heartbeat = Heartbeat(
-            lambda: _SQLiteBeats(path, owner),
-            interval=self.heartbeat_interval,
-            timeout=self.heartbeat_timeout,
-            name=f"aqueue-heartbeat-{owner[:8]}",
-        )
-        with anyio.CancelScope(shield=True):  # a thread started is a thread stopped (close)
-            await anyio.to_thread.run_sync(heartbeat.start)
-
-    def _judge(self) -> _Judge:
-        heartbeat = self._heartbeat
-        if heartbeat is None:
-            return _Judge(self._owner, math.inf, False, self._wake)
-        return _Judge(self._owner, heartbeat.timeout, heartbeat.judging(), self._wake)
-
-    def _next_judgment(self, oldest_beat: float | None) -> float | None:
-        """When (a time.time()) to look for dead owners again (see the module)."""
-        heartbeat = self._heartbeat
-        if heartbeat is None:
-            return None
-        now = time.monotonic()
-        # Nobody else holds leases: look again in a timeout, for a worker that starts
-        # meanwhile, takes messages and dies.
-        stale_at = now + heartbeat.timeout
-        if oldest_beat is not None:
-            stale_at = min(stale_at, oldest_beat + heartbeat.timeout)
-        at = max(stale_at, heartbeat.judging_from())
-        if at == math.inf:
-            return None
-        # Not sooner than half a beat: a dead owner found now was dealt with already.
-        return time.time() + max(at - now, heartbeat.interval / 2)
 
     async def _idle(self, listener: Listener, next_at: float | None) -> bool:
         """Sleep until a publish, `next_at` or the safety net; False once the broker closed."""
