@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import anyio
 
@@ -27,14 +28,22 @@ from .exceptions import AqueueError
 from .loader import import_from_cwd, load_app
 from .logs import setup_logging
 from .loops import LOOPS, describe, loop_factory
-from .urls import redact, secrets_in
+from .urls import redact, redact_text, secrets_in
 from .worker import Worker
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors never echo a URL's password (its subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and the error, passwords redacted, and exit with code 2."""
+        super().error(redact_text(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aqueue", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="aqueue", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

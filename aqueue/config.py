@@ -21,6 +21,7 @@ from typing import Any
 
 from .exceptions import ConfigurationError, UnknownSetting
 from .loops import LOOPS
+from .urls import redact_text
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
 
@@ -84,6 +85,11 @@ class Settings:
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
     worker_loop: str = "auto"
 
+    def __repr__(self) -> str:
+        """Every setting, with the password of any URL among them shown as `***`."""
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_ORDER)
+        return redact_text(f"{type(self).__name__}({shown})")
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:
             raise unknown_setting(name)
@@ -146,7 +152,8 @@ class Settings:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+_FIELD_ORDER = tuple(field.name for field in dataclasses.fields(Settings))
+_FIELDS = frozenset(_FIELD_ORDER)
 
 
 def unknown_setting(name: str) -> UnknownSetting:

@@ -125,6 +125,8 @@ async def _take(broker: Broker, count: int) -> list[Delivery]:
 
 async def test_sqlite_takes_the_leases_of_owners_whose_heartbeat_stopped(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
+    with sqlite3.connect(path) as conn:  # as an older aqueue made it: not STRICT
+        conn.execute("CREATE TABLE aqueue_consumers (id TEXT PRIMARY KEY, beat REAL NOT NULL)")
     broker = SQLiteBroker(f"sqlite:///{path}", {**FAST, "visibility_timeout": 60})
     async with broker:
         await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(4)])

@@ -12,7 +12,9 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with `nack` is added again, and keeps its count). A delayed member
-is `<priority>:<n>:<nonce>:<body>`.
+is `<priority>:<n>:<nonce>:<body>`. Nothing stops a client writing something else there: an
+entry without a body or with a count that is not 1 to 9 digits, and a delayed member of
+another shape, are dead-lettered as `undecodable`, saying what is wrong, as they are read.
 
 A consumer is named `<owner>:<nonce>`, its owner being the broker that made it, whose heartbeat
 thread writes `beats` (`BEAT`). An owner whose beat is older than the heartbeat timeout is
@@ -30,13 +32,27 @@ __all__ = ["ACK", "BEAT", "CLAIM", "DEAD_LETTER", "PURGE", "REQUEUE", "SCHEDULE"
 
 #: Helpers shared by the scripts (prepended to each).
 _COMMON = """
+-- The body and delivery count of a stream entry, and what is wrong with it (nil: nothing).
+-- Anyone can XADD anything: a count must be 1 to 9 decimal digits, and a body must be there.
 local function fields_of(entry)
   local f = entry[2]
-  local body, n = nil, 0
+  if type(f) ~= 'table' then return nil, 0, 'stream entry has no fields' end
+  local body, n, problem = nil, 0, nil
   for i = 1, #f, 2 do
-    if f[i] == 'b' then body = f[i + 1] elseif f[i] == 'n' then n = tonumber(f[i + 1]) or 0 end
+    local v = f[i + 1]
+    if f[i] == 'b' then
+      body = v
+    elseif f[i] == 'n' then
+      if type(v) == 'string' and #v <= 9 and string.match(v, '^%d+$') then
+        n = tonumber(v)
+      else
+        problem = "stream entry field n is '" .. string.sub(tostring(v), 1, 40) ..
+          "', not a delivery count"
+      end
+    end
   end
-  return body, n
+  if body == nil and problem == nil then problem = 'stream entry has no body (field b)' end
+  return body, n, problem
 end
 
 -- The pending entry `id`, if `consumer` still owns it with delivery counter `count`.
@@ -97,9 +113,13 @@ local function promote(q)
   local delayed = KEYS[(q - 1) * 12 + 11]
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
   for _, member in ipairs(due) do
-    local p, n, pos = string.match(member, '^(%d):(%d+):[^:]*:()')
+    local p, n, pos = string.match(member, '^(%d):(%d%d?%d?%d?%d?%d?%d?%d?%d?):[^:]*:()')
     if p then
       redis.call('XADD', stream(q, tonumber(p)), '*', 'b', string.sub(member, pos), 'n', n)
+    else
+      bury(KEYS[q * 12], member, 'undecodable',
+        'delayed member is not <priority>:<deliveries>:<nonce>:<body>', now)
+      buried = buried + 1
     end
     redis.call('ZREM', delayed, member)
   end
@@ -107,7 +127,14 @@ end
 
 -- Keep a claimed entry, or dead-letter it once it has been delivered too often.
 local function take(q, p, key, entry, counter)
-  local body, n = fields_of(entry)
+  local body, n, problem = fields_of(entry)
+  if problem then
+    bury(KEYS[q * 12], body or '', 'undecodable', problem, now)
+    redis.call('XACK', key, group, entry[1])
+    redis.call('XDEL', key, entry[1])
+    buried = buried + 1
+    return
+  end
   if n + counter > max_deliveries then
     bury(KEYS[q * 12], body or '', 'max-deliveries',
       'delivered ' .. (n + counter - 1) .. ' times without being acknowledged', now)

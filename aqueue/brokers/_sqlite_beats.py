@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from .._heartbeat import Heartbeat, heartbeat_options
-from .._sqlite import BUSY_TIMEOUT_MS, placeholders
+from .._sqlite import BUSY_TIMEOUT_MS, STRICT, placeholders
 from .._wake import notify
 
 __all__ = ["SCHEMA", "Beating", "Judge", "expire_dead_owners", "oldest_beat"]
@@ -36,7 +36,8 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS aqueue_consumers (
         id TEXT PRIMARY KEY,
         beat REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,  # an older file may hold anything: see _DEAD_OWNERS
 )
 
 #: The length of a consumer id, the first characters of each lease token it makes.

@@ -46,6 +46,7 @@ options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` / `heart
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -76,7 +77,7 @@ from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
 from . import _redis_scripts as lua
-from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys, text
+from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys
 
 __all__ = ["RedisBroker"]
 
@@ -487,15 +488,19 @@ class RedisBroker(Broker):
         """Return the queue's dead letters, oldest first."""
         with redis_errors(self.settings, "reading dead letters"):
             entries: Any = await self._redis().xrange(self.keys(queue).dead, count=limit)
-        letters = []
-        for _, fields in entries:
-            letters.append(
-                DeadLetter(
-                    queue=queue,
-                    body=fields.get(b"b", b""),
-                    reason=text(fields.get(b"r", b"")),
-                    detail=text(fields.get(b"d", b"")),
-                    at=float(fields.get(b"t", 0) or 0),
-                )
-            )
-        return letters
+        return [_dead_letter_of(queue, fields or {}) for _, fields in entries]
+
+
+def _dead_letter_of(queue: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
+    """Read one dead-letter entry; anyone can XADD anything there, so trust no field."""
+    try:
+        at = float(fields.get(b"t", b"0"))
+    except ValueError:
+        at = 0.0
+    return DeadLetter(
+        queue=queue,
+        body=fields.get(b"b", b""),
+        reason=fields.get(b"r", b"").decode(errors="replace"),
+        detail=fields.get(b"d", b"").decode(errors="replace"),
+        at=at if math.isfinite(at) else 0.0,
+    )

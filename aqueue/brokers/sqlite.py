@@ -6,7 +6,10 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
-Sooner than that, a claim makes the leases of a worker whose heartbeat stopped run out
+No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before may
+hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad row at once.
+
+Sooner than its lease, a claim makes the leases of a worker whose heartbeat stopped run out
 (`_sqlite_beats`).
 
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
@@ -19,6 +22,7 @@ Options: `visibility_timeout` (seconds, default 30), `max_deliveries` (default 5
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections import deque
@@ -28,7 +32,7 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
 from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
@@ -38,6 +42,7 @@ from ._sqlite_beats import SCHEMA as BEATS_SCHEMA
 from ._sqlite_beats import Beating, Judge, expire_dead_owners, oldest_beat
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
+from ._sqlite_rows import bad_times, bury_rows, fault
 
 __all__ = ["SQLiteBroker"]
 
@@ -59,7 +64,8 @@ SCHEMA = (
         lease_until REAL,
         lease_token TEXT,
         deliveries INTEGER NOT NULL DEFAULT 0
-    )""",
+    )"""
+    + STRICT,
     # Waiting messages, in claim order; leased ones are left out of it.
     """CREATE INDEX IF NOT EXISTS aqueue_messages_ready
         ON aqueue_messages (queue, priority DESC, id) WHERE lease_until IS NULL""",
@@ -75,7 +81,8 @@ SCHEMA = (
         reason TEXT NOT NULL,
         detail TEXT NOT NULL,
         at REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
 )
@@ -113,12 +120,19 @@ class _Claim:
 def _candidates(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
 ) -> list[int]:
-    rows: list[tuple[int, int]] = []
+    """Return the ids to claim: the best `limit` rows, and any whose priority is no integer.
+
+    A TEXT priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`.
+    """
+    rows: list[tuple[int, Any]] = []
     for queue in queues:
         rows += conn.execute(_READY, (queue, now, limit)).fetchall()
         rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    bad = [row[0] for row in rows if type(row[1]) is not int]
+    if bad:
+        rows = [row for row in rows if type(row[1]) is int]
     rows.sort(key=lambda row: (-row[1], row[0]))
-    return [row[0] for row in rows[:limit]]
+    return bad + [row[0] for row in rows[:limit]]
 
 
 def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
@@ -145,14 +159,22 @@ def _claim(
         expire_dead_owners(conn, judge)
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now), oldest_beat(conn, judge))
+            buried = bad_times(conn, queues, now)
+            next_at = None if buried else _next_at(conn, queues, now)
+            return _Claim([], buried, next_at, oldest_beat(conn, judge))
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
             f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
             "RETURNING id, queue, priority, body, deliveries",
             (now + lease, token, *ids),
         ).fetchall()
-        claimed = [_Claimed(id_, queue, pri, body, n, token) for id_, queue, pri, body, n in rows]
+        faults = {row[0]: wrong for row in rows if (wrong := fault(*row[2:]))}
+        corrupt = bury_rows(conn, faults, now) if faults else 0
+        claimed = [
+            _Claimed(id_, queue, pri, body, n, token)
+            for id_, queue, pri, body, n in rows
+            if id_ not in faults
+        ]
         dead = [message for message in claimed if message.deliveries > max_deliveries]
         if dead:
             conn.execute(
@@ -169,7 +191,7 @@ def _claim(
             )
     live = [message for message in claimed if message.deliveries <= max_deliveries]
     live.sort(key=lambda message: (-message.priority, message.id))
-    return _Claim(live, len(dead), None)
+    return _Claim(live, len(dead) + corrupt, None)
 
 
 def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> None:
@@ -234,12 +256,19 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
 
 
 def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(
-        "SELECT queue, body, reason, detail, at FROM aqueue_dead_letters "
-        "WHERE queue = ? ORDER BY id LIMIT ?",
+    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
+        "SELECT queue, CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at "
+        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
         (queue, limit),
     ).fetchall()
-    return [DeadLetter(*row) for row in rows]
+    return [
+        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at))
+        for _, body, reason, detail, at in rows
+    ]
+
+
+def _time(value: Any) -> float:
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 class _SQLiteDelivery(Delivery):
