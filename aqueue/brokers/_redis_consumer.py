@@ -18,14 +18,24 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from .._redis import Script, broker_error
+from .._redis import Script, broker_error, run_scripts
+from .._resp import RespClient
 from ..exceptions import BrokerError
 from . import _redis_scripts as lua
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["CLAIM_BATCH", "GROUP", "MAX_BLOCK", "Claimed", "Consumer", "QueueKeys", "text"]
+__all__ = [
+    "CLAIM_BATCH",
+    "GROUP",
+    "MAX_BLOCK",
+    "Beats",
+    "Claimed",
+    "Consumer",
+    "QueueKeys",
+    "text",
+]
 
 logger = logging.getLogger("aqueue.brokers.redis")
 
@@ -43,6 +53,7 @@ MAX_BACKOFF = 2.0
 STALE_CONSUMER_MS = 3_600_000
 
 _CLAIM = Script(lua.CLAIM)
+_BEAT = Script(lua.BEAT)
 
 
 class QueueKeys:
@@ -320,3 +331,29 @@ class Consumer:
             logger.warning(
                 "could not give back claimed messages; their leases will run out", exc_info=True
             )
+
+
+class Beats:
+    """A broker's heartbeat, on a connection of its own used only by its thread.
+
+    It writes the beats of every queue the broker consumes (see `_redis_scripts`).
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._client = RespClient(broker.settings)
+
+    async def _run(self, forget: bool) -> None:
+        broker = self._broker
+        calls = [(_BEAT, [key], [broker.owner, int(forget)]) for key in broker.beat_keys]
+        if calls:
+            await run_scripts(self._client, calls)
+
+    async def beat(self) -> None:
+        await self._run(forget=False)
+
+    async def forget(self) -> None:
+        await self._run(forget=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -77,7 +77,7 @@ from ..broker import Broker, Credit, DeadLetter, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
 from . import _redis_scripts as lua
-from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys
+from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Beats, Claimed, Consumer, QueueKeys
 
 __all__ = ["RedisBroker"]
 
@@ -96,7 +96,6 @@ _REQUEUE = Script(lua.REQUEUE)
 _DEAD_LETTER = Script(lua.DEAD_LETTER)
 _SCHEDULE = Script(lua.SCHEDULE)
 _PURGE = Script(lua.PURGE)
-_BEAT = Script(lua.BEAT)
 
 
 class _RedisDelivery(Delivery):
@@ -207,29 +206,6 @@ def _requeue_call(
         claimed.priority,
     ]
     return _REQUEUE, [claimed.stream, keys.delayed, keys.wake], args
-
-
-class _RedisBeats:
-    """The heartbeat's own connection, used only by its thread (see `aqueue._heartbeat`)."""
-
-    def __init__(self, broker: RedisBroker) -> None:
-        self._broker = broker
-        self._client = RespClient(broker.settings)
-
-    async def _run(self, forget: bool) -> None:
-        broker = self._broker
-        calls = [(_BEAT, [key], [broker.owner, int(forget)]) for key in broker.beat_keys]
-        if calls:
-            await run_scripts(self._client, calls)
-
-    async def beat(self) -> None:
-        await self._run(forget=False)
-
-    async def forget(self) -> None:
-        await self._run(forget=True)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 class RedisBroker(Broker):
@@ -470,7 +446,7 @@ class RedisBroker(Broker):
         if self.heartbeat is not None or self.heartbeat_timeout is None:
             return
         self.heartbeat = heartbeat = Heartbeat(
-            lambda: _RedisBeats(self),
+            lambda: Beats(self),
             interval=self.heartbeat_interval,
             timeout=self.heartbeat_timeout,
             name=f"aqueue-heartbeat-{self.owner}",
