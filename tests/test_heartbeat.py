@@ -205,3 +205,24 @@ async def test_redis_without_heartbeats_writes_no_beats(shared_url: str) -> None
             assert not await client.exists(broker.keys("default").beats)
     finally:
         await client.aclose()
+
+
+async def test_redis_beats_that_are_not_a_hash_stop_no_consumer(
+    shared_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aqueue.brokers.redis import RedisBroker
+
+    broker = RedisBroker(shared_url, FAST)
+    client = service_redis.client(shared_url)
+    try:
+        async with broker:
+            await client.set(broker.keys("default").beats, "garbage")
+            await broker.publish([OutgoingMessage("m", "default", b"x")])
+            with caplog.at_level(logging.WARNING, "aqueue.heartbeat"):
+                (delivery,) = await _take(broker, 1)
+            await delivery.ack()
+            assert "heartbeat failed (ResponseError: WRONGTYPE" in caplog.text
+            assert broker.heartbeat is not None
+            assert not broker.heartbeat.judging()  # its beats fail: it judges nobody
+    finally:
+        await client.aclose()

@@ -249,8 +249,9 @@ end
 
 -- The owners in a queue's beats whose last beat is older than the timeout (Redis time, ms).
 local function dead_in(beats, now_ms)
-  local flat = redis.call('HGETALL', beats)
+  local ok, flat = pcall(redis.call, 'HGETALL', beats)
   local dead, any = {}, false
+  if not ok then return dead, any end  -- not a hash: nobody is judged by it
   for i = 1, #flat, 2 do
     local who, beat = flat[i], tonumber(flat[i + 1])
     if who ~= owner then
