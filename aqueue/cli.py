@@ -1,6 +1,7 @@
 """The `aqueue` command: `aqueue worker tasks:app`, `check-config`, and the operator commands.
 
-`aqueue inspect|control|purge|result|call` live in `aqueue.operate`.
+`aqueue inspect|control|purge|result|call` live in `aqueue.operate`, `aqueue dead
+list|retry|purge` in `aqueue.dead`.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
 on stderr and exit code 2, never a traceback.
@@ -18,7 +19,7 @@ from typing import NoReturn
 
 import anyio
 
-from . import operate
+from . import dead, operate
 from ._version import __version__
 from .app import App
 from .banner import banner
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("module", help="the config module, e.g. aqueueconfig")
     check.add_argument("--namespace", help='read NAMESPACE_SETTING names, e.g. "AQUEUE"')
     operate.add_commands(commands)
+    dead.add_commands(commands)
     return parser
 
 

@@ -55,6 +55,9 @@ class Settings:
     #: messages it held are reclaimed at once instead of when their leases run out; None: no
     #: heartbeats, leases only. Must be more than `broker_heartbeat_interval`.
     broker_heartbeat_timeout: float | None = 5.0
+    #: The bytes of dead letters each queue keeps (bodies, reasons, details): past it, the
+    #: oldest are dropped. RabbitMQ leaves this to a policy (see the README).
+    broker_dead_letter_max_bytes: int = 64 << 20
     task_serializer: str = "msgpack"
     result_serializer: str = "msgpack"
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["msgpack"])
@@ -78,6 +81,9 @@ class Settings:
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
+    #: Warn (naming the task) when the event loop was blocked longer than this many seconds,
+    #: which only code that does not await can do (see aqueue/loopwatch.py); 0 turns it off.
+    worker_loop_block_warning: float = 1.0
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
     worker_tune_gc: bool = True
@@ -250,6 +256,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "broker_heartbeat_timeout": lambda name, value: (
         None if value is None else _positive_seconds(name, value)
     ),
+    "broker_dead_letter_max_bytes": _positive_int,
     "task_serializer": _msgpack_only,
     "result_serializer": _msgpack_only,
     "accept_content": _msgpack_only,
@@ -262,6 +269,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
+    "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),

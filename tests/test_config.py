@@ -157,9 +157,11 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_tune_gc",
         "broker_heartbeat_interval",
         "broker_heartbeat_timeout",
+        "worker_loop_block_warning",
+        "broker_dead_letter_max_bytes",
         "worker_loop",
     } <= names
-    assert len(names) == 30
+    assert len(names) == 32
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -229,7 +231,13 @@ def test_unknown_setting_is_a_configuration_and_attribute_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["result_expires", "broker_visibility_timeout", "worker_shutdown_timeout"]
+    "name",
+    [
+        "result_expires",
+        "broker_visibility_timeout",
+        "worker_shutdown_timeout",
+        "worker_loop_block_warning",
+    ],
 )
 @pytest.mark.parametrize(
     ("value", "seconds"),
@@ -275,7 +283,13 @@ async def test_bad_setting_as_app_keyword(build_app: BuildApp) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["broker_max_deliveries", "result_max_bytes", "message_max_bytes", "worker_threads"],
+    [
+        "broker_max_deliveries",
+        "broker_dead_letter_max_bytes",
+        "result_max_bytes",
+        "message_max_bytes",
+        "worker_threads",
+    ],
 )
 def test_other_counts_must_be_positive_ints(name: str) -> None:
     conf = Settings()

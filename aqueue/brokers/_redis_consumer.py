@@ -184,6 +184,7 @@ class Consumer:
             int(sweep),
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
+            broker.dead_letter_max_bytes,
             int(judging),
             broker.owner,
             int((heartbeat.timeout if heartbeat else 0) * 1000),

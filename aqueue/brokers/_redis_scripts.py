@@ -6,7 +6,8 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
     <prefix>:{<queue>}:delayed      sorted set of messages not due yet, scored by due time
     <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
                                     message arrives, so it can shorten its sleep
-    <prefix>:{<queue>}:dead         the dead-letter stream
+    <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
+    <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
     <prefix>:{<queue>}:beats        hash: the owner (broker) of each consumer of the queue ->
                                     its last heartbeat, in Redis's own time (ms, `TIME`)
 
@@ -28,7 +29,19 @@ counter and changes the owner, so a settle from a consumer whose lease ran out c
 
 from __future__ import annotations
 
-__all__ = ["ACK", "BEAT", "CLAIM", "DEAD_LETTER", "PURGE", "REQUEUE", "SCHEDULE"]
+from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT
+
+__all__ = [
+    "ACK",
+    "BEAT",
+    "CLAIM",
+    "DEAD_LETTER",
+    "PURGE",
+    "PURGE_DEAD",
+    "REQUEUE",
+    "SCHEDULE",
+    "TAKE_DEAD",
+]
 
 #: Helpers shared by the scripts (prepended to each).
 _COMMON = """
@@ -65,9 +78,49 @@ local function owned(key, group, id, consumer, count)
   return e
 end
 
+-- The bytes a dead letter counts for (`DeadLetter.size`): its body, reason and detail.
+local function dead_size(entry)
+  local f, size = entry[2], 0
+  for i = 1, #f, 2 do
+    if f[i] == 'b' or f[i] == 'r' or f[i] == 'd' then size = size + #f[i + 1] end
+  end
+  return size
+end
+
+-- The cap of the dead letters of the queues a script serves: the caller's (its ARGV).
+local dead_cap = nil
+
+-- Add a dead letter, then drop the oldest while the stream holds more bytes than the cap or
+-- more entries than MAX_COUNT (the newest stays). The hash <dead>:info (same hash slot)
+-- counts the bytes kept and the letters dropped.
 local function bury(dead, body, reason, detail, now)
-  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*',
-    'b', body, 'r', reason, 'd', detail, 't', now)
+  local info = dead .. ':info'
+  if redis.call('HEXISTS', info, 'bytes') == 0 then
+    -- Dead letters an older aqueue kept, uncounted: count them once.
+    local total, from = 0, '-'
+    while true do
+      local page = redis.call('XRANGE', dead, from, '+', 'COUNT', 16)
+      if #page == 0 then break end
+      for _, e in ipairs(page) do total = total + dead_size(e) end
+      from = '(' .. page[#page][1]
+    end
+    redis.call('HSET', info, 'bytes', total)
+  end
+  redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
+  local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
+  local cap = dead_cap or MAX_BYTES
+  local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
+  while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
+    -- One at a time: an entry read is copied whole (a body may be a megabyte).
+    local e = redis.call('XRANGE', dead, '-', '+', 'COUNT', 1)[1]
+    if not e then break end
+    redis.call('XDEL', dead, e[1])
+    freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', info, 'bytes', -freed)
+    redis.call('HINCRBY', info, 'dropped', dropped)
+  end
 end
 
 -- Add a delayed member; wake one idle consumer if it is now the earliest.
@@ -78,7 +131,9 @@ local function schedule(delayed, wake, due, member)
     redis.call('XADD', wake, 'MAXLEN', '~', 16, '*', 'w', '1')
   end
 end
-"""
+""".replace("MAX_BYTES", str(DEAD_LETTER_MAX_BYTES)).replace(
+    "MAX_COUNT", str(DEAD_LETTER_MAX_COUNT)
+)
 
 #: Claim up to `limit` messages of several queues: due delayed messages first move to their
 #: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
@@ -87,7 +142,7 @@ end
 #: With `judge`, the entries held by consumers of dead owners (see the module) are taken first.
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead; then the `beats` hash of each queue.
 #: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
-#: judge (0/1), owner, heartbeat_timeout_ms.
+#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms.
 #: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false,
 #: the ms until another owner's beat goes stale or false (when judging), and how many entries
 #: of how many dead owners it took.
@@ -98,9 +153,10 @@ local group, consumer = ARGV[1], ARGV[2]
 local remaining = tonumber(ARGV[3])
 local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+dead_cap = tonumber(ARGV[9])
 local nq = #KEYS / 13
 local out, buried = {}, 0
-local judge, owner, hb_timeout = ARGV[9] == '1', ARGV[10], tonumber(ARGV[11])
+local judge, owner, hb_timeout = ARGV[10] == '1', ARGV[11], tonumber(ARGV[12])
 local next_check, reclaimed, robbed = false, 0, {}
 
 local function stream(q, p) return KEYS[(q - 1) * 12 + 10 - p] end
@@ -400,8 +456,8 @@ return 1
 """
 )
 
-#: Move a delivery to the dead-letter stream with its reason.
-#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now.
+#: Move a delivery to the dead-letter stream with its reason, under the caller's cap.
+#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now, cap.
 DEAD_LETTER = (
     _COMMON
     + """
@@ -410,6 +466,7 @@ if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
 local entries = redis.call('XRANGE', key, id, id)
 local body = ''
 if entries[1] then body = fields_of(entries[1]) or '' end
+dead_cap = tonumber(ARGV[8])
 bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', key, group, id)
 redis.call('XDEL', key, id)
@@ -460,4 +517,40 @@ end
 count = count + redis.call('ZCARD', KEYS[11])
 redis.call('DEL', KEYS[11])
 return count
+"""
+
+#: Take dead letters out by id; with a stream, add their bodies to it (never delivered).
+#: KEYS: dead, info[, stream]. ARGV: ids. Returns how many were taken.
+TAKE_DEAD = (
+    _COMMON
+    + """
+local dead, info, stream = KEYS[1], KEYS[2], KEYS[3]
+local taken, freed = 0, 0
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', dead, ARGV[i], ARGV[i])[1]
+  if e then
+    if stream then
+      local f, body = e[2], ''
+      for j = 1, #f, 2 do if f[j] == 'b' then body = f[j + 1] end end
+      redis.call('XADD', stream, '*', 'b', body, 'n', '0')
+    end
+    redis.call('XDEL', dead, e[1])
+    freed, taken = freed + dead_size(e), taken + 1
+  end
+end
+if redis.call('XLEN', dead) == 0 then
+  redis.call('HSET', info, 'bytes', 0)
+else
+  redis.call('HINCRBY', info, 'bytes', -freed)
+end
+return taken
+"""
+)
+
+#: Delete every dead letter of a queue. KEYS: dead, info. Returns how many there were.
+PURGE_DEAD = """
+local kept = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'bytes', 0)
+return kept
 """

@@ -46,7 +46,6 @@ options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` / `heart
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -73,9 +72,10 @@ from .._redis import (
 from .._redis_mailbox import Channels, RedisMailbox
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
 from .._resp import RespClient
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
+from . import _redis_dead as deadletters
 from . import _redis_scripts as lua
 from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Beats, Claimed, Consumer, QueueKeys
 
@@ -85,6 +85,7 @@ __all__ = ["RedisBroker"]
 _BROKER_OPTIONS = (
     "visibility_timeout",
     "max_deliveries",
+    "dead_letter_max_bytes",
     "heartbeat_interval",
     "heartbeat_timeout",
 )
@@ -232,6 +233,9 @@ class RedisBroker(Broker):
         #: the heartbeat thread reads it).
         self.beat_keys: tuple[str, ...] = ()
         self.heartbeat: Heartbeat | None = None
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
         #: How often a consumer looks for messages whose lease ran out.
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None
@@ -410,6 +414,7 @@ class RedisBroker(Broker):
 
     async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
         args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
+        args.append(self.dead_letter_max_bytes)
         with redis_errors(self.settings, "dead-lettering a message"):
             reply = await _DEAD_LETTER(self._redis(), [claimed.stream, claimed.keys.dead], args)
         return bool(reply)
@@ -463,20 +468,19 @@ class RedisBroker(Broker):
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
         with redis_errors(self.settings, "reading dead letters"):
-            entries: Any = await self._redis().xrange(self.keys(queue).dead, count=limit)
-        return [_dead_letter_of(queue, fields or {}) for _, fields in entries]
+            return await deadletters.dead_letters(self._redis(), self.keys(queue), limit)
 
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        with redis_errors(self.settings, "counting dead letters"):
+            return await deadletters.stats(self._redis(), self.keys(queue))
 
-def _dead_letter_of(queue: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
-    """Read one dead-letter entry; anyone can XADD anything there, so trust no field."""
-    try:
-        at = float(fields.get(b"t", b"0"))
-    except ValueError:
-        at = 0.0
-    return DeadLetter(
-        queue=queue,
-        body=fields.get(b"b", b""),
-        reason=fields.get(b"r", b"").decode(errors="replace"),
-        detail=fields.get(b"d", b"").decode(errors="replace"),
-        at=at if math.isfinite(at) else 0.0,
-    )
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered)."""
+        with redis_errors(self.settings, "retrying dead letters"):
+            return await deadletters.retry(self._redis(), self.keys(queue), ids)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        with redis_errors(self.settings, "purging dead letters"):
+            return await deadletters.purge(self._redis(), self.keys(queue), ids)

@@ -22,7 +22,6 @@ Options: `visibility_timeout` (seconds, default 30), `max_deliveries` (default 5
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
 from collections import deque
@@ -34,10 +33,11 @@ import anyio
 
 from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from . import _sqlite_dead as deadletters
 from ._sqlite_beats import SCHEMA as BEATS_SCHEMA
 from ._sqlite_beats import Beating, Judge, expire_dead_owners, oldest_beat
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
@@ -95,7 +95,6 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
-_BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +181,8 @@ def _claim(
                 [message.id for message in dead],
             )
             detail = f"delivered {max_deliveries} times without being acknowledged"
-            conn.executemany(
-                _BURY,
+            deadletters.bury(
+                conn,
                 [
                     (m.queue, m.body, DeadLetterReason.MAX_DELIVERIES.value, detail, now)
                     for m in dead
@@ -225,7 +224,7 @@ def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, de
             (id_, token),
         ).fetchone()
         if row is not None:
-            conn.execute(_BURY, (row[0], row[1], reason, detail, time.time()))
+            deadletters.bury(conn, [(row[0], row[1], reason, detail, time.time())])
     return row is not None
 
 
@@ -253,22 +252,6 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
         "DELETE FROM aqueue_messages WHERE queue = ? AND lease_until IS NULL", (queue,)
     )
     return cursor.rowcount
-
-
-def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
-        "SELECT queue, CAST(body AS BLOB), CAST(reason AS TEXT), CAST(detail AS TEXT), at "
-        "FROM aqueue_dead_letters WHERE queue = ? ORDER BY id LIMIT ?",
-        (queue, limit),
-    ).fetchall()
-    return [
-        DeadLetter(queue, body or b"", reason or "", detail or "", _time(at))
-        for _, body, reason, detail, at in rows
-    ]
-
-
-def _time(value: Any) -> float:
-    return float(value) if type(value) in (int, float) and math.isfinite(value) else 0.0
 
 
 class _SQLiteDelivery(Delivery):
@@ -342,6 +325,9 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
         self._beating = Beating(options)  # heartbeats: see `_sqlite_beats`
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -356,7 +342,9 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, (*SCHEMA, *BEATS_SCHEMA, *MAILBOX_SCHEMA))
+        db = await Database.open(
+            self._path, (*SCHEMA, *deadletters.SCHEMA, *BEATS_SCHEMA, *MAILBOX_SCHEMA)
+        )
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -404,6 +392,7 @@ class SQLiteBroker(Broker):
         unyielded: deque[_Claimed] = deque()
         await self._beating.start(db.path)
         try:
+            await db.write(deadletters.set_caps, queues, self.dead_letter_max_bytes)
             if not burst:  # listen before the first look, so no publish goes unnoticed
                 listener = await Listener.open(self._wake)
                 self._listeners.add(listener)
@@ -470,4 +459,16 @@ class SQLiteBroker(Broker):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
-        return await self._run(_dead_letters, queue, limit)
+        return await self._run(deadletters.dead_letters, queue, limit)
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        return await self._run(deadletters.stats, queue)
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered), then wake it."""
+        return await self._write(deadletters.retry, queue, ids, wake=self._wake)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        return await self._write(deadletters.purge, queue, ids)
