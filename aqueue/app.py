@@ -402,6 +402,8 @@ class App:
         return {
             "visibility_timeout": self.conf.broker_visibility_timeout,
             "max_deliveries": self.conf.broker_max_deliveries,
+            "heartbeat_interval": self.conf.broker_heartbeat_interval,
+            "heartbeat_timeout": self.conf.broker_heartbeat_timeout,
             "dead_letter_max_bytes": self.conf.broker_dead_letter_max_bytes,
             **self.conf.broker_transport_options,
         }

@@ -48,6 +48,13 @@ class Settings:
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_visibility_timeout: float = 30.0
     broker_max_deliveries: int = 5
+    #: SQLite and Redis: how often a consuming process records that it is alive (from a thread
+    #: of its own, so a task blocking the event loop does not stop it).
+    broker_heartbeat_interval: float = 1.0
+    #: SQLite and Redis: a consumer whose last heartbeat is older than this is dead, and the
+    #: messages it held are reclaimed at once instead of when their leases run out; None: no
+    #: heartbeats, leases only. Must be more than `broker_heartbeat_interval`.
+    broker_heartbeat_timeout: float | None = 5.0
     #: The bytes of dead letters each queue keeps (bodies, reasons, details): past it, the
     #: oldest are dropped. RabbitMQ leaves this to a policy (see the README).
     broker_dead_letter_max_bytes: int = 64 << 20
@@ -194,6 +201,13 @@ def _seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def _positive_seconds(name: str, value: Any) -> float:
+    seconds = _seconds(name, value)
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
@@ -238,6 +252,10 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "result_backend": _backend,
     "broker_visibility_timeout": _seconds,
     "broker_max_deliveries": _positive_int,
+    "broker_heartbeat_interval": _positive_seconds,
+    "broker_heartbeat_timeout": lambda name, value: (
+        None if value is None else _positive_seconds(name, value)
+    ),
     "broker_dead_letter_max_bytes": _positive_int,
     "task_serializer": _msgpack_only,
     "result_serializer": _msgpack_only,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from aqueue import App, ConfigurationError, Settings, UnknownSetting
+from aqueue._heartbeat import heartbeat_options
 from aqueue.config import DEFAULT_BROKER_URL
 
 _numbers = itertools.count()
@@ -154,11 +155,13 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "task_soft_time_limit",
         "worker_processes",
         "worker_tune_gc",
+        "broker_heartbeat_interval",
+        "broker_heartbeat_timeout",
         "worker_loop_block_warning",
         "broker_dead_letter_max_bytes",
         "worker_loop",
     } <= names
-    assert len(names) == 30
+    assert len(names) == 32
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -294,6 +297,46 @@ def test_other_counts_must_be_positive_ints(name: str) -> None:
     assert conf[name] == 1
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number >= 1, not 0$"):
         conf[name] = 0
+
+
+def test_heartbeat_settings_are_positive_seconds() -> None:
+    conf = Settings()
+    assert (conf.broker_heartbeat_interval, conf.broker_heartbeat_timeout) == (1.0, 5.0)
+    conf.broker_heartbeat_interval = dt.timedelta(milliseconds=500)
+    conf.broker_heartbeat_timeout = None  # leases only
+    assert (conf.broker_heartbeat_interval, conf.broker_heartbeat_timeout) == (0.5, None)
+    for name in ("broker_heartbeat_interval", "broker_heartbeat_timeout"):
+        for bad in (0, -1.0, float("nan"), float("inf"), "5", True):
+            with pytest.raises(ConfigurationError, match=rf"^{name} must be a number of seconds"):
+                conf[name] = bad
+    with pytest.raises(ConfigurationError, match=r"^broker_heartbeat_interval"):
+        conf.broker_heartbeat_interval = None
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, (1.0, 5.0)),
+        ({"heartbeat_interval": 0.2, "heartbeat_timeout": "2"}, (0.2, 2.0)),
+        ({"heartbeat_timeout": None}, (1.0, None)),
+    ],
+)
+def test_heartbeat_options_of_a_broker(options: dict[str, object], expected: object) -> None:
+    assert heartbeat_options(options) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"heartbeat_interval": 2.0, "heartbeat_timeout": 2.0}, "must be more than"),
+        ({"heartbeat_interval": 0}, "^heartbeat_interval must be a number of seconds > 0"),
+        ({"heartbeat_timeout": "soon"}, "^heartbeat_timeout must be a number of seconds > 0"),
+        ({"heartbeat_timeout": False}, "^heartbeat_timeout must be a number of seconds > 0"),
+    ],
+)
+def test_bad_heartbeat_options_are_refused(options: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigurationError, match=error):
+        heartbeat_options(options)
 
 
 @pytest.mark.parametrize("value", ["auto", "asyncio", "uvloop"])

@@ -37,8 +37,6 @@ from aqueue.brokers import sqlite as sqlite_broker
 from aqueue.brokers.sqlite import SQLiteBroker
 from aqueue.message import DeadLetterReason
 
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
-
 QUEUE = "default"
 
 

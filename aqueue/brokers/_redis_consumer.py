@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
-from .._redis import Script, broker_error, process_tag
+from .._redis import Script, broker_error, run_scripts
+from .._resp import RespClient
 from ..broker import UNSTARTED_FACTOR
 from ..exceptions import BrokerError
 from . import _redis_scripts as lua
@@ -27,7 +28,16 @@ from . import _redis_scripts as lua
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["CLAIM_BATCH", "GROUP", "MAX_BLOCK", "Claimed", "Consumer", "QueueKeys", "text"]
+__all__ = [
+    "CLAIM_BATCH",
+    "GROUP",
+    "MAX_BLOCK",
+    "Beats",
+    "Claimed",
+    "Consumer",
+    "QueueKeys",
+    "text",
+]
 
 logger = logging.getLogger("aqueue.brokers.redis")
 
@@ -45,12 +55,13 @@ MAX_BACKOFF = 2.0
 STALE_CONSUMER_MS = 3_600_000
 
 _CLAIM = Script(lua.CLAIM)
+_BEAT = Script(lua.BEAT)
 
 
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("dead", "delayed", "queue", "runs", "streams", "wake")
+    __slots__ = ("beats", "dead", "delayed", "queue", "runs", "streams", "wake")
 
     def __init__(self, prefix: str, queue: str) -> None:
         base = f"{prefix}:{{{queue}}}"
@@ -60,6 +71,7 @@ class QueueKeys:
         self.wake = f"{base}:wake"
         self.dead = f"{base}:dead"
         self.runs = f"{base}:runs"  # recorded runs, by `run_key` of the message body
+        self.beats = f"{base}:beats"
 
     def stream(self, priority: int) -> str:
         return self.streams[9 - priority]
@@ -118,11 +130,13 @@ class Consumer:
         self.broker = broker
         self.keys = keys
         self.burst = burst
-        self.name = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        self.name = f"{broker.owner}:{uuid.uuid4().hex[:8]}"  # see `_redis_scripts`
         self.reader = broker._reader()  # its blocking reads: a connection of its own
         self.unyielded: deque[Claimed] = deque()
         self.held: set[str] = set()  # ids yielded and not settled yet
         self.next_sweep = 0.0  # the first claim sweeps
+        #: When (a time.time()) to look for dead owners again, if nothing comes before.
+        self.next_judgment = math.inf
         self.failures = 0
         self.by_stream: dict[str, tuple[QueueKeys, int]] = {}
         for each in keys:
@@ -167,6 +181,9 @@ class Consumer:
         keys: list[str] = []
         for each in self.keys:
             keys.extend((*each.streams, each.delayed, each.dead))
+        keys.extend(each.beats for each in self.keys)
+        heartbeat = broker.heartbeat
+        judging = heartbeat is not None and heartbeat.judging()
         args = [
             GROUP,
             self.name,
@@ -177,9 +194,13 @@ class Consumer:
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
             broker.dead_letter_max_bytes,
+            int(judging),
+            broker.owner,
+            int((heartbeat.timeout if heartbeat else 0) * 1000),
         ]
-        entries, buried, next_due = await _CLAIM(broker._hot_path(), keys, args)
+        entries, buried, next_due, next_check, robbed = await _CLAIM(broker._hot_path(), keys, args)
         self.failures = 0
+        self._judged(judging, next_check, robbed)
         claimed = [
             Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
             for q, p, i, body, n, counter in entries
@@ -192,12 +213,37 @@ class Consumer:
             return None, None
         return claimed, float(next_due) if next_due is not None else None
 
+    def _judged(self, judging: bool, next_check: Any, robbed: list[Any]) -> None:
+        """Note when to judge again, and log what was taken from dead consumers."""
+        heartbeat = self.broker.heartbeat
+        if heartbeat is None:
+            return
+        if judging:  # when the oldest beat goes stale; a worker that starts meanwhile
+            # and dies is seen by the next look, a timeout from now
+            wait = heartbeat.timeout if next_check is None else int(next_check) / 1000
+            wait = min(wait, heartbeat.timeout)
+        else:
+            wait = heartbeat.judging_from() - time.monotonic()
+        # Not sooner than half a beat: a dead owner found now was dealt with already.
+        self.next_judgment = time.time() + max(wait, heartbeat.interval / 2)
+        taken, owners = (int(each) for each in robbed)
+        if taken:
+            logger.warning(
+                "reclaiming %d message(s) of %d consumer(s) whose heartbeat stopped more than "
+                "%gs ago",
+                taken,
+                owners,
+                heartbeat.timeout,
+            )
+
     async def _block(self, limit: int, next_due: float | None) -> list[Claimed]:
         """Block until a message arrives, or an earlier delayed one is added.
 
         Or until it is time to look again: the next delayed message, the next sweep.
         """
-        wake_at = min(self.next_sweep, next_due if next_due is not None else math.inf)
+        wake_at = min(
+            self.next_sweep, self.next_judgment, next_due if next_due is not None else math.inf
+        )
         timeout = min(max(wake_at - time.time(), 0.001), MAX_BLOCK)
         streams = [*self.by_stream, *(each.wake for each in self.keys)]
         command = ["XREADGROUP", "GROUP", GROUP, self.name, "COUNT", limit]
@@ -320,3 +366,29 @@ class Consumer:
             logger.warning(
                 "could not give back claimed messages; their leases will run out", exc_info=True
             )
+
+
+class Beats:
+    """A broker's heartbeat, on a connection of its own used only by its thread.
+
+    It writes the beats of every queue the broker consumes (see `_redis_scripts`).
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._client = RespClient(broker.settings)
+
+    async def _run(self, forget: bool) -> None:
+        broker = self._broker
+        calls = [(_BEAT, [key], [broker.owner, int(forget)]) for key in broker.beat_keys]
+        if calls:
+            await run_scripts(self._client, calls)
+
+    async def beat(self) -> None:
+        await self._run(forget=False)
+
+    async def forget(self) -> None:
+        await self._run(forget=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -8,12 +8,20 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
                                     message arrives, so it can shorten its sleep
     <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
     <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
+    <prefix>:{<queue>}:beats        hash: the owner (broker) of each consumer of the queue ->
+                                    its last heartbeat, in Redis's own time (ms, `TIME`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with `nack` is added again, and keeps its count). A delayed member
 is `<priority>:<n>:<nonce>:<body>`. Nothing stops a client writing something else there: an
 entry without a body or with a count that is not 1 to 9 digits, and a delayed member of
 another shape, are dead-lettered as `undecodable`, saying what is wrong, as they are read.
+
+A consumer is named `<owner>:<nonce>`, its owner being the broker that made it, whose heartbeat
+thread writes `beats` (`BEAT`). An owner whose beat is older than the heartbeat timeout is
+dead: the claim script of any live, judging consumer takes the entries its consumers held
+(`XCLAIM`, which counts a delivery, as `XAUTOCLAIM` does), and removes the owner's beat once
+none is left. Times are Redis's, so the workers' clocks never matter.
 
 A delivery is fenced by (consumer, delivery counter of its pending entry): `XAUTOCLAIM` bumps the
 counter and changes the owner, so a settle from a consumer whose lease ran out changes nothing.
@@ -23,7 +31,17 @@ from __future__ import annotations
 
 from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT
 
-__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "PURGE_DEAD", "REQUEUE", "SCHEDULE", "TAKE_DEAD"]
+__all__ = [
+    "ACK",
+    "BEAT",
+    "CLAIM",
+    "DEAD_LETTER",
+    "PURGE",
+    "PURGE_DEAD",
+    "REQUEUE",
+    "SCHEDULE",
+    "TAKE_DEAD",
+]
 
 #: Helpers shared by the scripts (prepended to each).
 _COMMON = """
@@ -122,10 +140,13 @@ end
 #: priority 9 first and, within a level, oldest first across queues. Messages delivered more
 #: than `max_deliveries` times (the broker passes a backstop: runs are counted apart) are
 #: dead-lettered on the way.
-#: KEYS: per queue, 12 keys: p9..p0, delayed, dead.
+#: With `judge`, the entries held by consumers of dead owners (see the module) are taken first.
+#: KEYS: per queue, 12 keys: p9..p0, delayed, dead; then the `beats` hash of each queue.
 #: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
-#: dead_letter_max_bytes.
-#: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false.
+#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms.
+#: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false,
+#: the ms until another owner's beat goes stale or false (when judging), and how many entries
+#: of how many dead owners it took.
 CLAIM = (
     _COMMON
     + """
@@ -134,8 +155,10 @@ local remaining = tonumber(ARGV[3])
 local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 dead_cap = tonumber(ARGV[9])
-local nq = #KEYS / 12
+local nq = #KEYS / 13
 local out, buried = {}, 0
+local judge, owner, hb_timeout = ARGV[10] == '1', ARGV[11], tonumber(ARGV[12])
+local next_check, reclaimed, robbed = false, 0, {}
 
 local function stream(q, p) return KEYS[(q - 1) * 12 + 10 - p] end
 
@@ -281,7 +304,69 @@ local function read_level(p)
   for _, item in ipairs(got) do take(item[1], p, stream(item[1], p), item[2], 1) end
 end
 
+-- The owners in a queue's beats whose last beat is older than the timeout (Redis time, ms).
+local function dead_in(beats, now_ms)
+  local ok, flat = pcall(redis.call, 'HGETALL', beats)
+  local dead, any = {}, false
+  if not ok then return dead, any end  -- not a hash: nobody is judged by it
+  for i = 1, #flat, 2 do
+    local who, beat = flat[i], tonumber(flat[i + 1])
+    if who ~= owner then
+      if beat == nil or beat < now_ms - hb_timeout then
+        dead[who], any = true, true
+      else
+        local check = beat + hb_timeout - now_ms
+        if not next_check or check < next_check then next_check = check end
+      end
+    end
+  end
+  return dead, any
+end
+
+-- Take the entries of one stream that consumers of dead owners hold; note owners left with some.
+local function take_from_dead(q, p, dead, left)
+  local key = stream(q, p)
+  local ok, summary = pcall(redis.call, 'XPENDING', key, group)
+  if not ok or type(summary[4]) ~= 'table' then return end
+  for _, c in ipairs(summary[4]) do
+    local who = string.match(c[1], '^(.*):[^:]*$')
+    if who and dead[who] then
+      local pend = {}
+      if remaining > 0 then
+        pend = redis.call('XPENDING', key, group, '-', '+', remaining, c[1])
+      end
+      if #pend < tonumber(c[2]) then left[who] = true end
+      local ids = {}
+      for _, e in ipairs(pend) do ids[#ids + 1] = e[1] end
+      if #ids > 0 then
+        robbed[who] = true
+        for _, entry in ipairs(redis.call('XCLAIM', key, group, consumer, 0, unpack(ids))) do
+          local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
+          take(q, p, key, entry, tonumber(e[4]))
+          reclaimed = reclaimed + 1
+        end
+      end
+    end
+  end
+end
+
+local function judge_queue(q, now_ms)
+  local beats = KEYS[nq * 12 + q]
+  local dead, any = dead_in(beats, now_ms)
+  if not any then return end
+  local left = {}
+  for p = 9, 0, -1 do take_from_dead(q, p, dead, left) end
+  for who in pairs(dead) do
+    if not left[who] then redis.call('HDEL', beats, who) end
+  end
+end
+
 for q = 1, nq do promote(q) end
+if judge then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for q = 1, nq do judge_queue(q, now_ms) end
+end
 if reclaim then
   for p = 9, 0, -1 do
     for q = 1, nq do reclaim_stream(q, p) end
@@ -298,9 +383,21 @@ for q = 1, nq do
     next_due = first[2]
   end
 end
-return {out, buried, next_due}
+local dead_owners = 0
+for _ in pairs(robbed) do dead_owners = dead_owners + 1 end
+return {out, buried, next_due, next_check, {reclaimed, dead_owners}}
 """
 )
+
+#: Record a heartbeat of `owner` in a queue's beats hash, in Redis's time (ms).
+#: KEYS: beats. ARGV: owner ('' with `forget`), forget (0/1).
+BEAT = """
+if ARGV[2] == '1' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+return ms
+"""
 
 #: Acknowledge (XACK + XDEL) or renew (XCLAIM JUSTID: resets the idle time, not the counter)
 #: deliveries of one stream that their consumer still owns.

@@ -21,6 +21,11 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `_redis
   a redelivered message with `max_deliveries` runs goes to the dead letters
   (`max-deliveries`); the worker does it first, with a failure result. Deliveries blame
   nothing: a message merely held by a worker that died is not the one that killed it.
+- Heartbeats (`aqueue._heartbeat`): a consuming broker records in each of its queues'
+  `beats` hash, every `heartbeat_interval` seconds from a thread of its own, that it is alive
+  (in Redis's time). A claim takes the messages of consumers whose owner's beat is older than
+  `heartbeat_timeout` at once, without waiting for their leases; an idle consumer looks again
+  when the oldest beat would go stale, and at least every `heartbeat_timeout` seconds.
 - `nack` and a closing consumer give messages back at once, as new entries (counting the
   deliveries so far), not after the lease.
 - Connections: publishes, claims and acks share one lean pipelined connection (`aqueue._resp`),
@@ -39,7 +44,8 @@ per broker; the mailbox's subscriptions and the semaphore's waiters share one pu
 connection of the broker's own.
 
 Options (URL query or `broker_transport_options`): `prefix` (default `aqueue`), the connection
-options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` as on every broker.
+options of `aqueue._redis`, and `visibility_timeout` / `max_deliveries` / `heartbeat_interval` /
+`heartbeat_timeout` as on SQLite.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._heartbeat import Heartbeat, heartbeat_options
 from .._redis import (
     SOCKET_TIMEOUT,
     Batcher,
@@ -63,6 +70,7 @@ from .._redis import (
     broker_error,
     close_clients,
     parse_redis_url,
+    process_tag,
     redis_errors,
     run_scripts,
 )
@@ -78,6 +86,7 @@ from ._redis_consumer import (
     CLAIM_BATCH,
     GROUP,
     MAX_BLOCK,
+    Beats,
     Claimed,
     Consumer,
     QueueKeys,
@@ -85,6 +94,15 @@ from ._redis_consumer import (
 )
 
 __all__ = ["RedisBroker"]
+
+#: The options a Redis broker reads itself, not passed on to the connections.
+_BROKER_OPTIONS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "dead_letter_max_bytes",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -230,9 +248,7 @@ class RedisBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings: RedisSettings = parse_redis_url(
-            url,
-            options,
-            ignore=frozenset({"visibility_timeout", "max_deliveries", "dead_letter_max_bytes"}),
+            url, options, ignore=frozenset(_BROKER_OPTIONS)
         )
         timeout = options.get("visibility_timeout")
         self.visibility_timeout = 30.0 if timeout is None else float(timeout)
@@ -243,6 +259,13 @@ class RedisBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_options(options)
+        #: This broker's name, the start of its consumers' names (see `_redis_scripts`).
+        self.owner = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        #: The beats hashes of the queues consumed so far (replaced, never changed in place:
+        #: the heartbeat thread reads it).
+        self.beat_keys: tuple[str, ...] = ()
+        self.heartbeat: Heartbeat | None = None
         self.dead_letter_max_bytes = int(
             options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
         )
@@ -284,6 +307,10 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
+        heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:  # removes this broker's beats
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(heartbeat.stop)
         client, hot = self._client, self._hot
         self._client = self._hot = None
         for each in [hot, *self._readers]:
@@ -464,7 +491,9 @@ class RedisBroker(Broker):
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False
     ) -> AsyncGenerator[Delivery, None]:
         """Claim up to the credit; block in XREADGROUP while nothing is ready."""
-        state = Consumer(self, [self.keys(queue) for queue in dict.fromkeys(queues)], burst)
+        keys = [self.keys(queue) for queue in dict.fromkeys(queues)]
+        await self._start_heartbeat(keys)
+        state = Consumer(self, keys, burst)
         try:
             while True:
                 limit = min(await credit.wait(), CLAIM_BATCH)
@@ -480,6 +509,21 @@ class RedisBroker(Broker):
             with anyio.CancelScope(shield=True):
                 await self._drop_reader(state.reader)  # a blocked read ends before we look
                 await state.give_back()
+
+    async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:
+        """Beat in these queues too, starting the heartbeat on the first call (`close` stops it)."""
+        self._hot_path()
+        self.beat_keys = tuple(dict.fromkeys([*self.beat_keys, *(each.beats for each in keys)]))
+        if self.heartbeat is not None or self.heartbeat_timeout is None:
+            return
+        self.heartbeat = heartbeat = Heartbeat(
+            lambda: Beats(self),
+            interval=self.heartbeat_interval,
+            timeout=self.heartbeat_timeout,
+            name=f"aqueue-heartbeat-{self.owner}",
+        )
+        with anyio.CancelScope(shield=True):  # a thread started is a thread stopped (close)
+            await anyio.to_thread.run_sync(heartbeat.start)
 
     async def purge(self, queue: str) -> int:
         """Delete the queue's waiting and delayed messages (not the delivered ones)."""

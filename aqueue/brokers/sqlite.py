@@ -9,6 +9,9 @@ A lease that runs out (its worker died) makes the message ready again.
 No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before may
 hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad row at once.
 
+Sooner than its lease, a claim makes the leases of a worker whose heartbeat stopped run out
+(`_sqlite_beats`).
+
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
@@ -18,7 +21,8 @@ Runs: `begin` (the worker calls it before running a redelivered message alone, s
 failure result). Claims count deliveries in `deliveries`, which blames nothing: a message
 merely held by a worker that died is not the one that killed it.
 
-Options: `visibility_timeout` (seconds, default 30) and `max_deliveries` (default 5).
+Options: `visibility_timeout` (seconds, default 30), `max_deliveries` (default 5),
+`heartbeat_interval` (1) and `heartbeat_timeout` (5; None: leases only).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +52,8 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
 from . import _sqlite_dead as deadletters
+from ._sqlite_beats import SCHEMA as BEATS_SCHEMA
+from ._sqlite_beats import Beating, Judge, expire_dead_owners, oldest_beat
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
 from ._sqlite_rows import bad_times, bury_rows, fault
@@ -130,6 +135,8 @@ class _Claim:
     messages: list[_Claimed]
     buried: int  # claimed past max_deliveries, and dead-lettered instead
     next_at: float | None  # nothing was ready: when the next message may be
+    #: Nothing was ready: the oldest heartbeat (monotonic) of another owner holding leases.
+    oldest_beat: float | None = None
 
 
 def _candidates(
@@ -161,15 +168,22 @@ def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
 
 
 def _claim(
-    conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float, max_deliveries: int
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    lease: float,
+    max_deliveries: int,
+    judge: Judge,
+    token: str,
 ) -> _Claim:
     now = time.time()
     with immediate(conn):
+        expire_dead_owners(conn, judge)
         ids = _candidates(conn, queues, limit, now)
         if not ids:
             buried = bad_times(conn, queues, now)
-            return _Claim([], buried, None if buried else _next_at(conn, queues, now))
-        token = uuid.uuid4().hex
+            next_at = None if buried else _next_at(conn, queues, now)
+            return _Claim([], buried, next_at, oldest_beat(conn, judge))
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
             f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
@@ -355,6 +369,10 @@ class _SQLiteDelivery(Delivery):
             self._lost("renew the lease of")
 
 
+def _earliest(*times: float | None) -> float | None:
+    return min((each for each in times if each is not None), default=None)
+
+
 class SQLiteBroker(Broker):
     """A broker in one SQLite file, shared by every process on this machine that opens it."""
 
@@ -370,6 +388,7 @@ class SQLiteBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self._beating = Beating(options)  # heartbeats: see `_sqlite_beats`
         self.dead_letter_max_bytes = int(
             options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
         )
@@ -387,7 +406,9 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, (*SCHEMA, *deadletters.SCHEMA, *MAILBOX_SCHEMA))
+        db = await Database.open(
+            self._path, (*SCHEMA, *deadletters.SCHEMA, *BEATS_SCHEMA, *MAILBOX_SCHEMA)
+        )
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -401,6 +422,7 @@ class SQLiteBroker(Broker):
         self._mailbox = None
         listeners, self._listeners = self._listeners, set()
         with anyio.CancelScope(shield=True):
+            await self._beating.stop()  # removes this consumer's row
             for listener in listeners:
                 await listener.aclose()
             if db is not None:
@@ -432,6 +454,7 @@ class SQLiteBroker(Broker):
         db = self._database()
         listener: Listener | None = None
         unyielded: deque[_Claimed] = deque()
+        await self._beating.start(db.path)
         try:
             await db.write(deadletters.set_caps, queues, self.dead_letter_max_bytes)
             if not burst:  # listen before the first look, so no publish goes unnoticed
@@ -442,14 +465,23 @@ class SQLiteBroker(Broker):
                 if listener is not None:
                     listener.drain()
                 claim = await db.run(
-                    _claim, queues, limit, self.visibility_timeout, self.max_deliveries
+                    _claim,
+                    queues,
+                    limit,
+                    self.visibility_timeout,
+                    self.max_deliveries,
+                    self._beating.judge(self._wake),
+                    self._beating.token(),
                 )
                 unyielded.extend(claim.messages)
                 while unyielded:
                     yield _SQLiteDelivery(self, unyielded.popleft())
                 if claim.messages or claim.buried:
                     continue
-                if listener is None or not await self._idle(listener, claim.next_at):
+                if listener is None:  # burst
+                    return
+                next_at = _earliest(claim.next_at, self._beating.next_judgment(claim.oldest_beat))
+                if not await self._idle(listener, next_at):
                     return
         finally:
             with anyio.CancelScope(shield=True):
