@@ -80,6 +80,10 @@ class Broker(abc.ABC):
 
     #: How often the worker must call `Delivery.renew` on running messages; None: never.
     renew_interval: float | None = None
+    #: Whether the worker should keep messages claimed ahead of its free slots (half its
+    #: concurrency): for a driver whose every claim is a round trip. They are renewed like
+    #: running ones and given back first at shutdown.
+    claims_ahead: bool = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url
