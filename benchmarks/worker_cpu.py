@@ -2,10 +2,12 @@
 
     python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
                                     [--tasks 5000] [--repeat 5] [--gc run|serve|off]
+                                    [--slots 500] [--loop asyncio|uvloop]
 
 Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
 asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
-with one `Worker(app, concurrency=500)` in this process, and reports, from the moment the first
+with one `Worker(app, concurrency=500)` (`--slots`) in this process, on the stock asyncio loop
+or uvloop (`--loop`), and reports, from the moment the first
 task starts to the moment the N-th finishes:
 
 - the drain rate, and the process's CPU time per task and CPU share over that span (a share
@@ -38,7 +40,6 @@ from compare import AmqpPlace, RedisPlace  # the same clean-up as the peer compa
 from aqueue import App, Worker
 
 SLEEP = 0.01
-CONCURRENCY = 500
 
 
 class Drain:
@@ -81,7 +82,7 @@ class Drain:
         return row
 
 
-async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
+async def one_run(url: str, kind: str, n: int, how: str, slots: int) -> dict[str, float]:
     drain = Drain(n)
     app = App("cpu", broker=url, backend=False, set_as_current=False)
     app.conf.worker_tune_gc = how == "serve"
@@ -96,7 +97,7 @@ async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
     async with app:
         for start in range(0, n, 1000):
             await task.delay_many([() for _ in range(min(1000, n - start))])
-        drain.worker = worker = Worker(app, concurrency=CONCURRENCY)
+        drain.worker = worker = Worker(app, concurrency=slots)
         gc.callbacks.append(drain.on_gc)
         try:
             with anyio.fail_after(120):
@@ -130,12 +131,12 @@ async def place(broker: str, args: argparse.Namespace) -> AsyncIterator[str]:
 async def main(args: argparse.Namespace) -> None:
     rows = []
     print(
-        f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {CONCURRENCY}, "
-        f"collector: {args.gc}"
+        f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {args.slots}, "
+        f"collector: {args.gc}, loop: {args.loop}"
     )
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
-            row = await one_run(url, args.kind, args.tasks, args.gc)
+            row = await one_run(url, args.kind, args.tasks, args.gc, args.slots)
             rows.append(row)
             print(f"  run {run + 1}: {text(row)}", flush=True)
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -160,10 +161,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--gc", choices=["run", "serve", "off"], default="serve")
+    parser.add_argument("--slots", type=int, default=500, help="the worker's concurrency")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse())
+    arguments = parse()
+    anyio.run(main, arguments, backend_options={"use_uvloop": arguments.loop == "uvloop"})
