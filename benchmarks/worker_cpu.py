@@ -19,7 +19,8 @@ task starts to the moment the N-th finishes:
 collector disabled (a bound, not a setting to use). Medians of the runs at the end.
 
 Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
-after, as compare.py does); RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
+after, as compare.py does), or with `--shared-db` a key prefix of its own in that database,
+whose keys are deleted after; RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
 hand. This is no test: nothing fails when a number is low.
 """
 
@@ -31,6 +32,7 @@ import contextlib
 import gc
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,9 +119,27 @@ async def one_run(url: str, kind: str, n: int, how: str, slots: int) -> dict[str
 
 
 @contextlib.asynccontextmanager
+async def prefixed(url: str) -> AsyncIterator[str]:
+    """A key prefix of the run's own in a database others use; its keys deleted after."""
+    import redis.asyncio as aioredis
+
+    prefix = f"aqcpu-{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"{url}?prefix={prefix}"
+    finally:
+        async with aioredis.from_url(url) as client:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+
+
+@contextlib.asynccontextmanager
 async def place(broker: str, args: argparse.Namespace) -> AsyncIterator[str]:
     if broker == "memory":
         yield "memory://"
+    elif broker == "redis" and args.shared_db:
+        async with prefixed(args.redis_url) as url:
+            yield url
     elif broker == "redis":
         async with RedisPlace(args.redis_url) as redis:
             yield redis.url
@@ -164,6 +184,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=500, help="the worker's concurrency")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--shared-db",
+        action="store_true",
+        help="use a key prefix of its own in --redis-url's database instead of flushing it",
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     return parser.parse_args(argv)
 
