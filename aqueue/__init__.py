@@ -10,6 +10,7 @@ from .backend import StoredResult as StoredResult
 from .broker import Broker as Broker
 from .broker import Credit as Credit
 from .broker import DeadLetter as DeadLetter
+from .broker import DeadLetterStats as DeadLetterStats
 from .broker import Delivery as Delivery
 from .config import Settings as Settings
 from .drivers import register_backend as register_backend
@@ -51,6 +52,7 @@ __all__ = [
     "Credit",
     "DeadLetter",
     "DeadLetterReason",
+    "DeadLetterStats",
     "Delivery",
     "MaxRetriesExceeded",
     "MessageTooLarge",

@@ -26,13 +26,33 @@ import anyio.to_thread
 from ._wake import notify
 from .exceptions import BrokerError, ConfigurationError
 
-__all__ = ["BUSY_TIMEOUT_MS", "Database", "immediate", "parse_sqlite_url", "placeholders"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "STRICT",
+    "Database",
+    "immediate",
+    "parse_sqlite_url",
+    "placeholders",
+    "sql_type",
+]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 #: How long a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT_MS = 5000
+
+#: Appended to every CREATE TABLE: SQLite 3.37+ then refuses a value of the wrong type (a TEXT
+#: priority) instead of storing it. Tables made before, or by an older SQLite, are not STRICT:
+#: readers check the types of what they read all the same.
+STRICT = " STRICT" if sqlite3.sqlite_version_info >= (3, 37) else ""
+
+_SQL_TYPES = {int: "an INTEGER", float: "a REAL", str: "TEXT", bytes: "a BLOB"}
+
+
+def sql_type(value: object) -> str:
+    """Name the SQLite type of a value read from a row: "an INTEGER", "TEXT", "NULL"..."""
+    return _SQL_TYPES.get(type(value), "NULL" if value is None else type(value).__name__)
 
 
 def parse_sqlite_url(url: str) -> str:

@@ -362,6 +362,7 @@ class App:
         return {
             "visibility_timeout": self.conf.broker_visibility_timeout,
             "max_deliveries": self.conf.broker_max_deliveries,
+            "dead_letter_max_bytes": self.conf.broker_dead_letter_max_bytes,
             **self.conf.broker_transport_options,
         }
 

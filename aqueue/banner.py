@@ -15,10 +15,13 @@ if TYPE_CHECKING:
 __all__ = ["banner"]
 
 
-def banner(worker: Worker, app_path: str, *, limits: str | None = None) -> str:
+def banner(
+    worker: Worker, app_path: str, *, limits: str | None = None, loop: str | None = None
+) -> str:
     """Return the banner text for `worker`, started from `app_path` (`tasks:app`).
 
-    `limits` says whether rate and concurrency limits hold across workers or per worker.
+    `limits` says whether rate and concurrency limits hold across workers or per worker;
+    `loop` names the event loop that runs the worker ("uvloop 0.21.0", "asyncio").
     """
     app = worker.app
     results = redact(app.backend_url) if app.backend_url else "disabled://"
@@ -31,6 +34,7 @@ def banner(worker: Worker, app_path: str, *, limits: str | None = None) -> str:
         f".> transport:   {redact(app.broker_url)}",
         f".> results:     {results}",
         f".> concurrency: {worker.concurrency} (asyncio), threads: {worker.threads}",
+        *([f".> event loop:  {loop}"] if loop else []),
         *([f".> rate limits: {limits}"] if limits else []),
         "",
         "[queues]",

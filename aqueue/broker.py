@@ -23,7 +23,21 @@ from .mailbox import Mailbox
 from .message import OutgoingMessage
 from .throttle import RateLimiter, Semaphore
 
-__all__ = ["Broker", "Credit", "DeadLetter", "Delivery"]
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "DEAD_LETTER_MAX_COUNT",
+    "Broker",
+    "Credit",
+    "DeadLetter",
+    "DeadLetterStats",
+    "Delivery",
+]
+
+#: The dead letters a queue keeps, in bytes (bodies, reasons and details) and in number: past
+#: either, the oldest are dropped (the newest is always kept). `broker_dead_letter_max_bytes`
+#: (the broker option `dead_letter_max_bytes`) changes the first.
+DEAD_LETTER_MAX_BYTES = 64 << 20
+DEAD_LETTER_MAX_COUNT = 100_000
 
 
 class Credit(Protocol):
@@ -73,6 +87,30 @@ class DeadLetter:
     reason: str
     detail: str
     at: float
+    #: The driver's name for it, for `retry_dead_letters` and `purge_dead_letters`.
+    id: str = ""
+
+    @property
+    def size(self) -> int:
+        """What it counts for against `dead_letter_max_bytes`."""
+        return dead_letter_size(self.body, self.reason, self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterStats:
+    """What a queue's dead letters hold: how many, their bytes, how many were dropped.
+
+    None where the driver cannot know (RabbitMQ: the bytes and the drops of a length policy).
+    """
+
+    kept: int
+    bytes: int | None
+    dropped: int | None
+
+
+def dead_letter_size(body: bytes, reason: str, detail: str) -> int:
+    """Return the bytes a dead letter counts for: its body, reason and detail (UTF-8)."""
+    return len(body) + len(reason.encode()) + len(detail.encode())
 
 
 class Broker(abc.ABC):
@@ -119,6 +157,21 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the oldest dead letters of `queue`, up to `limit`."""
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        raise BrokerError(f"{type(self).__name__} cannot count dead letters")
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters of `queue` (those in `ids`, else all) back on it; return how many.
+
+        They go back at priority 0 with a fresh delivery count; unknown ids are skipped.
+        """
+        raise BrokerError(f"{type(self).__name__} cannot retry dead letters")
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters of `queue` (those named in `ids`, else all); return how many."""
+        raise BrokerError(f"{type(self).__name__} cannot purge dead letters")
 
     def mailbox(self) -> Mailbox:
         """Return the mailbox over this broker's transport (see `aqueue.mailbox`)."""

@@ -1,6 +1,7 @@
 """The `aqueue` command: `aqueue worker tasks:app`, `check-config`, and the operator commands.
 
-`aqueue inspect|control|purge|result|call` live in `aqueue.operate`.
+`aqueue inspect|control|purge|result|call` live in `aqueue.operate`, `aqueue dead
+list|retry|purge` in `aqueue.dead`.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
 on stderr and exit code 2, never a traceback.
@@ -9,14 +10,16 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import anyio
 
-from . import operate
+from . import dead, operate
 from ._version import __version__
 from .app import App
 from .banner import banner
@@ -25,14 +28,23 @@ from .drivers import create_backend, create_broker
 from .exceptions import AqueueError
 from .loader import import_from_cwd, load_app
 from .logs import setup_logging
-from .urls import redact, secrets_in
+from .loops import LOOPS, describe, loop_factory
+from .urls import redact, redact_text, secrets_in
 from .worker import Worker
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors never echo a URL's password (its subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and the error, passwords redacted, and exit with code 2."""
+        super().error(redact_text(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aqueue", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="aqueue", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument(
+        "--loop",
+        choices=LOOPS,
+        help="event loop: auto (uvloop when installed, the default), asyncio or uvloop",
+    )
+    worker.add_argument(
         "--shutdown-timeout",
         type=_seconds,
         metavar="SECONDS",
@@ -64,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("module", help="the config module, e.g. aqueueconfig")
     check.add_argument("--namespace", help='read NAMESPACE_SETTING names, e.g. "AQUEUE"')
     operate.add_commands(commands)
+    dead.add_commands(commands)
     return parser
 
 
@@ -101,19 +119,22 @@ def _worker(args: argparse.Namespace) -> int:
         processes=args.processes,
         app_path=args.app,
     )
+    factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
     setup_logging(args.loglevel, secrets)
 
     async def serve() -> None:
         try:
             await app.open()  # connection errors surface here, as one line, not in a group
-            print(banner(worker, args.app, limits=await _limits_scope(app)), flush=True)
+            limits = await _limits_scope(app)
+            loop = describe(asyncio.get_running_loop())
+            print(banner(worker, args.app, limits=limits, loop=loop), flush=True)
             await worker.serve()
         finally:
             with anyio.CancelScope(shield=True):
                 await app.close()
 
-    anyio.run(serve)
+    anyio.run(serve, backend_options={"loop_factory": factory})
     if worker.runner is not None and worker.runner.threads_busy:
         _exit_past_blocked_threads(worker.runner.threads_busy)
     return 0

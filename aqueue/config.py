@@ -20,6 +20,8 @@ from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from .exceptions import ConfigurationError, UnknownSetting
+from .loops import LOOPS
+from .urls import redact_text
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
 
@@ -46,6 +48,9 @@ class Settings:
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     broker_visibility_timeout: float = 30.0
     broker_max_deliveries: int = 5
+    #: The bytes of dead letters each queue keeps (bodies, reasons, details): past it, the
+    #: oldest are dropped. RabbitMQ leaves this to a policy (see the README).
+    broker_dead_letter_max_bytes: int = 64 << 20
     task_serializer: str = "msgpack"
     result_serializer: str = "msgpack"
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["msgpack"])
@@ -69,9 +74,20 @@ class Settings:
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
+    #: Warn (naming the task) when the event loop was blocked longer than this many seconds,
+    #: which only code that does not await can do (see aqueue/loopwatch.py); 0 turns it off.
+    worker_loop_block_warning: float = 1.0
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
     worker_tune_gc: bool = True
+    #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
+    #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
+    worker_loop: str = "auto"
+
+    def __repr__(self) -> str:
+        """Every setting, with the password of any URL among them shown as `***`."""
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_ORDER)
+        return redact_text(f"{type(self).__name__}({shown})")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:
@@ -135,7 +151,8 @@ class Settings:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+_FIELD_ORDER = tuple(field.name for field in dataclasses.fields(Settings))
+_FIELDS = frozenset(_FIELD_ORDER)
 
 
 def unknown_setting(name: str) -> UnknownSetting:
@@ -189,6 +206,12 @@ def _priority(name: str, value: Any) -> int:
     return value
 
 
+def _loop(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in LOOPS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOOPS)}, not {value!r}")
+    return value
+
+
 def _msgpack_only(name: str, value: Any) -> Any:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list | tuple) or list(names) != ["msgpack"]:
@@ -215,6 +238,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "result_backend": _backend,
     "broker_visibility_timeout": _seconds,
     "broker_max_deliveries": _positive_int,
+    "broker_dead_letter_max_bytes": _positive_int,
     "task_serializer": _msgpack_only,
     "result_serializer": _msgpack_only,
     "accept_content": _msgpack_only,
@@ -227,6 +251,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
+    "worker_loop_block_warning": _seconds,
+    "worker_loop": _loop,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
 }

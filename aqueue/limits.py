@@ -8,6 +8,12 @@ A `def` task runs in a thread, and Python cannot interrupt a thread: past its ha
 worker stops waiting for it, fails the task with `TimeLimitExceeded` and frees its slot, but
 the thread runs on (and keeps its place in the thread pool) until the function returns. Code
 that must be stoppable should be a coroutine, or check for itself how long it has run.
+
+Nothing can cancel a coroutine that never awaits (CPU-bound code on the event loop): it runs
+to its end however long that takes. A task that returns past its hard limit still fails with
+`TimeLimitExceeded` (its value is dropped), so a limit is never silently exceeded (a thread
+that returns while the loop is blocked is failed by the deadline's cancellation); the worker's
+loop watch (aqueue/loopwatch.py) says which task blocked the loop meanwhile.
 """
 
 from __future__ import annotations
@@ -78,8 +84,9 @@ async def run_coroutine(
         error = SoftTimeLimitExceeded(f"task {name} passed its soft time limit ({soft:g}s)")
         timer = asyncio.get_running_loop().call_later(soft, interruptible.interrupt, task, error)
     try:
-        with anyio.move_on_after(hard):
+        with anyio.move_on_after(hard) as scope:
             result: T = await interruptible
+            _check_finished_in_time(scope, hard, name)
             return result
     finally:
         if timer is not None:
@@ -97,3 +104,19 @@ async def run_in_thread(
         f"task {name} passed its time limit ({hard:g}s); its thread cannot be stopped and "
         "runs on until it returns"
     )
+
+
+def _check_finished_in_time(scope: anyio.CancelScope, hard: float | None, name: str) -> None:
+    """Fail a task that returned past its hard limit before the limit could cancel it.
+
+    A coroutine that never awaits finishes before the deadline's cancellation is delivered:
+    its value is dropped.
+    """
+    if hard is None:
+        return
+    late = anyio.current_time() - scope.deadline
+    if late > 0:
+        raise TimeLimitExceeded(
+            f"task {name} passed its time limit ({hard:g}s) by {late:.3g}s and could not be "
+            "cancelled (it did not await after its deadline); its result was dropped"
+        )

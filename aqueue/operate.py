@@ -28,7 +28,7 @@ from .control import require_replies
 from .exceptions import AqueueError, ConfigurationError
 from .loader import load_app
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "confirm", "run", "with_app"]
 
 INSPECT = ("ping", "active", "scheduled", "registered", "stats")
 
@@ -85,7 +85,8 @@ def _destination(args: argparse.Namespace) -> list[str] | None:
     return [name.strip() for name in args.destination.split(",") if name.strip()]
 
 
-def _with_app(args: argparse.Namespace, body: Callable[[App], Awaitable[int]]) -> int:
+def with_app(args: argparse.Namespace, body: Callable[[App], Awaitable[int]]) -> int:
+    """Load `args.app`, open it, and run `body(app)` in an event loop; return its exit code."""
     app = load_app(args.app)
 
     async def run() -> int:
@@ -115,7 +116,7 @@ def _inspect(args: argparse.Namespace) -> int:
             _print(answer)
         return 0
 
-    return _with_app(args, body)
+    return with_app(args, body)
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -139,7 +140,7 @@ def _control(args: argparse.Namespace) -> int:
             print(f"{reply.hostname}: {reply.result if reply.ok else 'error: ' + str(reply.error)}")
         return 1 if failed else 0
 
-    return _with_app(args, body)
+    return with_app(args, body)
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -147,7 +148,7 @@ def _purge(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in (args.queues or "").split(",") if q.strip()] or [
         app.conf.task_default_queue
     ]
-    if not args.force and not _confirm(f"Delete every waiting message of {', '.join(queues)}?"):
+    if not args.force and not confirm(f"Delete every waiting message of {', '.join(queues)}?"):
         raise ConfigurationError("nothing purged; pass --force to purge without being asked")
 
     async def body(app: App) -> int:
@@ -156,10 +157,11 @@ def _purge(args: argparse.Namespace) -> int:
             print(f"{queue}: {await broker.purge(queue)} message(s) deleted")
         return 0
 
-    return _with_app(args, body)
+    return with_app(args, body)
 
 
-def _confirm(question: str) -> bool:
+def confirm(question: str) -> bool:
+    """Ask a yes/no question on a terminal; False without one (a script must say --yes)."""
     if not sys.stdin.isatty():
         return False
     try:
@@ -181,7 +183,7 @@ def _result(args: argparse.Namespace) -> int:
             print(await result.get(timeout=1, propagate=False))
         return 0
 
-    return _with_app(args, body)
+    return with_app(args, body)
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -195,7 +197,7 @@ def _call(args: argparse.Namespace) -> int:
         print(result.id)
         return 0
 
-    return _with_app(args, body)
+    return with_app(args, body)
 
 
 def _json(text: str, kind: type, option: str) -> Any:

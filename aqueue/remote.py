@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from . import codec
 from .control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_PREFIX
+from .exceptions import ConfigurationError
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
@@ -75,7 +76,18 @@ class RemoteControl:
         for key, value in (await self.mailbox.items(RATE_LIMIT_PREFIX)).items():
             task = key[len(RATE_LIMIT_PREFIX) :]
             if task in self.worker.app.tasks:
-                self.worker.set_rate_limit(task, codec.unpack(value))
+                try:  # anyone may have written anything there: check it as a command would
+                    rate = codec.unpack(value)
+                    parse_rate(rate)
+                except (ValueError, ConfigurationError) as exc:
+                    logger.warning(
+                        "Ignored the stored rate limit of %s (%s); set it again with "
+                        "`aqueue control APP rate_limit TASK RATE`",
+                        task,
+                        str(exc)[:200],
+                    )
+                    continue
+                self.worker.set_rate_limit(task, rate)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Answer commands until cancelled."""

@@ -23,7 +23,19 @@ if TYPE_CHECKING:
     from .app import App
     from .backend import ResultBackend
 
-__all__ = ["AsyncResult", "ResultMeta", "rebuild_exception"]
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "MAX_TRACEBACK_CHARS",
+    "AsyncResult",
+    "ResultMeta",
+    "rebuild_exception",
+    "truncate",
+]
+
+#: The longest exception message a failure keeps (its head and its tail; the middle is cut).
+MAX_MESSAGE_CHARS = 8192
+#: The longest formatted traceback a failure keeps, likewise.
+MAX_TRACEBACK_CHARS = 32768
 
 R = TypeVar("R")
 
@@ -66,7 +78,9 @@ class ResultMeta:
     def decode(cls, payload: bytes) -> ResultMeta:
         """Decode what `encode` made."""
         data = codec.unpack(payload)
-        return cls(**{key: data.get(key) for key in cls.__slots__ if key in data})
+        if not isinstance(data, dict):
+            raise ValueError(f"stored result is a msgpack {type(data).__name__}, not a map")
+        return cls(**{key: data[key] for key in cls.__slots__ if key in data})
 
     @classmethod
     def failure(cls, task: str, exc: BaseException, traceback: str | None) -> ResultMeta:
@@ -75,8 +89,8 @@ class ResultMeta:
             return cls(
                 task=task,
                 exc_type=exc.type_name,
-                exc_message=exc.message,
-                traceback=exc.remote_traceback or traceback,
+                exc_message=truncate(exc.message, MAX_MESSAGE_CHARS),
+                traceback=_cut_traceback(exc.remote_traceback or traceback),
                 date_done=time.time(),
             )
         kind = type(exc)
@@ -88,10 +102,22 @@ class ResultMeta:
         return cls(
             task=task,
             exc_type=name,
-            exc_message=_message_of(exc),
-            traceback=traceback,
+            exc_message=truncate(_message_of(exc), MAX_MESSAGE_CHARS),
+            traceback=_cut_traceback(traceback),
             date_done=time.time(),
         )
+
+
+def truncate(text: str, limit: int) -> str:
+    """Return `text`, or its head and tail around a note of how much was cut from the middle."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... [{len(text) - 2 * half:,} characters cut] ... {text[-half:]}"
+
+
+def _cut_traceback(text: str | None) -> str | None:
+    return None if text is None else truncate(text, MAX_TRACEBACK_CHARS)
 
 
 def _message_of(exc: BaseException) -> str:

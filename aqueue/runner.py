@@ -295,12 +295,12 @@ class Runner:
         )
         await self.broker.publish([message])
         logger.info(
-            "Task %s[%s] retry %d in %gs: %r",
+            "Task %s[%s] retry %d in %gs: %s",
             task.name,
             envelope.id,
             again.retries,
             retry.countdown,
-            retry.exc,
+            _short(retry.exc),
         )
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
@@ -345,16 +345,18 @@ class Runner:
         self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float
     ) -> None:
         self.failed += 1
-        text = "".join(traceback.format_exception(exc))
+        # Cut to size once (a message of a megabyte was logged twice, then not stored).
+        meta = ResultMeta.failure(task.name, exc, "".join(traceback.format_exception(exc)))
         logger.error(
-            "Task %s[%s] raised unexpected in %.4fs: %r\n%s",
+            "Task %s[%s] raised unexpected in %.4fs: %s(%s)\n%s",
             task.name,
             envelope.id,
             runtime,
-            exc,
-            text.rstrip(),
+            type(exc).__name__,
+            _short(meta.exc_message),
+            (meta.traceback or "").rstrip(),
         )
-        await self._store(envelope, task, states.FAILURE, ResultMeta.failure(task.name, exc, text))
+        await self._store(envelope, task, states.FAILURE, meta)
 
     async def _store(
         self, envelope: Envelope, task: Task[Any, Any] | None, state: str, meta: ResultMeta

@@ -16,6 +16,7 @@ Both are seams with a local implementation here and a global one where the app h
 from __future__ import annotations
 
 import abc
+import math
 import re
 import time
 import uuid
@@ -38,8 +39,10 @@ def parse_rate(rate: str | float | None) -> float | None:
     """
     if rate is None:
         return None
-    if isinstance(rate, bool):
-        raise ConfigurationError(f"rate limit {rate!r} is not a rate; write it as 10/s, 10/m, 10/h")
+    if isinstance(rate, bool) or not isinstance(rate, int | float | str):
+        raise ConfigurationError(
+            f"rate limit {str(rate)[:100]!r} is not a rate; write it as 10/s, 10/m, 10/h"
+        )
     if isinstance(rate, int | float):
         per_second = float(rate)
     else:
@@ -49,6 +52,8 @@ def parse_rate(rate: str | float | None) -> float | None:
                 f"rate limit {rate!r} is not a rate; write it as N/s, N/m or N/h (e.g. 10/m)"
             )
         per_second = float(match.group(1)) / _PER[match.group(2)]
+    if not math.isfinite(per_second):  # nan compares false with everything: check first
+        raise ConfigurationError(f"rate limit {rate!r} is not a finite number of tasks")
     if per_second < 0:
         raise ConfigurationError(f"rate limit {rate!r} must not be negative")
     return per_second or None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
-__all__ = ["redact", "scheme_of", "secrets_in"]
+__all__ = ["redact", "redact_text", "scheme_of", "secrets_in"]
+
+# scheme://user:PASSWORD@ anywhere in a text; the password runs to the last "@" before a "/"
+# or a blank, as urlsplit reads it (a password may hold an unquoted "@").
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
 
 
 def scheme_of(url: str) -> str:
@@ -28,6 +33,9 @@ def redact(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     if not password:
+        if "@" in url and not parts.netloc:  # no "//": "redis:/:pw@h" is no URL, but has one
+            head, _, tail = url.rpartition("@")
+            return f"{head.partition(':')[0]}:***@{tail}" if ":" in head else url
         return url
     user = parts.username or ""
     host = parts.hostname or ""
@@ -39,6 +47,15 @@ def redact(url: str) -> str:
         port = None
     netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_text(text: str) -> str:
+    """Return `text` with the password of every URL in it replaced by `***`.
+
+    For text that may hold URLs anywhere (a repr, a command line, an error message), where
+    `redact` takes exactly one URL.
+    """
+    return _PASSWORD.sub(r"\1***@", text) if "://" in text else text
 
 
 def secrets_in(url: str) -> list[str]:

@@ -2,6 +2,7 @@
 
     Worker.run
     └── task group
+        ├── loop watch         warns when a task blocks the event loop (aqueue/loopwatch.py)
         ├── heartbeat          renews the leases of running messages (lease-based brokers only)
         └── work task group
             ├── consume loop   takes at most as many messages as there are free slots
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -33,6 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .exceptions import BrokerError, ConfigurationError
+from .loopwatch import LoopWatch, blocking_tasks
 from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
 from .runner import Runner
@@ -153,6 +156,7 @@ class Worker:
             self.stop(now=self._hard)
         # The pool (children start with the first process task) closes after the tasks end.
         async with pool or contextlib.nullcontext(), anyio.create_task_group() as group:
+            await group.start(self._watch_loop)
             interval = _heartbeat_interval(broker, self.admission)
             if interval is not None:
                 group.start_soon(self._heartbeat, interval)
@@ -398,6 +402,15 @@ class Worker:
                     waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
         if slots.used or slots.held:
             work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
+
+    async def _watch_loop(self, *, task_status: TaskStatus[None]) -> None:
+        """Warn when the event loop is blocked (a thread of its own: aqueue/loopwatch.py)."""
+        assert self.runner is not None
+        describe = functools.partial(
+            blocking_tasks, asyncio.get_running_loop(), self.runner.active, self._running
+        )
+        watch = LoopWatch(self.app.conf.worker_loop_block_warning, describe)
+        await watch.run(task_status=task_status)
 
     async def _heartbeat(self, interval: float) -> None:
         """Renew the leases of running messages every `interval` seconds (a named, owned loop)."""

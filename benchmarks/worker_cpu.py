@@ -2,13 +2,12 @@
 
     python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
                                     [--tasks 5000] [--repeat 5] [--gc run|serve|off]
-                                    [--slots 500] [--loop asyncio|uvloop]
+                                    [--slots 500] [--loop auto|asyncio|uvloop] [--shared-db]
 
 Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
 asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
-with one `Worker(app, concurrency=500)` (`--slots`) in this process, on the stock asyncio loop
-or uvloop (`--loop`), and reports, from the moment the first
-task starts to the moment the N-th finishes:
+with one `Worker(app, concurrency=500)` (`--slots`) in this process, and reports, from the
+moment the first task starts to the moment the N-th finishes:
 
 - the drain rate, and the process's CPU time per task and CPU share over that span (a share
   near 100% means the worker is CPU-bound: less CPU per task is more tasks per second);
@@ -16,7 +15,8 @@ task starts to the moment the N-th finishes:
 
 `--gc run` drains with `worker.run()`, which leaves the collector alone; `serve` with
 `worker.serve()`, as `aqueue worker` does (its `worker_tune_gc` settings); `off` with the
-collector disabled (a bound, not a setting to use). Medians of the runs at the end.
+collector disabled (a bound, not a setting to use). `--loop` picks the event loop as
+`aqueue worker --loop` does (auto: uvloop when installed). Medians of the runs at the end.
 
 Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
 after, as compare.py does), or with `--shared-db` a key prefix of its own in that database,
@@ -40,6 +40,7 @@ import anyio
 from compare import AmqpPlace, RedisPlace  # the same clean-up as the peer comparison
 
 from aqueue import App, Worker
+from aqueue.loops import LOOPS, describe, loop_factory
 
 SLEEP = 0.01
 
@@ -152,7 +153,7 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     print(
         f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {args.slots}, "
-        f"collector: {args.gc}, loop: {args.loop}"
+        f"collector: {args.gc}, loop: {describe(asyncio.get_running_loop())}"
     )
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
@@ -182,7 +183,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--gc", choices=["run", "serve", "off"], default="serve")
     parser.add_argument("--slots", type=int, default=500, help="the worker's concurrency")
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument(
         "--shared-db",
@@ -190,9 +190,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="use a key prefix of its own in --redis-url's database instead of flushing it",
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--loop", choices=LOOPS, default="auto")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse()
-    anyio.run(main, arguments, backend_options={"use_uvloop": arguments.loop == "uvloop"})
+    anyio.run(main, arguments, backend_options={"loop_factory": loop_factory(arguments.loop)})

@@ -19,6 +19,11 @@ import pytest
 from aqueue import App
 
 from . import service_amqp, service_redis
+from .loops import (  # noqa: F401 - the --loop option: asyncio and uvloop
+    pytest_addoption,
+    pytest_asyncio_loop_factories,
+    pytest_configure,
+)
 from .test_processes import project, workers  # noqa: F401 - worker-process fixtures, shared
 
 #: CI sets this: a test that needs an unreachable service fails instead of skipping.

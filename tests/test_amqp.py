@@ -37,6 +37,8 @@ from . import service_amqp
 from .conftest import service_unavailable
 from .consuming import Credit, drain
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
@@ -598,3 +600,22 @@ async def test_the_prefetch_stays_put_while_tasks_are_acknowledged(
             await Worker(app, concurrency=50, burst=True).run()
     assert done == 1_000
     assert set(prefetches) == {50}  # set when consuming started, never lowered for an ack
+
+
+async def test_a_dead_letter_queue_made_without_a_cap_is_used_as_it_is(
+    url: str, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead-letter queue an older aqueue declared has no x-max-length-bytes: it still works."""
+    settings = parse_amqp_url(url)
+    async with aiormq.connect(settings.aiormq_url("older")) as connection:
+        channel = await connection.channel()
+        await channel.queue_declare(f"{settings.prefix}aqueue.dead.{queue}", durable=True)
+    async with create_broker(url, {"dead_letter_max_bytes": 1000}) as broker:
+        with caplog.at_level(logging.WARNING, "aqueue.amqp"):
+            await broker.publish([OutgoingMessage(id="m1", queue=queue, body=b"x" * 2000)])
+        assert "inequivalent arg 'x-max-length-bytes'" in caplog.text
+        assert "rabbitmqctl set_policy aqueue-dead" in caplog.text
+        (delivery,) = await drain(broker, [queue])
+        await delivery.dead_letter("undecodable", "no cap here")
+        (letter,) = await broker.dead_letters(queue)  # over 1000 bytes, and kept
+        assert (letter.id, letter.body) == ("m1", b"x" * 2000)

@@ -36,6 +36,8 @@ from . import service_amqp
 from .conftest import service_unavailable
 from .consuming import Credit
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 TAPPED, OTHER = 3, 5
 
 EVERY_PROPERTY = spec.Basic.Properties(

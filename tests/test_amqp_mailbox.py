@@ -18,6 +18,8 @@ from aqueue.exceptions import BrokerError
 from . import service_amqp
 from .conftest import service_unavailable
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:

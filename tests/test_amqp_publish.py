@@ -24,6 +24,8 @@ from . import service_amqp
 from .conftest import service_unavailable
 from .consuming import drain
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:

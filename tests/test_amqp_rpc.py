@@ -20,6 +20,8 @@ from aqueue.drivers import create_backend
 from . import service_amqp, service_redis
 from .conftest import service_unavailable
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:

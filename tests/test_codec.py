@@ -7,14 +7,17 @@ import datetime as dt
 import decimal
 import enum
 import math
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import pytest
 
 from aqueue import SerializationError
-from aqueue.codec import ALLOWED_TYPES, find_unpackable, pack, unpack
+from aqueue.codec import ALLOWED_TYPES, MAX_DEPTH, find_unpackable, pack, unpack
 
 UTC = dt.UTC
 PLUS_0530 = dt.timezone(dt.timedelta(hours=5, minutes=30))
@@ -342,9 +345,7 @@ def test_a_list_containing_itself_is_a_serialization_error() -> None:
 def test_a_cycle_through_a_tuple_is_a_serialization_error() -> None:
     cycle: dict[str, object] = {}
     cycle["self"] = (cycle,)
-    with pytest.raises(
-        SerializationError, match=r"^kwargs cannot be encoded: maximum recursion depth exceeded"
-    ):
+    with pytest.raises(SerializationError, match=r"^kwargs nests tuples.*contains itself"):
         pack(cycle, where="kwargs")
 
 
@@ -409,3 +410,152 @@ def test_a_byte_msgpack_never_uses_still_gets_a_message() -> None:
     # msgpack's own FormatError has an empty message.
     with pytest.raises(ValueError, match=r"^undecodable msgpack: FormatError$"):
         unpack(b"\xc1")
+
+
+# -- nesting depth: the C decoder recurses once per extension payload -------------------------
+
+_DEEP_PROBE = """
+import functools, msgpack, sys
+from aqueue import codec
+from aqueue.exceptions import SerializationError
+
+try:
+    codec.unpack(codec.pack(functools.reduce(lambda a, _: (a,), range(200), 1)))
+except SerializationError as exc:
+    print("pack:", exc)
+for code in (4, 7, 8, 9):  # timedelta, tuple, set, frozenset: payloads that are msgpack
+    raw = msgpack.packb(1)
+    for _ in range(200):
+        raw = msgpack.packb(msgpack.ExtType(code, b"\\x91" + raw))  # an array of one
+    try:
+        codec.unpack(raw)
+    except ValueError as exc:
+        print(f"unpack {code}:", exc)
+"""
+
+
+def test_a_tuple_nested_200_deep_is_a_clean_error_not_a_segfault() -> None:
+    # Before MAX_DEPTH this died with SIGSEGV (exit 139) in msgpack's C decoder.
+    done = subprocess.run(
+        [sys.executable, "-c", _DEEP_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"pack: value {_TOO_DEEP_TEXT}"
+    assert lines[1:] == [
+        f"unpack {code}: undecodable msgpack: extension types nested over {MAX_DEPTH} deep"
+        for code in (4, 7, 8, 9)
+    ]
+
+
+_TOO_DEEP_TEXT = (
+    "nests tuples, sets, frozensets or timedeltas more than 32 deep "
+    "(aqueue's limit; or it contains itself): flatten it, or use lists"
+)
+
+
+def nested(depth: int, wrap: Callable[[object], object] = lambda inner: (inner,)) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda inner: (inner,),
+        lambda inner: frozenset({inner}),
+        lambda inner: {"k": (inner,)},
+        lambda inner: {"k": [(inner, 2)]},
+    ],
+    ids=["tuple", "frozenset", "tuple-in-dict", "tuple-in-list-in-dict"],
+)
+def test_extension_types_nest_up_to_max_depth_and_no_deeper(
+    wrap: Callable[[object], object],
+) -> None:
+    assert MAX_DEPTH == 32
+    fine = nested(MAX_DEPTH, wrap)
+    assert roundtrip(fine) == fine
+    with pytest.raises(SerializationError) as info:
+        pack([nested(MAX_DEPTH + 1, wrap)], where="args")
+    assert str(info.value) == f"args {_TOO_DEEP_TEXT}"
+
+
+def test_a_timedelta_counts_as_one_level() -> None:
+    fine = nested(MAX_DEPTH - 1, lambda inner: (inner,))
+    assert roundtrip((fine, dt.timedelta(1))) == (fine, dt.timedelta(1))
+    with pytest.raises(SerializationError, match="more than 32 deep"):
+        pack((nested(MAX_DEPTH, lambda inner: (inner,)), dt.timedelta(1)))
+
+
+def test_deep_lists_inside_each_extension_level_stay_fine() -> None:
+    # Lists do not count: msgpack nests them in one call; 30 tuples of 500 lists each.
+    value: object = 1
+    for _ in range(30):
+        for _ in range(500):
+            value = [value]
+        value = (value,)
+    data = pack(value)
+    assert pack(unpack(data)) == data  # == on the values themselves hits Python's recursion limit
+
+
+def raw_nesting(depth: int, code: int = 7) -> bytes:
+    """Bytes of `depth` extensions (tuple by default) nested, as an attacker writes them."""
+    data = msgpack.packb(1)
+    for _ in range(depth):
+        data = msgpack.packb(msgpack.ExtType(code, b"\x91" + data))
+    return data
+
+
+@pytest.mark.parametrize("code", [7, 9])
+def test_the_decoder_refuses_input_one_level_past_the_limit(code: int) -> None:
+    unpack(raw_nesting(MAX_DEPTH, code))
+    with pytest.raises(ValueError, match=r"^undecodable msgpack: extension types nested over 32"):
+        unpack(raw_nesting(MAX_DEPTH + 1, code))
+
+
+_SMALL_STACK_PROBE = """
+import threading
+from aqueue import codec
+
+value = 1
+for level in range(codec.MAX_DEPTH):
+    value = (value,) if level % 2 else frozenset({value})
+data = codec.pack(value)
+out = []
+
+def decode():
+    out.append(codec.unpack(data) == value)
+
+threading.stack_size(512 * 1024)
+thread = threading.Thread(target=decode)
+thread.start()
+thread.join()
+print(out)
+"""
+
+
+def test_max_depth_decodes_in_a_thread_with_a_small_stack() -> None:
+    # msgpack.unpackb keeps ~45 KB of state on the C stack per level: 32 levels of it
+    # overflowed a 1 MB thread stack. Past the first levels the state is on the heap.
+    done = subprocess.run(
+        [sys.executable, "-c", _SMALL_STACK_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "[True]"), done.stderr[-2000:]
+
+
+def test_trailing_bytes_in_a_deep_payload_are_refused() -> None:
+    data = msgpack.packb(1)
+    for level in range(6):  # the deeper levels are decoded on the heap
+        extra = b"\x00" if level == 0 else b""
+        data = msgpack.packb(msgpack.ExtType(7, b"\x91" + data + extra))
+    with pytest.raises(ValueError, match=r"^undecodable msgpack: extra data after an extension"):
+        unpack(data)
+    inner = msgpack.packb(1)
+    for level in range(6):
+        inner = msgpack.packb(
+            msgpack.ExtType(7, b"\x92" + inner if level == 0 else b"\x91" + inner)
+        )
+    with pytest.raises(ValueError, match=r"\S"):  # an array of 2 holding 1 value, deep down
+        unpack(inner)

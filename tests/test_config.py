@@ -154,8 +154,11 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "task_soft_time_limit",
         "worker_processes",
         "worker_tune_gc",
+        "worker_loop_block_warning",
+        "broker_dead_letter_max_bytes",
+        "worker_loop",
     } <= names
-    assert len(names) == 27
+    assert len(names) == 30
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -225,7 +228,13 @@ def test_unknown_setting_is_a_configuration_and_attribute_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["result_expires", "broker_visibility_timeout", "worker_shutdown_timeout"]
+    "name",
+    [
+        "result_expires",
+        "broker_visibility_timeout",
+        "worker_shutdown_timeout",
+        "worker_loop_block_warning",
+    ],
 )
 @pytest.mark.parametrize(
     ("value", "seconds"),
@@ -271,7 +280,13 @@ async def test_bad_setting_as_app_keyword(build_app: BuildApp) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["broker_max_deliveries", "result_max_bytes", "message_max_bytes", "worker_threads"],
+    [
+        "broker_max_deliveries",
+        "broker_dead_letter_max_bytes",
+        "result_max_bytes",
+        "message_max_bytes",
+        "worker_threads",
+    ],
 )
 def test_other_counts_must_be_positive_ints(name: str) -> None:
     conf = Settings()
@@ -279,6 +294,19 @@ def test_other_counts_must_be_positive_ints(name: str) -> None:
     assert conf[name] == 1
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number >= 1, not 0$"):
         conf[name] = 0
+
+
+@pytest.mark.parametrize("value", ["auto", "asyncio", "uvloop"])
+def test_worker_loop_takes_a_loop_name(value: str) -> None:
+    assert Settings().worker_loop == "auto"
+    assert Settings(worker_loop=value).worker_loop == value
+
+
+@pytest.mark.parametrize("value", ["trio", "UVLOOP", "", None, 1, ["uvloop"]])
+def test_worker_loop_refuses_other_values(value: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(worker_loop=value)  # type: ignore[arg-type]
+    assert str(info.value) == f"worker_loop must be one of auto, asyncio, uvloop, not {value!r}"
 
 
 @pytest.mark.parametrize("value", [0, 5, 9])

@@ -16,6 +16,8 @@ from aqueue.control import NoReply, require_replies
 from .conftest import MakeApp
 from .contract.test_mailbox import MAILBOX_DRIVERS
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 def make(make_app: MakeApp, broker_url: str) -> MakeApp:

@@ -21,7 +21,7 @@ from .test_redis_processes import Lines, spawn
 pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (the test extra)")
 httpx = pytest.importorskip("httpx", reason="the FastAPI example test needs httpx")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_loops]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -43,6 +43,7 @@ def example(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fastapi_app", module)  # as an import would (pydantic)
     spec.loader.exec_module(module)
     return module
 
@@ -113,3 +114,77 @@ async def test_no_result_in_time_is_a_504(client: httpx.AsyncClient) -> None:
 async def test_bad_input_is_a_422(client: httpx.AsyncClient) -> None:
     reply = await client.post("/add", json={"x": "two"})
     assert reply.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"x": 2**62 + 1, "y": 0},
+        {"x": 0, "y": -(2**62) - 1},
+        {"x": 2**64, "y": 1},  # was a 500: msgpack cannot carry it
+        {"x": 1.5, "y": 1},
+    ],
+)
+async def test_operands_beyond_62_bits_are_a_422(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    reply = await client.post("/add", json=body)
+    assert reply.status_code == 422, reply.text
+
+
+@pytest.mark.parametrize("seconds", ["nan", "NaN", "-1", "-inf", "soon"])
+async def test_a_timeout_that_is_not_seconds_is_a_422(
+    client: httpx.AsyncClient, seconds: str
+) -> None:
+    reply = await client.get("/tasks/some-id/result", params={"timeout": seconds})
+    assert reply.status_code == 422, reply.text  # NaN was a 500
+    assert reply.json()["detail"][0]["loc"] == ["query", "timeout"]
+
+
+@pytest.mark.parametrize("seconds", ["inf", "1e400", "1e9"])
+async def test_long_waits_are_capped(
+    example: ModuleType,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    seconds: str,
+) -> None:
+    monkeypatch.setattr(example, "MAX_WAIT", 0.2)  # 60 s in the example
+    posted = await client.post("/add", json={"x": 1, "y": 1})  # no worker runs it
+    task_id = posted.json()["task_id"]
+    with anyio.fail_after(10):
+        answer = await client.get(f"/tasks/{task_id}/result", params={"timeout": seconds})
+    assert answer.status_code == 504
+    assert "no result within 0.2 s" in answer.json()["detail"]
+
+
+async def test_the_wait_ends_when_the_client_disconnects(
+    example: ModuleType, client: httpx.AsyncClient
+) -> None:
+    """The ASGI app called directly: after the request, the next message is a disconnect."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/tasks/no-such-task/result",
+        "raw_path": b"/tasks/no-such-task/result",
+        "query_string": b"timeout=inf",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1),
+    }
+    incoming = [{"type": "http.disconnect"}, {"type": "http.request", "body": b""}]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return incoming.pop()
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(10):  # waits forever (60 s, capped) unless the disconnect ends it
+        await example.api(scope, receive, send)
+    assert sent[0]["status"] == 499
+    assert not incoming

@@ -10,6 +10,8 @@ import pytest
 from aqueue import App, Worker
 from aqueue._gc import YOUNG, tuned_for_worker
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 def test_the_heap_is_frozen_and_the_young_collected_less_often_then_put_back() -> None:
     before = gc.get_threshold()

@@ -14,6 +14,8 @@ from aqueue.limits import run_coroutine
 
 from .conftest import MakeApp
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 LIMIT = "aqueue.exceptions.TimeLimitExceeded"
 
 
@@ -53,6 +55,22 @@ async def test_hard_limit_cancels_and_fails_the_task(make_app: MakeApp) -> None:
     with pytest.raises(TaskError, match="passed its time limit") as info:
         await result.get(timeout=5)
     assert info.value.type_name == LIMIT
+
+
+async def test_a_coroutine_that_never_awaits_past_its_limit_fails(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.task(time_limit=0.05)
+    async def crunch() -> str:
+        time.sleep(0.3)  # CPU-bound work: nothing on the loop can interrupt it  # noqa: ASYNC251
+        return "done"
+
+    result = await crunch.delay()
+    await burst(app)
+    with pytest.raises(TaskError, match="could not be cancelled") as info:
+        await result.get(timeout=5)
+    assert info.value.type_name == LIMIT
+    assert "passed its time limit (0.05s) by" in info.value.message
 
 
 async def test_soft_then_hard(make_app: MakeApp) -> None:

@@ -39,7 +39,7 @@ from aqueue.processes import ProcessPool
 
 from .test_processes import STEP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_loops]
 
 TASKS = """
     import datetime as dt

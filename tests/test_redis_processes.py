@@ -319,7 +319,8 @@ async def test_the_password_never_shows(
     server = redis_servers(password=password)
     await server.start()
     project(server.url)
-    worker = await workers("-l", "DEBUG")
+    # On asyncio: its "Using selector" line shows DEBUG took effect (uvloop logs none).
+    worker = await workers("-l", "DEBUG", "--loop", "asyncio")
     seen: list[str] = []
     async with App("caller", broker=server.url, set_as_current=False) as caller:
         failed = await caller.send_task("tasks.boom")

@@ -30,6 +30,8 @@ from .conftest import service_unavailable  # noqa: E402
 from .consuming import drain  # noqa: E402
 from .test_redis_processes import RedisServer, redis_servers  # noqa: E402, F401
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:

@@ -35,6 +35,8 @@ from aqueue.drivers import create_backend, create_broker  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:

@@ -49,6 +49,8 @@ from aqueue._resp import RespClient, encode_command  # noqa: E402
 from .conftest import service_unavailable  # noqa: E402
 from .test_redis_processes import STEP, RedisServer, free_port, spawn  # noqa: E402
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 T = TypeVar("T")
 
 

@@ -26,6 +26,8 @@ from aqueue import (
 )
 from aqueue.result import ResultMeta, rebuild_exception
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "proj/tasks.py", line 3, in add\n'

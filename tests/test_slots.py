@@ -10,6 +10,8 @@ import pytest
 
 from aqueue.slots import WAKE_AHEAD, Inbox, InboxClosed, Slots
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 async def test_quick_consumers_take_a_batch_without_waking_one_each() -> None:
     inbox: Inbox[int] = Inbox()

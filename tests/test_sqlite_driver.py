@@ -19,7 +19,15 @@ from typing import Any
 import anyio
 import pytest
 
-from aqueue import BrokerError, ConfigurationError, Delivery, OutgoingMessage, _wake, states
+from aqueue import (
+    BrokerError,
+    ConfigurationError,
+    DeadLetterStats,
+    Delivery,
+    OutgoingMessage,
+    _wake,
+    states,
+)
 from aqueue._sqlite import parse_sqlite_url
 from aqueue.backend import StoredResult
 from aqueue.backends import sqlite as sqlite_backend
@@ -27,6 +35,8 @@ from aqueue.backends.sqlite import SQLiteBackend
 from aqueue.brokers import sqlite as sqlite_broker
 from aqueue.brokers.sqlite import SQLiteBroker
 from aqueue.message import DeadLetterReason
+
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 
 QUEUE = "default"
 
@@ -570,3 +580,30 @@ async def test_closed_backend_refuses(backend: SQLiteBackend) -> None:
     with pytest.raises(BrokerError, match="not open"):
         await backend.wait("t")
     await backend.close()
+
+
+async def test_dead_letters_an_older_aqueue_kept_are_counted(tmp_path: Path) -> None:
+    """A file from before the byte count: its dead letters are counted when it is opened."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE aqueue_dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "queue TEXT NOT NULL, body BLOB NOT NULL, reason TEXT NOT NULL, "
+            "detail TEXT NOT NULL, at REAL NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                ("q", b"a" * 100, "undecodable", "d", 1.0),
+                ("q", b"b" * 100, "undecodable", "d", 2.0),
+            ],
+        )
+    conn.close()
+    async with SQLiteBroker(f"sqlite:///{path}", {}) as broker:
+        assert await broker.dead_letter_stats("q") == DeadLetterStats(2, 224, 0)
+        first, _ = await broker.dead_letters("q")
+        assert await broker.purge_dead_letters("q", [first.id]) == 1
+        assert await broker.dead_letter_stats("q") == DeadLetterStats(1, 112, 0)
+    async with SQLiteBroker(f"sqlite:///{path}", {}) as broker:  # counted once, not again
+        assert await broker.dead_letter_stats("q") == DeadLetterStats(1, 112, 0)

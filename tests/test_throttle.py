@@ -14,6 +14,8 @@ from aqueue.throttle import LocalRateLimiter, LocalSemaphore, parse_rate
 
 from .conftest import MakeApp
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.mark.parametrize(
     ("text", "per_second"),
@@ -34,7 +36,13 @@ def test_parse_rate(text: Any, per_second: float | None) -> None:
     assert parse_rate(text) == pytest.approx(per_second) if per_second else parse_rate(text) is None
 
 
-@pytest.mark.parametrize("text", ["10/x", "ten/s", "", "/s", "-1/s", True, "1/s/m"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("10/x", "ten/s", "", "/s", "-1/s", True, "1/s/m"),
+        *(float("nan"), float("inf"), -float("inf"), "9" * 400, "nan/s", [1], {"r": 1}, b"10/s"),
+    ],
+)
 def test_malformed_rates_are_one_line_errors(text: Any) -> None:
     with pytest.raises(ConfigurationError) as info:
         parse_rate(text)

@@ -23,6 +23,8 @@ from aqueue.task import Task
 
 from .conftest import MakeApp
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 async def burst(app: App, **options: Any) -> Worker:
     worker = Worker(app, burst=True, **options)

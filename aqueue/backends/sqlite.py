@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from .._sqlite import Database, parse_sqlite_url, placeholders
+from .._sqlite import STRICT, Database, parse_sqlite_url, placeholders
 from .._wake import Listener, wake_dir
 from ..backend import ResultBackend, StoredResult
 from ..exceptions import BrokerError
@@ -39,7 +39,8 @@ SCHEMA = (
         state TEXT NOT NULL,
         payload BLOB NOT NULL,
         expires REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     "CREATE INDEX IF NOT EXISTS aqueue_results_expires ON aqueue_results (expires)",
 )
 
@@ -59,7 +60,10 @@ def _store(conn: sqlite3.Connection, row: tuple[str, str, bytes, float], sweep: 
 
 def _fetch(conn: sqlite3.Connection, task_id: str) -> StoredResult | None:
     row = conn.execute(
-        "SELECT state, payload FROM aqueue_results WHERE task_id = ? AND expires > ?",
+        # CAST: a row of a non-STRICT table may hold anything; a payload that is not a BLOB
+        # then fails to decode in `get()`, with a ValueError, instead of anywhere else.
+        "SELECT CAST(state AS TEXT), CAST(payload AS BLOB) FROM aqueue_results "
+        "WHERE task_id = ? AND expires > ?",
         (task_id, time.time()),
     ).fetchone()
     return None if row is None else StoredResult(row[0], row[1])
@@ -71,7 +75,7 @@ def _fetch_ready(conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str,
     for start in range(0, len(task_ids), _CHUNK):
         chunk = task_ids[start : start + _CHUNK]
         rows = conn.execute(
-            "SELECT task_id, state, payload FROM aqueue_results "
+            "SELECT task_id, state, CAST(payload AS BLOB) FROM aqueue_results "
             f"WHERE task_id IN ({placeholders(len(chunk))}) AND expires > ? "
             f"AND state IN ({_READY})",
             (*chunk, now),

@@ -5,7 +5,8 @@ Every name starts with the `prefix` option. For an aqueue queue `q`:
     exchange  aqueue               direct: routing key `q` -> queue `q`
     queue     q                    durable; dead-letters to `aqueue.dead` with routing key `q`
     exchange  aqueue.dead          direct: routing key `q` -> queue `aqueue.dead.q`
-    queue     aqueue.dead.q        the dead letters of `q`
+    queue     aqueue.dead.q        the dead letters of `q`, at most `x-max-length-bytes`
+                                   (`dead_letter_max_bytes`; the oldest dropped first)
 
 Delays are held by RabbitMQ in a ladder of TTL'd wait queues (no plugin). A delay is a number
 of milliseconds; its binary digits say which rungs the message waits on. Rung `i` of queue `q`
@@ -37,6 +38,12 @@ __all__ = ["LEVELS", "MAX_DELAY_MS", "Topology", "delay_levels", "delay_routing_
 
 logger = logging.getLogger("aqueue.amqp")
 
+#: What to do about a dead-letter queue made without a cap (by an older aqueue) or another one.
+_UNCAPPED = (
+    "; its dead letters are capped only by a policy: rabbitmqctl set_policy aqueue-dead "
+    "'^aqueue\\.dead\\.' '{\"max-length-bytes\": 67108864}' --apply-to queues"
+)
+
 #: Rungs of the delay ladder: delays up to 2**LEVELS - 1 milliseconds in one pass.
 LEVELS = 32
 MAX_DELAY_MS = (1 << LEVELS) - 1
@@ -64,10 +71,18 @@ def _pattern(level: int, digit: str, tail: str) -> str:
 class Topology:
     """Declares, once per connection, what publishing to and consuming from a queue needs."""
 
-    def __init__(self, link: Link, settings: AMQPSettings, max_deliveries: int) -> None:
+    def __init__(
+        self,
+        link: Link,
+        settings: AMQPSettings,
+        max_deliveries: int,
+        dead_letter_max_bytes: int | None = None,
+    ) -> None:
         self.link = link
         self.settings = settings
         self.max_deliveries = max_deliveries
+        #: `x-max-length-bytes` of new dead-letter queues (None: none).
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         prefix = settings.prefix
         self.prefix = prefix
         self.exchange = f"{prefix}aqueue"
@@ -105,6 +120,11 @@ class Topology:
                 arguments["x-dead-letter-strategy"] = "at-least-once"
                 arguments["x-overflow"] = "reject-publish"
         return arguments
+
+    def _dead_cap(self) -> dict[str, Any]:
+        """Return a dead-letter queue's byte cap: RabbitMQ drops the oldest past it."""
+        cap = self.dead_letter_max_bytes
+        return {} if cap is None else {"x-max-length-bytes": cap}
 
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         """Arguments of a task queue: dead-lettering, and priorities or a delivery limit."""
@@ -156,9 +176,10 @@ class Topology:
             # use it as it is, and say so once.
             logger.warning(
                 "queue %r already exists with other arguments than aqueue would give it (%s); "
-                "using it as it is (delete it, or set a policy, to change it)",
+                "using it as it is (delete it, or set a policy, to change it)%s",
                 name,
                 exc,
+                _UNCAPPED if "x-max-length-bytes" in str(exc) else "",
             )
             channel = await self._admin()
             await channel.queue_declare(name, durable=True, passive=True)
@@ -195,7 +216,7 @@ class Topology:
             )
             for queue in queues:
                 name, dead = self.queue(queue), self.dead_queue(queue)
-                dead_arguments = self._quorum({}, at_least_once=False)
+                dead_arguments = self._quorum(self._dead_cap(), at_least_once=False)
                 await self._ensure(
                     queue,
                     ("queue", (name, self.queue_arguments(queue))),

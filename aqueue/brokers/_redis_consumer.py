@@ -80,6 +80,23 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def entry_fields(flat: Any) -> tuple[bytes, int] | str:
+    """Return the body and delivery count of a stream entry, or what is wrong with it.
+
+    The Python twin of `fields_of` in `_redis_scripts`: anyone can XADD anything to a stream.
+    """
+    fields: dict[Any, Any] = {}
+    if isinstance(flat, list):
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+    body, count = fields.get(b"b"), fields.get(b"n", b"0")
+    if not isinstance(count, bytes) or not (0 < len(count) <= 9 and count.isdigit()):
+        shown = count[:40].decode(errors="replace") if isinstance(count, bytes) else "nil"
+        return f"stream entry field n is '{shown}', not a delivery count"
+    if not isinstance(body, bytes):
+        return "stream entry has no body (field b)"
+    return body, int(count)
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -150,6 +167,7 @@ class Consumer:
             int(sweep),
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
+            broker.dead_letter_max_bytes,
         ]
         entries, buried, next_due = await _CLAIM(broker._hot_path(), keys, args)
         self.failures = 0
@@ -189,26 +207,15 @@ class Consumer:
 
     async def _sort_out(self, reply: list[Any], limit: int) -> list[Any]:
         """Split a blocking read into messages (at most `limit`) and wake-up signals."""
-        wakes: dict[str, list[str]] = {}
-        claimed: list[Claimed] = []
-        for stream, entries in reply:
-            stream = text(stream)
-            place = self.by_stream.get(stream)
-            if place is None:
-                wakes.setdefault(stream, []).extend(text(entry_id) for entry_id, _ in entries)
-                continue
-            keys, priority = place
-            for entry_id, flat in entries:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-                n = int(fields.get(b"n", 0) or 0)
-                body = fields.get(b"b", b"")
-                claimed.append(Claimed(keys, priority, text(entry_id), body, n, 1))
+        wakes, claimed, garbage = self._split(reply)
         if wakes:
             pipe = self.broker._redis().pipeline(transaction=False)
             for stream, ids in wakes.items():
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+        for message, problem in garbage:  # never handed out: nothing could run it
+            await self.broker._dead_letter(message, self.name, "undecodable", problem)
         claimed.sort(key=lambda message: (-message.priority, _id_key(message.id)))
         extra = claimed[limit:]
         if extra:  # several streams served at once (Redis 7.2+): give back
@@ -221,6 +228,27 @@ class Consumer:
             else:
                 kept.append(message)
         return kept
+
+    def _split(
+        self, reply: list[Any]
+    ) -> tuple[dict[str, list[str]], list[Claimed], list[tuple[Claimed, str]]]:
+        """Sort a blocking read's entries: wake-ups, messages, and garbage with its fault."""
+        wakes: dict[str, list[str]] = {}
+        claimed: list[Claimed] = []
+        garbage: list[tuple[Claimed, str]] = []
+        for stream, entries in reply:
+            place = self.by_stream.get(text(stream))
+            if place is None:
+                wakes.setdefault(text(stream), []).extend(text(entry_id) for entry_id, _ in entries)
+                continue
+            keys, priority = place
+            for entry_id, flat in entries:
+                parsed = entry_fields(flat)
+                if isinstance(parsed, str):
+                    garbage.append((Claimed(keys, priority, text(entry_id), b"", 0, 1), parsed))
+                else:
+                    claimed.append(Claimed(keys, priority, text(entry_id), *parsed, 1))
+        return wakes, claimed, garbage
 
     async def give_back(self) -> None:
         """Give back what was claimed and not handed out.

@@ -6,11 +6,14 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
     <prefix>:{<queue>}:delayed      sorted set of messages not due yet, scored by due time
     <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
                                     message arrives, so it can shorten its sleep
-    <prefix>:{<queue>}:dead         the dead-letter stream
+    <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
+    <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with `nack` is added again, and keeps its count). A delayed member
-is `<priority>:<n>:<nonce>:<body>`.
+is `<priority>:<n>:<nonce>:<body>`. Nothing stops a client writing something else there: an
+entry without a body or with a count that is not 1 to 9 digits, and a delayed member of
+another shape, are dead-lettered as `undecodable`, saying what is wrong, as they are read.
 
 A delivery is fenced by (consumer, delivery counter of its pending entry): `XAUTOCLAIM` bumps the
 counter and changes the owner, so a settle from a consumer whose lease ran out changes nothing.
@@ -18,17 +21,33 @@ counter and changes the owner, so a settle from a consumer whose lease ran out c
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "REQUEUE", "SCHEDULE"]
+from ..broker import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT
+
+__all__ = ["ACK", "CLAIM", "DEAD_LETTER", "PURGE", "PURGE_DEAD", "REQUEUE", "SCHEDULE", "TAKE_DEAD"]
 
 #: Helpers shared by the scripts (prepended to each).
 _COMMON = """
+-- The body and delivery count of a stream entry, and what is wrong with it (nil: nothing).
+-- Anyone can XADD anything: a count must be 1 to 9 decimal digits, and a body must be there.
 local function fields_of(entry)
   local f = entry[2]
-  local body, n = nil, 0
+  if type(f) ~= 'table' then return nil, 0, 'stream entry has no fields' end
+  local body, n, problem = nil, 0, nil
   for i = 1, #f, 2 do
-    if f[i] == 'b' then body = f[i + 1] elseif f[i] == 'n' then n = tonumber(f[i + 1]) or 0 end
+    local v = f[i + 1]
+    if f[i] == 'b' then
+      body = v
+    elseif f[i] == 'n' then
+      if type(v) == 'string' and #v <= 9 and string.match(v, '^%d+$') then
+        n = tonumber(v)
+      else
+        problem = "stream entry field n is '" .. string.sub(tostring(v), 1, 40) ..
+          "', not a delivery count"
+      end
+    end
   end
-  return body, n
+  if body == nil and problem == nil then problem = 'stream entry has no body (field b)' end
+  return body, n, problem
 end
 
 -- The pending entry `id`, if `consumer` still owns it with delivery counter `count`.
@@ -41,9 +60,49 @@ local function owned(key, group, id, consumer, count)
   return e
 end
 
+-- The bytes a dead letter counts for (`DeadLetter.size`): its body, reason and detail.
+local function dead_size(entry)
+  local f, size = entry[2], 0
+  for i = 1, #f, 2 do
+    if f[i] == 'b' or f[i] == 'r' or f[i] == 'd' then size = size + #f[i + 1] end
+  end
+  return size
+end
+
+-- The cap of the dead letters of the queues a script serves: the caller's (its ARGV).
+local dead_cap = nil
+
+-- Add a dead letter, then drop the oldest while the stream holds more bytes than the cap or
+-- more entries than MAX_COUNT (the newest stays). The hash <dead>:info (same hash slot)
+-- counts the bytes kept and the letters dropped.
 local function bury(dead, body, reason, detail, now)
-  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*',
-    'b', body, 'r', reason, 'd', detail, 't', now)
+  local info = dead .. ':info'
+  if redis.call('HEXISTS', info, 'bytes') == 0 then
+    -- Dead letters an older aqueue kept, uncounted: count them once.
+    local total, from = 0, '-'
+    while true do
+      local page = redis.call('XRANGE', dead, from, '+', 'COUNT', 16)
+      if #page == 0 then break end
+      for _, e in ipairs(page) do total = total + dead_size(e) end
+      from = '(' .. page[#page][1]
+    end
+    redis.call('HSET', info, 'bytes', total)
+  end
+  redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
+  local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
+  local cap = dead_cap or MAX_BYTES
+  local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
+  while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
+    -- One at a time: an entry read is copied whole (a body may be a megabyte).
+    local e = redis.call('XRANGE', dead, '-', '+', 'COUNT', 1)[1]
+    if not e then break end
+    redis.call('XDEL', dead, e[1])
+    freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', info, 'bytes', -freed)
+    redis.call('HINCRBY', info, 'dropped', dropped)
+  end
 end
 
 -- Add a delayed member; wake one idle consumer if it is now the earliest.
@@ -54,14 +113,17 @@ local function schedule(delayed, wake, due, member)
     redis.call('XADD', wake, 'MAXLEN', '~', 16, '*', 'w', '1')
   end
 end
-"""
+""".replace("MAX_BYTES", str(DEAD_LETTER_MAX_BYTES)).replace(
+    "MAX_COUNT", str(DEAD_LETTER_MAX_COUNT)
+)
 
 #: Claim up to `limit` messages of several queues: due delayed messages first move to their
 #: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
 #: priority 9 first and, within a level, oldest first across queues. Messages past
 #: `max_deliveries` are dead-lettered on the way.
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead.
-#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms.
+#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
+#: dead_letter_max_bytes.
 #: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false.
 CLAIM = (
     _COMMON
@@ -70,6 +132,7 @@ local group, consumer = ARGV[1], ARGV[2]
 local remaining = tonumber(ARGV[3])
 local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+dead_cap = tonumber(ARGV[9])
 local nq = #KEYS / 12
 local out, buried = {}, 0
 
@@ -83,9 +146,13 @@ local function promote(q)
   local delayed = KEYS[(q - 1) * 12 + 11]
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
   for _, member in ipairs(due) do
-    local p, n, pos = string.match(member, '^(%d):(%d+):[^:]*:()')
+    local p, n, pos = string.match(member, '^(%d):(%d%d?%d?%d?%d?%d?%d?%d?%d?):[^:]*:()')
     if p then
       redis.call('XADD', stream(q, tonumber(p)), '*', 'b', string.sub(member, pos), 'n', n)
+    else
+      bury(KEYS[q * 12], member, 'undecodable',
+        'delayed member is not <priority>:<deliveries>:<nonce>:<body>', now)
+      buried = buried + 1
     end
     redis.call('ZREM', delayed, member)
   end
@@ -93,7 +160,14 @@ end
 
 -- Keep a claimed entry, or dead-letter it once it has been delivered too often.
 local function take(q, p, key, entry, counter)
-  local body, n = fields_of(entry)
+  local body, n, problem = fields_of(entry)
+  if problem then
+    bury(KEYS[q * 12], body or '', 'undecodable', problem, now)
+    redis.call('XACK', key, group, entry[1])
+    redis.call('XDEL', key, entry[1])
+    buried = buried + 1
+    return
+  end
   if n + counter > max_deliveries then
     bury(KEYS[q * 12], body or '', 'max-deliveries',
       'delivered ' .. (n + counter - 1) .. ' times without being acknowledged', now)
@@ -285,8 +359,8 @@ return 1
 """
 )
 
-#: Move a delivery to the dead-letter stream with its reason.
-#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now.
+#: Move a delivery to the dead-letter stream with its reason, under the caller's cap.
+#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now, cap.
 DEAD_LETTER = (
     _COMMON
     + """
@@ -295,6 +369,7 @@ if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
 local entries = redis.call('XRANGE', key, id, id)
 local body = ''
 if entries[1] then body = fields_of(entries[1]) or '' end
+dead_cap = tonumber(ARGV[8])
 bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
 redis.call('XACK', key, group, id)
 redis.call('XDEL', key, id)
@@ -345,4 +420,40 @@ end
 count = count + redis.call('ZCARD', KEYS[11])
 redis.call('DEL', KEYS[11])
 return count
+"""
+
+#: Take dead letters out by id; with a stream, add their bodies to it (never delivered).
+#: KEYS: dead, info[, stream]. ARGV: ids. Returns how many were taken.
+TAKE_DEAD = (
+    _COMMON
+    + """
+local dead, info, stream = KEYS[1], KEYS[2], KEYS[3]
+local taken, freed = 0, 0
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', dead, ARGV[i], ARGV[i])[1]
+  if e then
+    if stream then
+      local f, body = e[2], ''
+      for j = 1, #f, 2 do if f[j] == 'b' then body = f[j + 1] end end
+      redis.call('XADD', stream, '*', 'b', body, 'n', '0')
+    end
+    redis.call('XDEL', dead, e[1])
+    freed, taken = freed + dead_size(e), taken + 1
+  end
+end
+if redis.call('XLEN', dead) == 0 then
+  redis.call('HSET', info, 'bytes', 0)
+else
+  redis.call('HINCRBY', info, 'bytes', -freed)
+end
+return taken
+"""
+)
+
+#: Delete every dead letter of a queue. KEYS: dead, info. Returns how many there were.
+PURGE_DEAD = """
+local kept = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'bytes', 0)
+return kept
 """

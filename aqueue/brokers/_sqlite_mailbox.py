@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .._sqlite import Database
+from .._sqlite import STRICT, Database
 from .._wake import Listener, wake_dir
 from ..mailbox import Mailbox
 
@@ -29,13 +29,15 @@ SCHEMA = (
         topic TEXT NOT NULL,
         data BLOB NOT NULL,
         at REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     "CREATE INDEX IF NOT EXISTS aqueue_mailbox_topic ON aqueue_mailbox (topic, id)",
     """CREATE TABLE IF NOT EXISTS aqueue_settings (
         key TEXT PRIMARY KEY,
         value BLOB NOT NULL,
         expires REAL
-    )""",
+    )"""
+    + STRICT,
 )
 
 
@@ -54,7 +56,7 @@ def _last_id(conn: sqlite3.Connection) -> int:
 
 def _since(conn: sqlite3.Connection, topic: str, after: int) -> list[tuple[int, bytes]]:
     return conn.execute(
-        "SELECT id, data FROM aqueue_mailbox WHERE topic = ? AND id > ? ORDER BY id",
+        "SELECT id, CAST(data AS BLOB) FROM aqueue_mailbox WHERE topic = ? AND id > ? ORDER BY id",
         (topic, after),
     ).fetchall()
 
@@ -71,7 +73,8 @@ def _items(conn: sqlite3.Connection, prefix: str) -> dict[str, bytes]:
     now = time.time()
     conn.execute("DELETE FROM aqueue_settings WHERE expires <= ?", (now,))
     rows = conn.execute(
-        "SELECT key, value FROM aqueue_settings WHERE substr(key, 1, ?) = ?",
+        "SELECT CAST(key AS TEXT), CAST(value AS BLOB) FROM aqueue_settings "
+        "WHERE substr(key, 1, ?) = ?",
         (len(prefix), prefix),
     ).fetchall()
     return dict(rows)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import math
 import time
@@ -59,8 +58,8 @@ import anyio
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from .._amqp import Link, amqp_errors, broker_error, parse_amqp_url, released
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from .._amqp import Link, broker_error, parse_amqp_url
+from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import DeadLetterReason, OutgoingMessage
 from ._amqp_consumer import (
@@ -75,6 +74,7 @@ from ._amqp_consumer import (
     header_time,
     stamp,
 )
+from ._amqp_dead import DeadLetters
 from ._amqp_mailbox import AMQPMailbox
 from ._amqp_publisher import Outgoing, Pipeline
 from ._amqp_topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
@@ -87,8 +87,6 @@ logger = logging.getLogger("aqueue.amqp")
 PUBLISH_RETRY_FOR = 10.0
 #: Publishes in flight at once within one batch.
 WINDOW = 5000
-#: RabbitMQ's reasons in `x-death`, as aqueue's dead-letter reasons.
-_DEATH_REASONS = {"delivery_limit": DeadLetterReason.MAX_DELIVERIES.value}
 
 
 class AMQPBroker(Broker):
@@ -102,7 +100,9 @@ class AMQPBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.link = Link(self.settings, "broker")
-        self.topology = Topology(self.link, self.settings, self.max_deliveries)
+        cap = int(options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES)
+        self.topology = Topology(self.link, self.settings, self.max_deliveries, cap)
+        self._dead = DeadLetters(self.link, self.topology, self._retry)
         self._publisher: Pipeline | None = None
         self._publisher_lock = anyio.Lock()
         self._mailbox: AMQPMailbox | None = None
@@ -435,45 +435,28 @@ class AMQPBroker(Broker):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (and leave in place) the oldest dead letters of `queue`."""
-        await self.topology.ensure_queues([queue])
-        channel = await self.link.channel(confirms=False)
-        letters: list[DeadLetter] = []
-        try:
-            async with amqp_errors(self.settings, f"read the dead letters of {queue!r}"):
-                last = 0
-                for _ in range(limit):
-                    message = await channel.basic_get(self.topology.dead_queue(queue))
-                    if not isinstance(message.delivery, spec.Basic.GetOk):
-                        break
-                    letters.append(_letter(queue, message))
-                    last = message.delivery.delivery_tag or 0
-                if last:
-                    await channel.basic_nack(last, multiple=True, requeue=True)
-        finally:
-            with anyio.CancelScope(shield=True), released("close a channel"):
-                await channel.close()
-        return letters
+        return await self._dead.read(queue, limit)
 
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Count the dead letters of `queue` (RabbitMQ counts no bytes or drops for aqueue)."""
+        return await self._dead.stats(queue)
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Publish dead letters to their queue (priority 0, never delivered), then drop them."""
+        return await self._dead.take(queue, ids, retry=True)
 
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        if ids is None:
+            return await self._dead.purge_all(queue)
+        return await self._dead.take(queue, ids, retry=False)
 
-def _letter(queue: str, message: DeliveredMessage) -> DeadLetter:
-    """Read a dead letter from what aqueue (reason headers) or RabbitMQ (`x-death`) wrote on it."""
-    headers = message.header.properties.headers or {}
-    at = header_time(headers, H_AT)
-    if H_REASON in headers:
-        reason, detail = _text(headers[H_REASON]), _text(headers.get(H_DETAIL))
-    else:
-        deaths = headers.get("x-death")
-        death = deaths[0] if isinstance(deaths, list) and isinstance(deaths[0], dict) else {}
-        raw = _text(death.get("reason")) or "dead-lettered"
-        reason = _DEATH_REASONS.get(raw, raw)
-        detail = f"dead-lettered by RabbitMQ ({raw}) from {_text(death.get('queue'))}"
-        when = death.get("time")
-        if isinstance(when, dt.datetime):
-            at = when.timestamp()
-    return DeadLetter(queue, message.body, reason, detail, at or time.time())
+    async def _retry(self, queue: str, messages: Sequence[DeliveredMessage]) -> None:
+        """Publish dead letters to `queue` afresh, confirmed (`retry_dead_letters`)."""
+        at = {H_AT: stamp(time.time())}
+        await self._send(
+            [
+                self._outgoing(queue, m.body, None, at, m.header.properties.message_id)
+                for m in messages
+            ]
+        )

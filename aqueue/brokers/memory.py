@@ -12,12 +12,20 @@ import itertools
 import math
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..broker import (
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_COUNT,
+    Broker,
+    Credit,
+    DeadLetter,
+    DeadLetterStats,
+    Delivery,
+)
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
 from ._memory_mailbox import MemoryMailbox
@@ -70,7 +78,10 @@ class MemoryBroker(Broker):
         self.max_deliveries = int(options.get("max_deliveries", 5))
         self._ready: dict[str, list[_Ready]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
-        self._dead: dict[str, list[DeadLetter]] = {}
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
+        self._dead: dict[str, _Dead] = {}
         self._counter = itertools.count()
         self._changed = anyio.Event()
         self._mailbox = MemoryMailbox()
@@ -94,8 +105,16 @@ class MemoryBroker(Broker):
         self._notify()
 
     def _bury(self, item: _Item, reason: str, detail: str) -> None:
-        letter = DeadLetter(item.queue, item.body, reason, detail, time.time())
-        self._dead.setdefault(item.queue, []).append(letter)
+        seq = str(next(self._counter))
+        letter = DeadLetter(item.queue, item.body, reason, detail, time.time(), seq)
+        dead = self._dead.setdefault(item.queue, _Dead())
+        dead.letters[seq] = letter
+        dead.bytes += letter.size
+        while len(dead.letters) > 1 and (
+            dead.bytes > self.dead_letter_max_bytes or len(dead.letters) > DEAD_LETTER_MAX_COUNT
+        ):
+            dead.bytes -= dead.letters.pop(next(iter(dead.letters))).size  # the oldest
+            dead.dropped += 1
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Queue the messages in this process."""
@@ -161,4 +180,37 @@ class MemoryBroker(Broker):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
-        return self._dead.get(queue, [])[:limit]
+        letters = self._dead.get(queue, _Dead()).letters.values()
+        return list(itertools.islice(letters, limit))
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        dead = self._dead.get(queue, _Dead())
+        return DeadLetterStats(len(dead.letters), dead.bytes, dead.dropped)
+
+    def _unbury(self, queue: str, ids: Sequence[str] | None) -> list[DeadLetter]:
+        dead = self._dead.get(queue, _Dead())
+        chosen = list(dead.letters) if ids is None else [i for i in ids if i in dead.letters]
+        taken = [dead.letters.pop(seq) for seq in dict.fromkeys(chosen)]
+        dead.bytes -= sum(letter.size for letter in taken)
+        return taken
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on their queue, at priority 0 and never delivered."""
+        taken = self._unbury(queue, ids)
+        for letter in taken:
+            self._put(_Item(letter.body, queue, 0), None)
+        return len(taken)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters."""
+        return len(self._unbury(queue, ids))
+
+
+@dataclass(slots=True)
+class _Dead:
+    """The dead letters of one queue, oldest first, by id; what they weigh; how many dropped."""
+
+    letters: dict[str, DeadLetter] = field(default_factory=dict)
+    bytes: int = 0
+    dropped: int = 0

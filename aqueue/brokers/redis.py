@@ -64,11 +64,12 @@ from .._redis import (
 from .._redis_mailbox import Channels, RedisMailbox
 from .._redis_throttle import RedisRateLimiter, RedisSemaphore
 from .._resp import RespClient
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import OutgoingMessage
+from . import _redis_dead as deadletters
 from . import _redis_scripts as lua
-from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys, text
+from ._redis_consumer import CLAIM_BATCH, GROUP, MAX_BLOCK, Claimed, Consumer, QueueKeys
 
 __all__ = ["RedisBroker"]
 
@@ -199,7 +200,9 @@ class RedisBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings: RedisSettings = parse_redis_url(
-            url, options, ignore=frozenset({"visibility_timeout", "max_deliveries"})
+            url,
+            options,
+            ignore=frozenset({"visibility_timeout", "max_deliveries", "dead_letter_max_bytes"}),
         )
         timeout = options.get("visibility_timeout")
         self.visibility_timeout = 30.0 if timeout is None else float(timeout)
@@ -210,6 +213,9 @@ class RedisBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
         #: How often a consumer looks for messages whose lease ran out.
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None
@@ -384,6 +390,7 @@ class RedisBroker(Broker):
 
     async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
         args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
+        args.append(self.dead_letter_max_bytes)
         with redis_errors(self.settings, "dead-lettering a message"):
             reply = await _DEAD_LETTER(self._redis(), [claimed.stream, claimed.keys.dead], args)
         return bool(reply)
@@ -420,16 +427,19 @@ class RedisBroker(Broker):
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
         with redis_errors(self.settings, "reading dead letters"):
-            entries: Any = await self._redis().xrange(self.keys(queue).dead, count=limit)
-        letters = []
-        for _, fields in entries:
-            letters.append(
-                DeadLetter(
-                    queue=queue,
-                    body=fields.get(b"b", b""),
-                    reason=text(fields.get(b"r", b"")),
-                    detail=text(fields.get(b"d", b"")),
-                    at=float(fields.get(b"t", 0) or 0),
-                )
-            )
-        return letters
+            return await deadletters.dead_letters(self._redis(), self.keys(queue), limit)
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        with redis_errors(self.settings, "counting dead letters"):
+            return await deadletters.stats(self._redis(), self.keys(queue))
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered)."""
+        with redis_errors(self.settings, "retrying dead letters"):
+            return await deadletters.retry(self._redis(), self.keys(queue), ids)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        with redis_errors(self.settings, "purging dead letters"):
+            return await deadletters.purge(self._redis(), self.keys(queue), ids)

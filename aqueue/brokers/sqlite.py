@@ -6,6 +6,9 @@ token; `ack`, `nack`, `dead_letter` and `renew` only touch a row whose token sti
 (fencing), so a worker whose lease ran out cannot settle the message a second worker now holds.
 A lease that runs out (its worker died) makes the message ready again.
 
+No row is trusted: tables are STRICT where SQLite allows it (3.37+), but a file made before may
+hold anything; `_sqlite_rows` checks what a claim reads and dead-letters a bad row at once.
+
 Idle consumers sleep on a Unix datagram socket (`aqueue._wake`) that every publish pokes, with
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
@@ -25,14 +28,16 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from .._sqlite import Database, immediate, parse_sqlite_url, placeholders
+from .._sqlite import STRICT, Database, immediate, parse_sqlite_url, placeholders
 from .._wake import Listener, notify, wake_dir
-from ..broker import Broker, Credit, DeadLetter, Delivery
+from ..broker import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..exceptions import BrokerError, ConfigurationError
 from ..mailbox import Mailbox
 from ..message import DeadLetterReason, OutgoingMessage
+from . import _sqlite_dead as deadletters
 from ._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
 from ._sqlite_mailbox import SQLiteMailbox
+from ._sqlite_rows import bad_times, bury_rows, fault
 
 __all__ = ["SQLiteBroker"]
 
@@ -54,7 +59,8 @@ SCHEMA = (
         lease_until REAL,
         lease_token TEXT,
         deliveries INTEGER NOT NULL DEFAULT 0
-    )""",
+    )"""
+    + STRICT,
     # Waiting messages, in claim order; leased ones are left out of it.
     """CREATE INDEX IF NOT EXISTS aqueue_messages_ready
         ON aqueue_messages (queue, priority DESC, id) WHERE lease_until IS NULL""",
@@ -70,7 +76,8 @@ SCHEMA = (
         reason TEXT NOT NULL,
         detail TEXT NOT NULL,
         at REAL NOT NULL
-    )""",
+    )"""
+    + STRICT,
     """CREATE INDEX IF NOT EXISTS aqueue_dead_letters_queue
         ON aqueue_dead_letters (queue, id)""",
 )
@@ -83,7 +90,6 @@ _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
 _NEXT_LEASE = """SELECT lease_until FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NOT NULL ORDER BY lease_until LIMIT 1"""
-_BURY = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +112,19 @@ class _Claim:
 def _candidates(
     conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
 ) -> list[int]:
-    rows: list[tuple[int, int]] = []
+    """Return the ids to claim: the best `limit` rows, and any whose priority is no integer.
+
+    A TEXT priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`.
+    """
+    rows: list[tuple[int, Any]] = []
     for queue in queues:
         rows += conn.execute(_READY, (queue, now, limit)).fetchall()
         rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    bad = [row[0] for row in rows if type(row[1]) is not int]
+    if bad:
+        rows = [row for row in rows if type(row[1]) is int]
     rows.sort(key=lambda row: (-row[1], row[0]))
-    return [row[0] for row in rows[:limit]]
+    return bad + [row[0] for row in rows[:limit]]
 
 
 def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
@@ -131,7 +144,8 @@ def _claim(
     with immediate(conn):
         ids = _candidates(conn, queues, limit, now)
         if not ids:
-            return _Claim([], 0, _next_at(conn, queues, now))
+            buried = bad_times(conn, queues, now)
+            return _Claim([], buried, None if buried else _next_at(conn, queues, now))
         token = uuid.uuid4().hex
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
@@ -139,7 +153,13 @@ def _claim(
             "RETURNING id, queue, priority, body, deliveries",
             (now + lease, token, *ids),
         ).fetchall()
-        claimed = [_Claimed(id_, queue, pri, body, n, token) for id_, queue, pri, body, n in rows]
+        faults = {row[0]: wrong for row in rows if (wrong := fault(*row[2:]))}
+        corrupt = bury_rows(conn, faults, now) if faults else 0
+        claimed = [
+            _Claimed(id_, queue, pri, body, n, token)
+            for id_, queue, pri, body, n in rows
+            if id_ not in faults
+        ]
         dead = [message for message in claimed if message.deliveries > max_deliveries]
         if dead:
             conn.execute(
@@ -147,8 +167,8 @@ def _claim(
                 [message.id for message in dead],
             )
             detail = f"delivered {max_deliveries} times without being acknowledged"
-            conn.executemany(
-                _BURY,
+            deadletters.bury(
+                conn,
                 [
                     (m.queue, m.body, DeadLetterReason.MAX_DELIVERIES.value, detail, now)
                     for m in dead
@@ -156,7 +176,7 @@ def _claim(
             )
     live = [message for message in claimed if message.deliveries <= max_deliveries]
     live.sort(key=lambda message: (-message.priority, message.id))
-    return _Claim(live, len(dead), None)
+    return _Claim(live, len(dead) + corrupt, None)
 
 
 def _publish(conn: sqlite3.Connection, messages: Sequence[OutgoingMessage]) -> None:
@@ -190,7 +210,7 @@ def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, de
             (id_, token),
         ).fetchone()
         if row is not None:
-            conn.execute(_BURY, (row[0], row[1], reason, detail, time.time()))
+            deadletters.bury(conn, [(row[0], row[1], reason, detail, time.time())])
     return row is not None
 
 
@@ -218,15 +238,6 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
         "DELETE FROM aqueue_messages WHERE queue = ? AND lease_until IS NULL", (queue,)
     )
     return cursor.rowcount
-
-
-def _dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
-    rows = conn.execute(
-        "SELECT queue, body, reason, detail, at FROM aqueue_dead_letters "
-        "WHERE queue = ? ORDER BY id LIMIT ?",
-        (queue, limit),
-    ).fetchall()
-    return [DeadLetter(*row) for row in rows]
 
 
 class _SQLiteDelivery(Delivery):
@@ -295,6 +306,9 @@ class SQLiteBroker(Broker):
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
         self.renew_interval = self.visibility_timeout / 3
+        self.dead_letter_max_bytes = int(
+            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
+        )
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -309,7 +323,7 @@ class SQLiteBroker(Broker):
         """Open the file (relative paths resolve against the current directory now)."""
         if self._db is not None:
             return
-        db = await Database.open(self._path, (*SCHEMA, *MAILBOX_SCHEMA))
+        db = await Database.open(self._path, (*SCHEMA, *deadletters.SCHEMA, *MAILBOX_SCHEMA))
         with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
             wake = await anyio.to_thread.run_sync(wake_dir, db.path, "queue")
         if self._db is not None:  # a concurrent open won
@@ -355,6 +369,7 @@ class SQLiteBroker(Broker):
         listener: Listener | None = None
         unyielded: deque[_Claimed] = deque()
         try:
+            await db.write(deadletters.set_caps, queues, self.dead_letter_max_bytes)
             if not burst:  # listen before the first look, so no publish goes unnoticed
                 listener = await Listener.open(self._wake)
                 self._listeners.add(listener)
@@ -412,4 +427,16 @@ class SQLiteBroker(Broker):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
-        return await self._run(_dead_letters, queue, limit)
+        return await self._run(deadletters.dead_letters, queue, limit)
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        return await self._run(deadletters.stats, queue)
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered), then wake it."""
+        return await self._write(deadletters.retry, queue, ids, wake=self._wake)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        return await self._write(deadletters.purge, queue, ids)

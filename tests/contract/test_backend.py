@@ -11,6 +11,8 @@ import pytest
 from aqueue import App, ResultBackend, StoredResult, states
 from aqueue.drivers import create_backend
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def backend(broker_url: str) -> AsyncIterator[ResultBackend]:

@@ -14,6 +14,8 @@ from aqueue.drivers import create_broker
 
 from ..consuming import Credit, drain
 
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+
 
 @pytest.fixture
 async def broker(broker_url: str) -> AsyncIterator[Broker]:
