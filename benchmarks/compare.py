@@ -66,11 +66,16 @@ VENVS = HERE / ".venv-peers"
 #: One environment per project, as each pins redis-py differently (arq <6, SAQ <8, taskiq-redis
 #: >=8). hiredis goes into every one, so that every system parses replies the same way.
 ENVS: dict[str, list[str]] = {
-    "aqueue": ["-e", f"{REPO}[redis,amqp]", "hiredis"],
+    # uvloop: aqueue's worker runs on it when it is installed (--aqueue-loop picks either).
+    "aqueue": ["-e", f"{REPO}[redis,amqp]", "hiredis", "uvloop"],
     "arq": ["arq", "hiredis"],
     # SAQ imports typing_extensions without declaring it (saq 0.26).
     "saq": ["saq[redis,hiredis]", "typing_extensions"],
-    "taskiq": ["taskiq", "taskiq-redis", "taskiq-aio-pika", "hiredis"],
+    # taskiq[uv] is uvloop, which `taskiq worker` installs as its loop when it is there.
+    "taskiq": ["taskiq[uv]", "taskiq-redis", "taskiq-aio-pika", "hiredis"],
+    # streaq speaks Redis through coredis, not redis-py.
+    "streaq": ["streaq"],
+    "docket": ["pydocket", "hiredis"],
 }
 SYSTEM_ENV = {
     "aqueue-redis": "aqueue",
@@ -79,16 +84,34 @@ SYSTEM_ENV = {
     "saq": "saq",
     "taskiq-redis": "taskiq",
     "taskiq-aio-pika": "taskiq",
+    "streaq": "streaq",
+    "docket": "docket",
+}
+#: The event loop each peer's own worker command runs on, installed as its docs say:
+#: `taskiq worker` picks uvloop when it is installed (taskiq[uv]); arq's, SAQ's, streaq's
+#: (anyio, no backend option) and docket's (asyncio.run) run the stock asyncio loop.
+#: aqueue runs on both (`--aqueue-loop`): `aqueue worker` picks uvloop when it is installed.
+PEER_LOOP = {
+    "arq": "asyncio",
+    "saq": "asyncio",
+    "taskiq-redis": "uvloop",
+    "taskiq-aio-pika": "uvloop",
+    "streaq": "asyncio",
+    "docket": "asyncio",
 }
 #: The packages whose versions the report names, where an environment has them.
 VERSIONED = [
-    "aqueue",
+    "aqueue-tasks",
     "arq",
     "saq",
     "taskiq",
     "taskiq-redis",
     "taskiq-aio-pika",
+    "streaq",
+    "pydocket",
+    "uvloop",
     "redis",
+    "coredis",
     "hiredis",
     "aio-pika",
     "aiormq",
@@ -96,16 +119,19 @@ VERSIONED = [
     "anyio",
 ]
 
-REDIS_SYSTEMS = ["aqueue-redis", "arq", "saq", "taskiq-redis"]
+REDIS_SYSTEMS = ["aqueue-redis", "arq", "saq", "taskiq-redis", "streaq", "docket"]
 AMQP_SYSTEMS = ["aqueue-amqp", "taskiq-aio-pika"]
 ALL_SYSTEMS = REDIS_SYSTEMS + AMQP_SYSTEMS
-BULK_SYSTEMS = {"aqueue-redis", "aqueue-amqp"}  # the ones with a bulk enqueue API
+#: The ones with a bulk enqueue API.
+BULK_SYSTEMS = {"aqueue-redis", "aqueue-amqp", "streaq", "docket"}
+LOOPS = ("uvloop", "asyncio")
 
 MARKER = "aqueue-bench:owner"  # set in the Redis database the benchmark owns
 REPORT_EVERY = 1000  # the worker process reports its count this often
 BULK_CHUNK = 1000  # tasks per bulk call
 FANOUT = 50  # concurrent enqueues when pre-enqueueing for a system without a bulk API
 SLEEP = 0.01  # S2's task body
+DOCKET_CONNECTIONS = 2000  # docket's Redis pool (see docket_client)
 SAQ_WAIT = 1  # SAQ's until_complete in S3 (s): what a lost completion notice costs there
 
 # -- the benchmark's own environments ---------------------------------------------------------
@@ -174,6 +200,16 @@ class Tally:
             os.write(1, f"@@bench {count} {self.first!r} {now!r}\n".encode())
 
 
+def run_on(loop: str, main: Callable[[], Awaitable[None]]) -> None:
+    """Run `main` on the stock asyncio loop or on uvloop."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())  # type: ignore[arg-type]
+    else:
+        asyncio.run(main())  # type: ignore[arg-type]
+
+
 def worker_main(cfg: dict[str, Any]) -> None:
     import logging
 
@@ -204,7 +240,7 @@ def serve_aqueue(cfg: dict[str, Any], tally: Tally) -> None:
         async with app:  # as `aqueue worker` runs it (serve: signals, worker_tune_gc)
             await Worker(app, concurrency=cfg["concurrency"]).serve()
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": cfg["loop"] == "uvloop"})
 
 
 def serve_arq(cfg: dict[str, Any], tally: Tally) -> None:
@@ -288,7 +324,53 @@ def serve_taskiq(cfg: dict[str, Any], tally: Tally) -> None:
             finally:
                 await broker.shutdown()
 
-    asyncio.run(main())
+    run_on(cfg["loop"], main)  # `taskiq worker` runs on uvloop when it is installed
+
+
+def serve_streaq(cfg: dict[str, Any], tally: Tally) -> None:
+    worker = streaq_worker(cfg, concurrency=cfg["concurrency"])
+
+    async def noop() -> None:
+        tally.begin()
+        tally.end()
+
+    async def sleep() -> None:
+        tally.begin()
+        await asyncio.sleep(SLEEP)
+        tally.end()
+
+    define_streaq(worker, cfg, {"noop": noop, "sleep": sleep})
+    worker.run_sync()  # what `streaq run module:worker` does (anyio's asyncio backend)
+
+
+def serve_docket(cfg: dict[str, Any], tally: Tally) -> None:
+    from datetime import timedelta
+
+    from docket import Worker
+
+    async def noop() -> None:
+        tally.begin()
+        tally.end()
+
+    async def sleep() -> None:
+        tally.begin()
+        await asyncio.sleep(SLEEP)
+        tally.end()
+
+    async def main() -> None:
+        # What `docket worker --concurrency C` runs (Worker.run), less its signal handlers
+        # and health/metrics servers; its CLI's check interval (100 ms) kept.
+        async with docket_client(cfg) as docket:
+            docket.register(noop, names=["bench.noop"])
+            docket.register(sleep, names=["bench.sleep"])
+            async with Worker(
+                docket,
+                concurrency=cfg["concurrency"],
+                minimum_check_interval=timedelta(milliseconds=100),
+            ) as worker:
+                await worker.run_forever()
+
+    asyncio.run(main())  # as its CLI
 
 
 SERVE: dict[str, Callable[[dict[str, Any], Tally], None]] = {
@@ -298,6 +380,8 @@ SERVE: dict[str, Callable[[dict[str, Any], Tally], None]] = {
     "saq": serve_saq,
     "taskiq-redis": serve_taskiq,
     "taskiq-aio-pika": serve_taskiq,
+    "streaq": serve_streaq,
+    "docket": serve_docket,
 }
 
 
@@ -336,6 +420,33 @@ def taskiq_broker(cfg: dict[str, Any]) -> Any:
             dead_letter_queue=Queue(name=f"{prefix}taskiq.dead_letter", type=queue_type),
         )
     return broker.with_result_backend(backend) if backend is not None else broker
+
+
+def streaq_worker(cfg: dict[str, Any], concurrency: int = 16) -> Any:
+    from streaq import Worker
+
+    return Worker(redis_url=cfg["url"], queue_name="bench", concurrency=concurrency)
+
+
+def define_streaq(worker: Any, cfg: dict[str, Any], bodies: dict[str, Any]) -> dict[str, Any]:
+    """Register the bench tasks; results kept 5 minutes (streaq's default) or not at all."""
+    ttl = 300 if cfg["results"] else 0  # ttl=0: no result stored
+    return {kind: worker.task(name=f"bench.{kind}", ttl=ttl)(fn) for kind, fn in bodies.items()}
+
+
+def docket_client(cfg: dict[str, Any]) -> Any:
+    from datetime import timedelta
+
+    from docket import Docket
+
+    # execution_ttl: how long a finished task's state and result are kept (15 min by
+    # default); 0 keeps none, which is results off.
+    ttl = timedelta(minutes=15) if cfg["results"] else timedelta(0)
+    # redis-py 8 caps a pool at 100 connections, and a docket worker holds one per running
+    # task: at concurrency 500 it fails with "Too many connections" unless the URL raises it.
+    sep = "&" if "?" in cfg["url"] else "?"
+    url = f"{cfg['url']}{sep}max_connections={DOCKET_CONNECTIONS}"
+    return Docket(name="bench", url=url, execution_ttl=ttl)
 
 
 # -- the producer side -----------------------------------------------------------------------
@@ -468,6 +579,73 @@ class TaskiqProducer:
         await self.broker.shutdown()
 
 
+class StreaqProducer:
+    missed = 0
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.worker = streaq_worker(cfg)
+        self.tasks = define_streaq(self.worker, cfg, {"noop": _nothing, "sleep": _nothing})
+        self.stack = contextlib.AsyncExitStack()
+        self.bulk = self._bulk
+
+    async def open(self) -> None:
+        await self.stack.enter_async_context(self.worker)
+
+    async def one(self, kind: str) -> None:
+        await self.tasks[kind].enqueue()
+
+    async def _bulk(self, kind: str, n: int) -> None:
+        task = self.tasks[kind]
+        for start in range(0, n, BULK_CHUNK):
+            calls = [task.enqueue() for _ in range(min(BULK_CHUNK, n - start))]
+            await self.worker.enqueue_many(calls)
+
+    async def round_trip(self) -> None:
+        task = await self.tasks["noop"].enqueue()
+        await task.result(timeout=30)  # waits on pub/sub
+
+    async def aclose(self) -> None:
+        await self.stack.aclose()
+
+
+class DocketProducer:
+    missed = 0
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.docket = docket_client(cfg)
+        self.stack = contextlib.AsyncExitStack()
+        self.bulk = self._bulk
+
+    async def open(self) -> None:
+        await self.stack.enter_async_context(self.docket)
+        for kind in ("noop", "sleep"):
+            self.docket.register(_nothing, names=[f"bench.{kind}"])
+
+    async def one(self, kind: str) -> None:
+        await self.docket.add(f"bench.{kind}")()
+
+    async def _bulk(self, kind: str, n: int) -> None:
+        name = f"bench.{kind}"
+        for start in range(0, n, BULK_CHUNK):
+            # One `call(name)` per task: it draws the task's key (one call for all would
+            # schedule the first and dedupe the rest).
+            calls = [self.docket.call(name)() for _ in range(min(BULK_CHUNK, n - start))]
+            await self.docket.add_many(calls)
+
+    async def round_trip(self) -> None:
+        from datetime import timedelta
+
+        execution = await self.docket.add("bench.noop")()
+        await execution.get_result(timeout=timedelta(seconds=30))  # waits on pub/sub
+
+    async def aclose(self) -> None:
+        await self.stack.aclose()
+
+
+async def _nothing() -> None:
+    return None
+
+
 async def open_producer(cfg: dict[str, Any]) -> Producer:
     system = cfg["system"]
     producer: Any
@@ -479,6 +657,12 @@ async def open_producer(cfg: dict[str, Any]) -> Producer:
         await producer.open()
     elif system == "saq":
         producer = SaqProducer(cfg)
+    elif system == "streaq":
+        producer = StreaqProducer(cfg)
+        await producer.open()
+    elif system == "docket":
+        producer = DocketProducer(cfg)
+        await producer.open()
     else:
         producer = TaskiqProducer(cfg)
         await producer.open()
@@ -491,12 +675,18 @@ def producer_main(job: dict[str, Any]) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    outcome = asyncio.run(produce(job))
+    outcome: dict[str, Any] = {}
+
+    async def main() -> None:
+        outcome.update(await produce(job))
+
+    run_on(job["cfg"]["loop"], main)  # the producer runs on the loop its worker runs on
     print("@@bench " + json.dumps(outcome), flush=True)
 
 
 async def produce(job: dict[str, Any]) -> dict[str, Any]:
-    producer = await asyncio.wait_for(open_producer(job["cfg"]), 60)
+    async with asyncio.timeout(60):  # in this task: streaq's client must close where it opened
+        producer = await open_producer(job["cfg"])
     try:
         if job["action"] == "enqueue":
             return {"rate": await enqueue(producer, job["kind"], job["n"], job["how"])}
@@ -715,15 +905,19 @@ class Bench:
         self.load = os.getloadavg()
         self.interrupted = False
         self.logdir = Path(tempfile.mkdtemp(prefix="aqueue-compare-"))
+        #: What each row of the table runs: label -> (system, event loop).
+        self.entries: dict[str, tuple[str, str]] = entries_for(args.systems_list, args.aqueue_loop)
 
-    def cell(self, system: str, what: str) -> Cell:
-        return self.cells.setdefault((system, what), Cell())
+    def cell(self, label: str, what: str) -> Cell:
+        return self.cells.setdefault((label, what), Cell())
 
     # -- configuration of one run --
 
-    def config(self, system: str, *, results: bool, concurrency: int) -> dict[str, Any]:
+    def config(self, label: str, *, results: bool, concurrency: int) -> dict[str, Any]:
+        system, loop = self.entries[label]
         cfg: dict[str, Any] = {
             "system": system,
+            "loop": loop,
             "results": results,
             "concurrency": concurrency,
             "target": 0,
@@ -775,7 +969,7 @@ class Bench:
 
     async def produce(self, cfg: dict[str, Any], job: dict[str, Any], limit: float) -> Any:
         """Run a producer process for cfg's system; return what it printed."""
-        label = f"{cfg['system']}-producer-{time.time_ns()}"
+        label = f"{cfg['system']}-{cfg['loop']}-producer-{time.time_ns()}"
         log = self.logdir / f"{label}.log"
         with log.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
@@ -806,13 +1000,14 @@ class Bench:
     # -- one drain run --
 
     async def drain(
-        self, system: str, *, kind: str, n: int, results: bool, concurrency: int, enqueue: str
+        self, entry: str, *, kind: str, n: int, results: bool, concurrency: int, enqueue: str
     ) -> tuple[float, float]:
         """Pre-enqueue n tasks, then drain them with one worker process.
 
         Returns (drain rate, enqueue rate).
         """
-        cfg = self.config(system, results=results, concurrency=concurrency)
+        cfg = self.config(entry, results=results, concurrency=concurrency)
+        system = f"{cfg['system']}-{cfg['loop']}"
         await self.reset(cfg, after=False)
         try:
             job = {"action": "enqueue", "kind": kind, "n": n, "how": enqueue}
@@ -829,9 +1024,9 @@ class Bench:
             await self.reset(cfg)
         return rate, sent
 
-    async def enqueue_only(self, system: str, n: int, how: str) -> float:
+    async def enqueue_only(self, entry: str, n: int, how: str) -> float:
         """Only the enqueue rate: n tasks sent, then deleted (no worker)."""
-        cfg = self.config(system, results=False, concurrency=self.sizes.concurrency)
+        cfg = self.config(entry, results=False, concurrency=self.sizes.concurrency)
         await self.reset(cfg, after=False)
         try:
             job = {"action": "enqueue", "kind": "noop", "n": n, "how": how}
@@ -842,10 +1037,10 @@ class Bench:
 
     # -- S3: round trips against a running worker --
 
-    async def round_trips(self, system: str) -> list[float]:
-        cfg = self.config(system, results=True, concurrency=self.sizes.concurrency)
+    async def round_trips(self, entry: str) -> list[float]:
+        cfg = self.config(entry, results=True, concurrency=self.sizes.concurrency)
         await self.reset(cfg, after=False)
-        label = f"{system}-s3-{time.time_ns()}"
+        label = f"{cfg['system']}-{cfg['loop']}-s3-{time.time_ns()}"
         worker = await self.start_worker(cfg, label)
         try:
             job = {
@@ -859,41 +1054,45 @@ class Bench:
             await worker.stop()
             await self.reset(cfg)
         samples: list[float] = outcome["samples"]
-        self.missed[system] = self.missed.get(system, 0) + int(outcome.get("missed", 0))
+        self.missed[entry] = self.missed.get(entry, 0) + int(outcome.get("missed", 0))
         return samples
 
     # -- the whole run --
 
-    async def run(self, systems: list[str]) -> None:
+    async def run(self) -> None:
         sizes = self.sizes
         for rep in range(sizes.repeat):
-            print(f"\nRun {rep + 1} of {sizes.repeat}", flush=True)
-            for system in systems:
-                await self.measure(system, "s1-off", self.s1(system, results=False))
-            for system in systems:
+            print(f"\nRun {rep + 1} of {sizes.repeat} (load average {os.getloadavg()[0]:.1f})")
+            # Each run in its own order, so that no row always follows the same neighbour.
+            order = list(self.entries)
+            order = order[rep % len(order) :] + order[: rep % len(order)]
+            for label in order:
+                await self.measure(label, "s1-off", self.s1(label, results=False))
+            for label in order:
+                system = self.entries[label][0]
                 if system in REDIS_SYSTEMS:
-                    await self.measure(system, "s1-on", self.s1(system, results=True))
+                    await self.measure(label, "s1-on", self.s1(label, results=True))
                 elif system in BULK_SYSTEMS:  # no S1 with results here: time the bulk API alone
-                    await self.measure(system, "enqueue-bulk", self.bulk_only(system))
-            for system in systems:
-                await self.measure(system, "s2", self.s2(system))
-            for system in systems:
-                await self.measure(system, "s3", self.s3(system))
+                    await self.measure(label, "enqueue-bulk", self.bulk_only(label))
+            for label in order:
+                await self.measure(label, "s2", self.s2(label))
+            for label in order:
+                await self.measure(label, "s3", self.s3(label))
 
     async def measure(self, system: str, what: str, run: Awaitable[None]) -> None:
         try:
             await run
         except Failed as exc:
             self.cell(system, what).failures.append(str(exc))
-            print(f"  {system:16} {what:7} FAILED: {exc}", flush=True)
+            print(f"  {system:26} {what:7} FAILED: {exc}", flush=True)
         except Exception as exc:
             message = f"error: {type(exc).__name__}: {exc}".splitlines()[0][:200]
             self.cell(system, what).failures.append(message)
-            print(f"  {system:16} {what:7} FAILED: {message}", flush=True)
+            print(f"  {system:26} {what:7} FAILED: {message}", flush=True)
 
     async def s1(self, system: str, *, results: bool) -> None:
         what = "s1-on" if results else "s1-off"
-        bulk = system in BULK_SYSTEMS
+        bulk = self.entries[system][0] in BULK_SYSTEMS
         rate, sent = await self.drain(
             system,
             kind="noop",
@@ -907,12 +1106,12 @@ class Bench:
         if not results or bulk:
             self.cell(system, "enqueue-bulk" if results else "enqueue-one").values.append(sent)
             shown = f", enqueue {'bulk' if results else 'one at a time'} {sent:,.0f}/s"
-        print(f"  {system:16} {what:7} {rate:>10,.0f} tasks/s{shown}", flush=True)
+        print(f"  {system:26} {what:7} {rate:>10,.0f} tasks/s{shown}", flush=True)
 
     async def bulk_only(self, system: str) -> None:
         sent = await self.enqueue_only(system, self.sizes.s1, "bulk")
         self.cell(system, "enqueue-bulk").values.append(sent)
-        print(f"  {system:16} enqueue bulk {sent:,.0f}/s", flush=True)
+        print(f"  {system:26} enqueue bulk {sent:,.0f}/s", flush=True)
 
     async def s2(self, system: str) -> None:
         rate, _ = await self.drain(
@@ -921,10 +1120,10 @@ class Bench:
             n=self.sizes.s2,
             results=False,
             concurrency=self.sizes.s2_concurrency,
-            enqueue="bulk" if system in BULK_SYSTEMS else "fanout",
+            enqueue="bulk" if self.entries[system][0] in BULK_SYSTEMS else "fanout",
         )
         self.cell(system, "s2").values.append(rate)
-        print(f"  {system:16} {'s2':7} {rate:>10,.0f} tasks/s", flush=True)
+        print(f"  {system:26} {'s2':7} {rate:>10,.0f} tasks/s", flush=True)
 
     async def s3(self, system: str) -> None:
         samples = await self.round_trips(system)
@@ -934,10 +1133,23 @@ class Bench:
         self.cell(system, "s3-p99").values.append(p99)
         missed = f", {self.missed[system]} missed notices so far" if self.missed.get(system) else ""
         print(
-            f"  {system:16} {'s3':7} p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"  {system:26} {'s3':7} p50 {p50:.2f} ms, p99 {p99:.2f} ms "
             f"({len(samples)} round trips{missed})",
             flush=True,
         )
+
+
+def entries_for(systems: list[str], aqueue_loop: str) -> dict[str, tuple[str, str]]:
+    """The rows of the table: each system on its own loop, aqueue on one or both."""
+    entries: dict[str, tuple[str, str]] = {}
+    for system in systems:
+        if system.startswith("aqueue"):
+            loops = LOOPS if aqueue_loop == "both" else (aqueue_loop,)
+        else:
+            loops = (PEER_LOOP[system],)
+        for loop in loops:
+            entries[f"{system} ({loop})"] = (system, loop)
+    return entries
 
 
 def tail(log: Path) -> str:
@@ -1052,9 +1264,15 @@ def median_of(cell: Cell | None) -> float | None:
     return statistics.median(cell.values) if cell and cell.values else None
 
 
-def cell_text(system: str, what: str, cell: Cell | None, fmt: Callable[[float], str]) -> str:
-    if (system, what) in CANNOT:
-        return CANNOT[(system, what)]
+def system_of(label: str) -> str:
+    """The system a row runs: "aqueue-redis (uvloop)" -> "aqueue-redis"."""
+    return label.split(" ", 1)[0]
+
+
+def cell_text(label: str, what: str, cell: Cell | None, fmt: Callable[[float], str]) -> str:
+    """The median, and the lowest and highest run when there were several."""
+    if (system_of(label), what) in CANNOT:
+        return CANNOT[(system_of(label), what)]
     if cell is None:
         return "-"
     if not cell.values:
@@ -1062,31 +1280,44 @@ def cell_text(system: str, what: str, cell: Cell | None, fmt: Callable[[float], 
             return "-"
         return "timeout" if cell.failures[0].startswith("timeout") else "failed (see below)"
     text = fmt(statistics.median(cell.values))
+    if len(cell.values) > 1:
+        text += f" ({fmt(min(cell.values))}-{fmt(max(cell.values))})"
     if cell.failures:
         text += f" ({len(cell.failures)} failed)"
     return text
 
 
 def ratio_row(bench: Bench, ours: str, peers: list[str]) -> list[str] | None:
-    """aqueue against the fastest peer: x times the rate, or x times lower latency."""
-    if ours not in bench.args.systems_list:
-        return None
-    present = [p for p in peers if p in bench.args.systems_list]
-    if not present:
+    """aqueue against the fastest peer: x times the rate, or x times lower latency.
+
+    The best peer is the one with the best median; the factor is the median of the factors
+    within each run (the runs are interleaved: noise hits both sides of a run's ratio alike),
+    or the ratio of the medians when a run failed on either side.
+    """
+    present = [p for p in bench.entries if bench.entries[p][0] in peers]
+    if ours not in bench.entries or not present:
         return None
     row = [f"**{ours} vs best peer**"]
     for what, _, _, higher in COLUMNS:
-        mine = median_of(bench.cells.get((ours, what)))
-        theirs = [
-            v
+        mine = bench.cells.get((ours, what))
+        theirs = {
+            p: cell
             for p in present
-            if (p, what) not in CANNOT and (v := median_of(bench.cells.get((p, what)))) is not None
-        ]
-        if mine is None or not theirs:
+            if (system_of(p), what) not in CANNOT
+            and (cell := bench.cells.get((p, what))) is not None
+            and cell.values
+        }
+        if mine is None or not mine.values or not theirs:
             row.append("-")
             continue
-        best = max(theirs) if higher else min(theirs)
-        factor = mine / best if higher else best / mine
+        pick = max if higher else min
+        best = theirs[pick(theirs, key=lambda p: statistics.median(theirs[p].values))]
+        if len(mine.values) == len(best.values) and not (mine.failures or best.failures):
+            pairs = zip(mine.values, best.values, strict=True)
+            factor = statistics.median(a / b if higher else b / a for a, b in pairs)
+        else:
+            a, b = statistics.median(mine.values), statistics.median(best.values)
+            factor = a / b if higher else b / a
         row.append(f"**{factor:.1f}x**")
     return row
 
@@ -1120,17 +1351,18 @@ async def env_versions(envs: list[str]) -> dict[str, str]:
 
 
 def report(bench: Bench, command: str, started: float) -> str:
-    args, sizes = bench.args, bench.sizes
-    systems: list[str] = args.systems_list
-    header = ["system", *(title for _, title, _, _ in COLUMNS)]
+    sizes = bench.sizes
+    systems: list[str] = list(bench.entries)
+    header = ["system (event loop)", *(title for _, title, _, _ in COLUMNS)]
     rows = [
         [system, *(cell_text(system, w, bench.cells.get((system, w)), f) for w, _, f, _ in COLUMNS)]
         for system in systems
     ]
     for ours, peers in (("aqueue-redis", REDIS_SYSTEMS[1:]), ("aqueue-amqp", AMQP_SYSTEMS[1:])):
-        ratio = ratio_row(bench, ours, peers)
-        if ratio:
-            rows.append(ratio)
+        for loop in LOOPS:
+            ratio = ratio_row(bench, f"{ours} ({loop})", peers)
+            if ratio:
+                rows.append(ratio)
     per_run = [
         [system, *(runs_text(system, w, bench.cells.get((system, w)), f) for w, _, f, _ in COLUMNS)]
         for system in systems
@@ -1145,20 +1377,22 @@ def report(bench: Bench, command: str, started: float) -> str:
     amqp_version = bench.amqp.version if bench.amqp else "not used"
     load = f"{bench.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     lines = [
-        "# aqueue against arq, SAQ and taskiq",
+        "# aqueue against arq, SAQ, taskiq, streaq and docket",
         "",
         f"Command: `{command}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
         f"took {(time.time() - started) / 60:.1f} min  ",
         f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, load average "
         f"(1 min) {load}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}), default asyncio event loop  ",
+        f"({platform.python_implementation()}); each system on the event loop its own worker "
+        "command picks (in brackets)  ",
         f"Servers, on the same machine: Redis {redis_version}, RabbitMQ {amqp_version}  ",
         "Packages, one virtual environment per project (benchmarks/.venv-peers/NAME):",
         "",
         *(f"- {env}: {text}" for env, text in bench.versions.items()),
         "",
-        f"Medians of {sizes.repeat} run(s). One worker process per system. Drain rate = N / (time "
+        f"Medians of {sizes.repeat} run(s), with the lowest and highest in brackets. One worker "
+        "process per system. Drain rate = N / (time "
         "from the first task started to the N-th task finished, both stamped in the worker). "
         f"S1: {sizes.s1:,} no-op tasks, worker concurrency {sizes.concurrency} for every system; "
         f"S2: {sizes.s2:,} tasks of `await asyncio.sleep(0.01)`, concurrency "
@@ -1170,9 +1404,10 @@ def report(bench: Bench, command: str, started: float) -> str:
         "",
         markdown_table(header, rows),
         "",
-        "*vs best peer*: on Redis, against the best of arq, saq and taskiq-redis; on RabbitMQ, "
-        "against taskiq-aio-pika. Rates: aqueue / best peer; latencies: best peer / aqueue; "
-        "above 1 means aqueue is ahead.",
+        "*vs best peer*: on Redis, against the best of arq, saq, taskiq-redis, streaq and "
+        "docket; on RabbitMQ, against taskiq-aio-pika. Rates: aqueue / best peer; latencies: "
+        "best peer / aqueue; above 1 means aqueue is ahead. The median of the ratios within "
+        "each run (the runs are interleaved), or of the medians when a run failed.",
         "",
         *(
             [
@@ -1188,9 +1423,10 @@ def report(bench: Bench, command: str, started: float) -> str:
         "",
         *setups(bench, systems),
         "- Each project in its own virtual environment (they pin redis-py differently), each "
-        "with hiredis. Producer and worker are separate processes. Peers without a bulk API "
-        f"are pre-enqueued with {FANOUT} concurrent calls where enqueueing is not timed. Every "
-        "worker logs at WARNING.",
+        "with hiredis (streaq speaks Redis through coredis). Producer and worker are separate "
+        "processes; the producer runs on the event loop of its system's row. Peers without "
+        f"a bulk API are pre-enqueued with {FANOUT} concurrent calls where enqueueing is not "
+        "timed. Every worker logs at WARNING.",
     ]
     if failures:
         lines += ["", "Runs that failed:", "", *failures]
@@ -1222,12 +1458,22 @@ def setups(bench: Bench, systems: list[str]) -> list[str]:
         "classic queues like aqueue's (its default is quorum); no result backend for S1/S2; S3 "
         "with taskiq-redis's `RedisAsyncResultBackend` (taskiq-aio-pika has none), polled "
         "every 0.2 s.",
+        "streaq": "`Worker(redis_url, concurrency=C)` run with `worker.run_sync()`, as "
+        "`streaq run` does (its default prefetch: C more); results off = the task's `ttl=0` "
+        "(5 minutes by default); `await t.enqueue()`; bulk = `worker.enqueue_many()`; S3 "
+        "`await (await t.enqueue()).result()`, which waits on pub/sub.",
+        "docket": "`Docket(url)` and `Worker(docket, concurrency=C, minimum_check_interval="
+        "100 ms)`, as `docket worker` runs it, its URL with `max_connections="
+        f"{DOCKET_CONNECTIONS}` (redis-py 8's pool holds 100, and docket takes one per running "
+        "task: at concurrency 500 it fails otherwise); results off = `execution_ttl=0` (15 "
+        "minutes by default); `await docket.add(name)()`; bulk = `docket.add_many()`; S3 "
+        "`await (await docket.add(name)()).get_result()`, which waits on pub/sub.",
     }
-    return [f"- {system}: {how[system]}" for system in systems]
+    return [f"- {label}: {how[system_of(label)]}" for label in systems]
 
 
 def runs_text(system: str, what: str, cell: Cell | None, fmt: Callable[[float], str]) -> str:
-    if (system, what) in CANNOT:
+    if (system_of(system), what) in CANNOT:
         return "-"
     if cell is None or not (cell.values or cell.failures):
         return "-"
@@ -1236,8 +1482,9 @@ def runs_text(system: str, what: str, cell: Cell | None, fmt: Callable[[float], 
 
 
 def saq_note(bench: Bench) -> str:
-    missed = bench.missed.get("saq", 0)
-    total = sum(len(x) for x in bench.latencies.get("saq", []))
+    label = f"saq ({PEER_LOOP['saq']})"
+    missed = bench.missed.get(label, 0)
+    total = sum(len(x) for x in bench.latencies.get(label, []))
     if not missed:
         return ""
     return (
@@ -1259,6 +1506,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--systems",
         default=",".join(ALL_SYSTEMS),
         help=f"comma-separated, from: {', '.join(ALL_SYSTEMS)} (default: all)",
+    )
+    parser.add_argument(
+        "--aqueue-loop",
+        choices=["asyncio", "uvloop", "both"],
+        default="both",
+        help="the event loop of aqueue's worker and producer (default: a row for each)",
     )
     parser.add_argument("--quick", action="store_true", help="one run each, smaller N (~3 min)")
     parser.add_argument("--repeat", type=int, help="runs per figure (default 3; --quick 1)")
@@ -1332,7 +1585,7 @@ async def main(args: argparse.Namespace, command: str) -> None:
         with contextlib.suppress(NotImplementedError):  # SIGTERM stops it as Ctrl-C does
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
         try:
-            await bench.run(systems)
+            await bench.run()
         except asyncio.CancelledError:
             bench.interrupted = True
             print("\nInterrupted: stopping the workers and cleaning up", flush=True)

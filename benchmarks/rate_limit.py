@@ -78,7 +78,9 @@ async def offer(url: str, count: int) -> None:
 
 
 async def measure(redis_url: str, key: str, seconds: float) -> list[float]:
-    client = aioredis.from_url(redis_url)
+    # Its blocking pops wait up to 60 s: longer than redis-py 8's default socket timeout (5 s),
+    # which a busy machine's workers can take to start.
+    client = aioredis.from_url(redis_url, socket_timeout=90)
     try:
         return await collect(client, key, seconds)
     finally:

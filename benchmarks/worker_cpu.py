@@ -2,12 +2,12 @@
 
     python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
                                     [--tasks 5000] [--repeat 5] [--gc run|serve|off]
-                                    [--loop auto|asyncio|uvloop]
+                                    [--slots 500] [--loop auto|asyncio|uvloop] [--shared-db]
 
 Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
 asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
-with one `Worker(app, concurrency=500)` in this process, and reports, from the moment the first
-task starts to the moment the N-th finishes:
+with one `Worker(app, concurrency=500)` (`--slots`) in this process, and reports, from the
+moment the first task starts to the moment the N-th finishes:
 
 - the drain rate, and the process's CPU time per task and CPU share over that span (a share
   near 100% means the worker is CPU-bound: less CPU per task is more tasks per second);
@@ -19,7 +19,8 @@ collector disabled (a bound, not a setting to use). `--loop` picks the event loo
 `aqueue worker --loop` does (auto: uvloop when installed). Medians of the runs at the end.
 
 Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
-after, as compare.py does); RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
+after, as compare.py does), or with `--shared-db` a key prefix of its own in that database,
+whose keys are deleted after; RabbitMQ: a vhost of its own, deleted after, when rabbitmqctl is at
 hand. This is no test: nothing fails when a number is low.
 """
 
@@ -31,6 +32,7 @@ import contextlib
 import gc
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,7 +43,6 @@ from aqueue import App, Worker
 from aqueue.loops import LOOPS, describe, loop_factory
 
 SLEEP = 0.01
-CONCURRENCY = 500
 
 
 class Drain:
@@ -84,7 +85,7 @@ class Drain:
         return row
 
 
-async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
+async def one_run(url: str, kind: str, n: int, how: str, slots: int) -> dict[str, float]:
     drain = Drain(n)
     app = App("cpu", broker=url, backend=False, set_as_current=False)
     app.conf.worker_tune_gc = how == "serve"
@@ -99,7 +100,7 @@ async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
     async with app:
         for start in range(0, n, 1000):
             await task.delay_many([() for _ in range(min(1000, n - start))])
-        drain.worker = worker = Worker(app, concurrency=CONCURRENCY)
+        drain.worker = worker = Worker(app, concurrency=slots)
         gc.callbacks.append(drain.on_gc)
         try:
             with anyio.fail_after(120):
@@ -119,9 +120,27 @@ async def one_run(url: str, kind: str, n: int, how: str) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
+async def prefixed(url: str) -> AsyncIterator[str]:
+    """A key prefix of the run's own in a database others use; its keys deleted after."""
+    import redis.asyncio as aioredis
+
+    prefix = f"aqcpu-{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"{url}?prefix={prefix}"
+    finally:
+        async with aioredis.from_url(url) as client:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+
+
+@contextlib.asynccontextmanager
 async def place(broker: str, args: argparse.Namespace) -> AsyncIterator[str]:
     if broker == "memory":
         yield "memory://"
+    elif broker == "redis" and args.shared_db:
+        async with prefixed(args.redis_url) as url:
+            yield url
     elif broker == "redis":
         async with RedisPlace(args.redis_url) as redis:
             yield redis.url
@@ -133,12 +152,12 @@ async def place(broker: str, args: argparse.Namespace) -> AsyncIterator[str]:
 async def main(args: argparse.Namespace) -> None:
     rows = []
     print(
-        f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {CONCURRENCY}, "
+        f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {args.slots}, "
         f"collector: {args.gc}, loop: {describe(asyncio.get_running_loop())}"
     )
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
-            row = await one_run(url, args.kind, args.tasks, args.gc)
+            row = await one_run(url, args.kind, args.tasks, args.gc, args.slots)
             rows.append(row)
             print(f"  run {run + 1}: {text(row)}", flush=True)
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -163,7 +182,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--gc", choices=["run", "serve", "off"], default="serve")
+    parser.add_argument("--slots", type=int, default=500, help="the worker's concurrency")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--shared-db",
+        action="store_true",
+        help="use a key prefix of its own in --redis-url's database instead of flushing it",
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--loop", choices=LOOPS, default="auto")
     return parser.parse_args(argv)
