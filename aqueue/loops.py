@@ -51,8 +51,8 @@ def loop_factory(name: str) -> LoopFactory:
 
 def describe(loop: asyncio.AbstractEventLoop) -> str:
     """Name the loop that runs, for the banner: "uvloop 0.21.0" or "asyncio"."""
-    if type(loop).__module__.partition(".")[0] != "uvloop":
-        return "asyncio"
+    if all(kind.__module__.partition(".")[0] != "uvloop" for kind in type(loop).__mro__):
+        return "asyncio"  # neither a uvloop loop nor a subclass of one
     return f"uvloop {importlib.metadata.version('uvloop')}"
 
 

@@ -264,3 +264,35 @@ def test_no_code_checks_transport_classes() -> None:
         if check.search(line)
     ]
     assert offenders == []
+
+
+_LEAK = """
+import asyncio, socket, sys, warnings
+from tests.loops import _uvloop_factory
+warnings.simplefilter("error")
+server = socket.create_server(("127.0.0.1", 0))
+async def leak():
+    leak.writer = (await asyncio.open_connection(*server.getsockname()[:2]))[1]  # never closed
+loop = _uvloop_factory()()
+loop.run_until_complete(leak())
+try:
+    loop.close()
+except ResourceWarning:
+    print("warned")
+"""
+
+
+def test_uvloop_close_with_a_leaked_transport_warns_and_does_not_hang() -> None:
+    pytest.importorskip("uvloop")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", _LEAK],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,  # uvloop without the guard hangs here
+    )
+    assert done.stdout.strip() == "warned", done.stderr
