@@ -143,10 +143,6 @@ class Broker(abc.ABC):
     renew_interval: float | None = None
     #: How many runs of a message may end in a dead worker before it is dead-lettered.
     max_deliveries: int = 5
-    #: Whether the worker should keep messages claimed ahead of its free slots (half its
-    #: concurrency): for a driver whose every claim is a round trip. They are renewed like
-    #: running ones and given back first at shutdown.
-    claims_ahead: bool = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url

@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Container
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -90,21 +90,6 @@ class Runner:
         checked = await self.check(delivery)
         if checked is not None:
             await self.run(delivery, *checked)
-
-    def ready(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
-        """Return the envelope and task to run now; None: `check` must settle the message.
-
-        The worker's hot path: no coroutine for the messages that run (most of them).
-        """
-        checked = self._inspect(delivery)
-        if isinstance(checked, _Refusal):
-            return None
-        envelope = checked[0]
-        if envelope.expires is not None and time.time() > envelope.expires:
-            return None
-        if envelope.id in self.revoked:
-            return None
-        return checked
 
     async def check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
         """Return the envelope and task to run, or settle a message that must not run."""
@@ -226,7 +211,7 @@ class Runner:
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
-            value = await self._invoke(task, envelope)
+            value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._interrupted(delivery, envelope, task)
@@ -248,24 +233,6 @@ class Runner:
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
         await delivery.ack()
-
-    def _invoke(self, task: Task[Any, Any], envelope: Envelope) -> Awaitable[Any]:
-        """Return what runs the task: its own coroutine when nothing wraps it (no limits)."""
-        options = task.options
-        if task.is_async and options.executor != "process" and self._unbounded(options):
-            coroutine: Awaitable[Any] = task._call(envelope.args, envelope.kwargs)
-            return coroutine
-        return self._execute(task, envelope)
-
-    def _unbounded(self, options: Any) -> bool:
-        """Say whether a task with these options runs without a time limit."""
-        conf = self.app.conf
-        return not (
-            options.time_limit
-            or conf.task_time_limit
-            or options.soft_time_limit
-            or conf.task_soft_time_limit
-        )
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]

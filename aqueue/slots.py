@@ -3,11 +3,7 @@
 A worker runs a fixed set of slot coroutines, one per unit of `--concurrency`, each taking
 deliveries from the `Inbox`. Handing a message to an idle slot costs a deque append and, only
 when a slot is asleep, resolving one future: about 2 µs, against about 15 µs for spawning a
-task per message. `Slots` is the `Credit` the broker sees: free = size + ahead - (queued +
-running). `ahead` lets a worker whose broker takes a round trip per claim keep that many
-messages claimed before a slot asks for them, so a slot that frees up finds its next message
-waiting instead of waiting for a claim (Redis, S2 of the benchmarks: 10 ms tasks at
-concurrency 500). The worker renews their leases and gives them back first when it stops.
+task per message. `Slots` is the `Credit` the broker sees: free = size - (queued + running).
 
 Both run on asyncio, as the worker does.
 """
@@ -84,10 +80,6 @@ class Inbox(Generic[T]):
             self._wake()
         return item
 
-    def queued(self) -> list[T]:
-        """Return the queued items (they stay queued)."""
-        return list(self._items)
-
     def take_all(self) -> list[T]:
         """Remove and return every queued item."""
         items = list(self._items)
@@ -107,37 +99,26 @@ class Inbox(Generic[T]):
 class Slots:
     """Counts the slots in use, and lets the broker wait for a free one (its `Credit`)."""
 
-    def __init__(self, size: int, held_limit: int | None = None, *, ahead: int = 0) -> None:
+    def __init__(self, size: int, held_limit: int | None = None) -> None:
         self.size = size
-        #: How many messages may wait in the inbox beyond the slots (claimed ahead).
-        self.ahead = ahead
-        #: Messages taken: waiting in the inbox (`queued`) or running.
         self.used = 0
-        self.queued = 0
         #: Tasks held outside the slots (waiting for a rate limit or a place), and how many
         #: may be: at the limit, the worker takes no more messages until one moves on.
         self.held = 0
         self.held_limit = held_limit
         self._waiter: asyncio.Future[None] | None = None
 
-    @property
-    def running(self) -> int:
-        """The tasks running in slots now."""
-        return self.used - self.queued
-
     async def wait(self) -> int:
-        """Wait until a message may be taken (and the held are under their limit).
-
-        Return how many may: the free slots, plus the messages that may wait ahead.
-        """
-        limit = self.size + self.ahead
-        while self.used >= limit or (self.held_limit is not None and self.held >= self.held_limit):
+        """Wait until at least one slot is free (and the held are under their limit)."""
+        while self.used >= self.size or (
+            self.held_limit is not None and self.held >= self.held_limit
+        ):
             await self._wait_change()
-        return limit - self.used
+        return self.size - self.used
 
     async def wait_slot(self) -> None:
-        """Wait for a free slot, whatever the held count or the queue (for a held task)."""
-        while self.used - self.queued >= self.size:
+        """Wait for a free slot, whatever the held count (for a held task whose turn came)."""
+        while self.used >= self.size:
             await self._wait_change()
 
     async def wait_idle(self) -> None:
@@ -152,16 +133,7 @@ class Slots:
         # must not cancel it for the others
 
     def take(self) -> None:
-        """Count a message taken for the inbox (queued until a slot starts it)."""
-        self.used += 1
-        self.queued += 1
-
-    def start(self) -> None:
-        """Count a queued message that a slot starts now."""
-        self.queued -= 1
-
-    def occupy(self) -> None:
-        """Occupy a slot at once (a held task whose turn came)."""
+        """Occupy a slot."""
         self.used += 1
 
     def hold(self) -> None:
@@ -172,11 +144,6 @@ class Slots:
         """Count a held task gone (to a slot, or back to the broker)."""
         self.held -= 1
         self._wake()
-
-    def give_back(self) -> None:
-        """Count a queued message returned to the broker unstarted."""
-        self.queued -= 1
-        self.release()
 
     def release(self) -> None:
         """Free a slot, waking whoever waits for one."""

@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import aiormq
@@ -249,12 +250,13 @@ async def test_a_consumer_resumes_after_the_connection_dropped(
     first = anyio.Event()
 
     async def consume() -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            got.append(delivery.body)
-            await delivery.ack()
-            first.set()
-            if len(got) == 2:
-                return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                got.append(delivery.body)
+                await delivery.ack()
+                first.set()
+                if len(got) == 2:
+                    return
 
     with anyio.fail_after(15):
         async with anyio.create_task_group() as group:
@@ -406,10 +408,11 @@ async def test_a_consumer_whose_queue_was_deleted_declares_it_again(
     got = anyio.Event()
 
     async def consume() -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            await delivery.ack()
-            got.set()
-            return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                await delivery.ack()
+                got.set()
+                return
 
     with anyio.fail_after(15):
         async with anyio.create_task_group() as group:

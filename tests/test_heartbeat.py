@@ -12,6 +12,7 @@ import math
 import sqlite3
 import threading
 import time
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -116,10 +117,11 @@ def _consumers(path: Path) -> list[str]:
 async def _take(broker: Broker, count: int) -> list[Delivery]:
     taken: list[Delivery] = []
     with anyio.fail_after(10):
-        async for delivery in broker.consume(["default"], Credit(10)):
-            taken.append(delivery)
-            if len(taken) == count:
-                break
+        async with aclosing(broker.consume(["default"], Credit(10))) as deliveries:
+            async for delivery in deliveries:
+                taken.append(delivery)
+                if len(taken) == count:
+                    break
     return taken
 
 
@@ -175,12 +177,13 @@ async def test_redis_takes_what_a_dead_owners_consumers_held(shared_url: str) ->
 
             taken: list[Delivery] = []
             with anyio.fail_after(10):
-                async for delivery in broker.consume(["default"], Credit(2)):
-                    taken.append(delivery)
-                    if len(taken) == 2:  # credit 2: the first claim left one with the ghost
-                        assert await client.hexists(keys.beats, ghost)
-                    if len(taken) == 3:
-                        break
+                async with aclosing(broker.consume(["default"], Credit(2))) as deliveries:
+                    async for delivery in deliveries:
+                        taken.append(delivery)
+                        if len(taken) == 2:  # credit 2: the first claim left one with the ghost
+                            assert await client.hexists(keys.beats, ghost)
+                        if len(taken) == 3:
+                            break
             assert [d.delivery_count for d in taken] == [2, 2, 2]
             for delivery in taken:
                 await delivery.ack()

@@ -11,6 +11,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -338,10 +339,11 @@ async def test_idle_wake_up_latency(broker: RedisBroker, queue: str) -> None:
     latencies: list[float] = []
 
     async def consume(received: anyio.Event) -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            await delivery.ack()
-            received.set()
-            return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                await delivery.ack()
+                received.set()
+                return
 
     for _ in range(20):
         received = anyio.Event()
@@ -365,10 +367,11 @@ async def test_each_consumer_blocks_on_a_connection_of_its_own(
     got: list[str] = []
 
     async def consume(name: str) -> None:
-        async for delivery in broker.consume([queue], Credit(1)):
-            got.append(name)
-            await delivery.ack()
-            return
+        async with aclosing(broker.consume([queue], Credit(1))) as deliveries:
+            async for delivery in deliveries:
+                got.append(name)
+                await delivery.ack()
+                return
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
@@ -410,11 +413,12 @@ async def test_an_earlier_delayed_message_wakes_a_sleeping_consumer(
     received = anyio.Event()
 
     async def consume() -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            got.append(delivery.body)
-            await delivery.ack()
-            received.set()
-            return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                got.append(delivery.body)
+                await delivery.ack()
+                received.set()
+                return
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)
@@ -437,10 +441,11 @@ async def test_a_consumer_recreates_lost_groups(broker: RedisBroker, queue: str)
     received = anyio.Event()
 
     async def consume() -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            await delivery.ack()
-            received.set()
-            return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                await delivery.ack()
+                received.set()
+                return
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)

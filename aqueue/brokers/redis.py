@@ -245,8 +245,6 @@ def _requeue_call(
 class RedisBroker(Broker):
     """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
 
-    claims_ahead = True  # a claim is a round trip: the worker keeps some claimed ahead
-
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings: RedisSettings = parse_redis_url(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import anyio
 import pytest
@@ -107,9 +108,10 @@ async def test_delayed_message_arrives_when_due(broker: Broker, queue: str) -> N
     await broker.publish([message(queue, b"later", eta=due), message(queue, b"now")])
     assert [d.body for d in await drain(broker, [queue])] == [b"now"]
     with anyio.fail_after(5):
-        async for delivery in broker.consume([queue], Credit()):
-            assert delivery.body == b"later"
-            break
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                assert delivery.body == b"later"
+                break
     assert time.time() >= due
     await delivery.ack()
 
@@ -124,10 +126,11 @@ async def test_an_idle_consumer_wakes_on_publish(broker: Broker, queue: str) -> 
     received = anyio.Event()
 
     async def consume() -> None:
-        async for delivery in broker.consume([queue], Credit()):
-            await delivery.ack()
-            received.set()
-            return
+        async with aclosing(broker.consume([queue], Credit())) as deliveries:
+            async for delivery in deliveries:
+                await delivery.ack()
+                received.set()
+                return
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)
