@@ -21,6 +21,7 @@ from .exceptions import ConfigurationError as ConfigurationError
 from .exceptions import MaxRetriesExceeded as MaxRetriesExceeded
 from .exceptions import MessageTooLarge as MessageTooLarge
 from .exceptions import MissingDependency as MissingDependency
+from .exceptions import NoReply as NoReply
 from .exceptions import NotRegistered as NotRegistered
 from .exceptions import ResultsDisabled as ResultsDisabled
 from .exceptions import ResultTimeout as ResultTimeout
@@ -58,6 +59,7 @@ __all__ = [
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
+    "NoReply",
     "NotRegistered",
     "OutgoingMessage",
     "Request",

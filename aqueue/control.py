@@ -25,22 +25,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import codec, states
-from .exceptions import AqueueError
+from .exceptions import NoReply
 from .result import ResultMeta
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["BROADCAST", "Control", "Inspect", "NoReply", "Reply"]
+__all__ = ["BROADCAST", "Control", "Inspect", "Reply"]
 
 BROADCAST = "control.broadcast"
 RATE_LIMIT_PREFIX = "rate_limit."
 REVOKED_PREFIX = "revoked."
-
-
-class NoReply(AqueueError):
-    """Raised when no worker (or not every named one) replied within the timeout."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ same thing, the error derives from it too, so `except TimeoutError` and `except 
     ├── SoftTimeLimitExceeded
     ├── TimeLimitExceeded (TimeoutError)
     ├── WorkerLostError
+    ├── NoReply
     └── Retry                 (control flow, not an error: see its docstring)
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
+    "NoReply",
     "NotRegistered",
     "ResultTimeout",
     "ResultsDisabled",
@@ -116,12 +118,18 @@ class TimeLimitExceeded(AqueueError, TimeoutError):
 
 
 class WorkerLostError(AqueueError):
-    """The failure stored for a task whose worker died in each of its last runs.
+    """The failure of a task whose worker, or whose child process, died while running it.
+
+    A process task (`executor="process"`) fails with it when its child exits before replying.
 
     After `broker_max_deliveries` runs that each ended in a dead worker (a segfault,
     `os._exit`, the OOM killer), the message goes to the dead letters and this failure is its
     result, so that `get()` raises at once instead of waiting for a result that never comes.
     """
+
+
+class NoReply(AqueueError):
+    """Raised when no worker (or not every named one) replied to a command within the timeout."""
 
 
 class Retry(AqueueError):

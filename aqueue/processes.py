@@ -37,21 +37,17 @@ from typing import Any
 import anyio
 
 from . import codec
-from .exceptions import AqueueError, ConfigurationError, Retry, TimeLimitExceeded
+from .exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLostError
 from .result import ResultMeta, rebuild_exception
 from .task import Request
 
-__all__ = ["FRAME_HEADER", "ProcessPool", "WorkerLostError"]
+__all__ = ["FRAME_HEADER", "ProcessPool"]
 
 #: Every frame: this header (the body's length, 4 bytes big-endian), then a msgpack body.
 FRAME_HEADER = struct.Struct(">I")
 
 #: How long a closing child may take to exit after its stdin closes, before it is killed.
 CLOSE_GRACE = 5.0
-
-
-class WorkerLostError(AqueueError):
-    """The failure of a process task whose child exited before replying (a crash, a kill)."""
 
 
 @dataclass(eq=False)

@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from aqueue import App, ConfigurationError, NotRegistered, TaskRevoked, Worker, states
-from aqueue.control import NoReply, require_replies
+from aqueue import App, ConfigurationError, NoReply, NotRegistered, TaskRevoked, Worker, states
+from aqueue.control import require_replies
 
 from .conftest import MakeApp
 from .contract.test_mailbox import MAILBOX_DRIVERS

@@ -57,3 +57,35 @@ def test_star_import_gives_exactly_all() -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(aqueue.__version__, str)
     assert aqueue.__version__.count(".") >= 1
+
+
+def test_every_public_error_lives_in_exceptions_and_is_exported() -> None:
+    import importlib
+    import pkgutil
+
+    import aqueue.exceptions
+
+    stray = []
+    for info in pkgutil.walk_packages(aqueue.__path__, "aqueue."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, aqueue.AqueueError)
+                and not name.startswith("_")
+                and value.__module__ == info.name
+                and info.name != "aqueue.exceptions"
+            ):
+                stray.append(f"{info.name}.{name}")
+    assert stray == []
+    errors = [
+        name
+        for name, value in vars(aqueue.exceptions).items()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == "aqueue.exceptions"
+    ]
+    assert sorted(errors) == sorted(aqueue.exceptions.__all__)
+    assert set(errors) <= set(aqueue.__all__)
