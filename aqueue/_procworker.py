@@ -39,7 +39,7 @@ from . import codec
 from .exceptions import Retry, SerializationError, SoftTimeLimitExceeded
 from .loader import load_app
 from .processes import FRAME_HEADER
-from .result import ResultMeta
+from .result_meta import ResultMeta
 from .task import Request, Task, current_request
 
 __all__ = ["main", "read_frame", "write_frame"]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
-import inspect
-import time
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -19,11 +15,13 @@ from typing import (
     Self,
     TypeVar,
     Unpack,
+    cast,
     overload,
 )
 
 import anyio
 
+from . import current, sending
 from . import result as _result
 from .backend import ResultBackend
 from .broker import Broker
@@ -31,9 +29,8 @@ from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .drivers import create_backend, create_broker
 from .exceptions import ConfigurationError, NotRegistered
-from .message import Envelope, OutgoingMessage, encode_body, new_id
-from .routing import route
-from .task import AsyncTask, SyncTask, Task, TaskOptionArgs, TaskOptions
+from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
+from .task import AsyncTask, SyncTask, Task, make_task
 from .urls import redact, scheme_of
 
 __all__ = ["App", "current_app", "shared_task"]
@@ -100,7 +97,7 @@ class App:
         self._stack: AsyncExitStack | None = None
         self._lock = anyio.Lock()
         self._state: Literal["unopened", "open", "closed"] = "unopened"
-        _register_app(self, current=set_as_current)
+        current.add_app(self, current=set_as_current)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}: {redact(self.broker_url)}>"
@@ -214,38 +211,13 @@ class App:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        countdown: float | None = None,
-        eta: dt.datetime | float | None = None,
-        expires: dt.datetime | float | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
     ) -> _result.AsyncResult[Any]:
-        """Send a task by name (it need not be registered in this process)."""
-        if not (
-            task_id
-            or countdown is not None
-            or eta is not None
-            or expires is not None
-            or queue
-            or priority is not None
-            or headers
-        ):
-            return await self._send_plain(name, args or (), kwargs or {})
-        (result,) = await self.send_many(
-            name,
-            [(args or (), kwargs or {})],
-            task_ids=[task_id] if task_id else None,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue,
-            priority=priority,
-            headers=headers,
-        )
-        return result
+        """Send a task by name (it need not be registered in this process).
+
+        The call options are `apply_async`'s (`options.SendOptions`).
+        """
+        return await sending.send(self, name, args, kwargs, **options)
 
     async def send_many(
         self,
@@ -253,108 +225,13 @@ class App:
         calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
         *,
         task_ids: Sequence[str] | None = None,
-        countdown: float | None = None,
-        eta: dt.datetime | float | None = None,
-        expires: dt.datetime | float | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
+        **options: Unpack[ManySendOptions],
     ) -> list[_result.AsyncResult[Any]]:
         """Send many invocations of one task, as `(args, kwargs)` pairs, in one publish.
 
         Every message is encoded (and refused, if it must be) before any is sent.
         """
-        broker = await self.connection()
-        task = self._tasks.get(name)
-        now = time.time()
-        when, until = _eta(now, countdown, eta), _expires(now, expires)
-        extra = {**(self._backend.message_headers() if self._backend else {}), **(headers or {})}
-        chosen_priority = self._priority_for(task, priority)
-        messages: list[OutgoingMessage] = []
-        for index, (args, kwargs) in enumerate(calls):
-            envelope = Envelope(
-                id=task_ids[index] if task_ids else new_id(),
-                task=name,
-                args=list(args),
-                kwargs=dict(kwargs),
-                eta=when,
-                expires=until,
-                headers=extra,
-            )
-            messages.append(
-                OutgoingMessage(
-                    id=envelope.id,
-                    queue=self._queue_for(task, name, envelope.args, envelope.kwargs, queue),
-                    body=envelope.encode(self.conf.message_max_bytes),
-                    eta=when,
-                    priority=chosen_priority,
-                )
-            )
-        await broker.publish(messages)
-        ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
-        return [
-            _result.AsyncResult(message.id, self, task_name=name, ignored=ignored)
-            for message in messages
-        ]
-
-    async def _send_plain(
-        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> _result.AsyncResult[Any]:
-        """Send one invocation with no call options, as every `delay()` does.
-
-        `send_many`'s work for one message, without the option handling and the lists.
-        """
-        broker = self._broker
-        if broker is None or self._state != "open":
-            broker = await self.connection()
-        task = self._tasks.get(name)
-        priority = self._priority_for(task, None)  # what fails first fails as in send_many
-        message_id = new_id()
-        args, kwargs = list(args), dict(kwargs)
-        queue = self._queue_for(task, name, args, kwargs, None)
-        backend = self._backend
-        body = encode_body(
-            message_id,
-            name,
-            args,
-            kwargs,
-            None,
-            None,
-            0,
-            dict(backend.message_headers()) if backend is not None else {},
-            self.conf.message_max_bytes,
-        )
-        await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
-        ignored = task.ignore_result if task is not None else self.conf.task_ignore_result
-        return _result.AsyncResult(message_id, self, task_name=name, ignored=ignored)
-
-    def _queue_for(
-        self,
-        task: Task[Any, Any] | None,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        queue: str | None,
-    ) -> str:
-        if queue:
-            return queue
-        routed = route(self.conf.task_routes, name, args, kwargs)
-        if routed:
-            return routed
-        if task is not None and task.options.queue:
-            return task.options.queue
-        return self.conf.task_default_queue
-
-    def _priority_for(self, task: Task[Any, Any] | None, priority: int | None) -> int:
-        if priority is None and task is not None:
-            priority = task.options.priority
-        if priority is None:
-            return self.conf.task_default_priority
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ConfigurationError(
-                f"priority must be a whole number from 0 to 9, not {priority!r}"
-            )
-        return priority
+        return await sending.send_many(self, name, calls, task_ids=task_ids, **options)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -384,6 +261,12 @@ class App:
             self._state = "closed"
             if stack is not None:
                 await stack.aclose()
+
+    def connected(self) -> tuple[Broker, ResultBackend | None] | None:
+        """Return the broker and the result backend if the app is open now, else None (no I/O)."""
+        if self._state != "open" or self._broker is None:
+            return None
+        return self._broker, self._backend
 
     async def connection(self) -> Broker:
         """Return the open broker, opening the app first if needed."""
@@ -425,59 +308,9 @@ class App:
         await self.close()
 
 
-def make_task(app: App | None, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:
-    """Wrap `fn` in the task class that matches it (async or sync)."""
-    cls: type[Task[Any, Any]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
-    return cls(app, fn, options)
-
-
-def _timestamp(value: dt.datetime | float) -> float:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # naive datetimes are UTC, as in Celery (enable_utc)
-            value = value.replace(tzinfo=dt.UTC)
-        return value.timestamp()
-    return float(value)
-
-
-def _eta(now: float, countdown: float | None, eta: dt.datetime | float | None) -> float | None:
-    if countdown is not None and eta is not None:
-        raise ConfigurationError("give countdown or eta, not both")
-    if countdown is not None:
-        return now + float(countdown) if countdown > 0 else None
-    return _timestamp(eta) if eta is not None else None
-
-
-def _expires(now: float, expires: dt.datetime | float | None) -> float | None:
-    if expires is None:
-        return None
-    if isinstance(expires, dt.datetime):
-        return _timestamp(expires)
-    return now + float(expires)
-
-
-# -- shared tasks and the current app -------------------------------------------------------
-# shared_task must reach apps that do not exist yet, so these two live at module level: the
-# tasks declared with @shared_task (append-only) and the apps to register them on (weakly).
-
-_shared: list[Task[Any, Any]] = []
-_apps: weakref.WeakSet[App] = weakref.WeakSet()
-_current: list[weakref.ref[App]] = []
-
-
-def _register_app(app: App, *, current: bool) -> None:
-    _apps.add(app)
-    for task in _shared:
-        app.add_task(task)
-    if current:
-        _current[:] = [weakref.ref(app)]
-
-
 def current_app() -> App:
     """Return the app created last (with `set_as_current=True`), the one shared tasks use."""
-    app = _current[0]() if _current else None
-    if app is None:
-        raise ConfigurationError("no aqueue App exists yet; create one before sending tasks")
-    return app
+    return cast(App, current.current_app())
 
 
 @overload
@@ -506,9 +339,7 @@ def shared_task(fn: Callable[..., Any] | None = None, *, bind: bool = False, **o
 
     def declare(function: Callable[..., Any]) -> Task[Any, Any]:
         task = make_task(None, function, parsed)
-        _shared.append(task)
-        for app in list(_apps):
-            app.add_task(task)
+        current.add_shared_task(task)
         return task
 
     return declare(fn) if fn is not None else declare

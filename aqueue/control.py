@@ -26,11 +26,11 @@ import anyio
 
 from . import codec, states
 from .exceptions import NoReply
-from .result import ResultMeta
+from .result_meta import ResultMeta
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
-    from .app import App
+    from .interfaces import AppLike
 
 __all__ = ["BROADCAST", "Control", "Inspect", "Reply"]
 
@@ -52,7 +52,7 @@ class Reply:
 class Control:
     """Remote control of the app's workers: `await app.control.ping()`."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppLike) -> None:
         self.app = app
 
     async def broadcast(

@@ -38,7 +38,7 @@ import anyio
 
 from . import codec
 from .exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLostError
-from .result import ResultMeta, rebuild_exception
+from .result_meta import ResultMeta, rebuild_exception
 from .task import Request
 
 __all__ = ["FRAME_HEADER", "ProcessPool"]

@@ -29,7 +29,8 @@ from .exceptions import (
 )
 from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
-from .result import ResultMeta
+from .result_meta import ResultMeta
+from .sending import priority_for
 from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ class Runner:
             queue=delivery.queue,
             body=again.encode(self.app.conf.message_max_bytes),
             eta=eta,
-            priority=self.app._priority_for(task, None),
+            priority=priority_for(self.app, task, None),
         )
         if retry.exc is not None:
             text = "".join(traceback.format_exception(retry.exc))

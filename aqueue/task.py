@@ -9,30 +9,17 @@ thread. Call options never share a namespace with task arguments: they go to `ap
 from __future__ import annotations
 
 import contextvars
-import dataclasses
-import datetime as dt
-import difflib
 import inspect
 import random
 from collections.abc import Callable, Container, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Generic,
-    Literal,
-    NoReturn,
-    ParamSpec,
-    TypedDict,
-    TypeVar,
-)
+from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, Unpack
 
+from . import current, sending
 from . import result as _result
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
-from .throttle import parse_rate
-
-if TYPE_CHECKING:
-    from .app import App
+from .interfaces import AppLike
+from .options import ManySendOptions, SendOptions, TaskOptions
 
 __all__ = [
     "AsyncTask",
@@ -42,6 +29,7 @@ __all__ = [
     "TaskOptions",
     "current_request",
     "current_revocations",
+    "make_task",
     "running_request",
 ]
 
@@ -90,111 +78,10 @@ current_revocations: contextvars.ContextVar[Container[str]] = contextvars.Contex
 )
 
 
-class TaskOptionArgs(TypedDict, total=False):
-    """The keyword options `@app.task(...)` takes (see `TaskOptions`)."""
-
-    name: str
-    ignore_result: bool
-    queue: str
-    priority: int
-    max_retries: int | None
-    default_retry_delay: float
-    autoretry_for: tuple[type[Exception], ...]
-    retry_backoff: bool | float
-    retry_backoff_max: float
-    retry_jitter: bool
-    time_limit: float
-    soft_time_limit: float
-    rate_limit: str | float | None
-    concurrency: int | None
-    executor: Literal["auto", "thread", "process"]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """Per-task options given to `@app.task(...)`; None means "use the app's setting".
-
-    Retries (Celery's names): `max_retries` (3; None retries for ever), `default_retry_delay`
-    (seconds, 180), `autoretry_for` (exception types that retry by themselves),
-    `retry_backoff` (True, or a base in seconds: the delay doubles with each retry, up to
-    `retry_backoff_max`, 600) and `retry_jitter` (True: a random delay up to the computed one).
-    Time limits: `soft_time_limit` and `time_limit`, in seconds. Throttles: `rate_limit`
-    ("10/m": across all workers where the app has Redis, else per worker) and `concurrency`
-    (at most this many running at once, counted the same way).
-    Executor: "auto" (an `async def` on the event loop, a `def` in a thread), "thread" (a `def`
-    only), or "process" (a `def` in a child process of the worker's pool: for CPU-bound code,
-    and code that must be killable at its hard `time_limit`).
-
-    `task_annotations` (`{"tasks.add": {"rate_limit": "10/m"}, "*": {...}}`) override these
-    for tasks by name, "*" for all, as in Celery.
-    """
-
-    name: str | None = None
-    bind: bool = False
-    ignore_result: bool | None = None
-    queue: str | None = None
-    priority: int | None = None
-    max_retries: int | None = 3
-    default_retry_delay: float = 180.0
-    autoretry_for: tuple[type[Exception], ...] = ()
-    retry_backoff: bool | float = False
-    retry_backoff_max: float = 600.0
-    retry_jitter: bool = True
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
-    rate_limit: str | float | None = None
-    concurrency: int | None = None
-    executor: Literal["auto", "thread", "process"] = "auto"
-
-    def __post_init__(self) -> None:
-        parse_rate(self.rate_limit)  # a malformed rate fails where it is written
-        if self.executor not in ("auto", "thread", "process"):
-            raise ConfigurationError(
-                f"executor must be 'auto', 'thread' or 'process', not {self.executor!r}"
-            )
-        if self.concurrency is not None and (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or self.concurrency < 1
-        ):
-            raise ConfigurationError(
-                f"concurrency must be a whole number >= 1, not {self.concurrency!r}"
-            )
-
-    @classmethod
-    def from_arguments(cls, **options: Any) -> TaskOptions:
-        """Build options from keyword arguments; an unknown name names the closest one."""
-        _check_names(options, "task option", identity=True)
-        return cls(**options)
-
-    def annotated(self, annotations: Any, name: str) -> TaskOptions:
-        """Return these options with `task_annotations` for task `name` applied ("*" first)."""
-        if not annotations:
-            return self
-        if not isinstance(annotations, Mapping):
-            raise ConfigurationError("task_annotations must be a mapping of task names to options")
-        changes: dict[str, Any] = {}
-        for key in ("*", name):
-            found = annotations.get(key) or {}
-            _check_names(found, f"task_annotations[{key!r}] option")
-            changes.update(found)
-        return dataclasses.replace(self, **changes) if changes else self
-
-
-def _check_names(options: Mapping[str, Any], what: str, *, identity: bool = False) -> None:
-    # A task's name and binding are the decorator's to set, not an annotation's.
-    known = TaskOptions.__dataclass_fields__
-    for name in options:
-        if name not in known or (not identity and name in ("name", "bind")):
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigurationError(f"unknown {what} {name!r}{hint}")
-
-
 class Task(Generic[P, R]):
     """A registered task. Use `AsyncTask` and `SyncTask` in annotations."""
 
-    def __init__(self, app: App | None, fn: Callable[..., Any], options: TaskOptions) -> None:
+    def __init__(self, app: AppLike | None, fn: Callable[..., Any], options: TaskOptions) -> None:
         self._app = app
         self.fn = fn
         self.declared = options
@@ -216,7 +103,7 @@ class Task(Generic[P, R]):
     @property
     def options(self) -> TaskOptions:
         """The options in force: as declared, with the app's `task_annotations` applied."""
-        app = self._app or _current_or_none()
+        app = self._app or current.current_app_or_none()
         annotations = app.conf.task_annotations if app is not None else None
         if annotations is not self._annotations:  # recomputed when the setting is replaced
             self._options = self.declared.annotated(annotations, self.name)
@@ -224,13 +111,9 @@ class Task(Generic[P, R]):
         return self._options
 
     @property
-    def app(self) -> App:
+    def app(self) -> AppLike:
         """The app this task sends through: its own, or the current one for a shared task."""
-        if self._app is not None:
-            return self._app
-        from .app import current_app
-
-        return current_app()
+        return self._app if self._app is not None else current.current_app()
 
     @property
     def request(self) -> Request:
@@ -300,52 +183,32 @@ class Task(Generic[P, R]):
 
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> _result.AsyncResult[R]:
         """Send the task to a worker with these arguments; return its result handle."""
-        return await self.app.send_task(self.name, args, kwargs)
+        return await sending.send(self.app, self.name, args, kwargs)
 
     async def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        countdown: float | None = None,
-        eta: dt.datetime | float | None = None,
-        expires: dt.datetime | float | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
     ) -> _result.AsyncResult[R]:
-        """Send the task with call options, as Celery's `apply_async`.
+        """Send the task with call options (`options.SendOptions`), as Celery's `apply_async`.
 
         `countdown` (seconds) or `eta` (an aware datetime, or a POSIX timestamp) delays it;
         `expires` (seconds from now, or a datetime) drops it if no worker started it in time.
         """
-        return await self.app.send_task(
-            self.name,
-            args,
-            kwargs,
-            task_id=task_id,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue,
-            priority=priority,
-            headers=headers,
-        )
+        return await sending.send(self.app, self.name, args, kwargs, **options)
 
     async def delay_many(
-        self, calls: Iterable[Sequence[Any]], **options: Any
+        self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
     ) -> list[_result.AsyncResult[R]]:
         """Send one invocation per tuple of positional arguments, all in one publish.
 
         For producers that fan out: `await add.delay_many([(1, 2), (3, 4)])`. `options` are
         `apply_async`'s (`countdown`, `queue`, `priority`, ...), shared by every invocation.
         """
-        results = await self.app.send_many(self.name, [(args, {}) for args in calls], **options)
-        return [
-            _result.AsyncResult(r.id, self.app, task_name=self.name, ignored=self.ignore_result)
-            for r in results
-        ]
+        return await sending.send_many(
+            self.app, self.name, [(args, {}) for args in calls], **options
+        )
 
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # Celery's name
         """Return the result handle of an invocation of this task sent earlier."""
@@ -375,7 +238,13 @@ class SyncTask(Task[P, R]):
         return result
 
 
-def _default_name(fn: Callable[..., Any], app: App | None) -> str:
+def make_task(app: AppLike | None, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:
+    """Wrap `fn` in the task class that matches it (async or sync)."""
+    cls: type[Task[Any, Any]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
+    return cls(app, fn, options)
+
+
+def _default_name(fn: Callable[..., Any], app: AppLike | None) -> str:
     module = fn.__module__
     if module == "__main__" and app is not None and app.main:
         module = app.main
@@ -389,15 +258,6 @@ def _check_executor(fn: Callable[..., Any], executor: str, *, is_async: bool) ->
             f"{fn.__qualname__} is an async def, which runs on the worker's event loop; "
             f"executor={executor!r} takes a plain def (drop executor=, or make it a def)"
         )
-
-
-def _current_or_none() -> App | None:
-    from .app import current_app
-
-    try:
-        return current_app()
-    except ConfigurationError:
-        return None
 
 
 def _plain_arity(signature: inspect.Signature) -> int | None:

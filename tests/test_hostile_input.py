@@ -12,7 +12,7 @@ import pytest
 from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker, codec
 from aqueue.codec import MAX_DEPTH
 from aqueue.control import RATE_LIMIT_PREFIX
-from aqueue.result import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
+from aqueue.result_meta import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
 
 from .conftest import MakeApp
 from .contract.test_mailbox import MAILBOX_DRIVERS

@@ -19,7 +19,7 @@ import pytest
 from aqueue import App, Broker, Delivery, TaskError, states
 from aqueue.drivers import create_broker
 from aqueue.isolation import Isolation
-from aqueue.result import ResultMeta
+from aqueue.result_meta import ResultMeta
 from aqueue.runner import Runner
 
 from . import service_amqp, service_redis

@@ -24,7 +24,7 @@ from aqueue import (
     TaskRevoked,
     states,
 )
-from aqueue.result import ResultMeta, rebuild_exception
+from aqueue.result_meta import ResultMeta, rebuild_exception
 
 pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 

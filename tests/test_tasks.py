@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import pytest
 
-import aqueue.app
+import aqueue.current
+import aqueue.sending
 from aqueue import (
     App,
     AsyncResult,
@@ -56,16 +57,16 @@ async def new_app() -> AsyncIterator[NewApp]:
 
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(aqueue.app, "time", types.SimpleNamespace(time=lambda: NOW))
+    monkeypatch.setattr(aqueue.sending, "time", types.SimpleNamespace(time=lambda: NOW))
     return NOW
 
 
 @pytest.fixture
 def isolated_shared_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Give shared_task and current_app a fresh world, restored after the test."""
-    monkeypatch.setattr(aqueue.app, "_shared", [])
-    monkeypatch.setattr(aqueue.app, "_apps", weakref.WeakSet())
-    monkeypatch.setattr(aqueue.app, "_current", [])
+    monkeypatch.setattr(aqueue.current, "_shared", [])
+    monkeypatch.setattr(aqueue.current, "_apps", weakref.WeakSet())
+    monkeypatch.setattr(aqueue.current, "_current", [])
 
 
 async def capture_publishes(app: App, monkeypatch: pytest.MonkeyPatch) -> list[OutgoingMessage]:
@@ -383,6 +384,21 @@ async def test_apply_async_with_task_id_and_headers(new_app: NewApp) -> None:
     [envelope] = await take_envelopes(app)
     assert envelope.id == "fixed-id"
     assert envelope.headers == {"trace": "t-1"}
+
+
+async def test_a_misspelt_call_option_is_refused_before_anything_is_sent(
+    new_app: NewApp,
+) -> None:
+    app = new_app()
+    task = app.task(add)
+    options: dict[str, Any] = {"countdwn": 5}  # as an untyped caller would pass it
+    with pytest.raises(TypeError, match="unknown call option 'countdwn'; did you mean 'countdown'"):
+        await task.apply_async([1, 2], **options)
+    with pytest.raises(TypeError, match="unknown call option 'task_id'"):
+        await task.delay_many([(1, 2)], **{"task_id": "x"})  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(TypeError, match="unknown call option 'qeue'; did you mean 'queue'"):
+        await app.send_task(task.name, [1, 2], **{"qeue": "q"})  # type: ignore[typeddict-unknown-key]
+    assert await take_envelopes(app) == []
 
 
 @pytest.mark.usefixtures("frozen_clock")

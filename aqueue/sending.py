@@ -1,0 +1,195 @@
+"""Producing messages: what `delay`, `apply_async`, `send_task` and `delay_many` do.
+
+The call options are declared once, in `options.SendOptions`. A call with none of them (every
+`delay()`) takes a short path that builds one message body directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Unpack
+
+from .backend import ResultBackend
+from .broker import Broker
+from .exceptions import ConfigurationError
+from .interfaces import AppLike, TaskLike
+from .message import Envelope, OutgoingMessage, encode_body, new_id
+from .options import ManySendOptions, SendOptions
+from .result import AsyncResult
+from .routing import route
+
+__all__ = ["priority_for", "send", "send_many"]
+
+
+async def send(
+    app: AppLike,
+    name: str,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    **options: Unpack[SendOptions],
+) -> AsyncResult[Any]:
+    """Send one invocation of task `name` (it need not be registered in this process)."""
+    _check(options, _SEND_OPTIONS)
+    if not any(value is not None for value in options.values()):
+        return await _send_plain(app, name, args or (), kwargs or {})
+    task_id = options.pop("task_id", None)
+    shared: ManySendOptions = options  # what is left once task_id is out
+    (result,) = await send_many(
+        app, name, [(args or (), kwargs or {})], task_ids=[task_id] if task_id else None, **shared
+    )
+    return result
+
+
+async def send_many(
+    app: AppLike,
+    name: str,
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    *,
+    task_ids: Sequence[str] | None = None,
+    **options: Unpack[ManySendOptions],
+) -> list[AsyncResult[Any]]:
+    """Send many invocations of one task, as `(args, kwargs)` pairs, in one publish.
+
+    Every message is encoded (and refused, if it must be) before any is sent.
+    """
+    _check(options, _MANY_SEND_OPTIONS)
+    broker, backend = await _connected(app)
+    task = app.tasks.get(name)
+    now = time.time()
+    when = _eta(now, options.get("countdown"), options.get("eta"))
+    until = _expires(now, options.get("expires"))
+    extra = {
+        **(backend.message_headers() if backend else {}),
+        **(options.get("headers") or {}),
+    }
+    priority = priority_for(app, task, options.get("priority"))
+    queue = options.get("queue")
+    messages: list[OutgoingMessage] = []
+    for index, (args, kwargs) in enumerate(calls):
+        envelope = Envelope(
+            id=task_ids[index] if task_ids else new_id(),
+            task=name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            eta=when,
+            expires=until,
+            headers=extra,
+        )
+        messages.append(
+            OutgoingMessage(
+                id=envelope.id,
+                queue=_queue_for(app, task, name, envelope.args, envelope.kwargs, queue),
+                body=envelope.encode(app.conf.message_max_bytes),
+                eta=when,
+                priority=priority,
+            )
+        )
+    await broker.publish(messages)
+    ignored = _ignored(app, task)
+    return [AsyncResult(message.id, app, task_name=name, ignored=ignored) for message in messages]
+
+
+async def _send_plain(
+    app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> AsyncResult[Any]:
+    """`send_many`'s work for one message with no call options, without the lists."""
+    broker, backend = await _connected(app)
+    task = app.tasks.get(name)
+    priority = priority_for(app, task, None)  # what fails first fails as in send_many
+    message_id = new_id()
+    args, kwargs = list(args), dict(kwargs)
+    queue = _queue_for(app, task, name, args, kwargs, None)
+    body = encode_body(
+        message_id,
+        name,
+        args,
+        kwargs,
+        None,
+        None,
+        0,
+        dict(backend.message_headers()) if backend is not None else {},
+        app.conf.message_max_bytes,
+    )
+    await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
+    return AsyncResult(message_id, app, task_name=name, ignored=_ignored(app, task))
+
+
+_SEND_OPTIONS = frozenset(SendOptions.__optional_keys__)
+_MANY_SEND_OPTIONS = frozenset(ManySendOptions.__optional_keys__)
+
+
+def _check(options: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    # The options are typed for mypy; an untyped caller's misspelt one must not pass unseen.
+    for name in options:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown call option {name!r}{hint}")
+
+
+async def _connected(app: AppLike) -> tuple[Broker, ResultBackend | None]:
+    opened = app.connected()
+    while opened is None:  # the app closed again between the two calls: open it again
+        await app.connection()
+        opened = app.connected()
+    return opened
+
+
+def _ignored(app: AppLike, task: TaskLike | None) -> bool:
+    return task.ignore_result if task is not None else app.conf.task_ignore_result
+
+
+def _queue_for(
+    app: AppLike,
+    task: TaskLike | None,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    queue: str | None,
+) -> str:
+    if queue:
+        return queue
+    routed = route(app.conf.task_routes, name, args, kwargs)
+    if routed:
+        return routed
+    if task is not None and task.options.queue:
+        return task.options.queue
+    return app.conf.task_default_queue
+
+
+def priority_for(app: AppLike, task: TaskLike | None, priority: int | None) -> int:
+    """Return the priority a message gets: the call's, else the task's, else the default."""
+    if priority is None and task is not None:
+        priority = task.options.priority
+    if priority is None:
+        return app.conf.task_default_priority
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ConfigurationError(f"priority must be a whole number from 0 to 9, not {priority!r}")
+    return priority
+
+
+def _timestamp(value: dt.datetime | float) -> float:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # naive datetimes are UTC, as in Celery (enable_utc)
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    return float(value)
+
+
+def _eta(now: float, countdown: float | None, eta: dt.datetime | float | None) -> float | None:
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("give countdown or eta, not both")
+    if countdown is not None:
+        return now + float(countdown) if countdown > 0 else None
+    return _timestamp(eta) if eta is not None else None
+
+
+def _expires(now: float, expires: dt.datetime | float | None) -> float | None:
+    if expires is None:
+        return None
+    if isinstance(expires, dt.datetime):
+        return _timestamp(expires)
+    return now + float(expires)
