@@ -1,4 +1,4 @@
-"""Operator commands: `aqueue inspect`, `control`, `purge`, `result` and `call`.
+"""The control plane's commands: `aqueue inspect`, `control`, `purge`, `result` and `call`.
 
     aqueue inspect tasks:app [-d HOST,...] [--timeout S] ping|active|scheduled|registered|stats
     aqueue control tasks:app rate_limit tasks.add 10/m
@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
+from .. import states
+from ..app import App
+from ..control import require_replies
+from ..exceptions import ConfigurationError
+from ..loader import load_app
+from .common import confirm, with_app
 
-from . import states
-from .app import App
-from .control import require_replies
-from .exceptions import AqueueError, ConfigurationError
-from .loader import load_app
-
-__all__ = ["add_commands", "confirm", "run", "with_app"]
+__all__ = ["add_commands"]
 
 INSPECT = ("ping", "active", "scheduled", "registered", "stats")
 
@@ -83,17 +80,6 @@ def _destination(args: argparse.Namespace) -> list[str] | None:
     if not args.destination:
         return None
     return [name.strip() for name in args.destination.split(",") if name.strip()]
-
-
-def with_app(args: argparse.Namespace, body: Callable[[App], Awaitable[int]]) -> int:
-    """Load `args.app`, open it, and run `body(app)` in an event loop; return its exit code."""
-    app = load_app(args.app)
-
-    async def run() -> int:
-        async with app:
-            return await body(app)
-
-    return anyio.run(run)
 
 
 def _print(value: Any) -> None:
@@ -160,16 +146,6 @@ def _purge(args: argparse.Namespace) -> int:
     return with_app(args, body)
 
 
-def confirm(question: str) -> bool:
-    """Ask a yes/no question on a terminal; False without one (a script must say --yes)."""
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
 def _result(args: argparse.Namespace) -> int:
     async def body(app: App) -> int:
         result = app.AsyncResult(args.task_id)
@@ -208,15 +184,3 @@ def _json(text: str, kind: type, option: str) -> Any:
     if not isinstance(value, kind):
         raise ConfigurationError(f"{option} must be a JSON {kind.__name__}, not {text!r}")
     return value
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run an operator command parsed by the CLI."""
-    command: Callable[[argparse.Namespace], int] = args.run
-    try:
-        return command(args)
-    except BaseExceptionGroup as group:  # anyio wraps errors raised inside the app's context
-        errors = group.exceptions
-        if len(errors) == 1 and isinstance(errors[0], AqueueError):
-            raise errors[0] from None
-        raise

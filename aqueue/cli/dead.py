@@ -18,11 +18,11 @@ import datetime as dt
 import sys
 from typing import Any
 
-from .app import App
-from .broker import DeadLetter, DeadLetterStats
-from .exceptions import ConfigurationError
-from .message import Envelope, InvalidMessage
-from .operate import confirm, with_app
+from ..app import App
+from ..broker import DeadLetter, DeadLetterStats
+from ..exceptions import ConfigurationError
+from ..message import Envelope, InvalidMessage
+from .common import confirm, with_app
 
 __all__ = ["add_commands"]
 

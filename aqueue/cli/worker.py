@@ -1,11 +1,4 @@
-"""The `aqueue` command: `aqueue worker tasks:app`, `check-config`, and the operator commands.
-
-`aqueue inspect|control|purge|result|call` live in `aqueue.operate`, `aqueue dead
-list|retry|purge` in `aqueue.dead`.
-
-Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
-on stderr and exit code 2, never a traceback.
-"""
+"""`aqueue worker MODULE:app`: run a worker, with its banner, logging and event loop."""
 
 from __future__ import annotations
 
@@ -14,40 +7,23 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any
 
 import anyio
 
-from . import dead, operate
-from ._version import __version__
-from .app import App
-from .banner import banner
-from .config import Settings
-from .drivers import create_backend, create_broker
-from .exceptions import AqueueError
-from .loader import import_from_cwd, load_app
-from .logs import setup_logging
-from .loops import LOOPS, describe, loop_factory
-from .urls import redact, redact_text, secrets_in
-from .worker import Worker
+from ..app import App
+from ..banner import banner
+from ..loader import load_app
+from ..logs import setup_logging
+from ..loops import LOOPS, describe, loop_factory
+from ..urls import secrets_in
+from ..worker import Worker
 
-__all__ = ["main"]
+__all__ = ["add_commands"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors never echo a URL's password (its subparsers too)."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print the usage and the error, passwords redacted, and exit with code 2."""
-        super().error(redact_text(message))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="aqueue", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(commands: Any) -> None:
+    """Add `aqueue worker` to the CLI's subparsers."""
     worker = commands.add_parser("worker", help="run a worker")
     worker.add_argument("app", metavar="MODULE:ATTRIBUTE", help="the App, e.g. tasks:app")
     worker.add_argument("-c", "--concurrency", type=_positive, help="tasks in flight at once")
@@ -77,12 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="grace period for running tasks on the first SIGTERM/SIGINT",
     )
 
-    check = commands.add_parser("check-config", help="validate a configuration module")
-    check.add_argument("module", help="the config module, e.g. aqueueconfig")
-    check.add_argument("--namespace", help='read NAMESPACE_SETTING names, e.g. "AQUEUE"')
-    operate.add_commands(commands)
-    dead.add_commands(commands)
-    return parser
+    worker.set_defaults(run=_worker)
 
 
 def _positive(text: str) -> int:
@@ -160,46 +131,3 @@ def _exit_past_blocked_threads(count: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _check_config(args: argparse.Namespace) -> int:
-    settings = Settings()
-    with import_from_cwd():
-        settings.from_object(args.module, namespace=args.namespace)
-    for url in (settings.broker_url, settings.result_backend):
-        if isinstance(url, str) and url not in ("disabled", "disabled://"):
-            # Resolves the driver (and its optional dependency) without connecting.
-            factory = create_broker if url is settings.broker_url else create_backend
-            factory(url, {})
-    print(f"{args.module}: configuration OK")
-    for name, value in settings.as_dict().items():
-        if value != getattr(Settings(), name):
-            shown = redact(value) if isinstance(value, str) else repr(value)
-            print(f"  {name} = {shown}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "worker":
-            return _worker(args)
-        if args.command == "check-config":
-            return _check_config(args)
-        return operate.run(args)
-    except AqueueError as exc:
-        print(f"aqueue: error: {exc}", file=sys.stderr)
-        return 2
-    except BaseExceptionGroup as group:
-        errors = group.exceptions
-        if len(errors) == 1 and isinstance(errors[0], AqueueError):
-            print(f"aqueue: error: {errors[0]}", file=sys.stderr)
-            return 2
-        raise
-    except KeyboardInterrupt:  # only before the worker's own signal handling is in place
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
