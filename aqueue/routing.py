@@ -27,13 +27,13 @@ def route(routes: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
         return None
     candidates = routes if isinstance(routes, list | tuple) else [routes]
     for candidate in candidates:
-        found = _one(candidate, name, args, kwargs)
+        found = _route_by(candidate, name, args, kwargs)
         if found is not None:
             return found
     return None
 
 
-def _one(router: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+def _route_by(router: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
     if isinstance(router, Mapping):
         if name in router:
             return _queue_of(router[name])
