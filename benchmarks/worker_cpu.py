@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from compare import AmqpPlace, RedisPlace  # the same clean-up as the peer comparison
+from comparing.places import AmqpPlace, RedisPlace  # the same clean-up as compare.py
 
 from aqueue import App, Worker
 from aqueue.loops import LOOPS, describe, loop_factory
