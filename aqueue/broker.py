@@ -89,6 +89,14 @@ class Delivery(abc.ABC):
     async def nack(self, *, delay: float = 0.0) -> None:
         """Give the message back to its queue, to be delivered again after `delay` seconds."""
 
+    async def release(self) -> None:
+        """Give back a message that this worker claimed and never started, at once.
+
+        Its task never ran here, so a broker that can should count neither this delivery nor a
+        run (Redis): it comes back as it was. By default, a `nack`.
+        """
+        await self.nack(delay=0.0)
+
     @abc.abstractmethod
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Move the message to its queue's dead letters with a machine-readable reason."""
@@ -143,6 +151,11 @@ class Broker(abc.ABC):
     renew_interval: float | None = None
     #: How many runs of a message may end in a dead worker before it is dead-lettered.
     max_deliveries: int = 5
+    #: Whether the worker should keep messages claimed ahead of its free slots (half its
+    #: concurrency): for a driver whose every claim is a round trip. They are renewed like
+    #: running ones and given back (`Delivery.release`) first at shutdown; none is claimed
+    #: ahead while a redelivered message is in the worker (see `aqueue.slots`).
+    claims_ahead: bool = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url

@@ -1,4 +1,5 @@
-"""The worker's inbox: every item taken once, woken consumers pass their turn on."""
+"""The worker's inbox and slots: every item taken once, woken consumers pass their turn on;
+messages claimed ahead never take a slot."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import anyio
 import pytest
 
-from aqueue.slots import WAKE_AHEAD, Inbox, InboxClosed
+from aqueue.slots import WAKE_AHEAD, Inbox, InboxClosed, Slots
 
 pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 
@@ -96,3 +97,58 @@ async def test_close_ends_every_sleeping_consumer() -> None:
         await anyio.wait_all_tasks_blocked()
         inbox.close()
     assert ended == 20
+
+
+async def test_slots_let_messages_wait_ahead_but_never_run_more_than_their_size() -> None:
+    slots = Slots(2, ahead=1)
+    assert await slots.wait() == 3  # two slots, one more claimed ahead
+    for _ in range(3):
+        slots.take()
+    assert (slots.used, slots.queued, slots.running) == (3, 3, 0)
+    slots.start()
+    slots.start()
+    assert slots.running == 2  # the third waits in the inbox, not in a slot
+
+    free: list[int] = []
+
+    async def taker() -> None:
+        free.append(await slots.wait())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(taker)
+        await anyio.wait_all_tasks_blocked()
+        assert free == []  # full: nothing more may be taken
+        slots.give_back()  # the queued one goes back unstarted
+    assert (slots.used, slots.queued) == (2, 0)
+    assert free == [1]
+
+
+async def test_a_held_task_waits_for_a_running_slot_not_for_the_queue() -> None:
+    slots = Slots(1, ahead=1)
+    slots.take()
+    slots.take()  # both queued, none running
+    with anyio.fail_after(1):
+        await slots.wait_slot()  # queued messages do not keep a held task out
+    slots.occupy()
+    assert slots.running == 1
+    woke = anyio.Event()
+
+    async def held() -> None:
+        await slots.wait_slot()
+        woke.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(held)
+        await anyio.wait_all_tasks_blocked()
+        assert not woke.is_set()
+        slots.release()
+        with anyio.fail_after(1):
+            await woke.wait()
+
+
+def test_the_inbox_lists_what_it_queues_without_taking_it() -> None:
+    inbox: Inbox[int] = Inbox()
+    inbox.put(1)
+    inbox.put(2)
+    assert inbox.queued() == [1, 2]
+    assert len(inbox) == 2

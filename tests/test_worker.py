@@ -284,7 +284,7 @@ async def test_concurrency_bounds_tasks_in_flight(make_app: MakeApp) -> None:
         with anyio.fail_after(10):
             await three_running.wait()
         await anyio.wait_all_tasks_blocked()
-        assert worker.slots.used == 3
+        assert worker.slots.running == 3
         release.set()
         for result in results:
             await result.get(timeout=10)
@@ -365,6 +365,40 @@ async def test_graceful_stop_lets_running_tasks_finish(make_app: MakeApp) -> Non
         await anyio.wait_all_tasks_blocked()
         release.set()
     assert await result.get(timeout=5) == "finished"
+
+
+async def test_stop_gives_back_what_has_not_started_before_the_grace_period(
+    make_app: MakeApp,
+) -> None:
+    # Two slots; a Redis worker also claims one message ahead of them. At stop, the running
+    # two finish, and the third never starts during the grace period: it goes back at once.
+    app = make_app()
+    started: list[int] = []
+    two_running = anyio.Event()
+    release = anyio.Event()
+
+    @app.task
+    async def slow(n: int) -> int:
+        started.append(n)
+        if len(started) == 2:
+            two_running.set()
+        await release.wait()
+        return n
+
+    results = [await slow.delay(n) for n in range(3)]
+    async with anyio.create_task_group() as group:
+        worker = await group.start(Worker(app, concurrency=2, shutdown_timeout=30).run)
+        with anyio.fail_after(10):
+            await two_running.wait()
+        await anyio.wait_all_tasks_blocked()
+        worker.stop()
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert sorted(started) == [0, 1]  # the third was given back, not run in the grace period
+    assert [await r.get(timeout=5) for r in results[:2]] == [0, 1]
+    await burst(app)
+    assert await results[2].get(timeout=5) == 2
+    assert sorted(started) == [0, 1, 2]
 
 
 async def test_stop_past_the_grace_period_returns_the_message(make_app: MakeApp) -> None:

@@ -206,6 +206,16 @@ class _RedisDelivery(Delivery):
         finally:
             self._release()
 
+    async def release(self) -> None:
+        """Give back a message never started: counted neither as a delivery nor as a run."""
+        if not self._settle():
+            return
+        try:
+            if not await self._broker._requeue(self._claimed, self._consumer, "release", 0.0):
+                self._lost("return")
+        finally:
+            self._release()
+
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Move the message to its queue's dead-letter stream."""
         if not self._settle():
@@ -244,6 +254,8 @@ def _requeue_call(
 
 class RedisBroker(Broker):
     """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
+
+    claims_ahead = True  # a claim is a round trip: the worker keeps some claimed ahead
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

@@ -150,7 +150,7 @@ def entry(argv: list[str]) -> None:
     if args.versions:
         versions_main()
         return
-    ensure_envs(argv)
+    ensure_envs(argv, args.systems_list)
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
         Path(args.profile).mkdir(parents=True, exist_ok=True)

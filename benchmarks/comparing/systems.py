@@ -83,9 +83,15 @@ def env_python(env: str) -> Path:
     return VENVS / env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_envs(argv: list[str]) -> None:
-    """Create/refresh the environments in benchmarks/.venv-peers, then re-execute in aqueue's."""
+def ensure_envs(argv: list[str], systems: list[str]) -> None:
+    """Create/refresh the environments in benchmarks/.venv-peers, then re-execute in aqueue's.
+
+    Only the environments of `systems` (and aqueue's, which runs this script) are prepared.
+    """
+    wanted_envs = {"aqueue", *(SYSTEM_ENV[system] for system in systems)}
     for env, packages in ENVS.items():
+        if env not in wanted_envs:
+            continue
         python = env_python(env)
         stamp = VENVS / env / ".bench-requirements"
         wanted = " ".join(packages)
