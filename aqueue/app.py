@@ -25,11 +25,10 @@ from typing import (
 import anyio
 
 from . import result as _result
-from .backend import ResultBackend
-from .broker import Broker
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .drivers import create_backend, create_broker
+from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, OutgoingMessage, encode_body, new_id
 from .routing import route

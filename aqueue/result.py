@@ -21,7 +21,7 @@ from .exceptions import ResultsDisabled, ResultTimeout, TaskError, TaskRevoked
 
 if TYPE_CHECKING:
     from .app import App
-    from .backend import ResultBackend
+    from .drivers.base import ResultBackend
 
 __all__ = [
     "MAX_MESSAGE_CHARS",

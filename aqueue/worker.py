@@ -47,8 +47,7 @@ from .task import current_revocations
 
 if TYPE_CHECKING:
     from .app import App
-    from .backend import ResultBackend
-    from .broker import Broker, Delivery
+    from .drivers.base import Broker, Delivery, ResultBackend
     from .message import Envelope
     from .task import Task
 
