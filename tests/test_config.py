@@ -16,7 +16,7 @@ import pytest
 
 from aqueue import App, ConfigurationError, Settings, UnknownSetting
 from aqueue.config import DEFAULT_BROKER_URL
-from aqueue.drivers.heartbeat import heartbeat_options
+from aqueue.drivers.options import heartbeat_options
 
 _numbers = itertools.count()
 

@@ -280,7 +280,7 @@ class Broker(abc.ABC):
         raise BrokerError(f"{type(self).__name__} cannot purge dead letters")
 
     def mailbox(self) -> Mailbox:
-        """Return the mailbox over this broker's transport (see `aqueue.drivers.base`)."""
+        """Return the mailbox over this broker's transport (see `Mailbox`)."""
         raise BrokerError(
             f"{type(self).__name__} has no mailbox: inspect, control and runtime rate limits "
             "need a broker that provides one"

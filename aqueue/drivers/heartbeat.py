@@ -27,40 +27,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from ..exceptions import ConfigurationError
-
-__all__ = ["Beats", "Heartbeat", "heartbeat_options"]
+__all__ = ["Beats", "Heartbeat"]
 
 logger = logging.getLogger("aqueue.heartbeat")
-
-
-def heartbeat_options(options: Mapping[str, Any]) -> tuple[float, float | None]:
-    """Return (interval, timeout) from a broker's options; timeout None: no heartbeat."""
-    raw_interval = options.get("heartbeat_interval")
-    interval = 1.0 if raw_interval is None else _seconds("heartbeat_interval", raw_interval)
-    raw_timeout = options.get("heartbeat_timeout", 5.0)
-    if raw_timeout is None:
-        return interval, None
-    timeout = _seconds("heartbeat_timeout", raw_timeout)
-    if not timeout > interval:
-        raise ConfigurationError(
-            f"heartbeat_timeout ({timeout:g} s) must be more than heartbeat_interval "
-            f"({interval:g} s): a few beats must fit in it"
-        )
-    return interval, timeout
-
-
-def _seconds(name: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if isinstance(value, bool) or not 0 < seconds < math.inf:
-        raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
-    return seconds
 
 
 class Beats(Protocol):

@@ -38,7 +38,7 @@ What it promises:
   `max_deliveries` runs is dead-lettered (the worker does it first, with a failure result).
   Quorum queues count every redelivery themselves (`x-delivery-limit`), held messages too.
 - **Mailbox** (`mailbox()`, see `mailbox`): control-plane topics over the direct
-  exchange `aqueue.drivers.base`, durable settings in the classic queue `aqueue.settings`.
+  exchange `aqueue.mailbox`, durable settings in the classic queue `aqueue.settings`.
 - **Reconnects**: a consumer whose connection dropped reconnects with backoff (capped at 3 s)
   and consumes again; publishers retry on the new connection.
 
@@ -61,9 +61,10 @@ import anyio
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from ...exceptions import BrokerError, ConfigurationError
+from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
-from ..base import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..options import BrokerOptions
 from .connection import Link, broker_error, parse_amqp_url
 from .consumer import (
     H_AT,
@@ -99,13 +100,13 @@ class AMQPBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.settings = parse_amqp_url(url, options)
-        deliveries = options.get("max_deliveries")
-        self.max_deliveries = 5 if deliveries is None else int(deliveries)
-        if self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
+        #: The options aqueue defines, checked; no leases here (see `aqueue.drivers.options`).
+        self.broker_options = opts = BrokerOptions.parse(options, leases=False)
+        self.max_deliveries = opts.max_deliveries
         self.link = Link(self.settings, "broker")
-        cap = int(options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES)
-        self.topology = Topology(self.link, self.settings, self.max_deliveries, cap)
+        self.topology = Topology(
+            self.link, self.settings, self.max_deliveries, opts.dead_letter_max_bytes
+        )
         self._dead = DeadLetters(self.link, self.topology, self._retry)
         self._publisher: Pipeline | None = None
         self._publisher_lock = anyio.Lock()

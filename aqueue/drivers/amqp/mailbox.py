@@ -2,7 +2,7 @@
 
 No plugin is needed. Every name starts with the `prefix` option.
 
-**Topics.** `publish(topic, data)` publishes to the durable exchange `aqueue.drivers.base` with the
+**Topics.** `publish(topic, data)` publishes to the durable exchange `aqueue.mailbox` with the
 topic as routing key (not mandatory: no subscriber is fine; not persistent). The exchange is a
 *direct* one rather than a topic exchange: routing keys match exactly, so dots, `*` and `#` in a
 topic mean nothing. `subscribe(topic)` declares an exclusive, auto-delete, server-named queue on
@@ -219,7 +219,7 @@ class AMQPMailbox(Mailbox):
     def __init__(self, link: Link, settings: AMQPSettings) -> None:
         self.link = link
         self.settings = settings
-        self.exchange = f"{settings.prefix}aqueue.drivers.base"
+        self.exchange = f"{settings.prefix}aqueue.mailbox"
         self.settings_queue = f"{settings.prefix}aqueue.settings"
         self._publisher: AbstractChannel | None = None
         self._lock = anyio.Lock()

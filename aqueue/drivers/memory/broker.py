@@ -28,6 +28,7 @@ from ..base import (
     Delivery,
     Mailbox,
 )
+from ..options import MAX_DELIVERIES
 from .mailbox import MemoryMailbox
 
 __all__ = ["MemoryBroker"]
@@ -75,7 +76,7 @@ class MemoryBroker(Broker):
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
-        self.max_deliveries = int(options.get("max_deliveries", 5))
+        self.max_deliveries = int(options.get("max_deliveries", MAX_DELIVERIES))
         self._ready: dict[str, list[_Ready]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
         self.dead_letter_max_bytes = int(

@@ -60,10 +60,11 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ...exceptions import BrokerError, ConfigurationError
+from ...exceptions import BrokerError
 from ...message import OutgoingMessage
-from ..base import DEAD_LETTER_MAX_BYTES, Broker, Credit, DeadLetter, DeadLetterStats, Delivery
-from ..heartbeat import Heartbeat, heartbeat_options
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..heartbeat import Heartbeat
+from ..options import BrokerOptions
 from . import dead as deadletters
 from . import scripts as lua
 from .client import (
@@ -251,25 +252,22 @@ class RedisBroker(Broker):
         self.settings: RedisSettings = parse_redis_url(
             url, options, ignore=frozenset(_BROKER_OPTIONS)
         )
-        timeout = options.get("visibility_timeout")
-        self.visibility_timeout = 30.0 if timeout is None else float(timeout)
-        deliveries = options.get("max_deliveries")
-        self.max_deliveries = 5 if deliveries is None else int(deliveries)
-        if not self.visibility_timeout > 0:
-            raise ConfigurationError(f"visibility_timeout must be > 0, not {timeout!r}")
-        if self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
-        self.renew_interval = self.visibility_timeout / 3
-        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_options(options)
+        #: The options aqueue defines, checked (see `aqueue.drivers.options`).
+        self.broker_options = opts = BrokerOptions.parse(options)
+        self.visibility_timeout = opts.visibility_timeout
+        self.max_deliveries = opts.max_deliveries
+        self.renew_interval = opts.renew_interval
+        self.heartbeat_interval, self.heartbeat_timeout = (
+            opts.heartbeat_interval,
+            opts.heartbeat_timeout,
+        )
         #: This broker's name, the start of its consumers' names (see `scripts`).
         self.owner = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
         #: The beats hashes of the queues consumed so far (replaced, never changed in place:
         #: the heartbeat thread reads it).
         self.beat_keys: tuple[str, ...] = ()
         self.heartbeat: Heartbeat | None = None
-        self.dead_letter_max_bytes = int(
-            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
-        )
+        self.dead_letter_max_bytes = opts.dead_letter_max_bytes
         #: How often a consumer looks for messages whose lease ran out.
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None

@@ -18,13 +18,12 @@ import math
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 
-from ..heartbeat import Heartbeat, heartbeat_options
+from ..heartbeat import Heartbeat
+from ..options import BrokerOptions
 from .database import BUSY_TIMEOUT_MS, STRICT, placeholders
 from .wake import notify
 
@@ -124,8 +123,8 @@ class _Beats:
 class Beating:
     """One broker's heartbeat: its owner id, its thread, and when it judges others."""
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self.interval, self.timeout = heartbeat_options(options)
+    def __init__(self, options: BrokerOptions) -> None:
+        self.interval, self.timeout = options.heartbeat_interval, options.heartbeat_timeout
         #: The broker's consumer id: the start of every lease token it makes.
         self.owner = uuid.uuid4().hex
         self.heartbeat: Heartbeat | None = None

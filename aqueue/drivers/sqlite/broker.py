@@ -37,10 +37,9 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 
-from ...exceptions import BrokerError, ConfigurationError
+from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
 from ..base import (
-    DEAD_LETTER_MAX_BYTES,
     UNSTARTED_FACTOR,
     Broker,
     Credit,
@@ -49,6 +48,7 @@ from ..base import (
     Delivery,
     Mailbox,
 )
+from ..options import BrokerOptions
 from . import dead as deadletters
 from .beats import SCHEMA as BEATS_SCHEMA
 from .beats import Beating, Judge, expire_dead_owners, oldest_beat
@@ -379,19 +379,13 @@ class SQLiteBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self._path = parse_sqlite_url(url)
-        timeout = options.get("visibility_timeout")
-        self.visibility_timeout = 30.0 if timeout is None else float(timeout)
-        deliveries = options.get("max_deliveries")
-        self.max_deliveries = 5 if deliveries is None else int(deliveries)
-        if not self.visibility_timeout > 0:
-            raise ConfigurationError(f"visibility_timeout must be > 0, not {timeout!r}")
-        if self.max_deliveries < 1:
-            raise ConfigurationError(f"max_deliveries must be at least 1, not {deliveries!r}")
-        self.renew_interval = self.visibility_timeout / 3
-        self._beating = Beating(options)  # heartbeats: see `beats`
-        self.dead_letter_max_bytes = int(
-            options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES
-        )
+        #: The options aqueue defines, checked (see `aqueue.drivers.options`).
+        self.broker_options = opts = BrokerOptions.parse(options)
+        self.visibility_timeout = opts.visibility_timeout
+        self.max_deliveries = opts.max_deliveries
+        self.renew_interval = opts.renew_interval
+        self._beating = Beating(opts)  # heartbeats: see `beats`
+        self.dead_letter_max_bytes = opts.dead_letter_max_bytes
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
