@@ -27,21 +27,18 @@ import anyio
 from . import result as _result
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
-from .drivers import create_backend, create_broker
+from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
 from .message import Envelope, OutgoingMessage, encode_body, new_id
 from .routing import route
 from .task import AsyncTask, SyncTask, Task, TaskOptionArgs, TaskOptions
-from .urls import redact, scheme_of
+from .urls import redact
 
 __all__ = ["App", "current_app", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Result backends for brokers whose scheme has no store of the same name.
-_DEFAULT_BACKENDS = {"amqp": "rpc://", "amqps": "rpc://", "pyamqp": "rpc://"}
 
 
 class TaskDecorator(Protocol):
@@ -125,7 +122,7 @@ class App:
         if isinstance(setting, str) and setting:
             return setting
         broker = self.broker_url
-        return _DEFAULT_BACKENDS.get(scheme_of(broker), broker)
+        return default_backend(broker)
 
     def config_from_object(self, obj: object, namespace: str | None = None) -> None:
         """Read settings from a module, `"module"` / `"module:attr"`, or an object.
