@@ -34,7 +34,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import (
@@ -50,10 +50,21 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-if TYPE_CHECKING:
-    from .client import RedisSettings
+__all__ = ["ConnectionSettings", "RespClient", "encode_bulk", "encode_command", "encode_head"]
 
-__all__ = ["RespClient", "encode_bulk", "encode_command", "encode_head"]
+
+class ConnectionSettings(Protocol):
+    """What the client reads of a `client.RedisSettings`: redis-py's connection keywords."""
+
+    @property
+    def url(self) -> str:
+        """The URL, redacted: safe to show."""
+        ...
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of a redis-py connection (host, port, password, ssl_*...)."""
+        ...
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -238,7 +249,9 @@ class _Protocol(asyncio.Protocol):
 class RespClient:
     """A Redis client on one connection, opened when first needed (see the module)."""
 
-    def __init__(self, settings: RedisSettings, *, socket_timeout: float | None = None) -> None:
+    def __init__(
+        self, settings: ConnectionSettings, *, socket_timeout: float | None = None
+    ) -> None:
         """`socket_timeout` overrides the settings' (a blocking read needs a longer one)."""
         self.settings = settings
         self.timeout = (
