@@ -90,8 +90,7 @@ from .consumer import (
     QueueKeys,
     run_key,
 )
-from .mailbox import RedisMailbox
-from .pubsub import PubSub
+from .mailbox import Channels, RedisMailbox
 from .resp import RespClient, encode_bulk, encode_head
 from .throttle import RedisRateLimiter, RedisSemaphore
 
@@ -278,7 +277,7 @@ class RedisBroker(Broker):
         self._keys: dict[str, QueueKeys] = {}
         #: The encoded start of the XADD of a ready message, by queue and priority (`_add`).
         self._xadd: dict[tuple[str, int], bytes] = {}
-        self._channels: PubSub | None = None
+        self._channels: Channels | None = None
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
@@ -343,10 +342,10 @@ class RedisBroker(Broker):
         self._readers.discard(reader)
         await reader.aclose()
 
-    def _pubsub(self) -> PubSub:
+    def _pubsub(self) -> Channels:
         self._redis()
         if self._channels is None:
-            self._channels = PubSub(self.settings)
+            self._channels = Channels(self.settings)
         return self._channels
 
     def mailbox(self) -> RedisMailbox:

@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from ..base import RateLimiter, Semaphore
 from .client import Batcher, RedisSettings, Script, redis_errors, run_scripts
-from .pubsub import PubSub
+from .mailbox import Channels
 
 __all__ = ["RedisRateLimiter", "RedisSemaphore"]
 
@@ -195,7 +195,7 @@ class RedisSemaphore(Semaphore):
         self,
         settings: RedisSettings,
         client: Callable[[], aioredis.Redis],
-        channels: PubSub,
+        channels: Channels,
     ) -> None:
         self._settings = settings
         self._client = client
