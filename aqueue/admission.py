@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .throttle import LocalRateLimiter, LocalSemaphore, RateLimiter, Semaphore, parse_rate
+from .drivers.base import RateLimiter, Semaphore
+from .throttle import LocalRateLimiter, LocalSemaphore, parse_rate
 
 if TYPE_CHECKING:
     from .task import Task

@@ -23,23 +23,19 @@ import anyio
 
 from . import current, sending
 from . import result as _result
-from .backend import ResultBackend
-from .broker import Broker
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
-from .drivers import create_backend, create_broker
+from .drivers import create_backend, create_broker, default_backend
+from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
 from .task import AsyncTask, SyncTask, Task, make_task
-from .urls import redact, scheme_of
+from .urls import redact
 
 __all__ = ["App", "current_app", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Result backends for brokers whose scheme has no store of the same name.
-_DEFAULT_BACKENDS = {"amqp": "rpc://", "amqps": "rpc://", "pyamqp": "rpc://"}
 
 
 class TaskDecorator(Protocol):
@@ -123,7 +119,7 @@ class App:
         if isinstance(setting, str) and setting:
             return setting
         broker = self.broker_url
-        return _DEFAULT_BACKENDS.get(scheme_of(broker), broker)
+        return default_backend(broker)
 
     def config_from_object(self, obj: object, namespace: str | None = None) -> None:
         """Read settings from a module, `"module"` / `"module:attr"`, or an object.

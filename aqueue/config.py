@@ -19,6 +19,13 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
+from .drivers.base import DEAD_LETTER_MAX_BYTES
+from .drivers.options import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    MAX_DELIVERIES,
+    VISIBILITY_TIMEOUT,
+)
 from .exceptions import ConfigurationError, UnknownSetting
 from .loops import LOOPS
 from .urls import redact_text
@@ -46,18 +53,18 @@ class Settings:
     result_backend: str | bool | None = None
     broker_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     result_backend_transport_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    broker_visibility_timeout: float = 30.0
-    broker_max_deliveries: int = 5
+    broker_visibility_timeout: float = VISIBILITY_TIMEOUT
+    broker_max_deliveries: int = MAX_DELIVERIES
     #: SQLite and Redis: how often a consuming process records that it is alive (from a thread
     #: of its own, so a task blocking the event loop does not stop it).
-    broker_heartbeat_interval: float = 1.0
+    broker_heartbeat_interval: float = HEARTBEAT_INTERVAL
     #: SQLite and Redis: a consumer whose last heartbeat is older than this is dead, and the
     #: messages it held are reclaimed at once instead of when their leases run out; None: no
     #: heartbeats, leases only. Must be more than `broker_heartbeat_interval`.
-    broker_heartbeat_timeout: float | None = 5.0
+    broker_heartbeat_timeout: float | None = HEARTBEAT_TIMEOUT
     #: The bytes of dead letters each queue keeps (bodies, reasons, details): past it, the
     #: oldest are dropped. RabbitMQ leaves this to a policy (see the README).
-    broker_dead_letter_max_bytes: int = 64 << 20
+    broker_dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
     task_serializer: str = "msgpack"
     result_serializer: str = "msgpack"
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["msgpack"])

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from .backend import ResultBackend
-from .broker import Broker
 from .config import Settings
+from .drivers.base import Broker, ResultBackend
 from .options import TaskOptions
 
 __all__ = ["AppLike", "TaskLike"]

@@ -22,7 +22,7 @@ from .exceptions import ConfigurationError
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
-    from .mailbox import Mailbox
+    from .drivers.base import Mailbox
     from .worker import Worker
 
 __all__ = ["RemoteControl", "Revocations"]

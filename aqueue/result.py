@@ -16,7 +16,7 @@ from .exceptions import ResultsDisabled, ResultTimeout, TaskRevoked
 from .result_meta import ResultMeta, rebuild_exception
 
 if TYPE_CHECKING:
-    from .backend import ResultBackend
+    from .drivers.base import ResultBackend
     from .interfaces import AppLike
 
 __all__ = ["AsyncResult"]

@@ -35,8 +35,7 @@ from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
     from .app import App
-    from .backend import ResultBackend
-    from .broker import Broker, Delivery
+    from .drivers.base import Broker, Delivery, ResultBackend
     from .processes import ProcessPool
 
 __all__ = ["Active", "Runner"]

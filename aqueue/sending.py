@@ -12,8 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
-from .backend import ResultBackend
-from .broker import Broker
+from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError
 from .interfaces import AppLike, TaskLike
 from .message import Envelope, OutgoingMessage, encode_body, new_id

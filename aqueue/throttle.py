@@ -15,7 +15,6 @@ Both are seams with a local implementation here and a global one where the app h
 
 from __future__ import annotations
 
-import abc
 import math
 import re
 import time
@@ -24,9 +23,10 @@ from typing import Literal
 
 import anyio
 
+from .drivers.base import RateLimiter, Semaphore
 from .exceptions import ConfigurationError
 
-__all__ = ["LocalRateLimiter", "LocalSemaphore", "RateLimiter", "Semaphore", "parse_rate"]
+__all__ = ["LocalRateLimiter", "LocalSemaphore", "parse_rate"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*([smh]))?\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -59,21 +59,6 @@ def parse_rate(rate: str | float | None) -> float | None:
     return per_second or None
 
 
-class RateLimiter(abc.ABC):
-    """Books task starts at a rate."""
-
-    #: "global": one rate for all workers; "local": each worker keeps the rate on its own.
-    scope: Literal["global", "local"]
-
-    @abc.abstractmethod
-    async def reserve(self, key: str, rate: float, burst: int = 1) -> float:
-        """Book the next start of `key` at `rate` per second; return seconds to wait for it.
-
-        `burst` starts may go at once after a quiet spell; beyond it, starts are spaced
-        `1 / rate` apart.
-        """
-
-
 class LocalRateLimiter(RateLimiter):
     """GCRA in this process: each worker admits `rate` on its own."""
 
@@ -95,29 +80,6 @@ class LocalRateLimiter(RateLimiter):
         start = max(now, tat - (burst - 1) * interval)
         self._tat[key] = (tat + interval, interval)
         return start - now
-
-
-class Semaphore(abc.ABC):
-    """At most `limit` holders of a key at once, with leases that a dead holder cannot keep."""
-
-    #: "global": counted across all workers; "local": in this worker only.
-    scope: Literal["global", "local"]
-
-    @abc.abstractmethod
-    async def acquire(self, key: str, limit: int, lease: float) -> str | None:
-        """Take a place for `lease` seconds; return its token, or None if all are taken."""
-
-    @abc.abstractmethod
-    async def renew(self, key: str, token: str, lease: float) -> None:
-        """Extend a held place's lease."""
-
-    @abc.abstractmethod
-    async def release(self, key: str, token: str) -> None:
-        """Give a place back, waking a waiter."""
-
-    @abc.abstractmethod
-    async def wait(self, key: str, at_most: float) -> None:
-        """Return when a place of `key` may have come free, or after `at_most` seconds."""
 
 
 class LocalSemaphore(Semaphore):

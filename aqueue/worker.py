@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
+from .drivers.options import VISIBILITY_TIMEOUT
 from .exceptions import BrokerError, ConfigurationError
 from .isolation import Isolation
 from .loopwatch import LoopWatch, blocking_tasks
@@ -48,8 +49,7 @@ from .task import current_revocations
 
 if TYPE_CHECKING:
     from .app import App
-    from .backend import ResultBackend
-    from .broker import Broker, Delivery
+    from .drivers.base import Broker, Delivery, ResultBackend
     from .message import Envelope
     from .task import Task
 
@@ -583,7 +583,7 @@ def _admission(
 ) -> Admission:
     limiter = broker.rate_limiter() or (backend.rate_limiter() if backend else None)
     semaphore = broker.semaphore() or (backend.semaphore() if backend else None)
-    lease = float(broker.options.get("visibility_timeout") or 30.0)
+    lease = float(broker.options.get("visibility_timeout") or VISIBILITY_TIMEOUT)
     admission = Admission(limiter, semaphore, lease=lease)
     admission.overrides = overrides
     return admission

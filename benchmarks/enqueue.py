@@ -81,7 +81,7 @@ def _with_query(url: str, **query: str) -> str:
 
 
 async def _clean_amqp(url: str, prefix: str) -> None:
-    from aqueue.brokers._amqp_topology import LEVELS
+    from aqueue.drivers.amqp.topology import LEVELS
 
     base = f"{prefix}aqueue"
     queues = [f"{prefix}{QUEUE}", f"{base}.dead.{QUEUE}"]
@@ -94,7 +94,7 @@ async def _clean_amqp(url: str, prefix: str) -> None:
 async def _delete_amqp(url: str, queues: list[str], exchanges: list[str]) -> None:
     import aiormq
 
-    from aqueue._amqp import parse_amqp_url
+    from aqueue.drivers.amqp.connection import parse_amqp_url
 
     settings = parse_amqp_url(url)
     async with aiormq.connect(settings.aiormq_url("aqueue-bench")) as connection:

@@ -123,7 +123,7 @@ async def one_run(url: str, tasks: int) -> float:
 
 
 async def cleanup_redis(url: str) -> None:
-    from aqueue._redis import parse_redis_url
+    from aqueue.drivers.redis.client import parse_redis_url
 
     settings = parse_redis_url(url, {})
     client = settings.client()

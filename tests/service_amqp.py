@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 import aiormq
 import anyio
 
-from aqueue._amqp import parse_amqp_url
-from aqueue.brokers._amqp_topology import LEVELS
+from aqueue.drivers.amqp.connection import parse_amqp_url
+from aqueue.drivers.amqp.topology import LEVELS
 from aqueue.urls import redact
 
 #: Whether the contract suite runs on this driver.

@@ -39,7 +39,7 @@ def make_url(unique: str) -> str:
 
 def client(url: str = URL) -> aioredis.Redis:
     """A plain client for the server of `url` (close it with `aclose`)."""
-    from aqueue._redis import parse_redis_url
+    from aqueue.drivers.redis.client import parse_redis_url
 
     return parse_redis_url(url, {}).client()
 

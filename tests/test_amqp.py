@@ -27,12 +27,12 @@ import pytest
 from pamqp import commands as spec
 
 from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker
-from aqueue._amqp import Link, parse_amqp_url
-from aqueue.brokers._amqp_consumer import AMQPDelivery, stamp
-from aqueue.brokers._amqp_publisher import Outgoing
-from aqueue.brokers._amqp_topology import LEVELS, delay_levels, delay_routing_key
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
+from aqueue.drivers.amqp.broker import AMQPBroker
+from aqueue.drivers.amqp.connection import Link, parse_amqp_url
+from aqueue.drivers.amqp.consumer import AMQPDelivery, stamp
+from aqueue.drivers.amqp.publisher import Outgoing
+from aqueue.drivers.amqp.topology import LEVELS, delay_levels, delay_routing_key
 
 from . import service_amqp
 from .conftest import service_unavailable

@@ -1,4 +1,4 @@
-"""The worker connection's own frame reader (`aqueue.brokers._amqp_frames`).
+"""The worker connection's own frame reader (`aqueue.drivers.amqp.frames`).
 
 Its decoders against pamqp's unmarshal on frames pamqp marshalled; the reader against aiormq's
 own `FrameReceiver.get_frame` on the same bytes (frames, errors, end of stream), at every read
@@ -27,10 +27,10 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from aqueue import OutgoingMessage
-from aqueue.brokers import _amqp_frames as frames
-from aqueue.brokers._amqp_consumer import Session
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
+from aqueue.drivers.amqp import frames as frames
+from aqueue.drivers.amqp.broker import AMQPBroker
+from aqueue.drivers.amqp.consumer import Session
 
 from . import service_amqp
 from .conftest import service_unavailable

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from aqueue.brokers import _amqp_mailbox
-from aqueue.brokers._amqp_mailbox import AMQPMailbox, Subscription
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
+from aqueue.drivers.amqp import mailbox as _amqp_mailbox
+from aqueue.drivers.amqp.broker import AMQPBroker
+from aqueue.drivers.amqp.mailbox import AMQPMailbox, Subscription
 from aqueue.exceptions import BrokerError
 
 from . import service_amqp

@@ -1,4 +1,4 @@
-"""Concurrent publishes on RabbitMQ coalesce (`_amqp_publisher.Pipeline`), on a real RabbitMQ.
+"""Concurrent publishes on RabbitMQ coalesce (`publisher.Pipeline`), on a real RabbitMQ.
 
 Many callers share a write; each still returns once its own messages are confirmed, and gets
 the errors of its own messages only: a cancelled caller, an unroutable message, a dropped
@@ -20,10 +20,10 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from aqueue import BrokerError, OutgoingMessage
-from aqueue.brokers import amqp
-from aqueue.brokers._amqp_publisher import Outgoing, Pipeline, _Encoder
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
+from aqueue.drivers.amqp import broker as amqp
+from aqueue.drivers.amqp.broker import AMQPBroker
+from aqueue.drivers.amqp.publisher import Outgoing, Pipeline, _Encoder
 
 from . import service_amqp
 from .conftest import service_unavailable

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.drivers import create_broker
+from aqueue.drivers.amqp.broker import AMQPBroker
 
 from . import service_amqp
 from .conftest import service_unavailable

@@ -2,7 +2,7 @@
 
 Results go back to the sending process's reply queue; these check that path between two
 backends (as a worker and a caller), the defaults, reconnects, and the limits the docstring of
-`aqueue.backends.rpc` states.
+`aqueue.drivers.amqp.rpc` states.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from aqueue import App, Worker, states
-from aqueue.backends.rpc import RPCBackend
 from aqueue.drivers import create_backend
+from aqueue.drivers.amqp.rpc import RPCBackend
 
 from . import service_amqp, service_redis
 from .conftest import service_unavailable

@@ -405,7 +405,9 @@ def test_sys_path_is_restored_after_the_cli_ran(
 @pytest.fixture
 def redis_backend_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let `redis://` resolve to an in-process class, so no Redis client library is needed."""
-    monkeypatch.setitem(drivers._BACKENDS, "redis", ("aqueue.backends.memory:MemoryBackend", None))
+    monkeypatch.setitem(
+        drivers._BACKENDS, "redis", ("aqueue.drivers.memory.results:MemoryBackend", None)
+    )
 
 
 @pytest.mark.usefixtures("redis_backend_resolves")
@@ -569,8 +571,12 @@ def test_banner_shows_disabled_results_and_default_transport(chdir_tmp: Path) ->
 def test_worker_log_lines_scrub_the_broker_password(
     write_module: WriteModule, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(drivers._BROKERS, "redis", ("aqueue.brokers.memory:MemoryBroker", None))
-    monkeypatch.setitem(drivers._BACKENDS, "redis", ("aqueue.backends.memory:MemoryBackend", None))
+    monkeypatch.setitem(
+        drivers._BROKERS, "redis", ("aqueue.drivers.memory.broker:MemoryBroker", None)
+    )
+    monkeypatch.setitem(
+        drivers._BACKENDS, "redis", ("aqueue.drivers.memory.results:MemoryBackend", None)
+    )
     name = write_module(
         """
         import logging

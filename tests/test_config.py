@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from aqueue import App, ConfigurationError, Settings, UnknownSetting
-from aqueue._heartbeat import heartbeat_options
 from aqueue.config import DEFAULT_BROKER_URL
+from aqueue.drivers.options import heartbeat_options
 
 _numbers = itertools.count()
 

@@ -19,9 +19,9 @@ import anyio
 import pytest
 
 from aqueue import OutgoingMessage
-from aqueue._heartbeat import Heartbeat
-from aqueue.broker import Broker, Delivery
-from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.drivers.base import Broker, Delivery
+from aqueue.drivers.heartbeat import Heartbeat
+from aqueue.drivers.sqlite.broker import SQLiteBroker
 
 from . import service_redis
 from .consuming import Credit
@@ -161,7 +161,7 @@ async def test_sqlite_without_heartbeats_waits_for_the_lease(tmp_path: Path) -> 
 
 
 async def test_redis_takes_what_a_dead_owners_consumers_held(shared_url: str) -> None:
-    from aqueue.brokers.redis import RedisBroker
+    from aqueue.drivers.redis.broker import RedisBroker
 
     broker = RedisBroker(shared_url, {**FAST, "visibility_timeout": 60})
     client = service_redis.client(shared_url)
@@ -195,7 +195,7 @@ async def test_redis_takes_what_a_dead_owners_consumers_held(shared_url: str) ->
 
 
 async def test_redis_without_heartbeats_writes_no_beats(shared_url: str) -> None:
-    from aqueue.brokers.redis import RedisBroker
+    from aqueue.drivers.redis.broker import RedisBroker
 
     broker = RedisBroker(shared_url, {"heartbeat_timeout": None})
     client = service_redis.client(shared_url)
@@ -213,7 +213,7 @@ async def test_redis_without_heartbeats_writes_no_beats(shared_url: str) -> None
 async def test_redis_beats_that_are_not_a_hash_stop_no_consumer(
     shared_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from aqueue.brokers.redis import RedisBroker
+    from aqueue.drivers.redis.broker import RedisBroker
 
     broker = RedisBroker(shared_url, FAST)
     client = service_redis.client(shared_url)

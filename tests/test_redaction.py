@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from aqueue import App, BrokerError, ConfigurationError, Worker
-from aqueue._amqp import parse_amqp_url
-from aqueue._redis import parse_redis_url
 from aqueue.cli import main
 from aqueue.config import Settings
 from aqueue.drivers import create_backend, create_broker
+from aqueue.drivers.amqp.connection import parse_amqp_url
+from aqueue.drivers.redis.client import parse_redis_url
 from aqueue.urls import redact, redact_text, scheme_of
 
 SECRET = "s3cretPW"

@@ -34,12 +34,12 @@ from aqueue import (  # noqa: E402
     Worker,
     states,
 )
-from aqueue._redis import parse_redis_url  # noqa: E402
-from aqueue.backends.redis import RedisBackend  # noqa: E402
-from aqueue.broker import UNSTARTED_FACTOR  # noqa: E402
-from aqueue.brokers._redis_consumer import Consumer  # noqa: E402
-from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
+from aqueue.drivers.base import UNSTARTED_FACTOR  # noqa: E402
+from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
+from aqueue.drivers.redis.client import parse_redis_url  # noqa: E402
+from aqueue.drivers.redis.consumer import Consumer  # noqa: E402
+from aqueue.drivers.redis.results import RedisBackend  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 from .consuming import Credit, drain  # noqa: E402
@@ -614,7 +614,7 @@ async def test_waiting_on_a_closed_backend_is_an_error(url: str) -> None:
 
 
 async def test_batcher_coalesces_and_shares_failures() -> None:
-    from aqueue._redis import Batcher
+    from aqueue.drivers.redis.client import Batcher
 
     batches: list[list[int]] = []
 
@@ -645,7 +645,7 @@ async def test_batcher_coalesces_and_shares_failures() -> None:
 
 
 async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
-    from aqueue._redis import Batcher
+    from aqueue.drivers.redis.client import Batcher
 
     gate = anyio.Event()
     batches: list[list[int]] = []

@@ -19,7 +19,7 @@ from . import service_redis
 service_redis.require_client_library()  # before anything imports redis-py
 
 from aqueue import App, Worker  # noqa: E402
-from aqueue.brokers.redis import RedisBroker  # noqa: E402
+from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Concurrent publishes on Redis share writes (`aqueue._resp`), on real Redis servers.
+"""Concurrent publishes on Redis share writes (`aqueue.drivers.redis.resp`), on real Redis servers.
 
 Each caller still returns once Redis answered its own XADD, and gets its own errors: a cancelled
 caller leaves the connection in step and the others' messages as they were; a connection lost
@@ -22,8 +22,8 @@ service_redis.require_client_library()  # before anything imports redis-py
 import redis.asyncio as aioredis  # noqa: E402
 
 from aqueue import App, BrokerError, OutgoingMessage  # noqa: E402
-from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_broker  # noqa: E402
+from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
 from aqueue.message import Envelope  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402

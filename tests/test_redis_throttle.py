@@ -26,12 +26,12 @@ from . import service_redis
 service_redis.require_client_library()  # before anything imports redis-py
 
 from aqueue import BrokerError  # noqa: E402
-from aqueue._redis import parse_redis_url  # noqa: E402
-from aqueue._redis_mailbox import Channels  # noqa: E402
-from aqueue._redis_throttle import RedisRateLimiter, RedisSemaphore  # noqa: E402
-from aqueue.backends.redis import RedisBackend  # noqa: E402
-from aqueue.brokers.redis import RedisBroker  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
+from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
+from aqueue.drivers.redis.client import parse_redis_url  # noqa: E402
+from aqueue.drivers.redis.mailbox import Channels  # noqa: E402
+from aqueue.drivers.redis.results import RedisBackend  # noqa: E402
+from aqueue.drivers.redis.throttle import RedisRateLimiter, RedisSemaphore  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 
@@ -492,7 +492,7 @@ async def test_releasing_twice_is_harmless_and_a_lost_lease_is_not_renewed(
     await semaphore.release(key, first)
     await semaphore.release(key, "never-held")
     assert await broker._redis().zrange(semaphore.key(key), 0, -1) == [second.encode()]
-    with caplog.at_level(logging.WARNING, logger="aqueue._redis_throttle"):
+    with caplog.at_level(logging.WARNING, logger="aqueue.drivers.redis.throttle"):
         await semaphore.renew(key, first, lease=30)
     assert "ran out" in caplog.text
     assert await broker._redis().zcard(semaphore.key(key)) == 1

@@ -1,4 +1,4 @@
-"""The lean Redis client of the worker's hot path (`aqueue._resp`), on a real Redis.
+"""The lean Redis client of the worker's hot path (`aqueue.drivers.redis.resp`), on a real Redis.
 
 RESP encoding, pipelining many callers on one connection, error replies, cancelled callers,
 `socket_timeout`, lost connections, AUTH / client name / SELECT, Unix sockets, TLS (with
@@ -43,8 +43,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E4
 from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: E402
 
 from aqueue import App, Worker  # noqa: E402
-from aqueue._redis import parse_redis_url  # noqa: E402
-from aqueue._resp import RespClient, encode_bulk, encode_command, encode_head  # noqa: E402
+from aqueue.drivers.redis.client import parse_redis_url  # noqa: E402
+from aqueue.drivers.redis.resp import RespClient, encode_bulk, encode_command, encode_head  # noqa: E402
 
 from .conftest import service_unavailable  # noqa: E402
 from .test_redis_processes import STEP, RedisServer, free_port, spawn  # noqa: E402

@@ -25,16 +25,15 @@ from aqueue import (
     DeadLetterStats,
     Delivery,
     OutgoingMessage,
-    _wake,
     states,
 )
-from aqueue._sqlite import parse_sqlite_url
-from aqueue.backend import StoredResult
-from aqueue.backends import sqlite as sqlite_backend
-from aqueue.backends.sqlite import SQLiteBackend
-from aqueue.broker import UNSTARTED_FACTOR
-from aqueue.brokers import sqlite as sqlite_broker
-from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.drivers.base import UNSTARTED_FACTOR, StoredResult
+from aqueue.drivers.sqlite import broker as sqlite_broker
+from aqueue.drivers.sqlite import results as sqlite_backend
+from aqueue.drivers.sqlite import wake as _wake
+from aqueue.drivers.sqlite.broker import SQLiteBroker
+from aqueue.drivers.sqlite.database import parse_sqlite_url
+from aqueue.drivers.sqlite.results import SQLiteBackend
 from aqueue.message import DeadLetterReason
 
 QUEUE = "default"
@@ -269,7 +268,7 @@ async def test_an_expired_lease_goes_to_another_consumer_and_fences_the_first(
     taken = await next_delivery(second)  # woken when the lease runs out, not by a poll
     assert time.time() >= claimed + 0.3 - 0.01
     assert (taken.body, taken.delivery_count) == (b"slow", 2)
-    with caplog.at_level(logging.WARNING, logger="aqueue.brokers.sqlite"):
+    with caplog.at_level(logging.WARNING, logger="aqueue.drivers.sqlite.broker"):
         await stale.ack()  # refused: the lease is the second consumer's now
         await stale.dead_letter("too-late")
     assert "another consumer holds it" in caplog.text
@@ -495,7 +494,7 @@ async def test_without_unix_sockets_consumers_look_again_on_a_timer(
 PUBLISH = """
 import sys, time, anyio
 from aqueue import OutgoingMessage
-from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.drivers.sqlite.broker import SQLiteBroker
 
 async def main():
     async with SQLiteBroker(sys.argv[1], {}) as broker:
@@ -573,7 +572,7 @@ async def test_wait_wakes_on_a_ready_store_by_another_connection(
 
 STORE = """
 import sys, anyio
-from aqueue.backends.sqlite import SQLiteBackend
+from aqueue.drivers.sqlite.results import SQLiteBackend
 
 async def main():
     async with SQLiteBackend(sys.argv[1], {}) as backend:

@@ -11,11 +11,11 @@ import anyio
 import pytest
 
 from aqueue import App, Worker
-from aqueue._sqlite import STRICT
-from aqueue.backends.sqlite import SCHEMA as RESULTS_SCHEMA
-from aqueue.brokers._sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
-from aqueue.brokers.sqlite import SCHEMA as BROKER_SCHEMA
 from aqueue.drivers import create_backend
+from aqueue.drivers.sqlite.broker import SCHEMA as BROKER_SCHEMA
+from aqueue.drivers.sqlite.database import STRICT
+from aqueue.drivers.sqlite.mailbox import SCHEMA as MAILBOX_SCHEMA
+from aqueue.drivers.sqlite.results import SCHEMA as RESULTS_SCHEMA
 
 ALL_SCHEMA = (*BROKER_SCHEMA, *MAILBOX_SCHEMA, *RESULTS_SCHEMA)
 TABLES = ["aqueue_dead_letters", "aqueue_mailbox", "aqueue_messages", "aqueue_results"]

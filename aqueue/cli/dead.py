@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from ..app import App
-from ..broker import DeadLetter, DeadLetterStats
+from ..drivers.base import DeadLetter, DeadLetterStats
 from ..exceptions import ConfigurationError
 from ..message import Envelope, InvalidMessage
 from .common import confirm, with_app

@@ -10,7 +10,7 @@ import pytest
 
 from aqueue import Broker
 from aqueue.drivers import create_broker
-from aqueue.mailbox import Mailbox
+from aqueue.drivers.base import Mailbox
 
 pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 

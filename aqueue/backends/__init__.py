@@ -1,1 +1,0 @@
-"""Result backend drivers, one module each, imported only when their URL scheme is used."""

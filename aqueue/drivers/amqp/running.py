@@ -1,0 +1,136 @@
+"""Recording the start of a run on a RabbitMQ classic queue: a copy held while the task runs.
+
+RabbitMQ counts no deliveries on classic queues, and a delivered message cannot be changed: a
+message that kills its worker comes back as it was, forever. So `begin` (the worker calls it
+before running a redelivered message alone, see `aqueue.isolation`) replaces the message by a
+copy whose `aqueue-runs` header says one more run:
+
+1. the copy is published to a running queue of this connection's own, `<queue>.running.<id>`,
+   whose messages have a TTL of 0 and dead-letter to the message's queue;
+2. the running queue's consumer (on a channel of its own) takes the copy at once, and keeps it
+   unacknowledged while the task runs; then the original is acknowledged;
+3. settling the delivery settles the copy: an ack deletes it. If the worker dies instead, its
+   connection closes, the copy goes back to the running queue, expires there at once and is
+   dead-lettered to its queue: delivered again, with its count of runs.
+
+A running queue is deleted by RabbitMQ a minute after its consumer went (`x-expires`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+
+from ...exceptions import BrokerError
+from .connection import amqp_errors, released
+from .publisher import Outgoing
+
+if TYPE_CHECKING:
+    from .broker import AMQPBroker
+    from .consumer import AMQPDelivery
+
+__all__ = ["H_COPY", "H_RUNS", "RunningCopies"]
+
+logger = logging.getLogger("aqueue.amqp")
+
+H_RUNS = "aqueue-runs"  # recorded runs: copies made by `begin`
+H_COPY = "aqueue-copy"  # the nonce that finds a copy in the running queue's deliveries
+#: How long `begin` waits for its copy to come back from the running queue.
+COPY_TIMEOUT = 10.0
+#: A running queue without its consumer is deleted after this long (ms).
+RUNNING_EXPIRES_MS = 60_000
+
+
+class RunningCopies:
+    """The running queues of one broker, and the copies they hold."""
+
+    def __init__(self, broker: AMQPBroker) -> None:
+        self.broker = broker
+        self.id = uuid.uuid4().hex[:12]
+        self._channel: AbstractChannel | None = None
+        self._queues: set[str] = set()
+        self._waiting: dict[str, asyncio.Future[DeliveredMessage]] = {}
+        self._lock = anyio.Lock()
+
+    def name(self, queue: str) -> str:
+        """Return the running queue of `queue` for this broker."""
+        return f"{self.broker.topology.queue(queue)}.running.{self.id}"
+
+    async def hold(self, delivery: AMQPDelivery) -> tuple[AbstractChannel, DeliveredMessage]:
+        """Publish a copy of the delivery with one more run; return it, held unacknowledged."""
+        channel = await self._ready(delivery.queue)
+        nonce = uuid.uuid4().hex
+        future: asyncio.Future[DeliveredMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[nonce] = future
+        original = delivery.message.header.properties
+        headers: dict[str, Any] = dict(original.headers or {})
+        headers.pop("x-death", None)
+        headers.update({H_RUNS: delivery.runs + 1, H_COPY: nonce})
+        properties = spec.Basic.Properties(
+            delivery_mode=2,
+            priority=original.priority,
+            headers=headers,
+            message_id=original.message_id,
+        )
+        try:
+            await self.broker._send(
+                [Outgoing("", self.name(delivery.queue), delivery.body, properties)]
+            )
+            with anyio.fail_after(COPY_TIMEOUT):
+                return channel, await future
+        except TimeoutError:
+            raise BrokerError(
+                f"the copy of a message of {delivery.queue!r} did not come back from its "
+                f"running queue within {COPY_TIMEOUT:g} s; it runs from its queue instead"
+            ) from None
+        finally:
+            self._waiting.pop(nonce, None)
+
+    async def _ready(self, queue: str) -> AbstractChannel:
+        """Return the running channel, with a consumer on the running queue of `queue`."""
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self.broker.link.channel(confirms=False)
+                self._queues.clear()
+            channel = self._channel
+            if queue not in self._queues:
+                topology = self.broker.topology
+                arguments: dict[str, Any] = {
+                    "x-queue-type": "classic",
+                    "x-message-ttl": 0,
+                    "x-expires": RUNNING_EXPIRES_MS,
+                    "x-dead-letter-exchange": topology.exchange,
+                    "x-dead-letter-routing-key": topology.queue(queue),
+                }
+                async with amqp_errors(self.broker.settings, "declare a running queue"):
+                    await topology.ensure_queues([queue])
+                    await channel.queue_declare(self.name(queue), durable=True, arguments=arguments)
+                    await channel.basic_consume(self.name(queue), self._on_message)
+                self._queues.add(queue)
+            return channel
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        headers = message.header.properties.headers or {}
+        nonce = headers.get(H_COPY)
+        future = self._waiting.get(nonce.decode() if isinstance(nonce, bytes) else str(nonce))
+        if future is not None and not future.done():
+            future.set_result(message)
+            return
+        # Nobody waits for it (its `begin` gave up): to its queue, through the dead letters.
+        assert isinstance(message.delivery, spec.Basic.Deliver)
+        with released("return a copy"):
+            await message.channel.basic_reject(message.delivery.delivery_tag or 0, requeue=False)
+
+    async def close(self) -> None:
+        """Close the running channel (copies still held go back, and on to their queues)."""
+        channel, self._channel = self._channel, None
+        self._queues.clear()
+        if channel is not None and not channel.is_closed:
+            with anyio.CancelScope(shield=True), released("close the running channel"):
+                await channel.close()

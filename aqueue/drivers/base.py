@@ -1,0 +1,403 @@
+"""The seams every driver implements: brokers, result backends, mailboxes and throttles.
+
+A driver subclasses `Broker` (and, if it stores results, `ResultBackend`) and registers its URL
+scheme (see `aqueue.drivers`).
+
+**Brokers** publish encoded messages and hand out `Delivery` objects; each delivery is
+acknowledged only after its task finished, which makes every driver at-least-once. The worker
+asks for messages with a `Credit`: the number of free slots it has right now. A driver never
+holds more unacknowledged deliveries for a consumer than the credit it was given, and it blocks
+on the server (a blocking read, a push consumer, a notification) while the queues are empty,
+never on a clock.
+
+**Result backends** store results as opaque bytes with their state (see `aqueue.states`) and a
+time to live. `wait` returns once a ready state is stored, and waits on a notification where
+the backend has one (pub/sub, a reply queue, a wake-up socket), never on a poll loop.
+
+**The mailbox** carries how the app and its workers talk outside the task queues. Every broker
+offers one (`Broker.mailbox()`), over its own transport: pub/sub on Redis, a topic exchange on
+RabbitMQ, the database on SQLite, memory in one process. It carries
+
+- **topics**: `publish(topic, data)` reaches every current subscriber of the topic (fan-out;
+  nothing is kept for subscribers that come later). The control plane sends commands on
+  `control.broadcast` and `control.<hostname>`, and replies on a topic of the asker's;
+- **settings**: a small durable key-value store (`put`, `get`, `items`, `delete`) for runtime
+  changes that a restarted worker must pick up: rate limits set with `aqueue control`,
+  revoked task ids.
+
+**Throttles** (`RateLimiter`, `Semaphore`) are described in `aqueue.throttle`, which holds their
+in-process implementations; a broker or backend may offer global ones.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Protocol, Self
+
+from ..exceptions import BrokerError
+from ..message import OutgoingMessage
+
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "DEAD_LETTER_MAX_COUNT",
+    "UNSTARTED_FACTOR",
+    "Broker",
+    "Credit",
+    "DeadLetter",
+    "DeadLetterStats",
+    "Delivery",
+    "Mailbox",
+    "RateLimiter",
+    "ResultBackend",
+    "Semaphore",
+    "StoredResult",
+]
+
+#: The dead letters a queue keeps, in bytes (bodies, reasons and details) and in number: past
+#: either, the oldest are dropped (the newest is always kept). `broker_dead_letter_max_bytes`
+#: (the broker option `dead_letter_max_bytes`) changes the first.
+DEAD_LETTER_MAX_BYTES = 64 << 20
+DEAD_LETTER_MAX_COUNT = 100_000
+
+#: A message delivered `UNSTARTED_FACTOR * max_deliveries` times is dead-lettered even with no
+#: run recorded: a backstop for one that kills its worker before its task starts.
+UNSTARTED_FACTOR = 10
+
+
+class Credit(Protocol):
+    """How many more deliveries a consumer may take now."""
+
+    async def wait(self) -> int:
+        """Wait until at least one slot is free; return how many are."""
+        ...
+
+
+class Delivery(abc.ABC):
+    """One message handed to a consumer, with the means to settle it exactly once.
+
+    `runs` counts the times a worker recorded (`begin`) that it started this message's task
+    without settling it: the crashes it may have caused. A worker begins only redelivered
+    messages (`suspect`), each run alone (`aqueue.isolation`), so a message that was merely
+    held by a worker that died is not blamed for its death.
+    """
+
+    __slots__ = ("body", "delivery_count", "queue", "runs")
+
+    def __init__(self, body: bytes, queue: str, delivery_count: int, runs: int = 0) -> None:
+        self.body = body
+        self.queue = queue
+        self.delivery_count = delivery_count  # 1 on the first delivery
+        self.runs = runs
+
+    @property
+    def suspect(self) -> bool:
+        """Whether this message may have been running when a worker died (a redelivery)."""
+        return self.delivery_count > 1 or self.runs > 0
+
+    async def begin(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Record durably that a run of the task starts now (`runs` of later deliveries).
+
+        A broker whose messages do not outlive the worker (memory) needs no record.
+        """
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Remove the message for good: its task finished."""
+
+    @abc.abstractmethod
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Give the message back to its queue, to be delivered again after `delay` seconds."""
+
+    async def release(self) -> None:
+        """Give back a message that this worker claimed and never started, at once.
+
+        Its task never ran here, so a broker that can should count neither this delivery nor a
+        run (Redis): it comes back as it was. By default, a `nack`.
+        """
+        await self.nack(delay=0.0)
+
+    @abc.abstractmethod
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Move the message to its queue's dead letters with a machine-readable reason."""
+
+    async def renew(self) -> None:  # noqa: B027 - deliberately a no-op by default
+        """Extend the lease of a message that is still being worked on.
+
+        Brokers that hold a message for as long as the consumer's connection lives (AMQP) need
+        no renewal; lease-based brokers (SQLite, Redis) override this.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a worker refused, with the reason it gave."""
+
+    queue: str
+    body: bytes
+    reason: str
+    detail: str
+    at: float
+    #: The driver's name for it, for `retry_dead_letters` and `purge_dead_letters`.
+    id: str = ""
+
+    @property
+    def size(self) -> int:
+        """What it counts for against `dead_letter_max_bytes`."""
+        return dead_letter_size(self.body, self.reason, self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterStats:
+    """What a queue's dead letters hold: how many, their bytes, how many were dropped.
+
+    None where the driver cannot know (RabbitMQ: the bytes and the drops of a length policy).
+    """
+
+    kept: int
+    bytes: int | None
+    dropped: int | None
+
+
+def dead_letter_size(body: bytes, reason: str, detail: str) -> int:
+    """Return the bytes a dead letter counts for: its body, reason and detail (UTF-8)."""
+    return len(body) + len(reason.encode()) + len(detail.encode())
+
+
+class RateLimiter(abc.ABC):
+    """Books task starts at a rate."""
+
+    #: "global": one rate for all workers; "local": each worker keeps the rate on its own.
+    scope: Literal["global", "local"]
+
+    @abc.abstractmethod
+    async def reserve(self, key: str, rate: float, burst: int = 1) -> float:
+        """Book the next start of `key` at `rate` per second; return seconds to wait for it.
+
+        `burst` starts may go at once after a quiet spell; beyond it, starts are spaced
+        `1 / rate` apart.
+        """
+
+
+class Semaphore(abc.ABC):
+    """At most `limit` holders of a key at once, with leases that a dead holder cannot keep."""
+
+    #: "global": counted across all workers; "local": in this worker only.
+    scope: Literal["global", "local"]
+
+    @abc.abstractmethod
+    async def acquire(self, key: str, limit: int, lease: float) -> str | None:
+        """Take a place for `lease` seconds; return its token, or None if all are taken."""
+
+    @abc.abstractmethod
+    async def renew(self, key: str, token: str, lease: float) -> None:
+        """Extend a held place's lease."""
+
+    @abc.abstractmethod
+    async def release(self, key: str, token: str) -> None:
+        """Give a place back, waking a waiter."""
+
+    @abc.abstractmethod
+    async def wait(self, key: str, at_most: float) -> None:
+        """Return when a place of `key` may have come free, or after `at_most` seconds."""
+
+
+class Mailbox(abc.ABC):
+    """Fan-out topics and durable settings over a broker's transport."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Send `data` to every current subscriber of `topic`."""
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Receive what is published on `topic` from the moment the context is entered."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store a setting, for `ttl` seconds or for good."""
+
+    @abc.abstractmethod
+    async def items(self, prefix: str) -> dict[str, bytes]:
+        """Return every live setting whose key starts with `prefix`."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove a setting."""
+
+
+class Broker(abc.ABC):
+    """A message transport. Use it as an async context manager, or call `open` and `close`."""
+
+    #: How often the worker must call `Delivery.renew` on running messages; None: never.
+    renew_interval: float | None = None
+    #: How many runs of a message may end in a dead worker before it is dead-lettered.
+    max_deliveries: int = 5
+    #: Whether the worker should keep messages claimed ahead of its free slots (half its
+    #: concurrency): for a driver whose every claim is a round trip. They are renewed like
+    #: running ones and given back (`Delivery.release`) first at shutdown; none is claimed
+    #: ahead while a redelivered message is in the worker (see `aqueue.slots`).
+    claims_ahead: bool = False
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.options = options
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create what the driver needs; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+
+    @abc.abstractmethod
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Put messages on their queues; return once the broker holds them durably."""
+
+    @abc.abstractmethod
+    def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        """Yield deliveries from `queues`, at most as many unsettled as `credit` allows.
+
+        Across queues, a higher priority goes first, then the older message. With `burst`, stop
+        once no message is ready (delayed messages not yet due do not count). Closing the
+        generator gives back anything it claimed but did not yield.
+        """
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete every waiting message of `queue`; return how many went."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the oldest dead letters of `queue`, up to `limit`."""
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        raise BrokerError(f"{type(self).__name__} cannot count dead letters")
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters of `queue` (those in `ids`, else all) back on it; return how many.
+
+        They go back at priority 0 with a fresh delivery count; unknown ids are skipped.
+        """
+        raise BrokerError(f"{type(self).__name__} cannot retry dead letters")
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters of `queue` (those named in `ids`, else all); return how many."""
+        raise BrokerError(f"{type(self).__name__} cannot purge dead letters")
+
+    def mailbox(self) -> Mailbox:
+        """Return the mailbox over this broker's transport (see `Mailbox`)."""
+        raise BrokerError(
+            f"{type(self).__name__} has no mailbox: inspect, control and runtime rate limits "
+            "need a broker that provides one"
+        )
+
+    def rate_limiter(self) -> RateLimiter | None:
+        """Return a limiter shared by every worker of this broker, if it can have one."""
+        return None
+
+    def semaphore(self) -> Semaphore | None:
+        """Return a semaphore shared by every worker of this broker, if it can have one."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A state and its encoded result metadata, as a backend keeps them."""
+
+    state: str
+    payload: bytes
+
+
+class ResultBackend(abc.ABC):
+    """A result store. Use it as an async context manager, or call `open` and `close`."""
+
+    #: Whether every process can `fetch` what a worker stored (not so for `rpc://`, whose
+    #: results travel to the caller alone).
+    shared: ClassVar[bool] = True
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.options = options
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and wake no one; idempotent."""
+
+    def message_headers(self) -> Mapping[str, Any]:
+        """Headers for every message the app sends, so its results can find their way back.
+
+        A backend that routes results to the sending process (`rpc://`) names its reply queue
+        here; the worker hands the headers back to `store`.
+        """
+        return {}
+
+    @abc.abstractmethod
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store the latest state of a task, replacing the one before, for `ttl` seconds.
+
+        `headers` are the task message's headers (see `message_headers`).
+        """
+
+    @abc.abstractmethod
+    async def fetch(self, task_id: str) -> StoredResult | None:
+        """Return what is stored for the task, or None."""
+
+    @abc.abstractmethod
+    async def wait(self, task_id: str) -> StoredResult:
+        """Return once the task is in a ready state; the caller bounds the wait with a timeout."""
+
+    @abc.abstractmethod
+    async def forget(self, task_id: str) -> None:
+        """Delete what is stored for the task."""
+
+    def rate_limiter(self) -> RateLimiter | None:
+        """Return a limiter shared by every worker using this store, if it can have one."""
+        return None
+
+    def semaphore(self) -> Semaphore | None:
+        """Return a semaphore shared by every worker using this store, if it can have one."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,55 @@
+"""Results held in this process, with expiry times, and waiters woken by events.
+
+`memory://` keeps every result this way; `rpc://` keeps the results its reply queue brings.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+from ..states import READY_STATES
+from .base import StoredResult
+
+__all__ = ["LocalResults"]
+
+
+class LocalResults:
+    """A dict of results by task id, each until it expires; `wait` sleeps on an event."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, tuple[StoredResult, float]] = {}
+        self._waiters: dict[str, anyio.Event] = {}
+
+    def keep(self, task_id: str, state: str, payload: bytes, ttl: float) -> None:
+        """Keep a result for `ttl` seconds, and wake its waiters if it is final."""
+        now = time.monotonic()
+        self._results[task_id] = (StoredResult(state, payload), now + ttl)
+        if len(self._results) % 1024 == 0:
+            for key in [key for key, (_, expiry) in self._results.items() if expiry <= now]:
+                del self._results[key]
+        if state in READY_STATES and (event := self._waiters.pop(task_id, None)):
+            event.set()
+
+    def get(self, task_id: str) -> StoredResult | None:
+        """Return the result unless it expired."""
+        entry = self._results.get(task_id)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._results[task_id]
+            return None
+        return entry[0]
+
+    async def wait(self, task_id: str) -> StoredResult:
+        """Wait until a ready state is kept for the task."""
+        while True:
+            stored = self.get(task_id)
+            if stored is not None and stored.state in READY_STATES:
+                return stored
+            await self._waiters.setdefault(task_id, anyio.Event()).wait()
+
+    def forget(self, task_id: str) -> None:
+        """Drop the result."""
+        self._results.pop(task_id, None)

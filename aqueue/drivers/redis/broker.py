@@ -1,0 +1,562 @@
+"""`redis://`, `rediss://`, `unix://`: a broker on Redis Streams with consumer groups.
+
+Each queue has one stream per priority level (`<prefix>:{<queue>}:p0` ... `:p9`) read by the
+consumer group `aqueue`, a sorted set of delayed messages, a wake-up stream and a dead-letter
+stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `scripts`).
+
+- A consumer claims up to its credit (at most `CLAIM_BATCH`) in one Lua script (due delayed
+  messages move to their streams, then priority 9 first, oldest first), and when nothing is
+  ready it blocks in
+  `XREADGROUP ... BLOCK` on every stream of its queues: a publish wakes it at once. It sleeps
+  no longer than the next delayed message (a publish of an earlier one wakes a consumer through
+  the wake-up stream) or its next reclaim sweep.
+- A delivered message stays pending until it is settled. `renew` (the worker's heartbeat)
+  resets its idle time; a message idle longer than `visibility_timeout` belongs to a dead
+  consumer and is reclaimed (`XAUTOCLAIM`) by the sweep of any live one, which every consumer
+  runs every `visibility_timeout / 2` seconds. Settling is fenced by owner and delivery counter:
+  a consumer whose lease ran out cannot settle the message another consumer now holds.
+- Runs: `begin` (the worker calls it before running a redelivered message alone, see
+  `aqueue.isolation`) and `nack` add one to the message's field in the hash
+  `<prefix>:{<queue>}:runs` (keyed by a digest of the body, which survives `nack` and delays);
+  a redelivered message with `max_deliveries` runs goes to the dead letters
+  (`max-deliveries`); the worker does it first, with a failure result. Deliveries blame
+  nothing: a message merely held by a worker that died is not the one that killed it.
+- Heartbeats (`aqueue.drivers.heartbeat`): a consuming broker records in each of its queues'
+  `beats` hash, every `heartbeat_interval` seconds from a thread of its own, that it is alive
+  (in Redis's time). A claim takes the messages of consumers whose owner's beat is older than
+  `heartbeat_timeout` at once, without waiting for their leases; an idle consumer looks again
+  when the oldest beat would go stale, and at least every `heartbeat_timeout` seconds.
+- `nack` and a closing consumer give messages back at once, as new entries (counting the
+  deliveries so far), not after the lease.
+- Connections: publishes, claims and acks share one lean pipelined connection (`resp`),
+  and each consumer blocks on a connection of its own; redis-py serves everything else.
+  Concurrent publishes coalesce there: what callers send in one turn of the event loop while
+  replies are awaited goes in one write, and each caller returns on its own reply (an error
+  reply fails its caller alone; a lost connection, the callers whose commands were in flight).
+  Publishes are not sent again after a lost connection: the caller gets a `BrokerError`.
+- Lost connections: the consumer retries with backoff (at most 2 s apart), and recreates the
+  consumer groups and scripts a restarted Redis lost (`consumer`).
+- Across queues, priority goes first, then age: stream ids (Redis time, in milliseconds).
+
+The mailbox (`aqueue.drivers.redis.mailbox`: pub/sub topics, settings in a hash), the global rate
+limiter and the lease-based semaphore (`aqueue.drivers.redis.throttle`) are made on first use, once
+per broker; the mailbox's subscriptions and the semaphore's waiters share one pub/sub
+connection of the broker's own.
+
+Options (URL query or `broker_transport_options`): `prefix` (default `aqueue`), the connection
+options of `client`, and `visibility_timeout` / `max_deliveries` / `heartbeat_interval` /
+`heartbeat_timeout` as on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ...exceptions import BrokerError
+from ...message import OutgoingMessage
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..heartbeat import Heartbeat
+from ..options import BrokerOptions
+from . import dead as deadletters
+from . import scripts as lua
+from .client import (
+    SOCKET_TIMEOUT,
+    Batcher,
+    RedisSettings,
+    Script,
+    answering,
+    broker_error,
+    close_clients,
+    parse_redis_url,
+    process_tag,
+    redis_errors,
+    run_scripts,
+)
+from .consumer import (
+    CLAIM_BATCH,
+    GROUP,
+    MAX_BLOCK,
+    Beats,
+    Claimed,
+    Consumer,
+    QueueKeys,
+    run_key,
+)
+from .mailbox import Channels, RedisMailbox
+from .resp import RespClient, encode_bulk, encode_head
+from .throttle import RedisRateLimiter, RedisSemaphore
+
+__all__ = ["RedisBroker"]
+
+#: The options a Redis broker reads itself, not passed on to the connections.
+_BROKER_OPTIONS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "dead_letter_max_bytes",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+)
+
+logger = logging.getLogger(__name__)
+
+_ACK = Script(lua.ACK)
+_REQUEUE = Script(lua.REQUEUE)
+_DEAD_LETTER = Script(lua.DEAD_LETTER)
+_SCHEDULE = Script(lua.SCHEDULE)
+_PURGE = Script(lua.PURGE)
+#: How long a queue's runs hash outlives its last change (a count left by a lost settle).
+RUNS_TTL = 7 * 24 * 3600
+
+
+class _RedisDelivery(Delivery):
+    __slots__ = ("_begun", "_broker", "_claimed", "_consumer", "_held", "_settled")
+
+    def __init__(
+        self, broker: RedisBroker, claimed: Claimed, consumer: str, held: set[str]
+    ) -> None:
+        count = claimed.n + claimed.counter
+        super().__init__(claimed.body, claimed.keys.queue, count, claimed.runs)
+        self._broker = broker
+        self._claimed = claimed
+        self._consumer = consumer
+        self._held = held
+        self._settled = False
+        self._begun = False
+
+    async def begin(self) -> None:
+        """Count a run of the message in its queue's runs hash, before it starts."""
+        if not self._settled and not self._begun:
+            self._begun = True
+            await self._broker._count_run(self._claimed)
+
+    async def _forget_runs(self) -> None:
+        """Settled for good: drop its count of runs, if it has one."""
+        if self._begun or self.runs:
+            await self._broker._forget_runs(self._claimed)
+
+    def _settle(self) -> bool:
+        first, self._settled = not self._settled, True
+        return first
+
+    def _release(self) -> None:
+        """Settled: no longer this consumer's to give back (only once Redis has done it)."""
+        self._held.discard(self._claimed.id)
+
+    def _lost(self, action: str) -> None:
+        logger.warning(
+            "could not %s message %s of queue %r: its lease ran out and another consumer "
+            "holds it now (raise visibility_timeout above the longest task)",
+            action,
+            self._claimed.id,
+            self.queue,
+        )
+
+    async def ack(self) -> None:
+        """Delete the message, if this delivery still holds it (batched with other acks).
+
+        It returns without waiting while another batch of acks is on its way: this one goes
+        with the next batch, sent before the caller sending the current one returns. An ack
+        that fails is logged; the message then runs again once its lease ran out.
+        """
+        if self._settle():
+            await self._broker._settler.send(("ack", self))
+            await self._forget_runs()
+
+    def _acked(self, outcome: bool | Exception) -> None:
+        """Take the outcome of this delivery's ack, when its batch came back."""
+        self._release()
+        if isinstance(outcome, Exception):
+            if self._broker._ack_failure is not outcome:  # once per failed batch
+                self._broker._ack_failure = outcome
+                logger.warning(
+                    "could not acknowledge a batch of messages (from %s of queue %r): they "
+                    "run again once their leases ran out: %s",
+                    self._claimed.id,
+                    self.queue,
+                    outcome,
+                )
+        elif not outcome:
+            self._lost("acknowledge")
+
+    async def renew(self) -> None:
+        """Reset the message's idle time, so that no sweep reclaims it."""
+        if self._settled:
+            return
+        with redis_errors(self._broker.settings, "renewing a lease"):
+            if not await self._broker._settler.submit(("renew", self)):
+                self._lost("renew the lease of")
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Add the message again, now or to the delayed set, counting this delivery."""
+        if not self._settle():
+            return
+        due = time.time() + delay if delay > 0 else 0.0
+        if not self._begun:  # a begun run was counted already
+            await self._broker._count_run(self._claimed)
+        try:
+            if not await self._broker._requeue(self._claimed, self._consumer, "nack", due):
+                self._lost("return")
+        finally:
+            self._release()
+
+    async def release(self) -> None:
+        """Give back a message never started: counted neither as a delivery nor as a run."""
+        if not self._settle():
+            return
+        try:
+            if not await self._broker._requeue(self._claimed, self._consumer, "release", 0.0):
+                self._lost("return")
+        finally:
+            self._release()
+
+    async def dead_letter(self, reason: str, detail: str = "") -> None:
+        """Move the message to its queue's dead-letter stream."""
+        if not self._settle():
+            return
+        try:
+            if not await self._broker._dead_letter(
+                self._claimed, self._consumer, str(reason), detail
+            ):
+                self._lost("dead-letter")
+            await self._forget_runs()
+        finally:
+            self._release()
+
+
+def _acked(item: tuple[str, _RedisDelivery], outcome: bool | Exception) -> None:
+    item[1]._acked(outcome)
+
+
+def _requeue_call(
+    claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool
+) -> tuple[Script, list[str], list[Any]]:
+    """Return the REQUEUE script call for a claimed message (unfenced: whatever its counter)."""
+    keys = claimed.keys
+    args = [
+        GROUP,
+        consumer,
+        claimed.id,
+        claimed.counter if fenced else "",
+        mode,
+        repr(due),
+        uuid.uuid4().hex[:8],
+        claimed.priority,
+    ]
+    return _REQUEUE, [claimed.stream, keys.delayed, keys.wake], args
+
+
+class RedisBroker(Broker):
+    """A broker on Redis Streams: `App(broker="redis://localhost:6379/0")`."""
+
+    claims_ahead = True  # a claim is a round trip: the worker keeps some claimed ahead
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.settings: RedisSettings = parse_redis_url(
+            url, options, ignore=frozenset(_BROKER_OPTIONS)
+        )
+        #: The options aqueue defines, checked (see `aqueue.drivers.options`).
+        self.broker_options = opts = BrokerOptions.parse(options)
+        self.visibility_timeout = opts.visibility_timeout
+        self.max_deliveries = opts.max_deliveries
+        self.renew_interval = opts.renew_interval
+        self.heartbeat_interval, self.heartbeat_timeout = (
+            opts.heartbeat_interval,
+            opts.heartbeat_timeout,
+        )
+        #: This broker's name, the start of its consumers' names (see `scripts`).
+        self.owner = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
+        #: The beats hashes of the queues consumed so far (replaced, never changed in place:
+        #: the heartbeat thread reads it).
+        self.beat_keys: tuple[str, ...] = ()
+        self.heartbeat: Heartbeat | None = None
+        self.dead_letter_max_bytes = opts.dead_letter_max_bytes
+        #: How often a consumer looks for messages whose lease ran out.
+        self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
+        self._client: aioredis.Redis | None = None
+        #: The blocking reads of the consumers now running, a connection each (`resp`).
+        self._readers: set[RespClient] = set()
+        #: Publishes, claims and acks (the hot path), on a lean connection (`resp`).
+        self._hot: RespClient | None = None
+        self._keys: dict[str, QueueKeys] = {}
+        #: The encoded start of the XADD of a ready message, by queue and priority (`_add`).
+        self._xadd: dict[tuple[str, int], bytes] = {}
+        self._channels: Channels | None = None
+        self._mailbox: RedisMailbox | None = None
+        self._rate_limiter: RedisRateLimiter | None = None
+        self._semaphore: RedisSemaphore | None = None
+        self._ack_failure: Exception | None = None  # the last one logged
+        self._settler: Batcher[tuple[str, _RedisDelivery], bool] = Batcher(
+            self._flush_settles, on_unwaited=_acked
+        )
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.settings.url}>"
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (and check that Redis answers)."""
+        if self._client is not None:
+            return
+        hot = await answering(self.settings)
+        if self._client is not None:  # a concurrent open won
+            await hot.aclose()
+            return
+        self._hot = hot
+        # redis-py for everything but the hot path; it connects when first used.
+        self._client = self.settings.client()
+
+    async def close(self) -> None:
+        """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
+        heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:  # removes this broker's beats
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(heartbeat.stop)
+        client, hot = self._client, self._hot
+        self._client = self._hot = None
+        for each in [hot, *self._readers]:
+            if each is not None:
+                await each.aclose()
+        channels, self._channels = self._channels, None
+        self._mailbox = self._rate_limiter = self._semaphore = None
+        with anyio.CancelScope(shield=True):
+            if channels is not None:
+                await channels.close()
+            await close_clients(client)
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
+        return self._client
+
+    def _hot_path(self) -> RespClient:
+        if self._hot is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
+        return self._hot
+
+    def _reader(self) -> RespClient:
+        """Return a new connection for one consumer's blocking reads (closed by `close`)."""
+        self._hot_path()
+        reader = RespClient(self.settings, socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
+        self._readers.add(reader)
+        return reader
+
+    async def _drop_reader(self, reader: RespClient) -> None:
+        self._readers.discard(reader)
+        await reader.aclose()
+
+    def _pubsub(self) -> Channels:
+        self._redis()
+        if self._channels is None:
+            self._channels = Channels(self.settings)
+        return self._channels
+
+    def mailbox(self) -> RedisMailbox:
+        """Return the mailbox on this Redis: pub/sub topics and settings (open the broker first)."""
+        if self._mailbox is None:
+            self._mailbox = RedisMailbox(self.settings, self._redis, self._pubsub())
+        return self._mailbox
+
+    def rate_limiter(self) -> RedisRateLimiter:
+        """Return the rate limiter every worker on this Redis shares (open the broker first)."""
+        self._redis()
+        if self._rate_limiter is None:
+            self._rate_limiter = RedisRateLimiter(self.settings, self._redis)
+        return self._rate_limiter
+
+    def semaphore(self) -> RedisSemaphore:
+        """Return the semaphore every worker on this Redis shares (open the broker first)."""
+        if self._semaphore is None:
+            self._semaphore = RedisSemaphore(self.settings, self._redis, self._pubsub())
+        return self._semaphore
+
+    def keys(self, queue: str) -> QueueKeys:
+        """Return the Redis keys of `queue`."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(self.settings.prefix, queue)
+        return keys
+
+    # -- producing --------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Add the messages in one round trip: ready ones to their streams, others delayed."""
+        if not messages:
+            return
+        if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
+            await self._add(messages[0])
+            return
+        hot = self._hot_path()
+        now = time.time()
+        delayed: dict[str, list[Any]] = {}
+        commands: list[tuple[Any, ...]] = []
+        for message in messages:
+            keys = self.keys(message.queue)
+            priority = min(max(int(message.priority), 0), 9)
+            if message.eta is not None and message.eta > now:
+                member = b"%d:0:%s:%s" % (priority, uuid.uuid4().hex[:8].encode(), message.body)
+                delayed.setdefault(message.queue, []).extend((repr(message.eta), member))
+            else:
+                commands.append(("XADD", keys.stream(priority), "*", "b", message.body))
+        try:  # not `redis_errors`: every `delay()` comes this way, and a try costs nothing
+            if commands:
+                for reply in await hot.execute_many(commands):
+                    if isinstance(reply, Exception):
+                        raise reply
+            if delayed:
+                calls = [
+                    (_SCHEDULE, [self.keys(queue).delayed, self.keys(queue).wake], args)
+                    for queue, args in delayed.items()
+                ]
+                await run_scripts(hot, calls)
+        except (RedisError, OSError) as exc:
+            raise broker_error(self.settings, exc, "publishing") from None
+
+    async def _add(self, message: OutgoingMessage) -> None:
+        """Add one ready message to its stream: one XADD, its head encoded once per stream."""
+        hot = self._hot_path()
+        priority = min(max(int(message.priority), 0), 9)
+        head = self._xadd.get((message.queue, priority))
+        if head is None:
+            stream = self.keys(message.queue).stream(priority)
+            head = self._xadd[message.queue, priority] = encode_head(("XADD", stream, "*", "b"), 5)
+        try:
+            reply = await hot.execute_encoded(head + encode_bulk(message.body))
+        except (RedisError, OSError) as exc:
+            raise broker_error(self.settings, exc, "publishing") from None
+        if isinstance(reply, Exception):
+            raise broker_error(self.settings, reply, "publishing")
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def _flush_settles(self, items: list[tuple[str, _RedisDelivery]]) -> list[bool]:
+        """One ACK script call per (mode, stream, consumer), all in one pipeline."""
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for index, (mode, delivery) in enumerate(items):
+            groups.setdefault((mode, delivery._claimed.stream, delivery._consumer), []).append(
+                index
+            )
+        calls = []
+        for (mode, stream, consumer), indexes in groups.items():
+            packed = ",".join(
+                f"{items[index][1]._claimed.id}/{items[index][1]._claimed.counter}"
+                for index in indexes
+            )
+            calls.append((_ACK, [stream], [GROUP, mode, consumer, packed]))
+        with redis_errors(self.settings, "settling messages"):
+            replies = await run_scripts(self._hot_path(), calls)
+        done = [False] * len(items)
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            for index, flag in zip(indexes, bytes(reply), strict=True):
+                done[index] = flag == ord("1")
+        return done
+
+    async def _requeue(
+        self, claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool = True
+    ) -> bool:
+        script, keys, args = _requeue_call(claimed, consumer, mode, due, fenced=fenced)
+        with redis_errors(self.settings, "returning a message"):
+            return bool(await script(self._redis(), keys, args))
+
+    async def _give_back_unyielded(
+        self, messages: list[Claimed], consumer: str, *, fenced: bool
+    ) -> None:
+        """Give back claimed messages that were never handed out, all in one round trip."""
+        calls = [_requeue_call(m, consumer, "release", 0.0, fenced=fenced) for m in messages]
+        with redis_errors(self.settings, "returning messages"):
+            await run_scripts(self._redis(), calls)
+
+    async def _count_run(self, claimed: Claimed) -> None:
+        """Add one to the message's runs (the hash lives a week after its last change)."""
+        key = claimed.keys.runs
+        with redis_errors(self.settings, "recording the start of a task"):
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hincrby(key, run_key(claimed.body), 1)
+            pipe.expire(key, RUNS_TTL)
+            await pipe.execute()
+
+    async def _forget_runs(self, claimed: Claimed) -> None:
+        with redis_errors(self.settings, "settling a message"):
+            await self._redis().hdel(claimed.keys.runs, run_key(claimed.body))
+
+    async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
+        args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
+        args.append(self.dead_letter_max_bytes)
+        with redis_errors(self.settings, "dead-lettering a message"):
+            reply = await _DEAD_LETTER(self._redis(), [claimed.stream, claimed.keys.dead], args)
+        return bool(reply)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        """Claim up to the credit; block in XREADGROUP while nothing is ready."""
+        keys = [self.keys(queue) for queue in dict.fromkeys(queues)]
+        await self._start_heartbeat(keys)
+        state = Consumer(self, keys, burst)
+        try:
+            while True:
+                limit = min(await credit.wait(), CLAIM_BATCH)
+                claimed = await state.next_batch(limit)
+                if claimed is None:
+                    return
+                state.unyielded.extend(claimed)
+                while state.unyielded:
+                    message = state.unyielded.popleft()
+                    state.held.add(message.id)
+                    yield _RedisDelivery(self, message, state.name, state.held)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._drop_reader(state.reader)  # a blocked read ends before we look
+                await state.give_back()
+
+    async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:
+        """Beat in these queues too, starting the heartbeat on the first call (`close` stops it)."""
+        self._hot_path()
+        self.beat_keys = tuple(dict.fromkeys([*self.beat_keys, *(each.beats for each in keys)]))
+        if self.heartbeat is not None or self.heartbeat_timeout is None:
+            return
+        self.heartbeat = heartbeat = Heartbeat(
+            lambda: Beats(self),
+            interval=self.heartbeat_interval,
+            timeout=self.heartbeat_timeout,
+            name=f"aqueue-heartbeat-{self.owner}",
+        )
+        with anyio.CancelScope(shield=True):  # a thread started is a thread stopped (close)
+            await anyio.to_thread.run_sync(heartbeat.start)
+
+    async def purge(self, queue: str) -> int:
+        """Delete the queue's waiting and delayed messages (not the delivered ones)."""
+        keys = self.keys(queue)
+        with redis_errors(self.settings, "purging"):
+            return int(await _PURGE(self._redis(), [*keys.streams, keys.delayed], [GROUP]))
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Return the queue's dead letters, oldest first."""
+        with redis_errors(self.settings, "reading dead letters"):
+            return await deadletters.dead_letters(self._redis(), self.keys(queue), limit)
+
+    async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
+        """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
+        with redis_errors(self.settings, "counting dead letters"):
+            return await deadletters.stats(self._redis(), self.keys(queue))
+
+    async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to their queue (priority 0, never delivered)."""
+        with redis_errors(self.settings, "retrying dead letters"):
+            return await deadletters.retry(self._redis(), self.keys(queue), ids)
+
+    async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (those in `ids`, else all)."""
+        with redis_errors(self.settings, "purging dead letters"):
+            return await deadletters.purge(self._redis(), self.keys(queue), ids)

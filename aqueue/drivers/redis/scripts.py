@@ -1,0 +1,557 @@
+"""The Redis broker's Lua scripts: every multi-step change to a queue is one atomic script.
+
+Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash tag):
+
+    <prefix>:{<queue>}:p9 ... :p0   one stream per priority level, each with the group "aqueue"
+    <prefix>:{<queue>}:delayed      sorted set of messages not due yet, scored by due time
+    <prefix>:{<queue>}:wake         stream that wakes one idle consumer when an earlier delayed
+                                    message arrives, so it can shorten its sleep
+    <prefix>:{<queue>}:dead         the dead-letter stream (fields b, r reason, d detail, t time)
+    <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
+    <prefix>:{<queue>}:beats        hash: the owner (broker) of each consumer of the queue ->
+                                    its last heartbeat, in Redis's own time (ms, `TIME`)
+
+A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
+added: a message given back with `nack` is added again, and keeps its count). A delayed member
+is `<priority>:<n>:<nonce>:<body>`. Nothing stops a client writing something else there: an
+entry without a body or with a count that is not 1 to 9 digits, and a delayed member of
+another shape, are dead-lettered as `undecodable`, saying what is wrong, as they are read.
+
+A consumer is named `<owner>:<nonce>`, its owner being the broker that made it, whose heartbeat
+thread writes `beats` (`BEAT`). An owner whose beat is older than the heartbeat timeout is
+dead: the claim script of any live, judging consumer takes the entries its consumers held
+(`XCLAIM`, which counts a delivery, as `XAUTOCLAIM` does), and removes the owner's beat once
+none is left. Times are Redis's, so the workers' clocks never matter.
+
+A delivery is fenced by (consumer, delivery counter of its pending entry): `XAUTOCLAIM` bumps the
+counter and changes the owner, so a settle from a consumer whose lease ran out changes nothing.
+"""
+
+from __future__ import annotations
+
+from ..base import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT
+
+__all__ = [
+    "ACK",
+    "BEAT",
+    "CLAIM",
+    "DEAD_LETTER",
+    "PURGE",
+    "PURGE_DEAD",
+    "REQUEUE",
+    "SCHEDULE",
+    "TAKE_DEAD",
+]
+
+#: Helpers shared by the scripts (prepended to each).
+_COMMON = """
+-- The body and delivery count of a stream entry, and what is wrong with it (nil: nothing).
+-- Anyone can XADD anything: a count must be 1 to 9 decimal digits, and a body must be there.
+local function fields_of(entry)
+  local f = entry[2]
+  if type(f) ~= 'table' then return nil, 0, 'stream entry has no fields' end
+  local body, n, problem = nil, 0, nil
+  for i = 1, #f, 2 do
+    local v = f[i + 1]
+    if f[i] == 'b' then
+      body = v
+    elseif f[i] == 'n' then
+      if type(v) == 'string' and #v <= 9 and string.match(v, '^%d+$') then
+        n = tonumber(v)
+      else
+        problem = "stream entry field n is '" .. string.sub(tostring(v), 1, 40) ..
+          "', not a delivery count"
+      end
+    end
+  end
+  if body == nil and problem == nil then problem = 'stream entry has no body (field b)' end
+  return body, n, problem
+end
+
+-- The pending entry `id`, if `consumer` still owns it with delivery counter `count`.
+local function owned(key, group, id, consumer, count)
+  local ok, pend = pcall(redis.call, 'XPENDING', key, group, id, id, 1)
+  if not ok then return nil end
+  local e = pend[1]
+  if not e or e[2] ~= consumer then return nil end
+  if count ~= nil and tonumber(e[4]) ~= count then return nil end
+  return e
+end
+
+-- The bytes a dead letter counts for (`DeadLetter.size`): its body, reason and detail.
+local function dead_size(entry)
+  local f, size = entry[2], 0
+  for i = 1, #f, 2 do
+    if f[i] == 'b' or f[i] == 'r' or f[i] == 'd' then size = size + #f[i + 1] end
+  end
+  return size
+end
+
+-- The cap of the dead letters of the queues a script serves: the caller's (its ARGV).
+local dead_cap = nil
+
+-- Add a dead letter, then drop the oldest while the stream holds more bytes than the cap or
+-- more entries than MAX_COUNT (the newest stays). The hash <dead>:info (same hash slot)
+-- counts the bytes kept and the letters dropped.
+local function bury(dead, body, reason, detail, now)
+  local info = dead .. ':info'
+  if redis.call('HEXISTS', info, 'bytes') == 0 then
+    -- Dead letters an older aqueue kept, uncounted: count them once.
+    local total, from = 0, '-'
+    while true do
+      local page = redis.call('XRANGE', dead, from, '+', 'COUNT', 16)
+      if #page == 0 then break end
+      for _, e in ipairs(page) do total = total + dead_size(e) end
+      from = '(' .. page[#page][1]
+    end
+    redis.call('HSET', info, 'bytes', total)
+  end
+  redis.call('XADD', dead, '*', 'b', body, 'r', reason, 'd', detail, 't', now)
+  local total = redis.call('HINCRBY', info, 'bytes', #body + #reason + #detail)
+  local cap = dead_cap or MAX_BYTES
+  local kept, freed, dropped = redis.call('XLEN', dead), 0, 0
+  while kept > 1 and (total - freed > cap or kept > MAX_COUNT) do
+    -- One at a time: an entry read is copied whole (a body may be a megabyte).
+    local e = redis.call('XRANGE', dead, '-', '+', 'COUNT', 1)[1]
+    if not e then break end
+    redis.call('XDEL', dead, e[1])
+    freed, kept, dropped = freed + dead_size(e), kept - 1, dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', info, 'bytes', -freed)
+    redis.call('HINCRBY', info, 'dropped', dropped)
+  end
+end
+
+-- Add a delayed member; wake one idle consumer if it is now the earliest.
+local function schedule(delayed, wake, due, member)
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', delayed, due, member)
+  if first[2] == nil or tonumber(due) < tonumber(first[2]) then
+    redis.call('XADD', wake, 'MAXLEN', '~', 16, '*', 'w', '1')
+  end
+end
+""".replace("MAX_BYTES", str(DEAD_LETTER_MAX_BYTES)).replace(
+    "MAX_COUNT", str(DEAD_LETTER_MAX_COUNT)
+)
+
+#: Claim up to `limit` messages of several queues: due delayed messages first move to their
+#: streams; then (when asked) leases that ran out are reclaimed; then fresh entries are read,
+#: priority 9 first and, within a level, oldest first across queues. Messages delivered more
+#: than `max_deliveries` times (the broker passes a backstop: runs are counted apart) are
+#: dead-lettered on the way.
+#: With `judge`, the entries held by consumers of dead owners (see the module) are taken first.
+#: KEYS: per queue, 12 keys: p9..p0, delayed, dead; then the `beats` hash of each queue.
+#: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
+#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms.
+#: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false,
+#: the ms until another owner's beat goes stale or false (when judging), and how many entries
+#: of how many dead owners it took.
+CLAIM = (
+    _COMMON
+    + """
+local group, consumer = ARGV[1], ARGV[2]
+local remaining = tonumber(ARGV[3])
+local now, max_deliveries = ARGV[4], tonumber(ARGV[5])
+local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+dead_cap = tonumber(ARGV[9])
+local nq = #KEYS / 13
+local out, buried = {}, 0
+local judge, owner, hb_timeout = ARGV[10] == '1', ARGV[11], tonumber(ARGV[12])
+local next_check, reclaimed, robbed = false, 0, {}
+
+local function stream(q, p) return KEYS[(q - 1) * 12 + 10 - p] end
+
+local function ensure_group(key)
+  redis.pcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+end
+
+local function promote(q)
+  local delayed = KEYS[(q - 1) * 12 + 11]
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, member in ipairs(due) do
+    local p, n, pos = string.match(member, '^(%d):(%d%d?%d?%d?%d?%d?%d?%d?%d?):[^:]*:()')
+    if p then
+      redis.call('XADD', stream(q, tonumber(p)), '*', 'b', string.sub(member, pos), 'n', n)
+    else
+      bury(KEYS[q * 12], member, 'undecodable',
+        'delayed member is not <priority>:<deliveries>:<nonce>:<body>', now)
+      buried = buried + 1
+    end
+    redis.call('ZREM', delayed, member)
+  end
+end
+
+-- Keep a claimed entry, or dead-letter it once it has been delivered too often.
+local function take(q, p, key, entry, counter)
+  local body, n, problem = fields_of(entry)
+  if problem then
+    bury(KEYS[q * 12], body or '', 'undecodable', problem, now)
+    redis.call('XACK', key, group, entry[1])
+    redis.call('XDEL', key, entry[1])
+    buried = buried + 1
+    return
+  end
+  if n + counter > max_deliveries then
+    bury(KEYS[q * 12], body or '', 'max-deliveries',
+      'delivered ' .. (n + counter - 1) .. ' times without a recorded start', now)
+    redis.call('XACK', key, group, entry[1])
+    redis.call('XDEL', key, entry[1])
+    buried = buried + 1
+    return
+  end
+  out[#out + 1] = {q, p, entry[1], body or '', n, counter}
+  remaining = remaining - 1
+end
+
+local function forget_stale(key)
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', key, group)
+  if not ok then return end
+  for _, c in ipairs(consumers) do
+    local name, pending, idle
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1]
+      elseif c[i] == 'pending' then pending = c[i + 1]
+      elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if pending == 0 and idle > stale and name ~= consumer then
+      redis.call('XGROUP', 'DELCONSUMER', key, group, name)
+    end
+  end
+end
+
+local function reclaim_stream(q, p)
+  local key = stream(q, p)
+  local cursor = '0-0'
+  for _ = 1, 10 do
+    if remaining <= 0 then return end
+    local res = redis.pcall('XAUTOCLAIM', key, group, consumer, min_idle, cursor,
+      'COUNT', remaining)
+    if type(res) ~= 'table' or res.err then return end
+    cursor = res[1]
+    for _, entry in ipairs(res[2]) do
+      local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
+      take(q, p, key, entry, tonumber(e[4]))
+    end
+    if cursor == '0-0' then break end
+  end
+  forget_stale(key)
+end
+
+local function read(key, count)
+  local res = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+    'STREAMS', key, '>')
+  if type(res) == 'table' and res.err then
+    ensure_group(key)
+    res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+      'STREAMS', key, '>')
+  end
+  if not res then return {} end
+  return res[1][2]
+end
+
+local function last_delivered(key)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if ok then
+    for _, g in ipairs(groups) do
+      local name, last
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1]
+        elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+      end
+      if name == group then return last end
+    end
+  end
+  ensure_group(key)
+  return '0-0'
+end
+
+local function id_less(a, b)
+  local ams, aseq = string.match(a[2], '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b[2], '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  aseq, bseq = tonumber(aseq), tonumber(bseq)
+  if aseq ~= bseq then return aseq < bseq end
+  return a[1] < b[1]
+end
+
+-- One priority level of several queues: peek at each, then read the oldest across them.
+local function read_level(p)
+  if nq == 1 then
+    for _, entry in ipairs(read(stream(1, p), remaining)) do take(1, p, stream(1, p), entry, 1) end
+    return
+  end
+  local seen = {}
+  for q = 1, nq do
+    local key = stream(q, p)
+    if redis.call('EXISTS', key) == 1 then
+      local last = last_delivered(key)
+      for _, e in ipairs(redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', remaining)) do
+        seen[#seen + 1] = {q, e[1]}
+      end
+    end
+  end
+  if #seen == 0 then return end
+  table.sort(seen, id_less)
+  local per = {}
+  for i = 1, math.min(#seen, remaining) do per[seen[i][1]] = (per[seen[i][1]] or 0) + 1 end
+  local got = {}
+  for q, count in pairs(per) do
+    for _, entry in ipairs(read(stream(q, p), count)) do got[#got + 1] = {q, entry} end
+  end
+  table.sort(got, function(a, b) return id_less({a[1], a[2][1]}, {b[1], b[2][1]}) end)
+  for _, item in ipairs(got) do take(item[1], p, stream(item[1], p), item[2], 1) end
+end
+
+-- The owners in a queue's beats whose last beat is older than the timeout (Redis time, ms).
+local function dead_in(beats, now_ms)
+  local ok, flat = pcall(redis.call, 'HGETALL', beats)
+  local dead, any = {}, false
+  if not ok then return dead, any end  -- not a hash: nobody is judged by it
+  for i = 1, #flat, 2 do
+    local who, beat = flat[i], tonumber(flat[i + 1])
+    if who ~= owner then
+      if beat == nil or beat < now_ms - hb_timeout then
+        dead[who], any = true, true
+      else
+        local check = beat + hb_timeout - now_ms
+        if not next_check or check < next_check then next_check = check end
+      end
+    end
+  end
+  return dead, any
+end
+
+-- Take the entries of one stream that consumers of dead owners hold; note owners left with some.
+local function take_from_dead(q, p, dead, left)
+  local key = stream(q, p)
+  local ok, summary = pcall(redis.call, 'XPENDING', key, group)
+  if not ok or type(summary[4]) ~= 'table' then return end
+  for _, c in ipairs(summary[4]) do
+    local who = string.match(c[1], '^(.*):[^:]*$')
+    if who and dead[who] then
+      local pend = {}
+      if remaining > 0 then
+        pend = redis.call('XPENDING', key, group, '-', '+', remaining, c[1])
+      end
+      if #pend < tonumber(c[2]) then left[who] = true end
+      local ids = {}
+      for _, e in ipairs(pend) do ids[#ids + 1] = e[1] end
+      if #ids > 0 then
+        robbed[who] = true
+        for _, entry in ipairs(redis.call('XCLAIM', key, group, consumer, 0, unpack(ids))) do
+          local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
+          take(q, p, key, entry, tonumber(e[4]))
+          reclaimed = reclaimed + 1
+        end
+      end
+    end
+  end
+end
+
+local function judge_queue(q, now_ms)
+  local beats = KEYS[nq * 12 + q]
+  local dead, any = dead_in(beats, now_ms)
+  if not any then return end
+  local left = {}
+  for p = 9, 0, -1 do take_from_dead(q, p, dead, left) end
+  for who in pairs(dead) do
+    if not left[who] then redis.call('HDEL', beats, who) end
+  end
+end
+
+for q = 1, nq do promote(q) end
+if judge then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for q = 1, nq do judge_queue(q, now_ms) end
+end
+if reclaim then
+  for p = 9, 0, -1 do
+    for q = 1, nq do reclaim_stream(q, p) end
+  end
+end
+for p = 9, 0, -1 do
+  if remaining <= 0 then break end
+  read_level(p)
+end
+local next_due = false
+for q = 1, nq do
+  local first = redis.call('ZRANGE', KEYS[(q - 1) * 12 + 11], 0, 0, 'WITHSCORES')
+  if first[2] and (not next_due or tonumber(first[2]) < tonumber(next_due)) then
+    next_due = first[2]
+  end
+end
+local dead_owners = 0
+for _ in pairs(robbed) do dead_owners = dead_owners + 1 end
+return {out, buried, next_due, next_check, {reclaimed, dead_owners}}
+"""
+)
+
+#: Record a heartbeat of `owner` in a queue's beats hash, in Redis's time (ms).
+#: KEYS: beats. ARGV: owner ('' with `forget`), forget (0/1).
+BEAT = """
+if ARGV[2] == '1' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+return ms
+"""
+
+#: Acknowledge (XACK + XDEL) or renew (XCLAIM JUSTID: resets the idle time, not the counter)
+#: deliveries of one stream that their consumer still owns.
+#: KEYS: the stream. ARGV: group, mode ('ack' | 'renew'), consumer, and the deliveries as one
+#: string "id/counter,id/counter..." (one argument, not two per delivery: packing arguments
+#: was a sixth of a busy worker's time). Returns a string of '1' (done) or '0' (fenced off),
+#: one character per delivery.
+ACK = (
+    _COMMON
+    + """
+local key, group, mode, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local out, ids = {}, {}
+for id, counter in string.gmatch(ARGV[4], '([^,/]+)/(%d+)') do
+  if owned(key, group, id, consumer, tonumber(counter)) then
+    ids[#ids + 1] = id
+    out[#out + 1] = '1'
+  else
+    out[#out + 1] = '0'
+  end
+end
+if #ids > 0 then
+  if mode == 'ack' then
+    redis.call('XACK', key, group, unpack(ids))
+    redis.call('XDEL', key, unpack(ids))
+  else
+    ids[#ids + 1] = 'JUSTID'  -- keeps the delivery counter: the fence
+    redis.call('XCLAIM', key, group, consumer, 0, unpack(ids))
+  end
+end
+return table.concat(out)
+"""
+)
+
+#: Give a delivery back: add it again (now, or to the delayed set) and drop the old entry.
+#: KEYS: stream, delayed, wake. ARGV: group, consumer, id, counter ('' = any), mode ('nack'
+#: counts the delivery, 'release' does not), due (0 = now), nonce, priority.
+REQUEUE = (
+    _COMMON
+    + """
+local key, group, id = KEYS[1], ARGV[1], ARGV[3]
+local e = owned(key, group, id, ARGV[2], tonumber(ARGV[4]))
+if not e then return 0 end
+local entries = redis.call('XRANGE', key, id, id)
+redis.call('XACK', key, group, id)
+redis.call('XDEL', key, id)
+if not entries[1] then return 1 end
+local body, n = fields_of(entries[1])
+if not body then return 1 end
+n = n + tonumber(e[4])
+if ARGV[5] == 'release' then n = n - 1 end
+if tonumber(ARGV[6]) > 0 then
+  schedule(KEYS[2], KEYS[3], ARGV[6], ARGV[8] .. ':' .. n .. ':' .. ARGV[7] .. ':' .. body)
+else
+  redis.call('XADD', key, '*', 'b', body, 'n', n)
+end
+return 1
+"""
+)
+
+#: Move a delivery to the dead-letter stream with its reason, under the caller's cap.
+#: KEYS: stream, dead. ARGV: group, consumer, id, counter, reason, detail, now, cap.
+DEAD_LETTER = (
+    _COMMON
+    + """
+local key, group, id = KEYS[1], ARGV[1], ARGV[3]
+if not owned(key, group, id, ARGV[2], tonumber(ARGV[4])) then return 0 end
+local entries = redis.call('XRANGE', key, id, id)
+local body = ''
+if entries[1] then body = fields_of(entries[1]) or '' end
+dead_cap = tonumber(ARGV[8])
+bury(KEYS[2], body, ARGV[5], ARGV[6], ARGV[7])
+redis.call('XACK', key, group, id)
+redis.call('XDEL', key, id)
+return 1
+"""
+)
+
+#: Add delayed messages. KEYS: delayed, wake. ARGV: due, member, due, member...
+SCHEDULE = (
+    _COMMON
+    + """
+for i = 1, #ARGV, 2 do schedule(KEYS[1], KEYS[2], ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
+)
+
+#: Delete the waiting (not yet delivered) and delayed messages of a queue; return how many.
+#: KEYS: p9..p0, delayed. ARGV: group.
+PURGE = """
+local group = ARGV[1]
+local count = 0
+for k = 1, 10 do
+  local key = KEYS[k]
+  if redis.call('EXISTS', key) == 1 then
+    local last = nil
+    local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+    if ok then
+      for _, g in ipairs(groups) do
+        local name, id
+        for i = 1, #g, 2 do
+          if g[i] == 'name' then name = g[i + 1]
+          elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
+        end
+        if name == group then last = id end
+      end
+    end
+    local start = '-'
+    if last then start = '(' .. last end
+    while true do
+      local entries = redis.call('XRANGE', key, start, '+', 'COUNT', 1000)
+      if #entries == 0 then break end
+      for _, e in ipairs(entries) do redis.call('XDEL', key, e[1]) end
+      count = count + #entries
+      start = '(' .. entries[#entries][1]
+    end
+  end
+end
+count = count + redis.call('ZCARD', KEYS[11])
+redis.call('DEL', KEYS[11])
+return count
+"""
+
+#: Take dead letters out by id; with a stream, add their bodies to it (never delivered).
+#: KEYS: dead, info[, stream]. ARGV: ids. Returns how many were taken.
+TAKE_DEAD = (
+    _COMMON
+    + """
+local dead, info, stream = KEYS[1], KEYS[2], KEYS[3]
+local taken, freed = 0, 0
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', dead, ARGV[i], ARGV[i])[1]
+  if e then
+    if stream then
+      local f, body = e[2], ''
+      for j = 1, #f, 2 do if f[j] == 'b' then body = f[j + 1] end end
+      redis.call('XADD', stream, '*', 'b', body, 'n', '0')
+    end
+    redis.call('XDEL', dead, e[1])
+    freed, taken = freed + dead_size(e), taken + 1
+  end
+end
+if redis.call('XLEN', dead) == 0 then
+  redis.call('HSET', info, 'bytes', 0)
+else
+  redis.call('HINCRBY', info, 'bytes', -freed)
+end
+return taken
+"""
+)
+
+#: Delete every dead letter of a queue. KEYS: dead, info. Returns how many there were.
+PURGE_DEAD = """
+local kept = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'bytes', 0)
+return kept
+"""

@@ -1,0 +1,235 @@
+"""What the SQLite broker and result backend share: URL parsing and an off-loop connection.
+
+A `Database` owns one `sqlite3` connection in WAL mode and runs every call on it in a worker
+thread, one call at a time (a `CapacityLimiter(1)` per connection), so the event loop never
+waits on the disk or on another process's write lock.
+
+Small writes (an ack, a result, a publish) go through `Database.write`, which commits them in
+groups: writes that arrive while a commit is under way wait for the next one and share its
+transaction, its thread hop and its wake-up notifications. Under load that turns thousands of
+commits a second into a few hundred, each carrying many writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar, TypeVarTuple
+
+import anyio
+import anyio.to_thread
+
+from ...exceptions import BrokerError, ConfigurationError
+from .wake import notify
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "STRICT",
+    "Database",
+    "immediate",
+    "parse_sqlite_url",
+    "placeholders",
+    "sql_type",
+]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: How long a writer waits for another connection's write lock before giving up.
+BUSY_TIMEOUT_MS = 5000
+
+#: Appended to every CREATE TABLE: SQLite 3.37+ then refuses a value of the wrong type (a TEXT
+#: priority) instead of storing it. Tables made before, or by an older SQLite, are not STRICT:
+#: readers check the types of what they read all the same.
+STRICT = " STRICT" if sqlite3.sqlite_version_info >= (3, 37) else ""
+
+_SQL_TYPES = {int: "an INTEGER", float: "a REAL", str: "TEXT", bytes: "a BLOB"}
+
+
+def sql_type(value: object) -> str:
+    """Name the SQLite type of a value read from a row: "an INTEGER", "TEXT", "NULL"..."""
+    return _SQL_TYPES.get(type(value), "NULL" if value is None else type(value).__name__)
+
+
+def parse_sqlite_url(url: str) -> str:
+    """Return the file path of a `sqlite:///relative.db` or `sqlite:////absolute.db` URL.
+
+    The path is returned as written; `Database.open` resolves a relative one against the
+    current directory at open time.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "sqlite":
+        raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(
+            f"{url!r}: sqlite:// URLs take no query; pass options as transport options"
+        )
+    if not rest.startswith("/") or rest in ("/", "//"):
+        raise ConfigurationError(
+            f"{url!r} names no database file; write sqlite:///aqueue.db for a file in the "
+            "current directory, or sqlite:////absolute/path/aqueue.db"
+        )
+    path = rest[1:]
+    if path in (":memory:", "/:memory:") or path.startswith("file:"):
+        raise ConfigurationError(
+            f"{url!r}: an in-memory SQLite database cannot be shared between a producer and "
+            "its workers; use memory:// for one process, or sqlite:///aqueue.db"
+        )
+    return path
+
+
+def placeholders(count: int) -> str:
+    """Return `?, ?, ...` for an IN list of `count` values."""
+    return ", ".join("?" * count)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in a `BEGIN IMMEDIATE` transaction: commit on success, else roll back.
+
+    Inside a transaction already (a grouped write), the block simply joins it.
+    """
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _connect(path: str, schema: Sequence[str]) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+        check_same_thread=False,  # used from worker threads, one at a time (the limiter)
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with immediate(conn):
+            for statement in schema:
+                conn.execute(statement)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@dataclass(slots=True)
+class _Write:
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    wake: str | None
+    future: asyncio.Future[Any]
+
+
+class Database:
+    """One SQLite connection whose calls all run off the event loop, one at a time."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._limiter = anyio.CapacityLimiter(1)
+        self._pending: list[_Write] = []
+        self._flushing = False
+
+    @classmethod
+    async def open(cls, path: str, schema: Sequence[str]) -> Database:
+        """Connect to `path` (made absolute now), switch to WAL, and create `schema`."""
+        path = await anyio.to_thread.run_sync(os.path.abspath, path)
+        with anyio.CancelScope(shield=True):  # a connection made is a connection closed
+            try:
+                conn = await anyio.to_thread.run_sync(_connect, path, schema)
+            except sqlite3.Error as exc:
+                raise BrokerError(f"cannot open SQLite database {path}: {exc}") from exc
+        return cls(path, conn)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._conn is None
+
+    async def run(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Call `func(connection, *args)` in this connection's worker thread.
+
+        A cancelled caller still waits for the call to finish (a transaction is never left
+        half done); its result is returned and the cancellation lands at the next checkpoint.
+        """
+        return await anyio.to_thread.run_sync(self._call, func, *args, limiter=self._limiter)
+
+    def _call(self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        conn = self._conn
+        if conn is None:
+            raise BrokerError(f"SQLite database {self.path} is closed")
+        try:
+            return func(conn, *args)
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite database {self.path}: {exc}") from exc
+
+    async def write(
+        self, func: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts, wake: str | None = None
+    ) -> T:
+        """Call `func(connection, *args)` in a transaction shared with concurrent writes.
+
+        Once it committed, every consumer listening on `wake` (a wake-up directory) is woken,
+        once per group. The first writer to find no commit under way runs the commits for
+        everyone (shielded: a commit is never left half done); the others wait for theirs.
+        """
+        write = _Write(func, args, wake, asyncio.get_running_loop().create_future())
+        self._pending.append(write)
+        if not self._flushing:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._pending:
+                        group, self._pending = self._pending, []
+                        outcomes = await anyio.to_thread.run_sync(
+                            self._commit, group, limiter=self._limiter
+                        )
+                        for pending, (ok, value) in zip(group, outcomes, strict=True):
+                            if not pending.future.done():
+                                if ok:
+                                    pending.future.set_result(value)
+                                else:
+                                    pending.future.set_exception(value)
+            finally:
+                self._flushing = False
+        result: T = await write.future
+        return result
+
+    def _commit(self, group: list[_Write]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        if conn is None:
+            return [(False, BrokerError(f"SQLite database {self.path} is closed"))] * len(group)
+        try:
+            with immediate(conn):
+                outcomes: list[tuple[bool, Any]] = [
+                    (True, write.func(conn, *write.args)) for write in group
+                ]
+        except sqlite3.Error as exc:
+            error = BrokerError(f"SQLite database {self.path}: {exc}")
+            return [(False, error)] * len(group)
+        for wake in {write.wake for write in group if write.wake}:
+            notify(wake)
+        return outcomes
+
+    async def close(self) -> None:
+        """Close the connection once the call in flight finished; idempotent."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,239 @@
+"""`sqlite:///path.db` results: one table in the broker's file (or any other), for any process.
+
+`store` pokes the "results" wake-up channel (`wake`) when a task reaches a ready state.
+Every `wait` of one backend shares one wake-up socket: one waiter at a time reads it (the
+reader), and on each wake-up looks up every awaited task id in one query and wakes the waiters
+whose result is there. When the reader leaves (its result came, or its caller gave up), it hands
+the socket over to another waiter. Nothing polls; the reader looks again every
+`MAX_WAIT` seconds as a safety net.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from ...exceptions import BrokerError
+from ...states import READY_STATES
+from ..base import ResultBackend, StoredResult
+from .database import STRICT, Database, parse_sqlite_url, placeholders
+from .wake import Listener, wake_dir
+
+__all__ = ["SQLiteBackend"]
+
+#: The longest the reader sleeps before it looks again, wake-up or not (a safety net).
+MAX_WAIT = 30.0
+#: Expired rows are deleted after this many stores, or this many seconds, whichever is first.
+SWEEP_EVERY = 200
+SWEEP_SECONDS = 60.0
+
+_CHUNK = 500  # task ids per lookup, well under SQLite's bound on query parameters
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS aqueue_results (
+        task_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        expires REAL NOT NULL
+    )"""
+    + STRICT,
+    "CREATE INDEX IF NOT EXISTS aqueue_results_expires ON aqueue_results (expires)",
+)
+
+_READY = ", ".join(f"'{state}'" for state in sorted(READY_STATES))
+
+
+def _store(conn: sqlite3.Connection, row: tuple[str, str, bytes, float], sweep: bool) -> None:
+    conn.execute(
+        "INSERT INTO aqueue_results (task_id, state, payload, expires) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
+        "payload = excluded.payload, expires = excluded.expires",
+        row,
+    )
+    if sweep:
+        conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (time.time(),))
+
+
+def _fetch(conn: sqlite3.Connection, task_id: str) -> StoredResult | None:
+    row = conn.execute(
+        # CAST: a row of a non-STRICT table may hold anything; a payload that is not a BLOB
+        # then fails to decode in `get()`, with a ValueError, instead of anywhere else.
+        "SELECT CAST(state AS TEXT), CAST(payload AS BLOB) FROM aqueue_results "
+        "WHERE task_id = ? AND expires > ?",
+        (task_id, time.time()),
+    ).fetchone()
+    return None if row is None else StoredResult(row[0], row[1])
+
+
+def _fetch_ready(conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str, StoredResult]:
+    found: dict[str, StoredResult] = {}
+    now = time.time()
+    for start in range(0, len(task_ids), _CHUNK):
+        chunk = task_ids[start : start + _CHUNK]
+        rows = conn.execute(
+            "SELECT task_id, state, CAST(payload AS BLOB) FROM aqueue_results "
+            f"WHERE task_id IN ({placeholders(len(chunk))}) AND expires > ? "
+            f"AND state IN ({_READY})",
+            (*chunk, now),
+        ).fetchall()
+        found.update((task_id, StoredResult(state, payload)) for task_id, state, payload in rows)
+    return found
+
+
+def _forget(conn: sqlite3.Connection, task_id: str) -> None:
+    conn.execute("DELETE FROM aqueue_results WHERE task_id = ?", (task_id,))
+
+
+class _Waiter:
+    """The `wait` calls on one task id: their result once found, and what wakes them."""
+
+    __slots__ = ("count", "event", "result")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = anyio.Event()
+        self.result: StoredResult | None = None
+
+
+class SQLiteBackend(ResultBackend):
+    """Results in a SQLite file; `wait` sleeps on a wake-up socket shared by all waiters."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self._path = parse_sqlite_url(url)
+        self._db: Database | None = None
+        self._wake = ""
+        self._listener: Listener | None = None
+        self._lock: anyio.Lock | None = None
+        self._waiters: dict[str, _Waiter] = {}
+        self._reading = False  # a waiter is reading the socket for everyone
+        self._look_due = False  # a wake-up was consumed, but nobody looked yet
+        self._stores = 0
+        self._swept = time.monotonic()
+
+    @property
+    def path(self) -> str | None:
+        """The absolute path of the database file once open, else None."""
+        return None if self._db is None else self._db.path
+
+    async def open(self) -> None:
+        """Open the file (relative paths resolve against the current directory now)."""
+        if self._db is not None:
+            return
+        db = await Database.open(self._path, SCHEMA)
+        with anyio.CancelScope(shield=True):  # the connection is ours to close: finish
+            wake = await anyio.to_thread.run_sync(wake_dir, db.path, "results")
+        if self._db is not None:  # a concurrent open won
+            await db.close()
+            return
+        self._db, self._wake = db, wake
+        self._lock = anyio.Lock()
+
+    async def close(self) -> None:
+        """Close the wake-up socket and the connection."""
+        db, self._db = self._db, None
+        listener, self._listener = self._listener, None
+        with anyio.CancelScope(shield=True):
+            if listener is not None:
+                await listener.aclose()
+            if db is not None:
+                await db.close()
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
+        return self._db
+
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Upsert the result, and wake the waiters if the state is a ready one."""
+        db = self._database()
+        self._stores += 1
+        sweep = self._stores >= SWEEP_EVERY or time.monotonic() - self._swept >= SWEEP_SECONDS
+        if sweep:
+            self._stores, self._swept = 0, time.monotonic()
+        wake = self._wake if state in READY_STATES else None
+        await db.write(_store, (task_id, state, payload, time.time() + ttl), sweep, wake=wake)
+
+    async def fetch(self, task_id: str) -> StoredResult | None:
+        """Return the stored result unless it expired."""
+        return await self._database().run(_fetch, task_id)
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the result."""
+        await self._database().run(_forget, task_id)
+
+    async def wait(self, task_id: str) -> StoredResult:
+        """Return once the task is in a ready state; sleep on the shared wake-up socket."""
+        waiter = self._waiters.get(task_id)
+        if waiter is None:
+            waiter = self._waiters[task_id] = _Waiter()
+        waiter.count += 1
+        try:
+            await self._listen()  # before the first look, so no store goes unnoticed
+            stored = await self.fetch(task_id)
+            if stored is not None and stored.state in READY_STATES:
+                return stored
+            return await self._sleep(waiter)
+        finally:
+            waiter.count -= 1
+            if waiter.count == 0 and self._waiters.get(task_id) is waiter:
+                del self._waiters[task_id]
+
+    async def _listen(self) -> Listener:
+        if self._listener is None:
+            self._database()
+            assert self._lock is not None
+            async with self._lock:
+                if self._listener is None:
+                    self._listener = await Listener.open(self._wake)
+        return self._listener
+
+    async def _sleep(self, waiter: _Waiter) -> StoredResult:
+        """Wait until a reader finds the waiter's result, becoming the reader when there is none."""
+        while waiter.result is None:
+            if self._reading:
+                if waiter.event.is_set():
+                    waiter.event = anyio.Event()
+                await waiter.event.wait()
+                continue
+            self._reading = True
+            try:
+                while waiter.result is None:
+                    await self._read()
+            finally:
+                self._reading = False
+                self._hand_over(waiter)
+        return waiter.result
+
+    async def _read(self) -> None:
+        """Wait for a wake-up (or the safety net), then look up every awaited task at once."""
+        if not self._look_due:
+            listener = await self._listen()
+            await listener.wait(MAX_WAIT)
+            self._look_due = True  # no checkpoint since the wake-ups were consumed
+        found = await self._database().run(_fetch_ready, list(self._waiters))
+        self._look_due = False
+        for task_id, stored in found.items():
+            waiter = self._waiters.get(task_id)
+            if waiter is not None and waiter.result is None:
+                waiter.result = stored
+                waiter.event.set()
+
+    def _hand_over(self, leaving: _Waiter) -> None:
+        """Wake one other waiter still without a result, so that it becomes the reader."""
+        for waiter in self._waiters.values():
+            if waiter.result is None and (waiter is not leaving or waiter.count > 1):
+                waiter.event.set()
+                return
