@@ -127,6 +127,7 @@ class Report:
     duplicated: int = 0
     recovered: int = 0
     unexpected: int = 0
+    unconfirmed: int = 0  # ran, though its producer's publish failed (allowed: at-least-once)
     cut_short: int = 0  # attempts that never ended (their worker died or was stopped)
     faults: int = 0
     #: Per fault: seconds from the fault (or its healing) until every attempt it cut short
@@ -146,7 +147,7 @@ class Report:
         return (
             f"sent {self.sent}, finished {self.finished}, lost {self.lost}, "
             f"duplicated {self.duplicated}, recovered {self.recovered}, "
-            f"unexpected {self.unexpected}, cut short {self.cut_short}, faults {self.faults}, "
+            f"unexpected {self.unexpected}, unconfirmed but ran {self.unconfirmed}, cut short {self.cut_short}, faults {self.faults}, "
             f"time to recover {self.time_to_recover:.1f} s"
         )
 
@@ -171,7 +172,11 @@ def check(db: sqlite3.Connection) -> Report:
     report.lost_ids = sorted(sent - done.keys())
     report.lost = len(report.lost_ids)
     report.duplicated = sum(1 for count in done.values() if count > 1)
-    report.unexpected = sum(1 for task_id in done if task_id not in sent)
+    # A publish that failed for its producer may still have landed: counted apart.
+    report.unconfirmed = sum(
+        1 for task_id in done if task_id not in sent and task_id.startswith("unconfirmed-")
+    )
+    report.unexpected = sum(1 for task_id in done if task_id not in sent) - report.unconfirmed
     report.recovered = sum(1 for task_id in cut if task_id in done)
     report.cut_short = sum(len(starts) for starts in cut.values())
     faults = db.execute("SELECT at, coalesce(until, at) FROM faults ORDER BY at").fetchall()
