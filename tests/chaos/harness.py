@@ -277,9 +277,7 @@ class Run:
             ids += task_ids
         return ids
 
-    async def confirmed(
-        self, app: App, task: str, calls: list[Any], task_ids: list[str]
-    ) -> None:
+    async def confirmed(self, app: App, task: str, calls: list[Any], task_ids: list[str]) -> None:
         deadline = time.monotonic() + STEP * 2
         while True:
             try:
@@ -295,9 +293,7 @@ class Run:
     async def drain(self, expected: int, within: float) -> float:
         """Wait until `expected` sent tasks finished (bounded); return the seconds it took."""
         started = time.monotonic()
-        with anyio.move_on_after(within):
-            while self.ledger.finished() < expected:
-                await anyio.sleep(0.1)  # polling the ledger
+        await until(lambda: self.ledger.finished() >= expected, within)
         return time.monotonic() - started
 
     async def close(self) -> None:
@@ -310,6 +306,19 @@ class Run:
         if self.redis is not None:
             self.redis.kill()
         self.ledger.close()
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], within: float) -> bool:
+    """Poll `check` (the ledger, the dead letters) until it holds or `within` s pass."""
+    with anyio.move_on_after(within):
+        while True:
+            done = check()
+            if not isinstance(done, bool):
+                done = await done
+            if done:
+                return True
+            await anyio.sleep(0.05)  # the poll
+    return False
 
 
 def durations(count: int, seed: int, long_share: float = 0.01) -> list[int]:

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS faults (
 """
 
 #: What a task module defines to write the ledger: `start(id, attempt) -> rowid`, `end(rowid)`.
-TASK_LEDGER = '''
+TASK_LEDGER = """
 import os as _os
 import sqlite3 as _sqlite3
 import time as _time
@@ -63,7 +63,7 @@ def ledger_end(rowid, outcome="ok"):
     _ledger().execute(
         "UPDATE attempts SET end = ?, outcome = ? WHERE rowid = ?", (_time.time(), outcome, rowid)
     )
-'''
+"""
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -147,7 +147,8 @@ class Report:
         return (
             f"sent {self.sent}, finished {self.finished}, lost {self.lost}, "
             f"duplicated {self.duplicated}, recovered {self.recovered}, "
-            f"unexpected {self.unexpected}, unconfirmed but ran {self.unconfirmed}, cut short {self.cut_short}, faults {self.faults}, "
+            f"unexpected {self.unexpected}, unconfirmed but ran {self.unconfirmed}, "
+            f"cut short {self.cut_short}, faults {self.faults}, "
             f"time to recover {self.time_to_recover:.1f} s"
         )
 
@@ -186,7 +187,8 @@ def check(db: sqlite3.Connection) -> Report:
         ends = [
             last_end[task_id] - until
             for task_id, starts in cut.items()
-            if task_id in last_end and any(at - 60 <= s <= until for s in starts)
+            if task_id in last_end
+            and any(at - 60 <= s <= until for s in starts)
             and last_end[task_id] >= until
             and last_end[task_id] < following + 600
         ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from .harness import Outcome, Run, Settings, durations
+from .harness import Outcome, Run, Settings, durations, until
 
 
 async def kill_storm(
@@ -127,9 +127,7 @@ async def redis_restarts(
                 up = time.monotonic()
                 before = run.ledger.finished()
                 run.ledger.healed(fault)
-                with anyio.move_on_after(60):
-                    while run.ledger.finished() <= before:
-                        await anyio.sleep(0.05)  # polling the ledger
+                await run.drain(before + 1, within=60)
                 resumes.append(time.monotonic() - up)
         await run.drain(len(ids) + len(more), within=120)
         report = run.ledger.check()
@@ -188,9 +186,7 @@ async def partitions(
             tried = time.monotonic()
             try:
                 with anyio.fail_after(length):
-                    await cut_off.send_task(
-                        "tasks.work", (10,), task_id=f"unconfirmed-{partition}"
-                    )
+                    await cut_off.send_task("tasks.work", (10,), task_id=f"unconfirmed-{partition}")
             except Exception as exc:  # what a producer sees: its error and how soon
                 errors.append(f"{type(exc).__name__}: {exc}")
                 fail_fast.append(time.monotonic() - tried)
@@ -199,9 +195,7 @@ async def partitions(
             run.ledger.healed(fault)
             healed = time.monotonic()
             before = run.ledger.finished()
-            with anyio.move_on_after(60):
-                while run.ledger.finished() <= before:
-                    await anyio.sleep(0.05)  # polling the ledger
+            await run.drain(before + 1, within=60)
             recoveries.append(time.monotonic() - healed)
         await run.drain(len(ids), within=120)
         report = run.ledger.check()
@@ -359,9 +353,11 @@ async def poison(
             ids += await run.publish(producer, lengths[good // 2 :])
             await run.drain(len(ids), within=120)
             want = len(bad) + crashers
-            with anyio.move_on_after(60):
-                while len(await broker.dead_letters("default", limit=1000)) < want:
-                    await anyio.sleep(0.1)  # polling the dead letters
+
+            async def all_dead() -> bool:
+                return len(await broker.dead_letters("default", limit=1000)) >= want
+
+            await until(all_dead, 60)
             group.cancel_scope.cancel()
         letters = await broker.dead_letters("default", limit=1000)
         reasons: dict[str, int] = {}
