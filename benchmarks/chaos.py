@@ -81,7 +81,19 @@ async def one(name: str, args: argparse.Namespace, where: Path) -> Outcome:
 
 
 def command(name: str, args: argparse.Namespace) -> str:
-    return f"python benchmarks/chaos.py --scenarios {name} --tasks {args.tasks}"
+    """The command that runs this scenario again, with this run's sizes."""
+    sizes = {
+        "kill_storm": f"--tasks {args.tasks} --kills {args.kills}",
+        "kill_after_claim": f"--tasks {args.tasks} --claim-kills {args.claim_kills}",
+        "redis_always": f"--tasks {args.tasks} --restarts {args.restarts}",
+        "redis_everysec": f"--tasks {args.tasks} --restarts {args.restarts}",
+        "partitions": f"--tasks {args.tasks} --partitions {args.partitions} "
+        f"--length {args.length:g} --lease {args.lease:g}",
+        "sigterm": f"--tasks {args.tasks} --kills {args.kills}",
+        "poison": f"--tasks {args.tasks}",
+        "fuzz": f"--fuzz {args.fuzz}",
+    }
+    return f"python benchmarks/chaos.py --scenarios {name} {sizes.get(name, '')}".strip()
 
 
 async def main(args: argparse.Namespace) -> int:
