@@ -27,6 +27,7 @@ from .exceptions import ResultsDisabled as ResultsDisabled
 from .exceptions import ResultTimeout as ResultTimeout
 from .exceptions import Retry as Retry
 from .exceptions import SerializationError as SerializationError
+from .exceptions import SignatureError as SignatureError
 from .exceptions import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from .exceptions import TaskError as TaskError
 from .exceptions import TaskRevoked as TaskRevoked
@@ -69,6 +70,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "Settings",
+    "SignatureError",
     "SoftTimeLimitExceeded",
     "StoredResult",
     "SyncTask",

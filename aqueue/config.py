@@ -97,10 +97,18 @@ class Settings:
     #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
     worker_loop: str = "auto"
+    #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes
+    #: at least), and refuse (dead-letter) any message not signed with it: see aqueue/signing.py.
+    task_message_key: str | bytes | None = None
+    #: Keys rotated out: messages and results signed with them are still accepted.
+    task_message_old_keys: list[str | bytes] = dataclasses.field(default_factory=list)
+    #: With a key: a message signed longer ago than this (from its eta, if later) is refused
+    #: as stale, which bounds a replay; None: no limit.
+    task_message_max_age: float | None = None
 
     def __repr__(self) -> str:
         """Every setting, with the password of any URL among them shown as `***`."""
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_ORDER)
+        shown = ", ".join(f"{name}={_shown(name, getattr(self, name))}" for name in _FIELD_ORDER)
         return redact_text(f"{type(self).__name__}({shown})")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -169,6 +177,16 @@ _FIELD_ORDER = tuple(field.name for field in dataclasses.fields(Settings))
 _FIELDS = frozenset(_FIELD_ORDER)
 
 
+_SECRETS = frozenset({"task_message_key", "task_message_old_keys"})
+
+
+def _shown(name: str, value: Any) -> str:
+    """Return a setting's value for `repr`: keys never show, only whether there are any."""
+    if name in _SECRETS and value:
+        return repr(["***"] * len(value)) if isinstance(value, list) else repr("***")
+    return repr(value)
+
+
 def unknown_setting(name: str) -> UnknownSetting:
     """Build the error for an unknown setting name, naming the closest known one."""
     close = difflib.get_close_matches(name.lower(), sorted(_FIELDS), n=1, cutoff=0.5)
@@ -227,6 +245,22 @@ def _priority(name: str, value: Any) -> int:
     return value
 
 
+def _key(name: str, value: Any) -> str | bytes:
+    if not isinstance(value, str | bytes) or len(_key_bytes(value)) < 16:
+        raise ConfigurationError(f"{name} must be a str or bytes of 16 bytes or more")
+    return value
+
+
+def _key_bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _old_keys(name: str, value: Any) -> list[str | bytes]:
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(f"{name} must be a list of keys, not a {type(value).__name__}")
+    return [_key(name, key) for key in value]
+
+
 def _loop(name: str, value: Any) -> str:
     if not isinstance(value, str) or value not in LOOPS:
         raise ConfigurationError(f"{name} must be one of {', '.join(LOOPS)}, not {value!r}")
@@ -280,6 +314,11 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_loop": _loop,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
+    "task_message_key": lambda name, value: None if value is None else _key(name, value),
+    "task_message_old_keys": _old_keys,
+    "task_message_max_age": lambda name, value: (
+        None if value is None else _positive_seconds(name, value)
+    ),
 }
 
 

@@ -27,6 +27,7 @@ import anyio
 from . import codec, states
 from .exceptions import NoReply
 from .result_meta import ResultMeta
+from .signing import sign_result
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class Control:
         await backend.store(
             task_id,
             states.REVOKED,
-            meta.encode(),
+            sign_result(self.app.conf, meta.encode()),
             self.app.conf.result_expires,
             headers=backend.message_headers(),  # rpc:// keeps it only for its own reply queue
         )

@@ -9,6 +9,7 @@ same thing, the error derives from it too, so `except TimeoutError` and `except 
     │   └── MissingDependency (ImportError)
     ├── SerializationError (TypeError)
     │   └── MessageTooLarge (ValueError)
+    ├── SignatureError (ValueError)
     ├── NotRegistered (LookupError)
     ├── BrokerError (ConnectionError)
     ├── ResultsDisabled
@@ -38,6 +39,7 @@ __all__ = [
     "ResultsDisabled",
     "Retry",
     "SerializationError",
+    "SignatureError",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevoked",
@@ -69,6 +71,20 @@ class SerializationError(AqueueError, TypeError):
 
 class MessageTooLarge(SerializationError, ValueError):
     """Raised at `delay()` when the encoded message is larger than `message_max_bytes`."""
+
+
+class SignatureError(AqueueError, ValueError):
+    """A message or result unsigned, tampered with, signed with an unknown key, or stale.
+
+    Raised by `AsyncResult.get()` for a result that fails its check when `task_message_key`
+    is set (see `aqueue.signing`); `reason` is also the dead-letter reason a worker gives a
+    message that fails it: "unsigned", "bad-signature" or "stale".
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class NotRegistered(AqueueError, LookupError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import codec
 from .exceptions import MessageTooLarge, SerializationError
+from .signing import MAGIC
 
 __all__ = [
     "VERSION",
@@ -42,6 +43,12 @@ class DeadLetterReason(enum.StrEnum):
     UNKNOWN_TASK = "unknown-task"
     BAD_ARGUMENTS = "bad-arguments"
     MAX_DELIVERIES = "max-deliveries"
+    #: task_message_key is set and the message has no signature (see aqueue/signing.py).
+    UNSIGNED = "unsigned"
+    #: A signature that does not match (tampered with) or names a key the worker does not have.
+    BAD_SIGNATURE = "bad-signature"
+    #: Signed longer ago than task_message_max_age.
+    STALE = "stale"
 
 
 class InvalidMessage(ValueError):
@@ -81,6 +88,10 @@ class Envelope:
         try:
             data = codec.unpack(body)
         except ValueError as exc:
+            if body[:4] == MAGIC:
+                raise InvalidMessage(
+                    "the message is signed, but this worker has no task_message_key"
+                ) from None
             raise InvalidMessage(str(exc)) from None
         if not isinstance(data, dict):
             raise InvalidMessage(f"body is a msgpack {type(data).__name__}, not a map")

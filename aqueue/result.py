@@ -14,6 +14,7 @@ from . import states
 from .control import Control
 from .exceptions import ResultsDisabled, ResultTimeout, TaskRevoked
 from .result_meta import ResultMeta, rebuild_exception
+from .signing import open_result
 
 if TYPE_CHECKING:
     from .drivers.base import ResultBackend
@@ -60,7 +61,7 @@ class AsyncResult(Generic[R]):
         stored = await (await self._backend()).fetch(self.id)
         if stored is None:
             return states.PENDING, None
-        return stored.state, ResultMeta.decode(stored.payload)
+        return stored.state, ResultMeta.decode(open_result(self.app.conf, stored.payload))
 
     async def state(self) -> str:
         """Return the task's state: PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED."""
@@ -103,7 +104,7 @@ class AsyncResult(Generic[R]):
                 f"task {self.task_name or self.id} gave no result within {timeout} s; "
                 "it may still be queued or running"
             ) from None
-        meta = ResultMeta.decode(stored.payload)
+        meta = ResultMeta.decode(open_result(self.app.conf, stored.payload))
         if stored.state == states.SUCCESS:
             return cast(R, meta.result)
         if stored.state == states.REVOKED:

@@ -31,6 +31,7 @@ from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result_meta import ResultMeta
 from .sending import priority_for
+from .signing import OVERHEAD, SignatureError, sign_result, signer_for
 from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
@@ -158,11 +159,18 @@ class Runner:
     def _inspect(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | _Refusal:
         """Decode the message and find its task, or say why it can never run."""
         limit = self.app.conf.message_max_bytes
-        if len(delivery.body) > limit:
-            detail = f"{len(delivery.body)} bytes, over message_max_bytes ({limit})"
+        body = delivery.body
+        signer = signer_for(self.app.conf)
+        if len(body) > limit + (OVERHEAD if signer is not None else 0):
+            detail = f"{len(body)} bytes, over message_max_bytes ({limit})"
             return _Refusal(DeadLetterReason.OVERSIZED, detail)
+        if signer is not None:  # before msgpack sees a byte of it
+            try:
+                body = signer.verify(body)
+            except SignatureError as exc:
+                return _Refusal(DeadLetterReason(exc.reason), exc.detail)
         try:
-            envelope = Envelope.decode(delivery.body)
+            envelope = Envelope.decode(body)
         except InvalidMessage as exc:
             return _Refusal(DeadLetterReason.UNDECODABLE, str(exc))
         task = self.app.tasks.get(envelope.task)
@@ -287,10 +295,12 @@ class Runner:
         self.retried += 1
         eta = time.time() + retry.countdown if retry.countdown > 0 else None
         again = dataclasses.replace(envelope, retries=envelope.retries + 1, eta=eta)
+        body = again.encode(self.app.conf.message_max_bytes)
+        signer = signer_for(self.app.conf)
         message = OutgoingMessage(
             id=again.id,
             queue=delivery.queue,
-            body=again.encode(self.app.conf.message_max_bytes),
+            body=body if signer is None else signer.sign(body, eta),
             eta=eta,
             priority=priority_for(self.app, task, None),
         )
@@ -386,7 +396,11 @@ class Runner:
             )
             state, payload = states.FAILURE, ResultMeta.failure(meta.task, error, None).encode()
         await self.backend.store(
-            envelope.id, state, payload, self.app.conf.result_expires, headers=envelope.headers
+            envelope.id,
+            state,
+            sign_result(self.app.conf, payload),
+            self.app.conf.result_expires,
+            headers=envelope.headers,
         )
 
 

@@ -19,6 +19,7 @@ from .message import Envelope, OutgoingMessage, encode_body, new_id
 from .options import ManySendOptions, SendOptions
 from .result import AsyncResult
 from .routing import route
+from .signing import signer_for
 
 __all__ = ["priority_for", "send", "send_many"]
 
@@ -66,6 +67,7 @@ async def send_many(
     }
     priority = priority_for(app, task, options.get("priority"))
     queue = options.get("queue")
+    signer = signer_for(app.conf)
     messages: list[OutgoingMessage] = []
     for index, (args, kwargs) in enumerate(calls):
         envelope = Envelope(
@@ -77,11 +79,12 @@ async def send_many(
             expires=until,
             headers=extra,
         )
+        body = envelope.encode(app.conf.message_max_bytes)
         messages.append(
             OutgoingMessage(
                 id=envelope.id,
                 queue=_queue_for(app, task, name, envelope.args, envelope.kwargs, queue),
-                body=envelope.encode(app.conf.message_max_bytes),
+                body=body if signer is None else signer.sign(body, when),
                 eta=when,
                 priority=priority,
             )
@@ -112,6 +115,9 @@ async def _send_plain(
         dict(backend.message_headers()) if backend is not None else {},
         app.conf.message_max_bytes,
     )
+    signer = signer_for(app.conf)
+    if signer is not None:
+        body = signer.sign(body)
     await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
     return AsyncResult(message_id, app, task_name=name, ignored=_ignored(app, task))
 

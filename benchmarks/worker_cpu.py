@@ -85,9 +85,11 @@ class Drain:
         return row
 
 
-async def one_run(url: str, kind: str, n: int, how: str, slots: int) -> dict[str, float]:
+async def one_run(
+    url: str, kind: str, n: int, how: str, slots: int, key: str | None = None
+) -> dict[str, float]:
     drain = Drain(n)
-    app = App("cpu", broker=url, backend=False, set_as_current=False)
+    app = App("cpu", broker=url, backend=False, set_as_current=False, task_message_key=key)
     app.conf.worker_tune_gc = how == "serve"
 
     @app.task(name="cpu.task")
@@ -157,7 +159,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
-            row = await one_run(url, args.kind, args.tasks, args.gc, args.slots)
+            row = await one_run(url, args.kind, args.tasks, args.gc, args.slots, args.key)
             rows.append(row)
             print(f"  run {run + 1}: {text(row)}", flush=True)
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -191,6 +193,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--loop", choices=LOOPS, default="auto")
+    parser.add_argument(
+        "--key",
+        nargs="?",
+        const="benchmark-key-" + "k" * 32,
+        help="sign every message with this task_message_key (the cost of signing)",
+    )
     return parser.parse_args(argv)
 
 

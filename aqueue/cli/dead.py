@@ -22,6 +22,7 @@ from ..app import App
 from ..drivers.base import DeadLetter, DeadLetterStats
 from ..exceptions import ConfigurationError
 from ..message import Envelope, InvalidMessage
+from ..signing import payload_of
 from .common import confirm, with_app
 
 __all__ = ["add_commands"]
@@ -93,7 +94,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _task(letter: DeadLetter) -> str:
     try:
-        envelope = Envelope.decode(letter.body)
+        envelope = Envelope.decode(payload_of(letter.body))
     except InvalidMessage:
         return "?"
     return f"{envelope.task}[{envelope.id}]"

@@ -1,0 +1,151 @@
+"""The chaos scenarios at full size (tests/chaos runs them small in CI), and their table.
+
+    python benchmarks/chaos.py [--scenarios kill_storm,kill_after_claim,...] [--tasks N]
+                               [--kills N] [--restarts N] [--partitions N] [--length S]
+                               [--fuzz N] [--write benchmarks/results-chaos.md]
+
+Every scenario starts its own `redis-server` (append-only file: appendfsync always, and
+everysec for the second restart run), its worker processes and its SQLite ledger in a temporary
+directory, injects its faults, drains, and has the checker count lost, duplicated, recovered
+and unexpected tasks (see tests/chaos/ledger.py). Prints one table row per scenario; with
+--write, the table goes to that file too. Needs `redis-server` on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.chaos import fuzz, scenarios
+from tests.chaos.harness import Outcome
+from tests.chaos.ledger import Report
+
+ALL = [
+    "kill_storm",
+    "kill_after_claim",
+    "redis_always",
+    "redis_everysec",
+    "partitions",
+    "sigterm",
+    "poison",
+    "fuzz",
+]
+HEADER = (
+    "| scenario | broker | tasks | faults injected | lost | duplicated | recovered | "
+    "time to recover | pass line held | reproduce |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+async def one(name: str, args: argparse.Namespace, where: Path) -> Outcome:
+    n = args.tasks
+    if name == "kill_storm":
+        return await scenarios.kill_storm(
+            where, tasks=n, workers=4, concurrency=10, kills=args.kills
+        )
+    if name == "kill_after_claim":
+        return await scenarios.kill_after_claim(where, kills=args.claim_kills, others=n // 10)
+    if name in ("redis_always", "redis_everysec"):
+        fsync = name.split("_")[1]
+        return await scenarios.redis_restarts(where, tasks=n, restarts=args.restarts, fsync=fsync)
+    if name == "partitions":
+        return await scenarios.partitions(
+            where, tasks=n, count=args.partitions, length=args.length, lease=args.lease
+        )
+    if name == "sigterm":
+        return await scenarios.sigterm(where, tasks=max(n // 10, 30), terms=args.kills, grace=3.0)
+    if name == "poison":
+        return await scenarios.poison(where, good=n, each=max(n // 90, 1), crashers=5)
+    if name == "fuzz":
+        started = time.monotonic()
+        count, slowest = fuzz.run(args.fuzz)
+        report = Report(sent=count, finished=count)
+        return Outcome(
+            "fuzzer over the envelope decoder",
+            "none",
+            count,
+            f"{count} mutated bodies, half signed; slowest decode {slowest * 1000:.2f} ms",
+            report,
+            time.monotonic() - started,
+            slowest < 0.010,
+            "no crash, no hang, each decode < 10 ms",
+        )
+    raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(ALL)}")
+
+
+def command(name: str, args: argparse.Namespace) -> str:
+    """The command that runs this scenario again, with this run's sizes."""
+    sizes = {
+        "kill_storm": f"--tasks {args.tasks} --kills {args.kills}",
+        "kill_after_claim": f"--tasks {args.tasks} --claim-kills {args.claim_kills}",
+        "redis_always": f"--tasks {args.tasks} --restarts {args.restarts}",
+        "redis_everysec": f"--tasks {args.tasks} --restarts {args.restarts}",
+        "partitions": f"--tasks {args.tasks} --partitions {args.partitions} "
+        f"--length {args.length:g} --lease {args.lease:g}",
+        "sigterm": f"--tasks {args.tasks} --kills {args.kills}",
+        "poison": f"--tasks {args.tasks}",
+        "fuzz": f"--fuzz {args.fuzz}",
+    }
+    return f"python benchmarks/chaos.py --scenarios {name} {sizes.get(name, '')}".strip()
+
+
+async def main(args: argparse.Namespace) -> int:
+    rows: list[str] = []
+    notes: list[str] = []
+    failed = 0
+    for name in args.scenarios.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"chaos-{name}-") as where:
+            outcome = await one(name, args, Path(where))
+        row = outcome.row(command(name, args))
+        print(row, flush=True)
+        print(f"    {outcome.report.line()}; {outcome.seconds:.1f} s; {outcome.notes}", flush=True)
+        rows.append(row)
+        notes.append(
+            f"- **{outcome.scenario}**: {outcome.report.line()}; ran {outcome.seconds:.1f} s. "
+            f"Pass line: {outcome.pass_line}. {outcome.notes or ''}"
+        )
+        failed += not outcome.passed
+    if args.write:
+        machine = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+        text = "\n".join(
+            [
+                "# Chaos runs (benchmarks/chaos.py)",
+                "",
+                f"Last run {time.strftime('%Y-%m-%d')}, on {machine}, a machine shared with "
+                "other jobs (2 cores). Times are wall-clock.",
+                "",
+                HEADER,
+                *rows,
+                "",
+                *notes,
+                "",
+            ]
+        )
+        await anyio.Path(args.write).write_text(text)
+    return 1 if failed else 0
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default=",".join(ALL))
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--claim-kills", type=int, default=50)
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--length", type=float, default=30.0, help="seconds per blackhole")
+    parser.add_argument("--lease", type=float, default=15.0)
+    parser.add_argument("--fuzz", type=int, default=100_000)
+    parser.add_argument("--write", help="write the table (markdown) to this file")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(anyio.run(main, parse()))

@@ -1,0 +1,333 @@
+"""The chaos harness: real brokers and workers as subprocesses, faults, and the ledger.
+
+Used at a small size by tests/chaos/test_chaos.py (CI) and at full size by benchmarks/chaos.py.
+Everything runs in one temporary directory: the task module (`tasks.py`, which writes the
+ledger), the ledger file, Redis's append-only file. Waits are on readiness lines and ledger
+counts; the only sleeps are the faults' own durations and the pauses between faults.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aqueue import App, BrokerError
+from tests.test_redis_processes import Lines, child_env, free_port, spawn
+
+from .ledger import TASK_LEDGER, Ledger, Report, connect
+from .proxy import Proxy
+
+#: The longest a process start, a readiness line or one drain step may take.
+STEP = 60.0
+
+TASKS = """
+import os
+
+import anyio
+
+from aqueue import App
+
+{ledger}
+
+app = App(
+    "tasks",
+    broker={url!r},
+    broker_visibility_timeout={lease!r},
+    broker_heartbeat_interval=0.5,
+    broker_heartbeat_timeout={heartbeat!r},
+    broker_max_deliveries={max_deliveries!r},
+    worker_shutdown_timeout={grace!r},
+    broker_transport_options={{"socket_timeout": {socket_timeout!r}}},
+)
+
+
+@app.task(bind=True)
+async def work(self, ms):
+    row = ledger_start(self.request.id, self.request.delivery_count)
+    await anyio.sleep(ms / 1000)  # the work
+    ledger_end(row)
+    return ms
+
+
+@app.task(bind=True)
+async def die_on_claim(self, ms):
+    # Killed (os._exit skips every finally, like SIGKILL) right after the claim, before any
+    # work, on its first delivery; runs on its next.
+    row = ledger_start(self.request.id, self.request.delivery_count)
+    if self.request.delivery_count <= 1:
+        os._exit(137)
+    await anyio.sleep(ms / 1000)
+    ledger_end(row)
+    return ms
+
+
+@app.task
+async def crash():
+    os._exit(1)
+"""
+
+
+@dataclass
+class Settings:
+    """The settings of a chaos run's task module."""
+
+    lease: float = 3.0
+    heartbeat: float = 2.0
+    max_deliveries: int = 5
+    grace: float = 2.0
+    socket_timeout: float = 5.0
+
+
+class RedisNode:
+    """`redis-server` of the harness's own, with an append-only file: killed and restarted."""
+
+    def __init__(self, directory: Path, fsync: str = "always") -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.fsync = fsync
+        self.process: Lines | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--save", "", "--appendonly", "yes"]
+        command += ["--appendfsync", self.fsync]
+        self.process = spawn(command)
+        await self.process.wait_line("Ready to accept connections", within=STEP)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+            self.process = None
+
+    async def restart(self, down: float = 0.0) -> None:
+        """kill -9, stay down `down` seconds (the fault), start again on the same port."""
+        self.kill()
+        await anyio.sleep(down)
+        await self.start()
+
+
+class Fleet:
+    """Worker processes in `cwd`, supervised: one that dies is counted and started again."""
+
+    def __init__(self, cwd: Path, count: int, concurrency: int) -> None:
+        self.cwd = cwd
+        self.count = count
+        self.concurrency = concurrency
+        self.workers: list[Lines | None] = [None] * count
+        self.exits: list[int] = []  # exit codes of the workers that died on their own
+        self.restarts = 0
+        self.stopped: list[Lines] = []
+
+    async def start(self, index: int) -> Lines:
+        command = [sys.executable, "-m", "aqueue", "worker", "tasks:app", "-l", "INFO"]
+        command += ["-c", str(self.concurrency), "-n", f"chaos{index}@{os.getpid()}"]
+        worker = spawn(command, cwd=self.cwd, env=child_env())
+        self.workers[index] = worker
+        await worker.wait_line("ready.", within=STEP)
+        return worker
+
+    async def start_all(self) -> None:
+        async with anyio.create_task_group() as group:
+            for index in range(self.count):
+                group.start_soon(self.start, index)
+
+    def pid(self, index: int) -> int:
+        worker = self.workers[index]
+        assert worker is not None
+        return worker.proc.pid
+
+    async def supervise(self) -> None:
+        """Restart any worker that exits (until cancelled): the crashers' os._exit."""
+        while True:
+            for index, worker in enumerate(self.workers):
+                if worker is not None and worker.proc.poll() is not None:
+                    self.exits.append(worker.stop())
+                    self.stopped.append(worker)
+                    self.workers[index] = None
+                    self.restarts += 1
+                    await self.start(index)
+            await anyio.sleep(0.05)  # the supervisor's poll
+
+    async def kill(self, index: int, sig: int = signal.SIGKILL) -> int:
+        """Signal worker `index` and reap it (off the event loop); return its exit code."""
+        worker = self.workers[index]
+        assert worker is not None
+        self.workers[index] = None
+        self.stopped.append(worker)
+        return await anyio.to_thread.run_sync(worker.stop, sig)
+
+    async def signal(self, index: int, sig: int) -> Lines:
+        worker = self.workers[index]
+        assert worker is not None
+        worker.proc.send_signal(sig)
+        return worker
+
+    def stop_all(self) -> None:
+        for index, worker in enumerate(self.workers):
+            if worker is not None:
+                worker.stop()
+                self.workers[index] = None
+
+    def output(self) -> str:
+        alive = [worker for worker in self.workers if worker is not None]
+        return "\n".join(worker.output for worker in [*self.stopped, *alive])
+
+
+@dataclass
+class Outcome:
+    """One scenario's run: the ledger's report and what the scenario measured itself."""
+
+    scenario: str
+    broker: str
+    tasks: int
+    faults: str
+    report: Report
+    seconds: float
+    passed: bool
+    pass_line: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, command: str) -> str:
+        r = self.report
+        return (
+            f"| {self.scenario} | {self.broker} | {self.tasks} | {self.faults} | {r.lost} | "
+            f"{r.duplicated} | {r.recovered} | {r.time_to_recover:.1f} s | "
+            f"{'pass' if self.passed else 'FAIL'} | `{command}` |"
+        )
+
+
+class Run:
+    """One scenario's world: a directory, a Redis node, the task module, the ledger, a fleet."""
+
+    def __init__(self, directory: Path, settings: Settings | None = None) -> None:
+        self.directory = directory
+        self.settings = settings or Settings()
+        self.ledger_path = directory / "ledger.db"
+        connect(self.ledger_path).close()
+        self.ledger = Ledger(self.ledger_path)
+        self.redis: RedisNode | None = None
+        self.proxy: Proxy | None = None
+        self.fleet: Fleet | None = None
+        self.apps: list[App] = []
+
+    async def redis_broker(self, fsync: str = "always", proxied: bool = False) -> str:
+        """Start a Redis node (behind a proxy, if `proxied`); return the workers' URL."""
+        self.redis = RedisNode(self.directory / "redis", fsync)
+        await self.redis.start()
+        if not proxied:
+            return self.redis.url
+        self.proxy = Proxy(self.redis.port)
+        await self.proxy.start()
+        return f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    def write_tasks(self, url: str) -> None:
+        s = self.settings
+        text = TASKS.format(
+            ledger=textwrap.dedent(TASK_LEDGER).format(path=str(self.ledger_path)),
+            url=url,
+            lease=s.lease,
+            heartbeat=s.heartbeat,
+            max_deliveries=s.max_deliveries,
+            grace=s.grace,
+            socket_timeout=s.socket_timeout,
+        )
+        (self.directory / "tasks.py").write_text(text)
+
+    def producer(self, url: str, **settings: Any) -> App:
+        app = App(
+            "tasks",
+            set_as_current=False,
+            broker=url,
+            broker_transport_options={"socket_timeout": self.settings.socket_timeout},
+            **settings,
+        )
+        self.apps.append(app)
+        return app
+
+    async def workers(self, count: int, concurrency: int) -> Fleet:
+        self.fleet = Fleet(self.directory, count, concurrency)
+        await self.fleet.start_all()
+        return self.fleet
+
+    async def publish(
+        self, app: App, durations: list[int], batch: int = 100, task: str = "tasks.work"
+    ) -> list[str]:
+        """Send `work(ms)` for each duration, in batches; a batch whose publish fails is sent
+        again with the same ids until the broker confirms it. Returns the ids, all confirmed."""
+        ids: list[str] = []
+        for at in range(0, len(durations), batch):
+            calls = [((ms,), {}) for ms in durations[at : at + batch]]
+            task_ids = [f"{at + n:06d}-{os.urandom(4).hex()}" for n in range(len(calls))]
+            await self.confirmed(app, task, calls, task_ids)
+            ids += task_ids
+        return ids
+
+    async def confirmed(self, app: App, task: str, calls: list[Any], task_ids: list[str]) -> None:
+        deadline = time.monotonic() + STEP * 2
+        while True:
+            try:
+                await app.send_many(task, calls, task_ids=task_ids)
+            except (BrokerError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(0.2)  # the broker is down: try again shortly
+                continue
+            self.ledger.sent(task_ids)
+            return
+
+    async def drain(self, expected: int, within: float) -> float:
+        """Wait until `expected` sent tasks finished (bounded); return the seconds it took."""
+        started = time.monotonic()
+        await until(lambda: self.ledger.finished() >= expected, within)
+        return time.monotonic() - started
+
+    async def close(self) -> None:
+        for app in self.apps:
+            await app.close()
+        if self.fleet is not None:
+            self.fleet.stop_all()
+        if self.proxy is not None:
+            await self.proxy.close()
+        if self.redis is not None:
+            self.redis.kill()
+        self.ledger.close()
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], within: float) -> bool:
+    """Poll `check` (the ledger, the dead letters) until it holds or `within` s pass."""
+    with anyio.move_on_after(within):
+        while True:
+            done = check()
+            if not isinstance(done, bool):
+                done = await done
+            if done:
+                return True
+            await anyio.sleep(0.05)  # the poll
+    return False
+
+
+def durations(count: int, seed: int, long_share: float = 0.01) -> list[int]:
+    """Task lengths in ms: 10-200 ms, and `long_share` of them 2-5 s."""
+    rng = random.Random(seed)
+    return [
+        rng.randint(2000, 5000) if rng.random() < long_share else rng.randint(10, 200)
+        for _ in range(count)
+    ]
+
+
+Scenario = Callable[..., Awaitable[Outcome]]

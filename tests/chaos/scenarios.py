@@ -1,0 +1,385 @@
+"""The chaos scenarios, each sized by its arguments: small in CI, full in benchmarks/chaos.py.
+
+Each returns an `Outcome`: the ledger's report, the scenario's pass line and whether it held.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import anyio
+
+from .harness import Outcome, Run, Settings, durations, until
+
+
+async def kill_storm(
+    directory: Path,
+    tasks: int = 300,
+    workers: int = 3,
+    concurrency: int = 5,
+    kills: int = 2,
+    seed: int = 1,
+) -> Outcome:
+    """kill -9 a random worker `kills` times, spread over the run (by the ledger's count of
+    finished tasks), each started again at once."""
+    run = Run(directory)
+    rng = random.Random(seed)
+    try:
+        url = await run.redis_broker()
+        run.write_tasks(url)
+        fleet = await run.workers(workers, concurrency)
+        producer = run.producer(url)
+        started = time.monotonic()
+        ids = await run.publish(producer, durations(tasks, seed))
+        for kill in range(kills):
+            await run.drain((kill + 1) * len(ids) // (kills + 1), within=120)
+            index = rng.randrange(workers)
+            pid = fleet.pid(index)
+            run.ledger.fault("kill -9", f"worker {index} pid {pid}")
+            await fleet.kill(index)
+            await fleet.start(index)
+        await run.drain(len(ids), within=run.settings.lease + 120)
+        seconds = time.monotonic() - started
+        report = run.ledger.check()
+        in_flight = kills * concurrency
+        passed = report.ok and report.duplicated <= in_flight
+        return Outcome(
+            "kill -9 storm",
+            "redis",
+            tasks,
+            f"{kills} x kill -9 of 1 of {workers} workers",
+            report,
+            seconds,
+            passed,
+            f"lost 0; duplicated <= in flight at the kills ({in_flight})",
+        )
+    finally:
+        await run.close()
+
+
+async def kill_after_claim(directory: Path, kills: int = 10, others: int = 20) -> Outcome:
+    """`kills` tasks kill their worker right after the claim, before any work, once each."""
+    run = Run(directory, Settings(lease=3.0, heartbeat=1.5))
+    try:
+        url = await run.redis_broker()
+        run.write_tasks(url)
+        fleet = await run.workers(2, 1)
+        producer = run.producer(url)
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            group.start_soon(fleet.supervise)
+            ids = await run.publish(producer, [10] * kills, task="tasks.die_on_claim")
+            ids += await run.publish(producer, [10] * others)
+            await run.drain(len(ids), within=60 + kills * 10)
+            group.cancel_scope.cancel()
+        report = run.ledger.check()
+        passed = report.ok and report.recovered == kills and fleet.restarts == kills
+        return Outcome(
+            "killed right after a claim",
+            "redis",
+            kills + others,
+            f"{fleet.restarts} workers killed after a claim",
+            report,
+            time.monotonic() - started,
+            passed,
+            f"lost 0; each of the {kills} killed attempts recovered",
+            {"worker restarts": fleet.restarts},
+        )
+    finally:
+        await run.close()
+
+
+async def redis_restarts(
+    directory: Path,
+    tasks: int = 300,
+    restarts: int = 1,
+    fsync: str = "always",
+    down: float = 1.0,
+    seed: int = 2,
+) -> Outcome:
+    """Redis killed (-9) and restarted `restarts` times under load, publishes going on."""
+    run = Run(directory)
+    resumes: list[float] = []
+    try:
+        url = await run.redis_broker(fsync)
+        run.write_tasks(url)
+        await run.workers(2, 10)
+        producer = run.producer(url)
+        started = time.monotonic()
+        lengths = durations(tasks, seed, long_share=0)
+        half = tasks // 2
+        ids = await run.publish(producer, lengths[:half])
+        more: list[str] = []
+
+        async def keep_publishing() -> None:  # the second half, across the restarts
+            more.extend(await run.publish(producer, lengths[half:], batch=10))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(keep_publishing)
+            for restart in range(restarts):
+                await run.drain((restart + 1) * half // (restarts + 1), within=120)
+                fault = run.ledger.fault("redis kill -9", f"down {down} s, appendfsync {fsync}")
+                assert run.redis is not None
+                await run.redis.restart(down)
+                up = time.monotonic()
+                before = run.ledger.finished()
+                run.ledger.healed(fault)
+                await run.drain(before + 1, within=60)
+                resumes.append(time.monotonic() - up)
+        await run.drain(len(ids) + len(more), within=120)
+        report = run.ledger.check()
+        resume = max(resumes, default=0.0)
+        report.recovery = resumes
+        if fsync == "always":
+            passed = report.ok and resume <= 10
+            line = "lost 0 of confirmed publishes; work resumes within 10 s"
+        else:
+            passed = True
+            line = "report what was lost (kill -9 of the process: the kernel keeps its writes)"
+        return Outcome(
+            f"Redis restarts, appendfsync {fsync}",
+            "redis",
+            len(ids) + len(more),
+            f"{restarts} x Redis kill -9 + restart ({down:g} s down)",
+            report,
+            time.monotonic() - started,
+            passed,
+            line,
+            {"resume after restart (s)": [round(r, 2) for r in resumes]},
+        )
+    finally:
+        await run.close()
+
+
+async def partitions(
+    directory: Path,
+    tasks: int = 200,
+    count: int = 1,
+    length: float = 6.0,
+    lease: float = 3.0,
+    seed: int = 3,
+) -> Outcome:
+    """Blackholes between the workers and Redis (through the proxy), longer than the lease."""
+    run = Run(directory, Settings(lease=lease, heartbeat=2.0, socket_timeout=2.0))
+    recoveries: list[float] = []
+    fail_fast: list[float] = []
+    errors: list[str] = []
+    try:
+        proxied = await run.redis_broker(proxied=True)
+        assert run.redis is not None
+        direct = run.redis.url
+        run.write_tasks(proxied)
+        await run.workers(2, 5)
+        producer = run.producer(direct)
+        cut_off = run.producer(proxied)  # a producer on the partitioned side
+        await cut_off.connection()
+        started = time.monotonic()
+        ids = await run.publish(producer, durations(tasks, seed, long_share=0))
+        assert run.proxy is not None
+        for partition in range(count):
+            await run.drain((partition + 1) * len(ids) // (count + 1), within=120)
+            fault = run.ledger.fault("blackhole", f"{length:g} s, lease {lease:g} s")
+            run.proxy.blackhole()
+            tried = time.monotonic()
+            try:
+                with anyio.fail_after(length):
+                    await cut_off.send_task("tasks.work", (10,), task_id=f"unconfirmed-{partition}")
+            except Exception as exc:  # what a producer sees: its error and how soon
+                errors.append(f"{type(exc).__name__}: {exc}")
+                fail_fast.append(time.monotonic() - tried)
+            await anyio.sleep(max(0.0, length - (time.monotonic() - tried)))  # the fault
+            run.proxy.heal()
+            run.ledger.healed(fault)
+            healed = time.monotonic()
+            before = run.ledger.finished()
+            await run.drain(before + 1, within=60)
+            recoveries.append(time.monotonic() - healed)
+        await run.drain(len(ids), within=120)
+        report = run.ledger.check()
+        report.recovery = recoveries
+        fast = bool(fail_fast) and max(fail_fast) < length
+        passed = report.ok and max(recoveries, default=0) <= 10 and fast
+        assert run.fleet is not None
+        log = run.fleet.output()
+        return Outcome(
+            "partitions (blackhole)",
+            "redis",
+            tasks,
+            f"{count} x {length:g} s blackhole, lease {lease:g} s",
+            report,
+            time.monotonic() - started,
+            passed,
+            "lost 0; producers fail fast with a clear error; recovery within 10 s",
+            {
+                "producer failed after (s)": [round(f, 2) for f in fail_fast],
+                "producer error": errors[:1],
+                "late acks logged": log.count("lease") + log.count("fenced"),
+            },
+        )
+    finally:
+        await run.close()
+
+
+async def sigterm(
+    directory: Path,
+    tasks: int = 100,
+    terms: int = 1,
+    grace: float = 1.0,
+    seed: int = 4,
+) -> Outcome:
+    """SIGTERM at random (grace `grace` s) under tasks of 0.1-5 s, then a double SIGTERM."""
+    run = Run(directory, Settings(grace=grace))
+    rng = random.Random(seed)
+    exits: list[tuple[int, float]] = []
+    try:
+        url = await run.redis_broker()
+        run.write_tasks(url)
+        fleet = await run.workers(3, 10)
+        producer = run.producer(url)
+        started = time.monotonic()
+        lengths = [rng.randint(100, 5000) for _ in range(tasks)]
+        ids = await run.publish(producer, lengths)
+        for term in range(terms + 1):
+            await run.drain((term + 1) * len(ids) // (terms + 3), within=120)
+            index = rng.randrange(3)
+            pid = fleet.pid(index)
+            double = term == terms
+            run.ledger.fault("double SIGTERM" if double else "SIGTERM", f"pid {pid}")
+            worker = await fleet.signal(index, signal.SIGTERM)
+            if double:
+                await worker.wait_line("shutdown")  # the first is heard; the second ends it
+                worker.proc.send_signal(signal.SIGTERM)
+            await fleet.kill(index, 0)  # reaped (signal 0: no further signal)
+            exited = time.time()
+            await fleet.start(index)
+            exits.append((pid, exited))
+        await run.drain(len(ids), within=120)
+        report = run.ledger.check()
+        waits = [w for pid, exited in exits if (w := _requeued_after(run, pid, exited)) >= 0]
+        returned = fleet.output().count("returning it to the queue")
+        passed = report.ok and returned == report.cut_short
+        return Outcome(
+            "SIGTERM at random, then a double SIGTERM",
+            "redis",
+            tasks,
+            f"{terms} x SIGTERM ({grace:g} s grace), 1 x double SIGTERM",
+            report,
+            time.monotonic() - started,
+            passed,
+            "lost 0; every unfinished task given back by its worker as it exits (no lease wait)",
+            {
+                "given back at exit": returned,
+                "taken again after exit, behind the backlog (s)": [round(w, 2) for w in waits],
+            },
+        )
+    finally:
+        await run.close()
+
+
+def _requeued_after(run: Run, pid: int, exited: float) -> float:
+    """Seconds from a worker's exit until the first of its unfinished tasks started again
+    (-1: it left none unfinished)."""
+    rows = run.ledger.db.execute(
+        "SELECT min(b.start) FROM attempts a JOIN attempts b ON b.id = a.id AND b.start > a.start "
+        "WHERE a.pid = ? AND a.end IS NULL",
+        (pid,),
+    ).fetchone()
+    return -1.0 if rows[0] is None else rows[0] - exited
+
+
+def poison_bodies(each: int) -> list[tuple[str, bytes]]:
+    """`each` bad messages of every kind a worker must refuse: (the reason it must give, body)."""
+    import msgpack
+
+    from aqueue.message import encode_body
+
+    def envelope(task: str, args: list[object], at: int) -> bytes:
+        return encode_body(f"bad-{task}-{at}", task, args, {}, None, None, 0, {}, 4 << 20)
+
+    def raw_args(at: int, args: bytes) -> bytes:  # an envelope whose args are raw bytes
+        head = {"v": 1, "id": f"bad-raw-{at}-{len(args)}", "task": "tasks.work"}
+        packed = b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in head.items())
+        return b"\x84" + packed + msgpack.packb("args") + args
+
+    bodies: list[tuple[str, bytes]] = []
+    for at in range(each):
+        bodies += [
+            ("undecodable", b"\xc1 not msgpack %d" % at),
+            ("undecodable", msgpack.packb([1, 2, at])),  # wrong shape: not a map
+            ("undecodable", msgpack.packb({"v": 1, "task": "tasks.work", "n": at})),  # no id
+            ("unknown-task", envelope("tasks.nope", [at], at)),
+            ("bad-arguments", envelope("tasks.work", [1, 2, at], at)),
+            ("oversized", envelope("tasks.work", ["x" * (1 << 20)], at)),
+            ("undecodable", raw_args(at, b"\x91" * (1500 + at) + b"\xc0")),  # nesting
+            ("undecodable", raw_args(at, b"\xdd\xff\xff\xff\xf0")),  # a 4-billion array
+            ("undecodable", raw_args(at, b"\x91\xdb\xff\xff\xff\xf0abc")),  # a 4 GB string
+        ]
+    return bodies
+
+
+async def poison(
+    directory: Path, good: int = 300, each: int = 3, crashers: int = 3, seed: int = 5
+) -> Outcome:
+    """Bad messages of every kind and tasks that os._exit their worker, among good ones."""
+    from aqueue import OutgoingMessage
+
+    run = Run(directory, Settings(max_deliveries=2, lease=3.0, heartbeat=1.5))
+    rng = random.Random(seed)
+    try:
+        url = await run.redis_broker()
+        run.write_tasks(url)
+        fleet = await run.workers(2, 10)
+        producer = run.producer(url)
+        broker = await producer.connection()
+        bad = poison_bodies(each)
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            group.start_soon(fleet.supervise)
+            lengths = durations(good, seed, long_share=0)
+            ids = await run.publish(producer, lengths[: good // 2])
+            shuffled = list(bad)
+            rng.shuffle(shuffled)
+            await broker.publish(
+                [
+                    OutgoingMessage(id=f"poison-{n}", queue="default", body=body)
+                    for n, (_, body) in enumerate(shuffled)
+                ]
+            )
+            for _ in range(crashers):
+                await producer.send_task("tasks.crash")
+            ids += await run.publish(producer, lengths[good // 2 :])
+            await run.drain(len(ids), within=120)
+            want = len(bad) + crashers
+
+            async def all_dead() -> bool:
+                return len(await broker.dead_letters("default", limit=1000)) >= want
+
+            await until(all_dead, 60)
+            group.cancel_scope.cancel()
+        letters = await broker.dead_letters("default", limit=1000)
+        reasons: dict[str, int] = {}
+        for letter in letters:
+            reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
+        expected: dict[str, int] = {"max-deliveries": crashers}
+        for reason, _ in bad:
+            expected[reason] = expected.get(reason, 0) + 1
+        report = run.ledger.check()
+        crashes = len(fleet.exits)
+        passed = report.ok and reasons == expected and 0 < crashes <= crashers * 2
+        return Outcome(
+            "poison mix",
+            "redis",
+            good + len(bad) + crashers,
+            f"{len(bad)} bad messages (9 kinds), {crashers} os._exit crashers",
+            report,
+            time.monotonic() - started,
+            passed,
+            "good lost 0; each bad one dead-lettered with its reason; worker exits only from "
+            "the crashers (max_deliveries each)",
+            {"dead letters": reasons, "worker exits": crashes},
+        )
+    finally:
+        await run.close()
