@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from aqueue import App, Worker
-from aqueue.brokers.redis import RedisBroker
+from aqueue.drivers.redis.broker import RedisBroker
 
 from . import service_redis
 from .conftest import require
