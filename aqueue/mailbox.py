@@ -8,7 +8,9 @@ topic exchange on RabbitMQ, the database on SQLite, memory in one process. It ca
   `control.broadcast` and `control.<hostname>`, and replies on a topic of the asker's;
 - **settings**: a small durable key-value store (`put`, `get`, `items`, `delete`) for runtime
   changes that a restarted worker must pick up: rate limits set with `aqueue control`,
-  revoked task ids.
+  revoked task ids;
+- **claims**: `claim(key, ttl)` takes a key for `ttl` seconds if no one holds it, atomically
+  with the broker's own primitive: several beats claim each run so that one sends it.
 """
 
 from __future__ import annotations
@@ -42,3 +44,7 @@ class Mailbox(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove a setting."""
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Take `key` for `ttl` seconds: True for exactly one of the callers racing for it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
