@@ -7,6 +7,7 @@ from .app import current_app as current_app
 from .app import shared_task as shared_task
 from .backend import ResultBackend as ResultBackend
 from .backend import StoredResult as StoredResult
+from .beat.schedules import crontab as crontab
 from .broker import Broker as Broker
 from .broker import Credit as Credit
 from .broker import DeadLetter as DeadLetter
@@ -81,6 +82,7 @@ __all__ = [
     "Worker",
     "WorkerLostError",
     "__version__",
+    "crontab",
     "current_app",
     "register_backend",
     "register_broker",

@@ -24,6 +24,7 @@ import anyio
 from . import current, sending
 from . import result as _result
 from .backend import ResultBackend
+from .beat.edits import BeatControl
 from .broker import Broker
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
@@ -106,6 +107,11 @@ class App:
     def control(self) -> Control:
         """Remote control of this app's workers: `await app.control.ping()`."""
         return Control(self)
+
+    @property
+    def beat(self) -> BeatControl:
+        """The periodic tasks of this app's beats, editable at runtime: `await app.beat.list()`."""
+        return BeatControl(self)
 
     # -- configuration -----------------------------------------------------------------------
 
