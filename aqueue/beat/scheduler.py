@@ -73,6 +73,9 @@ class Beat:
         self.entries: dict[str, Entry] = {}
         self.cursors: dict[str, float] = {}  # the last due time handled, per entry
         self.sent = 0
+        #: How many times the entries were loaded again after an edit (`reloaded` waits on it).
+        self.reloads = 0
+        self._reloaded = anyio.Event()
         self._wake = anyio.Event()
         self._stale = False
         self._mailbox: Mailbox | None = None
@@ -157,6 +160,9 @@ class Beat:
             logger.error("Could not load the beat entries again (%s); keeping the old ones", exc)
             return
         fresh.update(await housekeeping_entries(self.app))
+        self._apply(fresh)
+
+    def _apply(self, fresh: dict[str, Entry]) -> None:
         now = self.clock.now()
         for name, entry in fresh.items():
             old = self.entries.get(name)
@@ -167,6 +173,14 @@ class Beat:
             self.cursors.pop(name, None)
             logger.info("Beat entry %s: removed", name)
         self.entries = fresh
+        self.reloads += 1
+        self._reloaded.set()
+        self._reloaded = anyio.Event()
+
+    async def reloaded(self, count: int) -> None:
+        """Wait until the entries were loaded again `count` times in all (for tests, tools)."""
+        while self.reloads < count:
+            await self._reloaded.wait()
 
     async def _tick(self, entry: Entry, now: float) -> None:
         pending = self._pending(entry, now)
