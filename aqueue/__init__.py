@@ -5,6 +5,7 @@ from ._version import __version__ as __version__
 from .app import App as App
 from .app import current_app as current_app
 from .app import shared_task as shared_task
+from .beat.schedules import crontab as crontab
 from .config import Settings as Settings
 from .drivers import register_backend as register_backend
 from .drivers import register_broker as register_broker
@@ -83,6 +84,7 @@ __all__ = [
     "Worker",
     "WorkerLostError",
     "__version__",
+    "crontab",
     "current_app",
     "register_backend",
     "register_broker",

@@ -23,6 +23,7 @@ import anyio
 
 from . import current, sending
 from . import result as _result
+from .beat.edits import BeatControl
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .drivers import create_backend, create_broker, default_backend
@@ -102,6 +103,11 @@ class App:
     def control(self) -> Control:
         """Remote control of this app's workers: `await app.control.ping()`."""
         return Control(self)
+
+    @property
+    def beat(self) -> BeatControl:
+        """The periodic tasks of this app's beats, editable at runtime: `await app.beat.list()`."""
+        return BeatControl(self)
 
     # -- configuration -----------------------------------------------------------------------
 

@@ -105,6 +105,20 @@ class Settings:
     #: With a key: a message signed longer ago than this (from its eta, if later) is refused
     #: as stale, which bounds a replay; None: no limit.
     task_message_max_age: float | None = None
+    #: Periodic tasks, as Celery writes them: {name: {"task", "schedule", "args", "kwargs",
+    #: "options"}}; `schedule` is seconds, a timedelta, a `crontab(...)` or a cron string.
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Where beat's entries come from: "default" (beat_schedule, then the edits kept in the
+    #: broker) or "module:Class", a `aqueue.beat.Source` of one's own (a database scheduler).
+    beat_scheduler: str = "default"
+    #: Runs missed while no beat was alive: "one" (a single catch-up run), "all" or "none".
+    beat_catch_up: str = "one"
+    #: The built-in housekeeping entry (expired-result cleanup, for stores that need one).
+    beat_housekeeping: bool = True
+    #: The time zone of crontab schedules (an IANA name); None: UTC, or the local time zone
+    #: when `enable_utc` is False.
+    timezone: str | None = None
+    enable_utc: bool = True
 
     def __repr__(self) -> str:
         """Every setting, with the password of any URL among them shown as `***`."""
@@ -267,6 +281,36 @@ def _loop(name: str, value: Any) -> str:
     return value
 
 
+def _catch_up(name: str, value: Any) -> str:
+    if value not in ("one", "all", "none"):
+        raise ConfigurationError(f"{name} must be 'one', 'all' or 'none', not {value!r}")
+    return str(value)
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a dict of entries, not {value!r}")
+    return dict(value)
+
+
+def _timezone(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"{name}: unknown time zone {value!r}") from None
+    return str(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 def _msgpack_only(name: str, value: Any) -> Any:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list | tuple) or list(names) != ["msgpack"]:
@@ -312,6 +356,11 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_held_limit": _positive_int,
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
+    "beat_schedule": _mapping,
+    "beat_catch_up": _catch_up,
+    "beat_housekeeping": _bool,
+    "timezone": _timezone,
+    "enable_utc": _bool,
     "task_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_soft_time_limit": lambda name, value: None if value is None else _seconds(name, value),
     "task_message_key": lambda name, value: None if value is None else _key(name, value),

@@ -1,7 +1,8 @@
 """The `aqueue` command: `aqueue worker tasks:app`, `check-config`, and the operator commands.
 
 One module per command group, each adding its subcommands with `add_commands`: `worker`,
-`config` (`check-config`), `control` (`inspect`, `control`, `purge`, `result`, `call`) and
+`beat` (`beat`, `beat APP list|add|remove|enable|disable|reset`), `config` (`check-config`),
+`control` (`inspect`, `control`, `purge`, `result`, `call`) and
 `dead` (`dead list|retry|purge`). A new command goes in a module of its own here.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .._version import __version__
 from ..exceptions import AqueueError
-from . import config, control, dead, worker
+from . import beat, config, control, dead, worker
 from .common import Parser
 
 __all__ = ["main"]
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="aqueue", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (worker, config, control, dead):
+    for module in (worker, beat, config, control, dead):
         module.add_commands(commands)
     return parser
 

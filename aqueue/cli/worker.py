@@ -1,4 +1,7 @@
-"""`aqueue worker MODULE:app`: run a worker, with its banner, logging and event loop."""
+"""`aqueue worker MODULE:app`: run a worker, with its banner, logging and event loop.
+
+`--beat` (`-B`) runs a beat in the same process too (several are safe: see aqueue/beat/).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import anyio
 
 from ..app import App
 from ..banner import banner
+from ..beat.scheduler import Beat
 from ..loader import load_app
 from ..logs import setup_logging
 from ..loops import LOOPS, describe, loop_factory
 from ..urls import secrets_in
 from ..worker import Worker
+from .beat import beat_banner
 
 __all__ = ["add_commands"]
 
@@ -53,6 +58,9 @@ def add_commands(commands: Any) -> None:
         help="grace period for running tasks on the first SIGTERM/SIGINT",
     )
 
+    worker.add_argument(
+        "-B", "--beat", action="store_true", help="also send the periodic tasks (a beat)"
+    )
     worker.set_defaults(run=_worker)
 
 
@@ -100,7 +108,16 @@ def _worker(args: argparse.Namespace) -> int:
             limits = await _limits_scope(app)
             loop = describe(asyncio.get_running_loop())
             print(banner(worker, args.app, limits=limits, loop=loop), flush=True)
-            await worker.serve()
+            if not args.beat:
+                await worker.serve()
+                return
+            beat = Beat(app)
+            await beat.load()
+            print(beat_banner(app, beat, args.app), flush=True)
+            async with anyio.create_task_group() as group:
+                group.start_soon(beat.run)
+                await worker.serve()
+                group.cancel_scope.cancel()  # the worker stopped: so does its beat
         finally:
             with anyio.CancelScope(shield=True):
                 await app.close()

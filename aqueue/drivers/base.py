@@ -228,6 +228,13 @@ class Mailbox(abc.ABC):
     async def delete(self, key: str) -> None:
         """Remove a setting."""
 
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Take `key` for `ttl` seconds: True for exactly one of the callers racing for it.
+
+        Atomic with the broker's own primitive; several beats claim each run so one sends it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
+
 
 class Broker(abc.ABC):
     """A message transport. Use it as an async context manager, or call `open` and `close`."""
@@ -334,6 +341,9 @@ class ResultBackend(abc.ABC):
     #: Whether every process can `fetch` what a worker stored (not so for `rpc://`, whose
     #: results travel to the caller alone).
     shared: ClassVar[bool] = True
+    #: Whether expired results stay stored until `purge_expired` deletes them (SQLite); beat's
+    #: housekeeping entry calls it hourly for such stores.
+    keeps_expired: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.url = url
@@ -346,6 +356,10 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections and wake no one; idempotent."""
+
+    async def purge_expired(self) -> int:
+        """Delete the expired results; return how many (0 where the store expires them)."""
+        return 0
 
     def message_headers(self) -> Mapping[str, Any]:
         """Headers for every message the app sends, so its results can find their way back.

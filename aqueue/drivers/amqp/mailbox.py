@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -224,12 +225,16 @@ class AMQPMailbox(Mailbox):
         self._publisher: AbstractChannel | None = None
         self._lock = anyio.Lock()
         self._declared = -1  # the link generation the exchange and queue were declared on
+        self._claimer: AbstractChannel | None = None
 
     async def close(self) -> None:
         """Close the publishing channel (subscriptions end with the connection)."""
         channel, self._publisher = self._publisher, None
         if channel is not None and not channel.is_closed:
             await _close(channel)
+        claimer, self._claimer = self._claimer, None
+        if claimer is not None and not claimer.is_closed:
+            await _close(claimer)
 
     async def declare_exchange(self, channel: AbstractChannel) -> None:
         """Declare the topics' exchange (idempotent)."""
@@ -301,6 +306,27 @@ class AMQPMailbox(Mailbox):
             return
         expires = None if ttl is None else _micros(time.time() + ttl)
         await self._change(key, value, expires)
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Declare the exclusive queue `<prefix>aqueue.claim.<key>`, expiring after `ttl`.
+
+        RabbitMQ lets one connection at a time hold an exclusive queue's name: the others get
+        RESOURCE_LOCKED (which closes their claiming channel; the next claim opens another).
+        The claim lasts `ttl` seconds, or until the holder's connection closes.
+        """
+        async with self._lock:
+            channel = self._claimer
+            if channel is None or channel.is_closed:
+                channel = self._claimer = await self.link.channel(confirms=False)
+        arguments: dict[str, Any] = {"x-expires": max(1, math.ceil(ttl * 1000))}
+        async with amqp_errors(self.settings, "claim a key"):
+            try:
+                await channel.queue_declare(
+                    f"{self.settings.prefix}aqueue.claim.{key}", exclusive=True, arguments=arguments
+                )
+            except aiormq.exceptions.ChannelLockedResource:
+                return False
+        return True
 
     async def delete(self, key: str) -> None:
         """Remove a setting (a tombstone, dropped by the next `items`)."""

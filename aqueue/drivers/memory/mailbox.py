@@ -24,6 +24,7 @@ class MemoryMailbox(Mailbox):
     def __init__(self) -> None:
         self._subscribers: dict[str, set[MemoryObjectSendStream[bytes]]] = {}
         self._settings: dict[str, tuple[bytes, float | None]] = {}
+        self._claims: dict[str, float] = {}
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Hand `data` to every subscriber of `topic` now listening."""
@@ -63,3 +64,13 @@ class MemoryMailbox(Mailbox):
     async def delete(self, key: str) -> None:
         """Forget a setting."""
         self._settings.pop(key, None)
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Take `key` unless a live claim holds it (one process: a dict suffices)."""
+        now = time.time()
+        if self._claims.get(key, 0.0) > now:
+            return False
+        if len(self._claims) > 1000:
+            self._claims = {k: until for k, until in self._claims.items() if until > now}
+        self._claims[key] = now + ttl
+        return True

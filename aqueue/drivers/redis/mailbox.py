@@ -373,3 +373,10 @@ class RedisMailbox(Mailbox):
         """Remove a setting."""
         with redis_errors(self._settings, "deleting a setting"):
             await _DELETE(self._client(), self._keys, [key])
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """`SET <prefix>:claim:<key> 1 NX PX <ttl>`: only the first caller sets it."""
+        name = f"{self._settings.prefix}:claim:{key}"
+        with redis_errors(self._settings, "claiming a key"):
+            taken = await self._client().set(name, b"1", nx=True, px=max(1, math.ceil(ttl * 1000)))
+        return bool(taken)

@@ -84,6 +84,17 @@ def _delete(conn: sqlite3.Connection, key: str) -> None:
     conn.execute("DELETE FROM aqueue_settings WHERE key = ?", (key,))
 
 
+def _claim(conn: sqlite3.Connection, key: str, ttl: float) -> bool:
+    now = time.time()
+    conn.execute("DELETE FROM aqueue_settings WHERE key = ? AND expires <= ?", (key, now))
+    cursor = conn.execute(
+        "INSERT INTO aqueue_settings (key, value, expires) VALUES (?, X'', ?) "
+        "ON CONFLICT (key) DO NOTHING",
+        (key, now + ttl),
+    )
+    return cursor.rowcount == 1
+
+
 class SQLiteMailbox(Mailbox):
     """Topics and settings in the broker's database."""
 
@@ -127,3 +138,7 @@ class SQLiteMailbox(Mailbox):
     async def delete(self, key: str) -> None:
         """Remove a setting."""
         await self._db.write(_delete, key)
+
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Insert the settings row `key` unless a live one exists (the primary key decides)."""
+        return await self._db.write(_claim, key, ttl)

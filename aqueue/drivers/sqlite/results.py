@@ -88,6 +88,10 @@ def _forget(conn: sqlite3.Connection, task_id: str) -> None:
     conn.execute("DELETE FROM aqueue_results WHERE task_id = ?", (task_id,))
 
 
+def _purge(conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (time.time(),)).rowcount
+
+
 class _Waiter:
     """The `wait` calls on one task id: their result once found, and what wakes them."""
 
@@ -101,6 +105,8 @@ class _Waiter:
 
 class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; `wait` sleeps on a wake-up socket shared by all waiters."""
+
+    keeps_expired = True
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -165,6 +171,10 @@ class SQLiteBackend(ResultBackend):
             self._stores, self._swept = 0, time.monotonic()
         wake = self._wake if state in READY_STATES else None
         await db.write(_store, (task_id, state, payload, time.time() + ttl), sweep, wake=wake)
+
+    async def purge_expired(self) -> int:
+        """Delete the expired rows (stores sweep now and then; this sweeps all at once)."""
+        return await self._database().write(_purge)
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return the stored result unless it expired."""

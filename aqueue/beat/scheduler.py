@@ -1,0 +1,272 @@
+"""The beat: sends each entry's runs at their due times, once across every beat alive.
+
+Each beat computes the due times from the schedules (never "now + interval"), sleeps until
+the first one, *claims* `(entry, due time)` with the broker's atomic primitive
+(`Mailbox.claim`: SET NX on Redis, a unique row on SQLite, an exclusive queue on RabbitMQ)
+and sends the run only if the claim was its own. So any number of beats can run: every run is
+sent once, and while one beat lives, none is skipped.
+
+After each send the beat records the due time (`beat.last.<entry>` in the mailbox settings);
+a beat that starts reads it and treats the runs due since as missed: `beat_catch_up` says
+whether it sends one of them ("one", the latest), all of them, or none. A beat woken late (a
+blocked loop) applies the same rule to the runs it overslept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .. import codec
+from ..exceptions import AqueueError, ConfigurationError, NotRegistered
+from .clock import Clock, SystemClock
+from .entries import Entry
+from .housekeeping import HOUSEKEEPING, housekeeping_entries, run_housekeeping
+from .schedules import app_timezone, every
+from .source import Source, make_source
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..drivers.base import Mailbox
+
+__all__ = ["CLAIM_PREFIX", "LAST_PREFIX", "Beat"]
+
+logger = logging.getLogger("aqueue.beat")
+
+CLAIM_PREFIX = "beat.claim."
+LAST_PREFIX = "beat.last."
+#: A run this late is "missed" (what `beat_catch_up` decides about), not on time.
+GRACE = 1.0
+#: The most missed runs of one entry sent at once under beat_catch_up="all".
+MAX_CATCH_UP = 1000
+#: Claims live at least this long: beats whose clocks differ by less never send a run twice.
+MIN_CLAIM_TTL = 10.0
+#: Compact the stored settings after this many sends (RabbitMQ keeps a log of changes; SQLite
+#: drops expired claims when it reads them).
+COMPACT_EVERY = 200
+
+
+class Beat:
+    """One beat process's scheduler: `await Beat(app).run()` (what `aqueue beat` runs)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        clock: Clock | None = None,
+        source: Source | None = None,
+        catch_up: str | None = None,
+    ) -> None:
+        self.app = app
+        self.clock: Clock = clock or SystemClock()
+        self.source = source or make_source(app)
+        self.catch_up = catch_up or app.conf.beat_catch_up
+        if self.catch_up not in ("one", "all", "none"):
+            raise ConfigurationError("beat_catch_up must be 'one', 'all' or 'none'")
+        self.tz: dt.tzinfo = app_timezone(app.conf.timezone, app.conf.enable_utc)
+        self.entries: dict[str, Entry] = {}
+        self.cursors: dict[str, float] = {}  # the last due time handled, per entry
+        self.sent = 0
+        #: How many times the entries were loaded again after an edit (`reloaded` waits on it).
+        self.reloads = 0
+        self._reloaded = anyio.Event()
+        self._wake = anyio.Event()
+        self._stale = False
+        self._mailbox: Mailbox | None = None
+
+    # -- start -------------------------------------------------------------------------------
+
+    async def load(self) -> dict[str, Entry]:
+        """Load and check the entries, with the built-in ones; set their cursors.
+
+        A task unknown to the app is an error; each cursor is the last run recorded in the
+        broker (runs due since then were missed), or now.
+        """
+        entries = await self.source.load()
+        for entry in entries.values():
+            if entry.source == "settings" and entry.task not in self.app.tasks:
+                raise NotRegistered(
+                    f"beat entry {entry.name!r}: no task named {entry.task!r} is registered "
+                    "on this app; import the module that defines it"
+                )
+        entries.update(await housekeeping_entries(self.app))
+        mailbox = await self._mailboxed()
+        last = await mailbox.items(LAST_PREFIX)
+        now = self.clock.now()
+        self.cursors = {}
+        for name in entries:
+            recorded = _float(last.get(LAST_PREFIX + name))
+            self.cursors[name] = recorded if recorded is not None and recorded < now else now
+        self.entries = entries
+        return entries
+
+    async def _mailboxed(self) -> Mailbox:
+        if self._mailbox is None:
+            self._mailbox = (await self.app.connection()).mailbox()
+        return self._mailbox
+
+    def next_runs(self) -> dict[str, float | None]:
+        """Return each entry's next due time (None: disabled), for the banner."""
+        return {
+            name: entry.schedule.next_after(self.cursors[name], self.tz) if entry.enabled else None
+            for name, entry in self.entries.items()
+        }
+
+    # -- run ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[Beat] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Send the entries' runs until cancelled; edits reach it through `source.changes()`."""
+        if not self.entries:
+            await self.load()
+        async with anyio.create_task_group() as group:
+            await group.start(self._watch)
+            task_status.started(self)
+            await self._loop()
+
+    async def _watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with self.source.changes() as changes:
+            task_status.started()
+            async for _ in changes:
+                self._stale = True
+                self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            if self._stale:
+                self._stale = False
+                await self._reload()
+            now = self.clock.now()
+            for entry in list(self.entries.values()):
+                if entry.enabled:
+                    await self._tick(entry, now)
+            upcoming = [
+                entry.schedule.next_after(self.cursors[name], self.tz)
+                for name, entry in self.entries.items()
+                if entry.enabled
+            ]
+            await self.clock.sleep_until(min(upcoming, default=math.inf), self._wake)
+
+    async def _reload(self) -> None:
+        try:
+            fresh = await self.source.load()
+        except AqueueError as exc:
+            logger.error("Could not load the beat entries again (%s); keeping the old ones", exc)
+            return
+        fresh.update(await housekeeping_entries(self.app))
+        self._apply(fresh)
+
+    def _apply(self, fresh: dict[str, Entry]) -> None:
+        now = self.clock.now()
+        for name, entry in fresh.items():
+            old = self.entries.get(name)
+            if old is None or not old.same_timing(entry):
+                self.cursors[name] = now  # new, rescheduled or enabled again: from now on
+                logger.info("Beat entry %s: %s", name, _describe(entry))
+        for name in set(self.entries) - set(fresh):
+            self.cursors.pop(name, None)
+            logger.info("Beat entry %s: removed", name)
+        self.entries = fresh
+        self.reloads += 1
+        self._reloaded.set()
+        self._reloaded = anyio.Event()
+
+    async def reloaded(self, count: int) -> None:
+        """Wait until the entries were loaded again `count` times in all (for tests, tools)."""
+        while self.reloads < count:
+            await self._reloaded.wait()
+
+    async def _tick(self, entry: Entry, now: float) -> None:
+        pending = self._pending(entry, now)
+        if not pending:
+            return
+        self.cursors[entry.name] = pending[-1]
+        if self.catch_up == "all":
+            runs = pending[-MAX_CATCH_UP:]
+        elif self.catch_up == "one":
+            runs = pending[-1:]
+        else:
+            runs = [due for due in pending if now - due <= GRACE]
+        for due in runs:
+            await self._claim_and_send(entry, due, late=now - due > GRACE)
+
+    def _pending(self, entry: Entry, now: float) -> list[float]:
+        """Return the due times in (cursor, now]."""
+        cursor = self.cursors[entry.name]
+        if isinstance(entry.schedule, every):  # jump over what no policy would send
+            cursor = max(cursor, now - (MAX_CATCH_UP + 1) * entry.schedule.seconds)
+        due: list[float] = []
+        following = entry.schedule.next_after(cursor, self.tz)
+        while following <= now:
+            due.append(following)
+            if len(due) > 2 * MAX_CATCH_UP:
+                del due[:MAX_CATCH_UP]
+            following = entry.schedule.next_after(following, self.tz)
+        return due
+
+    async def _claim_and_send(self, entry: Entry, due: float, *, late: bool) -> None:
+        mailbox = await self._mailboxed()
+        period = entry.schedule.next_after(due, self.tz) - due
+        ttl = min(max(period, MIN_CLAIM_TTL), 86400.0)
+        try:
+            if not await mailbox.claim(f"{CLAIM_PREFIX}{entry.name}.{round(due * 1000)}", ttl):
+                return  # another beat sends this one
+            if entry.name in HOUSEKEEPING:
+                await run_housekeeping(self.app, entry)
+            else:
+                await self._send(entry, due, late=late)
+            await mailbox.put(LAST_PREFIX + entry.name, codec.pack(due))
+        except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
+            logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)
+            return
+        self.sent += 1
+        if self.sent % COMPACT_EVERY == 0:
+            await mailbox.items(CLAIM_PREFIX)
+
+    async def _send(self, entry: Entry, due: float, *, late: bool) -> None:
+        options: dict[str, Any] = dict(entry.options)
+        headers = {**(options.pop("headers", None) or {}), "beat-entry": entry.name}
+        headers["beat-due"] = due
+        headers["beat-sent"] = self.clock.now()
+        result = await self.app.send_task(
+            entry.task, entry.args, entry.kwargs, headers=headers, **options
+        )
+        logger.info(
+            "Sent %s (%s)%s due %s, %.1f ms after: %s",
+            entry.name,
+            entry.task,
+            " (catch-up)" if late else "",
+            _when(due),
+            (headers["beat-sent"] - due) * 1000,
+            result.id,
+        )
+
+
+def _float(raw: bytes | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = codec.unpack(raw)
+    except ValueError:
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _describe(entry: Entry) -> str:
+    state = "" if entry.enabled else " (disabled)"
+    return f"{entry.task} {entry.schedule}{state} [{entry.source}]"
+
+
+def describe_entries(entries: Mapping[str, Entry]) -> list[str]:
+    """One line per entry, for the banner and `aqueue beat APP list`."""
+    return [f"{name}: {_describe(entry)}" for name, entry in entries.items()]
