@@ -6,8 +6,8 @@ against them, and the import graph has no cycle through `app`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 from .backend import ResultBackend
 from .broker import Broker
@@ -15,6 +15,8 @@ from .config import Settings
 from .options import TaskOptions
 
 __all__ = ["AppLike", "TaskLike"]
+
+T = TypeVar("T")
 
 
 class TaskLike(Protocol):
@@ -65,4 +67,12 @@ class AppLike(Protocol):
 
     async def result_backend(self) -> ResultBackend | None:
         """Return the open result backend (None when results are disabled)."""
+        ...
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the app's I/O thread and wait for it (the sync API)."""
+        ...
+
+    def stop_io_thread(self) -> None:
+        """Close the I/O thread's connections and stop it; blocking."""
         ...
