@@ -15,6 +15,7 @@ from .broker import Delivery as Delivery
 from .config import Settings as Settings
 from .drivers import register_backend as register_backend
 from .drivers import register_broker as register_broker
+from .eager import EagerResult as EagerResult
 from .exceptions import AqueueError as AqueueError
 from .exceptions import BrokerError as BrokerError
 from .exceptions import ConfigurationError as ConfigurationError
@@ -36,6 +37,8 @@ from .exceptions import WorkerLostError as WorkerLostError
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
 from .result import AsyncResult as AsyncResult
+from .result import TaskMeta as TaskMeta
+from .sync import SyncResult as SyncResult
 from .task import AsyncTask as AsyncTask
 from .task import Request as Request
 from .task import SyncTask as SyncTask
@@ -56,6 +59,7 @@ __all__ = [
     "DeadLetterReason",
     "DeadLetterStats",
     "Delivery",
+    "EagerResult",
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
@@ -71,9 +75,11 @@ __all__ = [
     "Settings",
     "SoftTimeLimitExceeded",
     "StoredResult",
+    "SyncResult",
     "SyncTask",
     "Task",
     "TaskError",
+    "TaskMeta",
     "TaskOptions",
     "TaskRevoked",
     "TimeLimitExceeded",
