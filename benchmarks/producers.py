@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per figure")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--flights", default="1,10,100,1000", help="coroutines sending at once")
-    parser.add_argument("--threads", type=int, default=8, help="threads using .sync.delay()")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads using .sync.delay() (0: none)"
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     args = parser.parse_args(argv)
@@ -118,10 +120,11 @@ async def one_run(name: str, args: argparse.Namespace) -> dict[str, Figure]:
                 n = max(args.tasks // 5, flight) if flight == 1 else args.tasks
                 figures[f"c{flight}"] = await coroutines(app, n, flight)
                 await broker.purge(QUEUE)
-            figures[f"t{args.threads}"] = await asyncio.to_thread(
-                threads, app, args.tasks, args.threads
-            )
-            await broker.purge(QUEUE)
+            if args.threads:  # --threads 0: none (an aqueue without the sync API)
+                figures[f"t{args.threads}"] = await asyncio.to_thread(
+                    threads, app, args.tasks, args.threads
+                )
+                await broker.purge(QUEUE)
             figures["bulk"] = (await bulk(app, args.tasks), 0.0, 0.0)
             await broker.purge(QUEUE)
         finally:
