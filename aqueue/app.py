@@ -116,6 +116,19 @@ class App:
 
         What the sync API (`add.sync.delay`) calls; never call it from inside an event loop.
         """
+        return self._io_thread().run(coroutine)
+
+    def send_blocking(
+        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> _result.AsyncResult[Any]:
+        """Send task `name` from the I/O thread and wait for it to be sent (`add.sync.delay`).
+
+        Calls from many threads at once go out together, as one `send_many`.
+        """
+        result: _result.AsyncResult[Any] = self._io_thread().send(self, name, args, kwargs)
+        return result
+
+    def _io_thread(self) -> IOThread:
         io = self._io
         if io is None:
             with self._loops_lock:
@@ -123,7 +136,7 @@ class App:
                 if io is None:
                     name = f"aqueue-io-{self.main or '__main__'}"
                     io = self._io = IOThread(name, self._close_io)
-        return io.run(coroutine)
+        return io
 
     def stop_io_thread(self) -> None:
         """Close the I/O thread's connections and stop it (`app.sync.close()`); blocking."""

@@ -6,7 +6,7 @@ against them, and the import graph has no cycle through `app`.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .backend import ResultBackend
@@ -71,6 +71,10 @@ class AppLike(Protocol):
 
     def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the app's I/O thread and wait for it (the sync API)."""
+        ...
+
+    def send_blocking(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Send task `name` from the app's I/O thread and wait for its result handle."""
         ...
 
     def stop_io_thread(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .result import AsyncResult
     from .task import Task
 
-__all__ = ["IOThread", "SyncApp", "SyncResult", "TaskSync", "block"]
+__all__ = ["IOThread", "SyncApp", "SyncResult", "TaskSync", "block", "check_no_loop"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,6 +49,7 @@ class IOThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._sender: _Sender | None = None
 
     @property
     def running(self) -> bool:
@@ -84,11 +86,22 @@ class IOThread:
             future.cancel()  # an interrupt (Ctrl-C) while waiting: stop the call too
             raise
 
+    def send(self, app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Send one task from a sync caller; calls from many threads at once go as one batch."""
+        sender = self._sender
+        if sender is None:
+            loop = self.loop()
+            with self._lock:
+                sender = self._sender
+                if sender is None:
+                    sender = self._sender = _Sender(app, loop)
+        return sender.send(name, args, kwargs)
+
     def stop(self) -> None:
         """Close the app's connections on the thread's loop, stop the loop, join the thread."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
+            loop, thread, sender = self._loop, self._thread, self._sender
+            self._loop = self._thread = self._sender = None
         if loop is None or thread is None:
             return
         atexit.unregister(self.stop)
@@ -101,6 +114,8 @@ class IOThread:
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(_STOP_TIMEOUT)
+            if sender is not None:
+                sender.fail_waiting(RuntimeError("the app's I/O thread stopped"))
 
     async def astop(self) -> None:
         """`stop`, awaited from another event loop (in a worker thread of that loop)."""
@@ -123,13 +138,108 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
             loop.close()
 
 
-def block(app: AppLike, coroutine: Coroutine[Any, Any, T], call: str, instead: str) -> T:
-    """Run `coroutine` on `app`'s I/O thread; refuse (in one line) inside a running loop."""
+#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its outcome.
+_Call = tuple[str, Sequence[Any], Mapping[str, Any], "concurrent.futures.Future[Any]"]
+
+
+class _Sender:
+    """Sync `delay()` calls from any number of threads, sent from the I/O loop in batches.
+
+    A caller queues its call and, if no batch is under way, wakes the loop once; the loop
+    sends everything queued meanwhile with `send_many` (one publish per task name), then looks
+    again. So 8 threads calling `add.sync.delay()` make few publishes of several messages,
+    one wake-up of the loop each, as `delay_many` would.
+    """
+
+    def __init__(self, app: AppLike, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting: list[_Call] = []
+        self._sending = False
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._waiting.append((name, args, kwargs, future))
+            start, self._sending = not self._sending, True
+        if start:
+            self._loop.call_soon_threadsafe(self._start)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # an interrupt while waiting: not sent, if not taken yet
+            raise
+
+    def fail_waiting(self, error: Exception) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for *_, future in waiting:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+
+    def _start(self) -> None:
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        batch: list[_Call] = []
+        try:
+            while True:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                    if not batch:
+                        self._sending = False
+                        return
+                await self._send([call for call in batch if call[3].set_running_or_notify_cancel()])
+        except BaseException as exc:  # cancelled as the I/O thread stops
+            error = exc if isinstance(exc, Exception) else RuntimeError("the I/O thread stopped")
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            with self._lock:
+                self._sending = False
+            self.fail_waiting(error)
+            raise
+
+    async def _send(self, calls: list[_Call]) -> None:
+        from . import sending
+
+        groups: dict[str, list[_Call]] = {}
+        for call in calls:
+            groups.setdefault(call[0], []).append(call)
+        for name, group in groups.items():
+            try:
+                sent = await sending.send_many(self._app, name, [(a, k) for _, a, k, _ in group])
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0][3].set_exception(exc)
+                    continue
+                for _, args, kwargs, future in group:  # one by one: each gets its own outcome
+                    try:
+                        future.set_result(await sending.send(self._app, name, args, kwargs))
+                    except Exception as error:
+                        future.set_exception(error)
+            else:
+                for (*_, future), result in zip(group, sent, strict=True):
+                    future.set_result(result)
+
+
+def check_no_loop(call: str, instead: str) -> None:
+    """Raise the one-line error of a sync call made from a thread that runs an event loop."""
     if asyncio._get_running_loop() is not None:
-        coroutine.close()
         raise RuntimeError(
             f"{call} blocks, and this thread runs an event loop: use `await {instead}` here"
         )
+
+
+def block(app: AppLike, coroutine: Coroutine[Any, Any, T], call: str, instead: str) -> T:
+    """Run `coroutine` on `app`'s I/O thread; refuse (in one line) inside a running loop."""
+    try:
+        check_no_loop(call, instead)
+    except RuntimeError:
+        coroutine.close()
+        raise
     return app.run_blocking(coroutine)
 
 
@@ -231,8 +341,18 @@ class TaskSync(Generic[P, R]):
         return block(self.task.app, coroutine, f"{name}.sync.{method}()", f"{name}.{method}(...)")
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
-        """Send the task with these arguments (`Task.delay`); return its sync result."""
-        return SyncResult(self._run(self.task._send(args, kwargs, {}), "delay"))
+        """Send the task with these arguments (`Task.delay`); return its sync result.
+
+        Calls from many threads at once are sent together, in batches.
+        """
+        task = self.task
+        app = task.app
+        if app.conf.task_always_eager:
+            return SyncResult(self._run(task._send(args, kwargs, {}), "delay"))
+        name = task.fn.__name__
+        check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
+        result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
+        return SyncResult(result)
 
     def apply_async(
         self,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from aqueue import App, Worker, states
+from aqueue import App, SerializationError, Worker, states
+from aqueue.sync import _Sender
 from aqueue.testing import InProcessWorker
 
 from . import service_amqp, service_redis
@@ -262,3 +263,50 @@ def test_an_unawaited_delay_warns_naming_the_task(tmp_path: Path) -> None:
         return values
 
     assert asyncio.run(awaited()) == [3, 7]
+
+
+def test_a_call_that_cannot_be_sent_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    app = App("tests", broker=f"sqlite:///{tmp_path / 'q.db'}", set_as_current=False)
+
+    @app.task
+    def echo(value: object) -> object:
+        return value
+
+    sender = _Sender(app, app._io_thread().loop())
+    calls = [
+        (echo.name, (1,), {}, concurrent.futures.Future()),
+        (echo.name, (object(),), {}, concurrent.futures.Future()),
+        (echo.name, (3,), {}, concurrent.futures.Future()),
+    ]
+    for *_, future in calls:
+        assert future.set_running_or_notify_cancel()
+    app.run_blocking(sender._send(calls))
+    assert calls[0][3].result().id != calls[2][3].result().id
+    with pytest.raises(SerializationError):
+        calls[1][3].result()
+    worker = InProcessWorker(app)
+    worker.start()
+    try:
+        assert [app.sync.AsyncResult(calls[i][3].result().id).get(timeout=10) for i in (0, 2)] == [
+            1,
+            3,
+        ]
+    finally:
+        worker.stop()
+        app.sync.close()
+
+
+def test_sync_delay_under_task_always_eager(tmp_path: Path) -> None:
+    app = App(
+        "tests",
+        broker=f"sqlite:///{tmp_path / 'q.db'}",
+        task_always_eager=True,
+        set_as_current=False,
+    )
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.sync.delay(1, 2).get(timeout=5) == 3
+    app.sync.close()
