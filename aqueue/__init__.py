@@ -16,6 +16,7 @@ from .drivers.base import DeadLetterStats as DeadLetterStats
 from .drivers.base import Delivery as Delivery
 from .drivers.base import ResultBackend as ResultBackend
 from .drivers.base import StoredResult as StoredResult
+from .eager import EagerResult as EagerResult
 from .exceptions import AqueueError as AqueueError
 from .exceptions import BrokerError as BrokerError
 from .exceptions import ConfigurationError as ConfigurationError
@@ -38,6 +39,8 @@ from .exceptions import WorkerLostError as WorkerLostError
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
 from .result import AsyncResult as AsyncResult
+from .result import TaskMeta as TaskMeta
+from .sync import SyncResult as SyncResult
 from .task import AsyncTask as AsyncTask
 from .task import Request as Request
 from .task import SyncTask as SyncTask
@@ -58,6 +61,7 @@ __all__ = [
     "DeadLetterReason",
     "DeadLetterStats",
     "Delivery",
+    "EagerResult",
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
@@ -74,9 +78,11 @@ __all__ = [
     "SignatureError",
     "SoftTimeLimitExceeded",
     "StoredResult",
+    "SyncResult",
     "SyncTask",
     "Task",
     "TaskError",
+    "TaskMeta",
     "TaskOptions",
     "TaskRevoked",
     "TimeLimitExceeded",

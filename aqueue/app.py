@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import (
@@ -30,6 +32,7 @@ from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
+from .sync import IOThread, SyncApp
 from .task import AsyncTask, SyncTask, Task, make_task
 from .urls import redact
 
@@ -37,6 +40,7 @@ __all__ = ["App", "current_app", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class TaskDecorator(Protocol):
@@ -89,15 +93,59 @@ class App:
         #: Given to the constructor: config_from_object does not override these (as Celery).
         self._explicit = frozenset(settings)
         self._tasks: dict[str, Task[Any, Any]] = {}
-        self._broker: Broker | None = None
-        self._backend: ResultBackend | None = None
-        self._stack: AsyncExitStack | None = None
-        self._lock = anyio.Lock()
-        self._state: Literal["unopened", "open", "closed"] = "unopened"
+        #: The connections of each event loop that used the app, by loop.
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
+        self._loops_lock = threading.Lock()
+        #: The thread whose loop runs `app.sync` calls, started on first use.
+        self._io: IOThread | None = None
         current.add_app(self, current=set_as_current)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}: {redact(self.broker_url)}>"
+
+    @property
+    def sync(self) -> SyncApp:
+        """The app's methods for sync code: `app.sync.send_task(...)`, `app.sync.AsyncResult`."""
+        return SyncApp(self)
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the app's I/O thread (started on first use) and wait for it.
+
+        What the sync API (`add.sync.delay`) calls; never call it from inside an event loop.
+        """
+        return self._io_thread().run(coroutine)
+
+    def send_blocking(
+        self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> _result.AsyncResult[Any]:
+        """Send task `name` from the I/O thread and wait for it to be sent (`add.sync.delay`).
+
+        Calls from many threads at once go out together, as one `send_many`.
+        """
+        result: _result.AsyncResult[Any] = self._io_thread().send(self, name, args, kwargs)
+        return result
+
+    def _io_thread(self) -> IOThread:
+        io = self._io
+        if io is None:
+            with self._loops_lock:
+                io = self._io
+                if io is None:
+                    name = f"aqueue-io-{self.main or '__main__'}"
+                    io = self._io = IOThread(name, self._close_io)
+        return io
+
+    def stop_io_thread(self) -> None:
+        """Close the I/O thread's connections and stop it (`app.sync.close()`); blocking."""
+        io, self._io = self._io, None
+        if io is not None:
+            io.stop()
+
+    async def _close_io(self) -> None:
+        """Close the connections of the loop this runs on (the I/O thread's, as it stops)."""
+        here = self._here()
+        async with here.lock:
+            await here.aclose()
 
     @property
     def control(self) -> Control:
@@ -238,9 +286,15 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect the broker and the result backend; called on first use if not before."""
-        async with self._lock:
-            if self._state == "open":
+        """Connect the broker and the result backend for the running event loop.
+
+        Called on first use if not before. Connections belong to the loop that opened them:
+        another loop (a second `asyncio.run()`, a thread with a loop of its own) opens its own,
+        and they close when that loop shuts its async generators down, as `asyncio.run` does.
+        """
+        here = self._here()
+        async with here.lock:
+            if here.broker is not None:
                 return
             async with AsyncExitStack() as stack:
                 broker = create_broker(self.broker_url, self._broker_options())
@@ -251,37 +305,63 @@ class App:
                     backend = create_backend(self.backend_url, self._backend_options())
                     await backend.open()
                     stack.push_async_callback(backend.close)
-                self._broker, self._backend = broker, backend
-                self._stack = stack.pop_all()
-                self._state = "open"
+                here.stack = stack.pop_all()
+                here.broker, here.backend = broker, backend
+            here.closer = _close_at_loop_end(here)
+            await here.closer.__anext__()  # started: the loop finalises it at shutdown_asyncgens
 
     async def close(self) -> None:
-        """Close the connections; the app opens again on next use."""
-        async with self._lock:
-            stack, self._stack = self._stack, None
-            self._broker = self._backend = None
-            self._state = "closed"
-            if stack is not None:
-                await stack.aclose()
+        """Close this event loop's connections (and stop the app's sync I/O thread, if any).
+
+        The app opens again on next use. Connections other running loops opened stay theirs,
+        closed when those loops end; those of loops already closed are dropped.
+        """
+        here = self._here()
+        async with here.lock:
+            await here.aclose()
+        with self._loops_lock:
+            if self._loops.get(here.loop) is here:
+                del self._loops[here.loop]
+        io = self._io
+        if io is not None and not io.owns_running_loop():
+            self._io = None
+            await io.astop()
 
     def connected(self) -> tuple[Broker, ResultBackend | None] | None:
-        """Return the broker and the result backend if the app is open now, else None (no I/O)."""
-        if self._state != "open" or self._broker is None:
+        """Return the broker and the result backend if open in this loop, else None (no I/O)."""
+        here = self._loops.get(asyncio._get_running_loop())  # type: ignore[arg-type]
+        if here is None or here.broker is None:
             return None
-        return self._broker, self._backend
+        return here.broker, here.backend
 
     async def connection(self) -> Broker:
-        """Return the open broker, opening the app first if needed."""
-        if self._state != "open":
+        """Return this loop's open broker, opening the app first if needed."""
+        opened = self.connected()
+        if opened is None:
             await self.open()
-        assert self._broker is not None
-        return self._broker
+            opened = self.connected()
+            assert opened is not None
+        return opened[0]
 
     async def result_backend(self) -> ResultBackend | None:
-        """Return the open result backend (None when results are disabled)."""
-        if self._state != "open":
+        """Return this loop's open result backend (None when results are disabled)."""
+        opened = self.connected()
+        if opened is None:
             await self.open()
-        return self._backend
+            opened = self.connected()
+            assert opened is not None
+        return opened[1]
+
+    def _here(self) -> _LoopConnections:
+        """Return this loop's connections (made on first use; closed loops' are pruned)."""
+        loop = _running_loop()
+        here = self._loops.get(loop)
+        if here is None:
+            with self._loops_lock:
+                for other in [other for other in self._loops if other.is_closed()]:
+                    del self._loops[other]
+                here = self._loops.setdefault(loop, _LoopConnections(loop))
+        return here
 
     def _broker_options(self) -> dict[str, Any]:
         return {
@@ -308,6 +388,52 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _LoopConnections:
+    """The broker and result backend one event loop opened, and what closes them."""
+
+    __slots__ = ("backend", "broker", "closer", "lock", "loop", "stack")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = anyio.Lock()
+        self.broker: Broker | None = None
+        self.backend: ResultBackend | None = None
+        self.stack: AsyncExitStack | None = None
+        #: Started in the loop and kept here: the loop closes it when it shuts down.
+        self.closer: AsyncGenerator[None, None] | None = None
+
+    async def aclose(self) -> None:
+        stack, self.stack = self.stack, None
+        self.broker = self.backend = None
+        closer, self.closer = self.closer, None
+        if closer is not None:
+            await closer.aclose()
+        if stack is not None:
+            await stack.aclose()
+
+
+async def _close_at_loop_end(here: _LoopConnections) -> AsyncGenerator[None, None]:
+    """Yield once; closing the generator (the loop's `shutdown_asyncgens`) closes `here`."""
+    try:
+        yield
+    finally:
+        stack, here.stack = here.stack, None
+        here.broker = here.backend = None
+        here.closer = None
+        if stack is not None:
+            await stack.aclose()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "an App connects from inside an event loop: await its methods in async code, "
+            "or use the sync API (add.sync.delay(...), app.sync.send_task(...))"
+        ) from None
 
 
 def current_app() -> App:

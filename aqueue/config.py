@@ -77,6 +77,9 @@ class Settings:
     task_annotations: Any = None
     task_ignore_result: bool = False
     task_track_started: bool = False
+    #: Celery's testing switch: `delay()` / `apply_async()` run the task here at once, as
+    #: `apply()` does, instead of sending it (arguments still round-trip through the codec).
+    task_always_eager: bool = False
     task_time_limit: float | None = None
     task_soft_time_limit: float | None = None
     worker_concurrency: int = 100

@@ -6,14 +6,16 @@ against them, and the import graph has no cycle through `app`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .config import Settings
 from .drivers.base import Broker, ResultBackend
 from .options import TaskOptions
 
 __all__ = ["AppLike", "TaskLike"]
+
+T = TypeVar("T")
 
 
 class TaskLike(Protocol):
@@ -64,4 +66,16 @@ class AppLike(Protocol):
 
     async def result_backend(self) -> ResultBackend | None:
         """Return the open result backend (None when results are disabled)."""
+        ...
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the app's I/O thread and wait for it (the sync API)."""
+        ...
+
+    def send_blocking(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Send task `name` from the app's I/O thread and wait for its result handle."""
+        ...
+
+    def stop_io_thread(self) -> None:
+        """Close the I/O thread's connections and stop it; blocking."""
         ...

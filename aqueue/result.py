@@ -6,7 +6,9 @@ exception type as itself and any other as a `TaskError` naming it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
 
@@ -20,9 +22,24 @@ if TYPE_CHECKING:
     from .drivers.base import ResultBackend
     from .interfaces import AppLike
 
-__all__ = ["AsyncResult"]
+__all__ = ["AsyncResult", "TaskMeta"]
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMeta:
+    """What is known of a task at one moment: `await result.meta()`.
+
+    `result` is the return value once SUCCESS, the exception once FAILURE or REVOKED (and, in
+    RETRY, the error retried for), else None: Celery's `result` / `info`.
+    """
+
+    state: str
+    result: Any = None
+    traceback: str | None = None
+    date_done: dt.datetime | None = None
+    retries: int = 0
 
 
 class AsyncResult(Generic[R]):
@@ -79,6 +96,34 @@ class AsyncResult(Generic[R]):
         """Return whether the task finished with a failure."""
         return await self.state() == states.FAILURE
 
+    async def meta(self) -> TaskMeta:
+        """Return the state, result, traceback and finishing time together, in one lookup."""
+        state, meta = await self._meta()
+        if meta is None:
+            return TaskMeta(state)
+        result: Any = meta.result
+        if state == states.REVOKED:
+            result = self._revoked(meta)
+        elif meta.exc_type is not None:
+            result = rebuild_exception(meta)
+        done = meta.date_done
+        return TaskMeta(
+            state,
+            result,
+            meta.traceback,
+            dt.datetime.fromtimestamp(done, dt.UTC) if done is not None else None,
+            meta.retries,
+        )
+
+    async def date_done(self) -> dt.datetime | None:
+        """Return when the task finished (an aware UTC datetime), or None if it has not."""
+        return (await self.meta()).date_done
+
+    def _revoked(self, meta: ResultMeta) -> TaskRevoked:
+        return TaskRevoked(
+            f"task {meta.task or self.task_name}[{self.id}] was revoked: {meta.exc_message}"
+        )
+
     async def traceback(self) -> str | None:
         """Return the formatted remote traceback of a failed task, or None."""
         _, meta = await self._meta()
@@ -108,9 +153,7 @@ class AsyncResult(Generic[R]):
         if stored.state == states.SUCCESS:
             return cast(R, meta.result)
         if stored.state == states.REVOKED:
-            error: Exception = TaskRevoked(
-                f"task {meta.task or self.task_name}[{self.id}] was revoked: {meta.exc_message}"
-            )
+            error: Exception = self._revoked(meta)
         else:
             error = rebuild_exception(meta)
         if propagate:

@@ -11,7 +11,16 @@ from __future__ import annotations
 import contextvars
 import inspect
 import random
-from collections.abc import Callable, Container, Coroutine, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import (
+    Callable,
+    Container,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, Unpack
 
@@ -20,10 +29,12 @@ from . import result as _result
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 from .interfaces import AppLike
 from .options import ManySendOptions, SendOptions, TaskOptions
+from .sync import TaskSync
 
 __all__ = [
     "AsyncTask",
     "Request",
+    "Sending",
     "SyncTask",
     "Task",
     "TaskOptions",
@@ -35,6 +46,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,34 +193,81 @@ class Task(Generic[P, R]):
             return self.options.ignore_result
         return self.app.conf.task_ignore_result
 
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> _result.AsyncResult[R]:
-        """Send the task to a worker with these arguments; return its result handle."""
-        return await sending.send(self.app, self.name, args, kwargs)
+    @property
+    def sync(self) -> TaskSync[P, R]:
+        """The sending methods for sync code: `add.sync.delay(4, 4).get(timeout=5)`."""
+        return TaskSync(self)
 
-    async def apply_async(
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Sending[_result.AsyncResult[R]]:
+        """Send the task to a worker with these arguments; return its result handle.
+
+        Await it: `await add.delay(4, 4)` (from sync code, `add.sync.delay(4, 4)`). One never
+        awaited sends nothing, and warns when dropped.
+        """
+        return Sending(self._send(args, kwargs, {}), self, "delay")
+
+    def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[SendOptions],
-    ) -> _result.AsyncResult[R]:
+    ) -> Sending[_result.AsyncResult[R]]:
         """Send the task with call options (`options.SendOptions`), as Celery's `apply_async`.
 
         `countdown` (seconds) or `eta` (an aware datetime, or a POSIX timestamp) delays it;
         `expires` (seconds from now, or a datetime) drops it if no worker started it in time.
         """
-        return await sending.send(self.app, self.name, args, kwargs, **options)
+        return Sending(self._send(args, kwargs, options), self, "apply_async")
 
-    async def delay_many(
+    def delay_many(
         self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
-    ) -> list[_result.AsyncResult[R]]:
+    ) -> Sending[list[_result.AsyncResult[R]]]:
         """Send one invocation per tuple of positional arguments, all in one publish.
 
         For producers that fan out: `await add.delay_many([(1, 2), (3, 4)])`. `options` are
         `apply_async`'s (`countdown`, `queue`, `priority`, ...), shared by every invocation.
         """
-        return await sending.send_many(
-            self.app, self.name, [(args, {}) for args in calls], **options
-        )
+        return Sending(self._send_many(calls, options), self, "delay_many")
+
+    async def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> _result.AsyncResult[R]:
+        """Run the task here and now through the worker's own runner; return its result.
+
+        As a worker would run it: the arguments and the result round-trip through the codec,
+        retries run again (at once: their countdown is not waited for), time limits hold.
+        Nothing is sent and no worker is needed; the result lives in this process only.
+        """
+        return await self._apply(args, kwargs, options)
+
+    async def _apply(
+        self,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: SendOptions,
+    ) -> _result.AsyncResult[R]:
+        from . import eager  # it imports the runner, which imports this module
+
+        return await eager.apply(self, args or (), kwargs or {}, options.get("task_id"))
+
+    async def _send(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: SendOptions
+    ) -> _result.AsyncResult[R]:
+        app = self.app
+        if app.conf.task_always_eager:
+            return await self._apply(args, kwargs, options)
+        return await sending.send(app, self.name, args, kwargs, **options)
+
+    async def _send_many(
+        self, calls: Iterable[Sequence[Any]], options: ManySendOptions
+    ) -> list[_result.AsyncResult[R]]:
+        app = self.app
+        if app.conf.task_always_eager:
+            return [await self._apply(args, {}, {}) for args in calls]
+        return await sending.send_many(app, self.name, [(args, {}) for args in calls], **options)
 
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # Celery's name
         """Return the result handle of an invocation of this task sent earlier."""
@@ -236,6 +295,53 @@ class SyncTask(Task[P, R]):
         """Run the task here, now, as a plain function call."""
         result: R = self._call(args, kwargs)
         return result
+
+
+class Sending(Coroutine[Any, Any, T]):
+    """What `delay()` returns: the sending coroutine, which warns if it is dropped unawaited.
+
+    A coroutine like any other (`await` it, or give it to `asyncio.create_task`); dropped
+    without being awaited, it sent nothing, and a `RuntimeWarning` names the task.
+    """
+
+    __slots__ = ("_coroutine", "_method", "_started", "_task")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, T], task: Task[Any, Any], method: str):
+        self._coroutine = coroutine
+        self._task = task
+        self._method = method
+        self._started = False
+
+    def __await__(self) -> Generator[Any, None, T]:
+        self._started = True
+        return self._coroutine.__await__()
+
+    def send(self, value: Any) -> Any:
+        """Run the coroutine on (what the event loop calls)."""
+        self._started = True
+        return self._coroutine.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Raise into the coroutine (what the event loop calls)."""
+        self._started = True
+        return self._coroutine.throw(typ, val, tb)
+
+    def close(self) -> None:
+        """Close the coroutine: nothing is sent, and nothing warns."""
+        self._started = True
+        self._coroutine.close()
+
+    def __del__(self) -> None:
+        if not self._started:
+            self._coroutine.close()
+            name = self._task.fn.__name__
+            warnings.warn(
+                f"{name}.{self._method}() was never awaited, so task {self._task.name!r} was "
+                f"not sent: write `await {name}.{self._method}(...)`, or "
+                f"`{name}.sync.{self._method}(...)` in sync code",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
 
 def make_task(app: AppLike | None, fn: Callable[..., Any], options: TaskOptions) -> Task[Any, Any]:

@@ -5,9 +5,10 @@ This file is type-checked, never imported or run.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, assert_type
 
-from aqueue import App, AsyncResult, AsyncTask, Request, SyncTask, shared_task
+from aqueue import App, AsyncResult, AsyncTask, Request, SyncResult, SyncTask, shared_task
 
 app = App("typing", broker="memory://")
 
@@ -86,3 +87,23 @@ async def main() -> None:
 
     assert_type(app.AsyncResult("id"), AsyncResult[Any])
     assert_type(await app.send_task("remote.task", [1], {"k": 2}), AsyncResult[Any])
+    meta = await result.meta()
+    assert_type(meta.date_done, dt.datetime | None)
+    assert_type(await result.date_done(), dt.datetime | None)
+    assert_type(await add.apply((1, 2)), AsyncResult[int])
+
+
+def sync_caller() -> None:
+    result = add.sync.delay(1, 2)
+    assert_type(result, SyncResult[int])
+    assert_type(result.get(timeout=5), int)
+    assert_type(result.state, str)
+    assert_type(result.ready(), bool)
+    assert_type(result.date_done, dt.datetime | None)
+    assert_type(add.sync.apply_async((1, 2), countdown=10, queue="fast"), SyncResult[int])
+    assert_type(add.sync.delay_many([(1, 2), (3, 4)]), list[SyncResult[int]])
+    assert_type(checksum.sync.delay("x"), SyncResult[int])
+    assert_type(bound.sync.delay(3), SyncResult[str])
+    assert_type(add.sync.apply((1, 2)), SyncResult[int])
+    assert_type(app.sync.send_task("remote.task", [1]), SyncResult[Any])
+    assert_type(app.sync.AsyncResult("id"), SyncResult[Any])

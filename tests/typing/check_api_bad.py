@@ -49,6 +49,15 @@ async def main() -> None:
     await add.delay(1, 2)
 
 
+def sync_caller() -> None:
+    add.sync.delay("a")  # error
+    add.sync.delay(1, 2, 3)  # error
+    checksum.sync.delay(5)  # error
+    add.sync.apply_async((1, 2), countdown="soon")  # error
+    wrong: str = add.sync.delay(1, 2).get()  # error
+    print(wrong)
+
+
 @app.task(bind=True)  # error
 async def no_self() -> None:
     pass

@@ -1,0 +1,421 @@
+"""The sync API: `add.sync.delay(4, 4)` from a plain `def` (a Django view, a script, a thread).
+
+Every sync call runs the matching coroutine on the app's I/O thread: one daemon thread per app
+with an event loop of its own, started on first use. A thousand sync calls from any number of
+threads share that loop's connections, as async calls share theirs. The thread stops at
+`app.close()` / `app.sync.close()`, or at interpreter exit (an `atexit` hook closes the
+connections first; being a daemon, the thread never keeps the process alive).
+
+Called from a thread that runs an event loop, a sync method raises at once (it would block the
+loop, or deadlock it): `await add.delay()` is the call to make there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+
+from .options import ManySendOptions, SendOptions
+
+if TYPE_CHECKING:
+    from .interfaces import AppLike
+    from .result import AsyncResult
+    from .task import Task
+
+__all__ = ["IOThread", "SyncApp", "SyncResult", "TaskSync", "block", "check_no_loop"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+logger = logging.getLogger("aqueue")
+
+#: How long stopping the I/O thread waits for its connections to close, then for the thread.
+_STOP_TIMEOUT = 10.0
+
+
+class IOThread:
+    """A daemon thread running an event loop of its own, for one app's sync calls."""
+
+    def __init__(self, name: str, closing: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self._closing = closing
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._sender: _Sender | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread was started and not stopped."""
+        return self._thread is not None
+
+    def owns_running_loop(self) -> bool:
+        """Whether the caller runs on this thread's loop."""
+        loop = self._loop
+        return loop is not None and asyncio._get_running_loop() is loop
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """Return the thread's loop, starting the thread on first use."""
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=_run_forever, args=(loop,), name=self.name, daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+                atexit.register(self.stop)
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the thread's loop and wait for its outcome."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # an interrupt (Ctrl-C) while waiting: stop the call too
+            raise
+
+    def send(self, app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Send one task from a sync caller; calls from many threads at once go as one batch."""
+        sender = self._sender
+        if sender is None:
+            loop = self.loop()
+            with self._lock:
+                sender = self._sender
+                if sender is None:
+                    sender = self._sender = _Sender(app, loop)
+        return sender.send(name, args, kwargs)
+
+    def stop(self) -> None:
+        """Close the app's connections on the thread's loop, stop the loop, join the thread."""
+        with self._lock:
+            loop, thread, sender = self._loop, self._thread, self._sender
+            self._loop = self._thread = self._sender = None
+        if loop is None or thread is None:
+            return
+        atexit.unregister(self.stop)
+        if thread is threading.current_thread():
+            raise RuntimeError("the app's I/O thread cannot stop itself")
+        try:
+            asyncio.run_coroutine_threadsafe(self._closing(), loop).result(_STOP_TIMEOUT)
+        except Exception:
+            logger.exception("closing the connections of the sync I/O thread failed")
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(_STOP_TIMEOUT)
+            if sender is not None:
+                sender.fail_waiting(RuntimeError("the app's I/O thread stopped"))
+
+    async def astop(self) -> None:
+        """`stop`, awaited from another event loop (in a worker thread of that loop)."""
+        await asyncio.to_thread(self.stop)
+
+
+def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its outcome.
+_Call = tuple[str, Sequence[Any], Mapping[str, Any], "concurrent.futures.Future[Any]"]
+
+
+class _Sender:
+    """Sync `delay()` calls from any number of threads, sent from the I/O loop in batches.
+
+    A caller queues its call and, if no batch is under way, wakes the loop once; the loop
+    sends everything queued meanwhile with `send_many` (one publish per task name), then looks
+    again. So 8 threads calling `add.sync.delay()` make few publishes of several messages,
+    one wake-up of the loop each, as `delay_many` would.
+    """
+
+    def __init__(self, app: AppLike, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting: list[_Call] = []
+        self._sending = False
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self._waiting.append((name, args, kwargs, future))
+            start, self._sending = not self._sending, True
+        if start:
+            self._loop.call_soon_threadsafe(self._start)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # an interrupt while waiting: not sent, if not taken yet
+            raise
+
+    def fail_waiting(self, error: Exception) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for *_, future in waiting:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+
+    def _start(self) -> None:
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        batch: list[_Call] = []
+        try:
+            while True:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                    if not batch:
+                        self._sending = False
+                        return
+                await self._send([call for call in batch if call[3].set_running_or_notify_cancel()])
+        except BaseException as exc:  # cancelled as the I/O thread stops
+            error = exc if isinstance(exc, Exception) else RuntimeError("the I/O thread stopped")
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            with self._lock:
+                self._sending = False
+            self.fail_waiting(error)
+            raise
+
+    async def _send(self, calls: list[_Call]) -> None:
+        from . import sending
+
+        groups: dict[str, list[_Call]] = {}
+        for call in calls:
+            groups.setdefault(call[0], []).append(call)
+        for name, group in groups.items():
+            try:
+                sent = await sending.send_many(self._app, name, [(a, k) for _, a, k, _ in group])
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0][3].set_exception(exc)
+                    continue
+                for _, args, kwargs, future in group:  # one by one: each gets its own outcome
+                    try:
+                        future.set_result(await sending.send(self._app, name, args, kwargs))
+                    except Exception as error:
+                        future.set_exception(error)
+            else:
+                for (*_, future), result in zip(group, sent, strict=True):
+                    future.set_result(result)
+
+
+def check_no_loop(call: str, instead: str) -> None:
+    """Raise the one-line error of a sync call made from a thread that runs an event loop."""
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError(
+            f"{call} blocks, and this thread runs an event loop: use `await {instead}` here"
+        )
+
+
+def block(app: AppLike, coroutine: Coroutine[Any, Any, T], call: str, instead: str) -> T:
+    """Run `coroutine` on `app`'s I/O thread; refuse (in one line) inside a running loop."""
+    try:
+        check_no_loop(call, instead)
+    except RuntimeError:
+        coroutine.close()
+        raise
+    return app.run_blocking(coroutine)
+
+
+class SyncResult(Generic[R]):
+    """A task's result for sync code, with Celery's names: `r.get(timeout=5)`, `r.state`."""
+
+    def __init__(self, result: AsyncResult[R]) -> None:
+        self.async_result = result
+        self.id = result.id
+
+    @property
+    def task_id(self) -> str:
+        """The task id (Celery's other name for `id`)."""
+        return self.id
+
+    @property
+    def app(self) -> AppLike:
+        """The app the result belongs to."""
+        return self.async_result.app
+
+    def __repr__(self) -> str:
+        return f"<SyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], name: str) -> T:
+        return block(self.app, coroutine, f"result.{name}()", f"result.{name}()")
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the task to finish and return its result (`AsyncResult.get`'s rules)."""
+        return self._run(self.async_result.get(timeout, propagate=propagate), "get")
+
+    def ready(self) -> bool:
+        """Return whether the task has finished (succeeded, failed or was revoked)."""
+        return self._run(self.async_result.ready(), "ready")
+
+    def successful(self) -> bool:
+        """Return whether the task finished and succeeded."""
+        return self._run(self.async_result.successful(), "successful")
+
+    def failed(self) -> bool:
+        """Return whether the task finished with a failure."""
+        return self._run(self.async_result.failed(), "failed")
+
+    @property
+    def state(self) -> str:
+        """The task's state now: PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED."""
+        return self._run(self.async_result.state(), "state")
+
+    @property
+    def status(self) -> str:
+        """The same as `state` (Celery's other name)."""
+        return self.state
+
+    @property
+    def result(self) -> Any:
+        """The return value once succeeded, the exception once failed, else None."""
+        return self._run(self.async_result.meta(), "meta").result
+
+    @property
+    def info(self) -> Any:
+        """The same as `result` (Celery's other name)."""
+        return self.result
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted remote traceback of a failed task, or None."""
+        return self._run(self.async_result.meta(), "meta").traceback
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        """When the task finished (an aware UTC datetime), or None."""
+        return self._run(self.async_result.meta(), "meta").date_done
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._run(self.async_result.forget(), "forget")
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Stop the task from running on any worker (`AsyncResult.revoke`)."""
+        self._run(self.async_result.revoke(terminate=terminate), "revoke")
+
+
+class TaskSync(Generic[P, R]):
+    """`task.sync`: the task's sending methods for sync code, typed like the async ones."""
+
+    def __init__(self, task: Task[P, R]) -> None:
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"<sync @task: {self.task.name}>"
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], method: str) -> T:
+        name = self.task.fn.__name__
+        return block(self.task.app, coroutine, f"{name}.sync.{method}()", f"{name}.{method}(...)")
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
+        """Send the task with these arguments (`Task.delay`); return its sync result.
+
+        Calls from many threads at once are sent together, in batches.
+        """
+        task = self.task
+        app = task.app
+        if app.conf.task_always_eager:
+            return SyncResult(self._run(task._send(args, kwargs, {}), "delay"))
+        name = task.fn.__name__
+        check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
+        result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
+        return SyncResult(result)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> SyncResult[R]:
+        """Send the task with call options (`Task.apply_async`)."""
+        coroutine = self.task._send(args, kwargs, options)
+        return SyncResult(self._run(coroutine, "apply_async"))
+
+    def delay_many(
+        self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
+    ) -> list[SyncResult[R]]:
+        """Send one invocation per tuple of positional arguments, in one publish."""
+        sent = self._run(self.task._send_many(calls, options), "delay_many")
+        return [SyncResult(result) for result in sent]
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> SyncResult[R]:
+        """Run the task here, through the worker's runner (`Task.apply`)."""
+        return SyncResult(self._run(self.task._apply(args, kwargs, options), "apply"))
+
+    def AsyncResult(self, task_id: str) -> SyncResult[R]:  # Celery's name
+        """Return the sync result of an invocation of this task sent earlier."""
+        return SyncResult(self.task.AsyncResult(task_id))
+
+
+class SyncApp:
+    """`app.sync`: the app's methods for sync code (`send_task`, `AsyncResult`, `close`)."""
+
+    def __init__(self, app: AppLike) -> None:
+        self.app = app
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> SyncResult[Any]:
+        """Send a task by name (`App.send_task`); return its sync result."""
+        from . import sending
+
+        coroutine = sending.send(self.app, name, args, kwargs, **options)
+        result = block(self.app, coroutine, "app.sync.send_task()", "app.send_task(...)")
+        return SyncResult(result)
+
+    def AsyncResult(self, task_id: str) -> SyncResult[Any]:  # Celery's name
+        """Return the sync result handle of a task sent earlier, by id."""
+        from .result import AsyncResult
+
+        return SyncResult(AsyncResult(task_id, self.app))
+
+    def close(self) -> None:
+        """Close the I/O thread's connections and stop it (it starts again on next use)."""
+        if asyncio._get_running_loop() is not None:
+            raise RuntimeError(
+                "app.sync.close() blocks, and this thread runs an event loop: "
+                "use `await app.close()` here"
+            )
+        self.app.stop_io_thread()
