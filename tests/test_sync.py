@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +312,37 @@ def test_sync_delay_under_task_always_eager(tmp_path: Path) -> None:
 
     assert add.sync.delay(1, 2).get(timeout=5) == 3
     app.sync.close()
+
+
+SCRIPT = """
+import sys
+import threading
+
+from aqueue import App
+
+app = App("script", broker=sys.argv[1])
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+print(add.sync.delay(1, 2).state)
+print(sorted(t.name for t in threading.enumerate() if t.name.startswith("aqueue-io")))
+"""
+
+
+def test_a_script_exits_without_closing_the_app(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    process = subprocess.run(
+        [sys.executable, "-W", "error", str(script), f"sqlite:///{tmp_path / 'q.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines() == ["PENDING", "['aqueue-io-script']"]
+    assert process.stderr == ""
