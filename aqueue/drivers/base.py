@@ -236,7 +236,31 @@ class Mailbox(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
 
 
-class Broker(abc.ABC):
+class _Connected(abc.ABC):
+    """Opened and closed by `async with`: what brokers and result stores share."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Broker(_Connected):
     """A message transport. Use it as an async context manager, or call `open` and `close`."""
 
     #: How often the worker must call `Delivery.renew` on running messages; None: never.
@@ -314,18 +338,6 @@ class Broker(abc.ABC):
         """Return a semaphore shared by every worker of this broker, if it can have one."""
         return None
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
 
 @dataclass(frozen=True, slots=True)
 class StoredResult:
@@ -335,7 +347,7 @@ class StoredResult:
     payload: bytes
 
 
-class ResultBackend(abc.ABC):
+class ResultBackend(_Connected):
     """A result store. Use it as an async context manager, or call `open` and `close`."""
 
     #: Whether every process can `fetch` what a worker stored (not so for `rpc://`, whose
@@ -403,15 +415,3 @@ class ResultBackend(abc.ABC):
     def semaphore(self) -> Semaphore | None:
         """Return a semaphore shared by every worker using this store, if it can have one."""
         return None
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
