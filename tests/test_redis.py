@@ -592,7 +592,7 @@ async def test_a_waiter_survives_a_dropped_pubsub_connection(url: str) -> None:
         assert got == [b"after the drop"]
         subscriptions = backend._subscriptions
         assert subscriptions is not None
-        assert subscriptions._generation == 2  # it connected again
+        assert subscriptions.generation == 2  # it connected again
 
 
 async def test_waiting_on_a_closed_backend_is_an_error(url: str) -> None:

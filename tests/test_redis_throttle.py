@@ -29,7 +29,7 @@ from aqueue import BrokerError  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
 from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
 from aqueue.drivers.redis.client import parse_redis_url  # noqa: E402
-from aqueue.drivers.redis.mailbox import Channels  # noqa: E402
+from aqueue.drivers.redis.pubsub import PubSub  # noqa: E402
 from aqueue.drivers.redis.results import RedisBackend  # noqa: E402
 from aqueue.drivers.redis.throttle import RedisRateLimiter, RedisSemaphore  # noqa: E402
 
@@ -238,7 +238,7 @@ async def test_settings_expire_by_redis_clock_and_are_purged(broker: RedisBroker
 async def test_without_redis_errors_name_the_redacted_url() -> None:
     url = f"redis://:t0psecret@127.0.0.1:{_closed_port()}/0"
     settings = parse_redis_url(url, {"retries": 0})
-    channels = Channels(settings)
+    channels = PubSub(settings)
     client = settings.client()
     limiter = RedisRateLimiter(settings, lambda: client)
     try:

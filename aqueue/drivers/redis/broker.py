@@ -90,7 +90,8 @@ from .consumer import (
     QueueKeys,
     run_key,
 )
-from .mailbox import Channels, RedisMailbox
+from .mailbox import RedisMailbox
+from .pubsub import PubSub
 from .resp import RespClient, encode_bulk, encode_head
 from .throttle import RedisRateLimiter, RedisSemaphore
 
@@ -289,7 +290,7 @@ class RedisBroker(Broker):
         self._keys: dict[str, QueueKeys] = {}
         #: The encoded start of the XADD of a ready message, by queue and priority (`_add`).
         self._xadd: dict[tuple[str, int], bytes] = {}
-        self._channels: Channels | None = None
+        self._channels: PubSub | None = None
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
@@ -354,10 +355,10 @@ class RedisBroker(Broker):
         self._readers.discard(reader)
         await reader.aclose()
 
-    def _pubsub(self) -> Channels:
+    def _pubsub(self) -> PubSub:
         self._redis()
         if self._channels is None:
-            self._channels = Channels(self.settings)
+            self._channels = PubSub(self.settings)
         return self._channels
 
     def mailbox(self) -> RedisMailbox:

@@ -40,8 +40,7 @@ from .client import (
     redis_errors,
     run_scripts,
 )
-from .mailbox import Channels
-from .pubsub import Subscriptions
+from .pubsub import PubSub
 from .resp import RespClient
 from .throttle import RedisRateLimiter, RedisSemaphore
 
@@ -95,8 +94,8 @@ class RedisBackend(ResultBackend):
         #: worker use no other for results.
         self._hot: RespClient | None = None
         self._client: aioredis.Redis | None = None  # for the rate limiter and the semaphore
-        self._subscriptions: Subscriptions | None = None
-        self._channels: Channels | None = None
+        self._subscriptions: PubSub | None = None
+        self._channels: PubSub | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
         self._stores: Batcher[tuple[str, str, bytes, float], None] = Batcher(self._flush_stores)
@@ -120,7 +119,7 @@ class RedisBackend(ResultBackend):
             await hot.aclose()
             return
         self._hot = hot
-        self._subscriptions = Subscriptions(self.settings)
+        self._subscriptions = PubSub(self.settings)
 
     async def close(self) -> None:
         """Close every connection."""
@@ -161,7 +160,7 @@ class RedisBackend(ResultBackend):
         """Return the semaphore every worker on this Redis shares (open the backend first)."""
         self._redis()
         if self._semaphore is None:
-            self._channels = Channels(self.settings)
+            self._channels = PubSub(self.settings)
             self._semaphore = RedisSemaphore(self.settings, self._redis, self._channels)
         return self._semaphore
 

@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from ..base import RateLimiter, Semaphore
 from .client import Batcher, RedisSettings, Script, redis_errors, run_scripts
-from .mailbox import Channels
+from .pubsub import PubSub
 
 __all__ = ["RedisRateLimiter", "RedisSemaphore"]
 
@@ -195,7 +195,7 @@ class RedisSemaphore(Semaphore):
         self,
         settings: RedisSettings,
         client: Callable[[], aioredis.Redis],
-        channels: Channels,
+        channels: PubSub,
     ) -> None:
         self._settings = settings
         self._client = client
