@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 
-from .drivers.base import ResultBackend
-from .drivers.memory.broker import MemoryBroker
-from .drivers.memory.results import MemoryBackend
+from .drivers import create_backend, create_broker
+from .drivers.base import Broker, Credit, DeadLetter, Delivery, ResultBackend
 from .exceptions import ResultsDisabled
 from .message import Envelope, OutgoingMessage, new_id
 from .result import AsyncResult
@@ -70,11 +69,32 @@ class _Credit:
         return 1
 
 
-class _EagerBroker(MemoryBroker):
-    """A memory broker whose retries are due at once."""
+class _ImmediateRetries(Broker):
+    """An in-process broker (the registry's `memory://`) on which retries are due at once."""
+
+    def __init__(self, inner: Broker) -> None:
+        super().__init__(inner.url, inner.options)
+        self._inner = inner
+
+    async def open(self) -> None:
+        await self._inner.open()
+
+    async def close(self) -> None:
+        await self._inner.close()
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        await super().publish([dataclasses.replace(message, eta=None) for message in messages])
+        await self._inner.publish([dataclasses.replace(message, eta=None) for message in messages])
+
+    def consume(
+        self, queues: Sequence[str], credit: Credit, *, burst: bool = False
+    ) -> AsyncGenerator[Delivery, None]:
+        return self._inner.consume(queues, credit, burst=burst)
+
+    async def purge(self, queue: str) -> int:
+        return await self._inner.purge(queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return await self._inner.dead_letters(queue, limit)
 
 
 async def apply(
@@ -87,8 +107,10 @@ async def apply(
     app = cast("App", task.app)
     task.check_arguments(args, kwargs)  # a call that cannot bind fails here, as a call would
     conf = app.conf
-    broker = _EagerBroker("memory://", {"max_deliveries": conf.broker_max_deliveries})
-    backend = MemoryBackend("memory://", {})
+    broker = _ImmediateRetries(
+        create_broker("memory://", {"max_deliveries": conf.broker_max_deliveries})
+    )
+    backend = create_backend("memory://", {})
     runner = Runner(
         app,
         broker,

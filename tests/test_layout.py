@@ -86,7 +86,6 @@ def test_no_driver_imports_another_driver() -> None:
     assert crossings == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: aqueue.eager builds on the memory driver by name")
 def test_the_core_imports_no_driver() -> None:
     # Drivers are found through the scheme registry, never imported by the core by name.
     leaks = [
