@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -23,9 +23,9 @@ from .throttle import parse_rate
 
 if TYPE_CHECKING:
     from .drivers.base import Mailbox
-    from .worker import Worker
+    from .interfaces import AppLike
 
-__all__ = ["RemoteControl", "Revocations"]
+__all__ = ["RemoteControl", "Revocations", "WorkerView"]
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -51,10 +51,53 @@ class Revocations:
         return len(self._until)
 
 
+class WorkerView(Protocol):
+    """What the control plane sees of the worker it serves, and the few things it may do."""
+
+    @property
+    def app(self) -> AppLike:
+        """The worker's app (its tasks and settings)."""
+        ...
+
+    @property
+    def hostname(self) -> str:
+        """The worker's node name."""
+        ...
+
+    @property
+    def revoked(self) -> Revocations:
+        """The task ids this worker knows are revoked."""
+        ...
+
+    def active(self) -> list[dict[str, Any]]:
+        """Describe the tasks running now."""
+        ...
+
+    def held(self) -> list[dict[str, Any]]:
+        """Describe the tasks held until their ETA."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Return the worker's counters."""
+        ...
+
+    def set_rate_limit(self, task_name: str, rate: str | float | None) -> str:
+        """Change a task's rate limit; return its scope."""
+        ...
+
+    def terminate(self, task_id: str) -> bool:
+        """Cancel a running task; return whether it was running here."""
+        ...
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop the worker (warm, or cold with `now`)."""
+        ...
+
+
 class RemoteControl:
     """Runs control commands for one worker."""
 
-    def __init__(self, worker: Worker, mailbox: Mailbox) -> None:
+    def __init__(self, worker: WorkerView, mailbox: Mailbox) -> None:
         self.worker = worker
         self.mailbox = mailbox
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {

@@ -27,18 +27,16 @@ import hmac
 import struct
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .exceptions import SignatureError
-
-if TYPE_CHECKING:
-    from .config import Settings
 
 __all__ = [
     "MAGIC",
     "OVERHEAD",
     "SignatureError",
     "Signer",
+    "SigningSettings",
     "open_result",
     "payload_of",
     "sign_result",
@@ -111,7 +109,26 @@ def _cached(key: str | bytes, old_keys: tuple[str | bytes, ...], max_age: float 
     return Signer(key, old_keys, max_age)
 
 
-def signer_for(conf: Settings) -> Signer | None:
+class SigningSettings(Protocol):
+    """The settings signing reads (`aqueue.config.Settings` has them)."""
+
+    @property
+    def task_message_key(self) -> str | bytes | None:
+        """The key messages are signed with (None: unsigned)."""
+        ...
+
+    @property
+    def task_message_old_keys(self) -> Sequence[str | bytes]:
+        """Keys still accepted when checking."""
+        ...
+
+    @property
+    def task_message_max_age(self) -> float | None:
+        """How old a signed message may be, in seconds."""
+        ...
+
+
+def signer_for(conf: SigningSettings) -> Signer | None:
     """Return the signer for an app's settings, or None when `task_message_key` is not set."""
     key = conf.task_message_key
     if key is None:
@@ -119,13 +136,13 @@ def signer_for(conf: Settings) -> Signer | None:
     return _cached(key, tuple(conf.task_message_old_keys), conf.task_message_max_age)
 
 
-def sign_result(conf: Settings, payload: bytes) -> bytes:
+def sign_result(conf: SigningSettings, payload: bytes) -> bytes:
     """Return a result payload as it is stored, signed when the app has a key."""
     signer = signer_for(conf)
     return payload if signer is None else signer.sign(payload)
 
 
-def open_result(conf: Settings, payload: bytes) -> bytes:
+def open_result(conf: SigningSettings, payload: bytes) -> bytes:
     """Return a stored result payload, checked (no age limit) if the app has a key."""
     signer = signer_for(conf)
     return payload if signer is None else signer.verify(payload, check_age=False)
