@@ -224,7 +224,7 @@ async def test_not_open_is_an_error(url: str) -> None:
 
 async def _set_idle(broker: RedisBroker, queue: str, entry_id: str, owner: str) -> None:
     """Make a pending entry look idle for a minute (as if its worker had died)."""
-    client = broker._redis()
+    client = broker.redis_client()
     await client.xclaim(
         broker.keys(queue).stream(0), "aqueue", owner, 0, [entry_id], idle=60_000, justid=True
     )
@@ -262,7 +262,7 @@ async def test_a_message_that_keeps_killing_workers_is_dead_lettered(
     (letter,) = await broker.dead_letters(queue)
     assert (letter.body, letter.reason) == (b"poison", "max-deliveries")
     assert letter.detail == "started 3 times without being acknowledged"
-    assert not await broker._redis().exists(broker.keys(queue).runs)
+    assert not await broker.redis_client().exists(broker.keys(queue).runs)
 
 
 async def test_a_message_held_by_dying_workers_is_dead_lettered_only_as_a_backstop(
@@ -302,7 +302,7 @@ async def test_a_cancelled_consumer_gives_back_a_claim_it_never_saw(
     with anyio.fail_after(10):
         seen = await consumer.__anext__()
     await broker.publish([message(queue, b"cut-off")])
-    await broker._redis().xreadgroup(
+    await broker.redis_client().xreadgroup(
         "aqueue", seen._consumer, {broker.keys(queue).stream(0): ">"}, count=1
     )
     await consumer.aclose()
@@ -429,7 +429,7 @@ async def test_an_earlier_delayed_message_wakes_a_sleeping_consumer(
             await received.wait()
     assert got == [b"soon"]
     assert time.time() >= due
-    delayed = await broker._redis().zrange(broker.keys(queue).delayed, 0, -1, withscores=True)
+    delayed = await broker.redis_client().zrange(broker.keys(queue).delayed, 0, -1, withscores=True)
     assert len(delayed) == 1
     assert delayed[0][1] == pytest.approx(time.time() + 86_400, abs=60)  # still waiting
 
@@ -451,7 +451,7 @@ async def test_a_consumer_recreates_lost_groups(broker: RedisBroker, queue: str)
         group.start_soon(consume)
         await anyio.wait_all_tasks_blocked()
         keys = broker.keys(queue)
-        await broker._redis().delete(*keys.streams, keys.wake)  # as a restarted Redis would
+        await broker.redis_client().delete(*keys.streams, keys.wake)  # as a restarted Redis would
         await broker.publish([message(queue, b"after")])
         with anyio.fail_after(10):
             await received.wait()
@@ -472,7 +472,7 @@ async def test_refused_entries_are_dead_lettered_after_one_delivery(url: str) ->
         broker = await app.connection()
         assert isinstance(broker, RedisBroker)
         stream = broker.keys("default").stream(0)
-        client = broker._redis()
+        client = broker.redis_client()
         await client.xadd(stream, {"b": b"\xc1 not msgpack"})
         await client.xadd(stream, {"b": envelope("tasks.nope", [])})
         await client.xadd(stream, {"b": envelope(add.name, [1, 2, 3])})
@@ -556,11 +556,11 @@ async def test_ten_thousand_waiters_use_two_connections_and_leave_nothing(url: s
 async def test_scripts_a_restarted_redis_forgot_are_loaded_again(
     broker: RedisBroker, queue: str
 ) -> None:
-    await broker._redis().script_flush()
+    await broker.redis_client().script_flush()
     await broker.publish([message(queue, b"a"), message(queue, b"later", eta=time.time() + 60)])
-    await broker._redis().script_flush()
+    await broker.redis_client().script_flush()
     (delivery,) = await drain(broker, [queue])
-    await broker._redis().script_flush()
+    await broker.redis_client().script_flush()
     await delivery.ack()
     assert await broker.purge(queue) == 1
 
@@ -698,7 +698,7 @@ async def test_a_burst_worker_leaves_nothing_pending(url: str) -> None:
         await Worker(app, concurrency=200, burst=True).run()
         broker = await app.connection()
         assert isinstance(broker, RedisBroker)
-        client = broker._redis()
+        client = broker.redis_client()
         stream = broker.keys("default").stream(0)
         assert ran == 2_000
         assert await client.xlen(stream) == 0  # every entry acknowledged and deleted
@@ -720,7 +720,7 @@ async def test_a_closing_consumer_gives_back_nothing_acknowledged_meanwhile(
     assert claimed is not None
     assert len(claimed) == 2
     consumer.held.update(each.id for each in claimed)  # both yielded, as consume() does
-    client = broker._redis()
+    client = broker.redis_client()
     pipeline = client.pipeline
 
     def acked_meanwhile(*args: Any, **kwargs: Any) -> Any:
@@ -749,7 +749,7 @@ async def test_dead_letters_an_older_aqueue_kept_are_counted_once(
     """A dead-letter stream from before the byte count: its letters count, and drop, as others."""
     dead = broker.keys(queue).dead
     for body in (b"a" * 100, b"b" * 100):  # as an older aqueue wrote them: no count beside
-        await broker._redis().xadd(dead, {"b": body, "r": "undecodable", "d": "d", "t": "1"})
+        await broker.redis_client().xadd(dead, {"b": body, "r": "undecodable", "d": "d", "t": "1"})
     await broker.publish([message(queue, b"c" * 100)])
     (delivery,) = await drain(broker, [queue])
     await delivery.dead_letter("undecodable", "d")

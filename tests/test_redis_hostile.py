@@ -60,7 +60,7 @@ async def redis_broker(app: App) -> RedisBroker:
 async def test_garbage_entries_and_members_are_dead_lettered_by_the_claim(app: App) -> None:
     broker = await redis_broker(app)
     keys = broker.keys("default")
-    client = broker._redis()
+    client = broker.redis_client()
     for fields, _ in GARBAGE:
         await client.xadd(keys.stream(0), fields)  # type: ignore[arg-type]
     past = time.time() - 1
@@ -90,7 +90,7 @@ async def blocked_in_xreadgroup(broker: RedisBroker) -> None:
     looks blocked too. Redis tells nobody when a client blocks, so this asks CLIENT LIST, with
     a deadline (only this test consumes in its database meanwhile).
     """
-    client = broker._redis()
+    client = broker.redis_client()
     db = str(broker.settings.kwargs.get("db", 0))
     with anyio.fail_after(10):
         while True:
@@ -109,7 +109,7 @@ async def test_an_idle_worker_dead_letters_a_garbage_entry_and_goes_on(
     async with anyio.create_task_group() as group:
         worker = await group.start(Worker(app).run)
         await blocked_in_xreadgroup(broker)  # so the blocking read gets the entry, not a claim
-        await broker._redis().xadd(broker.keys("default").stream(0), fields)  # type: ignore[arg-type]
+        await broker.redis_client().xadd(broker.keys("default").stream(0), fields)  # type: ignore[arg-type]
         good = await app.tasks["tests.add"].delay(3, 3)
         assert await good.get(timeout=10) == 6
         worker.stop()
@@ -120,7 +120,7 @@ async def test_an_idle_worker_dead_letters_a_garbage_entry_and_goes_on(
 async def test_the_dead_letter_reader_trusts_no_field(app: App) -> None:
     broker = await redis_broker(app)
     dead = broker.keys("default").dead
-    client = broker._redis()
+    client = broker.redis_client()
     await client.xadd(dead, {"t": b"not a time", "r": b"\xff\xfe", "d": b"ok"})
     await client.xadd(dead, {"t": b"nan"})
     await client.xadd(dead, {"t": b"12.5", "b": b"body", "r": b"why"})

@@ -131,7 +131,7 @@ async def test_a_connection_lost_under_a_batch_fails_those_callers_and_the_next_
 ) -> None:
     broker, admin = private
     await broker.publish([message(queue, b"before")])
-    hot = broker._hot_path()
+    hot = broker.hot_path()
     hot_id = await hot.execute("CLIENT", "ID")
     failures: list[BaseException] = []
 
@@ -169,7 +169,7 @@ async def test_one_ready_message_goes_to_the_stream_of_its_priority(url: str, qu
                 [OutgoingMessage(id="m", queue=queue, body=b"p%d" % priority, priority=priority)]
             )
         keys = broker.keys(queue)
-        lengths = [await broker._hot_path().execute("XLEN", keys.stream(p)) for p in range(10)]
+        lengths = [await broker.hot_path().execute("XLEN", keys.stream(p)) for p in range(10)]
         assert lengths == [2, 0, 0, 0, 0, 0, 0, 2, 0, 1]
         assert await bodies(broker, queue) == [b"p-3", b"p0", b"p12", b"p7", b"p7"]
 
@@ -178,7 +178,7 @@ async def test_a_refused_xadd_of_one_message_is_a_broker_error(url: str, queue: 
     broker = create_broker(url, {})
     assert isinstance(broker, RedisBroker)
     async with broker:
-        hot = broker._hot_path()
+        hot = broker.hot_path()
         stream = broker.keys(queue).stream(0)
         await hot.execute("SET", stream, "not a stream")
         with pytest.raises(BrokerError, match="while publishing: ResponseError: WRONGTYPE"):

@@ -85,7 +85,7 @@ def _closed_port() -> int:
 
 
 async def _pubsub_clients(broker: RedisBroker, name: str) -> list[dict[str, str]]:
-    clients = await broker._redis().client_list()
+    clients = await broker.redis_client().client_list()
     return [c for c in clients if c["name"] == name and "P" in c["flags"]]
 
 
@@ -97,7 +97,7 @@ async def test_subscriptions_share_one_connection_and_leave_nothing(
 ) -> None:
     mailbox = broker.mailbox()
     assert broker.mailbox() is mailbox
-    admin = other._redis()
+    admin = other.redis_client()
     channels = [mailbox.channel("a"), mailbox.channel("b")]
     async with (
         mailbox.subscribe("a") as one,
@@ -179,7 +179,7 @@ async def test_a_subscriber_survives_a_dropped_connection(
         group.start_soon(listen)
         await anyio.wait_all_tasks_blocked()
         (pubsub,) = await _pubsub_clients(broker, name)
-        await other._redis().client_kill_filter(_id=pubsub["id"])
+        await other.redis_client().client_kill_filter(_id=pubsub["id"])
         # Entered once confirmed on the new connection, after "news" was subscribed again.
         with anyio.fail_after(10):
             async with mailbox.subscribe("other"):
@@ -217,7 +217,7 @@ async def test_closing_the_broker_fails_its_subscribers(url: str) -> None:
 async def test_settings_expire_by_redis_clock_and_are_purged(broker: RedisBroker) -> None:
     mailbox = broker.mailbox()
     values, expires = mailbox._keys
-    client = broker._redis()
+    client = broker.redis_client()
     await mailbox.put("rate.a", b"1", ttl=60)
     await mailbox.put("rate.b", b"2")
     assert 59_000 < (await client.zscore(expires, "rate.a") or 0) - time.time() * 1000 <= 60_000
@@ -347,10 +347,10 @@ async def test_an_idle_key_expires_when_its_bookings_have_passed(
     limiter = broker.rate_limiter()
     for _ in range(3):
         await limiter.reserve(key, rate=10.0)
-    ttl = await broker._redis().pttl(limiter.key(key))
+    ttl = await broker.redis_client().pttl(limiter.key(key))
     assert 250 < ttl <= 300
     await limiter.reserve(f"{key}-fast", rate=1000.0)
-    fast = await broker._redis().pttl(limiter.key(f"{key}-fast"))
+    fast = await broker.redis_client().pttl(limiter.key(f"{key}-fast"))
     assert fast == -2 or 0 <= fast <= 1  # gone already (-2), or within the millisecond
     with pytest.raises(ValueError, match="rate"):
         await limiter.reserve(key, rate=0.0)
@@ -406,10 +406,10 @@ async def test_at_most_limit_places_across_two_instances(
     held = [token for token in tokens if token is not None]
     assert len(held) == 3
     assert len(set(held)) == 3
-    assert await broker._redis().zcard(broker.semaphore().key(key)) == 3
+    assert await broker.redis_client().zcard(broker.semaphore().key(key)) == 3
     assert broker.semaphore().scope == "global"
     assert broker.semaphore() is broker.semaphore()
-    ttl = await broker._redis().pttl(broker.semaphore().key(key))
+    ttl = await broker.redis_client().pttl(broker.semaphore().key(key))
     assert 29_000 < ttl <= 30_000  # the set goes with its last lease
 
 
@@ -468,7 +468,7 @@ async def test_renew_keeps_the_place(broker: RedisBroker, other: RedisBroker, ke
     token = await semaphore.acquire(key, limit=1, lease=0.3)
     assert token is not None
     await semaphore.renew(key, token, lease=5)
-    score = await broker._redis().zscore(semaphore.key(key), token)
+    score = await broker.redis_client().zscore(semaphore.key(key), token)
     assert score is not None
     assert 4_900 < score - time.time() * 1000 <= 5_000
     started = time.perf_counter()
@@ -491,11 +491,11 @@ async def test_releasing_twice_is_harmless_and_a_lost_lease_is_not_renewed(
     await semaphore.release(key, first)
     await semaphore.release(key, first)
     await semaphore.release(key, "never-held")
-    assert await broker._redis().zrange(semaphore.key(key), 0, -1) == [second.encode()]
+    assert await broker.redis_client().zrange(semaphore.key(key), 0, -1) == [second.encode()]
     with caplog.at_level(logging.WARNING, logger="aqueue.drivers.redis.throttle"):
         await semaphore.renew(key, first, lease=30)
     assert "ran out" in caplog.text
-    assert await broker._redis().zcard(semaphore.key(key)) == 1
+    assert await broker.redis_client().zcard(semaphore.key(key)) == 1
 
 
 async def test_a_free_place_ends_a_wait_at_once(broker: RedisBroker, key: str) -> None:

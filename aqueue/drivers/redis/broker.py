@@ -141,7 +141,7 @@ class _RedisDelivery(Delivery):
     async def _forget_runs(self) -> None:
         """Settled for good: drop its count of runs, if it has one."""
         if self._begun or self.runs:
-            await self._broker._forget_runs(self._claimed)
+            await self._broker.forget_runs(self._claimed)
 
     def _settle(self) -> bool:
         first, self._settled = not self._settled, True
@@ -223,7 +223,7 @@ class _RedisDelivery(Delivery):
         if not self._settle():
             return
         try:
-            if not await self._broker._dead_letter(
+            if not await self._broker.dead_letter_claimed(
                 self._claimed, self._consumer, str(reason), detail
             ):
                 self._lost("dead-letter")
@@ -334,19 +334,26 @@ class RedisBroker(Broker):
                 await channels.close()
             await close_clients(client)
 
-    def _redis(self) -> aioredis.Redis:
+    @property
+    def is_open(self) -> bool:
+        """Whether the broker is open."""
+        return self._client is not None
+
+    def redis_client(self) -> aioredis.Redis:
+        """Return the redis-py client (pipelines, scripts off the hot path)."""
         if self._client is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._client
 
-    def _hot_path(self) -> RespClient:
+    def hot_path(self) -> RespClient:
+        """Return the pipelining client that claims, acks and publishes."""
         if self._hot is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._hot
 
-    def _reader(self) -> RespClient:
+    def blocking_reader(self) -> RespClient:
         """Return a new connection for one consumer's blocking reads (closed by `close`)."""
-        self._hot_path()
+        self.hot_path()
         reader = RespClient(self.settings, socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
         self._readers.add(reader)
         return reader
@@ -356,7 +363,7 @@ class RedisBroker(Broker):
         await reader.aclose()
 
     def _pubsub(self) -> PubSub:
-        self._redis()
+        self.redis_client()
         if self._channels is None:
             self._channels = PubSub(self.settings)
         return self._channels
@@ -364,20 +371,20 @@ class RedisBroker(Broker):
     def mailbox(self) -> RedisMailbox:
         """Return the mailbox on this Redis: pub/sub topics and settings (open the broker first)."""
         if self._mailbox is None:
-            self._mailbox = RedisMailbox(self.settings, self._redis, self._pubsub())
+            self._mailbox = RedisMailbox(self.settings, self.redis_client, self._pubsub())
         return self._mailbox
 
     def rate_limiter(self) -> RedisRateLimiter:
         """Return the rate limiter every worker on this Redis shares (open the broker first)."""
-        self._redis()
+        self.redis_client()
         if self._rate_limiter is None:
-            self._rate_limiter = RedisRateLimiter(self.settings, self._redis)
+            self._rate_limiter = RedisRateLimiter(self.settings, self.redis_client)
         return self._rate_limiter
 
     def semaphore(self) -> RedisSemaphore:
         """Return the semaphore every worker on this Redis shares (open the broker first)."""
         if self._semaphore is None:
-            self._semaphore = RedisSemaphore(self.settings, self._redis, self._pubsub())
+            self._semaphore = RedisSemaphore(self.settings, self.redis_client, self._pubsub())
         return self._semaphore
 
     def keys(self, queue: str) -> QueueKeys:
@@ -396,7 +403,7 @@ class RedisBroker(Broker):
         if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
             await self._add(messages[0])
             return
-        hot = self._hot_path()
+        hot = self.hot_path()
         now = time.time()
         delayed: dict[str, list[Any]] = {}
         commands: list[tuple[Any, ...]] = []
@@ -424,7 +431,7 @@ class RedisBroker(Broker):
 
     async def _add(self, message: OutgoingMessage) -> None:
         """Add one ready message to its stream: one XADD, its head encoded once per stream."""
-        hot = self._hot_path()
+        hot = self.hot_path()
         priority = min(max(int(message.priority), 0), 9)
         head = self._xadd.get((message.queue, priority))
         if head is None:
@@ -454,7 +461,7 @@ class RedisBroker(Broker):
             )
             calls.append((_ACK, [stream], [GROUP, mode, consumer, packed]))
         with redis_errors(self.settings, "settling messages"):
-            replies = await run_scripts(self._hot_path(), calls)
+            replies = await run_scripts(self.hot_path(), calls)
         done = [False] * len(items)
         for indexes, reply in zip(groups.values(), replies, strict=True):
             for index, flag in zip(indexes, bytes(reply), strict=True):
@@ -466,34 +473,40 @@ class RedisBroker(Broker):
     ) -> bool:
         script, keys, args = _requeue_call(claimed, consumer, mode, due, fenced=fenced)
         with redis_errors(self.settings, "returning a message"):
-            return bool(await script(self._redis(), keys, args))
+            return bool(await script(self.redis_client(), keys, args))
 
-    async def _give_back_unyielded(
+    async def give_back_unyielded(
         self, messages: list[Claimed], consumer: str, *, fenced: bool
     ) -> None:
         """Give back claimed messages that were never handed out, all in one round trip."""
         calls = [_requeue_call(m, consumer, "release", 0.0, fenced=fenced) for m in messages]
         with redis_errors(self.settings, "returning messages"):
-            await run_scripts(self._redis(), calls)
+            await run_scripts(self.redis_client(), calls)
 
     async def _count_run(self, claimed: Claimed) -> None:
         """Add one to the message's runs (the hash lives a week after its last change)."""
         key = claimed.keys.runs
         with redis_errors(self.settings, "recording the start of a task"):
-            pipe = self._redis().pipeline(transaction=True)
+            pipe = self.redis_client().pipeline(transaction=True)
             pipe.hincrby(key, run_key(claimed.body), 1)
             pipe.expire(key, RUNS_TTL)
             await pipe.execute()
 
-    async def _forget_runs(self, claimed: Claimed) -> None:
+    async def forget_runs(self, claimed: Claimed) -> None:
+        """Drop a settled message's count of runs."""
         with redis_errors(self.settings, "settling a message"):
-            await self._redis().hdel(claimed.keys.runs, run_key(claimed.body))
+            await self.redis_client().hdel(claimed.keys.runs, run_key(claimed.body))
 
-    async def _dead_letter(self, claimed: Claimed, consumer: str, reason: str, detail: str) -> bool:
+    async def dead_letter_claimed(
+        self, claimed: Claimed, consumer: str, reason: str, detail: str
+    ) -> bool:
+        """Dead-letter a claimed message; return whether `consumer` still held it."""
         args = [GROUP, consumer, claimed.id, claimed.counter, reason, detail, repr(time.time())]
         args.append(self.dead_letter_max_bytes)
         with redis_errors(self.settings, "dead-lettering a message"):
-            reply = await _DEAD_LETTER(self._redis(), [claimed.stream, claimed.keys.dead], args)
+            reply = await _DEAD_LETTER(
+                self.redis_client(), [claimed.stream, claimed.keys.dead], args
+            )
         return bool(reply)
 
     # -- consuming --------------------------------------------------------------------------
@@ -523,7 +536,7 @@ class RedisBroker(Broker):
 
     async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:
         """Beat in these queues too, starting the heartbeat on the first call (`close` stops it)."""
-        self._hot_path()
+        self.hot_path()
         self.beat_keys = tuple(dict.fromkeys([*self.beat_keys, *(each.beats for each in keys)]))
         if self.heartbeat is not None or self.heartbeat_timeout is None:
             return
@@ -540,24 +553,24 @@ class RedisBroker(Broker):
         """Delete the queue's waiting and delayed messages (not the delivered ones)."""
         keys = self.keys(queue)
         with redis_errors(self.settings, "purging"):
-            return int(await _PURGE(self._redis(), [*keys.streams, keys.delayed], [GROUP]))
+            return int(await _PURGE(self.redis_client(), [*keys.streams, keys.delayed], [GROUP]))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
         with redis_errors(self.settings, "reading dead letters"):
-            return await deadletters.dead_letters(self._redis(), self.keys(queue), limit)
+            return await deadletters.dead_letters(self.redis_client(), self.keys(queue), limit)
 
     async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
         """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
         with redis_errors(self.settings, "counting dead letters"):
-            return await deadletters.stats(self._redis(), self.keys(queue))
+            return await deadletters.stats(self.redis_client(), self.keys(queue))
 
     async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Move dead letters back to their queue (priority 0, never delivered)."""
         with redis_errors(self.settings, "retrying dead letters"):
-            return await deadletters.retry(self._redis(), self.keys(queue), ids)
+            return await deadletters.retry(self.redis_client(), self.keys(queue), ids)
 
     async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Delete dead letters (those in `ids`, else all)."""
         with redis_errors(self.settings, "purging dead letters"):
-            return await deadletters.purge(self._redis(), self.keys(queue), ids)
+            return await deadletters.purge(self.redis_client(), self.keys(queue), ids)

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from redis.exceptions import RedisError, ResponseError
@@ -26,7 +26,10 @@ from .client import Script, broker_error, run_scripts
 from .resp import RespClient
 
 if TYPE_CHECKING:
-    from .broker import RedisBroker
+    import redis.asyncio as aioredis
+
+    from ..heartbeat import Heartbeat
+    from .client import RedisSettings
 
 __all__ = [
     "CLAIM_BATCH",
@@ -35,6 +38,7 @@ __all__ = [
     "Beats",
     "Claimed",
     "Consumer",
+    "ConsumerHost",
     "QueueKeys",
     "text",
 ]
@@ -53,6 +57,53 @@ MAX_BLOCK = 30.0
 MAX_BACKOFF = 2.0
 #: A consumer with nothing pending and unseen for this long is removed from the groups.
 STALE_CONSUMER_MS = 3_600_000
+
+
+class ConsumerHost(Protocol):
+    """What a `Consumer` needs of its broker (`RedisBroker` is one): no private reach-ins."""
+
+    settings: RedisSettings
+    owner: str  # this broker's consumers are named after it (see `scripts`)
+    beat_keys: tuple[str, ...]  # the keys its heartbeat writes, one per queue consumed
+    heartbeat: Heartbeat | None
+    sweep_interval: float
+    max_deliveries: int
+    visibility_timeout: float
+    dead_letter_max_bytes: int
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the broker is open (a consumer stops quietly once it is not)."""
+        ...
+
+    def redis_client(self) -> aioredis.Redis:
+        """Return the broker's redis-py client, for pipelines."""
+        ...
+
+    def hot_path(self) -> RespClient:
+        """Return the broker's pipelining client, for claims."""
+        ...
+
+    def blocking_reader(self) -> RespClient:
+        """Return a new connection for this consumer's blocking reads."""
+        ...
+
+    async def give_back_unyielded(
+        self, messages: list[Claimed], consumer: str, *, fenced: bool
+    ) -> None:
+        """Give back claimed messages that were never handed out."""
+        ...
+
+    async def forget_runs(self, claimed: Claimed) -> None:
+        """Drop a settled message's count of runs."""
+        ...
+
+    async def dead_letter_claimed(
+        self, claimed: Claimed, consumer: str, reason: str, detail: str
+    ) -> bool:
+        """Dead-letter a claimed message; return whether this consumer still held it."""
+        ...
+
 
 _CLAIM = Script(lua.CLAIM)
 _BEAT = Script(lua.BEAT)
@@ -131,12 +182,12 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 class Consumer:
     """The state of one `consume` call: its consumer name, what it holds, when to sweep."""
 
-    def __init__(self, broker: RedisBroker, keys: list[QueueKeys], burst: bool) -> None:
+    def __init__(self, broker: ConsumerHost, keys: list[QueueKeys], burst: bool) -> None:
         self.broker = broker
         self.keys = keys
         self.burst = burst
         self.name = f"{broker.owner}:{uuid.uuid4().hex[:8]}"  # see `scripts`
-        self.reader = broker._reader()  # its blocking reads: a connection of its own
+        self.reader = broker.blocking_reader()  # its blocking reads: a connection of its own
         self.unyielded: deque[Claimed] = deque()
         self.held: set[str] = set()  # ids yielded and not settled yet
         self.next_sweep = 0.0  # the first claim sweeps
@@ -162,7 +213,7 @@ class Consumer:
                 if batch:
                     return batch
             except (RedisError, OSError) as exc:
-                if self.broker._client is None:
+                if not self.broker.is_open:
                     return None  # the broker closed under us
                 if self.burst:
                     raise broker_error(self.broker.settings, exc, "consuming") from None
@@ -203,7 +254,7 @@ class Consumer:
             broker.owner,
             int((heartbeat.timeout if heartbeat else 0) * 1000),
         ]
-        entries, buried, next_due, next_check, robbed = await _CLAIM(broker._hot_path(), keys, args)
+        entries, buried, next_due, next_check, robbed = await _CLAIM(broker.hot_path(), keys, args)
         self.failures = 0
         self._judged(judging, next_check, robbed)
         claimed = [
@@ -264,7 +315,7 @@ class Consumer:
         return await self._with_runs(await self._sort_out(reply or [], limit))
 
     async def _ensure_groups(self) -> None:
-        pipe = self.broker._redis().pipeline(transaction=False)
+        pipe = self.broker.redis_client().pipeline(transaction=False)
         for stream in [*self.by_stream, *(each.wake for each in self.keys)]:
             pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
         await pipe.execute(raise_on_error=False)  # BUSYGROUP: it exists, fine
@@ -273,22 +324,22 @@ class Consumer:
         """Split a blocking read into messages (at most `limit`) and wake-up signals."""
         wakes, claimed, garbage = self._split(reply)
         if wakes:
-            pipe = self.broker._redis().pipeline(transaction=False)
+            pipe = self.broker.redis_client().pipeline(transaction=False)
             for stream, ids in wakes.items():
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
         for message, problem in garbage:  # never handed out: nothing could run it
-            await self.broker._dead_letter(message, self.name, "undecodable", problem)
+            await self.broker.dead_letter_claimed(message, self.name, "undecodable", problem)
         claimed.sort(key=lambda message: (-message.priority, _id_key(message.id)))
         extra = claimed[limit:]
         if extra:  # several streams served at once (Redis 7.2+): give back
-            await self.broker._give_back_unyielded(extra, self.name, fenced=True)
+            await self.broker.give_back_unyielded(extra, self.name, fenced=True)
         kept = []
         for message in claimed[:limit]:
             if message.n + 1 > self.broker.max_deliveries * UNSTARTED_FACTOR:
                 detail = f"delivered {message.n} times without a recorded start"
-                await self.broker._dead_letter(message, self.name, "max-deliveries", detail)
+                await self.broker.dead_letter_claimed(message, self.name, "max-deliveries", detail)
             else:
                 kept.append(message)
         return kept
@@ -298,7 +349,7 @@ class Consumer:
         again = [message for message in batch if message.n + message.counter > 1]
         if not again:
             return batch
-        pipe = self.broker._redis().pipeline(transaction=False)
+        pipe = self.broker.redis_client().pipeline(transaction=False)
         for message in again:
             pipe.hget(message.keys.runs, run_key(message.body))
         for message, runs in zip(again, await pipe.execute(), strict=True):
@@ -308,8 +359,8 @@ class Consumer:
         for message in batch:
             if message.runs >= limit:
                 detail = f"started {message.runs} times without being acknowledged"
-                await self.broker._dead_letter(message, self.name, "max-deliveries", detail)
-                await self.broker._forget_runs(message)
+                await self.broker.dead_letter_claimed(message, self.name, "max-deliveries", detail)
+                await self.broker.forget_runs(message)
             else:
                 kept.append(message)
         return kept
@@ -342,9 +393,9 @@ class Consumer:
         consumer's pending entries.
         """
         broker = self.broker
-        client = broker._client
-        if client is None:
+        if not broker.is_open:
             return  # closed: their leases run out instead
+        client = broker.redis_client()
         # Taken before asking: a message acknowledged meanwhile leaves `held` once its ack has
         # landed, and must not look unyielded then (measured: a burst worker's last claim
         # gave back ~350 such messages one round trip at a time, each a no-op).
@@ -366,7 +417,7 @@ class Consumer:
                     if entry_id not in held:
                         lost.append(Claimed(keys, priority, entry_id, b"", 0, 0))
             if lost:
-                await broker._give_back_unyielded(lost, self.name, fenced=False)
+                await broker.give_back_unyielded(lost, self.name, fenced=False)
         except (RedisError, OSError, BrokerError):
             logger.warning(
                 "could not give back claimed messages; their leases will run out", exc_info=True
@@ -379,7 +430,7 @@ class Beats:
     It writes the beats of every queue the broker consumes (see `scripts`).
     """
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: ConsumerHost) -> None:
         self._broker = broker
         self._client = RespClient(broker.settings)
 
