@@ -30,7 +30,8 @@ from aqueue import App, BrokerError, ConfigurationError, OutgoingMessage, Worker
 from aqueue.drivers import create_broker
 from aqueue.drivers.amqp.broker import AMQPBroker
 from aqueue.drivers.amqp.connection import Link, parse_amqp_url
-from aqueue.drivers.amqp.consumer import AMQPDelivery, stamp
+from aqueue.drivers.amqp.consumer import AMQPDelivery
+from aqueue.drivers.amqp.headers import stamp
 from aqueue.drivers.amqp.publisher import Outgoing
 from aqueue.drivers.amqp.topology import LEVELS, delay_levels, delay_routing_key
 
@@ -298,7 +299,7 @@ async def test_a_delay_beyond_the_ladder_goes_round_again(broker: AMQPBroker, qu
         b"early",
         spec.Basic.Properties(delivery_mode=2, headers={"aqueue-eta": stamp(time.time() + 3600)}),
     )
-    await broker._send([early])
+    await broker.send([early])
     assert await drain(broker, [queue]) == []
     assert await ready_count(broker, queue) == 0
     assert await broker.purge(queue) == 1  # waiting on the ladder

@@ -66,22 +66,22 @@ from ...message import DeadLetterReason, OutgoingMessage
 from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
 from ..options import BrokerOptions
 from .connection import Link, broker_error, parse_amqp_url
-from .consumer import (
-    H_AT,
-    H_DELIVERIES,
-    H_DETAIL,
-    H_ETA,
-    H_REASON,
-    AMQPDelivery,
-    Session,
+from .consumer import AMQPDelivery, Session
+from .dead import DeadLetters
+from .headers import (
+    DEAD_DETAIL,
+    DEAD_REASON,
+    DELIVERIES,
+    DUE_AT,
+    FIRST_PUBLISHED,
+    RUNS,
     header_number,
     header_time,
     stamp,
 )
-from .dead import DeadLetters
 from .mailbox import AMQPMailbox
 from .publisher import Outgoing, Pipeline
-from .running import H_RUNS, RunningCopies
+from .running import RunningCopies
 from .topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
 __all__ = ["AMQPBroker"]
@@ -152,12 +152,12 @@ class AMQPBroker(Broker):
         if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
             m = messages[0]
             if self.topology.ready_one(m.queue):
-                at = {H_AT: stamp(time.time())}
-                await self._send((self._outgoing(m.queue, m.body, m.priority, at, m.id),))
+                at = {FIRST_PUBLISHED: stamp(time.time())}
+                await self.send((self._outgoing(m.queue, m.body, m.priority, at, m.id),))
                 return
         queues = dict.fromkeys(m.queue for m in messages)
         now = time.time()
-        at = {H_AT: stamp(now)}
+        at = {FIRST_PUBLISHED: stamp(now)}
         if self.topology.ready(queues) and all(m.eta is None or m.eta <= now for m in messages):
             # Declared, and nothing for the delay ladder: no round trip to wait for.
             outgoing = [self._outgoing(m.queue, m.body, m.priority, at, m.id) for m in messages]
@@ -168,7 +168,7 @@ class AMQPBroker(Broker):
                     await self._route(m.queue, m.body, m.priority, at, m.id, m.eta, now)
                     for m in messages
                 ]
-        await self._send(outgoing)
+        await self.send(outgoing)
 
     @contextlib.contextmanager
     def _patience(self, deadline: float) -> Iterator[None]:
@@ -216,7 +216,7 @@ class AMQPBroker(Broker):
         topology = self.topology
         ms = math.ceil((eta - now) * 1000) + 1  # never early, whatever the rounding
         if ms > MAX_DELAY_MS:  # longer than one pass: the consumer sends it round again
-            headers = {**headers, H_ETA: stamp(eta)}
+            headers = {**headers, DUE_AT: stamp(eta)}
             ms = MAX_DELAY_MS
         levels = delay_levels(ms)
         await topology.ensure_delays(queue, levels)
@@ -258,7 +258,7 @@ class AMQPBroker(Broker):
                 )
             return publisher
 
-    async def _send(self, outgoing: Sequence[Outgoing]) -> None:
+    async def send(self, outgoing: Sequence[Outgoing]) -> None:
         """Publish with confirms; resend what a dropped connection left unconfirmed."""
         pending = outgoing
         deadline = time.monotonic() + PUBLISH_RETRY_FOR
@@ -365,12 +365,12 @@ class AMQPBroker(Broker):
     ) -> AMQPDelivery | None:
         """Return the delivery to yield, or None when the message must not run (yet)."""
         headers = message.header.properties.headers
-        count = 1 + int(header_number(headers, H_DELIVERIES))
+        count = 1 + int(header_number(headers, DELIVERIES))
         count += int(header_number(headers, "x-delivery-count"))
         deliver = message.delivery
         if self._classic and isinstance(deliver, spec.Basic.Deliver) and deliver.redelivered:
             count += 1  # its holder died (or lost its channel): a suspect, and counted so
-        runs = int(header_number(headers, H_RUNS))
+        runs = int(header_number(headers, RUNS))
         delivery = AMQPDelivery(session, queue, message, count, runs)
         session.yielded()
         if count > self.max_deliveries or runs >= self.max_deliveries:
@@ -382,14 +382,14 @@ class AMQPBroker(Broker):
             logger.error("message of %s %s; dead-lettered", queue, detail)
             await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
             return None
-        eta = header_time(headers, H_ETA)
+        eta = header_time(headers, DUE_AT)
         if eta and eta > time.time():  # a delay longer than the ladder: once more round it
             delivery._settle()
             await self._republish(delivery, eta=eta, deliveries=count - 1, runs=runs)
             return None
         return delivery
 
-    async def _begin(self, delivery: AMQPDelivery) -> None:
+    async def begin_run(self, delivery: AMQPDelivery) -> None:
         """`begin` on a classic queue: hold a copy with one more run, ack the original."""
         if not self._classic or delivery.stale:
             return  # quorum queues count deliveries themselves (`x-delivery-limit`)
@@ -402,7 +402,7 @@ class AMQPBroker(Broker):
 
     # -- settling (called by AMQPDelivery) ----------------------------------------------------
 
-    async def _give_back(self, delivery: AMQPDelivery, delay: float) -> None:
+    async def give_back(self, delivery: AMQPDelivery, delay: float) -> None:
         """`nack`: republish with the delivery count (and delay), then ack the original.
 
         Not a reject-requeue: RabbitMQ counts no requeues on classic queues, a delay needs the
@@ -419,11 +419,12 @@ class AMQPBroker(Broker):
     ) -> None:
         properties = delivery.message.header.properties
         headers: dict[str, Any] = {
-            H_AT: header_number(properties.headers, H_AT) or stamp(time.time()),
-            H_DELIVERIES: deliveries,
+            FIRST_PUBLISHED: header_number(properties.headers, FIRST_PUBLISHED)
+            or stamp(time.time()),
+            DELIVERIES: deliveries,
         }
         if runs:
-            headers[H_RUNS] = runs
+            headers[RUNS] = runs
         outgoing = await self._route(
             delivery.queue,
             delivery.body,
@@ -435,15 +436,15 @@ class AMQPBroker(Broker):
         )
         await self._replace(delivery, outgoing)
 
-    async def _bury(self, delivery: AMQPDelivery, reason: str, detail: str) -> None:
+    async def bury(self, delivery: AMQPDelivery, reason: str, detail: str) -> None:
         """`dead_letter`: publish to the dead-letter queue with the reason, then ack."""
         if delivery.stale:
             return  # RabbitMQ gives it again, and it is refused again
         headers: dict[str, Any] = {
-            H_REASON: reason,
-            H_DETAIL: detail,
-            H_AT: stamp(time.time()),
-            H_DELIVERIES: delivery.delivery_count,
+            DEAD_REASON: reason,
+            DEAD_DETAIL: detail,
+            FIRST_PUBLISHED: stamp(time.time()),
+            DELIVERIES: delivery.delivery_count,
         }
         properties = spec.Basic.Properties(
             delivery_mode=2,
@@ -460,7 +461,7 @@ class AMQPBroker(Broker):
     async def _replace(self, delivery: AMQPDelivery, outgoing: Outgoing) -> None:
         """Publish the message's successor, then ack it; on failure, requeue it as it is."""
         try:
-            await self._send([outgoing])
+            await self.send([outgoing])
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await delivery.settle(requeue=True)
@@ -494,8 +495,8 @@ class AMQPBroker(Broker):
 
     async def _retry(self, queue: str, messages: Sequence[DeliveredMessage]) -> None:
         """Publish dead letters to `queue` afresh, confirmed (`retry_dead_letters`)."""
-        at = {H_AT: stamp(time.time())}
-        await self._send(
+        at = {FIRST_PUBLISHED: stamp(time.time())}
+        await self.send(
             [
                 self._outgoing(queue, m.body, None, at, m.header.properties.message_id)
                 for m in messages

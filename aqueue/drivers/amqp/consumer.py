@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiormq
 import anyio
@@ -37,11 +37,13 @@ from pamqp.header import ContentHeader
 from ..base import Delivery
 from .connection import amqp_errors, released
 from .frames import tap
+from .headers import FIRST_PUBLISHED, header_number
 
 if TYPE_CHECKING:
-    from .broker import AMQPBroker
+    from .connection import AMQPSettings
+    from .topology import Topology
 
-__all__ = ["AMQPDelivery", "Session"]
+__all__ = ["AMQPDelivery", "Session", "SessionHost"]
 
 logger = logging.getLogger("aqueue.amqp")
 
@@ -51,28 +53,24 @@ MAX_PREFETCH = 65535
 #: (another consumer may have taken them, so no delivery would come to say so).
 BURST_RECHECK = 0.5
 
-# Message headers aqueue sets.
-H_AT = "aqueue-at"  # first published, in µs (orders messages across queues)
-H_DELIVERIES = "aqueue-deliveries"  # deliveries before this copy was published (nack, delay)
-H_ETA = "aqueue-eta"  # due time (µs) of a delay longer than the ladder holds
-H_REASON = "aqueue-reason"  # dead letters: the reason and detail a worker gave
-H_DETAIL = "aqueue-detail"
 
+class SessionHost(Protocol):
+    """What a `Session` and its deliveries need of their broker (`AMQPBroker` is one)."""
 
-def stamp(when: float) -> int:
-    """Encode a POSIX time for a header: integer microseconds (AMQP floats are 32-bit)."""
-    return round(when * 1_000_000)
+    settings: AMQPSettings
+    topology: Topology
 
+    async def begin_run(self, delivery: AMQPDelivery) -> None:
+        """Record a run of `delivery` before its task starts (`Delivery.begin`)."""
+        ...
 
-def header_time(headers: dict[str, Any] | None, key: str) -> float:
-    """Decode a time written by `stamp`; 0 when absent."""
-    return header_number(headers, key) / 1_000_000
+    async def give_back(self, delivery: AMQPDelivery, delay: float) -> None:
+        """Put `delivery` back on its queue, due after `delay` (`Delivery.nack`)."""
+        ...
 
-
-def header_number(headers: dict[str, Any] | None, key: str) -> float:
-    """Return a numeric header, 0 when absent or not a number."""
-    value = (headers or {}).get(key)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    async def bury(self, delivery: AMQPDelivery, reason: str, detail: str) -> None:
+        """Dead-letter `delivery` (`Delivery.dead_letter`)."""
+        ...
 
 
 def _tag(message: DeliveredMessage) -> int:
@@ -147,17 +145,17 @@ class AMQPDelivery(Delivery):
     async def nack(self, *, delay: float = 0.0) -> None:
         """Give the message back, counted as a delivery, after `delay` seconds."""
         if self._settle():
-            await self._session.broker._give_back(self, delay)
+            await self._session.broker.give_back(self, delay)
 
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Publish the message to its queue's dead letters with the reason, then ack it."""
         if self._settle():
-            await self._session.broker._bury(self, str(reason), detail)
+            await self._session.broker.bury(self, str(reason), detail)
 
     async def begin(self) -> None:
         """Record a run: on a classic queue, hold a copy with one more run instead."""
         if not self._settled and self._copy is None:
-            await self._session.broker._begin(self)
+            await self._session.broker.begin_run(self)
 
     async def settle(self, *, requeue: bool | None) -> None:
         """Ack (`requeue=None`) or reject on the delivering channel; for the broker's use."""
@@ -179,7 +177,7 @@ class Session:
 
     def __init__(
         self,
-        broker: AMQPBroker,
+        broker: SessionHost,
         channel: AbstractChannel,
         queues: Sequence[str],
         prefetch: int,
@@ -310,7 +308,7 @@ class Session:
         if self._ordered:
             properties = message.header.properties
             priority = properties.priority or 0
-            at = header_number(properties.headers, H_AT)
+            at = header_number(properties.headers, FIRST_PUBLISHED)
             heapq.heappush(self._heap, (-priority, at, next(self._seq), queue, message))
         else:
             self._fifo.append((queue, message))

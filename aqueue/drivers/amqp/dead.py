@@ -29,7 +29,7 @@ from pamqp import commands as spec
 from ...message import DeadLetterReason
 from ..base import DeadLetter, DeadLetterStats
 from .connection import Link, amqp_errors, released
-from .consumer import H_AT, H_DETAIL, H_REASON, header_time
+from .headers import DEAD_DETAIL, DEAD_REASON, FIRST_PUBLISHED, header_time
 from .topology import Topology
 
 __all__ = ["DeadLetters", "letter_id"]
@@ -159,9 +159,9 @@ def _text(value: Any) -> str:
 def _letter(queue: str, message: DeliveredMessage) -> DeadLetter:
     """Read a dead letter from what aqueue (reason headers) or RabbitMQ (`x-death`) wrote on it."""
     headers = message.header.properties.headers or {}
-    at = header_time(headers, H_AT)
-    if H_REASON in headers:
-        reason, detail = _text(headers[H_REASON]), _text(headers.get(H_DETAIL))
+    at = header_time(headers, FIRST_PUBLISHED)
+    if DEAD_REASON in headers:
+        reason, detail = _text(headers[DEAD_REASON]), _text(headers.get(DEAD_DETAIL))
     else:
         deaths = headers.get("x-death")
         death = deaths[0] if isinstance(deaths, list) and isinstance(deaths[0], dict) else {}

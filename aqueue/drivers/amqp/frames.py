@@ -42,7 +42,7 @@ SUPPORTED = ("7.2.",)
 #: How much one read may take off the socket: many frames for one await.
 READ_SIZE = 65536
 
-Take = Callable[[DeliveredMessage], None]
+OnDelivery = Callable[[DeliveredMessage], None]
 ReceivedFrame = tuple[int, int, FrameTypes]
 
 _FRAME = struct.Struct(">BHI")  # type, channel, payload size
@@ -68,7 +68,7 @@ _ORDER = (
 _DEFAULTS = [value for _, value in spec.Basic.Properties()]
 
 
-class _Unusual(Exception):
+class _LeaveToPamqp(Exception):
     """A frame this module does not decode itself: pamqp decodes it."""
 
 
@@ -79,7 +79,7 @@ def _shortstr(data: bytes, at: int, end: int) -> tuple[str, int]:
     """Decode a short string at `at`; the string and where the next field starts."""
     stop = at + 1 + data[at]
     if stop > end:
-        raise _Unusual("short string past the frame")
+        raise _LeaveToPamqp("short string past the frame")
     return data[at + 1 : stop].decode(), stop
 
 
@@ -91,7 +91,7 @@ def parse_deliver(data: bytes, start: int, end: int) -> spec.Basic.Deliver:
     """
     consumer_tag, at = _shortstr(data, start, end)
     if at + _TAG_BITS.size > end:
-        raise _Unusual("delivery tag past the frame")
+        raise _LeaveToPamqp("delivery tag past the frame")
     delivery_tag, bits = _TAG_BITS.unpack_from(data, at)
     exchange, at = _shortstr(data, at + _TAG_BITS.size, end)
     routing_key, at = _shortstr(data, at, end)
@@ -128,10 +128,10 @@ def parse_header(data: bytes, start: int, end: int) -> ContentHeader:
     headers table) by pamqp's decoders.
     """
     if start + _CONTENT.size > end:
-        raise _Unusual("content header too short")
+        raise _LeaveToPamqp("content header too short")
     class_id, weight, body_size, flags = _CONTENT.unpack_from(data, start)
     if flags & 1:
-        raise _Unusual("more than one property flag word")  # Basic needs one
+        raise _LeaveToPamqp("more than one property flag word")  # Basic needs one
     at = start + _CONTENT.size
     values = _DEFAULTS.copy()
     for i, kind in _present(flags):
@@ -139,7 +139,7 @@ def parse_header(data: bytes, start: int, end: int) -> ContentHeader:
             values[i], at = _shortstr(data, at, end)
         elif kind == "octet":
             if at >= end:
-                raise _Unusual("octet past the frame")
+                raise _LeaveToPamqp("octet past the frame")
             values[i], at = data[at], at + 1
         else:
             consumed, values[i] = pamqp.decode.by_type(data[at:end], kind)
@@ -196,7 +196,7 @@ class _Tap:
 
     __slots__ = ("channel", "chunks", "deliver", "header", "size", "take")
 
-    def __init__(self, channel: AbstractChannel, take: Take) -> None:
+    def __init__(self, channel: AbstractChannel, take: OnDelivery) -> None:
         self.channel = channel
         self.take = take
         self.deliver: spec.Basic.Deliver | None = None
@@ -261,7 +261,7 @@ class FrameReader:
         return None
 
     def _tapped(self, entry: _Tap, kind: int, start: int, end: int) -> bool:
-        """Take a frame of a tapped channel into its delivery; False to give it to aiormq.
+        """OnDelivery a frame of a tapped channel into its delivery; False to give it to aiormq.
 
         As `tap_deliveries` does: a frame that does not continue a delivery ends it, and goes
         to aiormq.
@@ -300,7 +300,7 @@ class FrameReader:
         """Decode a frame with `parse`, or with pamqp when it is not the usual shape."""
         try:
             return parse(self._data, at, end)
-        except (_Unusual, ValueError, struct.error, IndexError):
+        except (_LeaveToPamqp, ValueError, struct.error, IndexError):
             return unmarshal(self._data[start : end + 1])[2]
 
     async def _fill(self) -> None:
@@ -374,7 +374,7 @@ def reader_of(connection: AbstractConnection) -> FrameReader | None:
     return reader
 
 
-def tap(channel: AbstractChannel, take: Take) -> bool:
+def tap(channel: AbstractChannel, take: OnDelivery) -> bool:
     """Hand the channel's deliveries to `take` straight from the socket; True if it could.
 
     The tap ends when the channel closes.

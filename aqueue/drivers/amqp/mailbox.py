@@ -51,6 +51,7 @@ from pamqp import commands as spec
 from ...exceptions import BrokerError
 from ..base import Mailbox
 from .connection import AMQPSettings, Link, amqp_errors, broker_error, released
+from .headers import SETTING_DELETED, SETTING_EXPIRES, SETTING_KEY, SETTING_WRITTEN
 
 __all__ = ["AMQPMailbox", "Subscription"]
 
@@ -58,11 +59,6 @@ logger = logging.getLogger("aqueue.amqp")
 
 #: Messages a subscriber that does not read may fall behind by before new ones are dropped.
 BUFFER = 1000
-
-H_KEY = "aqueue-key"
-H_AT = "aqueue-at"
-H_EXPIRES = "aqueue-expires"
-H_DELETED = "aqueue-deleted"
 
 
 def _micros(seconds: float) -> int:
@@ -181,7 +177,11 @@ class _Change:
 def _change(message: DeliveredMessage) -> _Change | None:
     """Read a setting's change from a message (None: not one of ours)."""
     headers: dict[str, Any] = message.header.properties.headers or {}
-    key, at, expires = headers.get(H_KEY), headers.get(H_AT), headers.get(H_EXPIRES)
+    key, at, expires = (
+        headers.get(SETTING_KEY),
+        headers.get(SETTING_WRITTEN),
+        headers.get(SETTING_EXPIRES),
+    )
     if isinstance(key, bytes):
         key = key.decode("utf-8", "replace")
     if not isinstance(key, str) or not isinstance(at, int):
@@ -191,7 +191,7 @@ def _change(message: DeliveredMessage) -> _Change | None:
         key=key,
         at=at,
         expires=expires if isinstance(expires, int) else None,
-        deleted=bool(headers.get(H_DELETED)),
+        deleted=bool(headers.get(SETTING_DELETED)),
         value=message.body,
     )
 
@@ -291,11 +291,11 @@ class AMQPMailbox(Mailbox):
     async def _change(
         self, key: str, value: bytes, expires: int | None, *, deleted: bool = False
     ) -> None:
-        headers: dict[str, Any] = {H_KEY: key, H_AT: _micros(time.time())}
+        headers: dict[str, Any] = {SETTING_KEY: key, SETTING_WRITTEN: _micros(time.time())}
         if expires is not None:
-            headers[H_EXPIRES] = expires
+            headers[SETTING_EXPIRES] = expires
         if deleted:
-            headers[H_DELETED] = True
+            headers[SETTING_DELETED] = True
         props = spec.Basic.Properties(delivery_mode=2, headers=headers)
         await self._publish("store a setting", "", self.settings_queue, value, props)
 

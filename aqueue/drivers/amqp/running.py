@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -29,28 +30,40 @@ from pamqp import commands as spec
 
 from ...exceptions import BrokerError
 from .connection import amqp_errors, released
+from .headers import COPY_NONCE, RUNS
 from .publisher import Outgoing
 
 if TYPE_CHECKING:
-    from .broker import AMQPBroker
+    from .connection import AMQPSettings, Link
     from .consumer import AMQPDelivery
+    from .topology import Topology
 
-__all__ = ["H_COPY", "H_RUNS", "RunningCopies"]
+__all__ = ["RunningCopies", "RunningHost"]
 
 logger = logging.getLogger("aqueue.amqp")
 
-H_RUNS = "aqueue-runs"  # recorded runs: copies made by `begin`
-H_COPY = "aqueue-copy"  # the nonce that finds a copy in the running queue's deliveries
 #: How long `begin` waits for its copy to come back from the running queue.
 COPY_TIMEOUT = 10.0
 #: A running queue without its consumer is deleted after this long (ms).
 RUNNING_EXPIRES_MS = 60_000
 
 
+class RunningHost(Protocol):
+    """What the running queues need of their broker (`AMQPBroker` is one)."""
+
+    settings: AMQPSettings
+    topology: Topology
+    link: Link
+
+    async def send(self, outgoing: Sequence[Outgoing]) -> None:
+        """Publish with confirms."""
+        ...
+
+
 class RunningCopies:
     """The running queues of one broker, and the copies they hold."""
 
-    def __init__(self, broker: AMQPBroker) -> None:
+    def __init__(self, broker: RunningHost) -> None:
         self.broker = broker
         self.id = uuid.uuid4().hex[:12]
         self._channel: AbstractChannel | None = None
@@ -71,7 +84,7 @@ class RunningCopies:
         original = delivery.message.header.properties
         headers: dict[str, Any] = dict(original.headers or {})
         headers.pop("x-death", None)
-        headers.update({H_RUNS: delivery.runs + 1, H_COPY: nonce})
+        headers.update({RUNS: delivery.runs + 1, COPY_NONCE: nonce})
         properties = spec.Basic.Properties(
             delivery_mode=2,
             priority=original.priority,
@@ -79,7 +92,7 @@ class RunningCopies:
             message_id=original.message_id,
         )
         try:
-            await self.broker._send(
+            await self.broker.send(
                 [Outgoing("", self.name(delivery.queue), delivery.body, properties)]
             )
             with anyio.fail_after(COPY_TIMEOUT):
@@ -117,7 +130,7 @@ class RunningCopies:
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         headers = message.header.properties.headers or {}
-        nonce = headers.get(H_COPY)
+        nonce = headers.get(COPY_NONCE)
         future = self._waiting.get(nonce.decode() if isinstance(nonce, bytes) else str(nonce))
         if future is not None and not future.done():
             future.set_result(message)
