@@ -334,7 +334,7 @@ class App:
             return None
         return here.broker, here.backend
 
-    async def connection(self) -> Broker:
+    async def broker(self) -> Broker:
         """Return this loop's open broker, opening the app first if needed."""
         opened = self.connected()
         if opened is None:

@@ -66,7 +66,7 @@ class Control:
         reply: bool = True,
     ) -> list[Reply]:
         """Send `command` to the workers (all, or `destination`); gather replies for `timeout`."""
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         command_id, reply_to = uuid.uuid4().hex, f"control.reply.{uuid.uuid4().hex}"
         message = {
             "v": 1,
@@ -120,7 +120,7 @@ class Control:
         parsed = parse_rate(rate)
         text = None if parsed is None else str(rate)
         if destination is None:
-            mailbox = (await self.app.connection()).mailbox()
+            mailbox = (await self.app.broker()).mailbox()
             await mailbox.put(RATE_LIMIT_PREFIX + task_name, codec.pack(text))
         args = {"task": task_name, "rate": text}
         return await self.broadcast("rate_limit", args, destination=destination, timeout=timeout)
@@ -133,7 +133,7 @@ class Control:
         The revocation is kept (for `result_expires`) so workers started later honour it too,
         and the task's result says REVOKED at once unless it already finished.
         """
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         ttl = self.app.conf.result_expires
         await mailbox.put(REVOKED_PREFIX + task_id, codec.pack({"terminate": terminate}), ttl)
         await self._mark_revoked(task_id)

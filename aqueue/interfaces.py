@@ -60,7 +60,7 @@ class AppLike(Protocol):
         """Return the broker and the result backend if the app is open now, else None."""
         ...
 
-    async def connection(self) -> Broker:
+    async def broker(self) -> Broker:
         """Return the open broker, opening the app first if needed."""
         ...
 

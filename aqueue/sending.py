@@ -138,7 +138,7 @@ def _check(options: Mapping[str, Any], allowed: frozenset[str]) -> None:
 async def _connected(app: AppLike) -> tuple[Broker, ResultBackend | None]:
     opened = app.connected()
     while opened is None:  # the app closed again between the two calls: open it again
-        await app.connection()
+        await app.broker()
         opened = app.connected()
     return opened
 

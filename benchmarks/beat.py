@@ -63,7 +63,7 @@ def start_beats(cwd: Path, url: str, count: int) -> list[subprocess.Popen[str]]:
 
 async def drain(name: str, url: str) -> list[Envelope]:
     async with App("bench", broker=url, set_as_current=False) as app:
-        broker = await app.connection()
+        broker = await app.broker()
         envelopes = []
         async for delivery in broker.consume(["default"], _Credit(), burst=True):
             envelopes.append(Envelope.decode(delivery.body))

@@ -31,7 +31,7 @@ async def run(url: str, messages: int, size: int, cap: int) -> None:
     client = aioredis.Redis.from_url(url)
     try:
         async with app:
-            broker = await app.connection()
+            broker = await app.broker()
             payload = "x" * size
             for _ in range(messages):
                 body = Envelope(id=uuid.uuid4().hex, task="bench.gone", args=[payload]).encode(

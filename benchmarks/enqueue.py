@@ -182,7 +182,7 @@ async def one_run(name: str, args: argparse.Namespace) -> dict[str, float]:
     async with broker_url(name, args) as url:
         app = make_app(url)
         async with app:
-            broker = await app.connection()
+            broker = await app.broker()
             await app.tasks["bench.noop"].delay()  # connects, declares the queue
             await broker.purge(QUEUE)
             for flight in args.flights:

@@ -192,7 +192,7 @@ async def measure(app: App, tmp: Path, args: argparse.Namespace) -> dict[str, An
             ids[result.id] = task
         runner = asyncio.ensure_future(supervisor.run())
         backend = await app.result_backend()
-        broker = await app.connection()
+        broker = await app.broker()
         assert backend is not None
         good = {id_ for id_, task in ids.items() if task == "good"}
         done: set[str] = set()

@@ -26,7 +26,7 @@ async def drain(broker: Broker, queues: list[str], credit: int = 100) -> list[De
 
 async def take_envelopes(app: App, queue: str = "default") -> list[Envelope]:
     """Take every ready message off `queue` (acknowledged) and decode it."""
-    broker = await app.connection()
+    broker = await app.broker()
     envelopes = []
     async for delivery in broker.consume([queue], Credit(), burst=True):
         envelopes.append(Envelope.decode(delivery.body))

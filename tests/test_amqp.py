@@ -336,7 +336,7 @@ async def test_foreign_messages_published_straight_to_the_queue_are_dead_lettere
         fields = {"v": 1, "id": uuid.uuid4().hex, "task": task, "args": args, "kwargs": {}}
         return msgpack.packb(fields)
 
-    broker = await app.connection()
+    broker = await app.broker()
     assert isinstance(broker, AMQPBroker)
     await broker.topology.ensure_queues(["default"])
     raw = {

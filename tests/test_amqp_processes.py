@@ -195,7 +195,7 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(
                 assert await doomed.wait_exit() == -signal.SIGKILL
             survivor = await workers("-c", "1")
             assert await (await caller.send_task("tasks.add", [1, 2])).get(timeout=STEP) == 3
-            letters = await (await caller.connection()).dead_letters("default")
+            letters = await (await caller.broker()).dead_letters("default")
             await stop(survivor)
         assert [letter.reason for letter in letters] == ["max-deliveries"]
         assert "delivered 2 times" in letters[0].detail

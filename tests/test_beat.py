@@ -101,7 +101,7 @@ async def test_runs_missed_while_no_beat_ran(
     apps: Apps, policy: str, expected: list[float] | None
 ) -> None:
     app = apps(beat_schedule=TICK, beat_catch_up=policy)
-    mailbox = (await app.connection()).mailbox()
+    mailbox = (await app.broker()).mailbox()
 
     await mailbox.put(LAST_PREFIX + "tick", codec.pack(START - 10.5))  # 10 runs ago
     clock = ManualClock(START)

@@ -35,7 +35,7 @@ async def redeliver(app: App, task_id: str) -> None:
     Done on the stream itself, as a claim after a dead worker's lease ran out leaves it, so
     that it keeps its place in the queue (a real redelivery would come after the others).
     """
-    broker = await app.connection()
+    broker = await app.broker()
     assert isinstance(broker, RedisBroker)
     client = service_redis.client(app.conf.broker_url)
     try:
@@ -113,7 +113,7 @@ async def test_messages_claimed_ahead_go_back_uncounted_at_stop(url: str) -> Non
             await anyio.wait_all_tasks_blocked()
             release.set()
         assert sorted(started) == [0, 1]
-        broker = await app.connection()
+        broker = await app.broker()
         with anyio.fail_after(10):
             async with aclosing(broker.consume(["default"], Credit(1))) as deliveries:
                 delivery = await anext(deliveries)

@@ -142,7 +142,7 @@ async def test_revoke_terminate_cancels_a_running_coroutine(make: MakeApp) -> No
             await cancelled.wait()
         with pytest.raises(TaskRevoked, match="terminated"):
             await result.get(timeout=10)
-    assert await (await app.connection()).purge("default") == 0  # not given back
+    assert await (await app.broker()).purge("default") == 0  # not given back
 
 
 async def test_rate_limit_checks_and_persists(make: MakeApp) -> None:
@@ -182,7 +182,7 @@ async def test_unknown_and_malformed_commands(make: MakeApp) -> None:
         (reply,) = await app.control.broadcast("explode", timeout=2, destination=["w@t"])
         assert not reply.ok
         assert reply.error == "ValueError: unknown control command 'explode'"
-        mailbox = (await app.connection()).mailbox()
+        mailbox = (await app.broker()).mailbox()
         await mailbox.publish("control.broadcast", b"\xc1 garbage")
         replies = await app.control.ping(timeout=2, destination=["w@t"])
         assert [r.result for r in replies] == ["pong"]

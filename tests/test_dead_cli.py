@@ -43,7 +43,7 @@ async def aqueue(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, s
 async def refuse(app: App) -> tuple[str, str]:
     """Have a worker dead-letter two messages: an unknown task, then an undecodable body."""
     unknown = Envelope(id=uuid.uuid4().hex, task="tasks.nope").encode(1 << 20)
-    broker = await app.connection()
+    broker = await app.broker()
     await broker.publish([OutgoingMessage(id="unknown", queue="default", body=unknown)])
     await broker.publish([OutgoingMessage(id="garbage", queue="default", body=b"\xc1junk")])
     with anyio.fail_after(30):
@@ -62,7 +62,7 @@ async def test_list_shows_id_time_task_and_reason(
     assert (code, err) == (0, "")
     header, first, second, summary = out.splitlines()
     assert header.split() == ["ID", "TIME", "(UTC)", "TASK", "REASON"]
-    letters = await (await app.connection()).dead_letters("default")
+    letters = await (await app.broker()).dead_letters("default")
     assert first.startswith(f"{letters[0].id} ")
     assert f" tasks.nope[{task_id}] unknown-task: no task named 'tasks.nope'" in " ".join(
         first.split()
@@ -79,7 +79,7 @@ async def test_retry_one_by_id_then_all(
 ) -> None:
     path, app = project
     await refuse(app)
-    broker = await app.connection()
+    broker = await app.broker()
     first, second = await broker.dead_letters("default")
     code, out, err = await aqueue(capsys, "dead", "retry", path, second.id, "no-such-id")
     assert (code, out) == (1, "default: 1 dead letter(s) sent back\n")
@@ -100,7 +100,7 @@ async def test_purge_asks_for_yes(
 ) -> None:
     path, app = project
     await refuse(app)
-    broker = await app.connection()
+    broker = await app.broker()
     first, _ = await broker.dead_letters("default")
     code, out, err = await aqueue(capsys, "dead", "purge", path, "--all")  # no terminal here
     assert (code, out) == (2, "")

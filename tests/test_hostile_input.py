@@ -61,7 +61,7 @@ async def test_a_message_nested_too_deep_is_dead_lettered_on_its_first_delivery(
     async def echo(value: Any) -> Any:
         return value
 
-    broker = await app.connection()
+    broker = await app.broker()
     await broker.publish(
         [OutgoingMessage(id="deep-1", queue="default", body=deep_envelope(echo.name, 200))]
     )
@@ -153,7 +153,7 @@ async def test_a_bad_stored_rate_limit_is_ignored_not_fatal(
             return 1
 
         names.append(limited.name)
-    mailbox = (await app.connection()).mailbox()
+    mailbox = (await app.broker()).mailbox()
     stored = [b"\xc1 not msgpack", codec.pack(float("nan")), codec.pack([1]), codec.pack("2/s")]
     for name, value in zip(names, stored, strict=True):
         await mailbox.put(RATE_LIMIT_PREFIX + name, value)

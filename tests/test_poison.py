@@ -109,7 +109,7 @@ async def test_a_task_that_kills_its_worker_takes_no_good_task_with_it(
     assert sorted(values) == list(range(GOOD))
     assert crashes == [1, 1]  # the poison task's two runs, each alone
     async with App("reader", broker=broker, set_as_current=False) as reader:
-        letters = await (await reader.connection()).dead_letters("default")
+        letters = await (await reader.broker()).dead_letters("default")
     assert [letter.reason for letter in letters] == ["max-deliveries"]
     log = (tmp_path / "worker.log").read_text()
     assert "running it alone" in log

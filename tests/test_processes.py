@@ -270,7 +270,7 @@ async def test_kill_9_mid_task_loses_nothing(
     second.signal(signal.SIGTERM)
     assert await second.wait_exit() == 0
 
-    broker = await caller.connection()
+    broker = await caller.broker()
     assert await broker.dead_letters("default") == []
     assert pending_messages(cwd) == 0
 
@@ -368,7 +368,7 @@ async def test_refused_messages_are_dead_lettered_and_the_worker_goes_on(
 ) -> None:
     cwd = project()
     worker = await workers()
-    broker = await caller.connection()
+    broker = await caller.broker()
 
     missing = await caller.send_task("nope.missing", [1, 2])
     await broker.publish(

@@ -356,7 +356,7 @@ async def test_revoke_terminate_kills_the_child(
             await result.get(timeout=STEP)
         assert pid != arrival.pid
         worker.stop()
-    assert await (await app.connection()).purge("default") == 0  # not given back
+    assert await (await app.broker()).purge("default") == 0  # not given back
 
 
 async def test_stopping_the_worker_kills_a_running_child(

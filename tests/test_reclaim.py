@@ -133,7 +133,7 @@ async def test_kill_9_messages_come_back_by_heartbeat_not_lease(
             assert counts == [2, 2, 2]  # the second delivery of each, on the second worker
             await second.wait_line("reclaiming 3 message(s) of 1 consumer(s)")
             assert recovered < LEASE / 2
-        broker = await caller.connection()
+        broker = await caller.broker()
         assert await broker.dead_letters("default") == []
 
 

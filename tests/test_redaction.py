@@ -102,7 +102,7 @@ async def test_connection_errors_show_no_password(url: str) -> None:
     app = App("x", broker=url, set_as_current=False)
     try:
         with pytest.raises(BrokerError) as info:
-            await app.connection()
+            await app.broker()
     finally:
         await app.close()
     error = info.value

@@ -59,7 +59,7 @@ class Setup:
 
     async def next_delivery(self, app: App, queue: str = "default") -> Delivery:
         """Block until the next delivery of `queue` (a redelivery comes after the lease)."""
-        broker = await app.connection()
+        broker = await app.broker()
         with anyio.fail_after(10):
             async with aclosing(broker.consume([queue], Credit(1))) as deliveries:
                 return await anext(deliveries)
@@ -128,11 +128,11 @@ async def test_a_redelivered_message_whose_task_finished_is_acknowledged(setup: 
     meta = ResultMeta(task=record.name, result=7)
     await backend.store(result.id, states.SUCCESS, meta.encode(), 60)
     delivery = await setup.next_delivery(app)
-    runner = runner_of(app, await app.connection(), backend)
+    runner = runner_of(app, await app.broker(), backend)
     assert await runner.check(delivery) is None  # settled: acknowledged, not run
     assert runs == []
     assert await result.get(timeout=5) == 7
-    broker = await app.connection()
+    broker = await app.broker()
     assert await broker.dead_letters("default") == []
 
 
@@ -148,12 +148,12 @@ async def test_a_message_whose_runs_all_killed_the_worker_gets_a_failure(setup: 
     await setup.die_holding(app, begin=True)  # its second run
     delivery = await setup.next_delivery(app)
     assert delivery.runs == 1
-    runner = runner_of(app, await app.connection(), await app.result_backend())
+    runner = runner_of(app, await app.broker(), await app.result_backend())
     assert await runner.check(delivery) is None
     with pytest.raises(TaskError, match="the worker died 2 times running this task") as caught:
         await result.get(timeout=5)
     assert caught.value.type_name == "aqueue.exceptions.WorkerLostError"
-    (letter,) = await (await app.connection()).dead_letters("default")
+    (letter,) = await (await app.broker()).dead_letters("default")
     assert letter.reason == "max-deliveries"
     assert "the worker died 2 times" in letter.detail
 

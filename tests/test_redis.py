@@ -469,7 +469,7 @@ async def test_refused_entries_are_dead_lettered_after_one_delivery(url: str) ->
         return bytes(msgpack.packb(fields))
 
     async with app:
-        broker = await app.connection()
+        broker = await app.broker()
         assert isinstance(broker, RedisBroker)
         stream = broker.keys("default").stream(0)
         client = broker.redis_client()
@@ -696,7 +696,7 @@ async def test_a_burst_worker_leaves_nothing_pending(url: str) -> None:
     async with app:
         await noop.delay_many([()] * 2_000)
         await Worker(app, concurrency=200, burst=True).run()
-        broker = await app.connection()
+        broker = await app.broker()
         assert isinstance(broker, RedisBroker)
         client = broker.redis_client()
         stream = broker.keys("default").stream(0)

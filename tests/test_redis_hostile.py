@@ -52,7 +52,7 @@ async def app() -> AsyncIterator[App]:
 
 
 async def redis_broker(app: App) -> RedisBroker:
-    broker = await app.connection()
+    broker = await app.broker()
     assert isinstance(broker, RedisBroker)
     return broker
 

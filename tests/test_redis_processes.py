@@ -260,7 +260,7 @@ async def test_kill_9_twice_loses_no_task(
         with anyio.fail_after(120):
             values = [await result.get(timeout=60) for result in results]
         assert values == list(range(total))
-        broker = await caller.connection()
+        broker = await caller.broker()
         assert await broker.dead_letters("default") == []
     runs = ran(cwd)
     assert sorted(set(runs)) == list(range(total))  # none lost
@@ -333,10 +333,10 @@ async def test_the_password_never_shows(
         seen += [str(caught.value), repr(caught.value)]
         await server.start()
         assert await (await caller.send_task("tasks.add", [1, 1])).get(timeout=STEP) == 2
-        seen += [repr(caller), repr(await caller.connection())]
+        seen += [repr(caller), repr(await caller.broker())]
     wrong = App("wrong", broker=server.url.replace(password, f"{password}x"), set_as_current=False)
     with pytest.raises(BrokerError) as refused:
-        await wrong.connection()
+        await wrong.broker()
     seen += [str(refused.value), repr(wrong)]
     assert worker.stop(signal.SIGTERM) == 0
     output = worker.output

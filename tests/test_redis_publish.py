@@ -87,7 +87,7 @@ async def test_a_thousand_concurrent_delays_are_each_delivered_once(url: str) ->
             async with anyio.create_task_group() as group:
                 for i in range(1000):
                     group.start_soon(add.delay, i)
-        broker = await app.connection()
+        broker = await app.broker()
         got = await drain(broker, ["default"], credit=1000)
         for delivery in got:
             await delivery.ack()

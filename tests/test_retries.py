@@ -52,7 +52,7 @@ async def test_state_is_retry_while_waiting(make_app: MakeApp) -> None:
     assert await result.state() == states.RETRY
     assert not await result.ready()
     assert "ValueError: not yet" in (await result.traceback() or "")
-    assert await (await app.connection()).purge("default") == 1
+    assert await (await app.broker()).purge("default") == 1
 
 
 async def test_out_of_retries_fails_with_the_last_exception(make_app: MakeApp) -> None:

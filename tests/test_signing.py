@@ -103,7 +103,7 @@ async def test_signed_tasks_run_and_bad_ones_are_dead_lettered(tmp_path: Path) -
         return x + y
 
     async with app:
-        broker = await app.connection()
+        broker = await app.broker()
         good = await add.delay(1, 1)
         many = await add.delay_many([(2, 2)])
         countdown = await add.apply_async((3, 3), countdown=0.01)
@@ -144,7 +144,7 @@ async def test_stale_messages_are_dead_lettered(tmp_path: Path) -> None:
         return x + y
 
     async with app:
-        broker = await app.connection()
+        broker = await app.broker()
         stale = Signer(KEY).sign(body(add.name, [5, 5]), now=time.time() - 120)
         await broker.publish([OutgoingMessage(id="s", queue="default", body=stale)])
         good = await add.delay(1, 2)
@@ -198,7 +198,7 @@ async def test_a_worker_without_the_key_refuses_signed_messages(tmp_path: Path) 
     with pytest.raises(Exception, match="signed, but this worker has no task_message_key"):
         Envelope.decode(signed)
     async with app:
-        broker = await app.connection()
+        broker = await app.broker()
         await broker.publish([OutgoingMessage(id="s", queue="default", body=signed)])
         await burst(app)
         (letter,) = await broker.dead_letters("default")

@@ -50,7 +50,7 @@ def insert(db: Path, sql: str, *rows: tuple[object, ...]) -> None:
 async def test_new_tables_are_strict(tmp_path: Path) -> None:
     db = tmp_path / "aqueue.db"
     async with make_app(db) as app:
-        await app.connection()  # the broker's and the mailbox's tables
+        await app.broker()  # the broker's and the mailbox's tables
     async with create_backend(f"sqlite:///{db}", {}):  # the results table
         pass
     with sqlite3.connect(db) as conn:
@@ -88,7 +88,7 @@ async def test_bad_rows_of_an_old_file_are_dead_lettered_at_once(tmp_path: Path)
         with anyio.fail_after(30):
             await worker.run()
         assert await good.get(timeout=5) == 4
-        letters = await (await app.connection()).dead_letters("default")
+        letters = await (await app.broker()).dead_letters("default")
     assert {letter.reason for letter in letters} == {"undecodable"}
     assert sorted(letter.detail for letter in letters) == [
         "corrupt row 11: its priority is TEXT, not an INTEGER",
@@ -126,7 +126,7 @@ async def test_bad_dead_letter_rows_are_read_without_error(tmp_path: Path) -> No
     sql = "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) VALUES (?, ?, ?, ?, ?)"
     insert(db, sql, ("default", 7, 8, 9, "when"), ("default", b"b", "r", "d", 1.5))
     async with make_app(db) as app:
-        letters = await (await app.connection()).dead_letters("default")
+        letters = await (await app.broker()).dead_letters("default")
     assert [(x.body, x.reason, x.detail, x.at) for x in letters] == [
         (b"7", "8", "9", 0.0),
         (b"b", "r", "d", 1.5),

@@ -71,7 +71,7 @@ def isolated_shared_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def capture_publishes(app: App, monkeypatch: pytest.MonkeyPatch) -> list[OutgoingMessage]:
     """Record every message the app hands its broker (and still publish it)."""
-    broker = await app.connection()
+    broker = await app.broker()
     publish = broker.publish
     sent: list[OutgoingMessage] = []
 

@@ -168,7 +168,7 @@ async def test_held_tasks_go_back_at_shutdown(make_app: MakeApp) -> None:
             while not worker.held():
                 await anyio.wait_all_tasks_blocked()
         worker.stop()
-    assert await (await app.connection()).purge("default") == 1
+    assert await (await app.broker()).purge("default") == 1
 
 
 async def test_runtime_override_and_annotations(make_app: MakeApp) -> None:
@@ -215,4 +215,4 @@ async def test_held_tasks_are_capped(make_app: MakeApp) -> None:
         assert 2 <= held <= 2 + 2
         worker.stop()
     # The first ran at once; the held ones came back at shutdown, the rest were never taken.
-    assert await (await app.connection()).purge("default") == 8 - 1
+    assert await (await app.broker()).purge("default") == 8 - 1

@@ -152,7 +152,7 @@ async def test_refused_messages_are_dead_lettered_and_the_worker_goes_on(
     async def add(x: int, y: int) -> int:
         return x + y
 
-    broker = await app.connection()
+    broker = await app.broker()
     unknown = await app.send_task("tasks.nope", [1])
     bad_args = await add.apply_async((1, 2, 3))
     await broker.publish(
@@ -190,7 +190,7 @@ async def test_refused_at_delay_and_nothing_sent(make_app: MakeApp) -> None:
         await echo.delay([1, object()])
     with pytest.raises(MessageTooLarge, match="over message_max_bytes"):
         await echo.delay("x" * 2000)
-    assert await (await app.connection()).purge("default") == 0
+    assert await (await app.broker()).purge("default") == 0
 
 
 async def test_unserialisable_and_oversized_results_fail_clearly(make_app: MakeApp) -> None:
@@ -443,7 +443,7 @@ async def test_stop_now_skips_the_grace_period(make_app: MakeApp) -> None:
         worker.stop()
         worker.stop(now=True)
     assert worker.slots.used == 0
-    assert await (await app.connection()).purge("default") == 1
+    assert await (await app.broker()).purge("default") == 1
 
 
 async def test_burst_worker_runs_tasks_queued_by_tasks(make_app: MakeApp) -> None:
@@ -483,7 +483,7 @@ async def test_delay_many_refuses_before_sending_any(make_app: MakeApp) -> None:
 
     with pytest.raises(SerializationError, match=r"args\[0\]"):
         await echo.delay_many([(1,), (2,), (object(),)])
-    assert await (await app.connection()).purge("default") == 0
+    assert await (await app.broker()).purge("default") == 0
 
 
 async def test_blocking_def_tasks_never_take_the_coroutines_slots(make_app: MakeApp) -> None:

@@ -71,7 +71,7 @@ class BeatControl:
     async def remove(self, name: str) -> None:
         """Remove an entry (one of the settings stays removed until `reset`)."""
         await self.get(name)
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         if name in self._source.defaults():
             await mailbox.put(ENTRY_PREFIX + name, codec.pack({"removed": True}))
         else:
@@ -88,7 +88,7 @@ class BeatControl:
 
     async def reset(self, name: str) -> None:
         """Drop the runtime edit of `name`: back to `beat_schedule`'s entry (or none)."""
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         await mailbox.delete(ENTRY_PREFIX + name)
         await self._announce()
 
@@ -98,10 +98,10 @@ class BeatControl:
         return entry
 
     async def _put(self, entry: Entry) -> None:
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         await mailbox.put(ENTRY_PREFIX + entry.name, encode_entry(entry))
         await self._announce()
 
     async def _announce(self) -> None:
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         await mailbox.publish(CHANGED_TOPIC, b"")

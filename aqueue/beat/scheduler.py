@@ -108,7 +108,7 @@ class Beat:
 
     async def _mailboxed(self) -> Mailbox:
         if self._mailbox is None:
-            self._mailbox = (await self.app.connection()).mailbox()
+            self._mailbox = (await self.app.broker()).mailbox()
         return self._mailbox
 
     def next_runs(self) -> dict[str, float | None]:

@@ -54,7 +54,7 @@ class DefaultSource(Source):
 
     async def stored(self) -> dict[str, Entry | None]:
         """Return the runtime edits (None: an entry of the settings removed)."""
-        mailbox = (await self.app.connection()).mailbox()
+        mailbox = (await self.app.broker()).mailbox()
         edits: dict[str, Entry | None] = {}
         for key, raw in (await mailbox.items(ENTRY_PREFIX)).items():
             name = key[len(ENTRY_PREFIX) :]
@@ -75,7 +75,7 @@ class DefaultSource(Source):
 
 @asynccontextmanager
 async def _subscribe(app: AppLike) -> AsyncIterator[AsyncIterator[Any]]:
-    mailbox = (await app.connection()).mailbox()
+    mailbox = (await app.broker()).mailbox()
     async with mailbox.subscribe(CHANGED_TOPIC) as messages:
         yield messages
 

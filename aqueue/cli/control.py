@@ -138,7 +138,7 @@ def _purge(args: argparse.Namespace) -> int:
         raise ConfigurationError("nothing purged; pass --force to purge without being asked")
 
     async def body(app: App) -> int:
-        broker = await app.connection()
+        broker = await app.broker()
         for queue in queues:
             print(f"{queue}: {await broker.purge(queue)} message(s) deleted")
         return 0

@@ -77,7 +77,7 @@ def _list(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--limit must be at least 1, not {args.limit}")
 
     async def body(app: App) -> int:
-        broker = await app.connection()
+        broker = await app.broker()
         queue = _queue(args, app)
         letters = await broker.dead_letters(queue, limit=args.limit)
         stats = await broker.dead_letter_stats(queue)
@@ -123,7 +123,7 @@ def _retry(args: argparse.Namespace) -> int:
 
     async def body(app: App) -> int:
         queue = _queue(args, app)
-        count = await (await app.connection()).retry_dead_letters(queue, ids)
+        count = await (await app.broker()).retry_dead_letters(queue, ids)
         print(f"{queue}: {count} dead letter(s) sent back")
         return _all_found(queue, ids, count)
 
@@ -149,7 +149,7 @@ def _purge(args: argparse.Namespace) -> int:
 
     async def body(app: App) -> int:
         queue = _queue(args, app)
-        count = await (await app.connection()).purge_dead_letters(queue, ids)
+        count = await (await app.broker()).purge_dead_letters(queue, ids)
         print(f"{queue}: {count} dead letter(s) deleted")
         return _all_found(queue, ids, count)
 

@@ -129,7 +129,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 async def _limits_scope(app: App) -> str:
-    broker, backend = await app.connection(), await app.result_backend()
+    broker, backend = await app.broker(), await app.result_backend()
     if broker.rate_limiter() or (backend is not None and backend.rate_limiter()):
         return "global (across all workers)"
     return "per worker (no Redis for a global limiter)"

@@ -175,7 +175,7 @@ async def partitions(
         await run.workers(2, 5)
         producer = run.producer(direct)
         cut_off = run.producer(proxied)  # a producer on the partitioned side
-        await cut_off.connection()
+        await cut_off.broker()
         started = time.monotonic()
         ids = await run.publish(producer, durations(tasks, seed, long_share=0))
         assert run.proxy is not None
@@ -333,7 +333,7 @@ async def poison(
         run.write_tasks(url)
         fleet = await run.workers(2, 10)
         producer = run.producer(url)
-        broker = await producer.connection()
+        broker = await producer.broker()
         bad = poison_bodies(each)
         started = time.monotonic()
         async with anyio.create_task_group() as group:
