@@ -119,28 +119,36 @@ class Runner:
 
         See `aqueue.isolation`: its task finished already, or it was started too often.
         """
+        started = delivery.runs + 1  # its first run is never recorded
+        limit = self.broker.max_deliveries
+        failed_already = False
         if self.knows_outcome(task):
             assert self.backend is not None
             stored = await self.backend.fetch(envelope.id)
             if stored is not None and stored.state in states.READY_STATES:
-                await delivery.ack()
-                logger.warning(
-                    "Task %s[%s] was redelivered after it finished (%s): acknowledged, not run",
-                    task.name,
-                    envelope.id,
-                    stored.state,
-                )
-                return True
-        started = delivery.runs + 1  # its first run is never recorded
-        limit = self.broker.max_deliveries
+                # A FAILURE stored by a worker that died before settling the message (for
+                # instance between storing the max-deliveries failure below and dead-lettering)
+                # still goes to the dead letters once the message reached its limit: acking it
+                # would lose the dead letter the result speaks of.
+                failed_already = stored.state == states.FAILURE and started >= limit
+                if not failed_already:
+                    await delivery.ack()
+                    logger.warning(
+                        "Task %s[%s] was redelivered after it finished (%s): acknowledged, not run",
+                        task.name,
+                        envelope.id,
+                        stored.state,
+                    )
+                    return True
         if started < limit:
             return False
         self.failed += 1
         detail = f"the worker died {started} times running this task; dead-lettered"
-        error = WorkerLostError(f"{detail} (broker_max_deliveries is {limit})")
-        await self._store(
-            envelope, task, states.FAILURE, ResultMeta.failure(task.name, error, None)
-        )
+        if not failed_already:
+            error = WorkerLostError(f"{detail} (broker_max_deliveries is {limit})")
+            await self._store(
+                envelope, task, states.FAILURE, ResultMeta.failure(task.name, error, None)
+            )
         await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
         logger.error("Task %s[%s]: %s", task.name, envelope.id, detail)
         return True

@@ -158,6 +158,38 @@ async def test_a_message_whose_runs_all_killed_the_worker_gets_a_failure(setup: 
     assert "the worker died 2 times" in letter.detail
 
 
+async def test_a_failure_stored_before_a_death_still_reaches_the_dead_letters(
+    setup: Setup,
+) -> None:
+    """A worker stored the max-deliveries failure and died before dead-lettering: the next
+    one dead-letters the message instead of acknowledging it as finished (found by the poison
+    chaos scenario: the result said "dead-lettered" and no dead letter existed)."""
+    app = setup.app(broker_max_deliveries=2)
+
+    @app.task
+    async def doomed() -> None:
+        raise AssertionError("a message past its max deliveries must not run")
+
+    result = await doomed.delay()
+    await setup.die_holding(app, begin=False)
+    await setup.die_holding(app, begin=True)
+    # A third worker takes it at its limit, stores the failure (below) and dies before
+    # dead-lettering: the message comes back after the lease.
+    await setup.die_holding(app, begin=False)
+    backend = await app.result_backend()
+    assert backend is not None
+    runner = runner_of(app, await app.broker(), backend)
+    meta = ResultMeta.failure(doomed.name, RuntimeError("stored before the death"), None)
+    await backend.store(result.id, states.FAILURE, meta.encode(), 60)
+    delivery = await setup.next_delivery(app)
+    assert delivery.runs >= 1
+    assert await runner.check(delivery) is None
+    (letter,) = await (await app.broker()).dead_letters("default")
+    assert letter.reason == "max-deliveries"
+    with pytest.raises(RuntimeError, match="stored before the death"):
+        await result.get(timeout=5)  # the stored failure is kept, not written again
+
+
 async def test_a_suspect_runs_alone() -> None:
     gate = Isolation(grace=60)
     order: list[str] = []
