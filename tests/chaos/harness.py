@@ -132,12 +132,14 @@ class Fleet:
         self.exits: list[int] = []  # exit codes of the workers that died on their own
         self.restarts = 0
         self.stopped: list[Lines] = []
+        self._changed = anyio.Event()  # set when a worker starts
 
     async def start(self, index: int) -> Lines:
         command = [sys.executable, "-m", "aqueue", "worker", "tasks:app", "-l", "INFO"]
         command += ["-c", str(self.concurrency), "-n", f"chaos{index}@{os.getpid()}"]
         worker = spawn(command, cwd=self.cwd, env=child_env())
         self.workers[index] = worker
+        self._changed.set()  # the supervisor watches this one too
         await worker.wait_line("ready.", within=STEP)
         return worker
 
@@ -152,16 +154,29 @@ class Fleet:
         return worker.proc.pid
 
     async def supervise(self) -> None:
-        """Restart any worker that exits (until cancelled): the crashers' os._exit."""
-        while True:
-            for index, worker in enumerate(self.workers):
-                if worker is not None and worker.proc.poll() is not None:
-                    self.exits.append(worker.stop())
-                    self.stopped.append(worker)
-                    self.workers[index] = None
-                    self.restarts += 1
-                    await self.start(index)
-            await anyio.sleep(0.05)  # the supervisor's poll
+        """Restart any worker that exits on its own (until cancelled): the crashers' os._exit.
+
+        Each worker's exit is awaited by a thread blocked in `wait()`, never polled.
+        """
+        watched: set[int] = set()
+        async with anyio.create_task_group() as group:
+            while True:
+                self._changed = anyio.Event()
+                for index, worker in enumerate(self.workers):
+                    if worker is not None and id(worker) not in watched:
+                        watched.add(id(worker))
+                        group.start_soon(self._watch, index, worker)
+                await self._changed.wait()
+
+    async def _watch(self, index: int, worker: Lines) -> None:
+        await anyio.to_thread.run_sync(worker.proc.wait, abandon_on_cancel=True)
+        if self.workers[index] is not worker:
+            return  # stopped on purpose (`kill`, `stop_all`)
+        self.exits.append(worker.stop())
+        self.stopped.append(worker)
+        self.workers[index] = None
+        self.restarts += 1
+        await self.start(index)
 
     async def kill(self, index: int, sig: int = signal.SIGKILL) -> int:
         """Signal worker `index` and reap it (off the event loop); return its exit code."""
@@ -180,8 +195,8 @@ class Fleet:
     def stop_all(self) -> None:
         for index, worker in enumerate(self.workers):
             if worker is not None:
+                self.workers[index] = None  # first: a watcher must not restart it
                 worker.stop()
-                self.workers[index] = None
 
     def output(self) -> str:
         alive = [worker for worker in self.workers if worker is not None]
