@@ -13,6 +13,7 @@ from .drivers.base import Broker as Broker
 from .drivers.base import Credit as Credit
 from .drivers.base import DeadLetter as DeadLetter
 from .drivers.base import DeadLetterStats as DeadLetterStats
+from .drivers.base import Delayed as Delayed
 from .drivers.base import Delivery as Delivery
 from .drivers.base import ResultBackend as ResultBackend
 from .drivers.base import StoredResult as StoredResult
@@ -60,6 +61,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "DeadLetterStats",
+    "Delayed",
     "Delivery",
     "EagerResult",
     "MaxRetriesExceeded",

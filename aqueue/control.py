@@ -26,8 +26,9 @@ import anyio
 
 from . import codec, states
 from .exceptions import NoReply
+from .message import Envelope, InvalidMessage
 from .result_meta import ResultMeta
-from .signing import sign_result
+from .signing import payload_of, sign_result
 from .throttle import parse_rate
 
 if TYPE_CHECKING:
@@ -155,6 +156,32 @@ class Control:
             self.app.conf.result_expires,
             headers=backend.message_headers(),  # rpc:// keeps it only for its own reply queue
         )
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Describe the messages of `queue` the broker holds until they are due.
+
+        Countdowns, ETAs and retries' delays, the soonest first: id, task, args, kwargs, due
+        (POSIX time), priority.
+        """
+        broker = await self.app.broker()
+        described = []
+        for each in await broker.delayed(queue, limit):
+            try:
+                envelope = Envelope.decode(payload_of(each.body))
+            except InvalidMessage:
+                envelope = None
+            described.append(
+                {
+                    "id": envelope.id if envelope else "?",
+                    "task": envelope.task if envelope else "?",
+                    "args": envelope.args if envelope else [],
+                    "kwargs": envelope.kwargs if envelope else {},
+                    "due": each.due,
+                    "priority": each.priority,
+                    "queue": queue,
+                }
+            )
+        return described
 
     async def shutdown(
         self, *, destination: Sequence[str] | None = None, timeout: float = 1.0

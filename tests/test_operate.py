@@ -122,3 +122,19 @@ async def test_call_then_purge(
     assert (code, out) == (0, "state: PENDING\n")
     code, out, _ = await aqueue(capsys, "purge", "tasks:app", "--force")
     assert (code, out) == (0, "default: 3 message(s) deleted\n")
+
+
+async def test_inspect_scheduled_lists_countdown_tasks_held_by_the_broker(
+    project: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    project()
+    argv = ["call", "tasks:app", "tasks.add", "--args", "[4, 5]", "--countdown", "3600"]
+    code, out, _ = await aqueue(capsys, *argv)
+    assert code == 0
+    task_id = out.strip()
+    code, out, _ = await aqueue(capsys, "inspect", "tasks:app", "scheduled", "--timeout", "0.2")
+    assert code == 0
+    assert "default (in the broker, not due yet): 1" in out
+    assert task_id in out
+    assert '"task": "tasks.add"' in out
+    assert "no worker replied" in out

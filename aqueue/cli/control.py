@@ -1,6 +1,7 @@
 """The control plane's commands: `aqueue inspect`, `control`, `purge`, `result` and `call`.
 
     aqueue inspect tasks:app [-d HOST,...] [--timeout S] ping|active|scheduled|registered|stats
+    aqueue inspect tasks:app scheduled [-Q QUEUE,...] [--limit N]   (workers' and the broker's)
     aqueue control tasks:app rate_limit tasks.add 10/m
     aqueue control tasks:app revoke TASK_ID [--terminate]
     aqueue control tasks:app [-d HOST,...] shutdown
@@ -15,6 +16,7 @@ stderr and a non-zero exit code, as everywhere in the CLI.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 from typing import Any
 
@@ -35,6 +37,12 @@ def add_commands(commands: Any) -> None:
     inspect = commands.add_parser("inspect", help="ask live workers a question")
     _app_and_targets(inspect)
     inspect.add_argument("what", choices=INSPECT)
+    inspect.add_argument(
+        "-Q",
+        "--queues",
+        help="scheduled: the queues whose delayed messages to list (default: the default queue)",
+    )
+    inspect.add_argument("--limit", type=int, default=100, help="scheduled: at most this many")
     inspect.set_defaults(run=_inspect)
 
     control = commands.add_parser("control", help="change live workers")
@@ -92,6 +100,11 @@ def _inspect(args: argparse.Namespace) -> int:
     async def body(app: App) -> int:
         inspector = app.control.inspect(destination=destination, timeout=args.timeout)
         answers: dict[str, Any] = await getattr(inspector, args.what)()
+        if args.what == "scheduled" and not destination:
+            await _print_delayed(app, _queues(args, app), args.limit)
+            if not answers:
+                print("(no worker replied, so none holds tasks for later)")
+                return 0
         if not answers:
             require_replies([], destination, args.timeout)
         missing = sorted(set(destination or ()) - set(answers))
@@ -103,6 +116,22 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
 
     return with_app(args, body)
+
+
+def _queues(args: argparse.Namespace, app: App) -> list[str]:
+    named = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
+    return named or [app.conf.task_default_queue]
+
+
+async def _print_delayed(app: App, queues: list[str], limit: int) -> None:
+    """Print what the broker holds until it is due (countdown, ETA, retries), per queue."""
+    for queue in queues:
+        delayed = await app.control.delayed(queue, limit)
+        print(f"{queue} (in the broker, not due yet): {len(delayed)}")
+        for each in delayed:
+            each["due"] = dt.datetime.fromtimestamp(each["due"], dt.UTC).isoformat()
+        if delayed:
+            _print(delayed)
 
 
 def _control(args: argparse.Namespace) -> int:

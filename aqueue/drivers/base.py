@@ -49,6 +49,7 @@ __all__ = [
     "Credit",
     "DeadLetter",
     "DeadLetterStats",
+    "Delayed",
     "Delivery",
     "Mailbox",
     "RateLimiter",
@@ -130,6 +131,16 @@ class Delivery(abc.ABC):
         Brokers that hold a message for as long as the consumer's connection lives (AMQP) need
         no renewal; lease-based brokers (SQLite, Redis) override this.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class Delayed:
+    """A message the broker holds until it is due: a countdown, an ETA, a retry's delay."""
+
+    queue: str
+    body: bytes
+    due: float  # POSIX time
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +322,10 @@ class Broker(_Connected):
     async def dead_letter_stats(self, queue: str) -> DeadLetterStats:
         """Return how many dead letters `queue` keeps, their bytes, and how many were dropped."""
         raise BrokerError(f"{type(self).__name__} cannot count dead letters")
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
+        """Return the messages of `queue` not due yet, the soonest first, up to `limit`."""
+        raise BrokerError(f"{type(self).__name__} cannot list its delayed messages")
 
     async def retry_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Put dead letters of `queue` (those in `ids`, else all) back on it; return how many.

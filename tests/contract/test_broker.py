@@ -10,7 +10,7 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from aqueue import Broker, OutgoingMessage
+from aqueue import Broker, BrokerError, OutgoingMessage
 from aqueue.drivers import create_broker
 
 from ..consuming import Credit, drain
@@ -114,6 +114,32 @@ async def test_delayed_message_arrives_when_due(broker: Broker, queue: str) -> N
                 break
     assert time.time() >= due
     await delivery.ack()
+
+
+async def test_delayed_lists_what_is_not_due_yet(broker: Broker, queue: str) -> None:
+    if broker.url.startswith(("amqp", "pyamqp")):
+        with pytest.raises(BrokerError, match="delay queues"):
+            await broker.delayed(queue)
+        return
+    now = time.time()
+    await broker.publish(
+        [
+            message(queue, b"in-an-hour", eta=now + 3600, priority=3),
+            message(queue, b"in-a-minute", eta=now + 60),
+            message(queue, b"now"),
+            message(f"{queue}-other", b"elsewhere", eta=now + 60),
+        ]
+    )
+    delayed = await broker.delayed(queue)
+    assert [(d.body, d.priority, d.queue) for d in delayed] == [
+        (b"in-a-minute", 0, queue),
+        (b"in-an-hour", 3, queue),
+    ]
+    assert abs(delayed[0].due - (now + 60)) < 1
+    assert [d.body for d in await broker.delayed(queue, limit=1)] == [b"in-a-minute"]
+    await broker.purge(queue)
+    await broker.purge(f"{queue}-other")
+    assert await broker.delayed(queue) == []
 
 
 async def test_a_past_eta_is_ready_at_once(broker: Broker, queue: str) -> None:

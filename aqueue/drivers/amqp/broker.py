@@ -63,7 +63,7 @@ from pamqp import commands as spec
 
 from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery
 from ..options import BrokerOptions
 from .connection import Link, broker_error, parse_amqp_url
 from .consumer import AMQPDelivery, Session
@@ -474,6 +474,13 @@ class AMQPBroker(Broker):
         """Delete the queue's waiting and delayed messages (not those held by consumers)."""
         await self.link.connection()
         return await self.topology.purge(queue)
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
+        """Refuse: RabbitMQ cannot show what its delay queues hold without taking it."""
+        raise BrokerError(
+            "RabbitMQ keeps delayed messages in its delay queues, which cannot be read without "
+            "taking them: `aqueue inspect scheduled` lists only what workers hold here"
+        )
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (and leave in place) the oldest dead letters of `queue`."""

@@ -25,6 +25,7 @@ from ..base import (
     Credit,
     DeadLetter,
     DeadLetterStats,
+    Delayed,
     Delivery,
     Mailbox,
 )
@@ -178,6 +179,14 @@ class MemoryBroker(Broker):
         self._delayed = kept
         heapq.heapify(self._delayed)
         return count
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
+        """Return the messages of `queue` not due yet, the soonest first."""
+        due = sorted((eta, seq) for eta, seq, item in self._delayed if item.queue == queue)
+        items = {seq: item for _, seq, item in self._delayed}
+        return [
+            Delayed(queue, items[seq].body, eta, items[seq].priority) for eta, seq in due[:limit]
+        ]
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""

@@ -62,7 +62,7 @@ from redis.exceptions import RedisError
 
 from ...exceptions import BrokerError
 from ...message import OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery
 from ..heartbeat import Heartbeat
 from ..options import BrokerOptions
 from . import dead as deadletters
@@ -554,6 +554,18 @@ class RedisBroker(Broker):
         keys = self.keys(queue)
         with redis_errors(self.settings, "purging"):
             return int(await _PURGE(self.redis_client(), [*keys.streams, keys.delayed], [GROUP]))
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
+        """Return the messages of `queue` in its delayed set, the soonest first."""
+        with redis_errors(self.settings, "listing delayed messages"):
+            entries: Any = await self.redis_client().zrange(
+                self.keys(queue).delayed, 0, max(limit, 1) - 1, withscores=True
+            )
+        found = []
+        for member, due in entries[:limit]:
+            priority, _, _, body = bytes(member).split(b":", 3)  # see `publish`
+            found.append(Delayed(queue, body, float(due), int(priority)))
+        return found
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""

@@ -45,6 +45,7 @@ from ..base import (
     Credit,
     DeadLetter,
     DeadLetterStats,
+    Delayed,
     Delivery,
     Mailbox,
 )
@@ -264,6 +265,15 @@ def _begin(conn: sqlite3.Connection, id_: int, token: str) -> bool:
         (id_, token),
     )
     return cursor.rowcount > 0
+
+
+def _delayed(conn: sqlite3.Connection, queue: str, limit: int, now: float) -> list[Delayed]:
+    rows = conn.execute(  # CAST: a row of a non-STRICT table may hold anything
+        "SELECT CAST(body AS BLOB), due, priority FROM aqueue_messages "
+        "WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT ?",
+        (queue, now, limit),
+    ).fetchall()
+    return [Delayed(queue, body or b"", float(due), int(priority)) for body, due, priority in rows]
 
 
 def _dead_letter(conn: sqlite3.Connection, id_: int, token: str, reason: str, detail: str) -> bool:
@@ -514,6 +524,10 @@ class SQLiteBroker(Broker):
     async def purge(self, queue: str) -> int:
         """Delete the queue's waiting and delayed messages (not the leased ones)."""
         return await self._run(_purge, queue)
+
+    async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
+        """Return the messages of `queue` not due yet (never leased now), the soonest first."""
+        return await self._run(_delayed, queue, limit, time.time())
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
