@@ -29,6 +29,9 @@ __all__ = ["RemoteControl", "Revocations", "WorkerView"]
 
 logger = logging.getLogger("aqueue.worker")
 
+#: The longest a worker spends sending one reply (shielded from its own shutdown).
+REPLY_TIMEOUT = 5.0
+
 
 class Revocations:
     """Revoked task ids this worker knows, each until it expires."""
@@ -158,7 +161,10 @@ class RemoteControl:
         except Exception as exc:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         if reply_to:
-            await self.mailbox.publish(reply_to, codec.pack(reply, where="reply"))
+            # Shielded (briefly): a command that ran gets its answer even when it stops this
+            # worker, whose shutdown would otherwise cancel the reply on its way out.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_TIMEOUT):
+                await self.mailbox.publish(reply_to, codec.pack(reply, where="reply"))
 
     async def _ping(self, args: dict[str, Any]) -> str:
         return "pong"
