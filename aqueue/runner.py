@@ -334,9 +334,14 @@ class Runner:
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
+        hooks = self.app.hooks  # e.g. Django's close_old_connections (aqueue/fixups.py)
+        if hooks.thread_task_hooks:
+            hooks.around_thread_task()
         try:
             return task._call(envelope.args, envelope.kwargs)
         finally:
+            if hooks.thread_task_hooks:
+                hooks.around_thread_task()
             self.threads_busy -= 1
 
     def _request(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> Request:
