@@ -5,7 +5,6 @@ import json
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-
 from proj.aqueue_app import app
 from reports.tasks import add
 
