@@ -51,12 +51,17 @@ class Discovery:
             self.finalized = False
 
     def finalize(self, conf: Settings) -> None:
-        """Import what is pending: `imports`, `include`, then the discovered task modules."""
+        """Import what is pending: `imports`, `include`, then the discovered task modules.
+
+        Nothing, until the package sources are ready (Django's app registry).
+        """
         if self.finalized:
             return
         with self._lock:
             if self.finalized or self._busy:  # done meanwhile, or a module imported now asks
                 return
+            if self.package_sources and self._installed() is None:
+                return  # a framework not ready yet (Django): its modules may need it
             self._busy = True
             try:
                 if not self._imported_settings:
