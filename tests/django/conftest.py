@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from aqueue import current
+
 from ..conftest import service_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,13 +60,20 @@ def django_environment() -> Iterator[dict[str, str]]:
 @pytest.fixture(autouse=True)
 def django_in_force(
     django_environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """The Django environment, for the duration of one test."""
+) -> Iterator[dict[str, str]]:
+    """The Django environment, for the duration of one test.
+
+    The example's `@shared_task`s, imported here, would join every app made later in the
+    run: the shared tasks and the current app are as they were before the test, after it.
+    """
     for name, value in django_environment.items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.delenv("AQUEUE_BROKER_URL", raising=False)
-    return django_environment
+    shared, current_app = list(current._shared), list(current._current)
+    yield django_environment
+    current._shared[:] = shared
+    current._current[:] = current_app
 
 
 def _pg_unreachable() -> str | None:
