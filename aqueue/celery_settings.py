@@ -31,7 +31,6 @@ IMPLEMENTED = frozenset(
     {
         "accept_content",
         "beat_schedule",
-        "beat_scheduler",
         "broker_transport_options",
         "broker_url",
         "enable_utc",
@@ -100,6 +99,20 @@ def _content(name: str, value: Any) -> dict[str, Any] | str:
 
 _content.__doc__ = "checked as accept_content is; results are read in either format aqueue writes"
 
+
+def _beat_scheduler(name: str, value: Any) -> dict[str, Any] | str:
+    if isinstance(value, str) and value.startswith(("celery.", "django_celery_beat")):
+        return (
+            f"{value!r} is Celery's: aqueue's beat keeps its state in the broker "
+            "(a database of entries of one's own: an aqueue.beat.Source)"
+        )
+    return {name: value}
+
+
+_beat_scheduler.__doc__ = (
+    "sets beat_scheduler ('default' or an aqueue.beat.Source); Celery's schedulers are ignored"
+)
+
 _TLS = "TLS is chosen by the URL: write rediss:// or amqps:// (certificates are checked)"
 _SIGNING = (
     "Celery's X.509 message signing is not implemented; aqueue signs every message with "
@@ -130,6 +143,7 @@ MAPPED: dict[str, Mapper] = {
         "SQLite and Redis results are durable; rpc:// results are not", unless=False
     ),
     "worker_soft_shutdown_timeout": _renamed("worker_shutdown_timeout"),
+    "beat_scheduler": _beat_scheduler,
     "result_accept_content": _content,
     "broker_use_ssl": _refused_if_set(_TLS),
     "redis_backend_use_ssl": _refused_if_set(_TLS),
@@ -425,14 +439,14 @@ def translate(found: Mapping[str, Any], known: Collection[str]) -> Translation:
     """
     out = Translation()
     for name, value in found.items():
-        if name in known:
-            out.settings[name] = value
-        elif name in MAPPED:
+        if name in MAPPED:  # before `known`: beat_scheduler is both
             mapped = MAPPED[name](name, value)
             if isinstance(mapped, str):
                 out.ignored[name] = mapped
             else:
                 out.settings.update(mapped)
+        elif name in known:
+            out.settings[name] = value
         elif name in IGNORED:
             out.ignored[name] = IGNORED[name]
         else:

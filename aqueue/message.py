@@ -92,7 +92,7 @@ class Envelope:
         The body may be msgpack or JSON (`aqueue.formats`), if `accept` lists its format.
         """
         try:
-            if body[:1] != b"{" and accept is FORMATS:  # the common case, spelled out
+            if body[:1] != b"{" and "msgpack" in accept:  # the common case, spelled out
                 data = codec.unpack(body)
             else:
                 data = unpack_any(body, accept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,24 @@ def test_settings_whose_omission_would_be_unsafe_are_errors(
     with pytest.raises(ConfigurationError, match=message):
         Settings().update({name: value})
     Settings().update({name: None if name != "result_accept_content" else ["json"]})
+
+
+def test_celery_beat_schedulers_are_ignored_and_aqueue_ones_kept() -> None:
+    conf = Settings()
+    conf.from_object(
+        {"CELERY_BEAT_SCHEDULER": "django_celery_beat.schedulers.DatabaseScheduler"},
+        namespace="CELERY",
+    )
+    assert conf.beat_scheduler == "default"
+    assert "aqueue's beat keeps its state in the broker" in conf.ignored["beat_scheduler"]
+    conf.update(beat_scheduler="myproject.beat:Entries")
+    assert conf.beat_scheduler == "myproject.beat:Entries"
+
+
+def test_the_readme_lists_every_celery_name() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Celery settings") : readme.index("## Performance")]
+    missing = sorted(name for name in CELERY_NAMES if f"`{name}`" not in table)
+    assert missing == []
+    counts = f"**implemented** ({len(IMPLEMENTED)})"
+    assert counts in table
