@@ -69,7 +69,7 @@ def test_views_send_and_read_results(example_app: App) -> None:
 
 async def _work(app: App) -> None:
     try:
-        await Worker(app, burst=True).run()
+        await Worker(app, burst=True, app_path="proj.aqueue_app:app").run()
     finally:
         await app.close()
 
@@ -95,6 +95,7 @@ async def test_worker_process_runs_the_example(broker: str, tmp_path: Path) -> N
             vote = await producer.send_task("polls.tasks.record_vote", [poll.pk])
             summary = await producer.send_task("polls.tasks.poll_summary", [poll.pk])
             added = await producer.send_task("reports.tasks.add", [2, 3])
+            tally = await producer.send_task("polls.tasks.tally", countdown=0)
             await producer.send_task("proj.aqueue_app.debug_task")
             done = await asyncio.to_thread(_run_worker, broker)
             assert done.returncode == 0, done.stderr
@@ -102,6 +103,7 @@ async def test_worker_process_runs_the_example(broker: str, tmp_path: Path) -> N
             info = await summary.get(timeout=10)  # ran beside the vote: before or after it
             assert info in ({"question": "on a worker?", "votes": n, "polls": 1} for n in (0, 1))
             assert await added.get(timeout=10) == 5
+            assert await tally.get(timeout=10) in (0, 1)  # in a child process, with the ORM
     finally:
         await Poll.objects.filter(pk=poll.pk).adelete()
     banner = done.stdout

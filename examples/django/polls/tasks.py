@@ -21,3 +21,9 @@ async def poll_summary(poll_id: int) -> dict[str, object]:
     poll = await Poll.objects.aget(pk=poll_id)
     total = await sync_to_async(Poll.objects.count)()
     return {"question": poll.question, "votes": poll.votes, "polls": total}
+
+
+@shared_task(executor="process")
+def tally() -> int:
+    """A def task in a child process (CPU-bound work): the child sets Django up too."""
+    return sum(poll.votes for poll in Poll.objects.all())
