@@ -87,6 +87,7 @@ def test_a_celery_guide_settings_file_and_autodiscover(tmp_path: Path) -> None:
     assert report["after"] == [
         "polls.tasks.poll_summary",  # from the 'polls.apps.PollsConfig' entry
         "polls.tasks.record_vote",
+        "polls.tasks.tally",
         "reports.tasks.add",
     ]
     assert report["models"] is True
