@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aqueue import SerializationError, codec, jsoncodec
+from aqueue import App, SerializationError, Worker, codec, jsoncodec
 from aqueue.formats import format_of, unpack_any
 from aqueue.message import Envelope, InvalidMessage
 from aqueue.result_meta import ResultMeta
@@ -132,3 +132,29 @@ def test_envelopes_and_results_in_either_format() -> None:
     meta = ResultMeta(task="t", result={"x": {1, 2}}, retries=1)
     assert ResultMeta.decode(meta.encode(jsoncodec.pack)) == meta
     assert unpack_any(meta.encode()) == unpack_any(meta.encode(jsoncodec.pack))
+
+
+async def test_a_json_app_end_to_end_and_a_worker_that_does_not_accept_it() -> None:
+    app = App("json", broker="memory://", set_as_current=False, task_serializer="json")
+    app.conf.result_serializer = "json"
+
+    @app.task
+    async def echo(value: Any) -> Any:
+        return value
+
+    value = {"when": dt.date(2026, 12, 6), "pair": (1, b"\x00"), 7: {frozenset({1})}}
+    async with app:
+        result = await echo.delay(value)
+        await Worker(app, burst=True).run()
+        assert await result.get(timeout=5) == value
+        stored = await (await app.result_backend()).fetch(result.id)  # type: ignore[union-attr]
+        assert stored is not None
+        assert stored.payload[:1] == b"{"  # the result is JSON too
+
+        refused = await echo.delay(1)
+        app.conf.update(task_serializer="msgpack", accept_content=["msgpack"])
+        worker = Worker(app, burst=True)
+        await worker.run()
+        assert worker.runner is not None
+        assert worker.runner.refused == 1  # dead-lettered as undecodable, not run
+        assert not await refused.ready()
