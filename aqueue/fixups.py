@@ -9,14 +9,16 @@ A fix-up adds to an app's hooks:
 - `worker_setup`: called once when a worker starts, before it imports task modules
   (Django: `django.setup()`);
 - `thread_task_hooks`: called in the thread of every `def` task, before and after it runs
-  (Django: `close_old_connections()`). With none, a task pays nothing for them.
+  (Django: `close_old_connections()`). With none, a task pays nothing for them;
+- `async_failure_hooks`: awaited after an `async def` task raised (Django: the same, in the
+  thread that runs the async ORM's queries, so a broken connection is not reused).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .config import load_object
@@ -35,6 +37,7 @@ class Hooks:
     def __init__(self) -> None:
         self.worker_setup: list[Callable[[], None]] = []
         self.thread_task_hooks: list[Callable[[], None]] = []
+        self.async_failure_hooks: list[Callable[[], Awaitable[None]]] = []
         self._worker_ready = False
 
     def setup_worker(self) -> None:
@@ -51,6 +54,14 @@ class Hooks:
                 hook()
             except Exception:
                 logger.exception("A hook around a def task failed (%r)", hook)
+
+    async def after_async_failure(self) -> None:
+        """Await the hooks for a failed coroutine task; a hook's own failure is logged."""
+        for hook in self.async_failure_hooks:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("A hook after a failed async task failed (%r)", hook)
 
 
 def install_fixups(app: Any, environ: Mapping[str, str] = os.environ) -> None:

@@ -235,6 +235,7 @@ class Runner:
         except Retry as retry:
             await self._retry(delivery, envelope, task, retry)
         except Exception as exc:
+            await self._after_async_failure(task)
             again = _autoretry(task, exc, envelope.retries)
             if again is None:
                 await self._failed(envelope, task, exc, time.perf_counter() - started)
@@ -331,6 +332,12 @@ class Runner:
             retry.countdown,
             _short(retry.exc),
         )
+
+    async def _after_async_failure(self, task: Task[Any, Any]) -> None:
+        """Run the hooks for a failed coroutine task (Django: drop broken connections)."""
+        hooks = self.app.hooks.async_failure_hooks
+        if hooks and task.is_async:
+            await self.app.hooks.after_async_failure()
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task

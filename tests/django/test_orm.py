@@ -82,3 +82,45 @@ async def test_without_django_no_hook_runs() -> None:
     app.setup_worker()
     assert app.hooks.thread_task_hooks == []
     await app.close()
+
+
+async def test_a_broken_connection_is_not_handed_to_the_next_task(pg_database: str) -> None:
+    from django.db import connections
+    from polls.models import Poll
+
+    alias = pg_database
+    app = make_app()
+
+    def break_it() -> None:
+        Poll.objects.using(alias).count()  # connected
+        connections[alias].connection.close()  # behind Django's back, as a dropped link would
+        Poll.objects.using(alias).count()  # raises: Django marks the connection as errored
+
+    @app.task
+    def broken() -> None:
+        break_it()
+
+    @app.task
+    def count() -> int:
+        return Poll.objects.using(alias).count()
+
+    @app.task
+    async def broken_async() -> None:
+        await sync_to_async(break_it)()
+
+    @app.task
+    async def count_async() -> int:
+        return await Poll.objects.using(alias).acount()
+
+    async with app:
+        results = [
+            await broken.delay(),
+            await count.delay(),
+            await broken_async.delay(),
+            await count_async.delay(),
+        ]
+        await Worker(app, burst=True, concurrency=1, threads=1).run()
+        outcomes = [await result.get(timeout=10, propagate=False) for result in results]
+    assert [type(outcome).__name__ for outcome in outcomes[::2]] == ["TaskError", "TaskError"]
+    assert "connection is closed" in str(outcomes[0])
+    assert outcomes[1::2] == [0, 0]  # the next task of each kind had a working connection

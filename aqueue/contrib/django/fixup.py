@@ -8,7 +8,8 @@
   thread that runs it, as Django does around each request: a connection past its
   `CONN_MAX_AGE`, or broken by the task, is closed, never handed to the next task. `async def`
   tasks use Django's async ORM (`await Poll.objects.aget(...)`) or `sync_to_async`, which
-  run their queries in a thread of Django's own (see the README).
+  run their queries in asgiref's thread; after an async task fails, `close_old_connections()`
+  runs there, so a connection the failure broke is dropped, not reused (see the README).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def setup_django() -> None:
 
 def _setup_worker(app: Any) -> None:
     setup_django()
+    from asgiref.sync import sync_to_async
     from django.db import close_old_connections
 
     app.hooks.thread_task_hooks.append(close_old_connections)
+    # The async ORM's queries run in asgiref's thread (thread_sensitive): close there.
+    app.hooks.async_failure_hooks.append(sync_to_async(close_old_connections))
