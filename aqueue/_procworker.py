@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from . import codec
 from .exceptions import Retry, SerializationError, SoftTimeLimitExceeded
-from .loader import load_app
+from .loader import import_from_cwd, load_app
 from .processes import FRAME_HEADER
 from .result_meta import ResultMeta
 from .task import Request, Task, current_request
@@ -211,18 +211,23 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, signal.SIG_IGN)
     channel = _Channel()
     args = sys.argv[1:] if argv is None else argv
-    try:
-        if len(args) != 1:
-            raise ValueError("usage: python -m aqueue._procworker module:app")
-        tasks = load_app(args[0]).tasks
-    except Exception as exc:
-        channel.send({"ready": False, **_failure(exc)})
-        return 1
-    channel.send({"ready": True, "pid": os.getpid()})
-    soft = _SoftLimit()
-    while (request := channel.receive()) is not None:
-        channel.send(_handle(tasks, request, soft))
-        channel.done()
+    # The current directory stays importable for the child's life, as for the worker's:
+    # task modules, and a framework's own lazy imports (Django's), come from it.
+    with import_from_cwd():
+        try:
+            if len(args) != 1:
+                raise ValueError("usage: python -m aqueue._procworker module:app")
+            app = load_app(args[0])
+            app.setup_worker()  # Django's set-up (DJANGO_SETTINGS_MODULE), the task modules
+            tasks = app.tasks
+        except Exception as exc:
+            channel.send({"ready": False, **_failure(exc)})
+            return 1
+        channel.send({"ready": True, "pid": os.getpid()})
+        soft = _SoftLimit()
+        while (request := channel.receive()) is not None:
+            channel.send(_handle(tasks, request, soft))
+            channel.done()
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -28,9 +27,11 @@ from . import result as _result
 from .beat.edits import BeatControl
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
+from .discovery import Discovery
 from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
+from .fixups import Hooks, install_fixups
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
 from .sync import IOThread, SyncApp
 from .task import AsyncTask, SyncTask, Task, make_task
@@ -93,12 +94,16 @@ class App:
         #: Given to the constructor: config_from_object does not override these (as Celery).
         self._explicit = frozenset(settings)
         self._tasks: dict[str, Task[Any, Any]] = {}
+        #: The task modules still to import (`autodiscover_tasks`), and the fix-ups' hooks.
+        self.discovery = Discovery()
+        self.hooks = Hooks()
         #: The connections of each event loop that used the app, by loop.
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._loops_lock = threading.Lock()
         #: The thread whose loop runs `app.sync` calls, started on first use.
         self._io: IOThread | None = None
         current.add_app(self, current=set_as_current)
+        install_fixups(self)  # Django's, when DJANGO_SETTINGS_MODULE is set
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}: {redact(self.broker_url)}>"
@@ -182,15 +187,31 @@ class App:
         """
         self.conf.from_object(obj, namespace=namespace, keep=self._explicit)
 
-    def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
-        """Import `<package>.<related_name>` for each package that has one (as Celery does)."""
-        for package in packages:
-            name = f"{package}.{related_name}"
-            try:
-                importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name != name:
-                    raise
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | None = None,
+        related_name: str = "tasks",
+        *,
+        force: bool = False,
+    ) -> None:
+        """Import `<package>.<related_name>` of each package that has one, as Celery does.
+
+        Lazily, when the app is finalized (first use of `app.tasks`, or a worker's start), or
+        now with `force=True`. Without packages: every installed app's, under Django (app
+        config entries such as `"polls.apps.PollsConfig"` included), once Django is ready.
+        """
+        self.discovery.add(packages, related_name)
+        if force:
+            self.finalize()
+
+    def finalize(self) -> None:
+        """Import the modules of `imports`, `include` and `autodiscover_tasks` (once)."""
+        self.discovery.finalize(self.conf)
+
+    def setup_worker(self) -> None:
+        """Prepare this process to run tasks: the fix-ups' set-up (Django's), then `finalize`."""
+        self.hooks.setup_worker()
+        self.finalize()
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -239,13 +260,15 @@ class App:
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
-        """The registered tasks, by name."""
+        """The registered tasks, by name (finalizing the app on first use)."""
+        if not self.discovery.finalized:
+            self.discovery.finalize(self.conf)
         return self._tasks
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """Return the task registered as `name`, or raise `NotRegistered`."""
         try:
-            return self._tasks[name]
+            return self.tasks[name]
         except KeyError:
             raise NotRegistered(
                 f"no task named {name!r} is registered on this app; import the module that "

@@ -4,7 +4,10 @@ Settings come from the defaults below, then the environment (`AQUEUE_BROKER_URL`
 `AQUEUE_RESULT_BACKEND`), then the keyword arguments of `App(...)`; later `conf.update` calls
 change anything, and `app.config_from_object` anything but what `App(...)` was given. A name
 aqueue does not know is an error that names the closest one it does, so a typo never silently
-falls back to a default.
+falls back to a default. Celery's setting names are read too (`aqueue.celery_settings`): each is
+implemented, mapped to its aqueue meaning, or ignored with a reason (`Settings.ignored`, which
+`aqueue worker` logs in one warning at start-up); under `namespace="CELERY"` a name neither
+knows is ignored the same way, with the closest name it may have meant.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
 
+from . import celery_settings
 from .drivers.base import DEAD_LETTER_MAX_BYTES
 from .drivers.options import (
     HEARTBEAT_INTERVAL,
@@ -27,6 +31,7 @@ from .drivers.options import (
     VISIBILITY_TIMEOUT,
 )
 from .exceptions import ConfigurationError, UnknownSetting
+from .formats import check_formats
 from .loops import LOOPS
 from .urls import redact_text
 
@@ -122,6 +127,19 @@ class Settings:
     #: when `enable_utc` is False.
     timezone: str | None = None
     enable_utc: bool = True
+    #: Modules a worker imports at start-up (and an app when it is finalized), as Celery's
+    #: `imports`; then those of `include`.
+    imports: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ignored", {})
+
+    @property
+    def ignored(self) -> dict[str, str]:
+        """Celery settings read and ignored (and, under CELERY, unknown names), with why."""
+        ignored: dict[str, str] = self._ignored  # type: ignore[attr-defined]
+        return ignored
 
     def __repr__(self) -> str:
         """Every setting, with the password of any URL among them shown as `***`."""
@@ -130,7 +148,8 @@ class Settings:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _FIELDS:
-            raise unknown_setting(name)
+            self.update({name: value})  # a Celery name, or an error naming the closest
+            return
         coerce = _COERCE.get(name)
         super().__setattr__(name, coerce(name, value) if coerce else value)
 
@@ -146,13 +165,23 @@ class Settings:
         return iter(_FIELDS)
 
     def update(self, mapping: Mapping[str, Any] | None = None, /, **settings: Any) -> None:
-        """Set several settings at once; every name is checked before any is set."""
-        merged = {**(mapping or {}), **settings}
-        for name in merged:
-            if name not in _FIELDS:
-                raise unknown_setting(name)
-        for name, value in merged.items():
-            setattr(self, name, value)
+        """Set several settings at once; every name is checked before any is set.
+
+        Celery's names are taken too: see `aqueue.celery_settings`.
+        """
+        self._apply({**(mapping or {}), **settings}, strict=True)
+
+    def _apply(self, found: Mapping[str, Any], *, strict: bool, keep: Collection[str] = ()) -> None:
+        translation = celery_settings.translate(found, _FIELDS)
+        if strict and translation.unknown:
+            raise unknown_setting(translation.unknown[0])
+        for name in translation.unknown:
+            translation.ignored[name] = _not_a_setting(name)
+        for name, value in translation.settings.items():
+            if name not in keep:
+                coerce = _COERCE.get(name)
+                object.__setattr__(self, name, coerce(name, value) if coerce else value)
+        self.ignored.update(translation.ignored)
 
     def from_environment(self, environ: Mapping[str, str] = os.environ) -> None:
         """Take the settings listed in `ENVIRONMENT` from environment variables, where set."""
@@ -167,7 +196,9 @@ class Settings:
 
         Without a namespace, lowercase public names are settings. With `namespace="AQUEUE"`,
         names like `AQUEUE_BROKER_URL` are (as in a Django settings module), and others are
-        ignored. Settings named in `keep` are checked but not changed.
+        ignored. Settings named in `keep` are checked but not changed. Celery's names are
+        read as `aqueue.celery_settings` says; with `namespace="CELERY"` an unknown name is
+        ignored (listed in `ignored`) where elsewhere it is an error.
         """
         if isinstance(obj, str):
             obj = load_object(obj)
@@ -180,10 +211,8 @@ class Settings:
                     found[key[len(prefix) :].lower()] = value
             elif _is_setting_name(key, value):
                 found[key] = value
-        for name in found:
-            if name not in _FIELDS:
-                raise unknown_setting(name)
-        self.update({name: value for name, value in found.items() if name not in keep})
+        strict = prefix != "CELERY_"
+        self._apply(found, strict=strict, keep=keep)
 
     def as_dict(self) -> dict[str, Any]:
         """Return every setting and its value."""
@@ -202,6 +231,14 @@ def _shown(name: str, value: Any) -> str:
     if name in _SECRETS and value:
         return repr(["***"] * len(value)) if isinstance(value, list) else repr("***")
     return repr(value)
+
+
+def _not_a_setting(name: str) -> str:
+    close = difflib.get_close_matches(
+        name, sorted(_FIELDS | celery_settings.CELERY_NAMES), n=1, cutoff=0.5
+    )
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"neither a Celery nor an aqueue setting{hint}"
 
 
 def unknown_setting(name: str) -> UnknownSetting:
@@ -314,13 +351,20 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
-def _msgpack_only(name: str, value: Any) -> Any:
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list | tuple) or list(names) != ["msgpack"]:
-        raise ConfigurationError(
-            f"{name}={value!r} is not supported: aqueue speaks msgpack only (no pickle, ever)"
-        )
+def _serializers(name: str, value: Any) -> Any:
+    formats = check_formats(name, value)
+    if name != "accept_content" and (not isinstance(value, str) or len(formats) != 1):
+        raise ConfigurationError(f"{name} must be 'msgpack' or 'json', not {value!r}")
     return value
+
+
+def _modules(name: str, value: Any) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, list | tuple | set | frozenset) or not all(
+        isinstance(module, str) for module in names
+    ):
+        raise ConfigurationError(f"{name} must be a list of module names, not {value!r}")
+    return tuple(names)
 
 
 def _backend(name: str, value: Any) -> Any:
@@ -345,9 +389,11 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
         None if value is None else _positive_seconds(name, value)
     ),
     "broker_dead_letter_max_bytes": _positive_int,
-    "task_serializer": _msgpack_only,
-    "result_serializer": _msgpack_only,
-    "accept_content": _msgpack_only,
+    "task_serializer": _serializers,
+    "result_serializer": _serializers,
+    "accept_content": _serializers,
+    "imports": _modules,
+    "include": _modules,
     "result_expires": _seconds,
     "result_max_bytes": _positive_int,
     "message_max_bytes": _positive_int,

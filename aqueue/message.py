@@ -1,6 +1,7 @@
 """The message envelope: what a producer puts on a queue and a worker takes off it.
 
-The body of every message is one msgpack map (see `aqueue.codec` for the values it may hold):
+The body of every message is one msgpack map (see `aqueue.codec` for the values it may hold),
+or with `task_serializer = "json"` one JSON object (`aqueue.jsoncodec`, the same values):
 
     {"v": 1, "id": str, "task": str, "args": list, "kwargs": map,
      "eta": float | None, "expires": float | None, "retries": int, "headers": map}
@@ -14,12 +15,13 @@ from __future__ import annotations
 import enum
 import os
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
 from .exceptions import MessageTooLarge, SerializationError
+from .formats import FORMATS, Packer, format_of, unpack_any
 from .signing import MAGIC
 
 __all__ = [
@@ -68,7 +70,7 @@ class Envelope:
     retries: int = 0
     headers: Mapping[str, Any] = field(default_factory=dict)
 
-    def encode(self, max_bytes: int) -> bytes:
+    def encode(self, max_bytes: int, pack: Packer = codec.pack) -> bytes:
         """Encode the envelope, refusing arguments the codec cannot carry or a body too large."""
         return encode_body(
             self.id,
@@ -80,13 +82,20 @@ class Envelope:
             self.retries,
             dict(self.headers),
             max_bytes,
+            pack,
         )
 
     @classmethod
-    def decode(cls, body: bytes) -> Envelope:
-        """Decode a message body; raise `InvalidMessage` saying what is wrong with it."""
+    def decode(cls, body: bytes, accept: Collection[str] = FORMATS) -> Envelope:
+        """Decode a message body; raise `InvalidMessage` saying what is wrong with it.
+
+        The body may be msgpack or JSON (`aqueue.formats`), if `accept` lists its format.
+        """
         try:
-            data = codec.unpack(body)
+            if body[:1] != b"{" and "msgpack" in accept:  # the common case, spelled out
+                data = codec.unpack(body)
+            else:
+                data = unpack_any(body, accept)
         except ValueError as exc:
             if body[:4] == MAGIC:
                 raise InvalidMessage(
@@ -94,7 +103,8 @@ class Envelope:
                 ) from None
             raise InvalidMessage(str(exc)) from None
         if not isinstance(data, dict):
-            raise InvalidMessage(f"body is a msgpack {type(data).__name__}, not a map")
+            kind = format_of(body)
+            raise InvalidMessage(f"body is a {kind} {type(data).__name__}, not a map")
         version = data.get("v")
         if type(version) is not int or version != VERSION:  # True == 1, but is no version
             raise InvalidMessage(
@@ -129,6 +139,7 @@ def encode_body(
     retries: int,
     headers: dict[str, Any],
     max_bytes: int,
+    pack: Packer = codec.pack,
 ) -> bytes:
     """Encode an envelope from its fields (what `Envelope.encode` does, with no `Envelope`).
 
@@ -147,11 +158,11 @@ def encode_body(
         "headers": headers,
     }
     try:
-        body = codec.pack(fields, where="message")
+        body = pack(fields, where="message")
     except SerializationError:
         # Encode the parts again, only on failure, so the error names the argument.
-        codec.pack(args, where="args")
-        codec.pack(kwargs, where="kwargs")
+        pack(args, where="args")
+        pack(kwargs, where="kwargs")
         raise
     if len(body) > max_bytes:
         raise MessageTooLarge(

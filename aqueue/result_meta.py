@@ -15,6 +15,7 @@ from typing import Any
 
 from . import codec
 from .exceptions import TaskError
+from .formats import Packer, unpack_any
 
 __all__ = [
     "MAX_MESSAGE_CHARS",
@@ -49,9 +50,9 @@ class ResultMeta:
     retries: int = 0
     date_done: float | None = None
 
-    def encode(self) -> bytes:
+    def encode(self, pack: Packer = codec.pack) -> bytes:
         """Encode for a backend; a result the codec refuses raises `SerializationError`."""
-        return codec.pack(
+        return pack(
             {
                 "task": self.task,
                 "result": self.result,
@@ -66,8 +67,8 @@ class ResultMeta:
 
     @classmethod
     def decode(cls, payload: bytes) -> ResultMeta:
-        """Decode what `encode` made."""
-        data = codec.unpack(payload)
+        """Decode what `encode` made, in either format (msgpack or JSON)."""
+        data = codec.unpack(payload) if payload[:1] != b"{" else unpack_any(payload)
         if not isinstance(data, dict):
             raise ValueError(f"stored result is a msgpack {type(data).__name__}, not a map")
         return cls(**{key: data[key] for key in cls.__slots__ if key in data})

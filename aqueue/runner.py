@@ -27,6 +27,7 @@ from .exceptions import (
     SerializationError,
     WorkerLostError,
 )
+from .formats import FORMATS, check_formats, packer
 from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result_meta import ResultMeta
@@ -85,6 +86,13 @@ class Runner:
         self.retried = 0
         #: Sync tasks whose threads are still running (a cancelled one may run on, unawaited).
         self.threads_busy = 0
+        conf = app.conf
+        # A worker reads what accept_content lists, and always what its own app writes.
+        accept = {*check_formats("accept_content", conf.accept_content)}
+        accept.update(check_formats("task_serializer", conf.task_serializer))
+        self.accept: tuple[str, ...] = FORMATS if accept >= set(FORMATS) else tuple(accept)
+        self.pack_message = packer(conf.task_serializer)
+        self.pack_result = packer(conf.result_serializer)
 
     async def handle(self, delivery: Delivery) -> None:
         """Check the delivery, run its task and settle the message (`check`, then `run`)."""
@@ -178,7 +186,7 @@ class Runner:
             except SignatureError as exc:
                 return _Refusal(DeadLetterReason(exc.reason), exc.detail)
         try:
-            envelope = Envelope.decode(body)
+            envelope = Envelope.decode(body, self.accept)
         except InvalidMessage as exc:
             return _Refusal(DeadLetterReason.UNDECODABLE, str(exc))
         task = self.app.tasks.get(envelope.task)
@@ -235,6 +243,7 @@ class Runner:
         except Retry as retry:
             await self._retry(delivery, envelope, task, retry)
         except Exception as exc:
+            await self._after_async_failure(task)
             again = _autoretry(task, exc, envelope.retries)
             if again is None:
                 await self._failed(envelope, task, exc, time.perf_counter() - started)
@@ -303,7 +312,7 @@ class Runner:
         self.retried += 1
         eta = time.time() + retry.countdown if retry.countdown > 0 else None
         again = dataclasses.replace(envelope, retries=envelope.retries + 1, eta=eta)
-        body = again.encode(self.app.conf.message_max_bytes)
+        body = again.encode(self.app.conf.message_max_bytes, self.pack_message)
         signer = signer_for(self.app.conf)
         message = OutgoingMessage(
             id=again.id,
@@ -332,11 +341,22 @@ class Runner:
             _short(retry.exc),
         )
 
+    async def _after_async_failure(self, task: Task[Any, Any]) -> None:
+        """Run the hooks for a failed coroutine task (Django: drop broken connections)."""
+        hooks = self.app.hooks.async_failure_hooks
+        if hooks and task.is_async:
+            await self.app.hooks.after_async_failure()
+
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
+        hooks = self.app.hooks  # e.g. Django's close_old_connections (aqueue/fixups.py)
+        if hooks.thread_task_hooks:
+            hooks.around_thread_task()
         try:
             return task._call(envelope.args, envelope.kwargs)
         finally:
+            if hooks.thread_task_hooks:
+                hooks.around_thread_task()
             self.threads_busy -= 1
 
     def _request(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> Request:
@@ -393,16 +413,17 @@ class Runner:
         if self.backend is None or (task is not None and task.ignore_result):
             return
         try:
-            payload = meta.encode()
+            payload = meta.encode(self.pack_result)
         except SerializationError as exc:
             meta = ResultMeta.failure(meta.task, exc, None)
-            state, payload = states.FAILURE, meta.encode()
+            state, payload = states.FAILURE, meta.encode(self.pack_result)
         limit = self.app.conf.result_max_bytes
         if len(payload) > limit:
             error = SerializationError(
                 f"the result is {len(payload):,} bytes, over result_max_bytes ({limit:,})"
             )
-            state, payload = states.FAILURE, ResultMeta.failure(meta.task, error, None).encode()
+            failure = ResultMeta.failure(meta.task, error, None)
+            state, payload = states.FAILURE, failure.encode(self.pack_result)
         await self.backend.store(
             envelope.id,
             state,

@@ -14,6 +14,7 @@ from typing import Any, Unpack
 
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError
+from .formats import packer
 from .interfaces import AppLike, TaskLike
 from .message import Envelope, OutgoingMessage, encode_body, new_id
 from .options import ManySendOptions, SendOptions
@@ -68,6 +69,7 @@ async def send_many(
     priority = priority_for(app, task, options.get("priority"))
     queue = options.get("queue")
     signer = signer_for(app.conf)
+    pack = packer(app.conf.task_serializer)
     messages: list[OutgoingMessage] = []
     for index, (args, kwargs) in enumerate(calls):
         envelope = Envelope(
@@ -79,7 +81,7 @@ async def send_many(
             expires=until,
             headers=extra,
         )
-        body = envelope.encode(app.conf.message_max_bytes)
+        body = envelope.encode(app.conf.message_max_bytes, pack)
         messages.append(
             OutgoingMessage(
                 id=envelope.id,
@@ -114,6 +116,7 @@ async def _send_plain(
         0,
         dict(backend.message_headers()) if backend is not None else {},
         app.conf.message_max_bytes,
+        packer(app.conf.task_serializer),
     )
     signer = signer_for(app.conf)
     if signer is not None:

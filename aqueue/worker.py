@@ -129,6 +129,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
+        self.app.setup_worker()  # once: a framework's set-up (Django's), the task modules
         pool = self._process_pool()  # before connecting: a missing app path fails at once
         broker = await self.app.broker()
         backend = await self.app.result_backend()

@@ -35,4 +35,6 @@ def _check_config(args: argparse.Namespace) -> int:
         if value != getattr(Settings(), name):
             shown = redact(value) if isinstance(value, str) else repr(value)
             print(f"  {name} = {shown}")
+    for name, why in sorted(settings.ignored.items()):
+        print(f"  ignored: {name} ({why})")
     return 0

@@ -1,6 +1,9 @@
 """`aqueue worker MODULE:app`: run a worker, with its banner, logging and event loop.
 
 `--beat` (`-B`) runs a beat in the same process too (several are safe: see aqueue/beat/).
+The current directory stays importable while the worker runs (task modules are imported when
+the app is finalized, and Django imports project modules lazily); `sys.path` is restored when
+it returns. With `DJANGO_SETTINGS_MODULE` set, Django is set up before the app module loads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import anyio
 from ..app import App
 from ..banner import banner
 from ..beat.scheduler import Beat
-from ..loader import load_app
+from ..loader import import_from_cwd, load_app
 from ..logs import setup_logging
 from ..loops import LOOPS, describe, loop_factory
 from ..urls import secrets_in
@@ -85,6 +88,16 @@ def _seconds(text: str) -> float:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    with import_from_cwd():
+        return _run_worker(args)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        # Before the app module: one that imports models at the top then loads too.
+        from ..contrib.django.fixup import setup_django
+
+        setup_django()
     app = load_app(args.app)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = Worker(
@@ -101,6 +114,8 @@ def _worker(args: argparse.Namespace) -> int:
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
     setup_logging(args.loglevel, secrets)
+    _warn_ignored(app)
+    app.setup_worker()  # Django's set-up (if any), then the task modules
 
     async def serve() -> None:
         try:
@@ -126,6 +141,16 @@ def _worker(args: argparse.Namespace) -> int:
     if worker.runner is not None and worker.runner.threads_busy:
         _exit_past_blocked_threads(worker.runner.threads_busy)
     return 0
+
+
+def _warn_ignored(app: App) -> None:
+    """Log, in one warning, the settings read and ignored (Celery's), each with its reason."""
+    ignored = app.conf.ignored
+    if ignored:
+        lines = "".join(f"\n  {name}: {why}" for name, why in sorted(ignored.items()))
+        logging.getLogger("aqueue.worker").warning(
+            "%d setting(s) read and ignored:%s", len(ignored), lines
+        )
 
 
 async def _limits_scope(app: App) -> str:

@@ -1,0 +1,1 @@
+"""Integrations of aqueue with frameworks (`aqueue.contrib.django`)."""
