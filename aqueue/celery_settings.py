@@ -101,7 +101,9 @@ _content.__doc__ = "checked as accept_content is; results are read in either for
 
 
 def _beat_scheduler(name: str, value: Any) -> dict[str, Any] | str:
-    if isinstance(value, str) and value.startswith(("celery.", "django_celery_beat")):
+    if isinstance(value, str) and value.startswith("django_celery_beat"):
+        return {name: "django"}  # aqueue's database scheduler (aqueue.contrib.django.beat)
+    if isinstance(value, str) and value.startswith("celery."):
         return (
             f"{value!r} is Celery's: aqueue's beat keeps its state in the broker "
             "(a database of entries of one's own: an aqueue.beat.Source)"
@@ -110,7 +112,8 @@ def _beat_scheduler(name: str, value: Any) -> dict[str, Any] | str:
 
 
 _beat_scheduler.__doc__ = (
-    "sets beat_scheduler ('default' or an aqueue.beat.Source); Celery's schedulers are ignored"
+    "sets beat_scheduler ('default', 'django' or an aqueue.beat.Source); django_celery_beat's "
+    "DatabaseScheduler means 'django', Celery's own schedulers are ignored"
 )
 
 _TLS = "TLS is chosen by the URL: write rediss:// or amqps:// (certificates are checked)"

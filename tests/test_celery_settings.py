@@ -109,12 +109,15 @@ def test_settings_whose_omission_would_be_unsafe_are_errors(
     Settings().update({name: None if name != "result_accept_content" else ["json"]})
 
 
-def test_celery_beat_schedulers_are_ignored_and_aqueue_ones_kept() -> None:
+def test_celery_beat_schedulers_map_to_aqueue_ones() -> None:
     conf = Settings()
     conf.from_object(
         {"CELERY_BEAT_SCHEDULER": "django_celery_beat.schedulers.DatabaseScheduler"},
         namespace="CELERY",
     )
+    assert conf.beat_scheduler == "django"  # aqueue.contrib.django.beat
+    conf = Settings()
+    conf.from_object({"CELERY_BEAT_SCHEDULER": "celery.beat:PersistentScheduler"}, "CELERY")
     assert conf.beat_scheduler == "default"
     assert "aqueue's beat keeps its state in the broker" in conf.ignored["beat_scheduler"]
     conf.update(beat_scheduler="myproject.beat:Entries")

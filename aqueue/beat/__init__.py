@@ -1,6 +1,7 @@
 """Periodic tasks: `aqueue beat`, schedules, entries, and their runtime edits.
 
-- `schedules`: `every(seconds)` and `crontab(...)` (croniter), due times from the schedule;
+- `schedules`: `every(seconds)`, `crontab(...)` (croniter) and `clocked(at)` (once), due times
+  from the schedule;
 - `entries`: `beat_schedule` read as Celery writes it, and entries kept in the broker;
 - `source`: where a beat's entries come from (`beat_scheduler`), and their change notices;
 - `edits`: `app.beat`, editing entries at runtime;
@@ -15,7 +16,7 @@ from .clock import Clock, ManualClock, SystemClock
 from .edits import BeatControl
 from .entries import Entry
 from .scheduler import Beat
-from .schedules import Schedule, crontab, every
+from .schedules import Schedule, clocked, crontab, every
 from .source import DefaultSource, Source
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Schedule",
     "Source",
     "SystemClock",
+    "clocked",
     "crontab",
     "every",
 ]

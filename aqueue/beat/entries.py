@@ -23,7 +23,7 @@ ENTRY_PREFIX = "beat.entry."
 #: The call options an entry may carry (`apply_async`'s, but `task_id`, `countdown`, `eta`).
 ENTRY_OPTIONS = frozenset(SendOptions.__annotations__) - {"task_id", "countdown", "eta"}
 
-Source = Literal["settings", "runtime", "runtime (overrides settings)", "built in"]
+Source = Literal["settings", "runtime", "runtime (overrides settings)", "built in", "django"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -221,6 +221,7 @@ class Beat:
                 await run_housekeeping(self.app, entry)
             else:
                 await self._send(entry, due, late=late)
+                await self.source.sent(entry, due)
             await mailbox.put(LAST_PREFIX + entry.name, codec.pack(due))
         except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
             logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)

@@ -21,6 +21,7 @@ from ..exceptions import ConfigurationError, MissingDependency
 __all__ = [
     "Schedule",
     "app_timezone",
+    "clocked",
     "crontab",
     "every",
     "parse_schedule",
@@ -129,6 +130,36 @@ class crontab(Schedule):
         return hash(("cron", self.expression))
 
 
+class clocked(Schedule):
+    """Once, at a time (django-celery-beat's clocked schedule): due then, never again.
+
+    A naive datetime is in the machine's local time, as Python reads it.
+    """
+
+    def __init__(self, at: dt.datetime | float) -> None:
+        when = at.timestamp() if isinstance(at, dt.datetime) else float(at)
+        if not math.isfinite(when):
+            raise ConfigurationError(f"a clocked schedule needs a time, not {at!r}")
+        self.at = when
+
+    def next_after(self, when: float, tz: dt.tzinfo) -> float:
+        """Return its time if it is after `when`; infinity once it has passed."""
+        return self.at if self.at > when else math.inf
+
+    def to_data(self) -> dict[str, Any]:
+        """Return `{"at": timestamp}`."""
+        return {"at": self.at}
+
+    def __str__(self) -> str:
+        return "once at " + dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, clocked) and other.at == self.at
+
+    def __hash__(self) -> int:
+        return hash(("clocked", self.at))
+
+
 def _croniter() -> Any:
     try:  # untyped (no stubs): imported by name
         module = importlib.import_module("croniter")
@@ -167,6 +198,8 @@ def schedule_from_data(data: object) -> Schedule:
             return every(data["every"])
         if isinstance(data.get("cron"), str):
             return crontab.from_string(data["cron"])
+        if isinstance(data.get("at"), int | float) and not isinstance(data.get("at"), bool):
+            return clocked(data["at"])
     raise ConfigurationError(f"not a stored schedule: {data!r}")
 
 

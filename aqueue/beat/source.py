@@ -1,9 +1,9 @@
 """Where a beat's entries come from, and how it hears that they changed.
 
 `beat_scheduler = "default"` reads `beat_schedule` and the edits kept in the broker's mailbox
-(`DefaultSource`); another value is `"module:Class"`, a `Source` of one's own, made with the
-app (a database scheduler plugs in here). Whatever the source, each due run is claimed before
-it is sent, so several beats send it once.
+(`DefaultSource`); `"django"` reads Django's database (`aqueue.contrib.django.beat`); another
+value is `"module:Class"`, a `Source` of one's own, made with the app. Whatever the source,
+each due run is claimed before it is sent, so several beats send it once.
 """
 
 from __future__ import annotations
@@ -22,12 +22,20 @@ from .entries import ENTRY_PREFIX, Entry, decode_entry, entries_from_settings
 if TYPE_CHECKING:
     from ..interfaces import AppLike
 
-__all__ = ["CHANGED_TOPIC", "DefaultSource", "Source", "make_source", "merge"]
+__all__ = ["ALIASES", "CHANGED_TOPIC", "DefaultSource", "Source", "make_source", "merge"]
 
 logger = logging.getLogger("aqueue.beat")
 
 #: Published on the mailbox after every runtime edit: beats load their entries again.
 CHANGED_TOPIC = "beat.changed"
+
+#: Short names of the sources aqueue ships (Celery's django-celery-beat name included).
+_DJANGO = "aqueue.contrib.django.beat.source:DjangoSource"
+ALIASES = {
+    "django": _DJANGO,
+    "django_celery_beat.schedulers:DatabaseScheduler": _DJANGO,
+    "django_celery_beat.schedulers.DatabaseScheduler": _DJANGO,
+}
 
 
 class Source(abc.ABC):
@@ -40,6 +48,9 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def changes(self) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         """Yield an item whenever the entries may have changed (from the moment it is entered)."""
+
+    async def sent(self, entry: Entry, due: float) -> None:  # noqa: B027 - optional
+        """Record a run this beat claimed and sent (a database source counts it; no-op here)."""
 
 
 class DefaultSource(Source):
@@ -102,6 +113,7 @@ def make_source(app: AppLike) -> Source:
     name = app.conf.beat_scheduler
     if name in ("default", "", None):
         return DefaultSource(app)
+    name = ALIASES.get(name, name)
     factory = load_object(name)
     if not callable(factory):
         raise ConfigurationError(f"beat_scheduler {name!r} is not a class")

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "polls.apps.PollsConfig",  # an AppConfig entry: autodiscover_tasks() finds polls/tasks.py
     "reports",  # a plain package entry: reports/tasks.py
+    "aqueue.contrib.django.beat",  # periodic tasks in the database, edited in the admin
 ]
 
 MIDDLEWARE = [
@@ -68,3 +69,6 @@ CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_TIME_LIMIT = 30 * 60
 CELERY_TASK_ACKS_LATE = True  # what aqueue always does
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # ignored, said once at worker start: slots decide
+# `aqueue beat proj.aqueue_app:app` reads the periodic tasks of the admin (django-celery-beat's
+# name is accepted too: "django_celery_beat.schedulers:DatabaseScheduler").
+CELERY_BEAT_SCHEDULER = "django"
