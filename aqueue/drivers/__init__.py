@@ -80,6 +80,9 @@ _BACKENDS: dict[str, tuple[str, str | None]] = {
     "rediss": _REDIS_BACKEND,
     "unix": _REDIS_BACKEND,
     "rpc": ("aqueue.drivers.amqp.rpc:RPCBackend", "amqp"),
+    # Celery's "django-db" and "django-cache" (a bare registered scheme is a URL, see _scheme)
+    "django-db": ("aqueue.contrib.django.results.database:DjangoDBBackend", "django"),
+    "django-cache": ("aqueue.contrib.django.results.cache:DjangoCacheBackend", "django"),
 }
 
 
@@ -112,8 +115,15 @@ def register_backend(scheme: str, target: str, extra: str | None = None) -> None
     _BACKENDS[scheme.lower()] = (target, extra)
 
 
+def _scheme(table: dict[str, tuple[str, str | None]], url: str) -> str:
+    """Return the scheme of `url`; a registered scheme alone ("django-db") stands for itself."""
+    if "://" not in url and url.lower() in table:
+        return url.lower()
+    return scheme_of(url)
+
+
 def _load(table: dict[str, tuple[str, str | None]], url: str, kind: str) -> type[Any]:
-    scheme = scheme_of(url)
+    scheme = _scheme(table, url)
     try:
         target, extra = table[scheme]
     except KeyError:

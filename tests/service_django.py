@@ -1,0 +1,88 @@
+"""Django for the tests: `tests.djresults.settings`, migrated on SQLite and PostgreSQL.
+
+PostgreSQL is the local server (127.0.0.1:5432, trust auth, database `test`; the
+`AQUEUE_TEST_PG_*` variables point elsewhere), as the alias `pg`. Its aqueue table is created
+by the first test that needs it and dropped when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+SETTINGS = "tests.djresults.settings"
+
+_lock = threading.Lock()
+_migrated: set[str] = set()
+
+
+def configure() -> None:
+    """Point Django at the test settings and make it ready (once per process)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS)
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+def pg_unreachable() -> str | None:
+    """Why the test PostgreSQL cannot be used, or None."""
+    configure()
+    from django.db import connections
+
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed: pip install 'psycopg[binary]'"
+    params = connections["pg"].settings_dict
+    try:
+        psycopg.connect(
+            dbname=params["NAME"],
+            user=params["USER"],
+            host=params["HOST"],
+            port=params["PORT"],
+            connect_timeout=3,
+        ).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {params['HOST']}:{params['PORT']} is not reachable: {exc}"
+    return None
+
+
+def migrate(alias: str) -> None:
+    """Create the tables (all apps on SQLite, aqueue's alone on PostgreSQL), once."""
+    configure()
+    from django.core.management import call_command
+    from django.db import connections
+
+    with _lock:
+        if alias in _migrated:
+            return
+        if alias == "default":
+            call_command("migrate", database=alias, verbosity=0)
+        else:
+            call_command("migrate", "aqueue", database=alias, verbosity=0)
+        _migrated.add(alias)
+        connections[alias].close()
+
+
+def drop_migrated() -> None:
+    """Drop the aqueue table from PostgreSQL if a test made it."""
+    with _lock:
+        if "pg" not in _migrated:
+            return
+        from django.core.management import call_command
+        from django.db import connections
+
+        call_command("migrate", "aqueue", "zero", database="pg", verbosity=0)
+        connections["pg"].close()
+        _migrated.discard("pg")
+
+
+def backend_env() -> dict[str, str]:
+    """The environment a worker process needs to share this process's Django databases."""
+    configure()
+    return {
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "AQUEUE_TEST_DJANGO_DIR": os.environ["AQUEUE_TEST_DJANGO_DIR"],
+    }
