@@ -86,3 +86,35 @@ def backend_env() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": SETTINGS,
         "AQUEUE_TEST_DJANGO_DIR": os.environ["AQUEUE_TEST_DJANGO_DIR"],
     }
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = "tests.djresults.aqueue_app:app"
+
+
+def run_worker(broker: str, backend: str, *args: str, timeout: float = 60) -> str:
+    """Run `aqueue worker tests.djresults.aqueue_app:app --burst` to the end; return its log.
+
+    Blocking: call it in a thread. Raises if the worker fails or outlives `timeout`.
+    """
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        **backend_env(),
+        "AQUEUE_BROKER_URL": broker,
+        "AQUEUE_RESULT_BACKEND": backend,
+        "PYTHONUNBUFFERED": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "aqueue", "worker", APP, "--burst", "-l", "INFO", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    return log
