@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -27,9 +27,8 @@ from .djresults.aqueue_app import app  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def django_databases() -> Iterator[None]:
+def django_databases() -> None:
     service_django.migrate("default")
-    yield
 
 
 @pytest.fixture
