@@ -58,10 +58,20 @@ def alias_of(url: str, scheme: str) -> str:
 
 
 def _connection(alias: str) -> BaseDatabaseWrapper:
+    """Return the thread's connection to `alias`, dropped first if broken or past its age.
+
+    The store's thread is its own long "request": with `CONN_MAX_AGE = 0` (Django's default,
+    a connection per request) the connection is kept for as long as the store is open, not
+    reopened for every call; a positive `CONN_MAX_AGE` is honoured, and a connection that
+    raised an error is checked (and replaced if unusable), as Django does between requests.
+    """
     from django.db import connections
 
     conn = connections[alias]
-    conn.close_if_unusable_or_obsolete()  # as Django does per request: drop a broken one
+    max_age = conn.settings_dict.get("CONN_MAX_AGE")
+    aged = bool(max_age) and conn.close_at is not None and time.monotonic() >= conn.close_at
+    if conn.errors_occurred or aged:
+        conn.close_if_unusable_or_obsolete()
     return conn
 
 
