@@ -196,3 +196,47 @@ def test_admin_lists_filters_and_searches_results() -> None:
     finally:
         shown.delete()
         user.delete()
+
+
+async def test_concurrent_stores_go_as_one_write() -> None:
+    from aqueue.contrib.django.results.batching import Batcher
+
+    batches: list[list[int]] = []
+    first_in = anyio.Event()
+    release = anyio.Event()
+
+    async def flush(items: list[int]) -> None:
+        batches.append(items)
+        if len(batches) == 1:
+            first_in.set()
+            await release.wait()
+
+    batcher: Batcher[int] = Batcher(flush)
+    async with anyio.create_task_group() as group:
+        group.start_soon(batcher.submit, 0)
+        await first_in.wait()
+        for item in range(1, 50):
+            group.start_soon(batcher.submit, item)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert batches == [[0], list(range(1, 50))]
+
+
+def test_an_unconfigured_django_is_a_one_line_error() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import anyio\n"
+        "from aqueue.drivers import create_backend\n"
+        "anyio.run(create_backend('django-db', {}).open)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode != 0
+    assert (
+        "ConfigurationError: django-db:// stores results through Django, which is not "
+        "configured: set DJANGO_SETTINGS_MODULE" in done.stderr
+    )

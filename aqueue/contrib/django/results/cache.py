@@ -92,9 +92,11 @@ def _open(alias: str) -> None:
 
 
 def _close_caches() -> None:
+    from django.conf import settings
     from django.core.cache import caches
 
-    caches.close_all()
+    if settings.configured:  # else no cache was ever used
+        caches.close_all()
 
 
 class DjangoCacheBackend(ResultBackend):

@@ -198,9 +198,11 @@ def _open(alias: str) -> dict[str, Any] | None:
 
 
 def _close_connections() -> None:
+    from django.conf import settings
     from django.db import connections
 
-    connections.close_all()
+    if settings.configured:  # else no connection was ever made
+        connections.close_all()
 
 
 class DjangoDBBackend(ResultBackend):
