@@ -240,3 +240,41 @@ def test_an_unconfigured_django_is_a_one_line_error() -> None:
         "ConfigurationError: django-db:// stores results through Django, which is not "
         "configured: set DJANGO_SETTINGS_MODULE" in done.stderr
     )
+
+
+def terminate_listeners() -> int:
+    """Kill the server side of every LISTEN connection of the test database; return how many."""
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query = 'LISTEN aqueue_results' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+async def test_a_broken_listen_connection_is_replaced() -> None:
+    from aqueue.drivers import create_backend
+
+    if reason := service_django.pg_unreachable():
+        service_unavailable(reason)
+    await anyio.to_thread.run_sync(service_django.migrate, "pg")
+    task_id = uuid.uuid4().hex
+    got: list[bytes] = []
+    async with (
+        create_backend("django-db://pg", {}) as waiting,
+        create_backend("django-db://pg", {}) as storing,
+    ):
+
+        async def waiter() -> None:
+            got.append((await waiting.wait(task_id)).payload)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert await anyio.to_thread.run_sync(terminate_listeners) >= 1
+                await storing.store(task_id, states.SUCCESS, b"after the break", 60)
+        assert got == [b"after the break"]
+        await storing.forget(task_id)

@@ -5,7 +5,8 @@ reached a ready state, in the same transaction, so a notification never precedes
 waiting process keeps ONE extra connection (psycopg 3, async, autocommit) that LISTENs; its
 reader wakes on each notification and looks up only the ids named in it. Every `MAX_WAIT`
 seconds without one it looks up everything awaited (a safety net); if the connection breaks it
-is dropped, the reader looks up everything, and the next wait connects again.
+is dropped, and the reader connects again and looks up everything (stores may have committed
+meanwhile), retrying with the poll's backoff while the server is away.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import anyio
 
+from ....exceptions import BrokerError
 from ....urls import redact_text
-from .waiting import MIN_POLL
+from .waiting import MAX_POLL, MIN_POLL, POLL_FRACTION
 
 __all__ = ["CHANNEL", "MAX_WAIT", "Listener", "notify_chunks"]
 
@@ -61,12 +63,15 @@ class Listener:
         self._params = dict(params)  # libpq's, from Django's settings
         self._conn: Any = None
         self._lock = anyio.Lock()
+        self._closed = False
 
     async def prepare(self) -> None:
-        """Connect and LISTEN, once."""
+        """Connect and LISTEN, once (again after a failure; never after `close`)."""
         if self._conn is not None:
             return
         async with self._lock:
+            if self._closed:
+                raise BrokerError("the django-db result store is closed")
             if self._conn is None:
                 import psycopg
 
@@ -82,8 +87,16 @@ class Listener:
     async def next(self, youngest: float) -> Collection[str] | None:
         """Wait for notifications; return the task ids they name (None: look at all)."""
         conn = self._conn
-        if conn is None:
-            await anyio.sleep(MIN_POLL)
+        if conn is None:  # dropped after a failure: connect again, then look at everything
+            try:
+                await self.prepare()
+            except BrokerError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "django-db: cannot LISTEN (%s); retrying", redact_text(str(exc).strip())
+                )
+                await anyio.sleep(min(max(youngest * POLL_FRACTION, MIN_POLL), MAX_POLL))
             return None
         ids: set[str] = set()
         try:
@@ -96,13 +109,17 @@ class Listener:
                 "django-db: the LISTEN connection failed (%s); reconnecting",
                 redact_text(str(exc).strip()),
             )
-            await self.close()
+            await self._drop()
             await anyio.sleep(MIN_POLL)
             return None
         return ids or None
 
     async def close(self) -> None:
-        """Close the connection; idempotent."""
+        """Close the connection for good; idempotent."""
+        self._closed = True
+        await self._drop()
+
+    async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with anyio.CancelScope(shield=True):
