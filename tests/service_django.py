@@ -17,11 +17,21 @@ _migrated: set[str] = set()
 
 
 def configure() -> None:
-    """Point Django at the test settings and make it ready (once per process)."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS)
+    """Configure Django with the test settings and make it ready (once per process).
+
+    By `settings.configure()`, not DJANGO_SETTINGS_MODULE: the variable would reach every
+    worker process the rest of the suite starts.
+    """
     import django
     from django.apps import apps
+    from django.conf import settings
 
+    if not settings.configured:
+        from .djresults import settings as values
+
+        settings.configure(
+            **{name: getattr(values, name) for name in dir(values) if name.isupper()}
+        )
     if not apps.ready:
         django.setup()
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djresults.settings")
-
 import django
+from django.conf import settings
 
+if not settings.configured:  # the tests configure it in their own process
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djresults.settings")
 django.setup()
 
 from aqueue import App  # noqa: E402
 
-app = App("djresults")
+app = App("djresults", set_as_current=False)
 
 
 @app.task

@@ -5,11 +5,12 @@ Django >= 6.0's `django.tasks`, or on older Django the `django_tasks` backport (
     TASKS = {"default": {"BACKEND": "aqueue.contrib.django.TaskBackend",
                          "OPTIONS": {"APP": "proj.aqueue_app:app"}}}  # APP: else the current app
 
-**Names.** Each `@task` this backend accepts becomes one aqueue shared task named
+**Names.** Each `@task` this backend accepts becomes one aqueue task named
 `django:<module path>` (`django:polls.tasks.send_mail`), registered when the module that
-defines it is imported. A worker therefore runs exactly the Django tasks of the modules it
-imported; a message for any other is dead-lettered as `unknown-task`, like any unregistered
-aqueue task. Nothing is imported by a name read from a message or a result.
+defines it is imported: on the app OPTIONS["APP"] names, else on every app (a shared task).
+A worker therefore runs exactly the Django tasks of the modules it imported; a message for
+any other is dead-lettered as `unknown-task`, like any unregistered aqueue task. Nothing is
+imported by a name read from a message or a result.
 
 **Records.** `enqueue` stores a record of the call under `<id>:django` in the app's result
 backend (the task's path, arguments, backend alias, when it was enqueued), then sends the
@@ -97,14 +98,18 @@ def _when(seconds: float | None) -> dt.datetime | None:
     return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
-def _register(task: Task[..., Any]) -> None:
-    """Define the aqueue task that runs `task` (once per module path)."""
+def _register(task: Task[..., Any], app: App | None) -> None:
+    """Define the aqueue task that runs `task` on `app` (None: on every app, as a shared task)."""
     path = task.module_path
     known = _defined.get(path)
     _defined[path] = task
     if known is not None and known.func is task.func:
         return  # `task.using(...)`: the same function, already registered
-    shared_task(name=aqueue_name(task))(_runner(path, task.func))
+    runner = _runner(path, task.func)
+    if app is None:
+        shared_task(name=aqueue_name(task))(runner)
+    else:
+        app.task(name=aqueue_name(task))(runner)
 
 
 def _runner(path: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,9 +159,13 @@ class TaskBackend(BaseTaskBackend):
     @property
     def app(self) -> App:
         """The aqueue app: OPTIONS["APP"] ("module:attribute"), else the current app."""
+        return self._named_app() or current_app()
+
+    def _named_app(self) -> App | None:
+        """Return the app OPTIONS["APP"] names (imported on first use), or None."""
         if self._app is None:
             if self._app_path is None:
-                return current_app()
+                return None
             app = load_object(self._app_path)
             if not isinstance(app, App):
                 raise ConfigurationError(
@@ -173,9 +182,13 @@ class TaskBackend(BaseTaskBackend):
         return url is not None and type(create_backend(url, {})).shared
 
     def validate_task(self, task: Task[..., Any]) -> None:
-        """Check `task` as Django does, then define the aqueue task that runs it."""
+        """Check `task` as Django does, then define the aqueue task that runs it.
+
+        On the app OPTIONS["APP"] names; without one, on every app (a shared task), since the
+        current app may not exist yet when a tasks module is imported.
+        """
         super().validate_task(task)
-        _register(task)
+        _register(task, self._named_app())
 
     # -- sending -----------------------------------------------------------------------------
 
