@@ -15,14 +15,21 @@ from aqueue import App, states
 from aqueue.beat.housekeeping import housekeeping_entries, run_housekeeping
 from aqueue.result_meta import ResultMeta
 
-from . import service_django
+from . import service_django, service_redis
 from .conftest import service_unavailable
 
 service_django.configure()
 
 from .djresults.aqueue_app import add, app, boom  # noqa: E402
 
-STORES = ["django-db", "django-db://pg", "django-cache://files"]
+#: (result store, broker) pairs: every store on SQLite, the cross-process ones on Redis too.
+CASES = [
+    ("django-db", "sqlite"),
+    ("django-db://pg", "sqlite"),
+    ("django-cache://files", "sqlite"),
+    ("django-db://pg", "redis"),
+    ("django-cache://files", "redis"),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,24 +39,36 @@ def django_databases() -> Iterator[None]:
     service_django.drop_migrated()
 
 
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.param
-    if url == "django-db://pg":
+@pytest.fixture(params=CASES, ids=["/".join(case) for case in CASES])
+def case(request: pytest.FixtureRequest) -> tuple[str, str]:
+    store, broker = request.param
+    if store == "django-db://pg":
         if reason := service_django.pg_unreachable():
             service_unavailable(reason)
         service_django.migrate("pg")
-    return url
+    return store, broker
 
 
 @pytest.fixture
-async def project_app(store_url: str, tmp_path: Path) -> AsyncIterator[App]:
+def store_url(case: tuple[str, str]) -> str:
+    return case[0]
+
+
+@pytest.fixture
+async def project_app(case: tuple[str, str], tmp_path: Path) -> AsyncIterator[App]:
     """The project's app, on a broker of this test's own and the store under test."""
-    app.conf.update(
-        {"broker_url": f"sqlite:///{tmp_path / 'broker.db'}", "result_backend": store_url}
-    )
+    store, kind = case
+    if kind == "redis":
+        if reason := await service_redis.unreachable():
+            service_unavailable(reason)
+        broker = service_redis.make_url(uuid.uuid4().hex[:10])
+    else:
+        broker = f"sqlite:///{tmp_path / 'broker.db'}"
+    app.conf.update({"broker_url": broker, "result_backend": store})
     yield app
     await app.close()
+    if kind == "redis":
+        await service_redis.cleanup(broker)
 
 
 T = TypeVar("T")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,6 +67,8 @@ async def test_tasks_run_on_a_worker_and_their_results_read_back(project_app: Ap
     failing = await djtasks.fails.aenqueue("no good")
     other = await djtasks.elsewhere_queue.aenqueue()
     stray = await unimported.stray.aenqueue()
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    deferred = await djtasks.multiply.using(run_after=later).aenqueue(1, 1)
     before = await djtasks.multiply.aget_result(product.id)
     assert before.status == TaskResultStatus.READY
     assert before.enqueued_at is not None
@@ -108,6 +111,10 @@ async def test_tasks_run_on_a_worker_and_their_results_read_back(project_app: Ap
     assert [error.exception_class_path for error in stray.errors] == [
         "aqueue.exceptions.NotRegistered"
     ]
+
+    # run_after is the message's eta: a burst worker leaves a task that is not due yet.
+    await deferred.arefresh()
+    assert deferred.status == TaskResultStatus.READY
 
     with pytest.raises(TaskResultDoesNotExist):
         await djtasks.multiply.aget_result("no-such-id")
