@@ -297,3 +297,19 @@ async def test_a_broken_listen_connection_is_replaced() -> None:
                 await storing.store(task_id, states.SUCCESS, b"after the break", 60)
         assert got == [b"after the break"]
         await storing.forget(task_id)
+
+
+def test_rows_show_results_for_people_and_skip_what_does_not_decode() -> None:
+    import datetime as dt
+    import json
+
+    from aqueue.contrib.django.results.rows import describe
+    from aqueue.signing import MAGIC
+
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    meta = ResultMeta(task="proj.t", result={"when": when, "raw": b"\xffx"}, retries=2)
+    shown = describe("id", states.SUCCESS, meta.encode(), 60, "aqueue@host")
+    assert json.loads(shown.result or "") == {"when": when.isoformat(), "raw": "\\xffx"}
+    assert (shown.task_name, shown.retries, shown.worker) == ("proj.t", 2, "aqueue@host")
+    garbage = describe("id", states.SUCCESS, MAGIC + b"\x00" * 10, 60)
+    assert (garbage.result, garbage.task_name, garbage.payload) == (None, "", MAGIC + b"\x00" * 10)
