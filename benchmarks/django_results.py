@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def scenario(name: str, n: int, warmup: int, redis: str) -> dict[str, float]:
             call_command("migrate", "aqueue", "zero", database="pg", verbosity=0)
         if "redis" in name:
             _drop_keys(redis, prefix)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _measure(n: int, warmup: int) -> dict[str, float]:

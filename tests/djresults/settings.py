@@ -6,11 +6,16 @@ worker processes it starts share them.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-_HERE = os.environ.get("AQUEUE_TEST_DJANGO_DIR") or tempfile.mkdtemp(prefix="aqueue-django-")
-os.environ.setdefault("AQUEUE_TEST_DJANGO_DIR", _HERE)
+_HERE = os.environ.get("AQUEUE_TEST_DJANGO_DIR", "")
+if not _HERE:  # the test process: make the folder, share it with its workers, remove it at exit
+    _HERE = tempfile.mkdtemp(prefix="aqueue-django-")
+    os.environ["AQUEUE_TEST_DJANGO_DIR"] = _HERE
+    atexit.register(shutil.rmtree, _HERE, True)
 
 SECRET_KEY = "aqueue-tests-only"
 DEBUG = False
