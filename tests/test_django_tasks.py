@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from aqueue import App
+from aqueue import App, Worker
 
 from . import service_django
 
@@ -21,6 +22,9 @@ from aqueue.contrib.django.tasks_backend import (  # noqa: E402
     TaskResultStatus,
     aqueue_name,
     aqueue_priority,
+    task_enqueued,
+    task_finished,
+    task_started,
 )
 
 from .djresults import djtasks, unimported  # noqa: E402
@@ -118,3 +122,48 @@ async def test_tasks_run_on_a_worker_and_their_results_read_back(project_app: Ap
 
     with pytest.raises(TaskResultDoesNotExist):
         await djtasks.multiply.aget_result("no-such-id")
+
+
+async def test_signals_from_an_in_process_worker(project_app: App) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    def receiver(name: str) -> Any:
+        def receive(sender: type, task_result: Any, **kwargs: Any) -> None:
+            assert sender is TaskBackend
+            seen.append((name, task_result.id, str(task_result.status)))
+
+        return receive
+
+    receivers = {
+        signal: receiver(name)
+        for signal, name in (
+            (task_enqueued, "enqueued"),
+            (task_started, "started"),
+            (task_finished, "finished"),
+        )
+    }
+    for signal, receive in receivers.items():
+        signal.connect(receive, weak=False)
+    try:
+        awaited = await djtasks.amultiply.aenqueue(2, 5)  # on the worker's event loop
+        threaded = await djtasks.multiply.aenqueue(3, 3)  # in a worker thread
+        failing = await djtasks.fails.aenqueue("nope")
+        await Worker(project_app, burst=True).run()
+    finally:
+        for signal, receive in receivers.items():
+            signal.disconnect(receive)
+    for result in (awaited, threaded):
+        assert [(name, status) for name, id_, status in seen if id_ == result.id] == [
+            ("enqueued", "READY"),
+            ("started", "RUNNING"),
+            ("finished", "SUCCESSFUL"),
+        ]
+    assert [(name, status) for name, id_, status in seen if id_ == failing.id] == [
+        ("enqueued", "READY"),
+        ("started", "RUNNING"),
+        ("finished", "FAILED"),
+    ]
+    await awaited.arefresh()
+    assert awaited.return_value == 10
+    await threaded.arefresh()
+    assert threaded.return_value == 9

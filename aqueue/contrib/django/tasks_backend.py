@@ -25,12 +25,14 @@ app's default priority (aqueue has none lower than its default of 0), 1..100 at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import inspect
 import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 from ... import states
@@ -47,11 +49,13 @@ if TYPE_CHECKING:
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
     from django.tasks.exceptions import TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
 else:
     try:  # Django >= 6.0
         from django.tasks.backends.base import BaseTaskBackend
         from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
         from django.tasks.exceptions import TaskResultDoesNotExist
+        from django.tasks.signals import task_enqueued, task_finished, task_started
     except ImportError:  # the backport: pip install "aqueue-tasks[django-tasks]"
         try:
             from django_tasks.backends.base import BaseTaskBackend
@@ -63,6 +67,7 @@ else:
                 TaskResultStatus,
             )
             from django_tasks.exceptions import TaskResultDoesNotExist
+            from django_tasks.signals import task_enqueued, task_finished, task_started
         except ImportError:
             raise ImportError(
                 "aqueue.contrib.django.TaskBackend needs Django >= 6.0 or the django-tasks "
@@ -121,9 +126,14 @@ def _runner(path: str, func: Callable[..., Any]) -> Callable[..., Any]:
             backend = task.get_backend()
             assert isinstance(backend, TaskBackend)
             context = await backend.started(task, running_request(), args, kwargs)
-            if task.takes_context:
-                return await task.func(context, *args, **kwargs)
-            return await task.func(*args, **kwargs)
+            call = (context, *args) if task.takes_context else args
+            try:
+                value = await task.func(*call, **kwargs)
+            except Exception as exc:
+                await task_finished.asend(type(backend), task_result=_finished(context, exc=exc))
+                raise
+            await task_finished.asend(type(backend), task_result=_finished(context, value=value))
+            return value
 
         run_async.__qualname__ = run_async.__name__ = f"run_{func.__name__}"
         return run_async
@@ -136,9 +146,14 @@ def _runner(path: str, func: Callable[..., Any]) -> Callable[..., Any]:
         assert isinstance(backend, TaskBackend)
         request = running_request()  # here: the worker's thread carries the task's context
         context = anyio.from_thread.run(backend.started, task, request, args, kwargs)
-        if task.takes_context:
-            return task.func(context, *args, **kwargs)
-        return task.func(*args, **kwargs)
+        call = (context, *args) if task.takes_context else args
+        try:
+            value = task.func(*call, **kwargs)
+        except Exception as exc:
+            task_finished.send(type(backend), task_result=_finished(context, exc=exc))
+            raise
+        task_finished.send(type(backend), task_result=_finished(context, value=value))
+        return value
 
     run.__qualname__ = run.__name__ = f"run_{func.__name__}"
     return run
@@ -232,7 +247,9 @@ class TaskBackend(BaseTaskBackend):
             priority=aqueue_priority(task.priority),
             eta=task.run_after,
         )
-        return self._result(task, task_id, record, None)
+        result = self._result(task, task_id, record, None)
+        await task_enqueued.asend(type(self), task_result=result)
+        return result
 
     # -- the worker's side -------------------------------------------------------------------
 
@@ -269,6 +286,7 @@ class TaskBackend(BaseTaskBackend):
             payload = sign_result(app.conf, ResultMeta(task=aqueue_name(task)).encode())
             await backend.store(task_id, states.STARTED, payload, app.conf.result_expires)
         running = self._result(task, task_id, record, StoredResult(states.STARTED, b""))
+        await task_started.asend(type(self), task_result=running)
         return TaskContext(task_result=running)
 
     # -- results -----------------------------------------------------------------------------
@@ -354,6 +372,28 @@ class TaskBackend(BaseTaskBackend):
         if meta is not None and state == states.SUCCESS:
             object.__setattr__(result, "_return_value", meta.result)
         return result
+
+
+def _finished(
+    context: TaskContext[Any, Any], *, value: Any = None, exc: Exception | None = None
+) -> TaskResult[Any, Any]:
+    """Return the running result of `context`, finished (what `task_finished` receivers get)."""
+    errors = []
+    if exc is not None:
+        kind = type(exc)
+        path = f"{kind.__module__}.{kind.__qualname__}"
+        errors.append(
+            TaskError(exception_class_path=path, traceback="".join(format_exception(exc)))
+        )
+    result = dataclasses.replace(
+        context.task_result,
+        status=TaskResultStatus.SUCCESSFUL if exc is None else TaskResultStatus.FAILED,
+        finished_at=dt.datetime.now(dt.UTC),
+        errors=errors,
+    )
+    if exc is None:
+        object.__setattr__(result, "_return_value", value)
+    return result
 
 
 def _class_path(exc_type: str | None) -> str:
