@@ -253,8 +253,16 @@ def _attributes(obj: object) -> Mapping[str, Any]:
         return obj
     if isinstance(obj, ModuleType):
         return vars(obj)
-    # A class or an instance: its own attributes and those it inherits (dir, not vars).
-    return {name: getattr(obj, name) for name in dir(obj) if not name.startswith("_")}
+    # A class or an instance: its own attributes and those it inherits (dir, not vars). dir()
+    # may list names that getattr refuses (Django's settings after `settings.configure()`).
+    found: dict[str, Any] = {}
+    for name in dir(obj):
+        if not name.startswith("_"):
+            try:
+                found[name] = getattr(obj, name)
+            except AttributeError:
+                continue
+    return found
 
 
 _NOISE = (ModuleType, FunctionType, BuiltinFunctionType, MethodType, type, __future__._Feature)

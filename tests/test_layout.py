@@ -110,7 +110,8 @@ DJANGO_PARTS = ("models", "admin", "migrations", "management")
 DJANGO_SETUP = (
     "import django; from django.conf import settings; settings.configure(INSTALLED_APPS=["
     "'django.contrib.admin', 'django.contrib.auth', 'django.contrib.contenttypes', "
-    "'django.contrib.messages', 'django.contrib.sessions', 'aqueue.contrib.django.beat']); "
+    "'django.contrib.messages', 'django.contrib.sessions', 'aqueue.contrib.django', "
+    "'aqueue.contrib.django.beat']); "
     "django.setup(); "
 )
 

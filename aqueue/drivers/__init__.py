@@ -82,6 +82,9 @@ _BACKENDS: dict[str, tuple[str, str | None]] = {
     "rediss": _REDIS_BACKEND,
     "unix": _REDIS_BACKEND,
     "rpc": ("aqueue.drivers.amqp.rpc:RPCBackend", "amqp"),
+    # Celery's "django-db" and "django-cache" (written bare too, see _scheme)
+    "django-db": ("aqueue.contrib.django.results.database:DjangoDBBackend", "django"),
+    "django-cache": ("aqueue.contrib.django.results.cache:DjangoCacheBackend", "django"),
 }
 
 
@@ -114,8 +117,19 @@ def register_backend(scheme: str, target: str, extra: str | None = None) -> None
     _BACKENDS[scheme.lower()] = (target, extra)
 
 
+#: Result backends Celery names without "://" (django-celery-results'), accepted as written.
+_BARE_BACKENDS = frozenset({"django-db", "django-cache"})
+
+
+def _scheme(table: dict[str, tuple[str, str | None]], url: str) -> str:
+    """Return the scheme of `url`; Celery's bare "django-db" and "django-cache" stand alone."""
+    if table is _BACKENDS and url.lower() in _BARE_BACKENDS:
+        return url.lower()
+    return scheme_of(url)
+
+
 def _load(table: dict[str, tuple[str, str | None]], url: str, kind: str) -> type[Any]:
-    scheme = scheme_of(url)
+    scheme = _scheme(table, url)
     try:
         target, extra = table[scheme]
     except KeyError:

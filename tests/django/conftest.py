@@ -10,9 +10,6 @@ created from the `test` database and dropped at the end.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 
 from aqueue import current
 
+from .. import service_django
 from ..conftest import service_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,34 +25,18 @@ EXAMPLE = REPO / "examples" / "django"
 SETTINGS = "tests.django.settings"
 
 
-def _environment(test_dir: Path, pg_db: str) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def django_environment() -> dict[str, str]:
+    """Set Django up in this process (once); return the variables its processes need."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AQUEUE_BROKER_URL", raising=False)
+        service_django.configure()  # tests.django.settings: picks the folder and the PG name
+        service_django.migrate("default")
     return {
         "DJANGO_SETTINGS_MODULE": SETTINGS,
-        "AQUEUE_DJANGO_TEST_DIR": str(test_dir),
-        "AQUEUE_DJANGO_PG_DB": pg_db,
+        "AQUEUE_DJANGO_TEST_DIR": os.environ["AQUEUE_DJANGO_TEST_DIR"],
+        "AQUEUE_DJANGO_PG_DB": os.environ["AQUEUE_DJANGO_PG_DB"],
     }
-
-
-@pytest.fixture(scope="session")
-def django_environment() -> Iterator[dict[str, str]]:
-    """Set Django up in this process (once); return the variables its processes need."""
-    test_dir = Path(tempfile.mkdtemp(prefix="aqueue-django-"))
-    environment = _environment(test_dir, f"aqueue_django_{os.getpid()}_{uuid.uuid4().hex[:6]}")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
-            patch.setenv(name, value)
-        patch.syspath_prepend(str(EXAMPLE))
-        patch.delenv("AQUEUE_BROKER_URL", raising=False)
-        import django
-        from django.core.management import call_command
-
-        django.setup()
-        call_command("migrate", "polls", database="default", verbosity=0)
-    yield environment
-    from django.db import connections
-
-    connections.close_all()
-    shutil.rmtree(test_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -76,37 +58,13 @@ def django_in_force(
     current._current[:] = current_app
 
 
-def _pg_unreachable() -> str | None:
-    try:
-        import psycopg
-
-        psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3
-        ).close()
-    except Exception as exc:
-        return f"PostgreSQL at 127.0.0.1:5432 (user postgres, db test) is not reachable: {exc}"
-    return None
-
-
 @pytest.fixture(scope="session")
-def pg_database(django_environment: dict[str, str]) -> Iterator[str]:
-    """This run's own PostgreSQL database, with the example's tables; dropped at the end."""
-    if reason := _pg_unreachable():
+def pg_database(django_environment: dict[str, str]) -> str:
+    """This run's own PostgreSQL database, with every app's tables (dropped at exit)."""
+    if reason := service_django.pg_unreachable():
         service_unavailable(reason)
-    import psycopg
-    from django.core.management import call_command
-    from django.db import connections
-
-    name = django_environment["AQUEUE_DJANGO_PG_DB"]
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        call_command("migrate", "polls", database="pg", verbosity=0)
-        yield "pg"
-    finally:
-        connections["pg"].close()
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    service_django.migrate("pg")
+    return "pg"
 
 
 @pytest.fixture(params=["default", "pg"], ids=["sqlite", "postgresql"])

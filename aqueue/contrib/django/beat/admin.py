@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -11,9 +11,14 @@ from django.http import HttpRequest
 from .models import PeriodicTask
 from .signals import publish_change
 
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[PeriodicTask]
+else:  # subscriptable only under django-stubs-ext's monkeypatch
+    _ModelAdmin = admin.ModelAdmin
+
 
 @admin.register(PeriodicTask)
-class PeriodicTaskAdmin(admin.ModelAdmin):  # type: ignore[misc]
+class PeriodicTaskAdmin(_ModelAdmin):
     """Periodic tasks, editable while beats run (they load the entries again at once)."""
 
     list_display = ("name", "task", "interval_seconds", "crontab", "clocked_time", "enabled",
@@ -23,14 +28,14 @@ class PeriodicTaskAdmin(admin.ModelAdmin):  # type: ignore[misc]
     readonly_fields = ("last_run_at", "total_run_count", "date_changed")
     actions = ("enable", "disable")
 
-    @admin.action(description="Enable the selected periodic tasks")  # type: ignore[untyped-decorator]
-    def enable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    @admin.action(description="Enable the selected periodic tasks")
+    def enable(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         """Enable them (a bulk update: the beats are told once)."""
         queryset.update(enabled=True)
         publish_change()
 
-    @admin.action(description="Disable the selected periodic tasks")  # type: ignore[untyped-decorator]
-    def disable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    @admin.action(description="Disable the selected periodic tasks")
+    def disable(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         """Disable them (a bulk update: the beats are told once)."""
         queryset.update(enabled=False)
         publish_change()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class BeatConfig(AppConfig):  # type: ignore[misc]
+class BeatConfig(AppConfig):
     """`aqueue.contrib.django.beat`: the `PeriodicTask` model, its admin and its signals."""
 
     name = "aqueue.contrib.django.beat"

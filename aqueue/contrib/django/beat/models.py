@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -16,30 +17,48 @@ __all__ = ["PeriodicTask"]
 _COUNTERS = frozenset({"last_run_at", "total_run_count"})
 
 
-class PeriodicTask(models.Model):  # type: ignore[misc]
+class PeriodicTask(models.Model):
     """A task sent on a schedule: every N seconds, on a crontab line, or once at a time."""
 
-    name = models.CharField(max_length=200, unique=True, help_text="The entry's name.")
-    task = models.CharField(max_length=200, help_text="A registered task name, e.g. shop.tick.")
-    interval_seconds = models.FloatField(
+    name: models.CharField[str, str] = models.CharField(
+        max_length=200, unique=True, help_text="The entry's name."
+    )
+    task: models.CharField[str, str] = models.CharField(
+        max_length=200, help_text="A registered task name, e.g. shop.tick."
+    )
+    interval_seconds: models.FloatField[float | None, float | None] = models.FloatField(
         null=True, blank=True, help_text="Every this many seconds (or a crontab, or a time)."
     )
-    crontab = models.CharField(
+    crontab: models.CharField[str, str] = models.CharField(
         max_length=200, blank=True, default="", help_text='A crontab line, e.g. "0 3 * * *".'
     )
-    clocked_time = models.DateTimeField(null=True, blank=True, help_text="Once, at this time.")
-    args = models.JSONField(default=list, blank=True, help_text="Positional arguments (a list).")
-    kwargs = models.JSONField(default=dict, blank=True, help_text="Keyword arguments (an object).")
-    queue = models.CharField(max_length=200, blank=True, default="")
-    priority = models.PositiveSmallIntegerField(null=True, blank=True)
-    expires_seconds = models.FloatField(
+    clocked_time: models.DateTimeField[dt.datetime | None, dt.datetime | None] = (
+        models.DateTimeField(null=True, blank=True, help_text="Once, at this time.")
+    )
+    args: models.JSONField[Any, Any] = models.JSONField(
+        default=list, blank=True, help_text="Positional arguments (a list)."
+    )
+    kwargs: models.JSONField[Any, Any] = models.JSONField(
+        default=dict, blank=True, help_text="Keyword arguments (an object)."
+    )
+    queue: models.CharField[str, str] = models.CharField(max_length=200, blank=True, default="")
+    priority: models.PositiveSmallIntegerField[int | None, int | None] = (
+        models.PositiveSmallIntegerField(null=True, blank=True)
+    )
+    expires_seconds: models.FloatField[float | None, float | None] = models.FloatField(
         null=True, blank=True, help_text="Each run expires this long after it is sent."
     )
-    enabled = models.BooleanField(default=True)
-    description = models.TextField(blank=True, default="")
-    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
-    total_run_count = models.PositiveIntegerField(default=0, editable=False)
-    date_changed = models.DateTimeField(auto_now=True)
+    enabled: models.BooleanField[bool, bool] = models.BooleanField(default=True)
+    description: models.TextField[str, str] = models.TextField(blank=True, default="")
+    last_run_at: models.DateTimeField[dt.datetime | None, dt.datetime | None] = (
+        models.DateTimeField(null=True, blank=True, editable=False)
+    )
+    total_run_count: models.PositiveIntegerField[int, int] = models.PositiveIntegerField(
+        default=0, editable=False
+    )
+    date_changed: models.DateTimeField[dt.datetime, dt.datetime] = models.DateTimeField(
+        auto_now=True
+    )
 
     class Meta:  # noqa: D106 - Django's
         ordering = ("name",)

@@ -1,0 +1,1 @@
+"""`python manage.py aqueue_purge_results`."""
