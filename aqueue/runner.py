@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from . import states
+from .canvas import continuation
+from .canvas.data import InvalidWorkflow, canvas_header
 from .exceptions import (
     ConfigurationError,
     NotRegistered,
@@ -31,7 +33,7 @@ from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result_meta import ResultMeta
 from .sending import priority_for
-from .signing import OVERHEAD, SignatureError, sign_result, signer_for
+from .signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
 from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
@@ -103,9 +105,29 @@ class Runner:
             await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
+        elif _is_continuation(envelope) and await self._sent_twice(delivery, envelope, task):
+            pass
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             return checked
         return None
+
+    async def _sent_twice(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+    ) -> bool:
+        """Acknowledge a workflow's step sent again (a redelivered parent) that finished."""
+        if not self.knows_outcome(task):
+            return False
+        assert self.backend is not None
+        stored = await self.backend.fetch(envelope.id)
+        if stored is None or stored.state not in states.READY_STATES:
+            return False
+        await delivery.ack()
+        logger.warning(
+            "Task %s[%s] of a workflow was sent again after it finished: acknowledged, not run",
+            task.name,
+            envelope.id,
+        )
+        return True
 
     def knows_outcome(self, task: Task[Any, Any]) -> bool:
         """Whether any worker can learn from the result store that this task finished."""
@@ -123,6 +145,7 @@ class Runner:
             assert self.backend is not None
             stored = await self.backend.fetch(envelope.id)
             if stored is not None and stored.state in states.READY_STATES:
+                await self._follow_stored(envelope, stored.state, stored.payload)
                 await delivery.ack()
                 logger.warning(
                     "Task %s[%s] was redelivered after it finished (%s): acknowledged, not run",
@@ -181,6 +204,12 @@ class Runner:
             task.check_arguments(envelope.args, envelope.kwargs)
         except TypeError as exc:
             return _Refusal(DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc)
+        if continuation.HEADER in envelope.headers:
+            try:
+                canvas_header(envelope.headers[continuation.HEADER])
+            except InvalidWorkflow as error:
+                detail = f"{task.name}: bad workflow header: {error}"
+                return _Refusal(DeadLetterReason.UNDECODABLE, detail, envelope, error)
         return envelope, task
 
     async def _refuse(
@@ -218,6 +247,9 @@ class Runner:
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
+        failure: ResultMeta | None = None
+        finished = True
+        value: Any = None
         try:
             value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
@@ -225,12 +257,14 @@ class Runner:
                 await self._interrupted(delivery, envelope, task)
             raise
         except Retry as retry:
+            finished = False
             await self._retry(delivery, envelope, task, retry)
         except Exception as exc:
             again = _autoretry(task, exc, envelope.retries)
             if again is None:
-                await self._failed(envelope, task, exc, time.perf_counter() - started)
+                failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
             else:
+                finished = False
                 await self._retry(delivery, envelope, task, again)
         else:
             self.succeeded += 1
@@ -240,7 +274,19 @@ class Runner:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
+        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+        if finished and canvas is not None:  # after the result is stored, before the ack
+            await continuation.after(self.app, self.backend, envelope.id, canvas, value, failure)
         await delivery.ack()
+
+    async def _follow_stored(self, envelope: Envelope, state: str, payload: bytes) -> None:
+        """Do again what follows a workflow's task that finished (its message came back)."""
+        canvas = envelope.headers.get(continuation.HEADER)
+        if canvas is None or state not in (states.SUCCESS, states.FAILURE):
+            return
+        meta = ResultMeta.decode(open_result(self.app.conf, payload))
+        failure = meta if state == states.FAILURE else None
+        await continuation.after(self.app, self.backend, envelope.id, canvas, meta.result, failure)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
@@ -364,7 +410,7 @@ class Runner:
 
     async def _failed(
         self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float
-    ) -> None:
+    ) -> ResultMeta:
         self.failed += 1
         # Cut to size once (a message of a megabyte was logged twice, then not stored).
         meta = ResultMeta.failure(task.name, exc, "".join(traceback.format_exception(exc)))
@@ -378,6 +424,7 @@ class Runner:
             (meta.traceback or "").rstrip(),
         )
         await self._store(envelope, task, states.FAILURE, meta)
+        return meta
 
     async def _store(
         self, envelope: Envelope, task: Task[Any, Any] | None, state: str, meta: ResultMeta
@@ -402,6 +449,11 @@ class Runner:
             self.app.conf.result_expires,
             headers=envelope.headers,
         )
+
+
+def _is_continuation(envelope: Envelope) -> bool:
+    canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+    return isinstance(canvas, dict) and "parent" in canvas
 
 
 class _Refusal(NamedTuple):

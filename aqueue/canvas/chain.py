@@ -1,0 +1,102 @@
+"""`Chain`: steps run one after another, each getting the result of the one before.
+
+`chain(a, b, c)` or `a | b | c`. Sent, only the first step goes out; the worker that finishes a
+step stores its result, then sends the next with that result first (unless it is immutable),
+then acknowledges its own message. A step that fails stops the chain: every later task is
+stored as failed with the failing step's error, naming the step, so `get()` raises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+from ..interfaces import AppLike
+from .node import Workflow
+from .workflow_result import WorkflowResult
+
+if TYPE_CHECKING:
+    from .sync import WorkflowSync
+
+__all__ = ["Chain", "chain"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Chain(Workflow[R]):
+    """Steps run in order; its result is its last step's."""
+
+    def __init__(self, *steps: Workflow[Any], app: AppLike | None = None) -> None:
+        flat: list[Workflow[Any]] = []
+        for step in steps:
+            if not isinstance(step, Workflow):
+                raise TypeError(f"a chain takes signatures (add.s(...)), not {type(step).__name__}")
+            flat.extend(step.steps if isinstance(step, Chain) else [step])
+        if not flat:
+            raise ValueError("a chain needs at least one step")
+        super().__init__(app if app is not None else flat[0]._app)
+        self.steps: tuple[Workflow[Any], ...] = tuple(flat)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(step) for step in self.steps)
+
+    def frozen(self) -> Self:
+        """Return a copy whose every step is frozen."""
+        return type(self)(*(step.frozen() for step in self.steps), app=self._app)
+
+    def to_data(self) -> dict[str, Any]:
+        """Return the chain as plain data."""
+        return {"t": "chain", "steps": [step.to_data() for step in self.steps]}
+
+    def ids(self) -> list[str]:
+        """Return every task id of every step."""
+        return [task_id for step in self.steps for task_id in step.ids()]
+
+    def handle(self, app: AppLike) -> WorkflowResult[R]:
+        """Return the chain's result: its last step's, revoking every step."""
+        parts = [step.handle(app) for step in self.steps]
+        return WorkflowResult(app, parts[-1], self.ids(), parts)
+
+    def clone(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Self:
+        """Return a copy whose first step takes `args` first."""
+        first, *rest = self.steps
+        return type(self)(first.clone(args, kwargs), *rest, app=self._app)
+
+    def __or__(self, other: Workflow[T]) -> Chain[T]:
+        """`chain | step`: a longer chain."""
+        return Chain(*self.steps, other, app=self._app)
+
+    async def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult[R]:
+        """Send the chain; `args` go before the first step's own arguments."""
+        handle: WorkflowResult[R] = await self._send(args, kwargs)
+        return handle
+
+    async def apply_async(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+    ) -> WorkflowResult[R]:
+        """Send the chain, `args` and `kwargs` going to its first step."""
+        handle: WorkflowResult[R] = await self._send(args or (), kwargs)
+        return handle
+
+    @property
+    def sync(self) -> WorkflowSync[Any]:
+        """`delay` and `apply_async` for sync code."""
+        from .sync import WorkflowSync
+
+        return WorkflowSync(self)
+
+
+@overload
+def chain(a: Workflow[R], /) -> Chain[R]: ...
+@overload
+def chain(a: Workflow[Any], b: Workflow[R], /) -> Chain[R]: ...
+@overload
+def chain(a: Workflow[Any], b: Workflow[Any], c: Workflow[R], /) -> Chain[R]: ...
+@overload
+def chain(a: Workflow[Any], b: Workflow[Any], c: Workflow[Any], d: Workflow[R], /) -> Chain[R]: ...
+@overload
+def chain(*steps: Workflow[Any]) -> Chain[Any]: ...
+def chain(*steps: Workflow[Any]) -> Chain[Any]:
+    """Chain steps: each gets the result of the one before; typed as its last step's."""
+    return Chain(*steps)

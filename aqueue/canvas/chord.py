@@ -1,0 +1,124 @@
+"""`Chord`: a group (the header) whose list of results goes to one callback, sent exactly once.
+
+`chord(header, callback)` or `group(...) | callback`. Each header task, once its result is
+stored, records its id in the chord's set in the result store, atomically
+(`ResultBackend.chord_part`: one Lua call on Redis, one transaction on SQLite). The worker
+that records the last id reads the header's results, in order, and sends the callback with
+the list first; no task polls. A failing header task fails the chord: the callback's result
+becomes that error and its `link_error` callbacks run. Only a result store that counts
+chords can carry one (`counts_chords`); sending one elsewhere is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from ..interfaces import AppLike
+from ..message import new_id
+from .chain import Chain
+from .group_result import GroupResult
+from .node import Workflow
+from .workflow_result import WorkflowResult
+
+if TYPE_CHECKING:
+    from .sync import WorkflowSync
+
+__all__ = ["Chord", "chord"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Chord(Workflow[R]):
+    """A header of tasks and a callback that gets their results as one list."""
+
+    def __init__(
+        self,
+        header: Iterable[Workflow[Any]],
+        body: Workflow[R],
+        *,
+        group_id: str | None = None,
+        app: AppLike | None = None,
+    ) -> None:
+        self.header: tuple[Workflow[Any], ...] = tuple(header)
+        for member in (*self.header, body):
+            if not isinstance(member, Workflow):
+                raise TypeError(f"a chord takes signatures (add.s(...)), not {member!r}")
+        super().__init__(app if app is not None else body._app)
+        self.body = body
+        #: The id of the header, as a group (`app.GroupResult(id)`), and of the chord's count.
+        self.id = group_id
+
+    def __repr__(self) -> str:
+        return f"chord([{', '.join(repr(m) for m in self.header)}], {self.body!r})"
+
+    def frozen(self) -> Self:
+        """Return a copy with every id given."""
+        return type(self)(
+            (member.frozen() for member in self.header),
+            self.body.frozen(),
+            group_id=self.id or new_id(),
+            app=self._app,
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        """Return the chord as plain data."""
+        return {
+            "t": "chord",
+            "id": self.id,
+            "header": [member.to_data() for member in self.header],
+            "body": self.body.to_data(),
+        }
+
+    def ids(self) -> list[str]:
+        """Return every task id of the header and of the callback."""
+        return [task_id for member in (*self.header, self.body) for task_id in member.ids()]
+
+    def handle(self, app: AppLike) -> WorkflowResult[R]:
+        """Return the chord's result: the callback's, its `results` the header's and the callback's."""
+        assert self.id is not None, "freeze the chord first"
+        header: GroupResult[Any] = GroupResult(
+            self.id, [member.handle(app) for member in self.header], app
+        )
+        body = self.body.handle(app)
+        return WorkflowResult(app, body, self.ids(), [header, body])
+
+    def clone(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Self:
+        """Return a copy whose header tasks take `args` first."""
+        return type(self)(
+            (member.clone(args, kwargs) for member in self.header),
+            self.body,
+            group_id=self.id,
+            app=self._app,
+        )
+
+    def __or__(self, other: Workflow[T]) -> Chain[T]:
+        """`chord | step`: a chain (the step gets the callback's result)."""
+        return Chain(self, other)
+
+    async def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult[R]:
+        """Send the chord (refused where the result store cannot count it)."""
+        handle: WorkflowResult[R] = await self._send(args, kwargs)
+        return handle
+
+    async def apply_async(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+    ) -> WorkflowResult[R]:
+        """Send the chord, `args` and `kwargs` going to every header task."""
+        handle: WorkflowResult[R] = await self._send(args or (), kwargs)
+        return handle
+
+    @property
+    def sync(self) -> WorkflowSync[Any]:
+        """`delay` and `apply_async` for sync code."""
+        from .sync import WorkflowSync
+
+        return WorkflowSync(self)
+
+
+def chord(header: Iterable[Workflow[Any]], callback: Workflow[R]) -> Chord[R]:
+    """Run `header` (a group, or any iterable of signatures), then `callback` with its results."""
+    group_id = getattr(header, "id", None)
+    members = getattr(header, "tasks", header)
+    return Chord(members, callback, group_id=group_id)

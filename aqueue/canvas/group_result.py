@@ -1,0 +1,177 @@
+"""`GroupResult`: the results of a group's members, in order, found again by the group's id.
+
+A group's member ids are saved in the result store when it is sent, as a stored result of
+its own (key `group-<id>`, state SUCCESS), so `app.GroupResult(id)` finds them from any
+process; `await result.load()` (or any method) reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+
+import anyio
+
+from .. import states
+from ..exceptions import ResultsDisabled, ResultTimeout
+from ..interfaces import AppLike
+from ..result import AsyncResult
+from ..result_meta import ResultMeta
+from ..signing import open_result, sign_result
+from .workflow_result import revoke_all
+
+if TYPE_CHECKING:
+    from .sync import SyncGroupResult
+
+__all__ = ["GroupResult", "group_key", "handle_of", "save_group"]
+
+R = TypeVar("R")
+
+
+def group_key(group_id: str) -> str:
+    """Return the key a group's member ids are stored under."""
+    return f"group-{group_id}"
+
+
+async def save_group(app: AppLike, group_id: str, members: list[Any], ids: list[str]) -> None:
+    """Store a group's members (`handle_of`'s references) and every task id under it."""
+    backend = await app.result_backend()
+    if backend is None or not backend.shared:
+        return
+    record = {"members": members, "ids": ids}
+    payload = ResultMeta(task="group", result=record, date_done=time.time()).encode()
+    await backend.store(
+        group_key(group_id),
+        states.SUCCESS,
+        sign_result(app.conf, payload),
+        app.conf.result_expires,
+    )
+
+
+def handle_of(app: AppLike, reference: Any) -> Any:
+    """Return the handle of a stored member: a task id, or a nested group's record."""
+    if isinstance(reference, str):
+        return AsyncResult(reference, app)
+    members = [handle_of(app, member) for member in reference["members"]]
+    return GroupResult(reference["id"], members, app)
+
+
+class GroupResult(Generic[R]):
+    """The results of a group: `await result.get()` is the list of its members' values."""
+
+    def __init__(
+        self,
+        group_id: str,
+        results: Sequence[Any] | None,
+        app: AppLike,
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        self.id = group_id
+        self.app = app
+        self._results = list(results) if results is not None else None
+        self._ids = list(ids) if ids is not None else None
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id}>"
+
+    @property
+    def results(self) -> list[Any]:
+        """The members' result handles, in order (`await load()` first for a found group)."""
+        if self._results is None:
+            raise RuntimeError(
+                f"group {self.id} is not loaded: `await result.load()` reads its members"
+            )
+        return self._results
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.results)
+
+    async def load(self) -> Self:
+        """Read the member ids from the result store (once); return self."""
+        if self._results is not None:
+            return self
+        backend = await self.app.result_backend()
+        if backend is None:
+            raise ResultsDisabled("this app has no result backend: groups cannot be found again")
+        stored = await backend.fetch(group_key(self.id))
+        if stored is None:
+            raise LookupError(f"no group {self.id} in the result store (never sent, or expired)")
+        record = ResultMeta.decode(open_result(self.app.conf, stored.payload)).result
+        self._results = [handle_of(self.app, member) for member in record["members"]]
+        self._ids = list(record["ids"])
+        return self
+
+    async def _all(self, method: str) -> list[Any]:
+        await self.load()
+        return [await getattr(member, method)() for member in self.results]
+
+    async def ready(self) -> bool:
+        """Whether every member finished."""
+        return all(await self._all("ready"))
+
+    async def successful(self) -> bool:
+        """Whether every member finished and succeeded."""
+        return all(await self._all("successful"))
+
+    async def failed(self) -> bool:
+        """Whether any member failed."""
+        return any(await self._all("failed"))
+
+    async def completed_count(self) -> int:
+        """How many members succeeded."""
+        return sum(await self._all("successful"))
+
+    async def get(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - Celery's API is get(timeout=...)
+        *,
+        propagate: bool = True,
+    ) -> list[R]:
+        """Wait for every member; return their values in order (a failure is raised)."""
+        await self.load()
+        values: list[Any] = [None] * len(self.results)
+
+        async def one(index: int, member: Any) -> None:
+            values[index] = await member.get(propagate=propagate)
+
+        try:
+            with anyio.fail_after(timeout):
+                async with anyio.create_task_group() as tasks:
+                    for index, member in enumerate(self.results):
+                        tasks.start_soon(one, index, member)
+        except TimeoutError:
+            raise ResultTimeout(
+                f"group {self.id} was not complete within {timeout} s; its tasks carry on"
+            ) from None
+        except BaseExceptionGroup as group:  # the first failure, as a plain exception
+            raise _first(group) from None
+        return values
+
+    async def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke every task of the group that has not run yet."""
+        await self.load()
+        await revoke_all(self.app, self._ids or [], terminate=terminate)
+
+    async def forget(self) -> None:
+        """Delete the stored member ids (the members' results stay)."""
+        backend = await self.app.result_backend()
+        if backend is not None:
+            await backend.forget(group_key(self.id))
+
+    @property
+    def sync(self) -> SyncGroupResult[R]:
+        """This result for sync code: `result.sync.get(timeout=5)`."""
+        from .sync import SyncGroupResult
+
+        return SyncGroupResult(self)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

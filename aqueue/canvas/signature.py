@@ -1,0 +1,233 @@
+"""`Signature`: one task call as data: `add.s(2, 2)`, `add.si(2, 2)`, `add.signature(...)`.
+
+A signature names its task, holds arguments and call options, and is sent later, alone or as
+a step of a chain, group or chord. In a chain, the previous step's result is put before its
+arguments, unless it is immutable (`si`). `link=` / `link_error=` signatures are sent after the
+task succeeds (with its result first) or fails (with its task id first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, overload
+
+from ..interfaces import AppLike
+from ..message import new_id
+from ..options import SendOptions
+from ..result import AsyncResult
+from .chain import Chain
+from .node import Workflow
+
+if TYPE_CHECKING:
+    from .sync import WorkflowSync
+
+__all__ = ["Signature", "SignatureOptions", "signature"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: The call options a signature keeps (`SendOptions`, and its callbacks).
+OPTION_NAMES = frozenset(SendOptions.__optional_keys__) | {"link", "link_error"}
+
+
+class SignatureOptions(SendOptions, total=False):
+    """A signature's call options: `apply_async`'s, and its success and failure callbacks."""
+
+    link: Workflow[Any] | Sequence[Workflow[Any]] | None
+    link_error: Workflow[Any] | Sequence[Workflow[Any]] | None
+
+
+class Signature(Workflow[R]):
+    """One task call: its task's name, arguments, call options, and whether it is immutable."""
+
+    def __init__(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        app: AppLike | None = None,
+        chord: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(app)
+        self.task = task
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.options = _checked_options(options or {})
+        self.immutable = immutable
+        #: Internal: set on the last task of each member of a chord's header.
+        self.chord = dict(chord) if chord is not None else None
+
+    def __repr__(self) -> str:
+        arguments = [repr(arg) for arg in self.args]
+        arguments += [f"{key}={value!r}" for key, value in self.kwargs.items()]
+        return f"{self.task}({', '.join(arguments)}){'!' if self.immutable else ''}"
+
+    @property
+    def id(self) -> str | None:
+        """The task id, once given (`freeze`, `set(task_id=...)`)."""
+        task_id: str | None = self.options.get("task_id")
+        return task_id
+
+    def _copy(self, **changes: Any) -> Self:
+        fields: dict[str, Any] = {
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "immutable": self.immutable,
+            "app": self._app,
+            "chord": self.chord,
+        }
+        fields.update(changes)
+        return type(self)(**fields)
+
+    def set(self, **options: Unpack[SignatureOptions]) -> Self:
+        """Return a copy with these call options changed (`queue=`, `countdown=`, ...)."""
+        return self._copy(options={**self.options, **_checked_options(options)})
+
+    def set_immutable(self, immutable: bool) -> Self:  # noqa: FBT001 - Celery's signature
+        """Return a copy that takes no previous result (True) or does (False)."""
+        return self._copy(immutable=immutable)
+
+    def clone(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Self:
+        """Return a copy, `args` before its own (unless immutable), `kwargs` merged in."""
+        if self.immutable:
+            return self._copy()
+        return self._copy(args=(*args, *self.args), kwargs={**self.kwargs, **(kwargs or {})})
+
+    def link(self, callback: Workflow[Any]) -> Self:
+        """Return a copy that sends `callback` (with this task's result first) on success."""
+        return self._copy(options={**self.options, "link": [*self._links("link"), callback]})
+
+    def link_error(self, errback: Workflow[Any]) -> Self:
+        """Return a copy that sends `errback` (with this task's id first) if the task fails."""
+        links = [*self._links("link_error"), errback]
+        return self._copy(options={**self.options, "link_error": links})
+
+    def _links(self, name: str) -> list[Workflow[Any]]:
+        return list(self.options.get(name) or ())
+
+    def frozen(self) -> Self:
+        """Return a copy with its id and its callbacks' ids given."""
+        options = dict(self.options)
+        options["task_id"] = options.get("task_id") or new_id()
+        for name in ("link", "link_error"):
+            if options.get(name):
+                options[name] = [link.frozen() for link in options[name]]
+        return self._copy(options=options)
+
+    def to_data(self) -> dict[str, Any]:
+        """Return the signature as plain data."""
+        options: dict[str, Any] = {}
+        for name, value in self.options.items():
+            if value is None:
+                continue
+            if name in ("link", "link_error"):
+                options[name] = [link.to_data() for link in value]
+            elif isinstance(value, dt.datetime):
+                options[name] = _timestamp(value)
+            else:
+                options[name] = value
+        data: dict[str, Any] = {
+            "t": "task",
+            "task": self.task,
+            "args": list(self.args),
+            "kwargs": self.kwargs,
+            "options": options,
+            "immutable": self.immutable,
+        }
+        if self.chord is not None:
+            data["chord"] = self.chord
+        return data
+
+    def ids(self) -> list[str]:
+        """Return its task id (once frozen)."""
+        return [self.id] if self.id else []
+
+    def handle(self, app: AppLike) -> AsyncResult[R]:
+        """Return the result handle of the (frozen) task."""
+        assert self.id is not None, "freeze the signature first"
+        task = app.tasks.get(self.task)
+        ignored = task.ignore_result if task is not None else False
+        return AsyncResult(self.id, app, task_name=self.task, ignored=ignored)
+
+    @overload
+    def __or__(self, other: Signature[T]) -> Chain[T]: ...
+    @overload
+    def __or__(self, other: Workflow[T]) -> Chain[T]: ...
+    def __or__(self, other: Workflow[T]) -> Chain[T]:
+        """`a | b`: a chain, b getting a's result."""
+        return Chain(self, other)
+
+    async def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
+        """Send the task; `args` go before the signature's own (a partial), `kwargs` merge in."""
+        handle: AsyncResult[R] = await self._send(args, kwargs)
+        return handle
+
+    async def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SignatureOptions],
+    ) -> AsyncResult[R]:
+        """Send the task with these call options (`link=`, `link_error=` among them)."""
+        target = self.set(**options) if options else self
+        handle: AsyncResult[R] = await target._send(args or (), kwargs)
+        return handle
+
+    @property
+    def sync(self) -> WorkflowSync[Any]:
+        """`delay` and `apply_async` for sync code: `add.s(2, 2).sync.delay().get()`."""
+        from .sync import WorkflowSync
+
+        return WorkflowSync(self)
+
+
+def signature(
+    task: str | Any,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    app: AppLike | None = None,
+    immutable: bool = False,
+    **options: Unpack[SignatureOptions],
+) -> Signature[Any]:
+    """Build a signature of a task by name (or of a task object): Celery's `signature()`."""
+    if isinstance(task, str):
+        return Signature(task, args or (), kwargs, options, immutable=immutable, app=app)
+    made: Signature[Any] = task.signature(args, kwargs, immutable=immutable, **options)
+    return made
+
+
+def _checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if name not in OPTION_NAMES:
+            raise TypeError(
+                f"unknown signature option {name!r}; the options are "
+                f"{', '.join(sorted(OPTION_NAMES))}"
+            )
+    checked = dict(options)
+    for name in ("link", "link_error"):
+        value = checked.get(name)
+        if isinstance(value, Workflow):
+            checked[name] = [value]
+        elif value is not None:
+            checked[name] = list(_workflows(value, name))
+    return checked
+
+
+def _workflows(values: Iterable[Any], name: str) -> Iterable[Workflow[Any]]:
+    for value in values:
+        if not isinstance(value, Workflow):
+            raise TypeError(f"{name}= takes signatures (add.s(...)), not {type(value).__name__}")
+        yield value
+
+
+def _timestamp(value: dt.datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()

@@ -1,0 +1,246 @@
+"""Canvas on every driver: signatures, chains, groups, chords, callbacks, failures, nesting.
+
+Run on memory, SQLite, Redis, and RabbitMQ with a Redis result store; each test sends a
+workflow, then a burst worker runs it (continuations are sent before each step's ack, so the
+burst sees them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aqueue import (
+    App,
+    ConfigurationError,
+    GroupResult,
+    Signature,
+    TaskError,
+    Worker,
+    chain,
+    chord,
+    group,
+    states,
+)
+from aqueue.canvas.data import InvalidWorkflow, from_data
+
+from . import service_redis
+from .conftest import SERVICES, driver_url, require
+
+DRIVERS = ["memory", "sqlite", "redis", "amqp"]
+
+
+@dataclass
+class Canvas:
+    app: App
+    add: Any
+    tsum: Any
+    boom: Any
+    note: Any
+    notes: list[Any]
+
+    async def work(self) -> None:
+        await Worker(self.app, burst=True, concurrency=8).run()
+
+
+@pytest.fixture(params=DRIVERS)
+async def canvas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Canvas]:
+    driver: str = request.param
+    await require(driver)
+    url = driver_url(driver, tmp_path)
+    urls = [url]
+    settings: dict[str, Any] = {}
+    if driver == "amqp":  # RabbitMQ, results in Redis
+        await require("redis")
+        backend = service_redis.make_url(uuid.uuid4().hex[:10])
+        urls.append(backend)
+        settings["result_backend"] = backend
+    app = App("canvas", broker=url, set_as_current=False, **settings)
+    notes: list[Any] = []
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task
+    async def boom(*args: Any) -> None:
+        raise ValueError(f"boom {args}")
+
+    @app.task
+    async def note(*args: Any) -> None:
+        notes.append(args)
+
+    try:
+        yield Canvas(app, add, tsum, boom, note, notes)
+    finally:
+        await app.close()
+        for each in urls:
+            if each.startswith("redis"):
+                await service_redis.cleanup(each)
+            elif each.startswith("amqp"):
+                await SERVICES["amqp"].cleanup(each)
+
+
+async def test_signature_delay_and_options(canvas: Canvas) -> None:
+    sig = canvas.add.s(2, 2)
+    assert isinstance(sig, Signature) and sig.args == (2, 2)
+    partial = canvas.add.signature((2,), countdown=0)
+    assert partial.clone((5,)).args == (5, 2)
+    assert sig.set(queue="celery").options["queue"] == "celery"
+    first = await sig.delay()
+    second = await partial.delay(3)
+    await canvas.work()
+    assert await first.get(timeout=10) == 4
+    assert await second.get(timeout=10) == 5
+
+
+async def test_chain_passes_results_and_immutable(canvas: Canvas) -> None:
+    add = canvas.add
+    result = await (add.s(1, 1) | add.s(10) | add.si(100, 100) | add.s(1)).delay()
+    other = await chain(add.s(2, 2), add.s(4)).delay()
+    await canvas.work()
+    assert await result.get(timeout=10) == 201
+    assert await other.get(timeout=10) == 8
+    assert [await step.get(timeout=1) for step in result.results] == [2, 12, 200, 201]
+
+
+async def test_chain_failure_stops_and_names_the_step(canvas: Canvas) -> None:
+    add, boom, note = canvas.add, canvas.boom, canvas.note
+    steps = add.s(1, 1) | boom.s() | add.s(1) | add.s(2)
+    result = await steps.apply_async()
+    await canvas.work()
+    with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"):
+        await result.get(timeout=10)
+    assert [await step.state() for step in result.results] == [
+        states.SUCCESS,
+        states.FAILURE,
+        states.FAILURE,
+        states.FAILURE,
+    ]
+    assert canvas.notes == []  # nothing after the failing step ran
+    del note
+
+
+async def test_link_and_link_error(canvas: Canvas) -> None:
+    add, boom, note = canvas.add, canvas.boom, canvas.note
+    ok = await add.s(2, 3).apply_async(link=note.s("linked"))
+    bad = await boom.s(1).apply_async(link_error=note.s("errback"))
+    await canvas.work()
+    assert await ok.get(timeout=10) == 5
+    with pytest.raises(ValueError, match="boom"):
+        await bad.get(timeout=10)
+    assert sorted(canvas.notes, key=repr) == sorted([(5, "linked"), (bad.id, "errback")], key=repr)
+
+
+async def test_group_results_in_order_and_found_again(canvas: Canvas) -> None:
+    add = canvas.add
+    result = await group(add.s(i, i) for i in range(10)).delay()
+    await canvas.work()
+    assert await result.get(timeout=10) == [2 * i for i in range(10)]
+    assert await result.ready()
+    assert await result.completed_count() == 10
+    found = canvas.app.GroupResult(result.id)
+    assert await found.get(timeout=10) == [2 * i for i in range(10)]
+    assert [member.id for member in found.results] == [member.id for member in result.results]
+
+
+async def test_chord_and_group_pipe(canvas: Canvas) -> None:
+    add, tsum = canvas.add, canvas.tsum
+    result = await chord((add.s(i, i) for i in range(20)), tsum.s()).delay()
+    piped = await (group(add.s(i, 1) for i in range(5)) | tsum.s()).delay()
+    empty = await chord([], tsum.s()).delay()
+    await canvas.work()
+    assert await result.get(timeout=10) == sum(2 * i for i in range(20))
+    assert await piped.get(timeout=10) == sum(i + 1 for i in range(5))
+    assert await empty.get(timeout=10) == 0
+    header = result.results[0]
+    assert isinstance(header, GroupResult)
+    assert await header.get(timeout=1) == [2 * i for i in range(20)]
+
+
+async def test_failing_header_fails_the_chord(canvas: Canvas) -> None:
+    add, tsum, boom, note = canvas.add, canvas.tsum, canvas.boom, canvas.note
+    callback = tsum.s().set(link_error=[note.s("chord failed")])
+    result = await chord([add.s(1, 1), boom.s(7), add.s(2, 2)], callback).delay()
+    await canvas.work()
+    with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*boom \(7,\)"):
+        await result.get(timeout=10)
+    assert len(canvas.notes) == 1 and canvas.notes[0][1] == "chord failed"
+
+
+async def test_nested_workflows(canvas: Canvas) -> None:
+    add, tsum = canvas.add, canvas.tsum
+    # A chain of groups: the group in the middle becomes a chord with what follows.
+    steps = add.s(1, 1) | group(add.s(10), add.s(20)) | tsum.s() | group(add.s(1), add.s(2))
+    chained = await steps.delay()
+    # A group of chains, and a chord whose header members are chains.
+    parallel = await group(add.s(i, 0) | add.s(100) for i in range(3)).delay()
+    nested = await chord([add.s(1, 1) | add.s(1), add.s(5, 5)], tsum.s() | add.s(1000)).delay()
+    await canvas.work()
+    assert await chained.get(timeout=10) == [35, 36]
+    assert await parallel.get(timeout=10) == [100, 101, 102]
+    assert await nested.get(timeout=10) == 1013
+
+
+async def test_revoke_a_chain_revokes_what_has_not_run(canvas: Canvas) -> None:
+    if not canvas.app.conf.broker_url.startswith(("redis", "sqlite", "amqp", "memory")):
+        pytest.skip("no mailbox")
+    add = canvas.add
+    result = await (add.s(1, 1) | add.s(1) | add.s(1)).delay()
+    group_result = await group(add.s(1, i) for i in range(3)).delay()
+    await result.revoke()
+    await group_result.revoke()
+    assert [await step.state() for step in result.results] == [states.REVOKED] * 3
+    await canvas.work()
+    assert await group_result.completed_count() == 0
+    with pytest.raises(Exception, match="revoked"):
+        await result.get(timeout=10)
+
+
+async def test_sync_forms(canvas: Canvas) -> None:
+    pytest.importorskip("anyio")
+    add = canvas.add
+    result = await group(add.s(1, 2), add.s(3, 4)).delay()
+    await canvas.work()
+    assert result.sync is not None  # the sync views exist; blocking calls are tested apart
+    assert await result.get(timeout=10) == [3, 7]
+
+
+async def test_workflow_data_is_checked() -> None:
+    assert from_data({"t": "task", "task": "x.y", "args": [1], "kwargs": {}}).ids() == []
+    with pytest.raises(InvalidWorkflow, match="unknown workflow kind"):
+        from_data({"t": "pickle"})
+    with pytest.raises(InvalidWorkflow, match="bad option"):
+        from_data({"t": "task", "task": "x", "options": {"callback": "os.system"}})
+    with pytest.raises(TypeError, match="unknown signature option"):
+        Signature("x", options={"nope": 1})
+
+
+async def test_chord_refused_without_a_counting_store(tmp_path: Path) -> None:
+    await require("amqp")
+    url = driver_url("amqp", tmp_path)
+    app = App("canvas", broker=url, result_backend="rpc://", set_as_current=False)
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        with pytest.raises(ConfigurationError, match=r"redis://, sqlite:// .* rpc://"):
+            await chord([add.s(1, 1)], add.s(1)).delay()
+    finally:
+        await app.close()
+        await SERVICES["amqp"].cleanup(url)
+
+
+def test_task_error_is_exported() -> None:
+    assert TaskError is not None
