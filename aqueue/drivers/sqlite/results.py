@@ -47,7 +47,7 @@ SCHEMA = (
         chord_id TEXT NOT NULL,
         task_id TEXT NOT NULL,
         PRIMARY KEY (chord_id, task_id)
-    ) WITHOUT ROWID"""
+    )"""
     + STRICT,
     """CREATE TABLE IF NOT EXISTS aqueue_chords (
         chord_id TEXT PRIMARY KEY,
