@@ -247,9 +247,6 @@ class Runner:
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
-        failure: ResultMeta | None = None
-        finished = True
-        value: Any = None
         try:
             value = await self._execute(task, envelope)
         except anyio.get_cancelled_exc_class():
@@ -257,27 +254,30 @@ class Runner:
                 await self._interrupted(delivery, envelope, task)
             raise
         except Retry as retry:
-            finished = False
             await self._retry(delivery, envelope, task, retry)
         except Exception as exc:
             again = _autoretry(task, exc, envelope.retries)
             if again is None:
                 failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
+                await self._follow(envelope, None, failure)
             else:
-                finished = False
                 await self._retry(delivery, envelope, task, again)
         else:
             self.succeeded += 1
             if informed or (self.backend is not None and not task.ignore_result):
                 await self._succeeded(envelope, task, value, started, informed)
+            await self._follow(envelope, value, None)
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
-        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
-        if finished and canvas is not None:  # after the result is stored, before the ack
-            await continuation.after(self.app, self.backend, envelope.id, canvas, value, failure)
         await delivery.ack()
+
+    async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
+        """Send what follows a workflow's task: after its result is stored, before the ack."""
+        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+        if canvas is not None:
+            await continuation.after(self.app, self.backend, envelope.id, canvas, value, failure)
 
     async def _follow_stored(self, envelope: Envelope, state: str, payload: bytes) -> None:
         """Do again what follows a workflow's task that finished (its message came back)."""

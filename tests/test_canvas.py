@@ -92,7 +92,8 @@ async def canvas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 async def test_signature_delay_and_options(canvas: Canvas) -> None:
     sig = canvas.add.s(2, 2)
-    assert isinstance(sig, Signature) and sig.args == (2, 2)
+    assert isinstance(sig, Signature)
+    assert sig.args == (2, 2)
     partial = canvas.add.signature((2,), countdown=0)
     assert partial.clone((5,)).args == (5, 2)
     assert sig.set(queue="celery").options["queue"] == "celery"
@@ -118,7 +119,8 @@ async def test_chain_failure_stops_and_names_the_step(canvas: Canvas) -> None:
     steps = add.s(1, 1) | boom.s() | add.s(1) | add.s(2)
     result = await steps.apply_async()
     await canvas.work()
-    with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"):
+    failed = r"step tests\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"
+    with pytest.raises(ValueError, match=failed):
         await result.get(timeout=10)
     assert [await step.state() for step in result.results] == [
         states.SUCCESS,
@@ -174,7 +176,8 @@ async def test_failing_header_fails_the_chord(canvas: Canvas) -> None:
     await canvas.work()
     with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*boom \(7,\)"):
         await result.get(timeout=10)
-    assert len(canvas.notes) == 1 and canvas.notes[0][1] == "chord failed"
+    assert len(canvas.notes) == 1
+    assert canvas.notes[0][1] == "chord failed"
 
 
 async def test_nested_workflows(canvas: Canvas) -> None:

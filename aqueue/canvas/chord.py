@@ -76,7 +76,7 @@ class Chord(Workflow[R]):
         return [task_id for member in (*self.header, self.body) for task_id in member.ids()]
 
     def handle(self, app: AppLike) -> WorkflowResult[R]:
-        """Return the chord's result: the callback's, its `results` the header's and the callback's."""
+        """Return the chord's result: the callback's (`results`: the header's, the callback's)."""
         assert self.id is not None, "freeze the chord first"
         header: GroupResult[Any] = GroupResult(
             self.id, [member.handle(app) for member in self.header], app

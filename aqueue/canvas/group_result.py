@@ -164,7 +164,7 @@ class GroupResult(Generic[R]):
 
     @property
     def sync(self) -> SyncGroupResult[R]:
-        """This result for sync code: `result.sync.get(timeout=5)`."""
+        """Return the sync view of this result: `result.sync.get(timeout=5)`."""
         from .sync import SyncGroupResult
 
         return SyncGroupResult(self)

@@ -46,7 +46,7 @@ async def launch(
 
 
 def reference(workflow: Workflow[Any]) -> Any:
-    """What a group record keeps of a member: the id its result is under, or a nested group."""
+    """Return what a group record keeps of a member: its result's id, or a nested group."""
     if isinstance(workflow, Signature):
         return workflow.id
     if isinstance(workflow, Chain):

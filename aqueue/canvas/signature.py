@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack, overload
 
 from ..interfaces import AppLike
 from ..message import new_id
@@ -89,7 +89,7 @@ class Signature(Workflow[R]):
         """Return a copy with these call options changed (`queue=`, `countdown=`, ...)."""
         return self._copy(options={**self.options, **_checked_options(options)})
 
-    def set_immutable(self, immutable: bool) -> Self:  # noqa: FBT001 - Celery's signature
+    def set_immutable(self, immutable: bool) -> Self:
         """Return a copy that takes no previous result (True) or does (False)."""
         return self._copy(immutable=immutable)
 
@@ -160,7 +160,7 @@ class Signature(Workflow[R]):
     @overload
     def __or__(self, other: Workflow[T]) -> Chain[T]: ...
     def __or__(self, other: Workflow[T]) -> Chain[T]:
-        """`a | b`: a chain, b getting a's result."""
+        """Chain `a | b`: b gets a's result."""
         return Chain(self, other)
 
     async def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:

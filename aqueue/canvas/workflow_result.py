@@ -77,7 +77,7 @@ class WorkflowResult(Generic[R]):
 
     @property
     def sync(self) -> SyncWorkflowResult[R]:
-        """This result for sync code: `result.sync.get(timeout=5)`."""
+        """Return the sync view of this result: `result.sync.get(timeout=5)`."""
         from .sync import SyncWorkflowResult
 
         return SyncWorkflowResult(self)
