@@ -8,15 +8,12 @@ stored as failed with the failing step's error, naming the step, so `get()` rais
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, overload
 
 from ..interfaces import AppLike
-from .node import Workflow
-from .workflow_result import WorkflowResult
-
-if TYPE_CHECKING:
-    from .sync import WorkflowSync
+from .node import Plan, Workflow, WorkflowSync
+from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chain", "chain"]
 
@@ -80,11 +77,42 @@ class Chain(Workflow[R]):
         return handle
 
     @property
-    def sync(self) -> WorkflowSync[Any]:
+    def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:
         """`delay` and `apply_async` for sync code."""
-        from .sync import WorkflowSync
-
         return WorkflowSync(self)
+
+    def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Plan the first step, the rest riding on it as what follows."""
+        first, *rest = self.steps
+        if not rest:
+            first.plan(plan, prev, kwargs)
+            return
+        following: Workflow[Any] = rest[0] if len(rest) == 1 else Chain(*rest)
+        first.plan_then(plan, following, prev, kwargs)
+
+    def plan_then(
+        self,
+        plan: Plan,
+        following: Workflow[Any],
+        prev: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Plan a longer chain."""
+        Chain(*self.steps, following, app=self._app).plan(plan, prev, kwargs)
+
+    def reference(self) -> Any:
+        """Return its last step's reference."""
+        return self.steps[-1].reference()
+
+    def with_chord(self, info: dict[str, Any]) -> Workflow[Any]:
+        """Return it with its last step recording itself in chord `info`."""
+        *head, last = self.steps
+        return Chain(*head, last.with_chord(info), app=self._app)
+
+    def errbacks(self) -> Iterator[Workflow[Any]]:
+        """Yield every step's `link_error` callbacks."""
+        for step in self.steps:
+            yield from step.errbacks()
 
 
 @overload

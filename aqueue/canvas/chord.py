@@ -11,18 +11,15 @@ chords can carry one (`counts_chords`); sending one elsewhere is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar
 
 from ..interfaces import AppLike
 from ..message import new_id
 from .chain import Chain
 from .group_result import GroupResult
-from .node import Workflow
-from .workflow_result import WorkflowResult
-
-if TYPE_CHECKING:
-    from .sync import WorkflowSync
+from .node import Plan, Workflow, WorkflowSync
+from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chord", "chord"]
 
@@ -110,11 +107,48 @@ class Chord(Workflow[R]):
         return handle
 
     @property
-    def sync(self) -> WorkflowSync[Any]:
+    def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:
         """`delay` and `apply_async` for sync code."""
-        from .sync import WorkflowSync
-
         return WorkflowSync(self)
+
+    def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Plan the header, each member's last task carrying the chord (its id, size, body)."""
+        assert self.id is not None, "freeze the chord first"
+        plan.chords = True
+        if not self.header:
+            plan.groups.append((self.id, [], []))
+            self.body.plan(plan, ([],), {})
+            return
+        info = {"id": self.id, "size": len(self.header), "body": self.body.to_data()}
+        header = [member.with_chord(info) for member in self.header]
+        ids = [task_id for member in header for task_id in member.ids()]
+        plan.groups.append((self.id, [member.reference() for member in header], ids))
+        for member in header:
+            member.plan(plan, prev, kwargs)
+
+    def plan_then(
+        self,
+        plan: Plan,
+        following: Workflow[Any],
+        prev: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Plan the chord with `following` after its callback."""
+        body: Chain[Any] = Chain(self.body, following)
+        Chord(self.header, body, group_id=self.id, app=self._app).plan(plan, prev, kwargs)
+
+    def reference(self) -> Any:
+        """Return the callback's reference."""
+        return self.body.reference()
+
+    def with_chord(self, info: dict[str, Any]) -> Workflow[Any]:
+        """Return it with its callback recording itself in chord `info`."""
+        return Chord(self.header, self.body.with_chord(info), group_id=self.id, app=self._app)
+
+    def errbacks(self) -> Iterator[Workflow[Any]]:
+        """Yield the `link_error` callbacks of the header and of the callback."""
+        for member in (*self.header, self.body):
+            yield from member.errbacks()
 
 
 def chord(header: Iterable[Workflow[Any]], callback: Workflow[R]) -> Chord[R]:

@@ -17,7 +17,7 @@ from ..result_meta import ResultMeta
 from . import counter
 from .data import from_data
 from .failing import fail_workflows
-from .launch import launch
+from .node import launch
 
 __all__ = ["HEADER", "after"]
 

@@ -26,7 +26,7 @@ from ..signing import open_result
 from .data import from_data
 from .failing import fail_workflows
 from .group_result import GroupResult
-from .launch import launch
+from .node import launch
 
 __all__ = ["record"]
 

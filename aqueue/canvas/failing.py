@@ -9,7 +9,7 @@ is sent once, with the failing task's id first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from .. import states
@@ -17,14 +17,9 @@ from ..drivers.base import ResultBackend
 from ..interfaces import AppLike
 from ..result_meta import ResultMeta
 from ..signing import sign_result
-from .chain import Chain
-from .chord import Chord
-from .group import Group
-from .launch import launch
-from .node import Workflow
-from .signature import Signature
+from .node import Workflow, launch
 
-__all__ = ["errbacks_of", "fail_workflows"]
+__all__ = ["fail_workflows"]
 
 
 async def fail_workflows(
@@ -48,25 +43,8 @@ async def fail_workflows(
             for task_id in workflow.ids():
                 await backend.store(task_id, states.FAILURE, payload, app.conf.result_expires)
     seen: set[str] = set()
-    for errback in [*errbacks, *(e for w in workflows for e in errbacks_of(w))]:
+    for errback in [*errbacks, *(e for w in workflows for e in w.errbacks())]:
         key = ",".join(errback.ids())
         if key not in seen:
             seen.add(key)
             await launch(app, errback, (culprit,), parent=culprit)
-
-
-def errbacks_of(workflow: Workflow[Any]) -> Iterator[Workflow[Any]]:
-    """Yield the `link_error` callbacks of every task in `workflow` (not of their callbacks)."""
-    if isinstance(workflow, Signature):
-        yield from workflow.options.get("link_error") or ()
-        for link in workflow.options.get("link") or ():
-            yield from errbacks_of(link)
-    elif isinstance(workflow, Chain):
-        for step in workflow.steps:
-            yield from errbacks_of(step)
-    elif isinstance(workflow, Group):
-        for member in workflow.tasks:
-            yield from errbacks_of(member)
-    elif isinstance(workflow, Chord):
-        for member in (*workflow.header, workflow.body):
-            yield from errbacks_of(member)

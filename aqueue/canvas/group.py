@@ -7,17 +7,14 @@ again), then every member goes out in one publish.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, overload
 
 from ..interfaces import AppLike
 from ..message import new_id
 from .chord import Chord
-from .group_result import GroupResult
-from .node import Workflow
-
-if TYPE_CHECKING:
-    from .sync import GroupSync
+from .group_result import GroupResult, SyncGroupResult
+from .node import Plan, Workflow, WorkflowSync
 
 __all__ = ["Group", "group"]
 
@@ -91,11 +88,40 @@ class Group(Workflow[list[R]]):
         return handle
 
     @property
-    def sync(self) -> GroupSync[R]:
+    def sync(self) -> WorkflowSync[SyncGroupResult[R]]:
         """`delay` and `apply_async` for sync code."""
-        from .sync import GroupSync
+        return WorkflowSync(self)
 
-        return GroupSync(self)
+    def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Plan saving the group's members, and every member."""
+        assert self.id is not None, "freeze the group first"
+        members = [member.reference() for member in self.tasks]
+        plan.groups.append((self.id, members, self.ids()))
+        for member in self.tasks:
+            member.plan(plan, prev, kwargs)
+
+    def plan_then(
+        self,
+        plan: Plan,
+        following: Workflow[Any],
+        prev: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Plan the group and `following` as a chord (as Celery does)."""
+        Chord(self.tasks, following, group_id=self.id, app=self._app).plan(plan, prev, kwargs)
+
+    def reference(self) -> Any:
+        """Return the group's record: its id and its members'."""
+        return {"id": self.id, "members": [member.reference() for member in self.tasks]}
+
+    def with_chord(self, info: dict[str, Any]) -> Workflow[Any]:
+        """Refuse: a chord's header member must end in one task."""
+        raise ValueError(f"a chord's header member must end in one task, not a group ({self!r})")
+
+    def errbacks(self) -> Iterator[Workflow[Any]]:
+        """Yield every member's `link_error` callbacks."""
+        for member in self.tasks:
+            yield from member.errbacks()
 
 
 @overload

@@ -8,8 +8,8 @@ process; `await result.load()` (or any method) reads them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 
@@ -19,14 +19,13 @@ from ..interfaces import AppLike
 from ..result import AsyncResult
 from ..result_meta import ResultMeta
 from ..signing import open_result, sign_result
-from .workflow_result import revoke_all
+from ..sync import SyncResult, block
+from .workflow_result import SyncWorkflowResult, WorkflowResult, revoke_all
 
-if TYPE_CHECKING:
-    from .sync import SyncGroupResult
-
-__all__ = ["GroupResult", "group_key", "handle_of", "save_group"]
+__all__ = ["GroupResult", "SyncGroupResult", "group_key", "handle_of", "save_group", "to_sync"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def group_key(group_id: str) -> str:
@@ -165,9 +164,61 @@ class GroupResult(Generic[R]):
     @property
     def sync(self) -> SyncGroupResult[R]:
         """Return the sync view of this result: `result.sync.get(timeout=5)`."""
-        from .sync import SyncGroupResult
-
         return SyncGroupResult(self)
+
+
+def to_sync(handle: Any) -> Any:
+    """Return the sync view of a workflow's result handle (of any kind)."""
+    if isinstance(handle, AsyncResult):
+        return SyncResult(handle)
+    if isinstance(handle, GroupResult):
+        return SyncGroupResult(handle)
+    assert isinstance(handle, WorkflowResult)
+    return SyncWorkflowResult(handle)
+
+
+class SyncGroupResult(Generic[R]):
+    """A group's result for sync code: `r.get(timeout=5)`, `r.ready()`, `r.completed_count()`."""
+
+    def __init__(self, result: GroupResult[R]) -> None:
+        self.async_result = result
+        self.id = result.id
+
+    def __repr__(self) -> str:
+        return f"<SyncGroupResult: {self.id}>"
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], name: str) -> T:
+        return block(self.async_result.app, coroutine, f"result.{name}()", f"result.{name}()")
+
+    @property
+    def results(self) -> list[Any]:
+        """The members' sync result handles, in order."""
+        loaded = self._run(self.async_result.load(), "load")
+        return [to_sync(member) for member in loaded.results]
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
+        """Wait for every member; return their values in order."""
+        return self._run(self.async_result.get(timeout, propagate=propagate), "get")
+
+    def ready(self) -> bool:
+        """Whether every member finished."""
+        return self._run(self.async_result.ready(), "ready")
+
+    def successful(self) -> bool:
+        """Whether every member succeeded."""
+        return self._run(self.async_result.successful(), "successful")
+
+    def failed(self) -> bool:
+        """Whether any member failed."""
+        return self._run(self.async_result.failed(), "failed")
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        return self._run(self.async_result.completed_count(), "completed_count")
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Revoke every task of the group that has not run yet."""
+        self._run(self.async_result.revoke(terminate=terminate), "revoke")
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

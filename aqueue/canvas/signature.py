@@ -9,18 +9,18 @@ task succeeds (with its result first) or fails (with its task id first).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, Unpack, overload
 
+from ..exceptions import ConfigurationError
 from ..interfaces import AppLike
 from ..message import new_id
-from ..options import SendOptions
+from ..options import ManySendOptions, SendOptions
 from ..result import AsyncResult
+from ..sending import Call
+from ..sync import SyncResult
 from .chain import Chain
-from .node import Workflow
-
-if TYPE_CHECKING:
-    from .sync import WorkflowSync
+from .node import Plan, Workflow, WorkflowSync
 
 __all__ = ["Signature", "SignatureOptions", "signature"]
 
@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 #: The call options a signature keeps (`SendOptions`, and its callbacks).
 OPTION_NAMES = frozenset(SendOptions.__optional_keys__) | {"link", "link_error"}
+_SEND_OPTIONS = frozenset(ManySendOptions.__optional_keys__)
 
 
 class SignatureOptions(SendOptions, total=False):
@@ -180,11 +181,64 @@ class Signature(Workflow[R]):
         return handle
 
     @property
-    def sync(self) -> WorkflowSync[Any]:
+    def sync(self) -> WorkflowSync[SyncResult[R]]:
         """`delay` and `apply_async` for sync code: `add.s(2, 2).sync.delay().get()`."""
-        from .sync import WorkflowSync
-
         return WorkflowSync(self)
+
+    def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Add the task's message: its arguments, options and `canvas` header."""
+        assert self.id is not None, "freeze the signature first"
+        if self.immutable:
+            args, merged = self.args, self.kwargs
+        else:
+            args, merged = (*prev, *self.args), {**self.kwargs, **kwargs}
+        options: dict[str, Any] = {
+            name: value
+            for name, value in self.options.items()
+            if name in _SEND_OPTIONS and value is not None
+        }
+        canvas: dict[str, Any] = {}
+        for name in ("link", "link_error"):
+            if self.options.get(name):
+                canvas[name] = [link.to_data() for link in self.options[name]]
+        if self.chord is not None:
+            task = plan.app.tasks.get(self.task)
+            if task is not None and task.ignore_result:
+                raise ConfigurationError(
+                    f"task {self.task} ignores its results, so it cannot be in a chord's "
+                    "header (the callback gets the header's results)"
+                )
+            canvas["chord"] = self.chord
+        if plan.parent is not None:
+            canvas["parent"] = plan.parent
+        if canvas:
+            options["headers"] = {**(options.get("headers") or {}), "canvas": canvas}
+        call_options: ManySendOptions = options  # type: ignore[assignment]
+        plan.calls.append(Call(self.task, args, merged, self.id, call_options))
+
+    def plan_then(
+        self,
+        plan: Plan,
+        following: Workflow[Any],
+        prev: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """Plan the task with `following` as its callback."""
+        self.link(following).plan(plan, prev, kwargs)
+
+    def reference(self) -> Any:
+        """Return its task id."""
+        return self.id
+
+    def with_chord(self, info: dict[str, Any]) -> Workflow[Any]:
+        """Return a copy that records itself in chord `info`."""
+        return self._copy(chord=info)
+
+    def errbacks(self) -> Iterator[Workflow[Any]]:
+        """Yield its `link_error` callbacks, and those of what follows it in a chain."""
+        yield from self.options.get("link_error") or ()
+        for link in self.options.get("link") or ():
+            yield from link.errbacks()
 
 
 def signature(

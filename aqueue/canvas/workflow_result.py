@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 from ..control import Control
 from ..interfaces import AppLike
+from ..sync import block
 
-if TYPE_CHECKING:
-    from .sync import SyncWorkflowResult
-
-__all__ = ["WorkflowResult", "revoke_all"]
+__all__ = ["SyncWorkflowResult", "WorkflowResult", "revoke_all"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 async def revoke_all(app: AppLike, task_ids: Sequence[str], *, terminate: bool = False) -> None:
@@ -78,6 +77,30 @@ class WorkflowResult(Generic[R]):
     @property
     def sync(self) -> SyncWorkflowResult[R]:
         """Return the sync view of this result: `result.sync.get(timeout=5)`."""
-        from .sync import SyncWorkflowResult
-
         return SyncWorkflowResult(self)
+
+
+class SyncWorkflowResult(Generic[R]):
+    """A chain's or chord's result for sync code: `r.get(timeout=5)`."""
+
+    def __init__(self, result: WorkflowResult[R]) -> None:
+        self.async_result = result
+        self.id = result.id
+
+    def __repr__(self) -> str:
+        return f"<SyncWorkflowResult: {self.id}>"
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], name: str) -> T:
+        return block(self.async_result.app, coroutine, f"result.{name}()", f"result.{name}()")
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the last task; return its value (or raise the failing step's error)."""
+        return self._run(self.async_result.get(timeout, propagate=propagate), "get")
+
+    def ready(self) -> bool:
+        """Whether the last task finished."""
+        return self._run(self.async_result.ready(), "ready")
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Revoke every task of the workflow that has not run yet."""
+        self._run(self.async_result.revoke(terminate=terminate), "revoke")
