@@ -247,3 +247,23 @@ async def test_chord_refused_without_a_counting_store(tmp_path: Path) -> None:
 
 def test_task_error_is_exported() -> None:
     assert TaskError is not None
+
+
+async def test_a_chord_of_ten_thousand(shared_url: str) -> None:
+    app = App("canvas", broker=shared_url, set_as_current=False)
+
+    @app.task
+    async def noop(i: int) -> int:
+        return i
+
+    @app.task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    try:
+        result = await chord((noop.s(i) for i in range(10_000)), total.s()).delay()
+        await Worker(app, burst=True, concurrency=200).run()
+        assert await result.get(timeout=60) == sum(range(10_000))
+        assert await result.results[0].completed_count() == 10_000
+    finally:
+        await app.close()
