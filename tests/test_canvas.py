@@ -28,6 +28,7 @@ from aqueue import (
     states,
 )
 from aqueue.canvas.data import InvalidWorkflow, from_data
+from aqueue.testing import InProcessWorker
 
 from . import service_redis
 from .conftest import SERVICES, driver_url, require
@@ -209,13 +210,32 @@ async def test_revoke_a_chain_revokes_what_has_not_run(canvas: Canvas) -> None:
         await result.get(timeout=10)
 
 
-async def test_sync_forms(canvas: Canvas) -> None:
-    pytest.importorskip("anyio")
-    add = canvas.add
-    result = await group(add.s(1, 2), add.s(3, 4)).delay()
-    await canvas.work()
-    assert result.sync is not None  # the sync views exist; blocking calls are tested apart
-    assert await result.get(timeout=10) == [3, 7]
+def test_sync_forms(tmp_path: Path) -> None:
+    app = App("canvas", broker=driver_url("sqlite", tmp_path), set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    worker = InProcessWorker(app)
+    worker.start()
+    try:
+        assert add.s(1, 2).sync.delay().get(timeout=10) == 3
+        together = group(add.s(1, 2), add.s(3, 4)).sync.delay()
+        assert together.get(timeout=10) == [3, 7]
+        assert together.ready()
+        assert together.completed_count() == 2
+        assert [member.get(timeout=1) for member in together.results] == [3, 7]
+        assert (add.s(1, 1) | add.s(1)).sync.apply_async().get(timeout=10) == 3
+        assert chord([add.s(1, 1), add.s(2, 2)], tsum.s()).sync.delay().get(timeout=10) == 6
+        assert app.GroupResult(together.id).sync.get(timeout=10) == [3, 7]
+    finally:
+        worker.stop()
+        app.sync.close()
 
 
 async def test_workflow_data_is_checked() -> None:
