@@ -176,6 +176,9 @@ class Runner:
             task=task.name, exc_type="TaskRevoked", exc_message=why, date_done=time.time()
         )
         await self._store(envelope, task, states.REVOKED, meta)
+        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+        if canvas is not None:  # a chord's header task: the chord fails with it
+            await continuation.discarded(self.app, self.backend, envelope.id, canvas, meta)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
 
@@ -234,7 +237,19 @@ class Runner:
         if envelope is not None and error is not None and self.backend is not None:
             meta = ResultMeta.failure(envelope.task, error, None)
             await self._store(envelope, None, states.FAILURE, meta)
+            if reason is not DeadLetterReason.UNDECODABLE:  # what follows fails with it
+                await self._follow_refused(envelope, meta)
         await delivery.dead_letter(reason.value, detail)
+
+    async def _follow_refused(self, envelope: Envelope, meta: ResultMeta) -> None:
+        canvas = envelope.headers.get(continuation.HEADER)
+        if canvas is None:
+            return
+        try:
+            canvas_header(canvas)
+        except InvalidWorkflow:
+            return
+        await continuation.after(self.app, self.backend, envelope.id, canvas, None, meta)
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""

@@ -287,3 +287,17 @@ async def test_a_chord_of_ten_thousand(shared_url: str) -> None:
         assert await result.results[0].completed_count() == 10_000
     finally:
         await app.close()
+
+
+async def test_a_refused_or_revoked_step_fails_what_follows(canvas: Canvas) -> None:
+    add, tsum = canvas.add, canvas.tsum
+    unknown = Signature("canvas.nowhere", (1,), app=canvas.app)
+    stopped = await (add.s(1, 1) | unknown | add.s(1)).delay()
+    header = [add.s(1, 1), add.s(2, 2)]
+    revoked = await chord(header, tsum.s()).delay()
+    await revoked.results[0].results[1].revoke()
+    await canvas.work()
+    with pytest.raises(Exception, match=r"step canvas\.nowhere\[.*no task named"):
+        await stopped.get(timeout=10)
+    with pytest.raises(Exception, match="revoked"):
+        await revoked.get(timeout=10)

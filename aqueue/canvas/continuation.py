@@ -19,7 +19,7 @@ from .data import from_data
 from .failing import fail_workflows
 from .node import launch
 
-__all__ = ["HEADER", "after"]
+__all__ = ["HEADER", "after", "discarded"]
 
 #: The message header that carries a task's callbacks, its chord and its parent.
 HEADER = "canvas"
@@ -44,3 +44,19 @@ async def after(
     chord = canvas.get("chord")
     if chord is not None and backend is not None:
         await counter.record(app, backend, task_id, chord, failure)
+
+
+async def discarded(
+    app: AppLike,
+    backend: ResultBackend | None,
+    task_id: str,
+    canvas: dict[str, Any],
+    revoked: ResultMeta,
+) -> None:
+    """Fail the chord of a task that was revoked or expired before it ran.
+
+    (A revoked chain stops there: its later tasks were revoked with it, or never get sent.)
+    """
+    chord = canvas.get("chord")
+    if chord is not None and backend is not None:
+        await counter.record(app, backend, task_id, chord, revoked)
