@@ -301,3 +301,18 @@ async def test_a_refused_or_revoked_step_fails_what_follows(canvas: Canvas) -> N
         await stopped.get(timeout=10)
     with pytest.raises(Exception, match="revoked"):
         await revoked.get(timeout=10)
+
+
+async def test_task_always_eager_runs_a_signature_and_refuses_a_workflow() -> None:
+    app = App("canvas", broker="memory://", task_always_eager=True, set_as_current=False)
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        assert await (await add.s(2).delay(3)).get(timeout=5) == 5
+        with pytest.raises(ConfigurationError, match="not run eagerly"):
+            await (add.s(1, 1) | add.s(1)).delay()
+    finally:
+        await app.close()

@@ -38,7 +38,9 @@ async def save_group(app: AppLike, group_id: str, members: list[Any], ids: list[
     backend = await app.result_backend()
     if backend is None or not backend.shared:
         return
-    record = {"members": members, "ids": ids}
+    # The ids only when they are not the members' (nested groups, chains): 10,000 ids are
+    # 370 KB.
+    record = {"members": members, "ids": None if ids == members else ids}
     payload = ResultMeta(task="group", result=record, date_done=time.time()).encode()
     await backend.store(
         group_key(group_id),
@@ -101,7 +103,7 @@ class GroupResult(Generic[R]):
             raise LookupError(f"no group {self.id} in the result store (never sent, or expired)")
         record = ResultMeta.decode(open_result(self.app.conf, stored.payload)).result
         self._results = [handle_of(self.app, member) for member in record["members"]]
-        self._ids = list(record["ids"])
+        self._ids = list(record["ids"] or record["members"])
         return self
 
     async def _all(self, method: str) -> list[Any]:

@@ -134,9 +134,18 @@ class Workflow(abc.ABC, Generic[R]):
 
     async def _send(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> Any:
         app = self.app
+        if app.conf.task_always_eager:
+            return await self._eager(app, args, kwargs or {})
         frozen = self.frozen()
         await launch(app, frozen, tuple(args), kwargs or {})
         return frozen.handle(app)
+
+    async def _eager(self, app: AppLike, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Run it here under `task_always_eager`: only a plain signature can be."""
+        raise ConfigurationError(
+            "workflows (chains, groups, chords, callbacks) are not run eagerly: unset "
+            "task_always_eager, or test them with a worker (aqueue.testing.InProcessWorker)"
+        )
 
 
 class WorkflowSync(Generic[H]):

@@ -180,6 +180,14 @@ class Signature(Workflow[R]):
         handle: AsyncResult[R] = await target._send(args or (), kwargs)
         return handle
 
+    async def _eager(self, app: AppLike, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Run a plain signature (no callbacks) here, as `task.apply()` does."""
+        task: Any = app.tasks.get(self.task)
+        if task is None or self.options.get("link") or self.options.get("link_error"):
+            return await super()._eager(app, args, kwargs)
+        call = self.clone(args, kwargs)
+        return await task.apply(call.args, call.kwargs, task_id=self.id)
+
     @property
     def sync(self) -> WorkflowSync[SyncResult[R]]:
         """`delay` and `apply_async` for sync code: `add.s(2, 2).sync.delay().get()`."""
