@@ -178,7 +178,7 @@ class Runner:
         await self._store(envelope, task, states.REVOKED, meta)
         canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
         if canvas is not None:  # a chord's header task: the chord fails with it
-            await continuation.discarded(self.app, self.backend, envelope.id, canvas, meta)
+            await continuation.discarded(self.app, self.backend, envelope, meta)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
 
@@ -249,7 +249,7 @@ class Runner:
             canvas_header(canvas)
         except InvalidWorkflow:
             return
-        await continuation.after(self.app, self.backend, envelope.id, canvas, None, meta)
+        await continuation.after(self.app, self.backend, envelope, None, meta)
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""
@@ -292,7 +292,7 @@ class Runner:
         """Send what follows a workflow's task: after its result is stored, before the ack."""
         canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
         if canvas is not None:
-            await continuation.after(self.app, self.backend, envelope.id, canvas, value, failure)
+            await continuation.after(self.app, self.backend, envelope, value, failure)
 
     async def _follow_stored(self, envelope: Envelope, state: str, payload: bytes) -> None:
         """Do again what follows a workflow's task that finished (its message came back)."""
@@ -301,7 +301,7 @@ class Runner:
             return
         meta = ResultMeta.decode(open_result(self.app.conf, payload))
         failure = meta if state == states.FAILURE else None
-        await continuation.after(self.app, self.backend, envelope.id, canvas, meta.result, failure)
+        await continuation.after(self.app, self.backend, envelope, meta.result, failure)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]

@@ -248,7 +248,7 @@ async def test_workflow_data_is_checked() -> None:
         Signature("x", options={"nope": 1})
 
 
-async def test_chord_refused_without_a_counting_store(tmp_path: Path) -> None:
+async def test_rpc_runs_chains_and_groups_and_refuses_chords(tmp_path: Path) -> None:
     await require("amqp")
     url = driver_url("amqp", tmp_path)
     app = App("canvas", broker=url, result_backend="rpc://", set_as_current=False)
@@ -257,9 +257,22 @@ async def test_chord_refused_without_a_counting_store(tmp_path: Path) -> None:
     async def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task
+    async def boom(x: int) -> None:
+        raise KeyError(x)
+
     try:
         with pytest.raises(ConfigurationError, match=r"redis://, sqlite:// .* rpc://"):
             await chord([add.s(1, 1)], add.s(1)).delay()
+        # Continuations carry the caller's reply queue on, so their results come back here.
+        chained = await (add.s(1, 1) | add.s(1) | add.s(1)).delay()
+        failed = await (add.s(1, 1) | boom.s() | add.s(1)).delay()
+        together = await group(add.s(i, i) for i in range(3)).delay()
+        await Worker(app, burst=True).run()
+        assert await chained.get(timeout=10) == 4
+        with pytest.raises(KeyError, match=r"step tests\.test_canvas\.boom\["):
+            await failed.get(timeout=10)
+        assert await together.get(timeout=10) == [0, 2, 4]
     finally:
         await app.close()
         await SERVICES["amqp"].cleanup(url)

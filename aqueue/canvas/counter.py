@@ -16,6 +16,7 @@ and its redelivery, finding the result stored, records again and is told "fire" 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .. import states
@@ -37,6 +38,7 @@ async def record(
     task_id: str,
     chord: dict[str, Any],
     failure: ResultMeta | None,
+    headers: Mapping[str, Any] | None = None,
 ) -> None:
     """Record header task `task_id` of `chord` (`failure`: it failed); act if told to."""
     chord_id, size = chord["id"], chord["size"]
@@ -49,11 +51,11 @@ async def record(
     if step == "fire":
         values, failed = await _header_values(app, backend, chord_id)
         if failed is None:
-            await launch(app, body, (values,), parent=chord_id)
+            await launch(app, body, (values,), parent=chord_id, headers=headers)
         else:
             culprit, failure = failed
     if failure is not None:
-        await fail_workflows(app, backend, [body], failure, culprit)
+        await fail_workflows(app, backend, [body], failure, culprit, (), headers)
     await backend.chord_done(chord_id, ttl)
 
 

@@ -9,7 +9,7 @@ is sent once, with the failing task's id first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import states
@@ -29,6 +29,7 @@ async def fail_workflows(
     failure: ResultMeta,
     culprit: str,
     errbacks: Iterable[Workflow[Any]] = (),
+    headers: Mapping[str, Any] | None = None,
 ) -> None:
     """Fail every task of `workflows` with `failure` (task `culprit`'s); send the errbacks."""
     workflows = list(workflows)
@@ -41,10 +42,12 @@ async def fail_workflows(
         payload = sign_result(app.conf, meta.encode())
         for workflow in workflows:
             for task_id in workflow.ids():
-                await backend.store(task_id, states.FAILURE, payload, app.conf.result_expires)
+                await backend.store(
+                    task_id, states.FAILURE, payload, app.conf.result_expires, headers=headers
+                )
     seen: set[str] = set()
     for errback in [*errbacks, *(e for w in workflows for e in w.errbacks())]:
         key = ",".join(errback.ids())
         if key not in seen:
             seen.add(key)
-            await launch(app, errback, (culprit,), parent=culprit)
+            await launch(app, errback, (culprit,), parent=culprit, headers=headers)

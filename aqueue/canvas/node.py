@@ -38,10 +38,14 @@ CHORD_BACKENDS = "redis://, sqlite:// or memory://"
 class Plan:
     """What sending a workflow takes: its messages, and the groups to save first."""
 
-    def __init__(self, app: AppLike, parent: str | None) -> None:
+    def __init__(
+        self, app: AppLike, parent: str | None, headers: Mapping[str, Any] | None = None
+    ) -> None:
         self.app = app
         #: The task whose worker sends this (a continuation), else None (the caller).
         self.parent = parent
+        #: Headers every message carries (a continuation's, inherited from its parent).
+        self.headers = dict(headers or {})
         self.calls: list[Call] = []
         self.groups: list[tuple[str, list[Any], list[str]]] = []
         self.chords = False
@@ -68,9 +72,10 @@ async def launch(
     kwargs: Mapping[str, Any] | None = None,
     *,
     parent: str | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> None:
     """Send a frozen workflow, `prev` put before its first tasks' arguments."""
-    plan = Plan(app, parent)
+    plan = Plan(app, parent, headers)
     workflow.plan(plan, tuple(prev), kwargs or {})
     await plan.send()
 

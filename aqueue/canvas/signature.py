@@ -219,8 +219,10 @@ class Signature(Workflow[R]):
             canvas["chord"] = self.chord
         if plan.parent is not None:
             canvas["parent"] = plan.parent
-        if canvas:
-            options["headers"] = {**(options.get("headers") or {}), "canvas": canvas}
+        if canvas or plan.headers:
+            options["headers"] = {**plan.headers, **(options.get("headers") or {})}
+            if canvas:
+                options["headers"]["canvas"] = canvas
         call_options: ManySendOptions = options  # type: ignore[assignment]
         plan.calls.append(Call(self.task, args, merged, self.id, call_options))
 
