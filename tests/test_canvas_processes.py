@@ -1,8 +1,8 @@
 """A chord whose header outlives two kill -9 of its worker: the callback runs exactly once.
 
-Redis broker and results; workers are `python -m aqueue worker tasks:app` processes (the
-helpers of tests/test_redis_processes.py). The callback appends its argument to a ledger file,
-so a second run, or a run with a partial list, would show.
+On Redis, on SQLite, and on RabbitMQ with Redis results; workers are `python -m aqueue worker
+tasks:app` processes (the helpers of tests/test_redis_processes.py). The callback appends its
+argument to a ledger file, so a second run, or a run with a partial list, would show.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 
 from aqueue import App, chord, signature
 
+from .conftest import SERVICES, driver_url, require
 from .test_redis_processes import Lines, child_env, spawn
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,9 @@ TASKS = """
 
     HERE = pathlib.Path(__file__).resolve().parent
 
-    app = App("tasks", broker={url!r}, broker_visibility_timeout=1.0)
+    app = App(
+        "tasks", broker={url!r}, result_backend={backend!r}, broker_visibility_timeout=1.0
+    )
 
 
     @app.task
@@ -72,12 +75,31 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         worker.stop()
 
 
+@pytest.fixture(params=["redis", "sqlite", "amqp"])
+async def urls(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """The broker's URL and the result store's: Redis, SQLite, or RabbitMQ with Redis."""
+    driver: str = request.param
+    await require(driver)
+    await require("redis")
+    made = [driver_url(driver, tmp_path)]
+    if driver == "amqp":
+        made.append(driver_url("redis", tmp_path))
+    yield made[0], made[-1]
+    for url in made:
+        scheme = url.split("://")[0]
+        if scheme in SERVICES:
+            await SERVICES[scheme].cleanup(url)
+
+
 async def test_chord_callback_runs_once_after_two_kill_9(
-    shared_url: str, tmp_path: Path, start_worker: Callable[..., Any]
+    urls: tuple[str, str], tmp_path: Path, start_worker: Callable[..., Any]
 ) -> None:
     total = 1000
-    (tmp_path / "tasks.py").write_text(textwrap.dedent(TASKS).format(url=shared_url))
-    async with App("caller", broker=shared_url, set_as_current=False) as caller:
+    broker, backend = urls
+    text = textwrap.dedent(TASKS).format(url=broker, backend=backend)
+    (tmp_path / "tasks.py").write_text(text)
+    settings = {"result_backend": backend}
+    async with App("caller", broker=broker, set_as_current=False, **settings) as caller:
         header = [signature("tasks.work", (i,), app=caller) for i in range(total)]
         result = await chord(header, signature("tasks.collect", app=caller)).delay()
         for _ in range(2):
