@@ -107,9 +107,11 @@ async def test_chord_callback_runs_once_after_two_kill_9(
             await worker.wait_line("succeeded in", count=150)
             assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
             assert not (tmp_path / "ledger.log").exists()  # killed mid-header
-        await start_worker("-c", "20")
+        fresh = await start_worker("-c", "20")
         with anyio.fail_after(120):
             assert await result.get(timeout=100) == total
+    again = fresh.count("redelivered after it finished")
+    print(f"\nchord of {total}, kill -9 twice: {again} finished header tasks came back")
     ledger = (tmp_path / "ledger.log").read_text().splitlines()
     assert len(ledger) == 1, f"the callback ran {len(ledger)} times"
     assert json.loads(ledger[0]) == list(range(total))
