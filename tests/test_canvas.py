@@ -189,7 +189,10 @@ async def test_nested_workflows(canvas: Canvas) -> None:
     # A group of chains, and a chord whose header members are chains.
     parallel = await group(add.s(i, 0) | add.s(100) for i in range(3)).delay()
     nested = await chord([add.s(1, 1) | add.s(1), add.s(5, 5)], tsum.s() | add.s(1000)).delay()
+    groups = await group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)).delay()
     await canvas.work()
+    assert await groups.get(timeout=10) == [[2, 4], 6]
+    assert await canvas.app.GroupResult(groups.id).get(timeout=10) == [[2, 4], 6]
     assert await chained.get(timeout=10) == [35, 36]
     assert await parallel.get(timeout=10) == [100, 101, 102]
     assert await nested.get(timeout=10) == 1013

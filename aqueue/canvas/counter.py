@@ -16,6 +16,7 @@ and its redelivery, finding the result stored, records again and is told "fire" 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,8 @@ from .node import launch
 
 __all__ = ["record"]
 
+logger = logging.getLogger("aqueue.worker")
+
 
 async def record(
     app: AppLike,
@@ -43,6 +46,14 @@ async def record(
     """Record header task `task_id` of `chord` (`failure`: it failed); act if told to."""
     chord_id, size = chord["id"], chord["size"]
     ttl = app.conf.result_expires
+    if not backend.counts_chords:  # a worker on another store than its producer
+        logger.error(
+            "Chord %s: this worker's result store cannot count chords; header task %s is not "
+            "counted (give workers the result store their producers use)",
+            chord_id,
+            task_id,
+        )
+        return
     step = await backend.chord_part(chord_id, task_id, size, ttl, ok=failure is None)
     if step == "wait":
         return
