@@ -88,7 +88,14 @@ def main() -> None:
                 return time.perf_counter() - started
 
             one(100)  # warm up
-            one(1000)
+            started = time.perf_counter()
+            plain = [tasks.noop.delay(i) for i in range(args.tasks)]
+            assert [result.get(timeout=900) for result in plain] == list(range(args.tasks))
+            print(
+                f"  (for scale: {args.tasks:,} plain delay() + get(): "
+                f"{time.perf_counter() - started:.2f} s)",
+                flush=True,
+            )
             times = []
             for run in range(args.runs):
                 times.append(one(args.tasks))
