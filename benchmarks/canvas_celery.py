@@ -54,9 +54,8 @@ def main() -> None:
         (cwd / "tasks.py").write_text(textwrap.dedent(TASKS).format(url=url))
         sys.path.insert(0, tmp)
         import redis
-        from celery import chord
-
         import tasks  # type: ignore[import-not-found]
+        from celery import chord
 
         client = redis.Redis.from_url(url)
         if client.dbsize():

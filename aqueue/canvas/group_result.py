@@ -106,25 +106,43 @@ class GroupResult(Generic[R]):
         self._ids = list(record["ids"] or record["members"])
         return self
 
-    async def _all(self, method: str) -> list[Any]:
+    async def _states(self) -> list[str | None]:
+        """Each member's state: a task's (looked up all at once), a nested one's summed up.
+
+        None for a nested group or workflow not ready yet, else SUCCESS or FAILURE.
+        """
         await self.load()
-        return [await getattr(member, method)() for member in self.results]
+        backend = await self.app.result_backend()
+        tasks = [member for member in self.results if type(member) is AsyncResult]
+        found: dict[str, str] = {}
+        if backend is not None and backend.shared and tasks:
+            stored = await backend.fetch_many([member.id for member in tasks])
+            found = {m.id: s.state for m, s in zip(tasks, stored, strict=True) if s is not None}
+        states_: list[str | None] = []
+        for member in self.results:
+            if type(member) is AsyncResult and backend is not None and backend.shared:
+                states_.append(found.get(member.id, states.PENDING))
+            elif await member.ready():
+                states_.append(states.SUCCESS if await member.successful() else states.FAILURE)
+            else:
+                states_.append(None)
+        return states_
 
     async def ready(self) -> bool:
         """Whether every member finished."""
-        return all(await self._all("ready"))
+        return all(state in states.READY_STATES for state in await self._states())
 
     async def successful(self) -> bool:
         """Whether every member finished and succeeded."""
-        return all(await self._all("successful"))
+        return all(state == states.SUCCESS for state in await self._states())
 
     async def failed(self) -> bool:
         """Whether any member failed."""
-        return any(await self._all("failed"))
+        return any(state == states.FAILURE for state in await self._states())
 
     async def completed_count(self) -> int:
-        """How many members succeeded."""
-        return sum(await self._all("successful"))
+        """How many members succeeded (the tasks' states looked up all at once)."""
+        return sum(state == states.SUCCESS for state in await self._states())
 
     async def get(
         self,
