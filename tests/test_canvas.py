@@ -332,3 +332,35 @@ async def test_task_always_eager_runs_a_signature_and_refuses_a_workflow() -> No
             await (add.s(1, 1) | add.s(1)).delay()
     finally:
         await app.close()
+
+
+async def test_a_chord_without_results_is_refused() -> None:
+    app = App("canvas", broker="memory://", result_backend=False, set_as_current=False)
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        with pytest.raises(ConfigurationError, match="this app has no result store"):
+            await (group(add.s(1, 1), add.s(2, 2)) | add.s(1)).delay()
+    finally:
+        await app.close()
+
+
+async def test_the_chord_counter_counts_each_task_once(canvas: Canvas) -> None:
+    backend = await canvas.app.result_backend()
+    assert backend is not None
+    assert backend.counts_chords
+    chord_id = uuid.uuid4().hex
+    assert await backend.chord_part(chord_id, "a", 3, 60, ok=True) == "wait"
+    assert await backend.chord_part(chord_id, "a", 3, 60, ok=True) == "wait"  # again: once
+    assert await backend.chord_part(chord_id, "b", 3, 60, ok=True) == "wait"
+    assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "fire"
+    assert await backend.chord_part(chord_id, "b", 3, 60, ok=True) == "fire"  # until done
+    await backend.chord_done(chord_id, 60)
+    assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "wait"
+    failing = uuid.uuid4().hex
+    assert await backend.chord_part(failing, "a", 3, 60, ok=False) == "fail"
+    await backend.chord_done(failing, 60)
+    assert await backend.chord_part(failing, "b", 3, 60, ok=False) == "wait"
