@@ -26,7 +26,8 @@ from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, Unpack
 
 from . import current, sending
 from . import result as _result
-from .canvas.signature import Signature, SignatureOptions
+from .canvas.node import SignatureOptions
+from .canvas.signature import Signature
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 from .interfaces import AppLike
 from .options import ManySendOptions, SendOptions, TaskOptions

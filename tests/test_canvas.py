@@ -364,3 +364,23 @@ async def test_the_chord_counter_counts_each_task_once(canvas: Canvas) -> None:
     assert await backend.chord_part(failing, "a", 3, 60, ok=False) == "fail"
     await backend.chord_done(failing, 60)
     assert await backend.chord_part(failing, "b", 3, 60, ok=False) == "wait"
+
+
+async def test_workflow_call_options(canvas: Canvas) -> None:
+    add, boom, tsum, note = canvas.add, canvas.boom, canvas.tsum, canvas.note
+    failed = await (add.s(1, 1) | boom.s() | add.s(1)).apply_async(link_error=note.s("chain"))
+    done = await (add.s(1, 1) | add.s(1)).apply_async(link=note.s("after"), task_id="last-one")
+    grouped = await group(add.s(1, 1), add.s(2, 2)).apply_async(priority=3)
+    chorded = await chord([add.s(1, 1)], tsum.s()).apply_async(link=note.s("chord"))
+    with pytest.raises(TypeError, match="task_id names one task"):
+        await group(add.s(1, 1)).apply_async(task_id="x")
+    await canvas.work()
+    assert done.id == "last-one"
+    assert await done.get(timeout=10) == 3
+    assert await grouped.get(timeout=10) == [2, 4]
+    assert await chorded.get(timeout=10) == 2
+    with pytest.raises(ValueError, match="boom"):
+        await failed.get(timeout=10)
+    assert sorted(map(repr, canvas.notes)) == sorted(
+        map(repr, [(3, "after"), (2, "chord"), (failed.results[1].id, "chain")])
+    )

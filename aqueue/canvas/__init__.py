@@ -14,8 +14,8 @@ from .chain import Chain, chain
 from .chord import Chord, chord
 from .group import Group, group
 from .group_result import GroupResult
-from .node import Workflow
-from .signature import Signature, SignatureOptions, signature
+from .node import SignatureOptions, Workflow
+from .signature import Signature, signature
 from .workflow_result import WorkflowResult
 
 __all__ = [

@@ -9,10 +9,10 @@ stored as failed with the failing step's error, naming the step, so `get()` rais
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, TypeVar, Unpack, overload
 
 from ..interfaces import AppLike
-from .node import Plan, Workflow, WorkflowSync
+from .node import Plan, SignatureOptions, Workflow, WorkflowSync
 from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chain", "chain"]
@@ -70,11 +70,33 @@ class Chain(Workflow[R]):
         return handle
 
     async def apply_async(
-        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SignatureOptions],
     ) -> WorkflowResult[R]:
-        """Send the chain, `args` and `kwargs` going to its first step."""
-        handle: WorkflowResult[R] = await self._send(args or (), kwargs)
+        """Send the chain, `args` and `kwargs` going to its first step (options: see there)."""
+        target = self.with_options(options) if options else self
+        handle: WorkflowResult[R] = await target._send(args or (), kwargs)
         return handle
+
+    def with_options(self, options: Mapping[str, Any]) -> Chain[R]:
+        """Return a copy: `link_error` on every step, `link` and `task_id` on the last."""
+        rest = dict(options)
+        last_options: dict[str, Any] = {
+            name: rest.pop(name) for name in ("link", "task_id") if name in rest
+        }
+        errback = rest.pop("link_error", None)
+        steps = list(self.steps)
+        if errback:  # frozen once: one errback for the chain, however many steps it is on
+            shared = [errback] if isinstance(errback, Workflow) else list(errback)
+            shared = [each.frozen() for each in shared]
+            steps = [step.with_options({"link_error": shared}) for step in steps]
+        if rest:
+            steps[0] = steps[0].with_options(rest)
+        if last_options:
+            steps[-1] = steps[-1].with_options(last_options)
+        return Chain(*steps, app=self._app)
 
     @property
     def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:

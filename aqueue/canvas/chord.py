@@ -12,13 +12,13 @@ chords can carry one (`counts_chords`); sending one elsewhere is refused.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 from ..interfaces import AppLike
 from ..message import new_id
 from .chain import Chain
 from .group_result import GroupResult
-from .node import Plan, Workflow, WorkflowSync
+from .node import Plan, SignatureOptions, Workflow, WorkflowSync
 from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chord", "chord"]
@@ -100,11 +100,25 @@ class Chord(Workflow[R]):
         return handle
 
     async def apply_async(
-        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SignatureOptions],
     ) -> WorkflowResult[R]:
-        """Send the chord, `args` and `kwargs` going to every header task."""
-        handle: WorkflowResult[R] = await self._send(args or (), kwargs)
+        """Send the chord, `args` and `kwargs` going to every header task (options: see there)."""
+        target = self.with_options(options) if options else self
+        handle: WorkflowResult[R] = await target._send(args or (), kwargs)
         return handle
+
+    def with_options(self, options: Mapping[str, Any]) -> Chord[R]:
+        """Return a copy: callbacks (and `task_id`) on the callback, the rest on the header."""
+        rest = dict(options)
+        body_options: dict[str, Any] = {
+            n: rest.pop(n) for n in ("link", "link_error", "task_id") if n in rest
+        }
+        header = [member.with_options(rest) for member in self.header] if rest else self.header
+        body = self.body.with_options(body_options) if body_options else self.body
+        return Chord(header, body, group_id=self.id, app=self._app)
 
     @property
     def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:

@@ -21,11 +21,12 @@ from typing import Any, Generic, Self, TypeVar
 from .. import current
 from ..exceptions import ConfigurationError
 from ..interfaces import AppLike
+from ..options import SendOptions
 from ..sending import Call, send_calls
 from ..sync import block
 from .group_result import save_group, to_sync
 
-__all__ = ["CHORD_BACKENDS", "Plan", "Workflow", "WorkflowSync", "launch"]
+__all__ = ["CHORD_BACKENDS", "Plan", "SignatureOptions", "Workflow", "WorkflowSync", "launch"]
 
 R = TypeVar("R")
 H = TypeVar("H")
@@ -33,6 +34,18 @@ T = TypeVar("T")
 
 #: What the chord refusal names: the result stores that count chords.
 CHORD_BACKENDS = "redis://, sqlite:// or memory://"
+
+
+class SignatureOptions(SendOptions, total=False):
+    """A workflow's call options: `apply_async`'s, and its success and failure callbacks.
+
+    On a chain, `link_error` goes to every task, `link` to the last, `task_id` names the last
+    task, and the others go to the first step; on a group, to every member; on a chord,
+    `link` and `link_error` to the callback and the others to the header.
+    """
+
+    link: Workflow[Any] | Sequence[Workflow[Any]] | None
+    link_error: Workflow[Any] | Sequence[Workflow[Any]] | None
 
 
 class Plan:
@@ -136,6 +149,10 @@ class Workflow(abc.ABC, Generic[R]):
     @abc.abstractmethod
     def errbacks(self) -> Iterator[Workflow[Any]]:
         """Yield the `link_error` callbacks of its tasks (not of their callbacks)."""
+
+    @abc.abstractmethod
+    def with_options(self, options: Mapping[str, Any]) -> Workflow[R]:
+        """Return a copy with call options applied (`SignatureOptions` says where they go)."""
 
     async def _send(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> Any:
         app = self.app

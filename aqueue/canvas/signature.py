@@ -20,7 +20,7 @@ from ..result import AsyncResult
 from ..sending import Call
 from ..sync import SyncResult
 from .chain import Chain
-from .node import Plan, Workflow, WorkflowSync
+from .node import Plan, SignatureOptions, Workflow, WorkflowSync
 
 __all__ = ["Signature", "SignatureOptions", "signature"]
 
@@ -30,13 +30,6 @@ T = TypeVar("T")
 #: The call options a signature keeps (`SendOptions`, and its callbacks).
 OPTION_NAMES = frozenset(SendOptions.__optional_keys__) | {"link", "link_error"}
 _SEND_OPTIONS = frozenset(ManySendOptions.__optional_keys__)
-
-
-class SignatureOptions(SendOptions, total=False):
-    """A signature's call options: `apply_async`'s, and its success and failure callbacks."""
-
-    link: Workflow[Any] | Sequence[Workflow[Any]] | None
-    link_error: Workflow[Any] | Sequence[Workflow[Any]] | None
 
 
 class Signature(Workflow[R]):
@@ -176,7 +169,7 @@ class Signature(Workflow[R]):
         **options: Unpack[SignatureOptions],
     ) -> AsyncResult[R]:
         """Send the task with these call options (`link=`, `link_error=` among them)."""
-        target = self.set(**options) if options else self
+        target = self.with_options(options) if options else self
         handle: AsyncResult[R] = await target._send(args or (), kwargs)
         return handle
 
@@ -243,6 +236,14 @@ class Signature(Workflow[R]):
     def with_chord(self, info: dict[str, Any]) -> Workflow[Any]:
         """Return a copy that records itself in chord `info`."""
         return self._copy(chord=info)
+
+    def with_options(self, options: Mapping[str, Any]) -> Signature[R]:
+        """Return a copy with these options set, callbacks added to its own."""
+        checked = _checked_options(options)
+        for name in ("link", "link_error"):
+            if checked.get(name):
+                checked[name] = [*self._links(name), *checked[name]]
+        return self._copy(options={**self.options, **checked})
 
     def errbacks(self) -> Iterator[Workflow[Any]]:
         """Yield its `link_error` callbacks, and those of what follows it in a chain."""

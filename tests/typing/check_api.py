@@ -149,3 +149,5 @@ async def canvas() -> None:
     assert_type(await (await chord([add.s(1, 2)], upper.s("t")).delay()).get(), str)
     assert_type(together.sync.get(timeout=5), list[int])
     assert_type(pipeline.sync.get(timeout=5), int)
+    assert_type(await chain(add.s(1, 2)).apply_async(countdown=5), WorkflowResult[int])
+    assert_type(await group([add.s(1, 2)]).apply_async(queue="q"), GroupResult[int])
