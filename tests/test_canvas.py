@@ -384,3 +384,37 @@ async def test_workflow_call_options(canvas: Canvas) -> None:
     assert sorted(map(repr, canvas.notes)) == sorted(
         map(repr, [(3, "after"), (2, "chord"), (failed.results[1].id, "chain")])
     )
+
+
+async def test_a_continuation_sent_twice_runs_once(canvas: Canvas) -> None:
+    from aqueue.canvas.node import launch
+
+    step = canvas.note.s("once").frozen()
+    await launch(canvas.app, step, ("x",), parent="parent-id")
+    await canvas.work()
+    await launch(canvas.app, step, ("x",), parent="parent-id")  # a redelivered parent's send
+    await canvas.work()
+    assert canvas.notes == [("x", "once")]
+
+
+async def test_a_bad_workflow_header_is_refused(canvas: Canvas) -> None:
+    bad = [
+        {"link": "tasks.x"},
+        {"link": [{"t": "task", "task": "x", "options": {"link": "y"}}]},
+        {"chord": {"id": 1, "size": 2}},
+        {"chord": {"id": "c", "size": True, "body": {}}},
+        {"link_error": [{"t": "group", "id": 5, "tasks": []}]},
+        {"parent": 7},
+        [],
+    ]
+    sent = [
+        await canvas.app.send_task(canvas.add.name, [1, 2], headers={"canvas": header})
+        for header in bad
+    ]
+    await canvas.work()
+    for result in sent:
+        with pytest.raises(Exception, match="InvalidWorkflow"):
+            await result.get(timeout=10)
+    broker = await canvas.app.connection()
+    letters = await broker.dead_letters(canvas.app.conf.task_default_queue)
+    assert [letter.reason for letter in letters] == ["undecodable"] * len(bad)
