@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, Unpack, overload
+from typing import Any, Self, TypeVar, Unpack
 
 from ..exceptions import ConfigurationError
 from ..interfaces import AppLike
@@ -149,10 +149,6 @@ class Signature(Workflow[R]):
         ignored = task.ignore_result if task is not None else False
         return AsyncResult(self.id, app, task_name=self.task, ignored=ignored)
 
-    @overload
-    def __or__(self, other: Signature[T]) -> Chain[T]: ...
-    @overload
-    def __or__(self, other: Workflow[T]) -> Chain[T]: ...
     def __or__(self, other: Workflow[T]) -> Chain[T]:
         """Chain `a | b`: b gets a's result."""
         return Chain(self, other)
