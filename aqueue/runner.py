@@ -105,21 +105,31 @@ class Runner:
             await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
-        elif _is_continuation(envelope) and await self._sent_twice(delivery, envelope, task):
+        elif _may_have_run(delivery, envelope) and await self._ran_already(
+            delivery, envelope, task
+        ):
             pass
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             return checked
         return None
 
-    async def _sent_twice(
+    async def _ran_already(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
     ) -> bool:
-        """Acknowledge a workflow's step sent again (a redelivered parent) that finished."""
+        """Redo what follows a workflow's task whose result is stored already; True if settled.
+
+        Its message is a redelivery (the worker may have died after storing the result and
+        before sending what follows; `_settled_suspect` settles it next) or a continuation sent
+        again (its parent was redelivered): acknowledged here, not run.
+        """
         if not self.knows_outcome(task):
             return False
         assert self.backend is not None
         stored = await self.backend.fetch(envelope.id)
         if stored is None or stored.state not in states.READY_STATES:
+            return False
+        await self._follow_stored(envelope, stored.state, stored.payload)
+        if delivery.suspect:
             return False
         await delivery.ack()
         logger.warning(
@@ -145,7 +155,6 @@ class Runner:
             assert self.backend is not None
             stored = await self.backend.fetch(envelope.id)
             if stored is not None and stored.state in states.READY_STATES:
-                await self._follow_stored(envelope, stored.state, stored.payload)
                 await delivery.ack()
                 logger.warning(
                     "Task %s[%s] was redelivered after it finished (%s): acknowledged, not run",
@@ -466,9 +475,10 @@ class Runner:
         )
 
 
-def _is_continuation(envelope: Envelope) -> bool:
+def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:
+    """Whether a workflow's message may be one whose task ran: redelivered, or sent again."""
     canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
-    return isinstance(canvas, dict) and "parent" in canvas
+    return isinstance(canvas, dict) and (delivery.suspect or "parent" in canvas)
 
 
 class _Refusal(NamedTuple):
