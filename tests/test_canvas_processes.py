@@ -1,7 +1,8 @@
 """A chord whose header outlives two kill -9 of its worker: the callback runs exactly once.
 
 On Redis, on SQLite, and on RabbitMQ with Redis results; workers are `python -m aqueue worker
-tasks:app` processes (the helpers of tests/test_redis_processes.py). The callback appends its
+tasks:app` processes (the helpers of tests/test_redis_processes.py). Each header member is a
+chain of two tasks, so chain continuations are cut by the kills too. The callback appends its
 argument to a ledger file, so a second run, or a run with a partial list, would show.
 """
 
@@ -45,6 +46,11 @@ TASKS = """
     async def work(i):
         await anyio.sleep(0.005)  # simulated work
         return i
+
+
+    @app.task
+    async def double(i):
+        return 2 * i
 
 
     @app.task
@@ -100,11 +106,15 @@ async def test_chord_callback_runs_once_after_two_kill_9(
     (tmp_path / "tasks.py").write_text(text)
     settings = {"result_backend": backend}
     async with App("caller", broker=broker, set_as_current=False, **settings) as caller:
-        header = [signature("tasks.work", (i,), app=caller) for i in range(total)]
+        # Each header member is a chain of two: continuations are redelivered too.
+        header = [
+            signature("tasks.work", (i,), app=caller) | signature("tasks.double", app=caller)
+            for i in range(total)
+        ]
         result = await chord(header, signature("tasks.collect", app=caller)).delay()
         for _ in range(2):
             worker = await start_worker("-c", "20")
-            await worker.wait_line("succeeded in", count=150)
+            await worker.wait_line("succeeded in", count=300)
             assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
             assert not (tmp_path / "ledger.log").exists()  # killed mid-header
         fresh = await start_worker("-c", "20")
@@ -114,4 +124,4 @@ async def test_chord_callback_runs_once_after_two_kill_9(
     print(f"\nchord of {total}, kill -9 twice: {again} finished header tasks came back")
     ledger = (tmp_path / "ledger.log").read_text().splitlines()
     assert len(ledger) == 1, f"the callback ran {len(ledger)} times"
-    assert json.loads(ledger[0]) == list(range(total))
+    assert json.loads(ledger[0]) == [2 * i for i in range(total)]
