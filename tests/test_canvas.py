@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aqueue import (
@@ -412,3 +413,31 @@ async def test_a_bad_workflow_header_is_refused(canvas: Canvas) -> None:
     broker = await canvas.app.connection()
     letters = await broker.dead_letters(canvas.app.conf.task_default_queue)
     assert [letter.reason for letter in letters] == ["undecodable"] * len(bad)
+
+
+async def test_a_step_whose_worker_failed_before_sending_on_is_followed_on_redelivery(
+    canvas: Canvas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker stores step 2's result, then cannot send step 3 (as if it died there): the
+    # message goes back, and its redelivery, finding the result, sends step 3 without
+    # running step 2 again.
+    from aqueue.canvas import continuation
+
+    after = continuation.after
+    cut: list[str] = []
+
+    async def failing_once(app: Any, backend: Any, envelope: Any, *args: Any) -> None:
+        if "parent" in envelope.headers["canvas"] and not cut:
+            cut.append(envelope.id)
+            raise ConnectionError("the worker died here")
+        await after(app, backend, envelope, *args)
+
+    monkeypatch.setattr(continuation, "after", failing_once)
+    add, note = canvas.add, canvas.note
+    result = await (add.s(1, 1) | note.s("ran") | add.si(5, 5)).delay()
+    async with anyio.create_task_group() as tasks:
+        worker = await tasks.start(Worker(canvas.app, concurrency=4).run)
+        assert await result.get(timeout=20) == 10
+        worker.stop()
+    assert cut == [result.results[1].id]
+    assert canvas.notes == [(2, "ran")]  # step 2 ran once
