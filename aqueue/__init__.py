@@ -6,6 +6,16 @@ from .app import App as App
 from .app import current_app as current_app
 from .app import shared_task as shared_task
 from .beat.schedules import crontab as crontab
+from .canvas import Chain as Chain
+from .canvas import Chord as Chord
+from .canvas import Group as Group
+from .canvas import GroupResult as GroupResult
+from .canvas import Signature as Signature
+from .canvas import WorkflowResult as WorkflowResult
+from .canvas import chain as chain
+from .canvas import chord as chord
+from .canvas import group as group
+from .canvas import signature as signature
 from .config import Settings as Settings
 from .drivers import register_backend as register_backend
 from .drivers import register_broker as register_broker
@@ -56,6 +66,8 @@ __all__ = [
     "AsyncTask",
     "Broker",
     "BrokerError",
+    "Chain",
+    "Chord",
     "ConfigurationError",
     "Credit",
     "DeadLetter",
@@ -64,6 +76,8 @@ __all__ = [
     "Delayed",
     "Delivery",
     "EagerResult",
+    "Group",
+    "GroupResult",
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "MissingDependency",
@@ -77,6 +91,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "Settings",
+    "Signature",
     "SignatureError",
     "SoftTimeLimitExceeded",
     "StoredResult",
@@ -91,11 +106,16 @@ __all__ = [
     "UnknownSetting",
     "Worker",
     "WorkerLostError",
+    "WorkflowResult",
     "__version__",
+    "chain",
+    "chord",
     "crontab",
     "current_app",
+    "group",
     "register_backend",
     "register_broker",
     "shared_task",
+    "signature",
     "states",
 ]

@@ -25,6 +25,7 @@ import anyio
 from . import current, sending
 from . import result as _result
 from .beat.edits import BeatControl
+from .canvas.group_result import GroupResult as _GroupResult
 from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .discovery import Discovery
@@ -278,6 +279,13 @@ class App:
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[Any]:  # Celery's name
         """Return the result handle of a task sent earlier, by id."""
         return _result.AsyncResult(task_id, self)
+
+    def GroupResult(self, group_id: str) -> _GroupResult[Any]:  # Celery's name
+        """Return the result of a group (or a chord's header) sent earlier, by id.
+
+        Its members are read from the result store on first use (`await result.load()`).
+        """
+        return _GroupResult(group_id, None, self)
 
     async def send_task(
         self,

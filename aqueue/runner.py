@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from . import states
+from .canvas import continuation
+from .canvas.data import InvalidWorkflow, canvas_header
 from .exceptions import (
     ConfigurationError,
     NotRegistered,
@@ -32,7 +34,7 @@ from .limits import run_coroutine, run_in_thread
 from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
 from .result_meta import ResultMeta
 from .sending import priority_for
-from .signing import OVERHEAD, SignatureError, sign_result, signer_for
+from .signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
 from .task import Request, Task, current_request, running_request
 
 if TYPE_CHECKING:
@@ -111,9 +113,39 @@ class Runner:
             await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
+        elif _may_have_run(delivery, envelope) and await self._ran_already(
+            delivery, envelope, task
+        ):
+            pass
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             return checked
         return None
+
+    async def _ran_already(
+        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+    ) -> bool:
+        """Redo what follows a workflow's task whose result is stored already; True if settled.
+
+        Its message is a redelivery (the worker may have died after storing the result and
+        before sending what follows; `_settled_suspect` settles it next) or a continuation sent
+        again (its parent was redelivered): acknowledged here, not run.
+        """
+        if not self.knows_outcome(task):
+            return False
+        assert self.backend is not None
+        stored = await self.backend.fetch(envelope.id)
+        if stored is None or stored.state not in states.READY_STATES:
+            return False
+        await self._follow_stored(envelope, stored.state, stored.payload)
+        if delivery.suspect:
+            return False
+        await delivery.ack()
+        logger.warning(
+            "Task %s[%s] of a workflow was sent again after it finished: acknowledged, not run",
+            task.name,
+            envelope.id,
+        )
+        return True
 
     def knows_outcome(self, task: Task[Any, Any]) -> bool:
         """Whether any worker can learn from the result store that this task finished."""
@@ -169,6 +201,9 @@ class Runner:
             task=task.name, exc_type="TaskRevoked", exc_message=why, date_done=time.time()
         )
         await self._store(envelope, task, states.REVOKED, meta)
+        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+        if canvas is not None:  # a chord's header task: the chord fails with it
+            await continuation.discarded(self.app, self.backend, envelope, meta)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
 
@@ -197,6 +232,12 @@ class Runner:
             task.check_arguments(envelope.args, envelope.kwargs)
         except TypeError as exc:
             return _Refusal(DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc)
+        if continuation.HEADER in envelope.headers:
+            try:
+                canvas_header(envelope.headers[continuation.HEADER])
+            except InvalidWorkflow as error:
+                detail = f"{task.name}: bad workflow header: {error}"
+                return _Refusal(DeadLetterReason.UNDECODABLE, detail, envelope, error)
         return envelope, task
 
     async def _refuse(
@@ -221,7 +262,19 @@ class Runner:
         if envelope is not None and error is not None and self.backend is not None:
             meta = ResultMeta.failure(envelope.task, error, None)
             await self._store(envelope, None, states.FAILURE, meta)
+            if reason is not DeadLetterReason.UNDECODABLE:  # what follows fails with it
+                await self._follow_refused(envelope, meta)
         await delivery.dead_letter(reason.value, detail)
+
+    async def _follow_refused(self, envelope: Envelope, meta: ResultMeta) -> None:
+        canvas = envelope.headers.get(continuation.HEADER)
+        if canvas is None:
+            return
+        try:
+            canvas_header(canvas)
+        except InvalidWorkflow:
+            return
+        await continuation.after(self.app, self.backend, envelope, None, meta)
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""
@@ -246,18 +299,35 @@ class Runner:
             await self._after_async_failure(task)
             again = _autoretry(task, exc, envelope.retries)
             if again is None:
-                await self._failed(envelope, task, exc, time.perf_counter() - started)
+                failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
+                await self._follow(envelope, None, failure)
             else:
                 await self._retry(delivery, envelope, task, again)
         else:
             self.succeeded += 1
             if informed or (self.backend is not None and not task.ignore_result):
                 await self._succeeded(envelope, task, value, started, informed)
+            await self._follow(envelope, value, None)
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
         await delivery.ack()
+
+    async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
+        """Send what follows a workflow's task: after its result is stored, before the ack."""
+        canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+        if canvas is not None:
+            await continuation.after(self.app, self.backend, envelope, value, failure)
+
+    async def _follow_stored(self, envelope: Envelope, state: str, payload: bytes) -> None:
+        """Do again what follows a workflow's task that finished (its message came back)."""
+        canvas = envelope.headers.get(continuation.HEADER)
+        if canvas is None or state not in (states.SUCCESS, states.FAILURE):
+            return
+        meta = ResultMeta.decode(open_result(self.app.conf, payload))
+        failure = meta if state == states.FAILURE else None
+        await continuation.after(self.app, self.backend, envelope, meta.result, failure)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
@@ -392,7 +462,7 @@ class Runner:
 
     async def _failed(
         self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float
-    ) -> None:
+    ) -> ResultMeta:
         self.failed += 1
         # Cut to size once (a message of a megabyte was logged twice, then not stored).
         meta = ResultMeta.failure(task.name, exc, "".join(traceback.format_exception(exc)))
@@ -406,6 +476,7 @@ class Runner:
             (meta.traceback or "").rstrip(),
         )
         await self._store(envelope, task, states.FAILURE, meta)
+        return meta
 
     async def _store(
         self, envelope: Envelope, task: Task[Any, Any] | None, state: str, meta: ResultMeta
@@ -431,6 +502,12 @@ class Runner:
             self.app.conf.result_expires,
             headers=envelope.headers,
         )
+
+
+def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:
+    """Whether a workflow's message may be one whose task ran: redelivered, or sent again."""
+    canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
+    return isinstance(canvas, dict) and (delivery.suspect or "parent" in canvas)
 
 
 class _Refusal(NamedTuple):

@@ -10,7 +10,7 @@ import datetime as dt
 import difflib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Unpack
+from typing import Any, NamedTuple, Unpack
 
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError
@@ -22,7 +22,7 @@ from .result import AsyncResult
 from .routing import route
 from .signing import signer_for
 
-__all__ = ["priority_for", "send", "send_many"]
+__all__ = ["Call", "priority_for", "send", "send_calls", "send_many"]
 
 
 async def send(
@@ -94,6 +94,56 @@ async def send_many(
     await broker.publish(messages)
     ignored = _ignored(app, task)
     return [AsyncResult(message.id, app, task_name=name, ignored=ignored) for message in messages]
+
+
+class Call(NamedTuple):
+    """One invocation of `send_calls`: a task by name, its arguments, id and call options."""
+
+    name: str
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+    task_id: str
+    options: ManySendOptions
+
+
+async def send_calls(app: AppLike, calls: Sequence[Call]) -> None:
+    """Send invocations of any tasks, each with its own id and options, in one publish.
+
+    What a workflow (`aqueue.canvas`) sends: a group's members, a chord's header. Every
+    message is encoded (and refused, if it must be) before any is sent.
+    """
+    if not calls:
+        return
+    broker, backend = await _connected(app)
+    base = dict(backend.message_headers()) if backend else {}
+    signer = signer_for(app.conf)
+    now = time.time()
+    messages: list[OutgoingMessage] = []
+    for name, args, kwargs, task_id, options in calls:
+        _check(options, _MANY_SEND_OPTIONS)
+        task = app.tasks.get(name)
+        when = _eta(now, options.get("countdown"), options.get("eta"))
+        envelope = Envelope(
+            id=task_id,
+            task=name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            eta=when,
+            expires=_expires(now, options.get("expires")),
+            headers={**base, **(options.get("headers") or {})},
+        )
+        body = envelope.encode(app.conf.message_max_bytes)
+        queue = _queue_for(app, task, name, envelope.args, envelope.kwargs, options.get("queue"))
+        messages.append(
+            OutgoingMessage(
+                id=task_id,
+                queue=queue,
+                body=body if signer is None else signer.sign(body, when),
+                eta=when,
+                priority=priority_for(app, task, options.get("priority")),
+            )
+        )
+    await broker.publish(messages)
 
 
 async def _send_plain(

@@ -26,6 +26,8 @@ from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, Unpack
 
 from . import current, sending
 from . import result as _result
+from .canvas.node import SignatureOptions
+from .canvas.signature import Signature
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 from .interfaces import AppLike
 from .options import ManySendOptions, SendOptions, TaskOptions
@@ -103,9 +105,10 @@ class Task(Generic[P, R]):
         self.bind = options.bind
         self.is_async = inspect.iscoroutinefunction(fn)
         _check_executor(fn, options.executor, is_async=self.is_async)
-        self.signature = _call_signature(fn, bind=options.bind)
+        #: The parameters a call takes (`inspect.Signature`; `signature()` is Celery's method).
+        self.call_signature = _call_signature(fn, bind=options.bind)
         #: For a signature of plain positional parameters, how many it takes: a fast check.
-        self.arity = _plain_arity(self.signature)
+        self.arity = _plain_arity(self.call_signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -184,7 +187,7 @@ class Task(Generic[P, R]):
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise `TypeError` (as a call would) if the task does not take these arguments."""
         if not (self.arity is not None and not kwargs and len(args) == self.arity):
-            self.signature.bind(*args, **kwargs)
+            self.call_signature.bind(*args, **kwargs)
 
     @property
     def ignore_result(self) -> bool:
@@ -192,6 +195,41 @@ class Task(Generic[P, R]):
         if self.options.ignore_result is not None:
             return self.options.ignore_result
         return self.app.conf.task_ignore_result
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """Return a signature of this call (Celery's `add.s(2, 2)`); typed like `delay`.
+
+        In a chain the previous step's result goes before these arguments: a partial such as
+        `add.s(2)` is Celery's, but mypy sees it as a call missing an argument; write
+        `add.signature((2,))` for it (untyped).
+        """
+        return Signature(self.name, args, kwargs, app=self._app)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """Return an immutable signature: in a chain it takes no previous result."""
+        return Signature(self.name, args, kwargs, immutable=True, app=self._app)
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Unpack[SignatureOptions],
+    ) -> Signature[R]:
+        """Return a signature with call options (Celery's `signature`); arguments unchecked."""
+        return Signature(self.name, args or (), kwargs, options, immutable=immutable, app=self._app)
+
+    def subtask(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Unpack[SignatureOptions],
+    ) -> Signature[R]:
+        """Celery's older name for `signature`."""
+        return self.signature(args, kwargs, immutable=immutable, **options)
 
     @property
     def sync(self) -> TaskSync[P, R]:

@@ -160,7 +160,7 @@ async def test_task_keeps_the_function_and_its_doc(new_app: NewApp) -> None:
     assert task.__doc__ == "Double x."
     assert task.__wrapped__ is documented
     assert task.fn is documented
-    assert list(task.signature.parameters) == ["x"]
+    assert list(task.call_signature.parameters) == ["x"]
 
 
 async def test_get_task_unknown_is_not_registered(new_app: NewApp) -> None:
@@ -204,7 +204,7 @@ async def test_bound_task_gets_itself_and_a_direct_request(new_app: NewApp) -> N
     assert x == 7
     assert request == Request(task="proj.whoami", called_directly=True)
     assert request.id is None
-    assert list(whoami.signature.parameters) == ["x"]
+    assert list(whoami.call_signature.parameters) == ["x"]
 
 
 async def test_bound_sync_task(new_app: NewApp) -> None:

@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Protocol, Self
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeAlias
 
 from ..exceptions import BrokerError
 from ..message import OutgoingMessage
@@ -46,6 +46,7 @@ __all__ = [
     "DEAD_LETTER_MAX_COUNT",
     "UNSTARTED_FACTOR",
     "Broker",
+    "ChordStep",
     "Credit",
     "DeadLetter",
     "DeadLetterStats",
@@ -362,6 +363,12 @@ class StoredResult:
     payload: bytes
 
 
+#: What `ResultBackend.chord_part` tells the worker that recorded a header task: "fire" (every
+#: header task succeeded: send the callback), "fail" (one failed: fail the chord), or "wait"
+#: (more to come, or the chord was settled already).
+ChordStep: TypeAlias = Literal["fire", "fail", "wait"]
+
+
 class ResultBackend(_Connected):
     """A result store. Use it as an async context manager, or call `open` and `close`."""
 
@@ -430,3 +437,30 @@ class ResultBackend(_Connected):
     def semaphore(self) -> Semaphore | None:
         """Return a semaphore shared by every worker using this store, if it can have one."""
         return None
+
+    async def fetch_many(self, task_ids: Sequence[str]) -> list[StoredResult | None]:
+        """Return what is stored for each task, in order (a chord callback's arguments).
+
+        By default one `fetch` after another; a store that can look many up at once should.
+        """
+        return [await self.fetch(task_id) for task_id in task_ids]
+
+    #: Whether the store counts chord headers (`chord_part`, `chord_done`): chords need it.
+    counts_chords: ClassVar[bool] = False
+
+    async def chord_part(
+        self, chord_id: str, task_id: str, size: int, ttl: float, *, ok: bool
+    ) -> ChordStep:
+        """Record, atomically, that header task `task_id` of a chord of `size` finished.
+
+        Each task id counts once however often it is recorded (a redelivered task records
+        again). With `ok=False` the chord is failed. Returns "fire" while all `size` ids are
+        recorded, "fail" while a failure is, and "wait" otherwise or once `chord_done` was
+        called: the recorder that gets "fire" or "fail" acts, then calls `chord_done`. The
+        records live for `ttl` seconds.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count chords")
+
+    async def chord_done(self, chord_id: str, ttl: float) -> None:
+        """Record that the chord's callback was sent (or the chord failed): no more "fire"."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count chords")

@@ -10,9 +10,9 @@ import time
 import anyio
 
 from ..states import READY_STATES
-from .base import StoredResult
+from .base import ChordStep, StoredResult
 
-__all__ = ["LocalResults"]
+__all__ = ["LocalChords", "LocalResults"]
 
 
 class LocalResults:
@@ -53,3 +53,26 @@ class LocalResults:
     def forget(self, task_id: str) -> None:
         """Drop the result."""
         self._results.pop(task_id, None)
+
+
+class LocalChords:
+    """Chord headers counted in this process: per chord, the ids recorded, failed, done."""
+
+    def __init__(self) -> None:
+        self._chords: dict[str, tuple[set[str], list[bool]]] = {}
+
+    def part(self, chord_id: str, task_id: str, size: int, *, ok: bool) -> ChordStep:
+        """Record a header task (once per id); see `ResultBackend.chord_part`."""
+        members, flags = self._chords.setdefault(chord_id, (set(), [False, False]))
+        members.add(task_id)
+        if not ok:
+            flags[0] = True
+        if flags[1]:
+            return "wait"
+        if flags[0]:
+            return "fail"
+        return "fire" if len(members) >= size else "wait"
+
+    def done(self, chord_id: str) -> None:
+        """Mark the chord settled."""
+        self._chords.setdefault(chord_id, (set(), [False, False]))[1][1] = True

@@ -8,7 +8,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, assert_type
 
-from aqueue import App, AsyncResult, AsyncTask, Request, SyncResult, SyncTask, shared_task
+from aqueue import (
+    App,
+    AsyncResult,
+    AsyncTask,
+    Chain,
+    Chord,
+    Group,
+    GroupResult,
+    Request,
+    Signature,
+    SyncResult,
+    SyncTask,
+    WorkflowResult,
+    chain,
+    chord,
+    group,
+    shared_task,
+)
 
 app = App("typing", broker="memory://")
 
@@ -107,3 +124,30 @@ def sync_caller() -> None:
     assert_type(add.sync.apply((1, 2)), SyncResult[int])
     assert_type(app.sync.send_task("remote.task", [1]), SyncResult[Any])
     assert_type(app.sync.AsyncResult("id"), SyncResult[Any])
+
+
+async def canvas() -> None:
+    assert_type(add.s(1, 2), Signature[int])
+    assert_type(add.si(1, 2), Signature[int])
+    assert_type(add.signature((1,), countdown=5, link=checksum.s("x")), Signature[int])
+    assert_type(add.s(1, 2).set(queue="fast").clone(), Signature[int])
+    assert_type(await add.s(1, 2).delay(), AsyncResult[int])
+    assert_type(add.s(1, 2) | checksum.s("x"), Chain[int])
+    assert_type(add.s(1, 2) | add.s(3, 4) | checksum.s("x"), Chain[int])
+    assert_type(chain(add.s(1, 2), checksum.s("x")), Chain[int])
+    pipeline = await chain(checksum.s("x"), add.si(1, 2)).delay()
+    assert_type(pipeline, WorkflowResult[int])
+    assert_type(await pipeline.get(timeout=5), int)
+    assert_type(group(add.s(i, i) for i in range(3)), Group[int])
+    together = await group(add.s(1, 2), add.s(3, 4)).delay()
+    assert_type(together, GroupResult[int])
+    assert_type(await together.get(timeout=5), list[int])
+    assert_type(await together.completed_count(), int)
+    assert_type(app.GroupResult("id"), GroupResult[Any])
+    assert_type(chord([add.s(1, 2)], checksum.s("x")), Chord[int])
+    assert_type(group([add.s(1, 2)]) | checksum.s("x"), Chord[int])
+    assert_type(await (await chord([add.s(1, 2)], upper.s("t")).delay()).get(), str)
+    assert_type(together.sync.get(timeout=5), list[int])
+    assert_type(pipeline.sync.get(timeout=5), int)
+    assert_type(await chain(add.s(1, 2)).apply_async(countdown=5), WorkflowResult[int])
+    assert_type(await group([add.s(1, 2)]).apply_async(queue="q"), GroupResult[int])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aqueue import App, AsyncResult, AsyncTask, SyncTask
+from aqueue import App, AsyncResult, AsyncTask, Chain, SyncTask, group
 
 app = App("typing", broker="memory://")
 
@@ -47,6 +47,13 @@ async def main() -> None:
     with_self: AsyncTask[[Any, int], str] = bound  # error
     print(wrong, text, not_sync, not_async, with_self)
     await add.delay(1, 2)
+    add.s("a", 2)  # error
+    add.s(1, 2, 3)  # error
+    add.si(1)  # error
+    add.signature((1, 2), countdown="soon")  # error
+    wrong_chain: Chain[str] = add.s(1, 2) | add.s(3, 4)  # error
+    values: list[str] = await (await group([add.s(1, 2)]).delay()).get()  # error
+    print(wrong_chain, values)
 
 
 def sync_caller() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import ResultBackend, StoredResult
-from ..local import LocalResults
+from ..base import ChordStep, ResultBackend, StoredResult
+from ..local import LocalChords, LocalResults
 
 __all__ = ["MemoryBackend"]
 
@@ -14,9 +14,12 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(ResultBackend):
     """Results kept in a dict of this process, with their expiry times."""
 
+    counts_chords = True
+
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self._local = LocalResults()
+        self._chords = LocalChords()
 
     async def open(self) -> None:
         """Nothing to connect."""
@@ -47,3 +50,13 @@ class MemoryBackend(ResultBackend):
     async def forget(self, task_id: str) -> None:
         """Delete the result."""
         self._local.forget(task_id)
+
+    async def chord_part(
+        self, chord_id: str, task_id: str, size: int, ttl: float, *, ok: bool
+    ) -> ChordStep:
+        """Record a chord header task in this process's dict."""
+        return self._chords.part(chord_id, task_id, size, ok=ok)
+
+    async def chord_done(self, chord_id: str, ttl: float) -> None:
+        """Mark the chord settled."""
+        self._chords.done(chord_id)

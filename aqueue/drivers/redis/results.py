@@ -20,7 +20,7 @@ connection options of `client`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from ...exceptions import BrokerError
 from ...states import READY_STATES
-from ..base import ResultBackend, StoredResult
+from ..base import ChordStep, ResultBackend, StoredResult
 from .client import (
     Batcher,
     RedisSettings,
@@ -71,6 +71,53 @@ return #KEYS
 )
 
 
+#: Record chord header tasks, a batch in one call. Per chord two keys: a set of the header
+#: task ids recorded (each counts once) and a hash of flags (failed, done). KEYS: per item, the
+#: set then the hash. ARGV[1]: a msgpack array, per item: {task_id, size, ok, ttl_ms}.
+#: Replies, per item: 1 fire, 2 fail, 0 wait (see `ResultBackend.chord_part`).
+_CHORD_PART = Script(
+    """
+local items = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i, item in ipairs(items) do
+  local members, flags = KEYS[2 * i - 1], KEYS[2 * i]
+  local ttl = string.format('%d', item[4])
+  redis.call('SADD', members, item[1])
+  redis.call('PEXPIRE', members, ttl)
+  if item[3] == 0 then
+    redis.call('HSET', flags, 'failed', '1')
+    redis.call('PEXPIRE', flags, ttl)
+  end
+  local state = redis.call('HMGET', flags, 'failed', 'done')
+  if state[2] then
+    out[i] = 0
+  elseif state[1] then
+    out[i] = 2
+  elseif redis.call('SCARD', members) >= item[2] then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+)
+
+#: Mark a chord settled. KEYS[1]: its hash of flags. ARGV[1]: the TTL in milliseconds.
+_CHORD_DONE = Script(
+    """
+redis.call('HSET', KEYS[1], 'done', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+_STEPS: tuple[ChordStep, ChordStep, ChordStep] = ("wait", "fire", "fail")
+
+#: Keys per MGET of `fetch_many`.
+_MGET_CHUNK = 1000
+
+
 def _decode(raw: bytes | None) -> StoredResult | None:
     if raw is None:
         return None
@@ -84,6 +131,8 @@ def _ready(raw: bytes | None) -> bool:
 
 class RedisBackend(ResultBackend):
     """Results in Redis: `App(backend="redis://localhost:6379/0")`."""
+
+    counts_chords = True
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -100,6 +149,9 @@ class RedisBackend(ResultBackend):
         self._semaphore: RedisSemaphore | None = None
         self._stores: Batcher[tuple[str, str, bytes, float], None] = Batcher(self._flush_stores)
         self._lookups: Batcher[str, bytes | None] = Batcher(self._flush_lookups)
+        self._chord_parts: Batcher[tuple[str, str, int, bool, float], ChordStep] = Batcher(
+            self._flush_chord_parts
+        )
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.settings.url}>"
@@ -226,3 +278,43 @@ class RedisBackend(ResultBackend):
         """Delete the result."""
         with redis_errors(self.settings, "forgetting a result"):
             await self._hot_path().execute("DEL", self._key(task_id))
+
+    async def fetch_many(self, task_ids: Sequence[str]) -> list[StoredResult | None]:
+        """Look many results up, a thousand keys per MGET."""
+        found: list[StoredResult | None] = []
+        with redis_errors(self.settings, "fetching results"):
+            for start in range(0, len(task_ids), _MGET_CHUNK):
+                keys = [self._key(task_id) for task_id in task_ids[start : start + _MGET_CHUNK]]
+                values: Any = await self._hot_path().execute("MGET", *keys)
+                found.extend(_decode(raw) for raw in values)
+        return found
+
+    def _chord_keys(self, chord_id: str) -> tuple[str, str]:
+        base = f"{self.settings.prefix}:chord:{chord_id}"
+        return f"{base}:parts", f"{base}:flags"
+
+    async def chord_part(
+        self, chord_id: str, task_id: str, size: int, ttl: float, *, ok: bool
+    ) -> ChordStep:
+        """Record a header task: one script call, shared with concurrent records."""
+        self._hot_path()
+        with redis_errors(self.settings, "counting a chord"):
+            return await self._chord_parts.submit((chord_id, task_id, size, ok, ttl))
+
+    async def _flush_chord_parts(
+        self, items: list[tuple[str, str, int, bool, float]]
+    ) -> list[ChordStep]:
+        keys: list[str] = []
+        values = []
+        for chord_id, task_id, size, ok, ttl in items:
+            keys.extend(self._chord_keys(chord_id))
+            values.append((task_id, size, 1 if ok else 0, max(int(ttl * 1000), 1)))
+        packed = msgpack.packb(values, use_bin_type=False)
+        (replies,) = await run_scripts(self._hot_path(), [(_CHORD_PART, keys, [packed])])
+        return [_STEPS[int(reply)] for reply in replies]
+
+    async def chord_done(self, chord_id: str, ttl: float) -> None:
+        """Mark the chord settled."""
+        _, flags = self._chord_keys(chord_id)
+        with redis_errors(self.settings, "counting a chord"):
+            await run_scripts(self._hot_path(), [(_CHORD_DONE, [flags], [max(int(ttl * 1000), 1)])])

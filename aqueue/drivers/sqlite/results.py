@@ -19,7 +19,7 @@ import anyio
 
 from ...exceptions import BrokerError
 from ...states import READY_STATES
-from ..base import ResultBackend, StoredResult
+from ..base import ChordStep, ResultBackend, StoredResult
 from .database import STRICT, Database, parse_sqlite_url, placeholders
 from .wake import Listener, wake_dir
 
@@ -42,6 +42,22 @@ SCHEMA = (
     )"""
     + STRICT,
     "CREATE INDEX IF NOT EXISTS aqueue_results_expires ON aqueue_results (expires)",
+    # Chords: the header task ids recorded (each once), and per chord its count and flags.
+    """CREATE TABLE IF NOT EXISTS aqueue_chord_parts (
+        chord_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        PRIMARY KEY (chord_id, task_id)
+    )"""
+    + STRICT,
+    """CREATE TABLE IF NOT EXISTS aqueue_chords (
+        chord_id TEXT PRIMARY KEY,
+        parts INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        done INTEGER NOT NULL,
+        expires REAL NOT NULL
+    )"""
+    + STRICT,
+    "CREATE INDEX IF NOT EXISTS aqueue_chords_expires ON aqueue_chords (expires)",
 )
 
 _READY = ", ".join(f"'{state}'" for state in sorted(READY_STATES))
@@ -55,7 +71,7 @@ def _store(conn: sqlite3.Connection, row: tuple[str, str, bytes, float], sweep: 
         row,
     )
     if sweep:
-        conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (time.time(),))
+        _purge(conn)
 
 
 def _fetch(conn: sqlite3.Connection, task_id: str) -> StoredResult | None:
@@ -89,7 +105,63 @@ def _forget(conn: sqlite3.Connection, task_id: str) -> None:
 
 
 def _purge(conn: sqlite3.Connection) -> int:
-    return conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (time.time(),)).rowcount
+    now = time.time()
+    conn.execute(
+        "DELETE FROM aqueue_chord_parts WHERE chord_id IN "
+        "(SELECT chord_id FROM aqueue_chords WHERE expires <= ?)",
+        (now,),
+    )
+    conn.execute("DELETE FROM aqueue_chords WHERE expires <= ?", (now,))
+    return conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (now,)).rowcount
+
+
+def _fetch_many(conn: sqlite3.Connection, task_ids: Sequence[str]) -> list[StoredResult | None]:
+    found: dict[str, StoredResult] = {}
+    now = time.time()
+    for start in range(0, len(task_ids), _CHUNK):
+        chunk = task_ids[start : start + _CHUNK]
+        rows = conn.execute(
+            "SELECT task_id, CAST(state AS TEXT), CAST(payload AS BLOB) FROM aqueue_results "
+            f"WHERE task_id IN ({placeholders(len(chunk))}) AND expires > ?",
+            (*chunk, now),
+        ).fetchall()
+        found.update((task_id, StoredResult(state, payload)) for task_id, state, payload in rows)
+    return [found.get(task_id) for task_id in task_ids]
+
+
+def _chord_part(
+    conn: sqlite3.Connection, chord_id: str, task_id: str, size: int, ok: bool, expires: float
+) -> ChordStep:
+    """Record a header task in the transaction of the grouped write (`Database.write`)."""
+    conn.execute(
+        "INSERT INTO aqueue_chords (chord_id, parts, failed, done, expires) "
+        "VALUES (?, 0, 0, 0, ?) ON CONFLICT (chord_id) DO NOTHING",
+        (chord_id, expires),
+    )
+    added = conn.execute(
+        "INSERT OR IGNORE INTO aqueue_chord_parts (chord_id, task_id) VALUES (?, ?)",
+        (chord_id, task_id),
+    ).rowcount
+    conn.execute(
+        "UPDATE aqueue_chords SET parts = parts + ?, failed = MAX(failed, ?) WHERE chord_id = ?",
+        (added, 0 if ok else 1, chord_id),
+    )
+    parts, failed, done = conn.execute(
+        "SELECT parts, failed, done FROM aqueue_chords WHERE chord_id = ?", (chord_id,)
+    ).fetchone()
+    if done:
+        return "wait"
+    if failed:
+        return "fail"
+    return "fire" if parts >= size else "wait"
+
+
+def _chord_done(conn: sqlite3.Connection, chord_id: str, expires: float) -> None:
+    conn.execute(
+        "INSERT INTO aqueue_chords (chord_id, parts, failed, done, expires) "
+        "VALUES (?, 0, 0, 1, ?) ON CONFLICT (chord_id) DO UPDATE SET done = 1",
+        (chord_id, expires),
+    )
 
 
 class _Waiter:
@@ -107,6 +179,7 @@ class SQLiteBackend(ResultBackend):
     """Results in a SQLite file; `wait` sleeps on a wake-up socket shared by all waiters."""
 
     keeps_expired = True
+    counts_chords = True
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -183,6 +256,21 @@ class SQLiteBackend(ResultBackend):
     async def forget(self, task_id: str) -> None:
         """Delete the result."""
         await self._database().run(_forget, task_id)
+
+    async def fetch_many(self, task_ids: Sequence[str]) -> list[StoredResult | None]:
+        """Look many results up, a few hundred per query."""
+        return await self._database().run(_fetch_many, list(task_ids))
+
+    async def chord_part(
+        self, chord_id: str, task_id: str, size: int, ttl: float, *, ok: bool
+    ) -> ChordStep:
+        """Record a header task in one transaction (shared with concurrent writes)."""
+        expires = time.time() + ttl
+        return await self._database().write(_chord_part, chord_id, task_id, size, ok, expires)
+
+    async def chord_done(self, chord_id: str, ttl: float) -> None:
+        """Mark the chord settled."""
+        await self._database().write(_chord_done, chord_id, time.time() + ttl)
 
     async def wait(self, task_id: str) -> StoredResult:
         """Return once the task is in a ready state; sleep on the shared wake-up socket."""

@@ -1,0 +1,156 @@
+"""What a chord costs: 10,000 no-op header tasks and a callback, against the same tasks plain.
+
+    python benchmarks/canvas.py [--tasks 10000] [--runs 3] [--concurrency 200]
+                                [--redis redis://127.0.0.1:6379/0]
+
+Redis broker and results. One worker process (`aqueue worker -c C`) runs throughout, under a
+key prefix of the run's own. Each run measures, one after the other:
+
+- chord: from just before `chord(header, total.s()).delay()` to the callback's result in the
+  caller (`await result.get()`): the header sent in one publish, every header task counted in
+  the chord's set in Redis, the callback sent by the worker that counts the last one;
+- plain: from just before `noop.delay_many(...)` to every one of the N results in the caller
+  (`get()` on each, concurrently): the same tasks with no chord.
+
+Prints each run and the medians. The keys are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aqueue import App, chord, signature
+
+TASKS = """
+    from aqueue import App
+
+    app = App("tasks", broker={url!r})
+
+
+    @app.task(name="bench.noop")
+    async def noop(i):
+        return i
+
+
+    @app.task(name="bench.total")
+    async def total(values):
+        return len(values)
+"""
+
+
+class WorkerProcess:
+    """`python -m aqueue worker tasks:app -c C`, its log read by a thread."""
+
+    def __init__(self, cwd: Path, concurrency: int) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("AQUEUE_BROKER_URL", None)
+        env.pop("AQUEUE_RESULT_BACKEND", None)
+        command = [sys.executable, "-m", "aqueue", "worker", "tasks:app", "-l", "WARNING"]
+        command += ["-c", str(concurrency)]
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "ready" in line or "[queues]" in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+async def one_run(app: App, tasks: int) -> tuple[float, float]:
+    header = [signature("bench.noop", (i,), app=app) for i in range(tasks)]
+    started = time.perf_counter()
+    result = await chord(header, signature("bench.total", app=app)).delay()
+    assert await result.get(timeout=600) == tasks
+    chord_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    results = await app.send_many("bench.noop", [((i,), {}) for i in range(tasks)])
+    values: list[Any] = [None] * tasks
+
+    async def wait(index: int) -> None:
+        values[index] = await results[index].get(timeout=600)
+
+    async with anyio.create_task_group() as group:
+        for index in range(tasks):
+            group.start_soon(wait, index)
+    assert values == list(range(tasks))
+    plain_seconds = time.perf_counter() - started
+    return chord_seconds, plain_seconds
+
+
+async def main(args: argparse.Namespace) -> None:
+    prefix = f"bench-canvas-{uuid.uuid4().hex[:8]}"
+    separator = "&" if "?" in args.redis else "?"
+    url = f"{args.redis}{separator}prefix={prefix}"
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        (cwd / "tasks.py").write_text(textwrap.dedent(TASKS).format(url=url))
+        worker = WorkerProcess(cwd, args.concurrency)
+        try:
+            async with App("caller", broker=url, set_as_current=False) as app:
+                await anyio.to_thread.run_sync(worker.ready.wait, 60)
+                await one_run(app, 200)  # warm up: connections, scripts
+                chords, plains = [], []
+                for run in range(args.runs):
+                    chord_seconds, plain_seconds = await one_run(app, args.tasks)
+                    chords.append(chord_seconds)
+                    plains.append(plain_seconds)
+                    print(
+                        f"run {run + 1}: chord {chord_seconds:.2f} s, "
+                        f"delay_many + gather {plain_seconds:.2f} s"
+                    )
+                chord_median, plain_median = statistics.median(chords), statistics.median(plains)
+                print(
+                    f"\n{args.tasks:,} no-op tasks, Redis, one worker -c {args.concurrency}, "
+                    f"median of {args.runs}:\n"
+                    f"  chord (delay -> callback result): {chord_median:.2f} s "
+                    f"({args.tasks / chord_median:,.0f} header tasks/s)\n"
+                    f"  delay_many + gather:              {plain_median:.2f} s "
+                    f"({args.tasks / plain_median:,.0f} tasks/s)\n"
+                    f"  chord / plain: {chord_median / plain_median:.2f}"
+                )
+        finally:
+            worker.stop()
+            await cleanup(args.redis, prefix)
+
+
+async def cleanup(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+    finally:
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    anyio.run(main, parser.parse_args())
