@@ -410,7 +410,7 @@ async def test_a_bad_workflow_header_is_refused(canvas: Canvas) -> None:
     for result in sent:
         with pytest.raises(Exception, match="InvalidWorkflow"):
             await result.get(timeout=10)
-    broker = await canvas.app.connection()
+    broker = await canvas.app.broker()
     letters = await broker.dead_letters(canvas.app.conf.task_default_queue)
     assert [letter.reason for letter in letters] == ["undecodable"] * len(bad)
 
