@@ -50,6 +50,7 @@ from typing import Any
 TASKS = """
     import asyncio
     import os
+    import signal
     import time
 
     from aqueue import App
@@ -59,6 +60,29 @@ TASKS = """
     _first = 0.0
     _last = 0.0
     _flush = None
+    _open = False  # the gate: tasks wait until the benchmark sends SIGUSR1
+    _gate = None
+
+
+    def _opened(*_):
+        global _open
+        _open = True
+        if _gate is not None:
+            _gate.set()
+
+
+    signal.signal(signal.SIGUSR1, _opened)  # from import on: the signal never kills the child
+
+
+    async def _wait_gate():
+        global _gate
+        if _gate is None:
+            _gate = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _opened)
+            os.write(1, b"@@gated %d\\n" % os.getpid())
+            if _open:
+                return
+        await _gate.wait()
 
 
     def _report():
@@ -75,21 +99,23 @@ TASKS = """
             _flush = asyncio.get_running_loop().call_later(0.01, _report)
 
 
-    def _begin():
+    async def _begin():
         global _first
+        if not _open:
+            await _wait_gate()
         if not _first:
             _first = time.monotonic()
 
 
     @app.task(name="bench.noop")
     async def noop():
-        _begin()
+        await _begin()
         _done()
 
 
     @app.task(name="bench.sleep")
     async def sleep():
-        _begin()
+        await _begin()
         await asyncio.sleep(0.01)
         _done()
 """
@@ -100,8 +126,8 @@ SCENARIOS = {"S1": ("noop", 10_000, 100), "S2": ("sleep", 5_000, 500)}
 @dataclass
 class Outcome:
     rate: float
-    cpu: float | None  # broker CPU seconds over the run
-    commands: int | None  # Redis commands over the run
+    publish: tuple[float | None, int | None]  # broker CPU seconds, Redis commands
+    drain: tuple[float | None, int | None]
 
 
 def free_port() -> int:
@@ -219,6 +245,9 @@ def one_run(place: Any, run: int, scenario: str, workers: int, directory: Path) 
     kind, total, concurrency = SCENARIOS[scenario]
     url = place.prepare(run)
     (directory / "bench_tasks.py").write_text(textwrap.dedent(TASKS).format(url=url))
+    before = place.counters()
+    asyncio.run(publish(url, kind, total))  # pre-enqueued, before any worker starts
+    published = place.counters()
     command = [sys.executable, "-m", "aqueue", "worker", "bench_tasks:app", "-l", "WARNING"]
     command += ["--workers", str(workers), "-c", str(concurrency)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -236,13 +265,15 @@ def one_run(place: Any, run: int, scenario: str, workers: int, directory: Path) 
     log.close()
     assert supervisor.stdout is not None
     try:
-        banners = 0
-        for line in supervisor.stdout:  # the children's banners: each is about to consume
-            banners += ".> app:" in line
-            if banners == workers:
-                break
-        cpu_before, commands_before = place.counters()
-        asyncio.run(publish(url, kind, total))
+        gated: list[int] = []
+        for line in supervisor.stdout:  # every child holds its first tasks at the gate
+            if line.startswith("@@gated "):
+                gated.append(int(line.split()[1]))
+                if len(gated) == workers:
+                    break
+        started = place.counters()
+        for pid in gated:
+            os.kill(pid, signal.SIGUSR1)  # open the gates: the clock starts at the first task
         counts: dict[str, tuple[int, float, float]] = {}
         for line in supervisor.stdout:
             if not line.startswith("@@bench "):
@@ -251,15 +282,13 @@ def one_run(place: Any, run: int, scenario: str, workers: int, directory: Path) 
             counts[pid] = (int(count), float(first), float(last))
             if sum(c for c, _, _ in counts.values()) >= total:
                 break
-        cpu_after, commands_after = place.counters()
+        drained = place.counters()
         first = min(f for _, f, _ in counts.values())
         last = max(lt for _, _, lt in counts.values())
         return Outcome(
             rate=total / (last - first),
-            cpu=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
-            commands=None
-            if commands_before is None or commands_after is None
-            else commands_after - commands_before,
+            publish=_difference(before, published),
+            drain=_difference(started, drained),
         )
     finally:
         supervisor.send_signal(signal.SIGTERM)
@@ -269,6 +298,15 @@ def one_run(place: Any, run: int, scenario: str, workers: int, directory: Path) 
             os.killpg(supervisor.pid, signal.SIGKILL)
             supervisor.communicate()
         place.cleanup(run)
+
+
+def _difference(
+    before: tuple[float | None, int | None], after: tuple[float | None, int | None]
+) -> tuple[float | None, int | None]:
+    """(broker CPU seconds, Redis commands) between two readings; None where unknown."""
+    cpu = None if before[0] is None or after[0] is None else after[0] - before[0]
+    commands = None if before[1] is None or after[1] is None else after[1] - before[1]
+    return cpu, commands
 
 
 def main() -> None:
@@ -315,8 +353,11 @@ def summarise(
 ) -> dict[str, Any]:
     total = SCENARIOS[scenario][1]
     rate = statistics.median(o.rate for o in outcomes)
-    cpus = [o.cpu for o in outcomes if o.cpu is not None]
-    commands = [o.commands for o in outcomes if o.commands is not None]
+
+    def per_task(values: list[float | int | None], scale: float) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) / total * scale if known else None
+
     return {
         "broker": broker,
         "scenario": scenario,
@@ -324,37 +365,42 @@ def summarise(
         "rate": rate,
         "rates": [round(o.rate) for o in outcomes],
         "efficiency": None if base is None or workers == 1 else rate / (workers * base),
-        "broker_cpu_us_per_task": statistics.median(cpus) / total * 1e6 if cpus else None,
-        "commands_per_task": statistics.median(commands) / total if commands else None,
+        "publish_cpu_us": per_task([o.publish[0] for o in outcomes], 1e6),
+        "drain_cpu_us": per_task([o.drain[0] for o in outcomes], 1e6),
+        "publish_commands": per_task([o.publish[1] for o in outcomes], 1),
+        "drain_commands": per_task([o.drain[1] for o in outcomes], 1),
     }
+
+
+def _shown(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.1f}{unit}" if unit else f"{value:.2f}"
 
 
 def line_of(row: dict[str, Any]) -> str:
     efficiency = f"{row['efficiency']:.0%}" if row["efficiency"] is not None else "-"
-    cpu = row["broker_cpu_us_per_task"]
-    commands = row["commands_per_task"]
     return (
         f"{row['broker']:5} {row['scenario']} N={row['workers']}: {row['rate']:8.0f} tasks/s "
-        f"(runs {row['rates']}), efficiency {efficiency}, broker CPU "
-        f"{'-' if cpu is None else f'{cpu:.1f} us'}/task, "
-        f"{'-' if commands is None else f'{commands:.2f}'} commands/task"
+        f"(runs {row['rates']}), efficiency {efficiency}; broker CPU per task: publish "
+        f"{_shown(row['publish_cpu_us'], ' us')}, drain {_shown(row['drain_cpu_us'], ' us')}; "
+        f"Redis commands per task: publish {_shown(row['publish_commands'])}, "
+        f"drain {_shown(row['drain_commands'])}"
     )
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| broker | scenario | worker processes | tasks/s (median) | efficiency vs N x 1 | "
-        "broker CPU per task | Redis commands per task |",
+        "| broker | scenario | worker processes | tasks/s (median; runs) | efficiency vs N x 1 | "
+        "broker CPU per task: publish, drain | Redis commands per task: publish, drain |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         efficiency = f"{row['efficiency']:.0%}" if row["efficiency"] is not None else "-"
-        cpu = row["broker_cpu_us_per_task"]
-        commands = row["commands_per_task"]
+        runs = ", ".join(f"{r:,}" for r in row["rates"])
         out.append(
-            f"| {row['broker']} | {row['scenario']} | {row['workers']} | {row['rate']:,.0f} | "
-            f"{efficiency} | {'-' if cpu is None else f'{cpu:.1f} us'} | "
-            f"{'-' if commands is None else f'{commands:.2f}'} |"
+            f"| {row['broker']} | {row['scenario']} | {row['workers']} | "
+            f"{row['rate']:,.0f} ({runs}) | {efficiency} | "
+            f"{_shown(row['publish_cpu_us'], ' µs')}, {_shown(row['drain_cpu_us'], ' µs')} | "
+            f"{_shown(row['publish_commands'])}, {_shown(row['drain_commands'])} |"
         )
     return "\n".join(out)
 

@@ -249,3 +249,15 @@ def test_the_settings_take_celery_names_and_units() -> None:
     assert (conf.worker_max_tasks_per_child, conf.worker_max_memory_per_child) == (100, 204800)
     with pytest.raises(ConfigurationError, match="memory size"):
         Settings(worker_max_memory_per_child=1.5)
+
+
+def test_worker_counts_and_limits_are_checked_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aqueue.cli import main
+
+    for bad in (["--workers", "0"], ["--workers", "many"], ["--max-memory-per-child", "lots"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["worker", "tasks:app", *bad])
+        assert exited.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
