@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import anyio
+
 from .test_redis_processes import Lines, free_port, spawn
 
 SERVICE = "mymaster"
@@ -37,12 +39,16 @@ class SentinelGroup:
         return f"{scheme}://{hosts}/{SERVICE}/{db}" + (f"?{query}" if query else "")
 
     async def start(self) -> None:
-        self.primary = await _server(self._dir("primary"), self.primary_port)
+        await anyio.to_thread.run_sync(self.start_blocking)
+
+    def start_blocking(self) -> None:
+        """Start every server, blocking this thread until each is ready."""
+        self.primary = _server(self._dir("primary"), self.primary_port)
         for port in self.replica_ports:
             of = ("--replicaof", "127.0.0.1", str(self.primary_port))
-            replica = await _server(self._dir(f"replica-{port}"), port, *of)
+            replica = _server(self._dir(f"replica-{port}"), port, *of)
             self.replicas.append(replica)
-            await replica.wait_line("sync: Finished with success")
+            replica.block_until_line("sync: Finished with success")
         for port in self.sentinel_ports:
             config = self._dir(f"sentinel-{port}") / "sentinel.conf"
             config.write_text(
@@ -54,8 +60,8 @@ class SentinelGroup:
             command = ["redis-server", str(config), "--sentinel"]
             self.sentinels.append(spawn(command, cwd=config.parent))
         for sentinel in self.sentinels:  # each knows the replicas and both of its peers
-            await sentinel.wait_line("+slave slave", count=2)
-            await sentinel.wait_line("+sentinel sentinel", count=2)
+            sentinel.block_until_line("+slave slave", count=2)
+            sentinel.block_until_line("+sentinel sentinel", count=2)
 
     def _dir(self, name: str) -> Path:
         """A directory of the server's own (a replica writes the RDB it loads there)."""
@@ -82,9 +88,9 @@ class SentinelGroup:
         self.primary = None
 
 
-async def _server(directory: Path, port: int, *extra: str) -> Lines:
+def _server(directory: Path, port: int, *extra: str) -> Lines:
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     command += ["--save", "", "--appendonly", "no", *extra]
     server = spawn(command)
-    await server.wait_line("Ready to accept connections")
+    server.block_until_line("Ready to accept connections")
     return server
