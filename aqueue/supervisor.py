@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -278,6 +279,8 @@ async def watch_parent(on_exit: Callable[[], None]) -> None:
     A child started by the supervisor runs this; a blocking read through the event loop (a
     pipe transport), no polling.
     """
+    if not stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
+        return  # not the supervisor's pipe (a terminal, /dev/null): nothing to watch
     loop = asyncio.get_running_loop()
     closed = anyio.Event()
 

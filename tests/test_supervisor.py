@@ -188,6 +188,7 @@ async def test_max_tasks_per_child_recycles_without_losing_a_task(
     assert supervisor.count("retiring (warm shutdown)") >= 3
     assert supervisor.count("retired; starting a replacement") >= 3
     assert len({pid for _, pid in runs(tmp_path)}) >= 4
+    assert "Traceback" not in supervisor.output
 
 
 async def test_children_stop_when_the_supervisor_is_killed(supervised: Callable[..., Any]) -> None:
