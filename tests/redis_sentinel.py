@@ -55,7 +55,7 @@ class SentinelGroup:
                 f"port {port}\nbind 127.0.0.1\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {SERVICE} 10000\n"
+                f"sentinel failover-timeout {SERVICE} 3000\n"
             )
             command = ["redis-server", str(config), "--sentinel"]
             self.sentinels.append(spawn(command, cwd=config.parent))
@@ -90,7 +90,7 @@ class SentinelGroup:
 
 def _server(directory: Path, port: int, *extra: str) -> Lines:
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    command += ["--save", "", "--appendonly", "no", *extra]
+    command += ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", *extra]
     server = spawn(command)
     server.block_until_line("Ready to accept connections")
     return server

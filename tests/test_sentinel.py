@@ -26,8 +26,8 @@ from aqueue.exceptions import ConfigurationError
 from aqueue.urls import redact
 
 from .conftest import service_unavailable
-from .redis_sentinel import SentinelGroup
-from .test_redis_processes import STEP, child_env, spawn
+from .redis_sentinel import SERVICE, SentinelGroup
+from .test_redis_processes import STEP, child_env, free_port, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +117,39 @@ async def test_broker_results_and_throttles_through_sentinel(group: SentinelGrou
         broker = await app.connection()
         assert broker.rate_limiter() is not None  # global throttles on the primary
         assert broker.mailbox() is not None
+
+
+async def test_a_dead_sentinel_is_skipped_and_a_demoted_primary_is_left(
+    group: SentinelGroup,
+) -> None:
+    dead = free_port()  # nothing listens there: the first sentinel named is down
+    hosts = ",".join(f"127.0.0.1:{port}" for port in [dead, *group.sentinel_ports])
+    url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+    async with App("sentinel", broker=url, set_as_current=False) as app:
+
+        @app.task
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        first = await add.delay(1, 1)
+        await Worker(app, burst=True).run()
+        assert await first.get(timeout=STEP) == 2
+        # A coordinated failover: the primary, to which the app is connected, turns replica.
+        failover = ["redis-cli", "-p", str(group.sentinel_ports[0]), "SENTINEL", "FAILOVER"]
+        await anyio.run_process([*failover, SERVICE])
+        await group.wait_failover()
+        results, refused = [], 0
+        with anyio.fail_after(STEP):
+            while len(results) < 5:
+                try:
+                    results.append(await add.delay(2, 2))
+                except BrokerError:  # on the demoted primary: READONLY, and the link is dropped
+                    refused += 1
+                    await anyio.sleep(0.05)  # the producer's own pause before the next try
+        await Worker(app, burst=True).run()
+        assert [await r.get(timeout=STEP) for r in results] == [4] * 5
+    print(f"\ncoordinated failover: {refused} publish(es) refused by the demoted primary")
+    assert refused <= 3
 
 
 @pytest.mark.parametrize("wait", [1, 0], ids=["wait=1", "no-wait"])
