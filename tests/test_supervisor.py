@@ -30,6 +30,8 @@ from aqueue.supervisor import child_name, describe_status
 
 from .test_redis_processes import STEP, Lines, child_env, spawn
 
+pytestmark = pytest.mark.slow
+
 TASKS = """
     import os
     import pathlib
