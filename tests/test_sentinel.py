@@ -114,7 +114,7 @@ async def test_broker_results_and_throttles_through_sentinel(group: SentinelGrou
         results = [await add.delay(i, i) for i in range(5)]
         await Worker(app, burst=True).run()
         assert [await r.get(timeout=STEP) for r in results] == [0, 2, 4, 6, 8]
-        broker = await app.connection()
+        broker = await app.broker()
         assert broker.rate_limiter() is not None  # global throttles on the primary
         assert broker.mailbox() is not None
 
