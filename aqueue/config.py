@@ -33,6 +33,7 @@ from .drivers.options import (
 from .exceptions import ConfigurationError, UnknownSetting
 from .formats import check_formats
 from .loops import LOOPS
+from .recycle import parse_memory
 from .urls import redact_text
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
@@ -96,6 +97,10 @@ class Settings:
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
     worker_held_limit: int = 1000
     worker_hostname: str | None = None
+    #: Retire a worker process (warm stop; its supervisor starts another) after this many
+    #: tasks, or once its resident memory passes this many KiB (Celery's names and units).
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
     #: Warn (naming the task) when the event loop was blocked longer than this many seconds,
     #: which only code that does not await can do (see aqueue/loopwatch.py); 0 turns it off.
     worker_loop_block_warning: float = 1.0
@@ -381,6 +386,14 @@ def _backend(name: str, value: Any) -> Any:
     raise ConfigurationError(f"{name} must be a URL, None or False, not {value!r}")
 
 
+def _memory(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigurationError(
+            f"a memory size must be KiB or a string like '200MB', not {value!r}"
+        )
+    return parse_memory(value)
+
+
 def _optional_url(name: str, value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
@@ -411,6 +424,10 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
+    "worker_max_tasks_per_child": lambda name, value: (
+        None if value is None else _positive_int(name, value)
+    ),
+    "worker_max_memory_per_child": lambda name, value: None if value is None else _memory(value),
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
     "beat_schedule": _mapping,

@@ -38,15 +38,8 @@ def redact(url: str) -> str:
             return f"{head.partition(':')[0]}:***@{tail}" if ":" in head else url
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    hosts = parts.netloc.rpartition("@")[2]  # as written: one host, or several (Sentinel)
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def redact_text(text: str) -> str:

@@ -42,6 +42,7 @@ from .exceptions import BrokerError, ConfigurationError
 from .isolation import Isolation
 from .loopwatch import LoopWatch, blocking_tasks
 from .processes import ProcessPool
+from .recycle import Recycle
 from .remote import RemoteControl, Revocations
 from .runner import Runner
 from .slots import Inbox, InboxClosed, Slots
@@ -73,6 +74,8 @@ class Worker:
         hostname: str | None = None,
         processes: int | None = None,
         app_path: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -88,6 +91,13 @@ class Worker:
         self.burst = burst
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
+        #: Retire after so many tasks, or past so much resident memory (KiB): see aqueue/recycle.py.
+        self.recycle = Recycle(
+            max_tasks_per_child or conf.worker_max_tasks_per_child,
+            max_memory_per_child or conf.worker_max_memory_per_child,
+        )
+        #: Why the worker stopped itself on a limit (None: it did not).
+        self.recycled: str | None = None
         self.runner: Runner | None = None
         #: The running deliveries, with the asyncio task running each (for terminate).
         self._running: dict[Delivery, asyncio.Task[Any]] = {}
@@ -342,6 +352,8 @@ class Worker:
         self._running[delivery] = me
         try:
             await work
+            if self.recycle:
+                self._after_task()
         except asyncio.CancelledError:
             if self._terminated.pop(delivery, False) and me.uncancel() == 0:
                 return  # settled as revoked already
@@ -354,6 +366,13 @@ class Worker:
                 await _nack_quietly(delivery, delay=1.0)
         finally:
             del self._running[delivery]
+
+    def _after_task(self) -> None:
+        reason = self.recycle.after_task()
+        if reason is not None and not self._stopping:
+            logger.warning("%s: %s; retiring (warm shutdown)", self.hostname, reason)
+            self.recycled = reason
+            self.stop()
 
     async def _run(
         self,

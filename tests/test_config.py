@@ -160,8 +160,10 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_loop_block_warning",
         "broker_dead_letter_max_bytes",
         "worker_loop",
+        "worker_max_tasks_per_child",
+        "worker_max_memory_per_child",
     } <= names
-    assert len(names) == 44  # 42, and Celery's imports and include
+    assert len(names) == 46  # 42, Celery's imports and include, and the recycling limits
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 

@@ -122,6 +122,10 @@ class Lines:
         """Wait (bounded) until `count` lines contain `text`."""
         await anyio.to_thread.run_sync(self._wait, text, count, within)
 
+    def block_until_line(self, text: str, *, count: int = 1, within: float = STEP) -> None:
+        """`wait_line` for code without an event loop (a session fixture): blocks the thread."""
+        self._wait(text, count, within)
+
     def stop(self, sig: int = signal.SIGKILL) -> int:
         """Signal the process (if it runs), reap it, and join the readers."""
         if self.proc.poll() is None:

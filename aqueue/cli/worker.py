@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -20,9 +21,12 @@ import anyio
 from ..app import App
 from ..banner import banner
 from ..beat.scheduler import Beat
+from ..exceptions import ConfigurationError
 from ..loader import import_from_cwd, load_app
 from ..logs import setup_logging
 from ..loops import LOOPS, describe, loop_factory
+from ..recycle import EXIT_RECYCLE, parse_memory
+from ..supervisor import Supervisor, child_name, watch_parent
 from ..urls import secrets_in
 from ..worker import Worker
 from .beat import beat_banner
@@ -64,6 +68,25 @@ def add_commands(commands: Any) -> None:
     worker.add_argument(
         "-B", "--beat", action="store_true", help="also send the periodic tasks (a beat)"
     )
+    worker.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes under one supervisor (default 1; auto: one per core)",
+    )
+    worker.add_argument(
+        "--max-tasks-per-child",
+        type=_positive,
+        metavar="N",
+        help="replace a worker process after N tasks (warm; implies the supervisor)",
+    )
+    worker.add_argument(
+        "--max-memory-per-child",
+        type=_memory,
+        metavar="KIB",
+        help="replace a worker process past this resident memory (KiB, or e.g. 200MB)",
+    )
+    worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=_worker)
 
 
@@ -75,6 +98,19 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    return _positive(text)
+
+
+def _memory(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -99,6 +135,9 @@ def _run_worker(args: argparse.Namespace) -> int:
 
         setup_django()
     app = load_app(args.app)
+    supervised = args.workers or args.max_tasks_per_child or args.max_memory_per_child
+    if supervised and not args.child:
+        return _supervise(app, args)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = Worker(
         app,
@@ -110,6 +149,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         hostname=args.hostname,
         processes=args.processes,
         app_path=args.app,
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child=args.max_memory_per_child,
     )
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
@@ -123,14 +164,14 @@ def _run_worker(args: argparse.Namespace) -> int:
             limits = await _limits_scope(app)
             loop = describe(asyncio.get_running_loop())
             print(banner(worker, args.app, limits=limits, loop=loop), flush=True)
-            if not args.beat:
-                await worker.serve()
-                return
-            beat = Beat(app)
-            await beat.load()
-            print(beat_banner(app, beat, args.app), flush=True)
             async with anyio.create_task_group() as group:
-                group.start_soon(beat.run)
+                if args.child:  # the supervisor holds our stdin: its end means it died
+                    group.start_soon(watch_parent, worker.stop)
+                if args.beat:
+                    beat = Beat(app)
+                    await beat.load()
+                    print(beat_banner(app, beat, args.app), flush=True)
+                    group.start_soon(beat.run)
                 await worker.serve()
                 group.cancel_scope.cancel()  # the worker stopped: so does its beat
         finally:
@@ -138,9 +179,40 @@ def _run_worker(args: argparse.Namespace) -> int:
                 await app.close()
 
     anyio.run(serve, backend_options={"loop_factory": factory})
+    status = EXIT_RECYCLE if worker.recycled else 0
     if worker.runner is not None and worker.runner.threads_busy:
-        _exit_past_blocked_threads(worker.runner.threads_busy)
-    return 0
+        _exit_past_blocked_threads(worker.runner.threads_busy, status)
+    return status
+
+
+def _supervise(app: App, args: argparse.Namespace) -> int:
+    """Run `--workers N` child workers under a supervisor (aqueue/supervisor.py)."""
+    hostname = args.hostname or app.conf.worker_hostname or f"aqueue@{socket.gethostname()}"
+    setup_logging(args.loglevel, [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")])
+
+    def command(name: str) -> list[str]:
+        line = [sys.executable, "-m", "aqueue", "worker", args.app, "--child", "-n", name]
+        line += ["-l", args.loglevel]
+        for flag, value in (
+            ("-c", args.concurrency),
+            ("--threads", args.threads),
+            ("--processes", args.processes),
+            ("-Q", args.queues),
+            ("--loop", args.loop),
+            ("--shutdown-timeout", args.shutdown_timeout),
+            ("--max-tasks-per-child", args.max_tasks_per_child),
+            ("--max-memory-per-child", args.max_memory_per_child),
+        ):
+            if value is not None:
+                line += [flag, str(value)]
+        if args.burst:
+            line.append("--burst")
+        if args.beat and name == child_name(hostname, 1):  # one beat is enough
+            line.append("--beat")
+        return line
+
+    supervisor = Supervisor(command, args.workers or 1, hostname=hostname, burst=args.burst)
+    return anyio.run(supervisor.run)
 
 
 def _warn_ignored(app: App) -> None:
@@ -160,7 +232,7 @@ async def _limits_scope(app: App) -> str:
     return "per worker (no Redis for a global limiter)"
 
 
-def _exit_past_blocked_threads(count: int) -> None:
+def _exit_past_blocked_threads(count: int, status: int) -> None:
     """Exit now: sync tasks are still blocked in threads after shutdown.
 
     Their messages are back on the queue already; Python would otherwise wait for the threads
@@ -172,4 +244,4 @@ def _exit_past_blocked_threads(count: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)

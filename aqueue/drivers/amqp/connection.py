@@ -5,6 +5,7 @@ Settings from the URL, one reconnecting AMQP connection, and errors that never s
 URLs, as Celery writes them:
 
     amqp://user:password@host:5672/vhost     plain TCP; `//` (or nothing) is the vhost "/"
+    amqp://user:password@h1:5672,h2:5672//   a cluster: hosts tried in order (see `Link`)
     amqps://user:password@host:5671/vhost    TLS, with the server certificate checked
     pyamqp://...                              an alias of amqp://, for Celery users
 
@@ -23,7 +24,10 @@ transport options (`broker_transport_options`), the options winning:
     cafile, certfile, keyfile   TLS files for amqps:// (options may also give `ssl_context`)
 
 The connection (`Link`) opens once, fails fast if RabbitMQ is unreachable, and afterwards
-reconnects with a capped exponential backoff whenever a caller finds it closed.
+reconnects with a capped exponential backoff whenever a caller finds it closed. With several
+hosts, each connection attempt tries them in order (the first that answers wins), and the
+backoff comes between rounds over all of them. The transport option `failover` (a list of
+`host[:port]`) adds hosts after the URL's.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class AMQPSettings:
     url: str = field(repr=False)
     display: str
     tls: bool
-    host: str
+    host: str  # the first node
     port: int
     username: str = field(repr=False)
     password: str = field(repr=False)
@@ -109,8 +113,10 @@ class AMQPSettings:
     certfile: str | None = None
     keyfile: str | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    #: The nodes to try after `host`, `port`, in order (the rest of a cluster).
+    failover: tuple[tuple[str, int], ...] = ()
 
-    def aiormq_url(self, role: str) -> str:
+    def aiormq_url(self, role: str, address: tuple[str, int] | None = None) -> str:
         """Return the URL aiormq connects to (it holds the password: never log it)."""
         name = self.name or f"aqueue {role} {socket.gethostname()} pid {os.getpid()}"
         if self.name and role != "broker":
@@ -118,10 +124,11 @@ class AMQPSettings:
         scheme = "amqps" if self.tls else "amqp"
         user = quote(self.username, safe="")
         password = quote(self.password, safe="")
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host, port = address or (self.host, self.port)
+        host = f"[{host}]" if ":" in host else host
         vhost = quote(self.vhost, safe="")
         query = f"heartbeat={self.heartbeat}&name={quote(name, safe='')}"
-        return f"{scheme}://{user}:{password}@{host}:{self.port}/{vhost}?{query}"
+        return f"{scheme}://{user}:{password}@{host}:{port}/{vhost}?{query}"
 
     def tls_context(self) -> ssl.SSLContext | None:
         """Return the TLS context for amqps:// (certificates checked), or None for amqp://."""
@@ -168,6 +175,9 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPSe
     """Parse an amqp://, amqps:// or pyamqp:// URL; `options` override the URL's query."""
     try:
         parts = urlsplit(url)
+        if "," in parts.netloc:  # a cluster: the first host stands for the URL here
+            first = parts.netloc.rpartition("@")[2].split(",")[0]
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[0] + "@" + first)
         port = parts.port
     except ValueError as exc:
         raise ConfigurationError(f"{redact(url)!r} is not a valid AMQP URL: {exc}") from None
@@ -176,6 +186,8 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPSe
         raise ConfigurationError(f"{redact(url)!r} is not an amqp://, amqps:// or pyamqp:// URL")
     values: dict[str, Any] = _query(url, parts.query)
     values.update({key: value for key, value in (options or {}).items() if key in _QUERY_KEYS})
+    default_port = _PORTS["amqps" if scheme == "amqps" else "amqp"]
+    hosts = _hosts(url, default_port, (options or {}).get("failover") or ())
     queue_type = str(values.get("queue_type", "classic")).lower()
     if queue_type not in ("classic", "quorum"):
         raise ConfigurationError(f"queue_type must be 'classic' or 'quorum', not {queue_type!r}")
@@ -204,7 +216,31 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPSe
         certfile=values.get("certfile") or None,
         keyfile=values.get("keyfile") or None,
         ssl_context=context if isinstance(context, ssl.SSLContext) else None,
+        failover=hosts[1:],
     )
+
+
+def _hosts(url: str, default_port: int, failover: Any) -> tuple[tuple[str, int], ...]:
+    """Return the nodes of the URL (`h1:5672,h2:5672`) and then the `failover` option's."""
+    netloc = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    named = netloc.rpartition("@")[2].split(",")
+    if isinstance(failover, str):
+        failover = failover.split(",")
+    hosts: list[tuple[str, int]] = []
+    for each in [*named, *failover]:
+        text = str(each).strip()
+        if text.startswith("["):  # [IPv6]:port
+            host, _, rest = text[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host, port_text = text, ""
+        try:
+            hosts.append((host or "localhost", int(port_text) if port_text else default_port))
+        except ValueError:
+            raise ConfigurationError(f"{each!r} is not host:port in {redact(url)!r}") from None
+    return tuple(hosts)
 
 
 def scrub(settings: AMQPSettings, text: str) -> str:
@@ -279,19 +315,37 @@ class Link:
         return self._closed
 
     async def _connect(self) -> AbstractConnection:
+        """Connect to the first node that answers, trying them in order."""
         settings = self.settings
-        url = settings.aiormq_url(self.role)
+        errors: list[BrokerError] = []
+        for address in [(settings.host, settings.port), *settings.failover]:
+            try:
+                connection = await self._connect_to(address)
+            except BrokerError as exc:
+                errors.append(exc)
+                continue
+            if errors:
+                logger.warning("connected to %s:%d (%s)", *address, errors[-1])
+            self.generation += 1
+            return connection
+        if len(errors) == 1:
+            raise errors[0]
+        raise BrokerError(f"no node of {settings.display} answered: {errors[-1]}")
+
+    async def _connect_to(self, address: tuple[str, int]) -> AbstractConnection:
+        settings = self.settings
+        url = settings.aiormq_url(self.role, address)
+        where = f"{address[0]}:{address[1]}"
         try:
             with anyio.fail_after(settings.connect_timeout):
-                connection = await aiormq.connect(url, context=settings.tls_context())
+                return await aiormq.connect(url, context=settings.tls_context())
         except TimeoutError:
             raise BrokerError(
-                f"could not connect to {settings.display} within {settings.connect_timeout} s"
+                f"could not connect to {where} of {settings.display} "
+                f"within {settings.connect_timeout} s"
             ) from None
         except AMQP_ERRORS as exc:  # ssl.SSLError is an OSError
-            raise broker_error(settings, "connect", exc) from None
-        self.generation += 1
-        return connection
+            raise broker_error(settings, f"connect to {where}", exc) from None
 
     async def open(self) -> None:
         """Connect now; raise `BrokerError` if RabbitMQ cannot be reached."""

@@ -416,18 +416,39 @@ class RedisBroker(Broker):
             else:
                 commands.append(("XADD", keys.stream(priority), "*", "b", message.body))
         try:  # not `redis_errors`: every `delay()` comes this way, and a try costs nothing
-            if commands:
-                for reply in await hot.execute_many(commands):
-                    if isinstance(reply, Exception):
-                        raise reply
-            if delayed:
-                calls = [
-                    (_SCHEDULE, [self.keys(queue).delayed, self.keys(queue).wake], args)
-                    for queue, args in delayed.items()
-                ]
-                await run_scripts(hot, calls)
+            await self._send(hot, commands, delayed)
         except (RedisError, OSError) as exc:
             raise broker_error(self.settings, exc, "publishing") from None
+
+    async def _send(
+        self, hot: RespClient, commands: list[tuple[Any, ...]], delayed: dict[str, list[Any]]
+    ) -> None:
+        if commands:
+            for reply in await hot.execute_many(commands):
+                if isinstance(reply, Exception):
+                    raise reply
+        if delayed:
+            calls = [
+                (_SCHEDULE, [self.keys(queue).delayed, self.keys(queue).wake], args)
+                for queue, args in delayed.items()
+            ]
+            await run_scripts(hot, calls)
+        if self.settings.wait:
+            await self._replicated(hot)
+
+    async def _replicated(self, hot: RespClient) -> None:
+        """Wait until `?wait=N` replicas hold what this connection wrote (Redis's `WAIT`).
+
+        A publish confirmed this way survives the failover of its primary to one of them.
+        """
+        settings = self.settings
+        held = await hot.execute("WAIT", settings.wait, int(settings.wait_timeout * 1000))
+        if held < settings.wait:
+            raise BrokerError(
+                f"Redis at {settings.url}: only {held} of {settings.wait} replica(s) held a "
+                f"published message within {settings.wait_timeout} s; it is on the primary, "
+                "but may not survive its failover"
+            )
 
     async def _add(self, message: OutgoingMessage) -> None:
         """Add one ready message to its stream: one XADD, its head encoded once per stream."""
@@ -439,6 +460,8 @@ class RedisBroker(Broker):
             head = self._xadd[message.queue, priority] = encode_head(("XADD", stream, "*", "b"), 5)
         try:
             reply = await hot.execute_encoded(head + encode_bulk(message.body))
+            if self.settings.wait and not isinstance(reply, Exception):
+                await self._replicated(hot)
         except (RedisError, OSError) as exc:
             raise broker_error(self.settings, exc, "publishing") from None
         if isinstance(reply, Exception):

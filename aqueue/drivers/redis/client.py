@@ -41,6 +41,8 @@ from redis.exceptions import NoScriptError, RedisError
 from ...exceptions import BrokerError, ConfigurationError
 from ...urls import redact, scheme_of
 from .resp import RespClient
+from .sentinel import SCHEMES as SENTINEL_SCHEMES
+from .sentinel import SentinelConnection, parse_sentinel_url
 
 __all__ = [
     "Batcher",
@@ -64,8 +66,8 @@ CONNECT_TIMEOUT = 2.0
 #: Seconds to wait for the reply to an ordinary (non-blocking) command.
 SOCKET_TIMEOUT = 10.0
 
-_FLOATS = ("socket_timeout", "socket_connect_timeout")
-_INTS = ("db", "max_connections", "retries")
+_FLOATS = ("socket_timeout", "socket_connect_timeout", "wait_timeout")
+_INTS = ("db", "max_connections", "retries", "wait")
 _BOOLS = ("ssl_check_hostname",)
 _STRINGS = (
     "prefix",
@@ -90,6 +92,10 @@ class RedisSettings:
     connection_class: type[Connection] | type[UnixDomainSocketConnection]
     kwargs: dict[str, Any] = field(repr=False)
     max_connections: int = 50
+    #: Publishes wait for this many replicas to hold them (`WAIT`): `?wait=1`; 0: they do not.
+    wait: int = 0
+    #: Seconds a publish waits for its replicas before it fails (`?wait_timeout=`).
+    wait_timeout: float = 1.0
 
     def __repr__(self) -> str:
         return f"RedisSettings({self.url!r}, prefix={self.prefix!r})"
@@ -179,6 +185,8 @@ def parse_redis_url(
     `ignore` names options the caller handles itself (a broker's `visibility_timeout`).
     """
     scheme = scheme_of(url)
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel_settings(url, options, ignore)
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -226,6 +234,35 @@ def parse_redis_url(
         connection_class=connection_class,
         kwargs=kwargs,
         max_connections=opts.get("max_connections", 50),
+        wait=_at_least_zero("wait", opts.get("wait", 0)),
+        wait_timeout=opts.get("wait_timeout") or 1.0,
+    )
+
+
+def _at_least_zero(name: str, value: int) -> int:
+    if value < 0:
+        raise ConfigurationError(f"Redis option {name}={value} must not be negative")
+    return value
+
+
+def _sentinel_settings(
+    url: str, options: Mapping[str, Any], ignore: frozenset[str]
+) -> RedisSettings:
+    """Return settings whose connections find the primary through Sentinel (`sentinel.py`)."""
+    timeout = float(options.get("socket_connect_timeout") or CONNECT_TIMEOUT)
+    sentinels, _, single = parse_sentinel_url(url, timeout)
+    settings = parse_redis_url(single, options, ignore=ignore)
+    kwargs = dict(settings.kwargs)
+    del kwargs["host"], kwargs["port"]  # the sentinels say, at each connection
+    kwargs["sentinel"] = sentinels
+    return RedisSettings(
+        url=redact(url),
+        prefix=settings.prefix,
+        connection_class=SentinelConnection,
+        kwargs=kwargs,
+        max_connections=settings.max_connections,
+        wait=settings.wait,
+        wait_timeout=settings.wait_timeout,
     )
 
 

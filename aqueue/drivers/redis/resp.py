@@ -282,7 +282,7 @@ class RespClient:
             protocol = await self._connected()
         data = b"".join(encode_command(command) for command in commands)
         replies = await _replies(protocol, protocol.send(data, len(commands)))
-        return [_error(r) if type(r) is ResponseError else r for r in replies]
+        return [self._refused(protocol, r) if type(r) is ResponseError else r for r in replies]
 
     async def execute_encoded(self, data: bytes) -> Any:
         """Run one command encoded already; return its reply, an error reply as its exception.
@@ -304,7 +304,20 @@ class RespClient:
             elif not future.cancelled():
                 future.exception()  # seen
             raise
-        return _error(reply) if type(reply) is ResponseError else reply
+        return self._refused(protocol, reply) if type(reply) is ResponseError else reply
+
+    def _refused(self, protocol: _Protocol, reply: ResponseError) -> RedisError:
+        """Return an error reply's exception; a demoted primary's closes the connection.
+
+        Behind Sentinel, a primary demoted to a replica answers READONLY (or UNBLOCKED to a
+        blocked read): the next command connects again, to the primary the sentinels name.
+        """
+        error = _error(reply)
+        if "sentinel" in self.settings.kwargs and (
+            isinstance(error, ReadOnlyError) or str(reply).startswith("UNBLOCKED")
+        ):
+            protocol.close(RedisConnectionError("the primary was demoted to a replica"))
+        return error
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """Run a loaded Lua script (as redis-py's `evalsha`)."""
@@ -352,6 +365,13 @@ class RespClient:
         def factory() -> _Protocol:
             return _Protocol(timeout)
 
+        sentinel = kwargs.get("sentinel")  # Sentinel: ask where the primary is, each time
+        host: str
+        port: int
+        if sentinel is not None:
+            host, port = await sentinel.primary()
+        elif "path" not in kwargs:
+            host, port = kwargs["host"], kwargs["port"]
         try:
             async with asyncio.timeout(kwargs.get("socket_connect_timeout")):
                 if "path" in kwargs:
@@ -360,10 +380,10 @@ class RespClient:
                     tls = tls_context(kwargs) if "ssl_cert_reqs" in kwargs else None
                     transport, protocol = await loop.create_connection(
                         factory,
-                        kwargs["host"],
-                        kwargs["port"],
+                        host,
+                        port,
                         ssl=tls,
-                        server_hostname=kwargs["host"] if tls is not None else None,
+                        server_hostname=host if tls is not None else None,
                     )
                     sock = transport.get_extra_info("socket")
                     if sock is not None:
@@ -408,6 +428,8 @@ async def _hello(protocol: _Protocol, kwargs: dict[str, Any]) -> None:
         commands.append(("CLIENT", "SETNAME", kwargs["client_name"]))
     if kwargs.get("db"):
         commands.append(("SELECT", int(kwargs["db"])))
+    if kwargs.get("sentinel"):  # a sentinel's answer can lag a failover: check the role
+        commands.append(("ROLE",))
     if not commands:
         return
     data = b"".join(encode_command(command) for command in commands)
@@ -415,6 +437,8 @@ async def _hello(protocol: _Protocol, kwargs: dict[str, Any]) -> None:
     for command, reply in zip(commands, replies, strict=True):
         if type(reply) is ResponseError:  # a refused AUTH, whatever Redis calls it
             raise AuthenticationError(str(reply)) if command[0] == "AUTH" else _error(reply)
+        if command[0] == "ROLE" and not (reply and reply[0] == b"master"):
+            raise RedisConnectionError("not the primary (a failover under way): trying again")
 
 
 def tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
