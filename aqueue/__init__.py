@@ -36,6 +36,9 @@ from .exceptions import TaskRevoked as TaskRevoked
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded
 from .exceptions import UnknownSetting as UnknownSetting
 from .exceptions import WorkerLostError as WorkerLostError
+from .hooks import TaskRun as TaskRun
+from .hooks import WorkerContext as WorkerContext
+from .hooks import worker_context as worker_context
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
 from .result import AsyncResult as AsyncResult
@@ -85,9 +88,11 @@ __all__ = [
     "TaskMeta",
     "TaskOptions",
     "TaskRevoked",
+    "TaskRun",
     "TimeLimitExceeded",
     "UnknownSetting",
     "Worker",
+    "WorkerContext",
     "WorkerLostError",
     "__version__",
     "crontab",
@@ -96,4 +101,5 @@ __all__ = [
     "register_broker",
     "shared_task",
     "states",
+    "worker_context",
 ]

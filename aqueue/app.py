@@ -31,6 +31,7 @@ from .control import Control
 from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
 from .exceptions import ConfigurationError, NotRegistered
+from .hooks import Hooks, TaskRun, WorkerContext, add_hook
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
 from .sync import IOThread, SyncApp
 from .task import AsyncTask, SyncTask, Task, make_task
@@ -41,6 +42,8 @@ __all__ = ["App", "current_app", "shared_task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+WorkerHook = TypeVar("WorkerHook", bound=Callable[[WorkerContext], Any])
+TaskHook = TypeVar("TaskHook", bound=Callable[[TaskRun], Any])
 
 
 class TaskDecorator(Protocol):
@@ -98,6 +101,8 @@ class App:
         self._loops_lock = threading.Lock()
         #: The thread whose loop runs `app.sync` calls, started on first use.
         self._io: IOThread | None = None
+        #: The worker and task hooks (`@app.on_worker_start`, ...): see aqueue/hooks.py.
+        self.hooks = Hooks()
         current.add_app(self, current=set_as_current)
 
     def __repr__(self) -> str:
@@ -156,6 +161,28 @@ class App:
     def beat(self) -> BeatControl:
         """The periodic tasks of this app's beats, editable at runtime: `await app.beat.list()`."""
         return BeatControl(self)
+
+    # -- hooks (aqueue/hooks.py) -------------------------------------------------------------
+
+    def on_worker_start(self, fn: WorkerHook) -> WorkerHook:
+        """Run `fn(context)` (sync or async) once when a worker starts, before any task."""
+        return add_hook(self.hooks.worker_start, fn)
+
+    def on_worker_stop(self, fn: WorkerHook) -> WorkerHook:
+        """Run `fn(context)` (sync or async) once when a worker stops, after its last task."""
+        return add_hook(self.hooks.worker_stop, fn)
+
+    def before_task(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) before each task a worker runs."""
+        return add_hook(self.hooks.before_task, fn)
+
+    def after_task(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) after each task, with its state and runtime."""
+        return add_hook(self.hooks.after_task, fn)
+
+    def on_failure(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) after each task that failed, with its error."""
+        return add_hook(self.hooks.on_failure, fn)
 
     # -- configuration -----------------------------------------------------------------------
 

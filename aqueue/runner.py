@@ -37,6 +37,7 @@ from .task import Request, Task, current_request, running_request
 if TYPE_CHECKING:
     from .app import App
     from .drivers.base import Broker, Delivery, ResultBackend
+    from .observe import Watch
     from .processes import ProcessPool
 
 __all__ = ["Active", "Runner"]
@@ -85,6 +86,8 @@ class Runner:
         self.retried = 0
         #: Sync tasks whose threads are still running (a cancelled one may run on, unawaited).
         self.threads_busy = 0
+        #: What watches tasks run (hooks, events, metrics, traces); None when nothing does.
+        self.watch: Watch | None = None
 
     async def handle(self, delivery: Delivery) -> None:
         """Check the delivery, run its task and settle the message (`check`, then `run`)."""
@@ -104,6 +107,8 @@ class Runner:
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
+            if self.watch is not None:
+                self.watch.received(task, envelope, delivery.queue)
             return checked
         return None
 
@@ -143,6 +148,9 @@ class Runner:
         )
         await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
         logger.error("Task %s[%s]: %s", task.name, envelope.id, detail)
+        if self.watch is not None:
+            reason = DeadLetterReason.MAX_DELIVERIES.value
+            self.watch.rejected(task.name, envelope.id, reason, detail)
         return True
 
     async def discard(
@@ -155,6 +163,8 @@ class Runner:
         await self._store(envelope, task, states.REVOKED, meta)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
+        if self.watch is not None:
+            self.watch.revoked(task.name, envelope.id, why)
 
     def _inspect(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | _Refusal:
         """Decode the message and find its task, or say why it can never run."""
@@ -206,6 +216,8 @@ class Runner:
             meta = ResultMeta.failure(envelope.task, error, None)
             await self._store(envelope, None, states.FAILURE, meta)
         await delivery.dead_letter(reason.value, detail)
+        if self.watch is not None:
+            self.watch.rejected(name, ident, reason.value, detail)
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""
@@ -216,31 +228,57 @@ class Runner:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
+        watch = self.watch  # hooks, events, metrics or traces: one check when all are off
+        run = None if watch is None else await watch.started(task, envelope, delivery.queue)
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
-            value = await self._execute(task, envelope)
+            state, outcome = await self._outcome(delivery, envelope, task, started, informed)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._interrupted(delivery, envelope, task)
+                if watch is not None and run is not None:
+                    watch.interrupted(run, envelope.id in self.revoked)
             raise
-        except Retry as retry:
-            await self._retry(delivery, envelope, task, retry)
-        except Exception as exc:
-            again = _autoretry(task, exc, envelope.retries)
-            if again is None:
-                await self._failed(envelope, task, exc, time.perf_counter() - started)
-            else:
-                await self._retry(delivery, envelope, task, again)
-        else:
-            self.succeeded += 1
-            if informed or (self.backend is not None and not task.ignore_result):
-                await self._succeeded(envelope, task, value, started, informed)
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
+        if watch is not None and run is not None:
+            run.runtime = time.perf_counter() - started
+            run.state = state
+            if state == states.SUCCESS:
+                run.result = outcome
+            else:
+                run.error = outcome
+            await watch.finished(run)
         await delivery.ack()
+
+    async def _outcome(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        started: float,
+        informed: bool,
+    ) -> tuple[str, Any]:
+        """Run the task and record its outcome: its state, and its value or its error."""
+        try:
+            value = await self._execute(task, envelope)
+        except Retry as retry:
+            await self._retry(delivery, envelope, task, retry)
+            return states.RETRY, retry.exc
+        except Exception as exc:
+            again = _autoretry(task, exc, envelope.retries)
+            if again is None:
+                await self._failed(envelope, task, exc, time.perf_counter() - started)
+                return states.FAILURE, exc
+            await self._retry(delivery, envelope, task, again)
+            return states.RETRY, exc
+        self.succeeded += 1
+        if informed or (self.backend is not None and not task.ignore_result):
+            await self._succeeded(envelope, task, value, started, informed)
+        return states.SUCCESS, value
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]

@@ -39,8 +39,10 @@ from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .drivers.options import VISIBILITY_TIMEOUT
 from .exceptions import BrokerError, ConfigurationError
+from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
 from .loopwatch import LoopWatch, blocking_tasks
+from .observe import Watch
 from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
 from .runner import Runner
@@ -88,6 +90,8 @@ class Worker:
         self.burst = burst
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
+        #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
+        self.context = WorkerContext(self.hostname)
         self.runner: Runner | None = None
         #: The running deliveries, with the asyncio task running each (for terminate).
         self._running: dict[Delivery, asyncio.Task[Any]] = {}
@@ -145,6 +149,31 @@ class Worker:
         remote = _remote_control(self, broker)
         if remote is not None:
             await remote.load()
+        self.context = WorkerContext(self.hostname)
+        token = current_worker.set(self.context)  # the slots and their threads inherit it
+        try:
+            hooks = self.app.hooks
+            await hooks.start_worker(self.context)
+            try:
+                await self._work_until_stopped(broker, pool, remote, task_status=task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await hooks.stop_worker(self.context)
+        finally:
+            current_worker.reset(token)
+        logger.info("%s stopped.", self.hostname)
+
+    async def _work_until_stopped(
+        self,
+        broker: Broker,
+        pool: ProcessPool | None,
+        remote: RemoteControl | None,
+        *,
+        task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.runner is not None
+        watch = Watch(self.app.hooks, [])
+        self.runner.watch = watch if watch else None
         self.started_at = time.time()
         # Claims that take a round trip go ahead of the slots: a slot that frees up finds its
         # next message waiting (Redis S2, 10 ms tasks at concurrency 500: about 1.6x).
@@ -178,7 +207,6 @@ class Worker:
                     await self._consume(broker)
                 await self._drain(work)
             group.cancel_scope.cancel()
-        logger.info("%s stopped.", self.hostname)
 
     def _process_pool(self) -> ProcessPool | None:
         """Return a pool for the app's executor="process" tasks; None if it has none."""
