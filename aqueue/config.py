@@ -100,6 +100,9 @@ class Settings:
     #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
     worker_loop: str = "auto"
+    #: `aqueue worker` configures the root logger (Celery's name); False leaves logging to
+    #: the app. It never does when importing the app added handlers to the root logger.
+    worker_hijack_root_logger: bool = True
     #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes
     #: at least), and refuse (dead-letter) any message not signed with it: see aqueue/signing.py.
     task_message_key: str | bytes | None = None
@@ -359,6 +362,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_held_limit": _positive_int,
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
+    "worker_hijack_root_logger": _bool,
     "beat_schedule": _mapping,
     "beat_catch_up": _catch_up,
     "beat_housekeeping": _bool,

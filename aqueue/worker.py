@@ -41,6 +41,7 @@ from .drivers.options import VISIBILITY_TIMEOUT
 from .exceptions import BrokerError, ConfigurationError
 from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
+from .logs import install_task_records
 from .loopwatch import LoopWatch, blocking_tasks
 from .observe import Watch
 from .processes import ProcessPool
@@ -134,6 +135,7 @@ class Worker:
     async def run(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
         pool = self._process_pool()  # before connecting: a missing app path fails at once
+        install_task_records()  # log records made during a task carry its id and name
         broker = await self.app.connection()
         backend = await self.app.result_backend()
         self.runner = Runner(

@@ -18,7 +18,7 @@ from ..app import App
 from ..banner import banner
 from ..beat.scheduler import Beat
 from ..loader import load_app
-from ..logs import setup_logging
+from ..logs import root_handlers, setup_logging
 from ..loops import LOOPS, describe, loop_factory
 from ..urls import secrets_in
 from ..worker import Worker
@@ -44,6 +44,13 @@ def add_commands(commands: Any) -> None:
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (Celery's lines) or json (one object per line, with task id and name)",
+    )
+    worker.add_argument("-f", "--logfile", metavar="PATH", help="log to this file, not stderr")
     worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument(
@@ -85,7 +92,9 @@ def _seconds(text: str) -> float:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    before = root_handlers()
     app = load_app(args.app)
+    configured = [handler for handler in root_handlers() if handler not in before]
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = Worker(
         app,
@@ -100,7 +109,8 @@ def _worker(args: argparse.Namespace) -> int:
     )
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
-    setup_logging(args.loglevel, secrets)
+    if app.conf.worker_hijack_root_logger and not configured:
+        setup_logging(args.loglevel, secrets, log_format=args.log_format, logfile=args.logfile)
 
     async def serve() -> None:
         try:
