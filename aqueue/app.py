@@ -30,6 +30,7 @@ from .config import DEFAULT_BROKER_URL, Settings
 from .control import Control
 from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
+from .events.receiver import Events
 from .exceptions import ConfigurationError, NotRegistered
 from .hooks import Hooks, TaskRun, WorkerContext, add_hook
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
@@ -156,6 +157,11 @@ class App:
     def control(self) -> Control:
         """Remote control of this app's workers: `await app.control.ping()`."""
         return Control(self)
+
+    @property
+    def events(self) -> Events:
+        """The events of this app's workers: `async with app.events.receive() as stream:`."""
+        return Events(self)
 
     @property
     def beat(self) -> BeatControl:

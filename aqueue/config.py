@@ -103,6 +103,10 @@ class Settings:
     #: `aqueue worker` configures the root logger (Celery's name); False leaves logging to
     #: the app. It never does when importing the app added handlers to the root logger.
     worker_hijack_root_logger: bool = True
+    #: Workers emit task and worker events (`aqueue worker -E` turns it on): aqueue/events/.
+    worker_send_task_events: bool = False
+    #: Producers emit a task-sent event for every task they send (one publish per send).
+    task_send_sent_event: bool = False
     #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes
     #: at least), and refuse (dead-letter) any message not signed with it: see aqueue/signing.py.
     task_message_key: str | bytes | None = None
@@ -363,6 +367,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
     "worker_hijack_root_logger": _bool,
+    "worker_send_task_events": _bool,
+    "task_send_sent_event": _bool,
     "beat_schedule": _mapping,
     "beat_catch_up": _catch_up,
     "beat_housekeeping": _bool,

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 from .drivers.base import Broker, ResultBackend
+from .events.emitter import announce_sent
 from .exceptions import ConfigurationError
 from .interfaces import AppLike, TaskLike
 from .message import Envelope, OutgoingMessage, encode_body, new_id
@@ -90,6 +91,8 @@ async def send_many(
             )
         )
     await broker.publish(messages)
+    if app.conf.task_send_sent_event:
+        await announce_sent(broker, name, messages)
     ignored = _ignored(app, task)
     return [AsyncResult(message.id, app, task_name=name, ignored=ignored) for message in messages]
 
@@ -118,7 +121,10 @@ async def _send_plain(
     signer = signer_for(app.conf)
     if signer is not None:
         body = signer.sign(body)
-    await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
+    message = OutgoingMessage(message_id, queue, body, None, priority)
+    await broker.publish((message,))
+    if app.conf.task_send_sent_event:
+        await announce_sent(broker, name, (message,))
     return AsyncResult(message_id, app, task_name=name, ignored=_ignored(app, task))
 
 

@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .drivers.options import VISIBILITY_TIMEOUT
+from .events.emitter import EventEmitter
 from .exceptions import BrokerError, ConfigurationError
 from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
@@ -76,6 +77,7 @@ class Worker:
         hostname: str | None = None,
         processes: int | None = None,
         app_path: str | None = None,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -89,6 +91,9 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.burst = burst
+        #: Emit task and worker events (`-E`, `worker_send_task_events`): aqueue/events/.
+        self.send_events = conf.worker_send_task_events if send_events is None else send_events
+        self.events: EventEmitter | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
@@ -174,7 +179,8 @@ class Worker:
         task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         assert self.runner is not None
-        watch = Watch(self.app.hooks, [])
+        self.events = _event_emitter(self, broker) if self.send_events else None
+        watch = Watch(self.app.hooks, [self.events] if self.events is not None else [])
         self.runner.watch = watch if watch else None
         self.started_at = time.time()
         # Claims that take a round trip go ahead of the slots: a slot that frees up finds its
@@ -194,6 +200,8 @@ class Worker:
         # The pool (children start with the first process task) closes after the tasks end.
         async with pool or contextlib.nullcontext(), anyio.create_task_group() as group:
             await group.start(self._watch_loop)
+            if self.events is not None:
+                await group.start(self.events.run)
             interval = _heartbeat_interval(broker, self.admission)
             if interval is not None:
                 group.start_soon(self._heartbeat, interval)
@@ -585,6 +593,12 @@ class Worker:
                     logger.warning("%s: warm shutdown (%s again to stop now)", name, name)
                     self.stop()
 
+    def event_status(self) -> dict[str, Any]:
+        """Return the live counters of this worker's heartbeat events."""
+        runner = self.runner
+        processed = runner.succeeded + runner.failed + runner.retried if runner else 0
+        return {"active": self._slots.running if self._slots else 0, "processed": processed}
+
     def stats(self) -> dict[str, Any]:
         """Counters for `inspect stats` and tests."""
         runner = self.runner
@@ -624,6 +638,16 @@ def _heartbeat_interval(broker: Broker, admission: Admission | None) -> float | 
     if admission is not None and admission.semaphore.scope == "global":
         intervals.append(admission.lease / 3)
     return min(intervals, default=None)
+
+
+def _event_emitter(worker: Worker, broker: Broker) -> EventEmitter | None:
+    try:
+        mailbox = broker.mailbox()
+    except BrokerError:
+        logger.warning("%s has no mailbox: events are off", type(broker).__name__)
+        return None
+    online = {"concurrency": worker.concurrency, "queues": list(worker.queues)}
+    return EventEmitter(mailbox, worker.hostname, worker.event_status, online)
 
 
 def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:

@@ -54,6 +54,9 @@ def add_commands(commands: Any) -> None:
     worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument(
+        "-E", "--task-events", action="store_true", help="send task events (aqueue events)"
+    )
+    worker.add_argument(
         "--loop",
         choices=LOOPS,
         help="event loop: auto (uvloop when installed, the default), asyncio or uvloop",
@@ -106,6 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
         hostname=args.hostname,
         processes=args.processes,
         app_path=args.app,
+        send_events=True if args.task_events else None,
     )
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
