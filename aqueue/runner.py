@@ -37,6 +37,7 @@ from .task import Request, Task, current_request, running_request
 if TYPE_CHECKING:
     from .app import App
     from .drivers.base import Broker, Delivery, ResultBackend
+    from .hooks import TaskRun
     from .observe import Watch
     from .processes import ProcessPool
 
@@ -108,7 +109,7 @@ class Runner:
             await self.discard(delivery, envelope, task, "revoked before it started")
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             if self.watch is not None:
-                self.watch.received(task, envelope, delivery.queue)
+                self.watch.received(task, envelope, delivery)
             return checked
         return None
 
@@ -229,7 +230,11 @@ class Runner:
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
-        run = None if watch is None else await watch.started(task, envelope, delivery.queue)
+        run: TaskRun | None = None
+        if watch is not None:
+            run = watch.begin(task, envelope, delivery.queue)
+            if run is not None:
+                await watch.hooks.before(run)  # type: ignore[union-attr]
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
@@ -237,21 +242,18 @@ class Runner:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._interrupted(delivery, envelope, task)
-                if watch is not None and run is not None:
-                    watch.interrupted(run, envelope.id in self.revoked)
+                if watch is not None:
+                    watch.interrupted(task, envelope, envelope.id in self.revoked)
             raise
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
-        if watch is not None and run is not None:
-            run.runtime = time.perf_counter() - started
-            run.state = state
-            if state == states.SUCCESS:
-                run.result = outcome
-            else:
-                run.error = outcome
-            await watch.finished(run)
+        if watch is not None:
+            runtime = time.perf_counter() - started
+            if run is not None:
+                await _after_hooks(watch, run, state, outcome, runtime)
+            watch.end(task, envelope, state, runtime, outcome)
         await delivery.ack()
 
     async def _outcome(
@@ -449,6 +451,19 @@ class _Refusal(NamedTuple):
     detail: str
     envelope: Envelope | None = None
     error: Exception | None = None
+
+
+async def _after_hooks(
+    watch: Watch, run: TaskRun, state: str, outcome: Any, runtime: float
+) -> None:
+    """Record a run's outcome on its hooks' record, and await the after_task hooks."""
+    run.runtime, run.state = runtime, state
+    if state == states.SUCCESS:
+        run.result = outcome
+    else:
+        run.error = outcome
+    assert watch.hooks is not None
+    await watch.hooks.after(run)
 
 
 def _autoretry(task: Task[Any, Any], exc: Exception, retries: int) -> Retry | None:

@@ -80,8 +80,8 @@ async def test_a_worker_emits_the_life_of_every_task(make_app: MakeApp) -> None:
     assert by_task[stopped.id] == ["task-revoked"]
     assert by_task[unknown.id] == ["task-rejected"]
     one = {event.type: event for event in events if event.task_id == ok.id}
-    assert one["task-received"]["args"] == "[2, 3]"
-    assert one["task-succeeded"]["result"] == "5"
+    assert one["task-received"]["args"] == [2, 3]
+    assert one["task-succeeded"]["result"] == 5  # a plain value as it is; others as reprs
     assert one["task-succeeded"]["runtime"] >= 0
     assert one["task-started"].hostname == "w1@test"
     assert one["task-started"].task_name == tasks["add"].name

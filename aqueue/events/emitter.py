@@ -31,8 +31,7 @@ from .._version import __version__
 from .event import TOPIC, Raw, encode_batch
 
 if TYPE_CHECKING:
-    from ..drivers.base import Broker, Mailbox
-    from ..hooks import TaskRun
+    from ..drivers.base import Broker, Delivery, Mailbox
     from ..message import Envelope, OutgoingMessage
     from ..task import Task
 
@@ -53,6 +52,10 @@ FLUSH_INTERVAL = 0.1
 BATCH = 2000
 #: Seconds between worker-heartbeat events (Celery's is 2 s too).
 HEARTBEAT_INTERVAL = 2.0
+#: A task-received event carries the task's arguments when its message is no larger than
+#: this many bytes (else the string "<too large>").
+ARGS_BYTES = 4096
+_TOO_LARGE = "<too large>"
 
 _EMPTY: Mapping[str, Any] = {}
 
@@ -64,6 +67,51 @@ def short_repr(value: Any, limit: int) -> str:
     except Exception as exc:  # a user's __repr__ may raise
         text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
     return _cut(text, limit)
+
+
+# A task's record is its wire entry (`event.TASK_ENTRY`), filled in as the task goes: the
+# flush encodes the buffer as it is, with no per-task work but a look at the unfinished.
+(_KIND, _ID, _NAME, _FROM, _TO, _QUEUE, _RETRIES, _ETA, _ARGS, _KWARGS) = range(10)
+(_RECEIVED, _STARTED, _ENDED, _STATE, _RUNTIME, _RESULT, _EXC_TYPE, _EXC_MESSAGE) = range(10, 18)
+_QUEUED = 18  # whether it waits in the buffer (sent too: receivers ignore it)
+
+#: Results of these types travel as they are; any other as its repr, cut to 200 characters.
+_PLAIN = frozenset({type(None), bool, int, float})
+
+
+def _record(
+    task_id: str, name: str, queue: str, envelope: Envelope, args: Any, kwargs: Any
+) -> list[Any]:
+    return [
+        "task",
+        task_id,
+        name,
+        0,
+        1,
+        queue,
+        envelope.retries,
+        envelope.eta,
+        args,
+        kwargs,
+        time.time(),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        True,
+    ]
+
+
+def _published(buffer: list[Any]) -> None:
+    """After a flush: what is unfinished goes on from the stage it reached, without arguments."""
+    for item in buffer:
+        if item.__class__ is list and item[_TO] < 3:
+            item[_FROM] = item[_TO]
+            item[_ARGS] = item[_KWARGS] = None
+            item[_QUEUED] = False
 
 
 def _cut(text: str, limit: int) -> str:
@@ -93,10 +141,14 @@ class EventEmitter:
         self.online = online
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
-        self._buffer: list[Raw] = []
+        #: Events (tuples) and task records (lists: their wire entries) waiting for the flush.
+        self._buffer: list[Any] = []
+        #: The records of tasks received and not yet ended, by task id.
+        self._open: dict[str, list[Any]] = {}
         self._wake: anyio.Event | None = None
         self.pid = os.getpid()
-        #: Events published and dropped (a failed publish), for tests and stats.
+        #: Entries (an event, or a task's events since the last flush) published and dropped
+        #: (a failed publish), for tests and stats.
         self.published = 0
         self.dropped = 0
 
@@ -107,67 +159,117 @@ class EventEmitter:
         kind: str,
         task_id: str | None = None,
         task_name: str | None = None,
-        fields: Mapping[str, Any] = _EMPTY,
+        fields: tuple[Any, ...] | Mapping[str, Any] = _EMPTY,
     ) -> None:
-        """Buffer one event; the flush loop publishes it within `flush_interval`."""
+        """Buffer one event; the flush loop publishes it within `flush_interval`.
+
+        A task event's `fields` are a tuple of values in the order of `event.FIELDS`.
+        """
         buffer = self._buffer
         buffer.append((kind, time.time(), task_id, task_name, fields))
         if len(buffer) == 1 and self._wake is not None:
             self._wake.set()
 
-    # The Observer protocol of aqueue.observe: the runner calls these for every task.
+    # The Observer protocol of aqueue.observe: the runner calls these for every task. Each
+    # task has one record (a list, see _Record) made when it is received and filled in as it
+    # starts and ends; the flush turns it into the events of the stages reached since the
+    # last flush. So the hot path stores a few values, and reprs and tuples are built once
+    # per flush, off the task's way.
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
-        """Emit task-received, with the arguments' reprs."""
-        self.emit(
-            "task-received",
+    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+        """Note task-received (its event is built at the flush)."""
+        args: Any = envelope.args
+        kwargs: Any = envelope.kwargs
+        if len(delivery.body) > ARGS_BYTES:
+            args = kwargs = _TOO_LARGE
+        # The wire entry itself (_KIND ... _QUEUED), built inline: this runs for every task.
+        record = [
+            "task",
             envelope.id,
             task.name,
-            {
-                "queue": queue,
-                "retries": envelope.retries,
-                "eta": envelope.eta,
-                "args": short_repr(envelope.args, 1000),
-                "kwargs": short_repr(envelope.kwargs, 1000),
-            },
-        )
+            0,
+            1,
+            delivery.queue,
+            envelope.retries,
+            envelope.eta,
+            args,
+            kwargs,
+            time.time(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            True,
+        ]
+        self._open[envelope.id] = record
+        buffer = self._buffer
+        buffer.append(record)
+        if len(buffer) == 1 and self._wake is not None:
+            self._wake.set()
 
-    def started(self, run: TaskRun, envelope: Envelope) -> None:
-        """Emit task-started."""
-        self.emit("task-started", run.id, run.task.name, {"queue": run.queue, "pid": self.pid})
+    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
+        """Note task-started."""
+        record = self._open.get(envelope.id)
+        if record is None:  # not seen received (a worker's internal path): note both now
+            record = _record(envelope.id, task.name, queue, envelope, _TOO_LARGE, _TOO_LARGE)
+            self._open[envelope.id] = record
+            record[_QUEUED] = False
+        record[_STARTED] = time.time()
+        record[_TO] = 2
+        if not record[_QUEUED]:
+            record[_QUEUED] = True
+            self._buffer.append(record)
 
-    def finished(self, run: TaskRun) -> None:
-        """Emit task-succeeded, task-failed or task-retried."""
-        state, error = run.state, run.error
-        if state == "SUCCESS":
-            fields = {"runtime": run.runtime, "result": short_repr(run.result, 200)}
-            self.emit("task-succeeded", run.id, run.task.name, fields)
+    def finished(
+        self,
+        task: Task[Any, Any],
+        envelope: Envelope,
+        state: str,
+        runtime: float,
+        outcome: Any,
+    ) -> None:
+        """Note task-succeeded, task-failed or task-retried."""
+        record = self._open.pop(envelope.id, None)
+        if record is None:
             return
-        fields = {
-            "runtime": run.runtime,
-            "exc_type": type(error).__name__ if error is not None else None,
-            "exc_message": _cut(str(error), 1000) if error is not None else None,
-        }
-        if state == "RETRY":
-            fields["retries"] = run.retries + 1
-            self.emit("task-retried", run.id, run.task.name, fields)
+        # The end by the clock that timed the start: one clock read fewer per task.
+        ended = record[_STARTED] + runtime if record[_STARTED] is not None else time.time()
+        if state == "SUCCESS":
+            result = outcome if outcome.__class__ in _PLAIN else short_repr(outcome, 200)
+            record[_ENDED : _RESULT + 1] = (ended, state, runtime, result)
         else:
-            self.emit("task-failed", run.id, run.task.name, fields)
-
-    def interrupted(self, run: TaskRun, revoked: bool) -> None:
-        """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
-        if revoked:
-            self.emit(
-                "task-revoked", run.id, run.task.name, {"reason": "terminated", "terminated": True}
+            error = outcome if isinstance(outcome, BaseException) else None
+            record[_ENDED:] = (
+                ended,
+                state,
+                runtime,
+                None,
+                type(error).__name__ if error is not None else None,
+                _cut(str(error), 1000) if error is not None else None,
+                record[_QUEUED],
             )
+        record[_TO] = 3
+        if not record[_QUEUED]:
+            record[_QUEUED] = True
+            self._buffer.append(record)
+
+    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+        """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
+        self._open.pop(envelope.id, None)
+        if revoked:
+            reason = ("terminated while running", True)
+            self.emit("task-revoked", envelope.id, task.name, reason)
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Emit task-revoked for a task settled without running."""
-        self.emit("task-revoked", task_id, task_name, {"reason": why, "terminated": False})
+        self.emit("task-revoked", task_id, task_name, (why, False))
 
     def rejected(self, task_name: str, task_id: str, reason: str, detail: str) -> None:
         """Emit task-rejected for a dead-lettered message."""
-        self.emit("task-rejected", task_id, task_name, {"reason": reason, "detail": detail[:1000]})
+        self.emit("task-rejected", task_id, task_name, (reason, _cut(detail, 1000)))
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -194,14 +296,16 @@ class EventEmitter:
                 await self.flush()
 
     async def flush(self) -> None:
-        """Publish every buffered event now, in batches of `BATCH`."""
-        events, self._buffer = self._buffer, []
+        """Publish every buffered event now, in batches of `BATCH` entries."""
+        entries, self._buffer = self._buffer, []
         if self._wake is not None and self._wake.is_set():
             self._wake = anyio.Event()
-        for start in range(0, len(events), BATCH):
-            chunk = events[start : start + BATCH]
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start : start + BATCH]
             try:
-                await self.mailbox.publish(TOPIC, encode_batch(self.hostname, chunk))
+                data = encode_batch(self.hostname, chunk, self.pid)
+                _published(chunk)
+                await self.mailbox.publish(TOPIC, data)
             except Exception:
                 self.dropped += len(chunk)
                 logger.warning("Could not publish %d event(s); dropped", len(chunk), exc_info=True)
@@ -241,7 +345,7 @@ async def announce_sent(
             now,
             message.id,
             task_name,
-            {"queue": message.queue, "eta": message.eta, "retries": 0},
+            (message.queue, message.eta, 0),
         )
         for message in messages
     ]

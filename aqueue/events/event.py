@@ -3,14 +3,21 @@
 Events travel on the mailbox topic `events` (see `aqueue.drivers.base.Mailbox`), in batches:
 one msgpack map per publish,
 
-    {"v": 1, "hostname": str, "events": [[type, timestamp, task_id, task_name, fields], ...]}
+    {"v": 1, "hostname": str, "pid": int | None,
+     "events": [[type, timestamp, task_id, task_name, fields], ...]}
 
-where `task_id` and `task_name` are None for worker events and `fields` is a map of the event
-type's own fields (below). A receiver skips what it cannot read, and a newer version's extra
-fields come through in `fields`.
+where `task_id` and `task_name` are None for worker events, and `fields` is the event type's
+own fields (below): for a task event, an array of their values in the order of `FIELDS` (a
+map's keys would cost more than the rest of the event); for a worker event, a map. A worker
+sends its tasks' received, started and ended events as one entry per task and flush instead
+(`TASK_ENTRY`), which the receiver expands into those events: a task that ran within one
+flush interval costs one entry, not three events. A receiver skips what it cannot read, and
+ignores values past those it knows.
 
     task-sent        queue, eta, retries                  (the producer's hostname)
-    task-received    queue, retries, eta, args, kwargs    (reprs, cut to 1,000 characters)
+    task-received    queue, retries, eta, args, kwargs    (the values; "<too large>" for a
+                                                          message over 4 KiB; a type msgpack
+                                                          lacks, such as datetime, as its repr)
     task-started     queue, pid
     task-succeeded   runtime (seconds), result            (a repr, cut to 200 characters)
     task-failed      runtime, exc_type, exc_message
@@ -28,9 +35,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from .. import codec
 
-__all__ = ["EVENT_TYPES", "TOPIC", "Event", "decode_batch", "encode_batch"]
+__all__ = ["EVENT_TYPES", "FIELDS", "TOPIC", "Event", "Raw", "decode_batch", "encode_batch"]
 
 #: The mailbox topic events are published on.
 TOPIC = "events"
@@ -51,8 +60,44 @@ EVENT_TYPES = frozenset(
     }
 )
 
-#: One event as the emitter buffers it: (type, timestamp, task_id, task_name, fields).
-Raw = tuple[str, float, str | None, str | None, Mapping[str, Any]]
+#: The fields of each task event type, in the order of their values on the wire.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "task-sent": ("queue", "eta", "retries"),
+    "task-received": ("queue", "retries", "eta", "args", "kwargs"),
+    "task-started": ("queue", "pid"),
+    "task-succeeded": ("runtime", "result"),
+    "task-failed": ("runtime", "exc_type", "exc_message"),
+    "task-retried": ("runtime", "exc_type", "exc_message", "retries"),
+    "task-revoked": ("reason", "terminated"),
+    "task-rejected": ("reason", "detail"),
+}
+
+#: A worker's entry for one task: its events of the stages after `from` up to `to` (1
+#: received, 2 started, 3 ended), with the ended part (from `ended` on) only when `to` is 3.
+TASK_ENTRY = (
+    "task",
+    "task_id",
+    "task_name",
+    "from",
+    "to",
+    "queue",
+    "retries",
+    "eta",
+    "args",
+    "kwargs",
+    "received",
+    "started",
+    "ended",
+    "state",
+    "runtime",
+    "result",
+    "exc_type",
+    "exc_message",
+)
+
+#: One event as the emitter buffers it: (type, timestamp, task_id, task_name, fields), the
+#: fields a tuple of values (task events, see FIELDS) or a map (worker events).
+Raw = tuple[str, float, str | None, str | None, "tuple[Any, ...] | Mapping[str, Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +131,16 @@ class Event:
         return self.type.startswith("task-")
 
 
-def encode_batch(hostname: str, events: list[Raw]) -> bytes:
-    """Encode buffered events as one batch."""
-    return codec.pack(
-        {"v": 1, "hostname": hostname, "events": [list(raw) for raw in events]}, where="events"
-    )
+def encode_batch(hostname: str, events: list[Any], pid: int | None = None) -> bytes:
+    """Encode buffered events and task entries as one batch."""
+    batch = {"v": 1, "hostname": hostname, "pid": pid, "events": events}
+    packed: bytes = msgpack.packb(batch, use_bin_type=True, default=_shown)
+    return packed
+
+
+def _shown(value: object) -> str:
+    """Stand in for a value msgpack cannot encode (a datetime among the arguments): its repr."""
+    return repr(value)
 
 
 def decode_batch(data: bytes) -> list[Event]:
@@ -100,12 +150,18 @@ def decode_batch(data: bytes) -> list[Event]:
         raise ValueError("not an event batch")
     hostname = str(batch.get("hostname") or "?")
     events: list[Event] = []
+    pid = batch.get("pid")
     for item in batch["events"]:
+        if isinstance(item, list) and item and item[0] == "task":
+            events.extend(_task_events(hostname, pid, item))
+            continue
         if not isinstance(item, list | tuple) or len(item) < 5:
             continue
         kind, stamp, task_id, task_name, fields = item[:5]
         if not isinstance(kind, str) or not isinstance(stamp, int | float):
             continue
+        if isinstance(fields, list | tuple):
+            fields = dict(zip(FIELDS.get(kind, ()), fields, strict=False))
         events.append(
             Event(
                 kind,
@@ -116,4 +172,37 @@ def decode_batch(data: bytes) -> list[Event]:
                 fields if isinstance(fields, dict) else {},
             )
         )
+    return events
+
+
+def _task_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:
+    """Expand a task entry (`TASK_ENTRY`) into its events; [] if it cannot be read."""
+    entry = dict(zip(TASK_ENTRY, item, strict=False))
+    task_id, name = entry.get("task_id"), entry.get("task_name")
+    low, high = entry.get("from"), entry.get("to")
+    if not isinstance(task_id, str) or not isinstance(low, int) or not isinstance(high, int):
+        return []
+    name = name if isinstance(name, str) else None
+    events: list[Event] = []
+
+    def add(kind: str, stamp: Any, fields: dict[str, Any]) -> None:
+        if isinstance(stamp, int | float):
+            events.append(Event(kind, float(stamp), hostname, task_id, name, fields))
+
+    queue = entry.get("queue")
+    if low < 1 <= high:
+        fields = {key: entry.get(key) for key in FIELDS["task-received"]}
+        add("task-received", entry.get("received"), fields)
+    if low < 2 <= high:
+        add("task-started", entry.get("started"), {"queue": queue, "pid": pid})
+    if low < 3 <= high:
+        state = entry.get("state")
+        if state == "SUCCESS":
+            kind = "task-succeeded"
+        else:
+            kind = "task-retried" if state == "RETRY" else "task-failed"
+        fields = {key: entry.get(key) for key in FIELDS[kind] if key != "retries"}
+        if kind == "task-retried":
+            fields["retries"] = int(entry.get("retries") or 0) + 1
+        add(kind, entry.get("ended"), fields)
     return events
