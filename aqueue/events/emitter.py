@@ -143,8 +143,10 @@ class EventEmitter:
         self.heartbeat_interval = heartbeat_interval
         #: Events (tuples) and task records (lists: their wire entries) waiting for the flush.
         self._buffer: list[Any] = []
-        #: The records of tasks received and not yet ended, by task id.
-        self._open: dict[str, list[Any]] = {}
+        #: The records of tasks received and not yet ended, by their envelope (each delivery
+        #: decodes its own, alive while it runs): a retry of a task id may be received
+        #: before the run that sent it has ended.
+        self._open: dict[int, list[Any]] = {}
         self._wake: anyio.Event | None = None
         self.pid = os.getpid()
         #: Entries (an event, or a task's events since the last flush) published and dropped
@@ -204,7 +206,7 @@ class EventEmitter:
             None,
             True,
         ]
-        self._open[envelope.id] = record
+        self._open[id(envelope)] = record
         buffer = self._buffer
         buffer.append(record)
         if len(buffer) == 1 and self._wake is not None:
@@ -212,10 +214,10 @@ class EventEmitter:
 
     def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
         """Note task-started."""
-        record = self._open.get(envelope.id)
+        record = self._open.get(id(envelope))
         if record is None:  # not seen received (a worker's internal path): note both now
             record = _record(envelope.id, task.name, queue, envelope, _TOO_LARGE, _TOO_LARGE)
-            self._open[envelope.id] = record
+            self._open[id(envelope)] = record
             record[_QUEUED] = False
         record[_STARTED] = time.time()
         record[_TO] = 2
@@ -232,7 +234,7 @@ class EventEmitter:
         outcome: Any,
     ) -> None:
         """Note task-succeeded, task-failed or task-retried."""
-        record = self._open.pop(envelope.id, None)
+        record = self._open.pop(id(envelope), None)
         if record is None:
             return
         # The end by the clock that timed the start: one clock read fewer per task.
@@ -258,7 +260,7 @@ class EventEmitter:
 
     def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
         """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
-        self._open.pop(envelope.id, None)
+        self._open.pop(id(envelope), None)
         if revoked:
             reason = ("terminated while running", True)
             self.emit("task-revoked", envelope.id, task.name, reason)
