@@ -105,6 +105,8 @@ class Settings:
     worker_hijack_root_logger: bool = True
     #: Workers emit task and worker events (`aqueue worker -E` turns it on): aqueue/events/.
     worker_send_task_events: bool = False
+    #: Workers keep recent runtimes per task, for the percentiles of `inspect stats`.
+    worker_runtime_stats: bool = False
     #: Producers emit a task-sent event for every task they send (one publish per send).
     task_send_sent_event: bool = False
     #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes
@@ -368,6 +370,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_loop": _loop,
     "worker_hijack_root_logger": _bool,
     "worker_send_task_events": _bool,
+    "worker_runtime_stats": _bool,
     "task_send_sent_event": _bool,
     "beat_schedule": _mapping,
     "beat_catch_up": _catch_up,

@@ -44,10 +44,11 @@ from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
 from .logs import install_task_records
 from .loopwatch import LoopWatch, blocking_tasks
-from .observe import Watch
+from .observe import Observer, Watch
 from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
 from .runner import Runner
+from .runtimes import Runtimes
 from .slots import Inbox, InboxClosed, Slots
 from .task import current_revocations
 
@@ -94,6 +95,8 @@ class Worker:
         #: Emit task and worker events (`-E`, `worker_send_task_events`): aqueue/events/.
         self.send_events = conf.worker_send_task_events if send_events is None else send_events
         self.events: EventEmitter | None = None
+        #: Runtime percentiles per task for `inspect stats` (`worker_runtime_stats`).
+        self.runtimes: Runtimes | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
@@ -180,7 +183,11 @@ class Worker:
     ) -> None:
         assert self.runner is not None
         self.events = _event_emitter(self, broker) if self.send_events else None
-        watch = Watch(self.app.hooks, [self.events] if self.events is not None else [])
+        self.runtimes = Runtimes() if self.app.conf.worker_runtime_stats else None
+        observers: list[Observer] = [
+            item for item in (self.events, self.runtimes) if item is not None
+        ]
+        watch = Watch(self.app.hooks, observers)
         self.runner.watch = watch if watch else None
         self.started_at = time.time()
         # Claims that take a round trip go ahead of the slots: a slot that frees up finds its
@@ -610,6 +617,9 @@ class Worker:
             "failed": runner.failed if runner else 0,
             "refused": runner.refused if runner else 0,
             "retried": runner.retried if runner else 0,
+            "runtimes": self.runtimes.report() if self.runtimes is not None else None,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
         }
 
 

@@ -1,6 +1,7 @@
 """The control plane's commands: `aqueue inspect`, `control`, `purge`, `result` and `call`.
 
     aqueue inspect tasks:app [-d HOST,...] [--timeout S] ping|active|scheduled|registered|stats
+    aqueue inspect tasks:app queues [-Q QUEUE,...]
     aqueue control tasks:app rate_limit tasks.add 10/m
     aqueue control tasks:app revoke TASK_ID [--terminate]
     aqueue control tasks:app [-d HOST,...] shutdown
@@ -27,7 +28,7 @@ from .common import confirm, with_app
 
 __all__ = ["add_commands"]
 
-INSPECT = ("ping", "active", "scheduled", "registered", "stats")
+INSPECT = ("ping", "active", "scheduled", "registered", "stats", "queues")
 
 
 def add_commands(commands: Any) -> None:
@@ -35,6 +36,7 @@ def add_commands(commands: Any) -> None:
     inspect = commands.add_parser("inspect", help="ask live workers a question")
     _app_and_targets(inspect)
     inspect.add_argument("what", choices=INSPECT)
+    inspect.add_argument("-Q", "--queues", help="queues: comma-separated (default: all known)")
     inspect.set_defaults(run=_inspect)
 
     control = commands.add_parser("control", help="change live workers")
@@ -88,6 +90,8 @@ def _print(value: Any) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     destination = _destination(args)
+    if args.what == "queues":
+        return _inspect_queues(args, destination)
 
     async def body(app: App) -> int:
         inspector = app.control.inspect(destination=destination, timeout=args.timeout)
@@ -100,6 +104,23 @@ def _inspect(args: argparse.Namespace) -> int:
         for hostname, answer in sorted(answers.items()):
             print(f"{hostname}:", end=" " if isinstance(answer, str) else "\n")
             _print(answer)
+        return 0
+
+    return with_app(args, body)
+
+
+def _inspect_queues(args: argparse.Namespace, destination: list[str] | None) -> int:
+    """Print one line per queue: its counts and how many workers consume it."""
+    names = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+
+    async def body(app: App) -> int:
+        found = await app.control.queues(names, destination=destination, timeout=args.timeout)
+        columns = ("waiting", "delayed", "running", "dead", "consumers")
+        width = max([5, *(len(name) for name in found)])
+        print(f"{'queue':<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+        for name, counts in found.items():
+            cells = ("-" if counts[c] is None else str(counts[c]) for c in columns)
+            print(f"{name:<{width}}  " + "  ".join(f"{cell:>9}" for cell in cells))
         return 0
 
     return with_app(args, body)

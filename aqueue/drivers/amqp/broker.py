@@ -63,7 +63,7 @@ from pamqp import commands as spec
 
 from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery, QueueStats
 from ..options import BrokerOptions
 from .connection import Link, broker_error, parse_amqp_url
 from .consumer import (
@@ -473,6 +473,13 @@ class AMQPBroker(Broker):
         """Delete the queue's waiting and delayed messages (not those held by consumers)."""
         await self.link.connection()
         return await self.topology.purge(queue)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's ready, delayed and dead messages (RabbitMQ's counts)."""
+        await self.link.connection()
+        waiting, delayed = await self.topology.counts(queue)
+        dead = (await self._dead.stats(queue)).kept
+        return QueueStats(waiting=waiting, delayed=delayed, running=None, dead=dead)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (and leave in place) the oldest dead letters of `queue`."""

@@ -62,7 +62,7 @@ from redis.exceptions import RedisError
 
 from ...exceptions import BrokerError
 from ...message import OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delivery, QueueStats
 from ..heartbeat import Heartbeat
 from ..options import BrokerOptions
 from . import dead as deadletters
@@ -112,6 +112,7 @@ _REQUEUE = Script(lua.REQUEUE)
 _DEAD_LETTER = Script(lua.DEAD_LETTER)
 _SCHEDULE = Script(lua.SCHEDULE)
 _PURGE = Script(lua.PURGE)
+_QUEUE_STATS = Script(lua.QUEUE_STATS)
 #: How long a queue's runs hash outlives its last change (a count left by a lost settle).
 RUNS_TTL = 7 * 24 * 3600
 
@@ -540,6 +541,18 @@ class RedisBroker(Broker):
         keys = self.keys(queue)
         with redis_errors(self.settings, "purging"):
             return int(await _PURGE(self._redis(), [*keys.streams, keys.delayed], [GROUP]))
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's waiting, delayed, delivered (running) and dead messages."""
+        keys = self.keys(queue)
+        with redis_errors(self.settings, "counting messages"):
+            waiting, running, delayed = await _QUEUE_STATS(
+                self._redis(), [*keys.streams, keys.delayed], [GROUP]
+            )
+            dead = (await deadletters.stats(self._redis(), keys)).kept
+        return QueueStats(
+            waiting=int(waiting), delayed=int(delayed), running=int(running), dead=dead
+        )
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""
