@@ -44,6 +44,7 @@ from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
 from .logs import install_task_records
 from .loopwatch import LoopWatch, blocking_tasks
+from .metrics import WorkerMetrics
 from .observe import Observer, Watch
 from .processes import ProcessPool
 from .remote import RemoteControl, Revocations
@@ -79,6 +80,8 @@ class Worker:
         processes: int | None = None,
         app_path: str | None = None,
         send_events: bool | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         conf = app.conf
         self.app = app
@@ -97,6 +100,9 @@ class Worker:
         self.events: EventEmitter | None = None
         #: Runtime percentiles per task for `inspect stats` (`worker_runtime_stats`).
         self.runtimes: Runtimes | None = None
+        #: Prometheus metrics on metrics_host:metrics_port (`--metrics-port`): aqueue/metrics.py.
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.metrics: WorkerMetrics | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
@@ -184,8 +190,10 @@ class Worker:
         assert self.runner is not None
         self.events = _event_emitter(self, broker) if self.send_events else None
         self.runtimes = Runtimes() if self.app.conf.worker_runtime_stats else None
+        if self.metrics_port is not None:
+            self.metrics = WorkerMetrics(self._slots_free)
         observers: list[Observer] = [
-            item for item in (self.events, self.runtimes) if item is not None
+            item for item in (self.events, self.runtimes, self.metrics) if item is not None
         ]
         watch = Watch(self.app.hooks, observers)
         self.runner.watch = watch if watch else None
@@ -209,6 +217,10 @@ class Worker:
             await group.start(self._watch_loop)
             if self.events is not None:
                 await group.start(self.events.run)
+            if self.metrics is not None:
+                assert self.metrics_port is not None
+                serve = self.metrics.serve
+                await group.start(serve, self.metrics_host, self.metrics_port, broker, self.queues)
             interval = _heartbeat_interval(broker, self.admission)
             if interval is not None:
                 group.start_soon(self._heartbeat, interval)
@@ -599,6 +611,10 @@ class Worker:
                 else:
                     logger.warning("%s: warm shutdown (%s again to stop now)", name, name)
                     self.stop()
+
+    def _slots_free(self) -> float:
+        slots = self._slots
+        return float(slots.size - slots.running) if slots is not None else 0.0
 
     def event_status(self) -> dict[str, Any]:
         """Return the live counters of this worker's heartbeat events."""

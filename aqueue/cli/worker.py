@@ -57,6 +57,18 @@ def add_commands(commands: Any) -> None:
         "-E", "--task-events", action="store_true", help="send task events (aqueue events)"
     )
     worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (0: any free one), at /metrics",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address of --metrics-port (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    worker.add_argument(
         "--loop",
         choices=LOOPS,
         help="event loop: auto (uvloop when installed, the default), asyncio or uvloop",
@@ -110,6 +122,8 @@ def _worker(args: argparse.Namespace) -> int:
         processes=args.processes,
         app_path=args.app,
         send_events=True if args.task_events else None,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
