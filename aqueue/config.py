@@ -107,6 +107,9 @@ class Settings:
     worker_send_task_events: bool = False
     #: Workers keep recent runtimes per task, for the percentiles of `inspect stats`.
     worker_runtime_stats: bool = False
+    #: The OpenTelemetry tracer provider of aqueue's spans; None: the global one, once
+    #: configured (aqueue/tracing.py). Without opentelemetry-api, nothing is traced.
+    otel_tracer_provider: Any = None
     #: Producers emit a task-sent event for every task they send (one publish per send).
     task_send_sent_event: bool = False
     #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes

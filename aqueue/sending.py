@@ -21,6 +21,8 @@ from .options import ManySendOptions, SendOptions
 from .result import AsyncResult
 from .routing import route
 from .signing import signer_for
+from .tracing import AVAILABLE as TRACING
+from .tracing import describe_send, producer_span, tracer_for
 
 __all__ = ["priority_for", "send", "send_many"]
 
@@ -57,6 +59,23 @@ async def send_many(
     Every message is encoded (and refused, if it must be) before any is sent.
     """
     _check(options, _MANY_SEND_OPTIONS)
+    tracer = tracer_for(app.conf) if TRACING else None
+    if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
+        headers = dict(options.get("headers") or {})
+        with producer_span(tracer, name, headers) as span:
+            traced: ManySendOptions = {**options, "headers": headers}
+            return await _send_many(app, name, calls, task_ids, traced, span)
+    return await _send_many(app, name, calls, task_ids, options)
+
+
+async def _send_many(
+    app: AppLike,
+    name: str,
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    task_ids: Sequence[str] | None,
+    options: ManySendOptions,
+    span: Any = None,
+) -> list[AsyncResult[Any]]:
     broker, backend = await _connected(app)
     task = app.tasks.get(name)
     now = time.time()
@@ -90,6 +109,8 @@ async def send_many(
                 priority=priority,
             )
         )
+    if span is not None:
+        describe_send(span, messages)
     await broker.publish(messages)
     if app.conf.task_send_sent_event:
         await announce_sent(broker, name, messages)
@@ -101,6 +122,9 @@ async def _send_plain(
     app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> AsyncResult[Any]:
     """`send_many`'s work for one message with no call options, without the lists."""
+    tracer = tracer_for(app.conf) if TRACING else None
+    if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
+        return (await send_many(app, name, [(args, kwargs)]))[0]
     broker, backend = await _connected(app)
     task = app.tasks.get(name)
     priority = priority_for(app, task, None)  # what fails first fails as in send_many

@@ -52,6 +52,8 @@ from .runner import Runner
 from .runtimes import Runtimes
 from .slots import Inbox, InboxClosed, Slots
 from .task import current_revocations
+from .tracing import AVAILABLE as TRACING
+from .tracing import Tracer, tracer_for
 
 if TYPE_CHECKING:
     from .app import App
@@ -192,8 +194,10 @@ class Worker:
         self.runtimes = Runtimes() if self.app.conf.worker_runtime_stats else None
         if self.metrics_port is not None:
             self.metrics = WorkerMetrics(self._slots_free)
+        tracer = tracer_for(self.app.conf) if TRACING else None
+        traces = Tracer(tracer) if tracer is not None else None  # aqueue/tracing.py
         observers: list[Observer] = [
-            item for item in (self.events, self.runtimes, self.metrics) if item is not None
+            item for item in (traces, self.events, self.runtimes, self.metrics) if item is not None
         ]
         watch = Watch(self.app.hooks, observers)
         self.runner.watch = watch if watch else None

@@ -161,7 +161,7 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "broker_dead_letter_max_bytes",
         "worker_loop",
     } <= names
-    assert len(names) == 46
+    assert len(names) == 47
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
