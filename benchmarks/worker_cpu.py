@@ -102,7 +102,10 @@ async def one_run(
     variant: str = "base",
 ) -> dict[str, float]:
     drain = Drain(n)
-    app = App("cpu", broker=url, backend=False, set_as_current=False, task_message_key=key)
+    worker_options, settings = VARIANTS[variant]()
+    app = App(
+        "cpu", broker=url, backend=False, set_as_current=False, task_message_key=key, **settings
+    )
     app.conf.worker_tune_gc = how == "serve"
 
     @app.task(name="cpu.task")
@@ -115,7 +118,7 @@ async def one_run(
     async with app:
         for start in range(0, n, 1000):
             await task.delay_many([() for _ in range(min(1000, n - start))])
-        drain.worker = worker = Worker(app, concurrency=slots, **VARIANTS[variant]())
+        drain.worker = worker = Worker(app, concurrency=slots, **worker_options)
         gc.callbacks.append(drain.on_gc)
         try:
             with anyio.fail_after(120):
@@ -185,27 +188,34 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  medians {variant}: {text(medians)}")
 
 
-def _otel() -> dict[str, Any]:
-    """Install an SDK tracer provider (once) whose batch processor drops the spans."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-    class Drop(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(Drop()))
-        trace.set_tracer_provider(provider)
-    return {}
+_PROVIDER: Any = None
 
 
+def _otel() -> tuple[dict[str, Any], dict[str, Any]]:
+    """An SDK tracer provider (made once) whose batch processor drops the spans."""
+    global _PROVIDER
+    if _PROVIDER is None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Drop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        _PROVIDER = TracerProvider()
+        _PROVIDER.add_span_processor(BatchSpanProcessor(Drop()))
+    return {}, {"otel_tracer_provider": _PROVIDER}
+
+
+#: Each variant: the Worker's keyword arguments and the App's settings.
 VARIANTS = {
-    "base": dict,
-    "events": lambda: {"send_events": True},
-    "metrics": lambda: {"metrics_port": 0},
+    "base": lambda: ({}, {}),
+    "events": lambda: ({"send_events": True}, {}),
+    "metrics": lambda: ({"metrics_port": 0}, {}),
     "otel": _otel,
 }
 
