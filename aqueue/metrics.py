@@ -111,13 +111,13 @@ class WorkerMetrics:
     # -- the Observer protocol (aqueue/observe.py) ---------------------------------------------
 
     def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
-        """Count a redelivery."""
+        """Nothing to count before it starts."""
+
+    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+        """Count a running task, and a redelivery."""
+        self.running.inc()
         if delivery.delivery_count > 1:
             self.redelivered.inc()
-
-    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
-        """Count a running task."""
-        self.running.inc()
 
     def finished(
         self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any

@@ -1,6 +1,7 @@
 """What watches a worker's tasks run: its hooks, events, metrics and traces, behind one seam.
 
-The runner calls a `Watch` at each step of a task (received, begin, end, revoked, rejected),
+The worker calls `received` for a task that waits before it starts (a rate limit, a place, a
+thread), and the runner a `Watch` at each step of a task (begin, end, revoked, rejected),
 and awaits its hooks (`watch.hooks`, None without task hooks) after `begin` and before `end`;
 the worker gives the runner one only when something watches, so with every feature off the
 cost per task is one attribute check. Observers are plain synchronous calls: no coroutine per
@@ -31,8 +32,8 @@ class Observer(Protocol):
     def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
         """Note a message that may run was taken (it may wait for a slot or a rate limit)."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
-        """Note the task starts now."""
+    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+        """Note the task starts now (a task run at once was not `received` first: note both)."""
 
     def finished(
         self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
@@ -60,7 +61,7 @@ class Watch:
         self.hooks = hooks if hooks is not None and hooks.per_task else None
         self.observers = observers
         self.received: Callable[[Task[Any, Any], Envelope, Delivery], None] = self._received
-        self.begin: Callable[[Task[Any, Any], Envelope, str], TaskRun | None] = self._begin
+        self.begin: Callable[[Task[Any, Any], Envelope, Delivery], TaskRun | None] = self._begin
         self.end: Callable[[Task[Any, Any], Envelope, str, float, Any], None] = self._end
         self.interrupted: Callable[[Task[Any, Any], Envelope, bool], None] = self._interrupted
         if len(observers) == 1 and self.hooks is None:
@@ -77,13 +78,16 @@ class Watch:
         for observer in self.observers:
             observer.received(task, envelope, delivery)
 
-    def _begin(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> TaskRun | None:
+    def _begin(
+        self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery
+    ) -> TaskRun | None:
         """Tell the observers the task starts; return the hooks' record of it (None: no hooks)."""
         for observer in self.observers:
-            observer.started(task, envelope, queue)
+            observer.started(task, envelope, delivery)
         if self.hooks is None:
             return None
-        return TaskRun(task, envelope.id, envelope.args, envelope.kwargs, queue, envelope.retries)
+        args, kwargs, retries = envelope.args, envelope.kwargs, envelope.retries
+        return TaskRun(task, envelope.id, args, kwargs, delivery.queue, retries)
 
     def _end(
         self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any

@@ -108,9 +108,7 @@ class Runner:
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
-            if self.watch is not None:
-                self.watch.received(task, envelope, delivery)
-            return checked
+            return checked  # the worker says `received` if it must wait: `Watch`
         return None
 
     def knows_outcome(self, task: Task[Any, Any]) -> bool:
@@ -232,7 +230,7 @@ class Runner:
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
         run: TaskRun | None = None
         if watch is not None:
-            run = watch.begin(task, envelope, delivery.queue)
+            run = watch.begin(task, envelope, delivery)
             if run is not None:
                 await watch.hooks.before(run)  # type: ignore[union-attr]
         started = time.perf_counter()

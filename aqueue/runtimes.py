@@ -40,7 +40,7 @@ class Runtimes:
     def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to note."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
+    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to note."""
 
     def finished(

@@ -98,8 +98,9 @@ class Tracer:
     def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to trace yet."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
+    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
         """Open the consumer span, a child of the producer's, and make it current."""
+        queue = delivery.queue
         parent = propagate.extract(envelope.headers)
         span = self.tracer.start_span(
             f"process {queue}",

@@ -345,9 +345,13 @@ class Worker:
             await admission.done(checked[1], ticket)
             await _nack_quietly(delivery, delay=0.0)
         elif ticket.held:
+            if runner.watch is not None:  # it waits: its received and started events differ
+                runner.watch.received(checked[1], checked[0], delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             self._work.start_soon(self._hold, runner, delivery, checked, ticket)
         elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
+            if runner.watch is not None:
+                runner.watch.received(checked[1], checked[0], delivery)
             self.slots.hold()
             self._work.start_soon(self._lane, runner, delivery, checked, ticket)
         else:

@@ -216,3 +216,25 @@ async def test_aqueue_events_tails_a_worker(tmp_path: Any, monkeypatch: pytest.M
     ]
     assert f"evmod.add[{result.id}] runtime=" in lines[3]
     assert "\x1b[" not in lines[3]  # not a terminal: no colour
+
+
+async def test_a_task_that_waits_is_received_before_it_starts() -> None:
+    app = App("waits", broker="memory://", set_as_current=False)
+
+    @app.task(rate_limit="1000/s")  # held for its rate limit: received first, started later
+    def limited(x: int) -> int:  # a def task: it also waits for a thread
+        return x
+
+    try:
+        sent = [await limited.delay(n) for n in range(3)]
+        events = await drain_with_events(app)
+    finally:
+        await app.close()
+    for result in sent:
+        mine = [event for event in events if event.task_id == result.id]
+        assert [event.type for event in mine] == [
+            "task-received",
+            "task-started",
+            "task-succeeded",
+        ]
+        assert mine[0].timestamp <= mine[1].timestamp <= mine[2].timestamp

@@ -79,32 +79,6 @@ _QUEUED = 18  # whether it waits in the buffer (sent too: receivers ignore it)
 _PLAIN = frozenset({type(None), bool, int, float})
 
 
-def _record(
-    task_id: str, name: str, queue: str, envelope: Envelope, args: Any, kwargs: Any
-) -> list[Any]:
-    return [
-        "task",
-        task_id,
-        name,
-        0,
-        1,
-        queue,
-        envelope.retries,
-        envelope.eta,
-        args,
-        kwargs,
-        time.time(),
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        True,
-    ]
-
-
 def _published(buffer: list[Any]) -> None:
     """After a flush: what is unfinished goes on from the stage it reached, without arguments."""
     for item in buffer:
@@ -212,13 +186,45 @@ class EventEmitter:
         if len(buffer) == 1 and self._wake is not None:
             self._wake.set()
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, queue: str) -> None:
-        """Note task-started."""
+    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+        """Note task-started, and task-received at the same time if it never waited.
+
+        The worker calls `received` only for the tasks that wait before they start.
+        """
         record = self._open.get(id(envelope))
-        if record is None:  # not seen received (a worker's internal path): note both now
-            record = _record(envelope.id, task.name, queue, envelope, _TOO_LARGE, _TOO_LARGE)
+        if record is None:  # both at once, inline: this is every task's path
+            now = time.time()
+            args: Any = envelope.args
+            kwargs: Any = envelope.kwargs
+            if len(delivery.body) > ARGS_BYTES:
+                args = kwargs = _TOO_LARGE
+            record = [
+                "task",
+                envelope.id,
+                task.name,
+                0,
+                2,
+                delivery.queue,
+                envelope.retries,
+                envelope.eta,
+                args,
+                kwargs,
+                now,
+                now,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                True,
+            ]
             self._open[id(envelope)] = record
-            record[_QUEUED] = False
+            buffer = self._buffer
+            buffer.append(record)
+            if len(buffer) == 1 and self._wake is not None:
+                self._wake.set()
+            return
         record[_STARTED] = time.time()
         record[_TO] = 2
         if not record[_QUEUED]:
