@@ -1,9 +1,12 @@
 """The worker's side of events: `EventEmitter` buffers them and publishes them in batches.
 
-Each event is a tuple appended to a list (no I/O, no encoding) at the moment it happens; the
-emitter's flush loop, woken by the first event of a batch, waits `FLUSH_INTERVAL` for more to
-gather, then publishes them all in one mailbox publish (cut into batches of `BATCH` events),
-so a busy worker pays one publish per tick, not one per event. A heartbeat every
+Nothing is encoded or sent when an event happens. A worker event is a tuple appended to a
+buffer; a task has one record, its wire entry (`event.TASK_ENTRY`), made when it is received
+(or, if it never waited, when it starts) and filled in place as it starts and ends. The flush
+loop, woken by the first entry of a batch, waits `FLUSH_INTERVAL` for more to gather, then
+publishes the buffer as it is in one mailbox publish (cut into batches of `BATCH` entries): a
+busy worker pays one encode and one publish per tick, and a task that ran within one tick one
+entry for its three events. A heartbeat every
 `HEARTBEAT_INTERVAL` seconds says the worker lives; `worker-online` and `worker-offline`
 bracket its life. A failed publish is logged and its events dropped: events are best-effort
 news, never a reason to slow or stop the worker.
