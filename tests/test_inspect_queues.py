@@ -55,8 +55,9 @@ async def test_control_queues_names_the_consumers_and_stats_has_percentiles(
         for result in results:
             await result.get(timeout=10)
         await add.apply_async((0, 0), countdown=3600)
-        found = await app.control.queues(timeout=2.0)
-        stats = await app.control.inspect(timeout=2.0).stats()
+        # Naming the worker, the replies are gathered as soon as it answered.
+        found = await app.control.queues(destination=["q@t"], timeout=10.0)
+        stats = await app.control.inspect(destination=["q@t"], timeout=10.0).stats()
         worker.stop()
     assert found["default"]["consumers"] == 1
     assert found["default"]["workers"] == ["q@t"]
