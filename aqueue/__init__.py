@@ -47,6 +47,9 @@ from .exceptions import TaskRevoked as TaskRevoked
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded
 from .exceptions import UnknownSetting as UnknownSetting
 from .exceptions import WorkerLostError as WorkerLostError
+from .hooks import TaskRun as TaskRun
+from .hooks import WorkerContext as WorkerContext
+from .hooks import worker_context as worker_context
 from .message import DeadLetterReason as DeadLetterReason
 from .message import OutgoingMessage as OutgoingMessage
 from .result import AsyncResult as AsyncResult
@@ -102,9 +105,11 @@ __all__ = [
     "TaskMeta",
     "TaskOptions",
     "TaskRevoked",
+    "TaskRun",
     "TimeLimitExceeded",
     "UnknownSetting",
     "Worker",
+    "WorkerContext",
     "WorkerLostError",
     "WorkflowResult",
     "__version__",
@@ -118,4 +123,5 @@ __all__ = [
     "shared_task",
     "signature",
     "states",
+    "worker_context",
 ]

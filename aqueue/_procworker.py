@@ -25,6 +25,7 @@ task from a SIGALRM timer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -37,6 +38,7 @@ from typing import IO, Any
 
 from . import codec
 from .exceptions import Retry, SerializationError, SoftTimeLimitExceeded
+from .hooks import WorkerContext, current_worker
 from .loader import import_from_cwd, load_app
 from .processes import FRAME_HEADER
 from .result_meta import ResultMeta
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, signal.SIG_IGN)
     channel = _Channel()
     args = sys.argv[1:] if argv is None else argv
+    loop = asyncio.new_event_loop()  # for the app's async worker hooks, if it has any
+    context = WorkerContext(f"aqueue-process@{os.getpid()}", process=True)
     # The current directory stays importable for the child's life, as for the worker's:
     # task modules, and a framework's own lazy imports (Django's), come from it.
     with import_from_cwd():
@@ -220,14 +224,21 @@ def main(argv: list[str] | None = None) -> int:
             app = load_app(args[0])
             app.setup_worker()  # Django's set-up (DJANGO_SETTINGS_MODULE), the task modules
             tasks = app.tasks
+            current_worker.set(context)  # the tasks reach what the start hooks opened
+            loop.run_until_complete(app.hooks.start_worker(context))
         except Exception as exc:
+            loop.close()
             channel.send({"ready": False, **_failure(exc)})
             return 1
         channel.send({"ready": True, "pid": os.getpid()})
         soft = _SoftLimit()
-        while (request := channel.receive()) is not None:
-            channel.send(_handle(tasks, request, soft))
-            channel.done()
+        try:
+            while (request := channel.receive()) is not None:
+                channel.send(_handle(tasks, request, soft))
+                channel.done()
+        finally:
+            loop.run_until_complete(app.hooks.stop_worker(context))
+            loop.close()
     return 0
 
 

@@ -31,8 +31,10 @@ from .control import Control
 from .discovery import Discovery
 from .drivers import create_backend, create_broker, default_backend
 from .drivers.base import Broker, ResultBackend
+from .events.receiver import Events
 from .exceptions import ConfigurationError, NotRegistered
-from .fixups import Hooks, install_fixups
+from .fixups import FixupHooks, install_fixups
+from .hooks import Hooks, TaskRun, WorkerContext, add_hook
 from .options import ManySendOptions, SendOptions, TaskOptionArgs, TaskOptions
 from .sync import IOThread, SyncApp
 from .task import AsyncTask, SyncTask, Task, make_task
@@ -43,6 +45,8 @@ __all__ = ["App", "current_app", "shared_task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+WorkerHook = TypeVar("WorkerHook", bound=Callable[[WorkerContext], Any])
+TaskHook = TypeVar("TaskHook", bound=Callable[[TaskRun], Any])
 
 
 class TaskDecorator(Protocol):
@@ -97,12 +101,14 @@ class App:
         self._tasks: dict[str, Task[Any, Any]] = {}
         #: The task modules still to import (`autodiscover_tasks`), and the fix-ups' hooks.
         self.discovery = Discovery()
-        self.hooks = Hooks()
+        self.fixup_hooks = FixupHooks()
         #: The connections of each event loop that used the app, by loop.
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._loops_lock = threading.Lock()
         #: The thread whose loop runs `app.sync` calls, started on first use.
         self._io: IOThread | None = None
+        #: The worker and task hooks (`@app.on_worker_start`, ...): see aqueue/hooks.py.
+        self.hooks = Hooks()
         current.add_app(self, current=set_as_current)
         install_fixups(self)  # Django's, when DJANGO_SETTINGS_MODULE is set
 
@@ -159,9 +165,36 @@ class App:
         return Control(self)
 
     @property
+    def events(self) -> Events:
+        """The events of this app's workers: `async with app.events.receive() as stream:`."""
+        return Events(self)
+
+    @property
     def beat(self) -> BeatControl:
         """The periodic tasks of this app's beats, editable at runtime: `await app.beat.list()`."""
         return BeatControl(self)
+
+    # -- hooks (aqueue/hooks.py) -------------------------------------------------------------
+
+    def on_worker_start(self, fn: WorkerHook) -> WorkerHook:
+        """Run `fn(context)` (sync or async) once when a worker starts, before any task."""
+        return add_hook(self.hooks.worker_start, fn)
+
+    def on_worker_stop(self, fn: WorkerHook) -> WorkerHook:
+        """Run `fn(context)` (sync or async) once when a worker stops, after its last task."""
+        return add_hook(self.hooks.worker_stop, fn)
+
+    def before_task(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) before each task a worker runs."""
+        return add_hook(self.hooks.before_task, fn)
+
+    def after_task(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) after each task, with its state and runtime."""
+        return add_hook(self.hooks.after_task, fn)
+
+    def on_failure(self, fn: TaskHook) -> TaskHook:
+        """Run `fn(run)` (sync or async) after each task that failed, with its error."""
+        return add_hook(self.hooks.on_failure, fn)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -211,7 +244,7 @@ class App:
 
     def setup_worker(self) -> None:
         """Prepare this process to run tasks: the fix-ups' set-up (Django's), then `finalize`."""
-        self.hooks.setup_worker()
+        self.fixup_hooks.setup_worker()
         self.finalize()
 
     # -- tasks -------------------------------------------------------------------------------

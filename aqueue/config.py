@@ -110,6 +110,18 @@ class Settings:
     #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
     worker_loop: str = "auto"
+    #: `aqueue worker` configures the root logger (Celery's name); False leaves logging to
+    #: the app. It never does when importing the app added handlers to the root logger.
+    worker_hijack_root_logger: bool = True
+    #: Workers emit task and worker events (`aqueue worker -E` turns it on): aqueue/events/.
+    worker_send_task_events: bool = False
+    #: Workers keep recent runtimes per task, for the percentiles of `inspect stats`.
+    worker_runtime_stats: bool = False
+    #: The OpenTelemetry tracer provider of aqueue's spans; None: the global one, once
+    #: configured (aqueue/tracing.py). Without opentelemetry-api, nothing is traced.
+    otel_tracer_provider: Any = None
+    #: Producers emit a task-sent event for every task they send (one publish per send).
+    task_send_sent_event: bool = False
     #: Sign every message and result with HMAC-SHA256 under this key (str or bytes, 16 bytes
     #: at least), and refuse (dead-letter) any message not signed with it: see aqueue/signing.py.
     task_message_key: str | bytes | None = None
@@ -430,6 +442,10 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_max_memory_per_child": lambda name, value: None if value is None else _memory(value),
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
+    "worker_hijack_root_logger": _bool,
+    "worker_send_task_events": _bool,
+    "worker_runtime_stats": _bool,
+    "task_send_sent_event": _bool,
     "beat_schedule": _mapping,
     "beat_catch_up": _catch_up,
     "beat_housekeeping": _bool,

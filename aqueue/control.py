@@ -183,6 +183,40 @@ class Control:
             )
         return described
 
+    async def queues(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+    ) -> dict[str, dict[str, Any]]:
+        """Return, by queue: its waiting, delayed, running and dead messages, and consumers.
+
+        The counts come from the broker (`Broker.queue_stats`); the consumers are the workers
+        that answered within `timeout` naming the queue among theirs. Without `queues`: the
+        default queue and every queue a worker consumes.
+        """
+        replies = await self.broadcast("stats", destination=destination, timeout=timeout)
+        workers: dict[str, list[str]] = {}
+        for reply in replies:
+            if reply.ok and isinstance(reply.result, dict):
+                for queue in reply.result.get("queues") or ():
+                    workers.setdefault(str(queue), []).append(reply.hostname)
+        names = list(queues) if queues else sorted({self.app.conf.task_default_queue, *workers})
+        broker = await self.app.broker()
+        found: dict[str, dict[str, Any]] = {}
+        for name in names:
+            stats = await broker.queue_stats(name)
+            found[name] = {
+                "waiting": stats.waiting,
+                "delayed": stats.delayed,
+                "running": stats.running,
+                "dead": stats.dead,
+                "consumers": len(workers.get(name, ())),
+                "workers": sorted(workers.get(name, ())),
+            }
+        return found
+
     async def shutdown(
         self, *, destination: Sequence[str] | None = None, timeout: float = 1.0
     ) -> list[Reply]:

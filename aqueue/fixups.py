@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import load_object
 
-__all__ = ["FIXUPS", "Hooks", "install_fixups"]
+__all__ = ["FIXUPS", "FixupHooks", "install_fixups"]
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -31,7 +31,7 @@ logger = logging.getLogger("aqueue.worker")
 FIXUPS: dict[str, str] = {"DJANGO_SETTINGS_MODULE": "aqueue.contrib.django.fixup:install"}
 
 
-class Hooks:
+class FixupHooks:
     """The hooks fix-ups add to an app (see the module docstring)."""
 
     def __init__(self) -> None:

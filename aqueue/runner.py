@@ -40,6 +40,8 @@ from .task import Request, Task, current_request, running_request
 if TYPE_CHECKING:
     from .app import App
     from .drivers.base import Broker, Delivery, ResultBackend
+    from .hooks import TaskRun
+    from .observe import Watch
     from .processes import ProcessPool
 
 __all__ = ["Active", "Runner"]
@@ -95,6 +97,8 @@ class Runner:
         self.accept: tuple[str, ...] = FORMATS if accept >= set(FORMATS) else tuple(accept)
         self.pack_message = packer(conf.task_serializer)
         self.pack_result = packer(conf.result_serializer)
+        #: What watches tasks run (hooks, events, metrics, traces); None when nothing does.
+        self.watch: Watch | None = None
 
     async def handle(self, delivery: Delivery) -> None:
         """Check the delivery, run its task and settle the message (`check`, then `run`)."""
@@ -118,7 +122,7 @@ class Runner:
         ):
             pass
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
-            return checked
+            return checked  # the worker says `received` if it must wait: `Watch`
         return None
 
     async def _ran_already(
@@ -191,6 +195,9 @@ class Runner:
             )
         await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
         logger.error("Task %s[%s]: %s", task.name, envelope.id, detail)
+        if self.watch is not None:
+            reason = DeadLetterReason.MAX_DELIVERIES.value
+            self.watch.rejected(task.name, envelope.id, reason, detail)
         return True
 
     async def discard(
@@ -206,6 +213,8 @@ class Runner:
             await continuation.discarded(self.app, self.backend, envelope, meta)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
+        if self.watch is not None:
+            self.watch.revoked(task.name, envelope.id, why)
 
     def _inspect(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | _Refusal:
         """Decode the message and find its task, or say why it can never run."""
@@ -265,6 +274,8 @@ class Runner:
             if reason is not DeadLetterReason.UNDECODABLE:  # what follows fails with it
                 await self._follow_refused(envelope, meta)
         await delivery.dead_letter(reason.value, detail)
+        if self.watch is not None:
+            self.watch.rejected(name, ident, reason.value, detail)
 
     async def _follow_refused(self, envelope: Envelope, meta: ResultMeta) -> None:
         canvas = envelope.headers.get(continuation.HEADER)
@@ -285,33 +296,31 @@ class Runner:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
+        watch = self.watch  # hooks, events, metrics or traces: one check when all are off
+        run: TaskRun | None = None
+        if watch is not None:
+            run = watch.begin(task, envelope, delivery)
+            if run is not None:
+                await watch.hooks.before(run)  # type: ignore[union-attr]
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
-            value = await self._execute(task, envelope)
+            state, outcome = await self._outcome(delivery, envelope, task, started, informed)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._interrupted(delivery, envelope, task)
+                if watch is not None:
+                    watch.interrupted(task, envelope, envelope.id in self.revoked)
             raise
-        except Retry as retry:
-            await self._retry(delivery, envelope, task, retry)
-        except Exception as exc:
-            await self._after_async_failure(task)
-            again = _autoretry(task, exc, envelope.retries)
-            if again is None:
-                failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
-                await self._follow(envelope, None, failure)
-            else:
-                await self._retry(delivery, envelope, task, again)
-        else:
-            self.succeeded += 1
-            if informed or (self.backend is not None and not task.ignore_result):
-                await self._succeeded(envelope, task, value, started, informed)
-            await self._follow(envelope, value, None)
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
+        if watch is not None:
+            runtime = time.perf_counter() - started
+            if run is not None:
+                await _after_hooks(watch, run, state, outcome, runtime)
+            watch.end(task, envelope, state, runtime, outcome)
         await delivery.ack()
 
     async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
@@ -328,6 +337,35 @@ class Runner:
         meta = ResultMeta.decode(open_result(self.app.conf, payload))
         failure = meta if state == states.FAILURE else None
         await continuation.after(self.app, self.backend, envelope, meta.result, failure)
+
+    async def _outcome(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        started: float,
+        informed: bool,
+    ) -> tuple[str, Any]:
+        """Run the task and record its outcome: its state, and its value or its error."""
+        try:
+            value = await self._execute(task, envelope)
+        except Retry as retry:
+            await self._retry(delivery, envelope, task, retry)
+            return states.RETRY, retry.exc
+        except Exception as exc:
+            await self._after_async_failure(task)
+            again = _autoretry(task, exc, envelope.retries)
+            if again is None:
+                failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
+                await self._follow(envelope, None, failure)
+                return states.FAILURE, exc
+            await self._retry(delivery, envelope, task, again)
+            return states.RETRY, exc
+        self.succeeded += 1
+        if informed or (self.backend is not None and not task.ignore_result):
+            await self._succeeded(envelope, task, value, started, informed)
+        await self._follow(envelope, value, None)
+        return states.SUCCESS, value
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
@@ -413,13 +451,13 @@ class Runner:
 
     async def _after_async_failure(self, task: Task[Any, Any]) -> None:
         """Run the hooks for a failed coroutine task (Django: drop broken connections)."""
-        hooks = self.app.hooks.async_failure_hooks
+        hooks = self.app.fixup_hooks.async_failure_hooks
         if hooks and task.is_async:
-            await self.app.hooks.after_async_failure()
+            await self.app.fixup_hooks.after_async_failure()
 
     def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
-        hooks = self.app.hooks  # e.g. Django's close_old_connections (aqueue/fixups.py)
+        hooks = self.app.fixup_hooks  # e.g. Django's close_old_connections (aqueue/fixups.py)
         if hooks.thread_task_hooks:
             hooks.around_thread_task()
         try:
@@ -517,6 +555,19 @@ class _Refusal(NamedTuple):
     detail: str
     envelope: Envelope | None = None
     error: Exception | None = None
+
+
+async def _after_hooks(
+    watch: Watch, run: TaskRun, state: str, outcome: Any, runtime: float
+) -> None:
+    """Record a run's outcome on its hooks' record, and await the after_task hooks."""
+    run.runtime, run.state = runtime, state
+    if state == states.SUCCESS:
+        run.result = outcome
+    else:
+        run.error = outcome
+    assert watch.hooks is not None
+    await watch.hooks.after(run)
 
 
 def _autoretry(task: Task[Any, Any], exc: Exception, retries: int) -> Retry | None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Unpack
 
 from .drivers.base import Broker, ResultBackend
+from .events.emitter import announce_sent
 from .exceptions import ConfigurationError
 from .formats import packer
 from .interfaces import AppLike, TaskLike
@@ -21,6 +22,8 @@ from .options import ManySendOptions, SendOptions
 from .result import AsyncResult
 from .routing import route
 from .signing import signer_for
+from .tracing import AVAILABLE as TRACING
+from .tracing import describe_send, producer_span, tracer_for
 
 __all__ = ["Call", "priority_for", "send", "send_calls", "send_many"]
 
@@ -57,6 +60,23 @@ async def send_many(
     Every message is encoded (and refused, if it must be) before any is sent.
     """
     _check(options, _MANY_SEND_OPTIONS)
+    tracer = tracer_for(app.conf) if TRACING else None
+    if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
+        headers = dict(options.get("headers") or {})
+        with producer_span(tracer, name, headers) as span:
+            traced: ManySendOptions = {**options, "headers": headers}
+            return await _send_many(app, name, calls, task_ids, traced, span)
+    return await _send_many(app, name, calls, task_ids, options)
+
+
+async def _send_many(
+    app: AppLike,
+    name: str,
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+    task_ids: Sequence[str] | None,
+    options: ManySendOptions,
+    span: Any = None,
+) -> list[AsyncResult[Any]]:
     broker, backend = await _connected(app)
     task = app.tasks.get(name)
     now = time.time()
@@ -91,7 +111,11 @@ async def send_many(
                 priority=priority,
             )
         )
+    if span is not None:
+        describe_send(span, messages)
     await broker.publish(messages)
+    if app.conf.task_send_sent_event:
+        await announce_sent(broker, name, messages)
     ignored = _ignored(app, task)
     return [AsyncResult(message.id, app, task_name=name, ignored=ignored) for message in messages]
 
@@ -150,6 +174,9 @@ async def _send_plain(
     app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> AsyncResult[Any]:
     """`send_many`'s work for one message with no call options, without the lists."""
+    tracer = tracer_for(app.conf) if TRACING else None
+    if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
+        return (await send_many(app, name, [(args, kwargs)]))[0]
     broker, backend = await _connected(app)
     task = app.tasks.get(name)
     priority = priority_for(app, task, None)  # what fails first fails as in send_many
@@ -171,7 +198,10 @@ async def _send_plain(
     signer = signer_for(app.conf)
     if signer is not None:
         body = signer.sign(body)
-    await broker.publish((OutgoingMessage(message_id, queue, body, None, priority),))
+    message = OutgoingMessage(message_id, queue, body, None, priority)
+    await broker.publish((message,))
+    if app.conf.task_send_sent_event:
+        await announce_sent(broker, name, (message,))
     return AsyncResult(message_id, app, task_name=name, ignored=_ignored(app, task))
 
 

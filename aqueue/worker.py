@@ -38,15 +38,23 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._gc import tuned_for_worker
 from .admission import Admission, Ticket
 from .drivers.options import VISIBILITY_TIMEOUT
+from .events.emitter import EventEmitter
 from .exceptions import BrokerError, ConfigurationError
+from .hooks import WorkerContext, current_worker
 from .isolation import Isolation
+from .logs import install_task_records
 from .loopwatch import LoopWatch, blocking_tasks
+from .metrics import WorkerMetrics
+from .observe import Observer, Watch
 from .processes import ProcessPool
 from .recycle import Recycle
 from .remote import RemoteControl, Revocations
 from .runner import Runner
+from .runtimes import Runtimes
 from .slots import Inbox, InboxClosed, Slots
 from .task import current_revocations
+from .tracing import AVAILABLE as TRACING
+from .tracing import Tracer, tracer_for
 
 if TYPE_CHECKING:
     from .app import App
@@ -76,6 +84,9 @@ class Worker:
         app_path: str | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
+        send_events: bool | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         conf = app.conf
         self.app = app
@@ -89,6 +100,14 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.burst = burst
+        #: Emit task and worker events (`-E`, `worker_send_task_events`): aqueue/events/.
+        self.send_events = conf.worker_send_task_events if send_events is None else send_events
+        self.events: EventEmitter | None = None
+        #: Runtime percentiles per task for `inspect stats` (`worker_runtime_stats`).
+        self.runtimes: Runtimes | None = None
+        #: Prometheus metrics on metrics_host:metrics_port (`--metrics-port`): aqueue/metrics.py.
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.metrics: WorkerMetrics | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
         #: Retire after so many tasks, or past so much resident memory (KiB): see aqueue/recycle.py.
@@ -98,6 +117,8 @@ class Worker:
         )
         #: Why the worker stopped itself on a limit (None: it did not).
         self.recycled: str | None = None
+        #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
+        self.context = WorkerContext(self.hostname)
         self.runner: Runner | None = None
         #: The running deliveries, with the asyncio task running each (for terminate).
         self._running: dict[Delivery, asyncio.Task[Any]] = {}
@@ -141,6 +162,7 @@ class Worker:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
         self.app.setup_worker()  # once: a framework's set-up (Django's), the task modules
         pool = self._process_pool()  # before connecting: a missing app path fails at once
+        install_task_records()  # log records made during a task carry its id and name
         broker = await self.app.broker()
         backend = await self.app.result_backend()
         self.runner = Runner(
@@ -156,6 +178,40 @@ class Worker:
         remote = _remote_control(self, broker)
         if remote is not None:
             await remote.load()
+        self.context = WorkerContext(self.hostname)
+        token = current_worker.set(self.context)  # the slots and their threads inherit it
+        try:
+            hooks = self.app.hooks
+            await hooks.start_worker(self.context)
+            try:
+                await self._work_until_stopped(broker, pool, remote, task_status=task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await hooks.stop_worker(self.context)
+        finally:
+            current_worker.reset(token)
+        logger.info("%s stopped.", self.hostname)
+
+    async def _work_until_stopped(
+        self,
+        broker: Broker,
+        pool: ProcessPool | None,
+        remote: RemoteControl | None,
+        *,
+        task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.runner is not None
+        self.events = _event_emitter(self, broker) if self.send_events else None
+        self.runtimes = Runtimes() if self.app.conf.worker_runtime_stats else None
+        if self.metrics_port is not None:
+            self.metrics = WorkerMetrics(self._slots_free)
+        tracer = tracer_for(self.app.conf) if TRACING else None
+        traces = Tracer(tracer) if tracer is not None else None  # aqueue/tracing.py
+        observers: list[Observer] = [
+            item for item in (traces, self.events, self.runtimes, self.metrics) if item is not None
+        ]
+        watch = Watch(self.app.hooks, observers)
+        self.runner.watch = watch if watch else None
         self.started_at = time.time()
         # Claims that take a round trip go ahead of the slots: a slot that frees up finds its
         # next message waiting (Redis S2, 10 ms tasks at concurrency 500: about 1.6x).
@@ -174,6 +230,12 @@ class Worker:
         # The pool (children start with the first process task) closes after the tasks end.
         async with pool or contextlib.nullcontext(), anyio.create_task_group() as group:
             await group.start(self._watch_loop)
+            if self.events is not None:
+                await group.start(self.events.run)
+            if self.metrics is not None:
+                assert self.metrics_port is not None
+                serve = self.metrics.serve
+                await group.start(serve, self.metrics_host, self.metrics_port, broker, self.queues)
             interval = _heartbeat_interval(broker, self.admission)
             if interval is not None:
                 group.start_soon(self._heartbeat, interval)
@@ -189,7 +251,6 @@ class Worker:
                     await self._consume(broker)
                 await self._drain(work)
             group.cancel_scope.cancel()
-        logger.info("%s stopped.", self.hostname)
 
     def _process_pool(self) -> ProcessPool | None:
         """Return a pool for the app's executor="process" tasks; None if it has none."""
@@ -295,9 +356,13 @@ class Worker:
             await admission.done(checked[1], ticket)
             await _nack_quietly(delivery, delay=0.0)
         elif ticket.held:
+            if runner.watch is not None:  # it waits: its received and started events differ
+                runner.watch.received(checked[1], checked[0], delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             self._work.start_soon(self._hold, runner, delivery, checked, ticket)
         elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
+            if runner.watch is not None:
+                runner.watch.received(checked[1], checked[0], delivery)
             self.slots.hold()
             self._work.start_soon(self._lane, runner, delivery, checked, ticket)
         else:
@@ -575,6 +640,16 @@ class Worker:
                     logger.warning("%s: warm shutdown (%s again to stop now)", name, name)
                     self.stop()
 
+    def _slots_free(self) -> float:
+        slots = self._slots
+        return float(slots.size - slots.running) if slots is not None else 0.0
+
+    def event_status(self) -> dict[str, Any]:
+        """Return the live counters of this worker's heartbeat events."""
+        runner = self.runner
+        processed = runner.succeeded + runner.failed + runner.retried if runner else 0
+        return {"active": self._slots.running if self._slots else 0, "processed": processed}
+
     def stats(self) -> dict[str, Any]:
         """Counters for `inspect stats` and tests."""
         runner = self.runner
@@ -586,6 +661,9 @@ class Worker:
             "failed": runner.failed if runner else 0,
             "refused": runner.refused if runner else 0,
             "retried": runner.retried if runner else 0,
+            "runtimes": self.runtimes.report() if self.runtimes is not None else None,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
         }
 
 
@@ -614,6 +692,16 @@ def _heartbeat_interval(broker: Broker, admission: Admission | None) -> float | 
     if admission is not None and admission.semaphore.scope == "global":
         intervals.append(admission.lease / 3)
     return min(intervals, default=None)
+
+
+def _event_emitter(worker: Worker, broker: Broker) -> EventEmitter | None:
+    try:
+        mailbox = broker.mailbox()
+    except BrokerError:
+        logger.warning("%s has no mailbox: events are off", type(broker).__name__)
+        return None
+    online = {"concurrency": worker.concurrency, "queues": list(worker.queues)}
+    return EventEmitter(mailbox, worker.hostname, worker.event_status, online)
 
 
 def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:

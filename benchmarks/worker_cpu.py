@@ -3,6 +3,7 @@
     python benchmarks/worker_cpu.py [--broker memory|redis|amqp] [--kind sleep|noop]
                                     [--tasks 5000] [--repeat 5] [--gc run|serve|off]
                                     [--slots 500] [--loop auto|asyncio|uvloop] [--shared-db]
+                                    [--variants base,events,metrics,otel]
 
 Where compare.py says how fast, this says why. Each run enqueues N tasks (`sleep`: each awaits
 asyncio.sleep(0.01), as compare.py's S2; `noop`: returns at once, as S1), then drains them
@@ -17,6 +18,12 @@ moment the first task starts to the moment the N-th finishes:
 `worker.serve()`, as `aqueue worker` does (its `worker_tune_gc` settings); `off` with the
 collector disabled (a bound, not a setting to use). `--loop` picks the event loop as
 `aqueue worker --loop` does (auto: uvloop when installed). Medians of the runs at the end.
+
+`--variants` compares what watching tasks costs: `base` (nothing on), `events` (the worker
+emits task events, `-E`), `metrics` (Prometheus metrics, `--metrics-port`), `otel` (an
+OpenTelemetry SDK tracer provider with a batch processor whose exporter drops the spans). The
+variants alternate run by run (base, events, ..., base, events, ...), so a machine that slows
+down midway weighs on each alike; medians per variant at the end.
 
 Redis: a database of the benchmark's own (`--redis-url`, db 14 by default, flushed before and
 after, as compare.py does), or with `--shared-db` a key prefix of its own in that database,
@@ -86,10 +93,19 @@ class Drain:
 
 
 async def one_run(
-    url: str, kind: str, n: int, how: str, slots: int, key: str | None = None
+    url: str,
+    kind: str,
+    n: int,
+    how: str,
+    slots: int,
+    key: str | None = None,
+    variant: str = "base",
 ) -> dict[str, float]:
     drain = Drain(n)
-    app = App("cpu", broker=url, backend=False, set_as_current=False, task_message_key=key)
+    worker_options, settings = VARIANTS[variant]()
+    app = App(
+        "cpu", broker=url, backend=False, set_as_current=False, task_message_key=key, **settings
+    )
     app.conf.worker_tune_gc = how == "serve"
 
     @app.task(name="cpu.task")
@@ -102,7 +118,7 @@ async def one_run(
     async with app:
         for start in range(0, n, 1000):
             await task.delay_many([() for _ in range(min(1000, n - start))])
-        drain.worker = worker = Worker(app, concurrency=slots)
+        drain.worker = worker = Worker(app, concurrency=slots, **worker_options)
         gc.callbacks.append(drain.on_gc)
         try:
             with anyio.fail_after(120):
@@ -157,13 +173,51 @@ async def main(args: argparse.Namespace) -> None:
         f"{args.broker}, {args.tasks:,} {args.kind} tasks, concurrency {args.slots}, "
         f"collector: {args.gc}, loop: {describe(asyncio.get_running_loop())}"
     )
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    by_variant: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     async with place(args.broker, args) as url:
         for run in range(args.repeat):
-            row = await one_run(url, args.kind, args.tasks, args.gc, args.slots, args.key)
-            rows.append(row)
-            print(f"  run {run + 1}: {text(row)}", flush=True)
-    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
-    print(f"  medians: {text(medians)}")
+            for variant in variants:
+                row = await one_run(
+                    url, args.kind, args.tasks, args.gc, args.slots, args.key, variant
+                )
+                by_variant[variant].append(row)
+                print(f"  run {run + 1} {variant}: {text(row)}", flush=True)
+    for variant, rows in by_variant.items():
+        medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        print(f"  medians {variant}: {text(medians)}")
+
+
+_PROVIDER: Any = None
+
+
+def _otel() -> tuple[dict[str, Any], dict[str, Any]]:
+    """An SDK tracer provider (made once) whose batch processor drops the spans."""
+    global _PROVIDER
+    if _PROVIDER is None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Drop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        _PROVIDER = TracerProvider()
+        _PROVIDER.add_span_processor(BatchSpanProcessor(Drop()))
+    return {}, {"otel_tracer_provider": _PROVIDER}
+
+
+#: Each variant: the Worker's keyword arguments and the App's settings.
+VARIANTS = {
+    "base": lambda: ({}, {}),
+    "events": lambda: ({"send_events": True}, {}),
+    "metrics": lambda: ({"metrics_port": 0}, {}),
+    "otel": _otel,
+}
 
 
 def text(row: dict[str, float]) -> str:
@@ -193,6 +247,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--loop", choices=LOOPS, default="auto")
+    parser.add_argument(
+        "--variants",
+        default="base",
+        help="comma-separated, alternating run by run: base, events, metrics, otel",
+    )
     parser.add_argument(
         "--key",
         nargs="?",

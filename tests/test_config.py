@@ -163,7 +163,7 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_max_tasks_per_child",
         "worker_max_memory_per_child",
     } <= names
-    assert len(names) == 46  # 42, Celery's imports and include, and the recycling limits
+    assert len(names) == 51  # 42, imports and include, the recycling limits, observability (5)
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 

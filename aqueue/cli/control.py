@@ -2,6 +2,7 @@
 
     aqueue inspect tasks:app [-d HOST,...] [--timeout S] ping|active|scheduled|registered|stats
     aqueue inspect tasks:app scheduled [-Q QUEUE,...] [--limit N]   (workers' and the broker's)
+    aqueue inspect tasks:app queues [-Q QUEUE,...]
     aqueue control tasks:app rate_limit tasks.add 10/m
     aqueue control tasks:app revoke TASK_ID [--terminate]
     aqueue control tasks:app [-d HOST,...] shutdown
@@ -29,7 +30,7 @@ from .common import confirm, with_app
 
 __all__ = ["add_commands"]
 
-INSPECT = ("ping", "active", "scheduled", "registered", "stats")
+INSPECT = ("ping", "active", "scheduled", "registered", "stats", "queues")
 
 
 def add_commands(commands: Any) -> None:
@@ -40,7 +41,8 @@ def add_commands(commands: Any) -> None:
     inspect.add_argument(
         "-Q",
         "--queues",
-        help="scheduled: the queues whose delayed messages to list (default: the default queue)",
+        help="queues, scheduled: comma-separated queues (queues: default all known; "
+        "scheduled: default the default queue)",
     )
     inspect.add_argument("--limit", type=int, default=100, help="scheduled: at most this many")
     inspect.set_defaults(run=_inspect)
@@ -96,6 +98,8 @@ def _print(value: Any) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     destination = _destination(args)
+    if args.what == "queues":
+        return _inspect_queues(args, destination)
 
     async def body(app: App) -> int:
         inspector = app.control.inspect(destination=destination, timeout=args.timeout)
@@ -132,6 +136,23 @@ async def _print_delayed(app: App, queues: list[str], limit: int) -> None:
             each["due"] = dt.datetime.fromtimestamp(each["due"], dt.UTC).isoformat()
         if delayed:
             _print(delayed)
+
+
+def _inspect_queues(args: argparse.Namespace, destination: list[str] | None) -> int:
+    """Print one line per queue: its counts and how many workers consume it."""
+    names = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+
+    async def body(app: App) -> int:
+        found = await app.control.queues(names, destination=destination, timeout=args.timeout)
+        columns = ("waiting", "delayed", "running", "dead", "consumers")
+        width = max([5, *(len(name) for name in found)])
+        print(f"{'queue':<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+        for name, counts in found.items():
+            cells = ("-" if counts[c] is None else str(counts[c]) for c in columns)
+            print(f"{name:<{width}}  " + "  ".join(f"{cell:>9}" for cell in cells))
+        return 0
+
+    return with_app(args, body)
 
 
 def _control(args: argparse.Namespace) -> int:

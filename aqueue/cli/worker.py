@@ -23,7 +23,7 @@ from ..banner import banner
 from ..beat.scheduler import Beat
 from ..exceptions import ConfigurationError
 from ..loader import import_from_cwd, load_app
-from ..logs import setup_logging
+from ..logs import root_handlers, setup_logging
 from ..loops import LOOPS, describe, loop_factory
 from ..recycle import EXIT_RECYCLE, parse_memory
 from ..supervisor import Supervisor, child_name, watch_parent
@@ -51,8 +51,30 @@ def add_commands(commands: Any) -> None:
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (Celery's lines) or json (one object per line, with task id and name)",
+    )
+    worker.add_argument("-f", "--logfile", metavar="PATH", help="log to this file, not stderr")
     worker.add_argument("-n", "--hostname", help="this worker's name (default aqueue@HOST)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument(
+        "-E", "--task-events", action="store_true", help="send task events (aqueue events)"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (0: any free one), at /metrics",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address of --metrics-port (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
     worker.add_argument(
         "--loop",
         choices=LOOPS,
@@ -129,12 +151,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    before = root_handlers()  # handlers added from here on are the project's own
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         # Before the app module: one that imports models at the top then loads too.
         from ..contrib.django.fixup import setup_django
 
         setup_django()
     app = load_app(args.app)
+    configured = [handler for handler in root_handlers() if handler not in before]
     supervised = args.workers or args.max_tasks_per_child or args.max_memory_per_child
     if supervised and not args.child:
         return _supervise(app, args)
@@ -151,10 +175,14 @@ def _run_worker(args: argparse.Namespace) -> int:
         app_path=args.app,
         max_tasks_per_child=args.max_tasks_per_child,
         max_memory_per_child=args.max_memory_per_child,
+        send_events=True if args.task_events else None,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     factory = loop_factory(args.loop or app.conf.worker_loop)
     secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
-    setup_logging(args.loglevel, secrets)
+    if app.conf.worker_hijack_root_logger and not configured:
+        setup_logging(args.loglevel, secrets, log_format=args.log_format, logfile=args.logfile)
     _warn_ignored(app)
     app.setup_worker()  # Django's set-up (if any), then the task modules
 

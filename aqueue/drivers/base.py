@@ -53,6 +53,7 @@ __all__ = [
     "Delayed",
     "Delivery",
     "Mailbox",
+    "QueueStats",
     "RateLimiter",
     "ResultBackend",
     "Semaphore",
@@ -172,6 +173,21 @@ class DeadLetterStats:
     kept: int
     bytes: int | None
     dropped: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a queue holds now (`Broker.queue_stats`, `aqueue inspect queues`).
+
+    `waiting`: ready to be delivered; `delayed`: with an eta (or a retry countdown) still
+    ahead; `running`: delivered and not yet settled (None where the driver cannot tell:
+    memory, RabbitMQ); `dead`: dead letters kept.
+    """
+
+    waiting: int
+    delayed: int
+    running: int | None
+    dead: int
 
 
 def dead_letter_size(body: bytes, reason: str, detail: str) -> int:
@@ -338,6 +354,10 @@ class Broker(_Connected):
     async def purge_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Delete dead letters of `queue` (those named in `ids`, else all); return how many."""
         raise BrokerError(f"{type(self).__name__} cannot purge dead letters")
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Return what `queue` holds now: waiting, delayed, running and dead messages."""
+        raise BrokerError(f"{type(self).__name__} cannot count the messages of a queue")
 
     def mailbox(self) -> Mailbox:
         """Return the mailbox over this broker's transport (see `Mailbox`)."""

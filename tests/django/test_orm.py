@@ -78,9 +78,9 @@ async def test_without_django_no_hook_runs() -> None:
         patch.delenv("DJANGO_SETTINGS_MODULE")
         app = App("plain", broker="memory://", set_as_current=False)
     assert app.discovery.package_sources == []
-    assert app.hooks.worker_setup == []
+    assert app.fixup_hooks.worker_setup == []
     app.setup_worker()
-    assert app.hooks.thread_task_hooks == []
+    assert app.fixup_hooks.thread_task_hooks == []
     await app.close()
 
 

@@ -33,7 +33,7 @@ def install(app: Any) -> None:
             'pip install "aqueue-tasks[django]"'
         ) from None
     app.discovery.package_sources.append(installed_packages)
-    app.hooks.worker_setup.append(functools.partial(_setup_worker, app))
+    app.fixup_hooks.worker_setup.append(functools.partial(_setup_worker, app))
 
 
 def installed_packages() -> Sequence[str] | None:
@@ -64,6 +64,6 @@ def _setup_worker(app: Any) -> None:
     from asgiref.sync import sync_to_async
     from django.db import close_old_connections
 
-    app.hooks.thread_task_hooks.append(close_old_connections)
+    app.fixup_hooks.thread_task_hooks.append(close_old_connections)
     # The async ORM's queries run in asgiref's thread (thread_sensitive): close there.
-    app.hooks.async_failure_hooks.append(sync_to_async(close_old_connections))
+    app.fixup_hooks.async_failure_hooks.append(sync_to_async(close_old_connections))

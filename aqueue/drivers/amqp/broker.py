@@ -63,7 +63,7 @@ from pamqp import commands as spec
 
 from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery, QueueStats
 from ..options import BrokerOptions
 from .connection import Link, broker_error, parse_amqp_url
 from .consumer import AMQPDelivery, Session
@@ -481,6 +481,13 @@ class AMQPBroker(Broker):
             "RabbitMQ keeps delayed messages in its delay queues, which cannot be read without "
             "taking them: `aqueue inspect scheduled` lists only what workers hold here"
         )
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's ready, delayed and dead messages (RabbitMQ's counts)."""
+        await self.link.connection()
+        waiting, delayed = await self.topology.counts(queue)
+        dead = (await self._dead.stats(queue)).kept
+        return QueueStats(waiting=waiting, delayed=delayed, running=None, dead=dead)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (and leave in place) the oldest dead letters of `queue`."""

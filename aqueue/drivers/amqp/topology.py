@@ -281,6 +281,21 @@ class Topology:
                     continue
             return total
 
+    async def counts(self, queue: str) -> tuple[int, int]:
+        """Return how many messages wait in a task queue, and in its wait (delay) queues."""
+        async with self._lock, amqp_errors(self.settings, f"count {queue!r}"):
+            counts: list[int] = []
+            names = [self.queue(queue)] + [self.delay_queue(queue, n) for n in range(LEVELS)]
+            for name in names:
+                channel = await self._admin()
+                try:
+                    declared = await channel.queue_declare(name, durable=True, passive=True)
+                except ChannelNotFoundEntity:  # never used (a passive declare closes the channel)
+                    counts.append(0)
+                    continue
+                counts.append(declared.message_count or 0)
+            return counts[0], sum(counts[1:])
+
     async def close(self) -> None:
         """Close the admin channel."""
         channel, self._channel = self._channel, None

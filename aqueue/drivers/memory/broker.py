@@ -28,6 +28,7 @@ from ..base import (
     Delayed,
     Delivery,
     Mailbox,
+    QueueStats,
 )
 from ..options import MAX_DELIVERIES
 from .mailbox import MemoryMailbox
@@ -187,6 +188,15 @@ class MemoryBroker(Broker):
         return [
             Delayed(queue, items[seq].body, eta, items[seq].priority) for eta, seq in due[:limit]
         ]
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's waiting, delayed and dead messages (running ones are not kept)."""
+        now = time.time()
+        due = sum(1 for eta, _, item in self._delayed if item.queue == queue and eta <= now)
+        delayed = sum(1 for _, _, item in self._delayed if item.queue == queue)
+        waiting = len(self._ready.get(queue, ())) + due
+        dead = len(self._dead.get(queue, _Dead()).letters)
+        return QueueStats(waiting=waiting, delayed=delayed - due, running=None, dead=dead)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""

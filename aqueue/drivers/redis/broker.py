@@ -62,7 +62,7 @@ from redis.exceptions import RedisError
 
 from ...exceptions import BrokerError
 from ...message import OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery
+from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery, QueueStats
 from ..heartbeat import Heartbeat
 from ..options import BrokerOptions
 from . import dead as deadletters
@@ -113,6 +113,7 @@ _REQUEUE = Script(lua.REQUEUE)
 _DEAD_LETTER = Script(lua.DEAD_LETTER)
 _SCHEDULE = Script(lua.SCHEDULE)
 _PURGE = Script(lua.PURGE)
+_QUEUE_STATS = Script(lua.QUEUE_STATS)
 #: How long a queue's runs hash outlives its last change (a count left by a lost settle).
 RUNS_TTL = 7 * 24 * 3600
 
@@ -589,6 +590,18 @@ class RedisBroker(Broker):
             priority, _, _, body = bytes(member).split(b":", 3)  # see `publish`
             found.append(Delayed(queue, body, float(due), int(priority)))
         return found
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's waiting, delayed, delivered (running) and dead messages."""
+        keys = self.keys(queue)
+        with redis_errors(self.settings, "counting messages"):
+            waiting, running, delayed = await _QUEUE_STATS(
+                self.redis_client(), [*keys.streams, keys.delayed], [GROUP]
+            )
+            dead = (await deadletters.stats(self.redis_client(), keys)).kept
+        return QueueStats(
+            waiting=int(waiting), delayed=int(delayed), running=int(running), dead=dead
+        )
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""

@@ -38,6 +38,7 @@ __all__ = [
     "DEAD_LETTER",
     "PURGE",
     "PURGE_DEAD",
+    "QUEUE_STATS",
     "REQUEUE",
     "SCHEDULE",
     "TAKE_DEAD",
@@ -518,6 +519,35 @@ end
 count = count + redis.call('ZCARD', KEYS[11])
 redis.call('DEL', KEYS[11])
 return count
+"""
+
+#: Count a queue's messages: waiting (in its streams, not delivered), running (delivered to
+#: the group, not acknowledged: acknowledged ones are deleted) and delayed.
+#: KEYS: p9..p0, delayed. ARGV: group. Returns {waiting, running, delayed}.
+QUEUE_STATS = """
+local group = ARGV[1]
+local waiting, running = 0, 0
+for k = 1, 10 do
+  local key = KEYS[k]
+  local length = redis.call('XLEN', key)
+  if length > 0 then
+    local pending = 0
+    local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+    if ok then
+      for _, g in ipairs(groups) do
+        local name, count
+        for i = 1, #g, 2 do
+          if g[i] == 'name' then name = g[i + 1]
+          elseif g[i] == 'pending' then count = g[i + 1] end
+        end
+        if name == group then pending = count end
+      end
+    end
+    running = running + pending
+    waiting = waiting + length - pending
+  end
+end
+return {waiting, running, redis.call('ZCARD', KEYS[11])}
 """
 
 #: Take dead letters out by id; with a stream, add their bodies to it (never delivered).

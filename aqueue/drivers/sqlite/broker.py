@@ -48,6 +48,7 @@ from ..base import (
     Delayed,
     Delivery,
     Mailbox,
+    QueueStats,
 )
 from ..options import BrokerOptions
 from . import dead as deadletters
@@ -307,6 +308,19 @@ def _release(conn: sqlite3.Connection, leases: list[tuple[int, str]], wake: str)
     notify(wake)
 
 
+def _queue_stats(conn: sqlite3.Connection, queue: str, now: float) -> QueueStats:
+    waiting, delayed, running = conn.execute(
+        """SELECT
+            count(*) FILTER (WHERE lease_until IS NULL AND due <= ?),
+            count(*) FILTER (WHERE lease_until IS NULL AND due > ?),
+            count(*) FILTER (WHERE lease_until IS NOT NULL)
+        FROM aqueue_messages WHERE queue = ?""",
+        (now, now, queue),
+    ).fetchone()
+    dead = deadletters.stats(conn, queue).kept
+    return QueueStats(waiting=waiting, delayed=delayed, running=running, dead=dead)
+
+
 def _purge(conn: sqlite3.Connection, queue: str) -> int:
     with immediate(conn):
         cursor = conn.execute(
@@ -528,6 +542,10 @@ class SQLiteBroker(Broker):
     async def delayed(self, queue: str, limit: int = 100) -> list[Delayed]:
         """Return the messages of `queue` not due yet (never leased now), the soonest first."""
         return await self._run(_delayed, queue, limit, time.time())
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Count the queue's waiting, delayed, leased (running) and dead messages."""
+        return await self._run(_queue_stats, queue, time.time())
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Return the queue's dead letters, oldest first."""

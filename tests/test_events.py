@@ -1,0 +1,240 @@
+"""Task and worker events on every broker (aqueue/events/): emitted by a burst worker with
+events on, received through `app.events.receive()`, and tailed by `aqueue events`."""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import Any
+
+import anyio
+import pytest
+
+from aqueue import App, Worker
+from aqueue.cli.events import format_event
+from aqueue.events import Event
+from aqueue.events.emitter import EventEmitter
+from aqueue.events.event import decode_batch, encode_batch
+
+from .conftest import MakeApp
+
+
+def tasks_of(app: App) -> dict[str, Any]:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def boom() -> None:
+        raise ValueError("kaput")
+
+    @app.task(bind=True, max_retries=1)
+    async def again(self: Any) -> str:
+        if self.request.retries == 0:
+            self.retry(countdown=0, exc=KeyError("once"))
+        return "done"
+
+    return {"add": add, "boom": boom, "again": again}
+
+
+async def drain_with_events(app: App, **worker: Any) -> list[Event]:
+    """Run a burst worker with events on; return every event up to its worker-offline."""
+    seen: list[Event] = []
+    async with app.events.receive() as stream, anyio.create_task_group() as group:
+        done = Worker(app, burst=True, send_events=True, hostname="w1@test", **worker)
+        group.start_soon(done.run)
+        with anyio.fail_after(20):
+            async for event in stream:
+                seen.append(event)
+                if event.type == "worker-offline" and event.hostname == "w1@test":
+                    break
+    return seen
+
+
+async def test_a_worker_emits_the_life_of_every_task(make_app: MakeApp) -> None:
+    app = make_app(task_send_sent_event=True)
+    tasks = tasks_of(app)
+    ok = await tasks["add"].delay(2, 3)
+    bad = await tasks["boom"].delay()
+    retried = await tasks["again"].delay()
+    stopped = await tasks["add"].delay(0, 0)
+    await app.control.revoke(stopped.id, reply=False)
+    unknown = await app.send_task("nobody.knows", [1])
+    events = await drain_with_events(app)
+    types = [event.type for event in events]
+    assert types[0] == "worker-online"
+    assert types[-1] == "worker-offline"
+    by_task: dict[str | None, list[str]] = {}
+    for event in events:
+        by_task.setdefault(event.task_id, []).append(event.type)
+    assert by_task[ok.id] == ["task-received", "task-started", "task-succeeded"]
+    assert by_task[bad.id] == ["task-received", "task-started", "task-failed"]
+    assert by_task[retried.id] == [
+        "task-received",
+        "task-started",
+        "task-retried",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    ]
+    assert by_task[stopped.id] == ["task-revoked"]
+    assert by_task[unknown.id] == ["task-rejected"]
+    one = {event.type: event for event in events if event.task_id == ok.id}
+    assert one["task-received"]["args"] == [2, 3]
+    assert one["task-succeeded"]["result"] == 5  # a plain value as it is; others as reprs
+    assert one["task-succeeded"]["runtime"] >= 0
+    assert one["task-started"].hostname == "w1@test"
+    assert one["task-started"].task_name == tasks["add"].name
+    failed = next(e for e in events if e.type == "task-failed")
+    assert (failed["exc_type"], failed["exc_message"]) == ("ValueError", "kaput")
+    retry = next(e for e in events if e.type == "task-retried")
+    assert (retry["exc_type"], retry["retries"]) == ("KeyError", 1)
+    assert next(e for e in events if e.type == "task-rejected")["reason"] == "unknown-task"
+    online = events[0]
+    assert online["concurrency"] == app.conf.worker_concurrency
+    assert events[-1]["processed"] == 4  # an add, a failure, a retry and its rerun
+
+
+async def test_task_sent_events_come_from_the_producer(make_app: MakeApp) -> None:
+    app = make_app(task_send_sent_event=True)
+    add = tasks_of(app)["add"]
+    async with app.events.receive(types={"task-sent"}) as stream:
+        sent = await add.delay(1, 1)
+        many = await app.send_many(add.name, [((1, 2), {}), ((3, 4), {})])
+        got: list[Event] = []
+        with anyio.fail_after(10):
+            async for event in stream:
+                got.append(event)
+                if len(got) == 3:
+                    break
+    assert [event.task_id for event in got] == [sent.id, many[0].id, many[1].id]
+    assert all(event.hostname.startswith("producer@") for event in got)
+    assert got[0]["queue"] == "default"
+    await Worker(app, burst=True).run()  # leave no message behind
+
+
+async def test_events_are_off_by_default(make_app: MakeApp) -> None:
+    app = make_app()
+    add = tasks_of(app)["add"]
+    await add.delay(1, 1)
+    worker = Worker(app, burst=True)
+    with anyio.fail_after(20):
+        await worker.run()
+    assert worker.events is None
+    assert worker.runner is not None
+    assert worker.runner.watch is None
+
+
+async def test_the_emitter_batches_events_into_few_publishes() -> None:
+    published: list[bytes] = []
+    first = anyio.Event()
+
+    class Recorder:
+        async def publish(self, topic: str, data: bytes) -> None:
+            published.append(data)
+            first.set()
+
+    emitter = EventEmitter(Recorder(), "w@test", flush_interval=0.05)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as group:
+        await group.start(emitter.run)
+        for n in range(500):
+            emitter.emit("task-started", str(n), "t")
+        with anyio.fail_after(5):
+            await first.wait()
+        group.cancel_scope.cancel()
+    assert len(published) == 2  # worker-online and 500 tasks in one tick; then offline
+    events = decode_batch(published[0])
+    assert len(events) == 501
+    assert [e.type for e in events[:2]] == ["worker-online", "task-started"]
+    assert [e.type for e in decode_batch(published[1])] == ["worker-offline"]
+
+
+def test_a_batch_round_trips_and_bad_input_is_skipped() -> None:
+    raw = [
+        ("task-failed", 1.5, "id1", "t.x", {"exc_type": "E"}),
+        ("worker-heartbeat", 2.0, None, None, {}),
+    ]
+    events = decode_batch(encode_batch("h", raw))
+    assert events[0] == Event("task-failed", 1.5, "h", "id1", "t.x", {"exc_type": "E"})
+    assert events[1].task_id is None
+    assert not events[1].is_task
+    with pytest.raises(ValueError, match="event batch"):
+        decode_batch(b"\x01")
+
+
+def test_a_line_per_event_with_colour_only_on_request() -> None:
+    event = Event("task-succeeded", 0.0, "w@h", "abc", "t.add", {"runtime": 0.00123, "result": "5"})
+    plain = format_event(event)
+    assert plain.endswith("w@h task-succeeded t.add[abc] runtime=0.00123 result=5")
+    assert "\x1b[32mtask-succeeded\x1b[0m" in format_event(event, colour=True)
+
+
+async def test_aqueue_events_tails_a_worker(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evmod.py").write_text(
+        "from aqueue import App\n"
+        f"app = App('evmod', broker='sqlite:///{tmp_path}/q.db', set_as_current=False)\n"
+        "@app.task\nasync def add(x, y):\n    return x + y\n"
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "aqueue",
+        "events",
+        "evmod:app",
+        "--count",
+        "4",
+        "--no-heartbeats",
+    ]
+    async with await anyio.open_process(args, cwd=tmp_path) as tail:
+        assert tail.stderr is not None
+        assert tail.stdout is not None
+        with anyio.fail_after(30):
+            async for chunk in tail.stderr:  # subscribed once this line is out
+                if b"Listening" in chunk:
+                    break
+        async with App("caller", broker=f"sqlite:///{tmp_path}/q.db", set_as_current=False) as app:
+
+            @app.task(name="evmod.add")
+            async def add(x: int, y: int) -> int:
+                return x + y
+
+            result = await add.delay(1, 2)
+            with anyio.fail_after(20):
+                await Worker(app, burst=True, send_events=True, hostname="tail@test").run()
+        out = io.BytesIO()
+        with anyio.fail_after(30):
+            async for chunk in tail.stdout:
+                out.write(chunk)
+        await tail.wait()
+    lines = out.getvalue().decode().splitlines()
+    assert [line.split()[2] for line in lines] == [
+        "worker-online",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    ]
+    assert f"evmod.add[{result.id}] runtime=" in lines[3]
+    assert "\x1b[" not in lines[3]  # not a terminal: no colour
+
+
+async def test_a_task_that_waits_is_received_before_it_starts() -> None:
+    app = App("waits", broker="memory://", set_as_current=False)
+
+    @app.task(rate_limit="1000/s")  # held for its rate limit: received first, started later
+    def limited(x: int) -> int:  # a def task: it also waits for a thread
+        return x
+
+    try:
+        sent = [await limited.delay(n) for n in range(3)]
+        events = await drain_with_events(app)
+    finally:
+        await app.close()
+    for result in sent:
+        mine = [event for event in events if event.task_id == result.id]
+        assert [event.type for event in mine] == [
+            "task-received",
+            "task-started",
+            "task-succeeded",
+        ]
+        assert mine[0].timestamp <= mine[1].timestamp <= mine[2].timestamp
