@@ -23,6 +23,7 @@ from .common import with_app
 
 __all__ = ["add_commands"]
 
+GRACE = 2.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -65,7 +66,13 @@ def _dashboard(args: argparse.Namespace) -> int:
 
     async def serve(app: App) -> int:
         web = create_app(app, auth=auth, token=token)
-        config = uvicorn.Config(web, host=args.host, port=args.port, log_level="warning")
+        config = uvicorn.Config(
+            web,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            timeout_graceful_shutdown=GRACE,  # the live pages' streams never end by themselves
+        )
         print(f"aqueue dashboard on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
         await uvicorn.Server(config).serve()
         return 0

@@ -7,7 +7,7 @@ revoke or terminate a task, change a task's rate limit, purge a queue, retry dea
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -19,6 +19,23 @@ from .context import Context, context_of
 __all__ = ["purge_queue", "rate_limit", "retry_dead", "revoke_task"]
 
 Form = dict[str, str]
+MAX_FORM = 16 * 1024
+
+
+async def _form(request: Request) -> Form | None:
+    """Return the urlencoded form of a POST (as the pages send), or None if it is not one."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "application/x-www-form-urlencoded":
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return None
+    try:
+        return dict(parse_qsl(body.decode(), max_num_fields=20))
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _back(path: str, done: str) -> RedirectResponse:
@@ -30,8 +47,9 @@ async def _checked(
 ) -> Response:
     """Run `act` if the form carries the CSRF token; redirect to the page it names."""
     context = context_of(request)
-    async with request.form(max_files=0, max_fields=20) as form:
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    fields = await _form(request)
+    if fields is None:
+        return PlainTextResponse("refused: send a small urlencoded form", 400)
     if not context.csrf.valid(fields.get(context.csrf.FIELD)):
         return PlainTextResponse("refused: the form's CSRF token is missing or wrong", 403)
     try:

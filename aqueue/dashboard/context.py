@@ -38,8 +38,9 @@ class Context:
         return await self.app.control.inspect(timeout=self.timeout).stats()
 
     async def queues(self) -> dict[str, dict[str, Any]]:
-        """Every known queue's depth and consumers (`app.control.queues`)."""
+        """Return the depth and consumers of every queue known: consumed, of a task, or seen."""
         names = {self.app.conf.task_default_queue}
+        names.update(task.options.queue for task in self.app.tasks.values() if task.options.queue)
         names.update(row.queue for row in self.board.tasks.values() if row.queue)
         found = await self.app.control.queues(timeout=self.timeout)
         broker = await self.app.connection()

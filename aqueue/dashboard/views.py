@@ -87,7 +87,7 @@ async def queue_page(request: Request) -> HTMLResponse:
             ("Dead letters", _e(stats.dead)),
         ]
     )
-    buttons = action(f"/queues/{name}/purge", "Purge waiting messages", csrf, danger=True)
+    buttons = action(f"/queues/{name}/purge", "Purge its messages", csrf, danger=True)
     if letters:
         buttons += action(f"/queues/{name}/dead/retry", "Retry every dead letter", csrf)
     rows = "".join(_letter_row(name, letter, csrf) for letter in letters)
