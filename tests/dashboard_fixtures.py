@@ -1,7 +1,8 @@
 """A dashboard served by uvicorn over a live in-process worker on SQLite, for the dashboard tests.
 
-`async with live_dashboard(tmp_path) as live:` gives a `Live`: the app (tasks `add`, `boom`, `later`), its worker (events
-on, queue `default` only: tasks sent to `held` wait there), and the dashboard's base URL. The
+`async with live_dashboard(tmp_path) as live:` gives a `Live`: the app (tasks `add`, `boom`,
+`later`), its worker (events on, queue `default` only: tasks sent to `held` wait there), and
+the dashboard's base URL. The
 dashboard listens on a socket bound before uvicorn starts, and one request is made
 before the body runs, so the dashboard follows events (its lifespan ran) when the test begins.
 """

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aqueue import Worker
@@ -61,7 +62,7 @@ async def page() -> AsyncIterator[Any]:
 
 async def shot(page: Any, name: str) -> None:
     if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(SHOTS).mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(Path(SHOTS) / f"dashboard-{name}.png"), full_page=True)
 
 
@@ -93,7 +94,8 @@ async def _task_that_ran(live: Live, page: Any) -> None:
     await page.wait_for_url(f"**/tasks/{ok.id}")
     text = await page.inner_text("main")
     assert "(2, 3)" in text or "[2, 3]" in text  # the arguments, from the events
-    assert "SUCCESS" in text and "Runtime" in text
+    assert "SUCCESS" in text
+    assert "Runtime" in text
     await shot(page, "task")
 
     await page.goto(f"{live.url}/tasks/{bad.id}")

@@ -3,7 +3,8 @@
 One module per command group, each adding its subcommands with `add_commands`: `worker`,
 `beat` (`beat`, `beat APP list|add|remove|enable|disable|reset`), `config` (`check-config`),
 `control` (`inspect`, `control`, `purge`, `result`, `call`), `dead` (`dead list|retry|purge`)
-`events` (tails task events) and `dashboard` (the web dashboard). A new command goes in a module of its own here.
+`events` (tails task events) and `dashboard` (the web dashboard). A new command goes in a
+module of its own here.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
 on stderr and exit code 2, never a traceback.

@@ -23,7 +23,7 @@ from .common import with_app
 
 __all__ = ["add_commands"]
 
-GRACE = 2.0
+GRACE = 2  # seconds
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
