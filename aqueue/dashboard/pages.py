@@ -100,6 +100,9 @@ def worker_rows(stats: Mapping[str, Any], heartbeats: Mapping[str, Mapping[str, 
             processed = beat["processed"]
         load = beat.get("loadavg")
         shown_load = " ".join(f"{x:.2f}" for x in load) if isinstance(load, list | tuple) else "-"
+        busy = "-"
+        if info.get("concurrency"):
+            busy = f"{100 * int(info.get('running') or 0) / int(info['concurrency']):.0f}%"
         status = "online" if online else "offline"
         rows.append(
             f'<tr data-host="{_e(host)}"><td>{_e(host)}</td>'
@@ -108,11 +111,11 @@ def worker_rows(stats: Mapping[str, Any], heartbeats: Mapping[str, Mapping[str, 
             f"<td>{_number(info.get('running'))}</td>"
             f"<td>{_number(processed)}</td>"
             f"<td>{_number(info.get('failed'))}</td>"
-            f"<td>{_e(shown_load)}</td>"
+            f"<td>{_e(busy)}</td><td>{_e(shown_load)}</td>"
             f"<td>{_e(', '.join(map(str, info.get('queues') or ())))}</td></tr>"
         )
     if not rows:
-        return '<tr><td colspan="8">No worker answered (is one running on this broker?)</td></tr>'
+        return '<tr><td colspan="9">No worker answered (is one running on this broker?)</td></tr>'
     return "".join(rows)
 
 

@@ -19,7 +19,8 @@ from .pages import _e, action, details, pre, table, when
 __all__ = ["queue_page", "queues_page", "task_page", "tasks_page", "workers_page"]
 
 WORKER_HEADINGS = (
-    "Worker", "Status", "Concurrency", "Running", "Processed", "Failed", "Load", "Queues",
+    "Worker", "Status", "Concurrency", "Running", "Processed", "Failed", "Busy", "Load avg",
+    "Queues",
 )  # fmt: skip
 QUEUE_HEADINGS = (
     "Queue", "Waiting", "Delayed", "Running", "Dead", "In /min", "Out /min", "Consumers", "",
