@@ -5,14 +5,18 @@ The requests go to the ASGI app in-process (httpx's ASGITransport) on the memory
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from aqueue import App
+from aqueue import App, Worker
 from aqueue.cli import main
 from aqueue.dashboard import create_app
 from aqueue.dashboard.board import Board
@@ -20,6 +24,8 @@ from aqueue.dashboard.context import Context
 from aqueue.dashboard.guard import COOKIE
 from aqueue.dashboard.pages import layout, task_row
 from aqueue.events import Event
+
+from .test_redis_processes import spawn
 
 BASE = "http://dashboard.test"
 ADD = "tests.test_dashboard.add"
@@ -168,3 +174,41 @@ def test_the_command_refuses_bad_credentials(capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().err.strip() == (
         "aqueue: error: --auth takes USER:PASSWORD, both non-empty"
     )
+
+
+async def test_a_dead_letter_is_retried_from_its_queue_page(app: App) -> None:
+    unknown = await app.send_task("nobody.knows", (1,))  # only registered tasks run
+    await Worker(app, burst=True).run()  # dead-letters it
+    async with client_of(app) as client:
+        page = (await client.get("/queues/default")).text
+        found = re.search(r'data-letter="([^"]+)"', page)
+        assert found is not None, page
+        assert f"nobody.knows[{unknown.id}]" in page
+        retried = await client.post(
+            "/queues/default/dead/retry", data={"csrf": csrf_of(page), "id": found.group(1)}
+        )
+        assert retried.status_code == 303
+        after = (await client.get(retried.headers["location"])).text
+        assert "default: 1 dead letter(s) sent back" in after
+        assert "No dead letters" in after
+    stats = await (await app.connection()).queue_stats("default")
+    assert (stats.waiting, stats.dead) == (1, 0)
+
+
+async def test_the_command_serves_the_dashboard_behind_its_token(tmp_path: Path) -> None:
+    (tmp_path / "dash_app.py").write_text(
+        "from aqueue import App\napp = App('dash_app', broker='memory://')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AQUEUE_DASHBOARD_TOKEN": "t0k"}
+    command = [sys.executable, "-m", "aqueue", "dashboard", "dash_app:app", "--port", "0"]
+    lines = spawn(command, env=env, cwd=tmp_path)
+    try:
+        await lines.wait_line("aqueue dashboard on http://127.0.0.1:")
+        url = lines.output.split("aqueue dashboard on ")[-1].split()[0]
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/tasks")).status_code == 401
+            page = await client.get("/tasks", headers={"Authorization": "Bearer t0k"})
+            assert page.status_code == 200
+            assert "memory://" in page.text
+    finally:
+        assert lines.stop(signal.SIGINT) in (0, -signal.SIGINT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import Any
 
@@ -64,20 +65,27 @@ def _dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    try:  # bound here: listening when the line below is printed (--port 0 picks a free one)
+        listener = socket.create_server((args.host, args.port), backlog=128)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+
     async def serve(app: App) -> int:
         web = create_app(app, auth=auth, token=token)
         config = uvicorn.Config(
             web,
-            host=args.host,
-            port=args.port,
             log_level="warning",
             timeout_graceful_shutdown=GRACE,  # the live pages' streams never end by themselves
         )
-        print(f"aqueue dashboard on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-        await uvicorn.Server(config).serve()
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        port = listener.getsockname()[1]
+        print(f"aqueue dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
+        await uvicorn.Server(config).serve([listener])
         return 0
 
     try:
         return with_app(args, serve)
     except KeyboardInterrupt:
         return 0
+    finally:
+        listener.close()
