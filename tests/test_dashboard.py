@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -212,3 +213,32 @@ async def test_the_command_serves_the_dashboard_behind_its_token(tmp_path: Path)
             assert "memory://" in page.text
     finally:
         assert lines.stop(signal.SIGINT) in (0, -signal.SIGINT)
+
+
+async def test_terminate_from_the_task_page_cancels_a_running_task(app: App) -> None:
+    running, cancelled = anyio.Event(), anyio.Event()
+
+    @app.task
+    async def hang() -> None:
+        running.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with anyio.create_task_group() as group:
+        worker = await group.start(Worker(app, hostname="w1@terminate").run)
+        result = await hang.delay()
+        with anyio.fail_after(10):
+            await running.wait()
+            async with client_of(app) as client:
+                page = (await client.get(f"/tasks/{result.id}")).text
+                assert 'name="terminate" value="1"' in page
+                done = await client.post(
+                    f"/tasks/{result.id}/revoke", data={"csrf": csrf_of(page), "terminate": "1"}
+                )
+                assert done.status_code == 303
+                assert "terminated" in done.headers["location"]
+            await cancelled.wait()
+        worker.stop()
+    assert await result.state() == "REVOKED"

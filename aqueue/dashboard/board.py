@@ -86,6 +86,8 @@ class Board:
         self.workers: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, _Queue] = {}
         self._subscribers: set[MemoryObjectSendStream[TaskRow]] = set()
+        #: Whether `follow` ever received: a dashboard that did keeps trying when it breaks.
+        self.following = False
 
     def apply(self, event: Event) -> TaskRow | None:
         """Fold one event into the board; return the task it changed (None for a worker's)."""
@@ -167,6 +169,7 @@ class Board:
     ) -> None:
         """Apply the app's events as they come, until cancelled; started once receiving."""
         async with app.events.receive() as stream:
+            self.following = True
             task_status.started()
             async for event in stream:
                 row = self.apply(event)

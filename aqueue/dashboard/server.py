@@ -7,17 +7,20 @@ streams (`stream`) and the static script and stylesheet shipped in the package.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import TaskStatus
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..urls import redact_text
 from . import actions, views
 from .context import Context
 from .guard import Guard
@@ -29,6 +32,28 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
+RETRY = 2.0  # seconds before following the events again after their stream broke
+
+logger = logging.getLogger("aqueue.dashboard")
+
+
+async def _follow(
+    context: Context, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Follow the app's events into the board; if the stream breaks later, say so and retry.
+
+    The first attempt must work (the dashboard does not start on a broker it cannot reach).
+    """
+    board = context.board
+    while True:
+        try:
+            await board.follow(context.app, task_status=task_status)
+        except Exception as exc:
+            if not board.following:
+                raise
+            logger.warning("the dashboard lost the events: %s", redact_text(str(exc)))
+        task_status = anyio.TASK_STATUS_IGNORED
+        await anyio.sleep(RETRY)  # then subscribe again
 
 
 def create_app(
@@ -44,7 +69,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(web: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as group:
-            await group.start(context.board.follow, app)
+            await group.start(_follow, context)
             yield
             group.cancel_scope.cancel()
 
