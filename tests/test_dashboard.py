@@ -242,3 +242,20 @@ async def test_terminate_from_the_task_page_cancels_a_running_task(app: App) -> 
             await cancelled.wait()
         worker.stop()
     assert await result.state() == "REVOKED"
+
+
+async def test_odd_queue_names_and_task_ids_make_working_links(app: App) -> None:
+    odd = await app.send_task(ADD, (1, 2), queue="slow lane", task_id="id <1>&?#")
+    async with client_of(app) as client:
+        task = await client.get("/tasks/id%20%3C1%3E%26%3F%23")
+        assert task.status_code == 200
+        assert "id &lt;1&gt;&amp;?#" in task.text
+        assert 'action="/tasks/id%20%3C1%3E%26%3F%23/revoke"' in task.text
+        page = (await client.get("/queues/slow%20lane")).text
+        assert 'action="/queues/slow%20lane/purge"' in page
+        purged = await client.post("/queues/slow%20lane/purge", data={"csrf": csrf_of(page)})
+        assert purged.status_code == 303
+        assert (
+            "slow lane: 1 message(s) deleted" in (await client.get(purged.headers["location"])).text
+        )
+    assert odd.id == "id <1>&?#"

@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from ..exceptions import AqueueError
 from ..urls import redact_text
 from .context import Context, context_of
+from .pages import at
 
 __all__ = ["purge_queue", "rate_limit", "retry_dead", "revoke_task"]
 
@@ -69,7 +70,7 @@ async def revoke_task(request: Request) -> Response:
             task_id, terminate=terminate, timeout=context.timeout
         )
         verb = "terminated" if terminate else "revoked"
-        return f"/tasks/{task_id}", f"{verb} {task_id} ({len(replies)} worker(s) answered)"
+        return f"/tasks/{at(task_id)}", f"{verb} {task_id} ({len(replies)} worker(s) answered)"
 
     return await _checked(request, act)
 
@@ -105,6 +106,6 @@ async def retry_dead(request: Request) -> Response:
     async def act(context: Context, form: Form) -> tuple[str, str]:
         ids = [form["id"]] if form.get("id") else None
         count = await (await context.app.connection()).retry_dead_letters(name, ids)
-        return f"/queues/{name}", f"{name}: {count} dead letter(s) sent back"
+        return f"/queues/{at(name)}", f"{name}: {count} dead letter(s) sent back"
 
     return await _checked(request, act)

@@ -10,11 +10,13 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from .board import STATES, TaskRow
 
 __all__ = [
     "action",
+    "at",
     "layout",
     "queue_rows",
     "task_row",
@@ -26,6 +28,11 @@ NAV = (("/", "Workers"), ("/queues", "Queues"), ("/tasks", "Tasks"))
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def at(part: str) -> str:
+    """Quote a queue name or task id for a path segment of the dashboard's addresses."""
+    return quote(part, safe="")
 
 
 def _cut(value: object, width: int = 120) -> str:
@@ -126,9 +133,9 @@ def queue_rows(
     rows = []
     for name, info in queues.items():
         rate_in, rate_out = rates.get(name, (0.0, 0.0))
-        purge = action(f"/queues/{name}/purge", "Purge", csrf, danger=True)
+        purge = action(f"/queues/{at(name)}/purge", "Purge", csrf, danger=True)
         rows.append(
-            f'<tr data-queue="{_e(name)}"><td><a href="/queues/{_e(name)}">{_e(name)}</a></td>'
+            f'<tr data-queue="{_e(name)}"><td><a href="/queues/{_e(at(name))}">{_e(name)}</a></td>'
             f'<td class="waiting">{_number(info.get("waiting"))}</td>'
             f'<td class="delayed">{_number(info.get("delayed"))}</td>'
             f'<td class="running">{_number(info.get("running"))}</td>'
@@ -145,7 +152,7 @@ def task_row(row: TaskRow) -> str:
     outcome = row.error if row.error is not None else row.result
     return (
         f'<tr id="task-{_e(row.id)}" data-name="{_e(row.name)}" data-state="{_e(row.state)}">'
-        f'<td><a href="/tasks/{_e(row.id)}">{_e(row.id)}</a></td><td>{_e(row.name)}</td>'
+        f'<td><a href="/tasks/{_e(at(row.id))}">{_e(row.id)}</a></td><td>{_e(row.name)}</td>'
         f'<td class="state {_e(row.state.lower())}">{_e(row.state)}</td>'
         f"<td>{_e(row.hostname or '-')}</td><td>{_e(when(row.received or row.sent))}</td>"
         f"<td>{_e(runtime)}</td>"

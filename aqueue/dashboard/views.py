@@ -14,7 +14,7 @@ from ..signing import payload_of
 from ..urls import redact_text
 from . import pages
 from .context import Context, context_of
-from .pages import _e, action, details, pre, table, when
+from .pages import _e, action, at, details, pre, table, when
 
 __all__ = ["queue_page", "queues_page", "task_page", "tasks_page", "workers_page"]
 
@@ -88,9 +88,9 @@ async def queue_page(request: Request) -> HTMLResponse:
             ("Dead letters", _e(stats.dead)),
         ]
     )
-    buttons = action(f"/queues/{name}/purge", "Purge its messages", csrf, danger=True)
+    buttons = action(f"/queues/{at(name)}/purge", "Purge its messages", csrf, danger=True)
     if letters:
-        buttons += action(f"/queues/{name}/dead/retry", "Retry every dead letter", csrf)
+        buttons += action(f"/queues/{at(name)}/dead/retry", "Retry every dead letter", csrf)
     rows = "".join(_letter_row(name, letter, csrf) for letter in letters)
     dead = table(
         ("Id", "Dead since (UTC)", "Task", "Reason", ""),
@@ -104,12 +104,12 @@ async def queue_page(request: Request) -> HTMLResponse:
 def _letter_row(queue: str, letter: DeadLetter, csrf: str) -> str:
     try:
         envelope = Envelope.decode(payload_of(letter.body))
-        task = f'<a href="/tasks/{_e(envelope.id)}">{_e(envelope.task)}[{_e(envelope.id)}]</a>'
+        task = f'<a href="/tasks/{_e(at(envelope.id))}">{_e(envelope.task)}[{_e(envelope.id)}]</a>'
     except InvalidMessage:
         task = "?"
     since = dt.datetime.fromtimestamp(letter.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     reason = f"{letter.reason}: {letter.detail}" if letter.detail else letter.reason
-    retry = action(f"/queues/{queue}/dead/retry", "Retry", csrf, fields={"id": letter.id})
+    retry = action(f"/queues/{at(queue)}/dead/retry", "Retry", csrf, fields={"id": letter.id})
     return (
         f'<tr data-letter="{_e(letter.id)}"><td>{_e(letter.id)}</td><td>{_e(since)}</td>'
         f"<td>{task}</td><td>{_e(reason[:300])}</td><td>{retry}</td></tr>"
@@ -156,9 +156,13 @@ async def task_page(request: Request) -> HTMLResponse:
     body = details(items)
     if row is None or row.state not in ("SUCCESS", "FAILURE", "REVOKED", "REJECTED"):
         csrf = context.csrf.token
-        body += "<p>" + action(f"/tasks/{task_id}/revoke", "Revoke", csrf)
+        body += "<p>" + action(f"/tasks/{at(task_id)}/revoke", "Revoke", csrf)
         body += action(
-            f"/tasks/{task_id}/revoke", "Terminate", csrf, fields={"terminate": "1"}, danger=True
+            f"/tasks/{at(task_id)}/revoke",
+            "Terminate",
+            csrf,
+            fields={"terminate": "1"},
+            danger=True,
         )
         body += "</p>"
     if row is not None:
