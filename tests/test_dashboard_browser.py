@@ -138,6 +138,7 @@ async def _rate_limit_set(live: Live, page: Any) -> None:
     notice = await page.inner_text(".notice")
     assert f"rate limit of {ADD} set to 7/m on 1 worker(s)" in notice
     assert live.worker.rate_limits[ADD] == "7/m"
+    await page.goto("about:blank")  # closes the page's stream: the dashboard stops at once
 
 
 async def test_the_queues_page_shows_depth_and_purges_from_a_click(
@@ -162,3 +163,4 @@ async def _queues_page(live: Live, page: Any) -> None:
     assert "held: 4 message(s) deleted" in await page.inner_text(".notice")  # SQLite: delayed too
     assert await page.inner_text(f"{row} .waiting") == "0"
     assert await page.inner_text(f"{row} .delayed") == "0"
+    await page.goto("about:blank")
