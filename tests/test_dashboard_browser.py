@@ -1,6 +1,7 @@
 """The dashboard in a real browser: headless Chromium (the system's, driven by playwright)
 against a dashboard over a live worker. A task that ran shows up live; a revoke clicked in the
-page revokes a queued task; a rate limit set in the page reaches the worker.
+page revokes a queued task; a rate limit set in the page reaches the worker; a purge and a
+dead-letter retry clicked on the queues pages.
 
 Skips (with the reason) when playwright or a chromium binary is missing, unless
 AQUEUE_REQUIRE_SERVICES=1. With AQUEUE_DASHBOARD_SCREENSHOTS=DIR, each page is also saved
@@ -141,7 +142,7 @@ async def _rate_limit_set(live: Live, page: Any) -> None:
     await page.goto("about:blank")  # closes the page's stream: the dashboard stops at once
 
 
-async def test_the_queues_page_shows_depth_and_purges_from_a_click(
+async def test_the_queues_page_shows_depth_purges_and_retries_a_dead_letter(
     tmp_path: Path, page: Any
 ) -> None:
     async with live_dashboard(tmp_path) as live:
@@ -163,4 +164,15 @@ async def _queues_page(live: Live, page: Any) -> None:
     assert "held: 4 message(s) deleted" in await page.inner_text(".notice")  # SQLite: delayed too
     assert await page.inner_text(f"{row} .waiting") == "0"
     assert await page.inner_text(f"{row} .delayed") == "0"
-    await page.goto("about:blank")
+
+    # A dead letter (a task nobody registered), then retried from the queue's page.
+    unknown = await live.app.send_task("nobody.knows", (1,), queue="held")
+    await Worker(live.app, queues=["held"], burst=True, hostname="w3@dash").run()
+    await page.goto(f"{live.url}/queues/held")
+    letter = "tr[data-letter]"
+    assert f"nobody.knows[{unknown.id}]" in await page.inner_text(letter)
+    await shot(page, "queue")
+    await page.click(f"{letter} form button")
+    await page.wait_for_selector(".notice")
+    assert "held: 1 dead letter(s) sent back" in await page.inner_text(".notice")
+    assert await page.inner_text("#dead") == "No dead letters"
