@@ -1,10 +1,10 @@
-"""A dashboard served by uvicorn over a live in-process worker on SQLite, for the dashboard tests.
+"""A dashboard served by uvicorn over a live in-process worker, for the dashboard tests.
 
-`async with live_dashboard(tmp_path) as live:` gives a `Live`: the app (tasks `add`, `boom`,
-`later`), its worker (events on, queue `default` only: tasks sent to `held` wait there), and
-the dashboard's base URL. The
-dashboard listens on a socket bound before uvicorn starts, and one request is made
-before the body runs, so the dashboard follows events (its lifespan ran) when the test begins.
+`async with live_dashboard(tmp_path[, broker_url]) as live:` gives a `Live`: the app (on
+SQLite unless a broker is given; tasks `add`, `boom`, `later`), its worker (events on, queue
+`default` only: tasks sent to `held` wait there), and the dashboard's base URL. The dashboard
+listens on a socket bound before uvicorn starts, and one request is made before the body
+runs, so the dashboard follows events (its lifespan ran) when the test begins.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def tasks_of(app: App, ran: list[str]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def live_dashboard(tmp_path: Path) -> AsyncIterator[Live]:
+async def live_dashboard(tmp_path: Path, broker: str | None = None) -> AsyncIterator[Live]:
     """A worker (events on) and its dashboard on 127.0.0.1, both stopped at the end."""
     app = App(
         "tests",
         set_as_current=False,
-        broker=f"sqlite:///{tmp_path / 'aqueue.db'}",
+        broker=broker or f"sqlite:///{tmp_path / 'aqueue.db'}",
     )
     ran: list[str] = []
     tasks = tasks_of(app, ran)

@@ -21,7 +21,8 @@ import pytest
 
 from aqueue import Worker
 
-from .conftest import service_unavailable
+from . import service_redis
+from .conftest import driver_url, require, service_unavailable
 from .dashboard_fixtures import Live, live_dashboard
 
 SHOTS = os.environ.get("AQUEUE_DASHBOARD_SCREENSHOTS")
@@ -67,11 +68,18 @@ async def shot(page: Any, name: str) -> None:
         await page.screenshot(path=str(Path(SHOTS) / f"dashboard-{name}.png"), full_page=True)
 
 
+@pytest.mark.parametrize("driver", ["sqlite", "redis"])
 async def test_a_task_that_ran_appears_live_and_opens_with_its_result(
-    tmp_path: Path, page: Any
+    driver: str, tmp_path: Path, page: Any
 ) -> None:
-    async with live_dashboard(tmp_path) as live:
-        await _task_that_ran(live, page)
+    await require(driver)
+    url = driver_url(driver, tmp_path)
+    try:
+        async with live_dashboard(tmp_path, url) as live:
+            await _task_that_ran(live, page)
+    finally:
+        if driver == "redis":
+            await service_redis.cleanup(url)
 
 
 async def _task_that_ran(live: Live, page: Any) -> None:
