@@ -3,7 +3,8 @@
 One module per command group, each adding its subcommands with `add_commands`: `worker`,
 `beat` (`beat`, `beat APP list|add|remove|enable|disable|reset`), `config` (`check-config`),
 `control` (`inspect`, `control`, `purge`, `result`, `call`), `dead` (`dead list|retry|purge`)
-and `events` (tails task events). A new command goes in a module of its own here.
+`events` (tails task events) and `dashboard` (the web dashboard). A new command goes in a
+module of its own here.
 
 Every error a user can cause (a bad app path, a bad setting, a bad argument) ends in one line
 on stderr and exit code 2, never a traceback.
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from .._version import __version__
 from ..exceptions import AqueueError
-from . import beat, config, control, dead, events, worker
+from . import beat, config, control, dashboard, dead, events, worker
 from .common import Parser
 
 __all__ = ["main"]
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="aqueue", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (worker, beat, config, control, dead, events):
+    for module in (worker, beat, config, control, dead, events, dashboard):
         module.add_commands(commands)
     return parser
 
