@@ -192,7 +192,7 @@ async def test_a_dead_letter_is_retried_from_its_queue_page(app: App) -> None:
         after = (await client.get(retried.headers["location"])).text
         assert "default: 1 dead letter(s) sent back" in after
         assert "No dead letters" in after
-    stats = await (await app.connection()).queue_stats("default")
+    stats = await (await app.broker()).queue_stats("default")
     assert (stats.waiting, stats.dead) == (1, 0)
 
 

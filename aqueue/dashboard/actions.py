@@ -93,7 +93,7 @@ async def purge_queue(request: Request) -> Response:
     name = request.path_params["name"]
 
     async def act(context: Context, form: Form) -> tuple[str, str]:
-        count = await (await context.app.connection()).purge(name)
+        count = await (await context.app.broker()).purge(name)
         return "/queues", f"{name}: {count} message(s) deleted"
 
     return await _checked(request, act)
@@ -105,7 +105,7 @@ async def retry_dead(request: Request) -> Response:
 
     async def act(context: Context, form: Form) -> tuple[str, str]:
         ids = [form["id"]] if form.get("id") else None
-        count = await (await context.app.connection()).retry_dead_letters(name, ids)
+        count = await (await context.app.broker()).retry_dead_letters(name, ids)
         return f"/queues/{at(name)}", f"{name}: {count} dead letter(s) sent back"
 
     return await _checked(request, act)

@@ -43,7 +43,7 @@ class Context:
         names.update(task.options.queue for task in self.app.tasks.values() if task.options.queue)
         names.update(row.queue for row in self.board.tasks.values() if row.queue)
         found = await self.app.control.queues(timeout=self.timeout)
-        broker = await self.app.connection()
+        broker = await self.app.broker()
         for name in sorted(names - set(found)):  # seen in events, consumed by no live worker
             stats = await broker.queue_stats(name)
             found[name] = {

@@ -76,7 +76,7 @@ async def queue_page(request: Request) -> HTMLResponse:
     """One queue: its depth, purge, and its dead letters with retry."""
     context = context_of(request)
     name = request.path_params["name"]
-    broker = await context.app.connection()
+    broker = await context.app.broker()
     stats = await broker.queue_stats(name)
     letters = await broker.dead_letters(name, limit=100)
     csrf = context.csrf.token
