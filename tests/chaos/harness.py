@@ -360,11 +360,13 @@ class Run:
             ids += task_ids
         return ids
 
-    async def confirmed(self, app: App, task: str, calls: list[Any], task_ids: list[str]) -> None:
+    async def confirmed(
+        self, app: App, task: str, calls: list[Any], task_ids: list[str], **options: Any
+    ) -> None:
         deadline = time.monotonic() + STEP * 2
         while True:
             try:
-                await app.send_many(task, calls, task_ids=task_ids)
+                await app.send_many(task, calls, task_ids=task_ids, **options)
             except (BrokerError, OSError):
                 if time.monotonic() > deadline:
                     raise

@@ -5,6 +5,7 @@ Each returns an `Outcome`: the ledger's report, the scenario's pass line and whe
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -401,3 +402,183 @@ async def poison(
         )
     finally:
         await run.close()
+
+
+async def waiters(
+    directory: Path,
+    count: int = 300,
+    workers: int = 2,
+    concurrency: int = 25,
+    lengths: tuple[int, int] = (500, 3000),
+    down: float = 1.0,
+    seed: int = 6,
+) -> Outcome:
+    """`count` callers each `await r.get()` their own task's result while Redis is killed (-9)
+    and restarted once, in the middle; each task returns a token of its own."""
+    run = Run(directory)
+    rng = random.Random(seed)
+    got: dict[str, object] = {}
+    failures: list[str] = []
+    resumes: list[float] = []
+    try:
+        url = await run.broker("redis")
+        run.write_tasks(url)
+        await run.workers(workers, concurrency)
+        producer = run.producer(url)
+        tokens = {f"{n:06d}-{os.urandom(4).hex()}": os.urandom(8).hex() for n in range(count)}
+        ids = list(tokens)
+        started = time.monotonic()
+        for at in range(0, count, 500):
+            batch = ids[at : at + 500]
+            calls = [((tokens[i], rng.randint(*lengths)), {}) for i in batch]
+            await run.confirmed(producer, "tasks.echo", calls, batch)
+        subscribed = time.monotonic()
+
+        async def wait(task_id: str) -> None:
+            try:
+                got[task_id] = await producer.AsyncResult(task_id).get(timeout=240)
+            except Exception as exc:  # a missed result: counted, with its error
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+        async with anyio.create_task_group() as group:
+            for task_id in ids:
+                group.start_soon(wait, task_id)
+            await until(lambda: len(got) >= count // 2, 240)
+            fault = run.ledger.fault("redis kill -9", f"down {down:g} s, {count} waiters")
+            assert run.redis is not None
+            await run.redis.restart(down)
+            up = time.monotonic()
+            run.ledger.healed(fault)
+            before = len(got)
+            await until(lambda: len(got) > before or len(got) + len(failures) >= count, 60)
+            resumes.append(time.monotonic() - up)
+        report = run.ledger.check()
+        report.recovery = resumes
+        crossed = sum(1 for task_id, value in got.items() if value != tokens[task_id])
+        missed = count - len(got)
+        passed = report.ok and missed == 0 and crossed == 0
+        return Outcome(
+            "waiters across a Redis restart",
+            "redis",
+            count,
+            f"{count} waiters, 1 x Redis kill -9 + restart ({down:g} s down) in the middle",
+            report,
+            time.monotonic() - started,
+            passed,
+            "0 missed, 0 cross-delivered (each waiter gets its own task's token)",
+            {
+                "missed": missed,
+                "cross-delivered": crossed,
+                "errors": sorted(set(failures))[:3],
+                "results in (s)": round(time.monotonic() - subscribed, 1),
+                "results flowing again after restart (s)": [round(r, 2) for r in resumes],
+            },
+        )
+    finally:
+        await run.close()
+
+
+async def rabbit_restarts(
+    directory: Path,
+    tasks: int = 300,
+    restarts: int = 1,
+    delayed: int = 20,
+    workers: int = 2,
+    seed: int = 7,
+) -> Outcome:
+    """A RabbitMQ node of the run's own (quorum queues, publisher confirms) stopped and started
+    `restarts` times under load, publishes going on, with delayed tasks due across the
+    restarts. The shared RabbitMQ is never restarted."""
+    run = Run(directory, Settings(transport={"queue_type": "quorum"}))
+    rng = random.Random(seed)
+    resumes: list[float] = []
+    stuck: list[str] = []
+    due: dict[str, float] = {}
+    try:
+        url = await run.broker("amqp-node")
+        run.write_tasks(url)
+        fleet = await run.workers(workers, 10)
+        producer = run.producer(url)
+        started = time.monotonic()
+        lengths = [rng.randint(100, 600) for _ in range(tasks)]
+        half = tasks // 2
+        ids = await run.publish(producer, lengths[:half])
+        for n in range(delayed):  # due over the first 20 s: some fall in a restart
+            countdown = 1.0 + 19.0 * n / max(delayed - 1, 1)
+            task_id = f"delayed-{n:04d}-{os.urandom(4).hex()}"
+            due[task_id] = time.time() + countdown
+            call = [((10,), {})]
+            await run.confirmed(producer, "tasks.work", call, [task_id], countdown=countdown)
+        more: list[str] = []
+
+        async def keep_publishing() -> None:  # the second half, across the restarts
+            more.extend(await run.publish(producer, lengths[half:], batch=10))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(keep_publishing)
+            for restart in range(restarts):
+                await run.drain((restart + 1) * half // (restarts + 1), within=120)
+                fault = run.ledger.fault("rabbitmq restart", "rabbitmqctl shutdown, then start")
+                assert run.rabbit is not None
+                await anyio.to_thread.run_sync(run.rabbit.stop)
+                await anyio.to_thread.run_sync(run.rabbit.start)
+                up, up_at = time.monotonic(), time.time()
+                run.ledger.healed(fault)
+                before = run.ledger.finished()
+                await run.drain(before + 1, within=60)
+                resumes.append(time.monotonic() - up)
+                # No worker stuck: every one starts a task again within 10 s.
+                for index in range(workers):
+                    pid = fleet.pid(index)
+                    if not await until(lambda p=pid, t=up_at: _started_since(run, p, t), 10):
+                        stuck.append(f"worker {index} (pid {pid}) after restart {restart + 1}")
+        await run.drain(len(ids) + len(more) + delayed, within=120)
+        report = run.ledger.check()
+        report.recovery = resumes
+        # A task due while the node was down cannot start before it is back: counted from then.
+        downs = run.ledger.db.execute("SELECT at, until FROM faults").fetchall()
+
+        def due_or_back(task_id: str) -> float:
+            at = due[task_id]
+            return max([at, *(until for down, until in downs if down <= at <= until)])
+
+        late = {
+            task_id: round(start - due_or_back(task_id), 2)
+            for task_id, start in run.ledger.db.execute(
+                "SELECT id, min(start) FROM attempts WHERE id LIKE 'delayed-%' GROUP BY id"
+            )
+        }
+        latest = max(late.values(), default=0.0)
+        passed = (
+            report.ok
+            and not stuck
+            and max(resumes, default=0) <= 10
+            and len(late) == delayed
+            and latest <= 10
+        )
+        return Outcome(
+            "RabbitMQ restarts, quorum queues",
+            "amqp",
+            len(ids) + len(more) + delayed,
+            f"{restarts} x RabbitMQ node stop + start, {delayed} delayed tasks",
+            report,
+            time.monotonic() - started,
+            passed,
+            "lost 0 of confirmed publishes; no worker stuck; work resumes within 10 s; "
+            "delayed tasks start within due + 10 s (or node back + 10 s if due while down)",
+            {
+                "resume after restart (s)": [round(r, 2) for r in resumes],
+                "stuck workers": stuck,
+                "latest delayed start past due (or back) (s)": latest,
+                "lost ids": report.lost_ids[:5],
+            },
+        )
+    finally:
+        await run.close()
+
+
+def _started_since(run: Run, pid: int, since: float) -> bool:
+    (count,) = run.ledger.db.execute(
+        "SELECT count(*) FROM attempts WHERE pid = ? AND start >= ?", (pid, since)
+    ).fetchone()
+    return bool(count)

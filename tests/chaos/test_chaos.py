@@ -96,3 +96,15 @@ async def test_a_partition_longer_than_the_lease(tmp_path: Path) -> None:
     outcome = await scenarios.partitions(tmp_path, tasks=200, count=1, length=6.0, lease=3.0)
     check(outcome)
     assert "BrokerError" in outcome.notes["producer error"][0]
+
+
+@pytest.mark.usefixtures("redis_node")
+async def test_waiters_across_a_redis_restart(tmp_path: Path) -> None:
+    outcome = await scenarios.waiters(tmp_path, count=300, workers=2, concurrency=25)
+    check(outcome)
+
+
+async def test_rabbitmq_restart_with_quorum_queues(tmp_path: Path) -> None:
+    if reason := await missing("amqp-node"):
+        service_unavailable(reason)
+    check(await scenarios.rabbit_restarts(tmp_path, tasks=200, restarts=1, delayed=10))
