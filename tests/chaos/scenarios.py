@@ -336,7 +336,10 @@ async def poison(
     """Bad messages of every kind and tasks that os._exit their worker, among good ones."""
     from aqueue import OutgoingMessage
 
-    run = Run(directory, Settings(max_deliveries=2, lease=3.0, heartbeat=1.5))
+    # Room for every dead letter: the oversized ones alone are 1 MB each, and past the cap
+    # (`dead_letter_max_bytes`, 64 MB by default) the oldest dead letters are dropped.
+    room = {"dead_letter_max_bytes": 2 << 30}
+    run = Run(directory, Settings(max_deliveries=2, lease=3.0, heartbeat=1.5, transport=room))
     rng = random.Random(seed)
     try:
         url = await run.broker(broker)
@@ -361,7 +364,7 @@ async def poison(
             for _ in range(crashers):
                 await producer.send_task("tasks.crash")
             ids += await run.publish(producer, lengths[good // 2 :])
-            await run.drain(len(ids), within=120)
+            await run.drain(len(ids), within=120 + good / 20)
             want = len(bad) + crashers
 
             async def all_dead() -> bool:
