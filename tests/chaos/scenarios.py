@@ -355,12 +355,12 @@ async def poison(
             ids = await run.publish(producer, lengths[: good // 2])
             shuffled = list(bad)
             rng.shuffle(shuffled)
-            await opened.publish(
-                [
-                    OutgoingMessage(id=f"poison-{n}", queue="default", body=body)
-                    for n, (_, body) in enumerate(shuffled)
-                ]
-            )
+            outgoing = [
+                OutgoingMessage(id=f"poison-{n}", queue="default", body=body)
+                for n, (_, body) in enumerate(shuffled)
+            ]
+            for at in range(0, len(outgoing), 20):  # 20 MB at most in one publish
+                await opened.publish(outgoing[at : at + 20])
             for _ in range(crashers):
                 await producer.send_task("tasks.crash")
             ids += await run.publish(producer, lengths[good // 2 :])
