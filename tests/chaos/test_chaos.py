@@ -100,7 +100,11 @@ async def test_a_partition_longer_than_the_lease(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("redis_node")
 async def test_waiters_across_a_redis_restart(tmp_path: Path) -> None:
-    outcome = await scenarios.waiters(tmp_path, count=300, workers=2, concurrency=25)
+    # Short tasks: the in-flight ones come back as suspects after the restart and run alone
+    # (an open finding, see benchmarks/results-chaos.md), each holding its worker that long.
+    outcome = await scenarios.waiters(
+        tmp_path, count=300, workers=2, concurrency=25, lengths=(100, 800)
+    )
     check(outcome)
 
 
