@@ -372,12 +372,18 @@ class Runner:
     ) -> None:
         if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
             await self.discard(delivery, envelope, task, "terminated while running")
-        else:  # a shutdown: the worker gives the message back
+        else:  # a shutdown: the worker gives the message back, as it was
             logger.warning(
                 "Task %s[%s] interrupted by shutdown; returning it to the queue",
                 task.name,
                 envelope.id,
             )
+            # Not a nack: no worker died, so the message must not come back as a suspect
+            # (run alone, one at a time) nor have this run counted towards max_deliveries.
+            try:
+                await delivery.release()
+            except Exception:
+                logger.exception("Could not return the message of %s[%s]", task.name, envelope.id)
 
     async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
         conf = self.app.conf

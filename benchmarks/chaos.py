@@ -1,14 +1,17 @@
 """The chaos scenarios at full size (tests/chaos runs them small in CI), and their table.
 
     python benchmarks/chaos.py [--scenarios kill_storm,kill_after_claim,...] [--tasks N]
-                               [--kills N] [--restarts N] [--partitions N] [--length S]
-                               [--fuzz N] [--write benchmarks/results-chaos.md]
+                               [--brokers redis,sqlite,amqp] [--kills N] [--restarts N]
+                               [--partitions N] [--length S] [--waiters N] [--fuzz N]
+                               [--write benchmarks/results-chaos.md]
 
-Every scenario starts its own `redis-server` (append-only file: appendfsync always, and
-everysec for the second restart run), its worker processes and its SQLite ledger in a temporary
-directory, injects its faults, drains, and has the checker count lost, duplicated, recovered
-and unexpected tasks (see tests/chaos/ledger.py). Prints one table row per scenario; with
---write, the table goes to that file too. Needs `redis-server` on PATH.
+Every scenario starts its own broker (a `redis-server` with an append-only file: appendfsync
+always, and everysec for the second restart run; a SQLite file; a name prefix on the shared
+RabbitMQ, deleted after; for rabbit_restarts a RabbitMQ node of its own), its worker processes
+and its SQLite ledger in a temporary directory, injects its faults, drains, and has the checker
+count lost, duplicated, recovered and unexpected tasks (see tests/chaos/ledger.py). The kill
+storm, the kill after a claim, SIGTERM and the poison mix run on each of `--brokers`. Prints
+one table row per run; with --write, the table goes to that file too.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.chaos import fuzz, scenarios
-from tests.chaos.harness import Outcome
+from tests.chaos.harness import Outcome, missing
 from tests.chaos.ledger import Report
 
 ALL = [
@@ -36,22 +39,28 @@ ALL = [
     "partitions",
     "sigterm",
     "poison",
+    "rabbit_restarts",
+    "waiters",
     "fuzz",
 ]
+#: The scenarios that run on every broker of --brokers (the others have their own).
+EVERY_BROKER = {"kill_storm", "kill_after_claim", "sigterm", "poison"}
 HEADER = (
     "| scenario | broker | tasks | faults injected | lost | duplicated | recovered | "
     "time to recover | pass line held | reproduce |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-async def one(name: str, args: argparse.Namespace, where: Path) -> Outcome:
+async def one(name: str, args: argparse.Namespace, where: Path, broker: str) -> Outcome:
     n = args.tasks
     if name == "kill_storm":
         return await scenarios.kill_storm(
-            where, tasks=n, workers=4, concurrency=10, kills=args.kills
+            where, tasks=n, workers=4, concurrency=10, kills=args.kills, broker=broker
         )
     if name == "kill_after_claim":
-        return await scenarios.kill_after_claim(where, kills=args.claim_kills, others=n // 10)
+        return await scenarios.kill_after_claim(
+            where, kills=args.claim_kills, others=n // 10, broker=broker
+        )
     if name in ("redis_always", "redis_everysec"):
         fsync = name.split("_")[1]
         return await scenarios.redis_restarts(where, tasks=n, restarts=args.restarts, fsync=fsync)
@@ -60,9 +69,17 @@ async def one(name: str, args: argparse.Namespace, where: Path) -> Outcome:
             where, tasks=n, count=args.partitions, length=args.length, lease=args.lease
         )
     if name == "sigterm":
-        return await scenarios.sigterm(where, tasks=max(n // 10, 30), terms=args.kills, grace=3.0)
+        return await scenarios.sigterm(
+            where, tasks=max(n // 10, 30), terms=args.kills, grace=3.0, broker=broker
+        )
     if name == "poison":
-        return await scenarios.poison(where, good=n, each=max(n // 90, 1), crashers=5)
+        return await scenarios.poison(
+            where, good=n, each=max(n // 90, 1), crashers=5, broker=broker
+        )
+    if name == "rabbit_restarts":
+        return await scenarios.rabbit_restarts(where, tasks=n, restarts=args.restarts)
+    if name == "waiters":
+        return await scenarios.waiters(where, count=args.waiters, workers=4, concurrency=100)
     if name == "fuzz":
         started = time.monotonic()
         count, slowest = fuzz.run(args.fuzz)
@@ -80,11 +97,14 @@ async def one(name: str, args: argparse.Namespace, where: Path) -> Outcome:
     raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(ALL)}")
 
 
-def command(name: str, args: argparse.Namespace) -> str:
+def command(name: str, args: argparse.Namespace, broker: str) -> str:
     """The command that runs this scenario again, with this run's sizes."""
+    on = f" --brokers {broker}" if name in EVERY_BROKER else ""
     sizes = {
         "kill_storm": f"--tasks {args.tasks} --kills {args.kills}",
         "kill_after_claim": f"--tasks {args.tasks} --claim-kills {args.claim_kills}",
+        "rabbit_restarts": f"--tasks {args.tasks} --restarts {args.restarts}",
+        "waiters": f"--waiters {args.waiters}",
         "redis_always": f"--tasks {args.tasks} --restarts {args.restarts}",
         "redis_everysec": f"--tasks {args.tasks} --restarts {args.restarts}",
         "partitions": f"--tasks {args.tasks} --partitions {args.partitions} "
@@ -93,23 +113,32 @@ def command(name: str, args: argparse.Namespace) -> str:
         "poison": f"--tasks {args.tasks}",
         "fuzz": f"--fuzz {args.fuzz}",
     }
-    return f"python benchmarks/chaos.py --scenarios {name} {sizes.get(name, '')}".strip()
+    return f"python benchmarks/chaos.py --scenarios {name}{on} {sizes.get(name, '')}".strip()
 
 
 async def main(args: argparse.Namespace) -> int:
     rows: list[str] = []
     notes: list[str] = []
     failed = 0
-    for name in args.scenarios.split(","):
+    runs = [
+        (name, broker)
+        for name in args.scenarios.split(",")
+        for broker in (args.brokers.split(",") if name in EVERY_BROKER else [""])
+    ]
+    for name, broker in runs:
+        needs = broker or {"rabbit_restarts": "amqp-node", "fuzz": "sqlite"}.get(name, "redis")
+        if reason := await missing(needs):
+            print(f"skipped {name} {broker}: {reason}", flush=True)
+            continue
         with tempfile.TemporaryDirectory(prefix=f"chaos-{name}-") as where:
-            outcome = await one(name, args, Path(where))
-        row = outcome.row(command(name, args))
+            outcome = await one(name, args, Path(where), broker or "redis")
+        row = outcome.row(command(name, args, broker))
         print(row, flush=True)
         print(f"    {outcome.report.line()}; {outcome.seconds:.1f} s; {outcome.notes}", flush=True)
         rows.append(row)
         notes.append(
-            f"- **{outcome.scenario}**: {outcome.report.line()}; ran {outcome.seconds:.1f} s. "
-            f"Pass line: {outcome.pass_line}. {outcome.notes or ''}"
+            f"- **{outcome.scenario}** ({outcome.broker}): {outcome.report.line()}; "
+            f"ran {outcome.seconds:.1f} s. Pass line: {outcome.pass_line}. {outcome.notes or ''}"
         )
         failed += not outcome.passed
     if args.write:
@@ -136,6 +165,8 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(ALL))
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--brokers", default="redis,sqlite,amqp")
+    parser.add_argument("--waiters", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--claim-kills", type=int, default=50)
     parser.add_argument("--restarts", type=int, default=3)

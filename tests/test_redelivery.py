@@ -278,3 +278,29 @@ async def test_a_long_task_holds_a_suspect_back_for_the_grace_period_only() -> N
         group.cancel_scope.cancel()
     gate.leave()
     assert not gate.closed
+
+
+async def test_a_task_interrupted_by_a_shutdown_comes_back_as_it_was(setup: Setup) -> None:
+    """A shutdown past the grace period is no crash: the message is not a suspect (run alone,
+    one at a time) and its interrupted run does not count towards max_deliveries."""
+    from aqueue import Worker
+
+    app = setup.app(broker_max_deliveries=1)
+    started = anyio.Event()
+
+    @app.task
+    async def forever() -> None:
+        started.set()
+        await anyio.Event().wait()  # the shutdown must cancel it
+
+    await forever.delay()
+    async with anyio.create_task_group() as group:
+        worker = await group.start(Worker(app, shutdown_timeout=0.05).run)
+        with anyio.fail_after(10):
+            await started.wait()
+        worker.stop()
+    again = await setup.next_delivery(app)
+    assert (again.delivery_count, again.runs, again.suspect) == (1, 0, False)
+    await again.ack()
+    broker = await app.broker()
+    assert await broker.dead_letters("default") == []

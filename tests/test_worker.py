@@ -422,8 +422,10 @@ async def test_stop_past_the_grace_period_returns_the_message(make_app: MakeApp)
         worker.stop()
     assert await result.state() == states.PENDING
     await burst(app)  # the message came back at once: no lease had to expire
-    assert await result.get(timeout=5) == 2
-    assert attempts == [1, 2]
+    # As it was: a shutdown is no crash, so the interrupted delivery is not counted (it does
+    # not come back as a suspect, see tests/test_redelivery.py).
+    assert await result.get(timeout=5) == 1
+    assert attempts == [1, 1]
 
 
 async def test_stop_now_skips_the_grace_period(make_app: MakeApp) -> None:

@@ -116,10 +116,11 @@ class Delivery(abc.ABC):
         """Give the message back to its queue, to be delivered again after `delay` seconds."""
 
     async def release(self) -> None:
-        """Give back a message that this worker claimed and never started, at once.
+        """Give back, at once, a message whose run here did not end in a crash.
 
-        Its task never ran here, so a broker that can should count neither this delivery nor a
-        run (Redis): it comes back as it was. By default, a `nack`.
+        Either its task never started, or this worker's own shutdown interrupted it: nothing to
+        blame it for, so a broker counts neither this delivery nor a run, and it comes back as
+        it was (not a suspect, see `aqueue.isolation`). By default, a `nack`.
         """
         await self.nack(delay=0.0)
 

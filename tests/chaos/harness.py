@@ -2,18 +2,32 @@
 
 Used at a small size by tests/chaos/test_chaos.py (CI) and at full size by benchmarks/chaos.py.
 Everything runs in one temporary directory: the task module (`tasks.py`, which writes the
-ledger), the ledger file, Redis's append-only file. Waits are on readiness lines and ledger
-counts; the only sleeps are the faults' own durations and the pauses between faults.
+ledger), the ledger file, Redis's append-only file or the SQLite broker's file. Waits are on
+readiness lines and ledger counts; the only sleeps are the faults' own durations and the
+pauses between faults.
+
+The brokers (`Run.broker(kind)`):
+
+- `redis`: a `redis-server` of the run's own (append-only file), restartable, optionally
+  behind the proxy;
+- `sqlite`: one file in the run's directory that the producer and every worker open;
+- `amqp`: the shared RabbitMQ (`AQUEUE_TEST_AMQP_URL`, guest@127.0.0.1:5672) with a name
+  prefix of the run's own (`t<unique>-`): every queue and exchange the run declared is deleted
+  at the end;
+- `amqp-node`: a RabbitMQ node of the run's own (`tests.service_amqp.PrivateNode`), which a
+  scenario may stop and start; the shared server is never restarted.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +36,7 @@ from typing import Any
 import anyio
 
 from aqueue import App, BrokerError
+from tests import service_amqp
 from tests.test_redis_processes import Lines, child_env, free_port, spawn
 
 from .ledger import TASK_LEDGER, Ledger, Report, connect
@@ -29,6 +44,9 @@ from .proxy import Proxy
 
 #: The longest a process start, a readiness line or one drain step may take.
 STEP = 60.0
+
+#: The brokers a scenario may run on (see the module's docstring).
+BROKERS = ("redis", "sqlite", "amqp")
 
 TASKS = """
 import os
@@ -47,7 +65,7 @@ app = App(
     broker_heartbeat_timeout={heartbeat!r},
     broker_max_deliveries={max_deliveries!r},
     worker_shutdown_timeout={grace!r},
-    broker_transport_options={{"socket_timeout": {socket_timeout!r}}},
+    broker_transport_options={transport!r},
 )
 
 
@@ -74,6 +92,15 @@ async def die_on_claim(self, ms):
 @app.task
 async def crash():
     os._exit(1)
+
+
+@app.task(bind=True)
+async def echo(self, token, ms):
+    # Returns its own token: a waiter that gets another task's value was cross-delivered.
+    row = ledger_start(self.request.id, self.request.delivery_count)
+    await anyio.sleep(ms / 1000)
+    ledger_end(row)
+    return token
 """
 
 
@@ -86,6 +113,30 @@ class Settings:
     max_deliveries: int = 5
     grace: float = 2.0
     socket_timeout: float = 5.0
+    #: More transport options (e.g. `{"queue_type": "quorum"}` for RabbitMQ).
+    transport: dict[str, Any] = field(default_factory=dict)
+
+    def transport_options(self) -> dict[str, Any]:
+        return {"socket_timeout": self.socket_timeout, **self.transport}
+
+
+async def missing(broker: str) -> str | None:
+    """Why a scenario cannot run on `broker` here, or None."""
+    if broker == "redis":
+        if shutil.which("redis-server") is None:
+            return "redis-server is not on PATH"
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            return "redis-py is not installed"
+        return None
+    if broker == "sqlite":
+        return None
+    if broker == "amqp":
+        return await service_amqp.unreachable()
+    if broker == "amqp-node":
+        return service_amqp.PrivateNode.missing()
+    return f"unknown broker {broker!r}; choose from {', '.join(BROKERS)}, amqp-node"
 
 
 class RedisNode:
@@ -236,6 +287,8 @@ class Run:
         connect(self.ledger_path).close()
         self.ledger = Ledger(self.ledger_path)
         self.redis: RedisNode | None = None
+        self.rabbit: service_amqp.PrivateNode | None = None
+        self.amqp_url: str | None = None  # on the shared server: its prefix is deleted at the end
         self.proxy: Proxy | None = None
         self.fleet: Fleet | None = None
         self.apps: list[App] = []
@@ -250,6 +303,21 @@ class Run:
         await self.proxy.start()
         return f"redis://127.0.0.1:{self.proxy.port}/0"
 
+    async def broker(self, kind: str, fsync: str = "always", proxied: bool = False) -> str:
+        """Start (or name) a broker of `kind` (see the module's docstring); return its URL."""
+        if kind == "redis":
+            return await self.redis_broker(fsync, proxied)
+        if kind == "sqlite":
+            return f"sqlite:///{self.directory / 'broker.db'}"
+        if kind == "amqp":
+            self.amqp_url = service_amqp.make_url(f"chaos{uuid.uuid4().hex[:10]}")
+            return self.amqp_url
+        if kind == "amqp-node":
+            self.rabbit = service_amqp.PrivateNode()
+            await anyio.to_thread.run_sync(self.rabbit.start)
+            return self.rabbit.url
+        raise ValueError(f"unknown broker {kind!r}")
+
     def write_tasks(self, url: str) -> None:
         s = self.settings
         text = TASKS.format(
@@ -259,7 +327,7 @@ class Run:
             heartbeat=s.heartbeat,
             max_deliveries=s.max_deliveries,
             grace=s.grace,
-            socket_timeout=s.socket_timeout,
+            transport=s.transport_options(),
         )
         (self.directory / "tasks.py").write_text(text)
 
@@ -268,7 +336,7 @@ class Run:
             "tasks",
             set_as_current=False,
             broker=url,
-            broker_transport_options={"socket_timeout": self.settings.socket_timeout},
+            broker_transport_options=self.settings.transport_options(),
             **settings,
         )
         self.apps.append(app)
@@ -292,11 +360,13 @@ class Run:
             ids += task_ids
         return ids
 
-    async def confirmed(self, app: App, task: str, calls: list[Any], task_ids: list[str]) -> None:
+    async def confirmed(
+        self, app: App, task: str, calls: list[Any], task_ids: list[str], **options: Any
+    ) -> None:
         deadline = time.monotonic() + STEP * 2
         while True:
             try:
-                await app.send_many(task, calls, task_ids=task_ids)
+                await app.send_many(task, calls, task_ids=task_ids, **options)
             except (BrokerError, OSError):
                 if time.monotonic() > deadline:
                     raise
@@ -320,6 +390,10 @@ class Run:
             await self.proxy.close()
         if self.redis is not None:
             self.redis.kill()
+        if self.amqp_url is not None:
+            await service_amqp.cleanup(self.amqp_url)
+        if self.rabbit is not None:
+            await anyio.to_thread.run_sync(self.rabbit.remove)
         self.ledger.close()
 
 

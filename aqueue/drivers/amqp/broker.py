@@ -402,17 +402,19 @@ class AMQPBroker(Broker):
 
     # -- settling (called by AMQPDelivery) ----------------------------------------------------
 
-    async def give_back(self, delivery: AMQPDelivery, delay: float) -> None:
+    async def give_back(self, delivery: AMQPDelivery, delay: float, counted: bool = True) -> None:
         """`nack`: republish with the delivery count (and delay), then ack the original.
 
         Not a reject-requeue: RabbitMQ counts no requeues on classic queues, a delay needs the
         ladder anyway, and a confirmed publish is back in the queue when `nack` returns.
+        `counted=False` (`release`): the copy carries the count this delivery came with.
         """
         if delivery.stale:
             return  # its channel is gone: RabbitMQ gives the message again by itself
         eta = time.time() + delay if delay > 0 else None
         runs = delivery.runs + delivery.begun
-        await self._republish(delivery, eta=eta, deliveries=delivery.delivery_count, runs=runs)
+        deliveries = delivery.delivery_count - (0 if counted else 1)
+        await self._republish(delivery, eta=eta, deliveries=deliveries, runs=runs)
 
     async def _republish(
         self, delivery: AMQPDelivery, *, eta: float | None, deliveries: int, runs: int

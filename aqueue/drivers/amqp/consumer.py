@@ -64,8 +64,11 @@ class SessionHost(Protocol):
         """Record a run of `delivery` before its task starts (`Delivery.begin`)."""
         ...
 
-    async def give_back(self, delivery: AMQPDelivery, delay: float) -> None:
-        """Put `delivery` back on its queue, due after `delay` (`Delivery.nack`)."""
+    async def give_back(self, delivery: AMQPDelivery, delay: float, counted: bool = True) -> None:
+        """Put `delivery` back on its queue, due after `delay` (`Delivery.nack`).
+
+        Not counted as a delivery if not `counted` (`Delivery.release`).
+        """
         ...
 
     async def bury(self, delivery: AMQPDelivery, reason: str, detail: str) -> None:
@@ -146,6 +149,11 @@ class AMQPDelivery(Delivery):
         """Give the message back, counted as a delivery, after `delay` seconds."""
         if self._settle():
             await self._session.broker.give_back(self, delay)
+
+    async def release(self) -> None:
+        """Give the message back as it was: this delivery is not counted."""
+        if self._settle():
+            await self._session.broker.give_back(self, 0.0, counted=False)
 
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         """Publish the message to its queue's dead letters with the reason, then ack it."""

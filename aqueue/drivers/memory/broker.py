@@ -68,6 +68,11 @@ class _MemoryDelivery(Delivery):
         if self._settle():
             self._broker._put(self._item, time.time() + delay if delay > 0 else None)
 
+    async def release(self) -> None:
+        if self._settle():
+            self._item.deliveries -= 1  # not counted
+            self._broker._put(self._item, None)
+
     async def dead_letter(self, reason: str, detail: str = "") -> None:
         if self._settle():
             self._broker._bury(self._item, reason, detail)

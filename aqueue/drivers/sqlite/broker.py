@@ -259,6 +259,15 @@ def _nack(conn: sqlite3.Connection, id_: int, token: str, due: float, strike: bo
     return cursor.rowcount > 0
 
 
+def _unclaim(conn: sqlite3.Connection, id_: int, token: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE aqueue_messages SET lease_until = NULL, lease_token = NULL, "
+        "deliveries = deliveries - 1 WHERE id = ? AND lease_token = ?",
+        (id_, token),
+    )
+    return cursor.rowcount > 0
+
+
 def _begin(conn: sqlite3.Connection, id_: int, token: str) -> bool:
     cursor = conn.execute(
         "INSERT INTO aqueue_runs (id, runs) SELECT id, 1 FROM aqueue_messages "
@@ -369,6 +378,13 @@ class _SQLiteDelivery(Delivery):
             if not await broker._write(
                 _nack, self._id, self._token, due, strike, wake=broker._wake
             ):
+                self._lost("return")
+
+    async def release(self) -> None:
+        """Make the message ready again at once, counting neither this delivery nor a run."""
+        if self._settle():
+            broker = self._broker
+            if not await broker._write(_unclaim, self._id, self._token, wake=broker._wake):
                 self._lost("return")
 
     async def begin(self) -> None:
