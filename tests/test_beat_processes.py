@@ -88,3 +88,33 @@ def test_three_beats_one_killed_send_each_second_once(url: str, tmp_path: Path) 
     dues.sort()
     assert len(dues) >= 5
     assert [b - a for a, b in itertools.pairwise(dues)] == [1.0] * (len(dues) - 1)
+
+
+def test_a_worker_with_beat_sends_and_runs_the_entries(tmp_path: Path) -> None:
+    """`aqueue worker -B`: the worker's embedded beat sends each run, the worker runs it."""
+    (tmp_path / "tasks.py").write_text(PROJECT)
+    env = {**os.environ, "AQUEUE_BROKER_URL": f"sqlite:///{tmp_path / 'aqueue.db'}"}
+    env.pop("AQUEUE_RESULT_BACKEND", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aqueue", "worker", "tasks:app", "-B", "-l", "INFO"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ran = sent = 0
+    try:
+        for line in proc.stdout:  # blocks on the worker's own log lines (pytest-timeout bounds)
+            sent += "Sent tick (tasks.tick)" in line
+            ran += "tasks.tick[" in line and "succeeded" in line
+            if ran >= 2:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        proc.stdout.close()
+    assert ran >= 2
+    assert sent >= ran
