@@ -3,9 +3,10 @@
 One round trip: `r = await echo.delay(i)` then `await r.get()`, one at a time, against ONE
 worker process (`aqueue worker -c 50`) already running. Each scenario (result store x broker)
 runs in a process of its own (Django is configured once per process), with its own Django
-project written to a temporary directory: SQLite file, PostgreSQL 127.0.0.1:5432 database
-`test` (trust auth), Redis 127.0.0.1:6379 db 15 (`--redis`). Prints the median and p90 of
-`--n` round trips after `--warmup` unmeasured ones.
+project written to a temporary directory: SQLite file, PostgreSQL 127.0.0.1:5432 (trust auth,
+reached through its `test` database; a database of the run's own, dropped after), Redis
+127.0.0.1:6379 db 15 (`--redis`). Prints the median and p90 of `--n` round trips after
+`--warmup` unmeasured ones.
 
     python benchmarks/django_results.py [--n 200] [--warmup 20] [--scenarios ...]
 
@@ -45,7 +46,7 @@ INSTALLED_APPS = ["django.contrib.contenttypes", "aqueue.contrib.django"]
 DATABASES = {{
     "default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {sqlite!r},
                  "OPTIONS": {{"timeout": 20}}}},
-    "pg": {{"ENGINE": "django.db.backends.postgresql", "NAME": "test", "USER": "postgres",
+    "pg": {{"ENGINE": "django.db.backends.postgresql", "NAME": {pg!r}, "USER": "postgres",
             "HOST": "127.0.0.1", "PORT": "5432"}},
 }}
 CACHES = {{
@@ -83,12 +84,14 @@ def scenario(name: str, n: int, warmup: int, redis: str) -> dict[str, float]:
     store_name, _, broker_name = name.partition("/")
     directory = Path(tempfile.mkdtemp(prefix="aqueue-bench-django-"))
     prefix = f"aqueue-bench-{uuid.uuid4().hex[:8]}"
+    pg_db = f"aqueue_bench_{uuid.uuid4().hex[:8]}"  # made on the server of `test`, then dropped
     (directory / "bench_settings.py").write_text(
         SETTINGS.format(
             sqlite=str(directory / "db.sqlite3"),
             redis=redis,
             prefix=prefix,
             files=str(directory / "cache"),
+            pg=pg_db,
         )
     )
     (directory / "bench_app.py").write_text(textwrap.dedent(APP))
@@ -105,6 +108,8 @@ def scenario(name: str, n: int, warmup: int, redis: str) -> dict[str, float]:
         else f"{redis}?prefix={prefix}"
     )
     alias = "pg" if store_name == "django-db-pg" else "default"
+    if store_name == "django-db-pg":
+        _server(f'CREATE DATABASE "{pg_db}"')
     if store_name.startswith("django-db"):
         call_command("migrate", "aqueue", database=alias, verbosity=0)
         from django.db import connections
@@ -132,7 +137,10 @@ def scenario(name: str, n: int, warmup: int, redis: str) -> dict[str, float]:
         worker.terminate()
         worker.wait(30)
         if store_name == "django-db-pg":
-            call_command("migrate", "aqueue", "zero", database="pg", verbosity=0)
+            from django.db import connections
+
+            connections.close_all()
+            _server(f'DROP DATABASE "{pg_db}" WITH (FORCE)')
         if "redis" in name:
             _drop_keys(redis, prefix)
         shutil.rmtree(directory, ignore_errors=True)
@@ -163,6 +171,13 @@ def _measure(n: int, warmup: int) -> dict[str, float]:
         }
 
     return anyio.run(run)
+
+
+def _server(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def _drop_keys(url: str, prefix: str) -> None:

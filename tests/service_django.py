@@ -1,19 +1,35 @@
 """Django for the tests: `tests.djresults.settings`, migrated on SQLite and PostgreSQL.
 
-PostgreSQL is the local server (127.0.0.1:5432, trust auth, database `test`; the
-`AQUEUE_TEST_PG_*` variables point elsewhere), as the alias `pg`. Its aqueue table is created
-by the first test that needs it and dropped when the session ends.
+PostgreSQL is the local server (127.0.0.1:5432, user postgres, trust auth; the
+`AQUEUE_TEST_PG_*` variables point elsewhere), as the alias `pg`: a database of this run's own
+(`aqueue_results_<pid>_<random>`), created from the `test` database's server by the first test
+that needs it and dropped (WITH FORCE) when its module ends, so concurrent runs never meet.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import uuid
 
 SETTINGS = "tests.djresults.settings"
 
 _lock = threading.Lock()
 _migrated: set[str] = set()
+
+#: This run's PostgreSQL database (the settings read it; its workers inherit it).
+os.environ.setdefault("AQUEUE_TEST_PG_DB", f"aqueue_results_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+
+
+def _server(sql: str) -> None:
+    """Run one statement on the PostgreSQL server, from its `test` database."""
+    import psycopg
+
+    host = os.environ.get("AQUEUE_TEST_PG_HOST", "127.0.0.1")
+    port = os.environ.get("AQUEUE_TEST_PG_PORT", "5432")
+    user = os.environ.get("AQUEUE_TEST_PG_USER", "postgres")
+    with psycopg.connect(host=host, port=port, user=user, dbname="test", autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def configure() -> None:
@@ -48,7 +64,7 @@ def pg_unreachable() -> str | None:
     params = connections["pg"].settings_dict
     try:
         psycopg.connect(
-            dbname=params["NAME"],
+            dbname="test",  # the server's; this run's own database is made on first use
             user=params["USER"],
             host=params["HOST"],
             port=params["PORT"],
@@ -71,21 +87,21 @@ def migrate(alias: str) -> None:
         if alias == "default":
             call_command("migrate", database=alias, verbosity=0)
         else:
+            _server(f'CREATE DATABASE "{os.environ["AQUEUE_TEST_PG_DB"]}"')
             call_command("migrate", "aqueue", database=alias, verbosity=0)
         _migrated.add(alias)
         connections[alias].close()
 
 
 def drop_migrated() -> None:
-    """Drop the aqueue table from PostgreSQL if a test made it."""
+    """Drop this run's PostgreSQL database if a test made it."""
     with _lock:
         if "pg" not in _migrated:
             return
-        from django.core.management import call_command
         from django.db import connections
 
-        call_command("migrate", "aqueue", "zero", database="pg", verbosity=0)
         connections["pg"].close()
+        _server(f'DROP DATABASE "{os.environ["AQUEUE_TEST_PG_DB"]}" WITH (FORCE)')
         _migrated.discard("pg")
 
 
@@ -95,6 +111,7 @@ def backend_env() -> dict[str, str]:
     return {
         "DJANGO_SETTINGS_MODULE": SETTINGS,
         "AQUEUE_TEST_DJANGO_DIR": os.environ["AQUEUE_TEST_DJANGO_DIR"],
+        "AQUEUE_TEST_PG_DB": os.environ["AQUEUE_TEST_PG_DB"],
     }
 
 

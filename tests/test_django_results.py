@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -265,10 +266,12 @@ def terminate_listeners() -> int:
     """Kill the server side of every LISTEN connection of the test database; return how many."""
     import psycopg
 
+    name = os.environ["AQUEUE_TEST_PG_DB"]  # this run's database: other runs' are left alone
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query = 'LISTEN aqueue_results' AND pid <> pg_backend_pid()"
+            "WHERE query = 'LISTEN aqueue_results' AND datname = %s",
+            [name],
         ).fetchall()
     return len(rows)
 
