@@ -13,7 +13,7 @@ import tempfile
 
 _HERE = os.environ.get("AQUEUE_TEST_DJANGO_DIR", "")
 if not _HERE:  # the test process: make the folder, share it with its workers, remove it at exit
-    _HERE = tempfile.mkdtemp(prefix="aqueue-django-")
+    _HERE = tempfile.mkdtemp(prefix="aqueue-djresults-")
     os.environ["AQUEUE_TEST_DJANGO_DIR"] = _HERE
     atexit.register(shutil.rmtree, _HERE, True)
 
