@@ -50,8 +50,13 @@ IMPLEMENTED = frozenset(
         "task_soft_time_limit",
         "task_time_limit",
         "task_track_started",
+        "task_send_sent_event",
         "timezone",
         "worker_concurrency",
+        "worker_hijack_root_logger",
+        "worker_max_memory_per_child",
+        "worker_max_tasks_per_child",
+        "worker_send_task_events",
     }
 )
 
@@ -266,7 +271,7 @@ IGNORED: dict[str, str] = {
     ),
     **_each("aqueue keeps no client-side result cache", "result_cache_max"),
     **_each(
-        "aqueue has no chords",
+        "chords count their header atomically in the result store: no join polling",
         "result_chord_join_timeout",
         "result_chord_retry_interval",
         "task_allow_error_cb_on_chord_header",
@@ -277,9 +282,7 @@ IGNORED: dict[str, str] = {
         "task_acks_on_timeout",
     ),
     **_each(
-        "aqueue sends no task events; `aqueue inspect` and the result store show state",
-        "worker_send_task_events",
-        "task_send_sent_event",
+        "task events travel on the broker's mailbox (`-E`, `aqueue events`): no event exchange or queue",
         "event_exchange",
         "event_queue_durable",
         "event_queue_exclusive",
@@ -308,8 +311,6 @@ IGNORED: dict[str, str] = {
         "worker_agent",
         "worker_timer",
         "worker_timer_precision",
-        "worker_max_tasks_per_child",
-        "worker_max_memory_per_child",
         "worker_proc_alive_timeout",
         "worker_lost_wait",
         "worker_eta_task_limit",
@@ -321,7 +322,6 @@ IGNORED: dict[str, str] = {
     ),
     **_each(
         "aqueue logs through the logging module: configure it there (`-l` sets the level)",
-        "worker_hijack_root_logger",
         "worker_log_color",
         "worker_log_format",
         "worker_task_log_format",

@@ -58,10 +58,10 @@ def test_a_celery_guide_settings_file_loads() -> None:
     assert (conf.task_serializer, conf.result_serializer) == ("json", "json")
     assert conf.task_time_limit == 1800.0
     assert conf.worker_shutdown_timeout == 7.5  # mapped from worker_soft_shutdown_timeout
+    assert conf.worker_max_tasks_per_child == 100  # implemented (--workers recycling)
     assert set(conf.ignored) == {
         "worker_prefetch_multiplier",
         "broker_connection_retry_on_startup",
-        "worker_max_tasks_per_child",
         "result_expire",
     }
     assert conf.ignored["result_expire"].endswith("did you mean 'result_expires'?")
