@@ -282,7 +282,7 @@ IGNORED: dict[str, str] = {
         "task_acks_on_timeout",
     ),
     **_each(
-        "task events travel on the broker's mailbox (`-E`, `aqueue events`): no event exchange or queue",
+        "task events travel on the broker's mailbox (-E, `aqueue events`): no event exchange",
         "event_exchange",
         "event_queue_durable",
         "event_queue_exclusive",
