@@ -141,7 +141,9 @@ async def test_kill_9_messages_come_back_by_heartbeat_not_lease(
 async def test_a_blocked_loop_is_not_a_dead_worker(
     url: str, project: Callable[..., Path], workers: Callable[..., Any]
 ) -> None:
-    cwd = project(interval=0.2, timeout=2.0)
+    # A 5 s timeout: the busy worker's heartbeat thread must beat while its loop is blocked, on
+    # a machine that may be loaded (at 2 s, a loaded CI machine starved it now and then).
+    cwd = project(interval=0.2, timeout=5.0)
     async with App("caller", broker=url, set_as_current=False) as caller:
         busy = await workers("-c", "1")
         hog = await caller.send_task("tasks.hog", ["done"])
@@ -156,7 +158,7 @@ async def test_a_blocked_loop_is_not_a_dead_worker(
         (cwd / "go").touch()
 
         # The judge starts after the busy worker's loop was blocked, and judges once its own
-        # heartbeat has run for the timeout (2 s): by then that loop has been blocked for
+        # heartbeat has run for the timeout (5 s): by then that loop has been blocked for
         # longer than the timeout, and only the dead worker's message is taken.
         judge = await workers("-c", "2")
         assert await lost.get(timeout=STEP) == 2
