@@ -95,8 +95,11 @@ class TaskFormatter(logging.Formatter):
         self._task = logging.Formatter(TASK_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        """Format a record, with the task format when it was logged during a task."""
-        if getattr(record, "task_id", None):
+        """Format a record, with the task format when a task's own code logged it.
+
+        aqueue's own lines ("Task add[id] succeeded ...") name the task already.
+        """
+        if getattr(record, "task_id", None) and not record.name.startswith("aqueue"):
             return self._task.format(record)
         return super().format(record)
 
