@@ -209,8 +209,9 @@ class Runner:
         )
         await self._store(envelope, task, states.REVOKED, meta)
         canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
-        if canvas is not None:  # a chord's header task: the chord fails with it
-            await continuation.discarded(self.app, self.backend, envelope, meta)
+        if canvas is not None:  # a chord fails with it; after an expired step, what follows
+            expired = why.startswith("expired")
+            await continuation.discarded(self.app, self.backend, envelope, meta, expired=expired)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
         if self.watch is not None:

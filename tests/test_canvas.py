@@ -212,6 +212,16 @@ async def test_revoke_a_chain_revokes_what_has_not_run(canvas: Canvas) -> None:
         await result.get(timeout=10)
 
 
+async def test_an_expired_step_fails_what_follows(canvas: Canvas) -> None:
+    add = canvas.add
+    # Expired 60 s before it is sent (options travel in the workflow as seconds).
+    result = await (add.s(1, 1) | add.s(1).set(expires=-60.0) | add.s(1)).delay()
+    await canvas.work()
+    with pytest.raises(Exception, match="expired before it started"):
+        await result.get(timeout=10)  # raises at once: it does not wait for the last step
+    assert await result.results[0].get(timeout=10) == 2
+
+
 def test_sync_forms(tmp_path: Path) -> None:
     app = App("canvas", broker=driver_url("sqlite", tmp_path), set_as_current=False)
 

@@ -56,12 +56,22 @@ async def after(
 
 
 async def discarded(
-    app: AppLike, backend: ResultBackend | None, envelope: Envelope, revoked: ResultMeta
+    app: AppLike,
+    backend: ResultBackend | None,
+    envelope: Envelope,
+    revoked: ResultMeta,
+    *,
+    expired: bool = False,
 ) -> None:
     """Fail the chord of a task that was revoked or expired before it ran.
 
-    (A revoked chain stops there: its later tasks were revoked with it, or never get sent.)
+    An expired step fails what follows it too (with the expiry, naming the step), so `get()`
+    on its chain raises instead of waiting for results that would never come. A revoked chain
+    stops there: its later tasks were revoked with it (their results say so), or never sent.
     """
+    if expired:
+        await after(app, backend, envelope, None, revoked)
+        return
     chord = envelope.headers[HEADER].get("chord")
     if chord is not None and backend is not None:
         await counter.record(app, backend, envelope.id, chord, revoked, inherited(envelope))
