@@ -222,6 +222,13 @@ async def test_an_expired_step_fails_what_follows(canvas: Canvas) -> None:
     assert await result.results[0].get(timeout=10) == 2
 
 
+async def test_a_chord_whose_header_shares_a_task_id_is_refused(canvas: Canvas) -> None:
+    add, tsum = canvas.add, canvas.tsum
+    header = [add.s(1, 1).set(task_id="same"), add.s(2, 2).set(task_id="same")]
+    with pytest.raises(ConfigurationError, match="task id 'same' to more than one task"):
+        await chord(header, tsum.s()).delay()
+
+
 def test_sync_forms(tmp_path: Path) -> None:
     app = App("canvas", broker=driver_url("sqlite", tmp_path), set_as_current=False)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self, TypeVar, Unpack
 
+from ..exceptions import ConfigurationError
 from ..interfaces import AppLike
 from ..message import new_id
 from .chain import Chain
@@ -136,6 +137,12 @@ class Chord(Workflow[R]):
         info = {"id": self.id, "size": len(self.header), "body": self.body.to_data()}
         header = [member.with_chord(info) for member in self.header]
         ids = [task_id for member in header for task_id in member.ids()]
+        if len(set(ids)) != len(ids):  # counted once per id, the chord would never complete
+            twice = sorted({task_id for task_id in ids if ids.count(task_id) > 1})
+            raise ConfigurationError(
+                f"a chord's header gives the task id {twice[0]!r} to more than one task; "
+                "each header task needs an id of its own (drop task_id, or make them differ)"
+            )
         plan.groups.append((self.id, [member.reference() for member in header], ids))
         for member in header:
             member.plan(plan, prev, kwargs)
