@@ -190,9 +190,9 @@ class Runner:
         detail = f"the worker died {started} times running this task; dead-lettered"
         if not failed_already:
             error = WorkerLostError(f"{detail} (broker_max_deliveries is {limit})")
-            await self._store(
-                envelope, task, states.FAILURE, ResultMeta.failure(task.name, error, None)
-            )
+            failure = ResultMeta.failure(task.name, error, None)
+            await self._store(envelope, task, states.FAILURE, failure)
+            await self._follow(envelope, None, failure)  # a workflow fails with it
         await delivery.dead_letter(DeadLetterReason.MAX_DELIVERIES, detail)
         logger.error("Task %s[%s]: %s", task.name, envelope.id, detail)
         if self.watch is not None:

@@ -158,6 +158,28 @@ async def test_a_message_whose_runs_all_killed_the_worker_gets_a_failure(setup: 
     assert "the worker died 2 times" in letter.detail
 
 
+async def test_a_chain_whose_step_killed_its_workers_fails(setup: Setup) -> None:
+    """A workflow step past its max deliveries fails what follows it (no hang on get())."""
+    app = setup.app(broker_max_deliveries=2)
+
+    @app.task
+    async def doomed() -> int:
+        raise AssertionError("a message past its max deliveries must not run")
+
+    @app.task
+    async def after(value: int) -> int:
+        raise AssertionError("what follows a failed step must not run")
+
+    result = await (doomed.s() | after.s()).delay()
+    await setup.die_holding(app, begin=False)
+    await setup.die_holding(app, begin=True)
+    delivery = await setup.next_delivery(app)
+    runner = runner_of(app, await app.broker(), await app.result_backend())
+    assert await runner.check(delivery) is None
+    with pytest.raises(TaskError, match="the worker died 2 times running this task"):
+        await result.get(timeout=5)
+
+
 async def test_a_failure_stored_before_a_death_still_reaches_the_dead_letters(
     setup: Setup,
 ) -> None:
