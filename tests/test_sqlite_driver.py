@@ -621,7 +621,7 @@ async def test_a_cancelled_reader_hands_over(make_backend: MakeBackend) -> None:
                     await waiting.wait("first")  # the reader: it waited first
 
             group.start_soon(give_up)
-            while not waiting._reading:  # the first wait reads the socket for everyone
+            while not waiting._waiters._reading:  # the first wait reads for everyone
                 await anyio.wait_all_tasks_blocked()
             group.start_soon(waiting.wait, "second")
             await anyio.wait_all_tasks_blocked()

@@ -20,6 +20,7 @@ import anyio
 from ...exceptions import BrokerError
 from ...states import READY_STATES
 from ..base import ChordStep, ResultBackend, StoredResult
+from ..waiting import Waiters
 from .database import STRICT, Database, parse_sqlite_url, placeholders
 from .wake import Listener, wake_dir
 
@@ -164,15 +165,20 @@ def _chord_done(conn: sqlite3.Connection, chord_id: str, expires: float) -> None
     )
 
 
-class _Waiter:
-    """The `wait` calls on one task id: their result once found, and what wakes them."""
+class _WakeUps:
+    """The pause of the SQLite store's reader: the wake-up socket (`MAX_WAIT` as a safety net)."""
 
-    __slots__ = ("count", "event", "result")
+    def __init__(self, backend: SQLiteBackend) -> None:
+        self._backend = backend
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.event = anyio.Event()
-        self.result: StoredResult | None = None
+    async def prepare(self) -> None:
+        """Listen before a waiter's first look, so that no store goes unnoticed."""
+        await self._backend._listen()
+
+    async def next(self, youngest: float) -> None:
+        """Wait for a wake-up (or the safety net); every awaited task is then looked up."""
+        listener = await self._backend._listen()
+        await listener.wait(MAX_WAIT)
 
 
 class SQLiteBackend(ResultBackend):
@@ -188,9 +194,7 @@ class SQLiteBackend(ResultBackend):
         self._wake = ""
         self._listener: Listener | None = None
         self._lock: anyio.Lock | None = None
-        self._waiters: dict[str, _Waiter] = {}
-        self._reading = False  # a waiter is reading the socket for everyone
-        self._look_due = False  # a wake-up was consumed, but nobody looked yet
+        self._waiters = Waiters(self.fetch, self._ready, _WakeUps(self))
         self._stores = 0
         self._swept = time.monotonic()
 
@@ -274,20 +278,10 @@ class SQLiteBackend(ResultBackend):
 
     async def wait(self, task_id: str) -> StoredResult:
         """Return once the task is in a ready state; sleep on the shared wake-up socket."""
-        waiter = self._waiters.get(task_id)
-        if waiter is None:
-            waiter = self._waiters[task_id] = _Waiter()
-        waiter.count += 1
-        try:
-            await self._listen()  # before the first look, so no store goes unnoticed
-            stored = await self.fetch(task_id)
-            if stored is not None and stored.state in READY_STATES:
-                return stored
-            return await self._sleep(waiter)
-        finally:
-            waiter.count -= 1
-            if waiter.count == 0 and self._waiters.get(task_id) is waiter:
-                del self._waiters[task_id]
+        return await self._waiters.wait(task_id)
+
+    async def _ready(self, task_ids: list[str]) -> dict[str, StoredResult]:
+        return await self._database().run(_fetch_ready, task_ids)
 
     async def _listen(self) -> Listener:
         if self._listener is None:
@@ -297,41 +291,3 @@ class SQLiteBackend(ResultBackend):
                 if self._listener is None:
                     self._listener = await Listener.open(self._wake)
         return self._listener
-
-    async def _sleep(self, waiter: _Waiter) -> StoredResult:
-        """Wait until a reader finds the waiter's result, becoming the reader when there is none."""
-        while waiter.result is None:
-            if self._reading:
-                if waiter.event.is_set():
-                    waiter.event = anyio.Event()
-                await waiter.event.wait()
-                continue
-            self._reading = True
-            try:
-                while waiter.result is None:
-                    await self._read()
-            finally:
-                self._reading = False
-                self._hand_over(waiter)
-        return waiter.result
-
-    async def _read(self) -> None:
-        """Wait for a wake-up (or the safety net), then look up every awaited task at once."""
-        if not self._look_due:
-            listener = await self._listen()
-            await listener.wait(MAX_WAIT)
-            self._look_due = True  # no checkpoint since the wake-ups were consumed
-        found = await self._database().run(_fetch_ready, list(self._waiters))
-        self._look_due = False
-        for task_id, stored in found.items():
-            waiter = self._waiters.get(task_id)
-            if waiter is not None and waiter.result is None:
-                waiter.result = stored
-                waiter.event.set()
-
-    def _hand_over(self, leaving: _Waiter) -> None:
-        """Wake one other waiter still without a result, so that it becomes the reader."""
-        for waiter in self._waiters.values():
-            if waiter.result is None and (waiter is not leaving or waiter.count > 1):
-                waiter.event.set()
-                return

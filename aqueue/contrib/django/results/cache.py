@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ....drivers.base import ResultBackend, StoredResult
+from ....drivers.waiting import Poll, Waiters
 from ....exceptions import BrokerError, ConfigurationError
 from ....states import READY_STATES
 from ....urls import redact
 from .batching import Batcher
 from .database import alias_of
 from .thread import DjangoThread, ensure_django
-from .waiting import Poll, Waiters
 
 __all__ = ["DjangoCacheBackend"]
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ....drivers.base import ResultBackend, StoredResult
+from ....drivers.waiting import Pause, Poll, Waiters
 from ....exceptions import BrokerError, ConfigurationError
 from ....states import READY_STATES
 from ....task import running_request
@@ -26,7 +27,6 @@ from .batching import Batcher
 from .listener import CHANNEL, Listener, connection_params, notify_chunks
 from .rows import Row, describe
 from .thread import DjangoThread, ensure_django
-from .waiting import Pause, Poll, Waiters
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper

@@ -18,9 +18,9 @@ from typing import Any
 
 import anyio
 
+from ....drivers.waiting import MAX_POLL, MIN_POLL, POLL_FRACTION
 from ....exceptions import BrokerError
 from ....urls import redact_text
-from .waiting import MAX_POLL, MIN_POLL, POLL_FRACTION
 
 __all__ = ["CHANNEL", "MAX_WAIT", "Listener", "notify_chunks"]
 

@@ -1,7 +1,8 @@
-"""`wait` for Django result stores: one waiter reads for all, as the SQLite store does.
+"""`wait` for result stores that look results up: one waiter reads for all.
 
-Every `wait` of one store shares one reader: the waiter that reads waits for a reason to look
-(`Pause.next`: a notification, or the next tick of a poll), then looks up every awaited task id
+The SQLite store and Django's stores use it. Every `wait` of one store shares one reader: the
+waiter that reads waits for a reason to look (`Pause.next`: a notification such as SQLite's
+wake-up socket, or the next tick of a poll), then looks up every awaited task id
 in one query and wakes the waiters whose result is there. When the reader leaves (its result
 came, or its caller gave up) it hands over to another waiter. No background task exists.
 
@@ -19,8 +20,8 @@ from typing import Protocol
 
 import anyio
 
-from ....drivers.base import StoredResult
-from ....states import READY_STATES
+from ..states import READY_STATES
+from .base import StoredResult
 
 __all__ = ["MAX_POLL", "MIN_POLL", "Pause", "Poll", "Waiters"]
 
