@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from aqueue import App
+from aqueue import App, current
 
 from . import service_amqp, service_redis
 from .loops import (  # noqa: F401 - the --loop option: asyncio and uvloop
@@ -31,6 +31,19 @@ REQUIRE_SERVICES = os.environ.get("AQUEUE_REQUIRE_SERVICES") == "1"
 
 SERVICES: dict[str, ModuleType] = {"redis": service_redis, "amqp": service_amqp}
 DRIVERS = ["memory", "sqlite", *(name for name, mod in SERVICES.items() if mod.ENABLED)]
+
+
+@pytest.fixture(autouse=True)
+def _shared_tasks_restored() -> Iterator[None]:
+    """Each test leaves the shared tasks and the current app as it found them.
+
+    A `@shared_task` imported during a test (Django's autodiscovery of the example project)
+    would otherwise join every app made later in the run.
+    """
+    shared, current_app = list(current._shared), list(current._current)
+    yield
+    current._shared[:] = shared
+    current._current[:] = current_app
 
 
 def service_unavailable(reason: str) -> None:

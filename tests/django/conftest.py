@@ -10,12 +10,9 @@ created from the `test` database and dropped at the end.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from aqueue import current
 
 from .. import service_django
 from ..conftest import service_unavailable
@@ -42,20 +39,16 @@ def django_environment() -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def django_in_force(
     django_environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, str]]:
-    """The Django environment, for the duration of one test.
+) -> dict[str, str]:
+    """The Django environment, for the duration of one test (monkeypatch undoes it).
 
-    The example's `@shared_task`s, imported here, would join every app made later in the
-    run: the shared tasks and the current app are as they were before the test, after it.
+    The shared tasks the example imports are undone after each test by `tests/conftest.py`.
     """
     for name, value in django_environment.items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.delenv("AQUEUE_BROKER_URL", raising=False)
-    shared, current_app = list(current._shared), list(current._current)
-    yield django_environment
-    current._shared[:] = shared
-    current._current[:] = current_app
+    return django_environment
 
 
 @pytest.fixture(scope="session")
