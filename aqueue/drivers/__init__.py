@@ -75,6 +75,7 @@ _BROKERS: dict[str, tuple[str, str | None]] = {
     "unix": _REDIS_BROKER,
     "redis+sentinel": _REDIS_BROKER,
     "sentinel": _REDIS_BROKER,
+    "redis+cluster": _REDIS_BROKER,
     "amqp": _AMQP_BROKER,
     "amqps": _AMQP_BROKER,
     "pyamqp": _AMQP_BROKER,
@@ -87,6 +88,7 @@ _BACKENDS: dict[str, tuple[str, str | None]] = {
     "unix": _REDIS_BACKEND,
     "redis+sentinel": _REDIS_BACKEND,
     "sentinel": _REDIS_BACKEND,
+    "redis+cluster": _REDIS_BACKEND,
     "rpc": ("aqueue.drivers.amqp.rpc:RPCBackend", "amqp"),
     # Celery's "django-db" and "django-cache" (written bare too, see _scheme)
     "django-db": ("aqueue.contrib.django.results.database:DjangoDBBackend", "django"),

@@ -70,6 +70,7 @@ from . import scripts as lua
 from .client import (
     SOCKET_TIMEOUT,
     Batcher,
+    LeanClient,
     RedisSettings,
     Script,
     answering,
@@ -92,7 +93,7 @@ from .consumer import (
 )
 from .mailbox import RedisMailbox
 from .pubsub import PubSub
-from .resp import RespClient, encode_bulk, encode_head
+from .resp import encode_bulk, encode_head
 from .throttle import RedisRateLimiter, RedisSemaphore
 
 __all__ = ["RedisBroker"]
@@ -285,9 +286,9 @@ class RedisBroker(Broker):
         self.sweep_interval = min(self.visibility_timeout / 2, MAX_BLOCK)
         self._client: aioredis.Redis | None = None
         #: The blocking reads of the consumers now running, a connection each (`resp`).
-        self._readers: set[RespClient] = set()
+        self._readers: set[LeanClient] = set()
         #: Publishes, claims and acks (the hot path), on a lean connection (`resp`).
-        self._hot: RespClient | None = None
+        self._hot: LeanClient | None = None
         self._keys: dict[str, QueueKeys] = {}
         #: The encoded start of the XADD of a ready message, by queue and priority (`_add`).
         self._xadd: dict[tuple[str, int], bytes] = {}
@@ -346,20 +347,20 @@ class RedisBroker(Broker):
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._client
 
-    def hot_path(self) -> RespClient:
+    def hot_path(self) -> LeanClient:
         """Return the pipelining client that claims, acks and publishes."""
         if self._hot is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await broker.open()`")
         return self._hot
 
-    def blocking_reader(self) -> RespClient:
+    def blocking_reader(self) -> LeanClient:
         """Return a new connection for one consumer's blocking reads (closed by `close`)."""
         self.hot_path()
-        reader = RespClient(self.settings, socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
+        reader = self.settings.lean(socket_timeout=MAX_BLOCK + SOCKET_TIMEOUT)
         self._readers.add(reader)
         return reader
 
-    async def _drop_reader(self, reader: RespClient) -> None:
+    async def _drop_reader(self, reader: LeanClient) -> None:
         self._readers.discard(reader)
         await reader.aclose()
 
@@ -422,7 +423,7 @@ class RedisBroker(Broker):
             raise broker_error(self.settings, exc, "publishing") from None
 
     async def _send(
-        self, hot: RespClient, commands: list[tuple[Any, ...]], delayed: dict[str, list[Any]]
+        self, hot: LeanClient, commands: list[tuple[Any, ...]], delayed: dict[str, list[Any]]
     ) -> None:
         if commands:
             for reply in await hot.execute_many(commands):
@@ -437,7 +438,7 @@ class RedisBroker(Broker):
         if self.settings.wait:
             await self._replicated(hot)
 
-    async def _replicated(self, hot: RespClient) -> None:
+    async def _replicated(self, hot: LeanClient) -> None:
         """Wait until `?wait=N` replicas hold what this connection wrote (Redis's `WAIT`).
 
         A publish confirmed this way survives the failover of its primary to one of them.
@@ -555,7 +556,8 @@ class RedisBroker(Broker):
                     yield _RedisDelivery(self, message, state.name, state.held)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._drop_reader(state.reader)  # a blocked read ends before we look
+                for reader in state.readers:  # a blocked read ends before we look
+                    await self._drop_reader(reader)
                 await state.give_back()
 
     async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:

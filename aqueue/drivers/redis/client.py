@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
@@ -40,12 +40,15 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ...exceptions import BrokerError, ConfigurationError
 from ...urls import redact, scheme_of
+from .cluster import SCHEMES as CLUSTER_SCHEMES
+from .cluster import ClusterClient, ClusterPubSubConnection, parse_cluster_url
 from .resp import RespClient
 from .sentinel import SCHEMES as SENTINEL_SCHEMES
 from .sentinel import SentinelConnection, parse_sentinel_url
 
 __all__ = [
     "Batcher",
+    "LeanClient",
     "RedisSettings",
     "Script",
     "answering",
@@ -56,6 +59,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aqueue.redis")
+
+#: The lean client of one server (`resp`) or of a cluster (`cluster`): the same methods.
+LeanClient = RespClient | ClusterClient
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -100,6 +106,17 @@ class RedisSettings:
     def __repr__(self) -> str:
         return f"RedisSettings({self.url!r}, prefix={self.prefix!r})"
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this is a Redis Cluster (`redis+cluster://`)."""
+        return "cluster" in self.kwargs
+
+    def lean(self, *, socket_timeout: float | None = None) -> LeanClient:
+        """Return a lean client (`resp`, or `cluster`'s), connected on first use."""
+        if self.cluster:
+            return ClusterClient(self, socket_timeout=socket_timeout)
+        return RespClient(self, socket_timeout=socket_timeout)
+
     def client(
         self, *, socket_timeout: float | None = None, max_connections: int | None = None
     ) -> aioredis.Redis:
@@ -110,6 +127,8 @@ class RedisSettings:
         kwargs = dict(self.kwargs)
         if socket_timeout is not None:
             kwargs["socket_timeout"] = socket_timeout
+        if self.cluster:
+            return _cluster_client(kwargs, max_connections or self.max_connections)
         pool = BlockingConnectionPool(
             connection_class=self.connection_class,
             max_connections=max_connections or self.max_connections,
@@ -124,6 +143,29 @@ class RedisSettings:
         if client_name is not None:
             kwargs["client_name"] = client_name
         return self.connection_class(**kwargs)  # type: ignore[return-value]
+
+
+def _cluster_client(kwargs: dict[str, Any], max_connections: int) -> aioredis.Redis:
+    """Return redis-py's cluster client: it follows MOVED, ASK and failovers itself.
+
+    Typed as `Redis`: it offers the commands, scripts and pipelines the driver uses of one.
+    """
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    nodes = [ClusterNode(host, port) for host, port in kwargs.pop("cluster")]
+    retry = Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 12)  # a failover's time
+    client = RedisCluster(
+        startup_nodes=nodes,
+        username=kwargs.get("username"),
+        password=kwargs.get("password"),
+        client_name=kwargs.get("client_name"),
+        socket_timeout=kwargs.get("socket_timeout"),
+        socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+        max_connections=max_connections,
+        protocol=2,
+        retry=retry,
+    )
+    return cast("aioredis.Redis", client)
 
 
 def _typed(name: str, value: Any) -> Any:
@@ -187,6 +229,8 @@ def parse_redis_url(
     scheme = scheme_of(url)
     if scheme in SENTINEL_SCHEMES:
         return _sentinel_settings(url, options, ignore)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster_settings(url, options, ignore)
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -266,6 +310,26 @@ def _sentinel_settings(
     )
 
 
+def _cluster_settings(
+    url: str, options: Mapping[str, Any], ignore: frozenset[str]
+) -> RedisSettings:
+    """Return settings whose connections go to the nodes of a cluster (`cluster.py`)."""
+    nodes, single = parse_cluster_url(url)
+    settings = parse_redis_url(single, options, ignore=ignore)
+    kwargs = dict(settings.kwargs)
+    del kwargs["host"], kwargs["port"], kwargs["db"]  # the slot map says, per key
+    kwargs["cluster"] = nodes
+    return RedisSettings(
+        url=redact(url),
+        prefix=settings.prefix,
+        connection_class=ClusterPubSubConnection,
+        kwargs=kwargs,
+        max_connections=settings.max_connections,
+        wait=settings.wait,
+        wait_timeout=settings.wait_timeout,
+    )
+
+
 def broker_error(settings: RedisSettings, exc: BaseException, doing: str = "") -> BrokerError:
     """Return a `BrokerError` for a redis-py (or socket) error, naming the redacted URL only."""
     text = str(exc)
@@ -293,9 +357,9 @@ async def close_clients(*clients: aioredis.Redis | None) -> None:
                 await client.aclose()
 
 
-async def answering(settings: RedisSettings) -> RespClient:
+async def answering(settings: RedisSettings) -> LeanClient:
     """Return a lean client (`resp`) whose Redis answered a PING, or raise a `BrokerError`."""
-    client = RespClient(settings)
+    client = settings.lean()
     try:
         with redis_errors(settings, "connecting"):
             await client.execute("PING")
@@ -463,7 +527,7 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(
-        self, client: aioredis.Redis | RespClient, keys: list[str], args: list[Any]
+        self, client: aioredis.Redis | LeanClient, keys: list[str], args: list[Any]
     ) -> Any:
         """Run the script once; return its reply (loading it first if the server lost it)."""
         try:
@@ -473,9 +537,9 @@ class Script:
         return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-async def _pipelined(client: aioredis.Redis | RespClient, commands: list[tuple[Any, ...]]) -> Any:
+async def _pipelined(client: aioredis.Redis | LeanClient, commands: list[tuple[Any, ...]]) -> Any:
     """Run commands in one round trip; return their replies, an error as its exception."""
-    if isinstance(client, RespClient):
+    if isinstance(client, RespClient | ClusterClient):
         return await client.execute_many(commands)
     pipe = client.pipeline(transaction=False)
     for command in commands:
@@ -484,7 +548,7 @@ async def _pipelined(client: aioredis.Redis | RespClient, commands: list[tuple[A
 
 
 async def run_scripts(
-    client: aioredis.Redis | RespClient, calls: list[tuple[Script, list[str], list[Any]]]
+    client: aioredis.Redis | LeanClient, calls: list[tuple[Script, list[str], list[Any]]]
 ) -> list[Any]:
     """Run several scripts in one pipeline; return their replies, or raise the first error.
 

@@ -21,9 +21,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from ...exceptions import BrokerError
 from ..base import UNSTARTED_FACTOR
+from . import per_slot
 from . import scripts as lua
-from .client import Script, broker_error, run_scripts
-from .resp import RespClient
+from .client import LeanClient, Script, broker_error, run_scripts
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -80,11 +80,11 @@ class ConsumerHost(Protocol):
         """Return the broker's redis-py client, for pipelines."""
         ...
 
-    def hot_path(self) -> RespClient:
+    def hot_path(self) -> LeanClient:
         """Return the broker's pipelining client, for claims."""
         ...
 
-    def blocking_reader(self) -> RespClient:
+    def blocking_reader(self) -> LeanClient:
         """Return a new connection for this consumer's blocking reads."""
         ...
 
@@ -174,6 +174,15 @@ def entry_fields(flat: Any) -> tuple[bytes, int] | str:
     return body, int(count)
 
 
+def _claim_keys(queues: list[QueueKeys]) -> list[str]:
+    """Return the claim script's keys for these queues (see `scripts.CLAIM`)."""
+    keys: list[str] = []
+    for each in queues:
+        keys.extend((*each.streams, each.delayed, each.dead))
+    keys.extend(each.beats for each in queues)
+    return keys
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -188,6 +197,10 @@ class Consumer:
         self.burst = burst
         self.name = f"{broker.owner}:{uuid.uuid4().hex[:8]}"  # see `scripts`
         self.reader = broker.blocking_reader()  # its blocking reads: a connection of its own
+        #: On a cluster, one reader per queue (a read touches one slot): see `per_slot`.
+        self.readers = [self.reader]
+        if broker.settings.cluster:
+            self.readers += [broker.blocking_reader() for _ in keys[1:]]
         self.unyielded: deque[Claimed] = deque()
         self.held: set[str] = set()  # ids yielded and not settled yet
         self.next_sweep = 0.0  # the first claim sweeps
@@ -234,10 +247,6 @@ class Consumer:
         sweep = now >= self.next_sweep
         if sweep:
             self.next_sweep = now + broker.sweep_interval
-        keys: list[str] = []
-        for each in self.keys:
-            keys.extend((*each.streams, each.delayed, each.dead))
-        keys.extend(each.beats for each in self.keys)
         heartbeat = broker.heartbeat
         judging = heartbeat is not None and heartbeat.judging()
         args = [
@@ -254,13 +263,19 @@ class Consumer:
             broker.owner,
             int((heartbeat.timeout if heartbeat else 0) * 1000),
         ]
-        entries, buried, next_due, next_check, robbed = await _CLAIM(broker.hot_path(), keys, args)
+        if len(self.readers) > 1:  # a cluster: one script per queue's slot
+            calls = [(_CLAIM, _claim_keys([each]), args) for each in self.keys]
+            merged = per_slot.merge_claims(await run_scripts(broker.hot_path(), calls), limit)
+            entries, extra, buried, next_due, next_check, robbed = merged
+            if extra:  # the best `limit` of them all are kept
+                await broker.give_back_unyielded(self._claimed(extra), self.name, fenced=True)
+        else:
+            entries, buried, next_due, next_check, robbed = await _CLAIM(
+                broker.hot_path(), _claim_keys(self.keys), args
+            )
         self.failures = 0
         self._judged(judging, next_check, robbed)
-        claimed = [
-            Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
-            for q, p, i, body, n, counter in entries
-        ]
+        claimed = self._claimed(entries)
         if claimed:
             claimed = await self._with_runs(claimed)
             if not claimed:
@@ -268,6 +283,13 @@ class Consumer:
         if not claimed and int(buried):
             return None, None
         return claimed, float(next_due) if next_due is not None else None
+
+    def _claimed(self, entries: list[Any]) -> list[Claimed]:
+        """Return the claim script's entries as `Claimed` messages."""
+        return [
+            Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
+            for q, p, i, body, n, counter in entries
+        ]
 
     def _judged(self, judging: bool, next_check: Any, robbed: list[Any]) -> None:
         """Note when to judge again, and log what was taken from dead consumers."""
@@ -301,18 +323,28 @@ class Consumer:
             self.next_sweep, self.next_judgment, next_due if next_due is not None else math.inf
         )
         timeout = min(max(wake_at - time.time(), 0.001), MAX_BLOCK)
-        streams = [*self.by_stream, *(each.wake for each in self.keys)]
-        command = ["XREADGROUP", "GROUP", GROUP, self.name, "COUNT", limit]
-        command += ["BLOCK", max(1, int(timeout * 1000)), "STREAMS", *streams]
-        command += [">"] * len(streams)
+        block_ms = max(1, int(timeout * 1000))
         try:
-            reply: Any = await self.reader.execute(*command)
+            if len(self.readers) > 1:
+                commands = [self._read_command([each], limit, block_ms) for each in self.keys]
+                hot = self.broker.hot_path()
+                reply: Any = await per_slot.read_each(self.readers, hot, self.keys, commands)
+            else:
+                reply = await self.reader.execute(*self._read_command(self.keys, limit, block_ms))
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self._ensure_groups()  # a restarted Redis lost them
             return []
         return await self._with_runs(await self._sort_out(reply or [], limit))
+
+    def _read_command(self, queues: list[QueueKeys], limit: int, block_ms: int) -> list[Any]:
+        """Return the blocking XREADGROUP of every stream of these queues."""
+        streams = [each.stream(p) for each in queues for p in range(10)]
+        streams += [each.wake for each in queues]
+        command: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.name, "COUNT", limit]
+        command += ["BLOCK", block_ms, "STREAMS", *streams]
+        return command + [">"] * len(streams)
 
     async def _ensure_groups(self) -> None:
         pipe = self.broker.redis_client().pipeline(transaction=False)
@@ -432,7 +464,7 @@ class Beats:
 
     def __init__(self, broker: ConsumerHost) -> None:
         self._broker = broker
-        self._client = RespClient(broker.settings)
+        self._client = broker.settings.lean()
 
     async def _run(self, forget: bool) -> None:
         broker = self._broker

@@ -319,6 +319,12 @@ class RespClient:
             protocol.close(RedisConnectionError("the primary was demoted to a replica"))
         return error
 
+    async def connect(self) -> None:
+        """Open the connection now, if it is not open (a Cluster client checks a node so)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            await self._connected()
+
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """Run a loaded Lua script (as redis-py's `evalsha`)."""
         return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)

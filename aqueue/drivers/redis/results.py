@@ -32,6 +32,7 @@ from ...states import READY_STATES
 from ..base import ChordStep, ResultBackend, StoredResult
 from .client import (
     Batcher,
+    LeanClient,
     RedisSettings,
     Script,
     answering,
@@ -41,7 +42,6 @@ from .client import (
     run_scripts,
 )
 from .pubsub import PubSub
-from .resp import RespClient
 from .throttle import RedisRateLimiter, RedisSemaphore
 
 __all__ = ["RedisBackend"]
@@ -141,7 +141,7 @@ class RedisBackend(ResultBackend):
         )
         #: Stores and lookups, on a lean connection (`resp`): a waiter's process and a
         #: worker use no other for results.
-        self._hot: RespClient | None = None
+        self._hot: LeanClient | None = None
         self._client: aioredis.Redis | None = None  # for the rate limiter and the semaphore
         self._subscriptions: PubSub | None = None
         self._channels: PubSub | None = None
@@ -189,7 +189,7 @@ class RedisBackend(ResultBackend):
                 await channels.close()
             await close_clients(client)
 
-    def _hot_path(self) -> RespClient:
+    def _hot_path(self) -> LeanClient:
         if self._hot is None:
             raise BrokerError(f"{type(self).__name__} is not open: call `await backend.open()`")
         return self._hot
@@ -243,6 +243,13 @@ class RedisBackend(ResultBackend):
             values.append((state.encode() + b"\0" + payload, int(ttl * 1000), channel))
         # Bytes as msgpack raw strings: Redis's cmsgpack reads no bin types, and a Lua string
         # holds any bytes.
+        if self.settings.cluster:  # a script touches one slot: one call per result
+            calls = [
+                (_STORE, [key], [msgpack.packb([value], use_bin_type=False)])
+                for key, value in zip(keys, values, strict=True)
+            ]
+            await run_scripts(self._hot_path(), calls)
+            return [None] * len(items)
         packed = msgpack.packb(values, use_bin_type=False)
         await run_scripts(self._hot_path(), [(_STORE, keys, [packed])])
         return [None] * len(items)
@@ -290,7 +297,10 @@ class RedisBackend(ResultBackend):
         return found
 
     def _chord_keys(self, chord_id: str) -> tuple[str, str]:
-        base = f"{self.settings.prefix}:chord:{chord_id}"
+        # On a cluster, a hash tag keeps a chord's two keys in one slot; one server keeps the
+        # names it always had (a chord under way survives an upgrade).
+        tagged = f"{{{chord_id}}}" if self.settings.cluster else chord_id
+        base = f"{self.settings.prefix}:chord:{tagged}"
         return f"{base}:parts", f"{base}:flags"
 
     async def chord_part(
@@ -309,8 +319,17 @@ class RedisBackend(ResultBackend):
         for chord_id, task_id, size, ok, ttl in items:
             keys.extend(self._chord_keys(chord_id))
             values.append((task_id, size, 1 if ok else 0, max(int(ttl * 1000), 1)))
-        packed = msgpack.packb(values, use_bin_type=False)
-        (replies,) = await run_scripts(self._hot_path(), [(_CHORD_PART, keys, [packed])])
+        if self.settings.cluster:  # a script touches one slot: one call per chord part
+            calls = [
+                (_CHORD_PART, keys[2 * i : 2 * i + 2], [msgpack.packb([v], use_bin_type=False)])
+                for i, v in enumerate(values)
+            ]
+            replies = [
+                reply for each in await run_scripts(self._hot_path(), calls) for reply in each
+            ]
+        else:
+            packed = msgpack.packb(values, use_bin_type=False)
+            (replies,) = await run_scripts(self._hot_path(), [(_CHORD_PART, keys, [packed])])
         return [_STEPS[int(reply)] for reply in replies]
 
     async def chord_done(self, chord_id: str, ttl: float) -> None:

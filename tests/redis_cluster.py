@@ -1,0 +1,114 @@
+"""A Redis Cluster of a test's own: 3 primaries (and a replica each, if asked), on free ports.
+
+`redis-server --cluster-enabled yes` processes joined with `redis-cli --cluster create`.
+Every step waits on a line a server prints (`Ready to accept connections`, `Cluster state
+changed: ok`, a replica's `sync: Finished with success`, `Failover election won`), never on a
+clock. Nodes call a peer down after `NODE_TIMEOUT_MS`, so a failover takes about two seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+
+from .test_redis_processes import Lines, free_port, spawn
+
+NODE_TIMEOUT_MS = 1000
+STEP = 60.0
+
+
+class ClusterGroup:
+    """`primaries` cluster nodes with `replicas` replicas each."""
+
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        self.ports = [_node_port() for _ in range(primaries * (1 + replicas))]
+        self.nodes: dict[int, Lines] = {}
+
+    def url(self, query: str = "", auth: str = "") -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
+        return f"redis+cluster://{auth}{hosts}/" + (f"?{query}" if query else "")
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self.start_blocking)
+
+    def start_blocking(self) -> None:
+        """Start every node, join them, and block until each says the cluster is ok."""
+        for port in self.ports:  # the cluster bus on a free port of its own too
+            self.nodes[port] = _node(self.directory / str(port), port)
+        for node in self.nodes.values():
+            node.block_until_line("Ready to accept connections")
+        command = ["redis-cli", "--cluster", "create"]
+        command += [f"127.0.0.1:{port}" for port in self.ports]
+        command += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=STEP, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        for node in self.nodes.values():
+            node.block_until_line("Cluster state changed: ok", within=STEP)
+        if self.replicas:
+            replicas = [n for n in self.nodes.values() if n.count("MASTER <-> REPLICA sync")]
+            for node in replicas:
+                node.block_until_line("sync: Finished with success", within=STEP)
+
+    def primary_ports(self) -> list[int]:
+        """The ports of the nodes that are primaries now (asks each node for its role)."""
+        found = []
+        for port in self.nodes:
+            role = subprocess.run(
+                ["redis-cli", "-p", str(port), "ROLE"], capture_output=True, text=True, check=False
+            ).stdout.split("\n", 1)[0]
+            if role == "master":
+                found.append(port)
+        return found
+
+    def kill(self, port: int) -> None:
+        """kill -9 the node on `port` (nothing persisted)."""
+        self.nodes.pop(port).stop(signal.SIGKILL)
+
+    async def wait_failover(self) -> None:
+        """Wait until a replica has won the election for the killed primary's slots."""
+        async with anyio.create_task_group() as group:
+            done = anyio.Event()
+
+            async def watch(node: Lines) -> None:
+                await node.wait_line("Failover election won", within=STEP)
+                done.set()
+
+            for node in self.nodes.values():
+                if node.count("MASTER <-> REPLICA sync"):
+                    group.start_soon(_quiet, watch(node))
+            await done.wait()
+            group.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop(signal.SIGKILL)
+        self.nodes.clear()
+
+
+async def _quiet(step: object) -> None:
+    try:
+        await step  # type: ignore[misc]
+    except AssertionError:
+        pass  # not the replica that was elected
+
+
+def _node_port() -> int:
+    """A free port a cluster node may use (Redis refuses ports above 55535)."""
+    while (port := free_port()) > 55535:
+        pass
+    return port
+
+
+def _node(directory: Path, port: int) -> Lines:
+    directory.mkdir(parents=True, exist_ok=True)
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    command += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"]
+    command += ["--repl-diskless-sync-delay", "0", "--cluster-port", str(free_port())]
+    return spawn(command)
