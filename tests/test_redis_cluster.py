@@ -315,10 +315,11 @@ async def _fail_over_under_load(group: ClusterGroup, cwd: Path, wait: int) -> di
     resumed_at: list[float] = []
     phases: dict[str, float] = {}
     async with App("producer", broker=url, set_as_current=False) as producer:
-        # The primary killed is the one that serves the queue's slot.
+        # The primary killed is the one that serves the queue's slot, given a second replica.
         broker = await producer.broker()
         assert isinstance(broker, RedisBroker)
         victim = await _owner(broker, slot_of(producer.conf.task_default_queue))
+        await anyio.to_thread.run_sync(group.add_replica, victim)
 
         async def produce() -> None:
             index = 0
