@@ -1,6 +1,6 @@
 """How aqueue scales with worker processes: `aqueue worker --workers N`, N = 1, 2, 4.
 
-    python benchmarks/scale.py [--brokers redis,amqp] [--workers 1,2,4] [--repeat 3]
+    python benchmarks/scale.py [--brokers redis,cluster,amqp] [--workers 1,2,4] [--repeat 3]
                                [--quick] [--amqp-url URL] [--json FILE]
 
 The scenarios are compare.py's (benchmarks/comparing/):
@@ -8,7 +8,8 @@ The scenarios are compare.py's (benchmarks/comparing/):
   S2  5,000 tasks that each `await asyncio.sleep(0.01)`, concurrency 500 per process;
 both with results off, on Redis (a `redis-server` of the benchmark's own, on a free port, so
 that its CPU figures are aqueue's alone) and on RabbitMQ (the local server, names under a
-prefix of the run's own, deleted afterwards).
+prefix of the run's own, deleted afterwards); `cluster` is a 3-primary Redis Cluster of the
+benchmark's own (`redis+cluster://`).
 
 One run:
   1. `aqueue worker bench_tasks:app --workers N -c C` starts; the run waits for the banners of
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,13 +142,17 @@ def free_port() -> int:
 class RedisPlace:
     """A redis-server of the benchmark's own (no persistence), flushed before every run."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
+    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
+        while (port := free_port()) > 55535:  # a cluster node's bus port is port + 10000
+            pass
+        self.port = port
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        directory.mkdir(parents=True, exist_ok=True)
+        extra = ("--cluster-enabled", "yes", "--cluster-port", str(free_port())) if cluster else ()
         self.process = subprocess.Popen(
             [
                 *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(directory)),
+                *("--save", "", "--appendonly", "no", "--dir", str(directory), *extra),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -183,6 +189,47 @@ class RedisPlace:
     def close(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+class ClusterPlace:
+    """A 3-primary Redis Cluster of the benchmark's own (`redis+cluster://`), flushed per run.
+
+    Its CPU and commands are summed over the three nodes. One queue is one hash slot: the
+    benchmark's tasks all go to the one primary that serves the queue `default`.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = [RedisPlace(directory / str(n), cluster=True) for n in range(3)]
+        ports = [node.port for node in self.nodes]
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "create"),
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        for node in self.nodes:  # each node agrees that every slot is served
+            while "cluster_state:ok" not in node._redis("CLUSTER", "INFO"):
+                time.sleep(0.05)  # a one-off start-up wait, outside any measurement
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports) + "/"
+
+    def prepare(self, run: int) -> str:
+        for node in self.nodes:
+            node.prepare(run)
+        return self.url
+
+    def counters(self) -> tuple[float, int]:
+        readings = [node.counters() for node in self.nodes]
+        return sum(cpu for cpu, _ in readings), sum(count for _, count in readings)
+
+    def cleanup(self, run: int) -> None:
+        pass
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
 
 
 class AmqpPlace:
@@ -326,7 +373,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aqueue-scale-") as tmp:
         directory = Path(tmp)
         for broker in args.brokers.split(","):
-            place: Any = RedisPlace(directory) if broker == "redis" else AmqpPlace(args.amqp_url)
+            place: Any = (
+                RedisPlace(directory)
+                if broker == "redis"
+                else ClusterPlace(directory / "cluster")
+                if broker == "cluster"
+                else AmqpPlace(args.amqp_url)
+            )
             try:
                 for scenario in args.scenarios.split(","):
                     base: float | None = None
