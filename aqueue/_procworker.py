@@ -41,8 +41,9 @@ from .exceptions import Retry, SerializationError, SoftTimeLimitExceeded
 from .hooks import WorkerContext, current_worker
 from .loader import import_from_cwd, load_app
 from .processes import FRAME_HEADER
+from .request import Request, current_request
 from .result_meta import ResultMeta
-from .task import Request, Task, current_request
+from .task import Task
 
 __all__ = ["main", "read_frame", "write_frame"]
 
@@ -184,7 +185,7 @@ def _run(tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], soft: 
     try:
         soft.arm(task.name, request.get("soft"))
         try:
-            return task._call(args, kwargs)
+            return task.invoke(args, kwargs)
         finally:
             soft.disarm()
     except Exception as exc:

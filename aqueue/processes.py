@@ -38,8 +38,8 @@ import anyio
 
 from . import codec
 from .exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLostError
+from .request import Request
 from .result_meta import ResultMeta, rebuild_exception
-from .task import Request
 
 __all__ = ["FRAME_HEADER", "ProcessPool"]
 

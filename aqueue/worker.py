@@ -49,18 +49,18 @@ from .observe import Observer, Watch
 from .processes import ProcessPool
 from .recycle import Recycle
 from .remote import RemoteControl, Revocations
+from .request import current_revocations
 from .runner import Runner
 from .runtimes import Runtimes
 from .slots import Inbox, InboxClosed, Slots
-from .task import current_revocations
 from .tracing import AVAILABLE as TRACING
 from .tracing import Tracer, tracer_for
 
 if TYPE_CHECKING:
     from .app import App
     from .drivers.base import Broker, Delivery, ResultBackend
+    from .interfaces import RunnableTask
     from .message import Envelope
-    from .task import Task
 
 __all__ = ["Worker"]
 
@@ -372,7 +372,7 @@ class Worker:
         self,
         runner: Runner,
         delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
+        checked: tuple[Envelope, RunnableTask],
         ticket: Ticket,
     ) -> None:
         """Run a def or process task within its executor's own budget, outside the slots.
@@ -443,7 +443,7 @@ class Worker:
         self,
         runner: Runner,
         delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
+        checked: tuple[Envelope, RunnableTask],
         ticket: Ticket,
     ) -> None:
         assert self.admission is not None
@@ -463,7 +463,7 @@ class Worker:
                     await self.admission.done(checked[1], ticket)
 
     async def _run_alone(
-        self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, Task[Any, Any]]
+        self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, RunnableTask]
     ) -> None:
         """Run a redelivered message alone, its start recorded (see `aqueue.isolation`)."""
         envelope = checked[0]
@@ -482,7 +482,7 @@ class Worker:
         self,
         runner: Runner,
         delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
+        checked: tuple[Envelope, RunnableTask],
         ticket: Ticket,
     ) -> None:
         """Wait for a held task's turn without a slot, then take one and run it."""
@@ -513,7 +513,7 @@ class Worker:
         self,
         runner: Runner,
         delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
+        checked: tuple[Envelope, RunnableTask],
         ticket: Ticket,
     ) -> None:
         envelope, task = checked

@@ -60,10 +60,6 @@ def cycles() -> list[str]:
     return []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: app, task, sync, eager, runner, canvas, events and tracing: one cycle",
-)
 def test_no_import_cycles() -> None:
     assert cycles() == []
 
