@@ -123,7 +123,7 @@ async def test_messages_claimed_ahead_go_back_uncounted_at_stop(url: str) -> Non
 
 
 async def test_no_message_is_claimed_ahead_while_a_suspect_is_in_the_worker() -> None:
-    from aqueue.slots import Slots
+    from aqueue.worker.slots import Slots
 
     slots = Slots(2, ahead=1)
     assert await slots.wait() == 3

@@ -35,7 +35,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from aqueue import App, ConfigurationError, Settings, TaskError, TaskRevoked, Worker
 from aqueue import _procworker as child
 from aqueue.exceptions import Retry
-from aqueue.processes import ProcessPool
+from aqueue.worker.processes import ProcessPool
 
 from .test_processes import STEP
 

@@ -12,9 +12,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .drivers.base import Delivery
-    from .interfaces import RunnableTask
-    from .message import Envelope
+    from ..drivers.base import Delivery
+    from ..interfaces import RunnableTask
+    from ..message import Envelope
 
 __all__ = ["SAMPLES", "Runtimes", "percentile"]
 

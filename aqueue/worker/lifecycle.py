@@ -2,7 +2,7 @@
 
     Worker.run
     └── task group
-        ├── loop watch         warns when a task blocks the event loop (aqueue/loopwatch.py)
+        ├── loop watch         warns when a task blocks the event loop (aqueue/worker/loopwatch.py)
         ├── heartbeat          renews the leases of running messages (lease-based brokers only)
         └── work task group
             ├── consume loop   takes at most as many messages as there are free slots
@@ -10,7 +10,7 @@
             │                  and puts them in the inbox
             └── one slot coroutine per unit of concurrency: inbox -> Runner.handle
 
-A redelivered message runs alone, its start recorded first (`aqueue.isolation`), so that a
+A redelivered message runs alone, its start recorded first (`aqueue.worker.isolation`), so that a
 message that kills its worker is told apart from the ones that worker merely held.
 
 Shutdown has two phases, as in Celery: `stop()` (the first SIGTERM/SIGINT) ends the consume
@@ -35,32 +35,31 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._gc import tuned_for_worker
+from ..drivers.options import VISIBILITY_TIMEOUT
+from ..events.emitter import EventEmitter
+from ..exceptions import BrokerError, ConfigurationError
+from ..hooks import WorkerContext, current_worker
+from ..logs import install_task_records
+from ..metrics import WorkerMetrics
+from ..observe import Observer, Watch
+from ..request import current_revocations
+from ..tracing import AVAILABLE as TRACING
+from ..tracing import Tracer, tracer_for
 from .admission import Admission, Ticket
-from .drivers.options import VISIBILITY_TIMEOUT
-from .events.emitter import EventEmitter
-from .exceptions import BrokerError, ConfigurationError
-from .hooks import WorkerContext, current_worker
+from .gc_tuning import tuned_for_worker
 from .isolation import Isolation
-from .logs import install_task_records
 from .loopwatch import LoopWatch, blocking_tasks
-from .metrics import WorkerMetrics
-from .observe import Observer, Watch
 from .processes import ProcessPool
 from .recycle import Recycle
 from .remote import RemoteControl, Revocations
-from .request import current_revocations
-from .runner import Runner
+from .runner import Runner, WorkerApp
 from .runtimes import Runtimes
 from .slots import Inbox, InboxClosed, Slots
-from .tracing import AVAILABLE as TRACING
-from .tracing import Tracer, tracer_for
 
 if TYPE_CHECKING:
-    from .app import App
-    from .drivers.base import Broker, Delivery, ResultBackend
-    from .interfaces import RunnableTask
-    from .message import Envelope
+    from ..drivers.base import Broker, Delivery, ResultBackend
+    from ..interfaces import RunnableTask
+    from ..message import Envelope
 
 __all__ = ["Worker"]
 
@@ -72,7 +71,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: WorkerApp,
         *,
         queues: Sequence[str] | None = None,
         concurrency: int | None = None,
@@ -110,7 +109,7 @@ class Worker:
         self.metrics: WorkerMetrics | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
-        #: Retire after so many tasks, or past so much resident memory (KiB): see aqueue/recycle.py.
+        #: Retire after so many tasks, or past so much resident memory (KiB): see `recycle`.
         self.recycle = Recycle(
             max_tasks_per_child or conf.worker_max_tasks_per_child,
             max_memory_per_child or conf.worker_max_memory_per_child,
@@ -465,7 +464,7 @@ class Worker:
     async def _run_alone(
         self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, RunnableTask]
     ) -> None:
-        """Run a redelivered message alone, its start recorded (see `aqueue.isolation`)."""
+        """Run a redelivered message alone, its start recorded (see `aqueue.worker.isolation`)."""
         envelope = checked[0]
         logger.warning(
             "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
@@ -548,7 +547,7 @@ class Worker:
             work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
 
     async def _watch_loop(self, *, task_status: TaskStatus[None]) -> None:
-        """Warn when the event loop is blocked (a thread of its own: aqueue/loopwatch.py)."""
+        """Warn when the event loop is blocked (a thread of its own: aqueue/worker/loopwatch.py)."""
         assert self.runner is not None
         describe = functools.partial(
             blocking_tasks, asyncio.get_running_loop(), self.runner.active, self._running

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .drivers.base import RateLimiter, Semaphore
-from .throttle import LocalRateLimiter, LocalSemaphore, parse_rate
+from ..drivers.base import RateLimiter, Semaphore
+from ..throttle import LocalRateLimiter, LocalSemaphore, parse_rate
 
 if TYPE_CHECKING:
-    from .interfaces import RunnableTask
+    from ..interfaces import RunnableTask
 
 __all__ = ["Admission", "Ticket"]
 

@@ -19,30 +19,30 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 
-from . import states
-from .canvas import continuation
-from .canvas.data import InvalidWorkflow, canvas_header
-from .exceptions import (
+from .. import states
+from ..canvas import continuation
+from ..canvas.data import InvalidWorkflow, canvas_header
+from ..exceptions import (
     ConfigurationError,
     NotRegistered,
     Retry,
     SerializationError,
     WorkerLostError,
 )
-from .formats import FORMATS, check_formats, packer
-from .interfaces import AppLike, RunnableTask
-from .limits import run_coroutine, run_in_thread
-from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
-from .request import Request, current_request, running_request
-from .result_meta import ResultMeta
-from .sending import priority_for
-from .signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
+from ..formats import FORMATS, check_formats, packer
+from ..interfaces import AppLike, RunnableTask
+from ..limits import run_coroutine, run_in_thread
+from ..message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
+from ..request import Request, current_request, running_request
+from ..result_meta import ResultMeta
+from ..sending import priority_for
+from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
 
 if TYPE_CHECKING:
-    from .drivers.base import Broker, Delivery, ResultBackend
-    from .fixups import FixupHooks
-    from .hooks import TaskRun
-    from .observe import Watch
+    from ..drivers.base import Broker, Delivery, ResultBackend
+    from ..fixups import FixupHooks
+    from ..hooks import Hooks, TaskRun
+    from ..observe import Watch
     from .processes import ProcessPool
 
 __all__ = ["Active", "Runner", "WorkerApp"]
@@ -51,7 +51,7 @@ logger = logging.getLogger("aqueue.worker")
 
 
 class WorkerApp(AppLike, Protocol):
-    """What a runner needs of its app (`App` is one): settings, tasks that run, fix-up hooks."""
+    """What a worker needs of its app (`App` is one): settings, tasks that run, and hooks."""
 
     @property
     def tasks(self) -> Mapping[str, RunnableTask]:
@@ -61,6 +61,25 @@ class WorkerApp(AppLike, Protocol):
     @property
     def fixup_hooks(self) -> FixupHooks:
         """What a framework runs around tasks (Django: close stale connections)."""
+        ...
+
+    @property
+    def hooks(self) -> Hooks:
+        """The user's worker and task hooks (`@app.on_worker_start`, `@app.before_task`)."""
+        ...
+
+    @property
+    def broker_url(self) -> str:
+        """The broker's URL (with its password: redact it before showing it)."""
+        ...
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result store's URL, or None when results are disabled."""
+        ...
+
+    def setup_worker(self) -> None:
+        """Prepare this process to run tasks (a framework's set-up, the task modules)."""
         ...
 
 
@@ -176,7 +195,7 @@ class Runner:
     ) -> bool:
         """Settle a redelivered message that must not run again; False if it may run.
 
-        See `aqueue.isolation`: its task finished already, or it was started too often.
+        See `aqueue.worker.isolation`: its task finished already, or it was started too often.
         """
         started = delivery.runs + 1  # its first run is never recorded
         limit = self.broker.max_deliveries
