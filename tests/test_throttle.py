@@ -11,10 +11,9 @@ import pytest
 
 from aqueue import App, ConfigurationError, Worker
 from aqueue.throttle import LocalRateLimiter, LocalSemaphore, parse_rate
+from tests.helpers.drivers import MakeApp
 
-from .conftest import MakeApp
-
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 
 @pytest.mark.parametrize(
