@@ -1,6 +1,6 @@
 """The worker's side of the control plane: it answers `app.control` commands.
 
-`RemoteControl.run` subscribes to `control.broadcast` on the broker's mailbox and runs each
+`ControlServer.run` subscribes to `control.broadcast` on the broker's mailbox and runs each
 command meant for this worker: ping, active, scheduled, registered, stats, rate_limit, revoke,
 shutdown. Before it listens, it loads what must outlive a restart: revoked task ids and rate
 limits changed at runtime.
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..drivers.base import Mailbox
     from ..interfaces import AppLike
 
-__all__ = ["RemoteControl", "Revocations", "WorkerView"]
+__all__ = ["ControlServer", "Revocations", "WorkerView"]
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -97,7 +97,7 @@ class WorkerView(Protocol):
         ...
 
 
-class RemoteControl:
+class ControlServer:
     """Runs control commands for one worker."""
 
     def __init__(self, worker: WorkerView, mailbox: Mailbox) -> None:
