@@ -119,7 +119,7 @@ async def test_chain_failure_stops_and_names_the_step(canvas: Canvas) -> None:
     steps = add.s(1, 1) | boom.s() | add.s(1) | add.s(2)
     result = await steps.apply_async()
     await canvas.work()
-    failed = r"step tests\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"
+    failed = r"step tests\.canvas\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"
     with pytest.raises(ValueError, match=failed):
         await result.get(timeout=10)
     assert [await step.state() for step in result.results] == [
@@ -173,7 +173,7 @@ async def test_failing_header_fails_the_chord(canvas: Canvas) -> None:
     callback = tsum.s().set(link_error=[note.s("chord failed")])
     result = await chord([add.s(1, 1), boom.s(7), add.s(2, 2)], callback).delay()
     await canvas.work()
-    with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*boom \(7,\)"):
+    with pytest.raises(ValueError, match=r"step tests\.canvas\.test_canvas\.boom\[.*boom \(7,\)"):
         await result.get(timeout=10)
     assert len(canvas.notes) == 1
     assert canvas.notes[0][1] == "chord failed"
@@ -288,7 +288,7 @@ async def test_rpc_runs_chains_and_groups_and_refuses_chords(tmp_path: Path) -> 
         together = await group(add.s(i, i) for i in range(3)).delay()
         await Worker(app, burst=True).run()
         assert await chained.get(timeout=10) == 4
-        with pytest.raises(KeyError, match=r"step tests\.test_canvas\.boom\["):
+        with pytest.raises(KeyError, match=r"step tests\.canvas\.test_canvas\.boom\["):
             await failed.get(timeout=10)
         assert await together.get(timeout=10) == [0, 2, 4]
     finally:
