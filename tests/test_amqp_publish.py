@@ -176,6 +176,7 @@ async def test_an_unroutable_message_fails_its_caller_alone(broker: AMQPBroker, 
     assert await bodies(broker, queue) == sorted(str(i).encode() for i in range(20) if i % 5)
     await broker.publish([message(queue, b"after")])  # the channel is as good as before
     assert await bodies(broker, queue) == [b"after"]
+    assert not publisher.channel.confirmations  # the returned ones' markers too
 
 
 async def test_a_connection_lost_under_a_batch_sends_it_again_on_a_new_one(
