@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 Ts = TypeVarTuple("Ts")
 
 #: How long a writer waits for another connection's write lock before giving up.
@@ -164,7 +165,16 @@ class _Write:
     func: Callable[..., Any]
     args: tuple[Any, ...]
     wake: str | None
-    future: asyncio.Future[Any]
+    futures: list[asyncio.Future[Any]]  # its callers' (several for a joined `append`)
+    joinable: bool = False  # an `append`: later appends of the same call join it
+
+    def settle(self, ok: bool, value: Any) -> None:
+        for future in self.futures:
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
 
 class Database:
@@ -239,13 +249,38 @@ class Database:
         share one transaction, not one alone and the rest in the next. A commit is never left
         half done: a cancelled caller's write may still be committed.
         """
-        loop = asyncio.get_running_loop()
-        write = _Write(func, args, wake, loop.create_future())
+        future = asyncio.get_running_loop().create_future()
+        self._queue(_Write(func, args, wake, [future]))
+        result: T = await future
+        return result
+
+    async def append(
+        self,
+        func: Callable[[sqlite3.Connection, list[Item]], object],
+        items: Sequence[Item],
+        wake: str | None = None,
+    ) -> None:
+        """`write(func, items)`, joined with the appends of `func` queued meanwhile.
+
+        The items of concurrent callers go to one call of `func` (one `executemany` of all
+        the messages of 100 `delay()` calls, not 100 of one); each caller returns once that
+        call committed, and fails if it failed.
+        """
+        future = asyncio.get_running_loop().create_future()
+        pending = self._pending
+        last = pending[-1] if pending else None
+        if last is not None and last.joinable and last.func is func and last.wake == wake:
+            last.args[0].extend(items)
+            last.futures.append(future)
+        else:
+            self._queue(_Write(func, (list(items),), wake, [future], joinable=True))
+        await future
+
+    def _queue(self, write: _Write) -> None:
         self._pending.append(write)
         if self._flusher is None:
+            loop = asyncio.get_running_loop()
             self._flusher = loop.create_task(self._flush(), name="aqueue sqlite commits")
-        result: T = await write.future
-        return result
 
     async def _flush(self) -> None:
         """Commit the pending writes, group after group, until none is left."""
@@ -257,18 +292,13 @@ class Database:
                     outcomes = await self._submit(self._commit, group)
                 except Exception as exc:  # a write's function failed: the group rolled back
                     outcomes = [(False, exc)] * len(group)
-                for pending, (ok, value) in zip(group, outcomes, strict=True):
-                    if not pending.future.done():
-                        if ok:
-                            pending.future.set_result(value)
-                        else:
-                            pending.future.set_exception(value)
+                for write, (ok, value) in zip(group, outcomes, strict=True):
+                    write.settle(ok, value)
                 group = []
         except BaseException:  # cancelled (the loop is closing): nobody commits these now
             error = BrokerError(f"SQLite database {self.path}: the commit was cancelled")
-            for pending in [*group, *self._pending]:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            for write in [*group, *self._pending]:
+                write.settle(False, error)
             self._pending = []
             raise
         finally:
