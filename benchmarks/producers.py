@@ -2,7 +2,7 @@
 
     python benchmarks/producers.py [--brokers amqp,redis,sqlite] [--tasks 10000] [--repeat 3]
                                    [--flights 1,10,100,1000] [--threads 8]
-                                   [--amqp-url URL] [--redis-url URL]
+                                   [--loop asyncio|uvloop] [--amqp-url URL] [--redis-url URL]
 
 A web app enqueues from many requests at once, each calling `delay()` once. For each broker,
 each run opens an app (results off) and times, on an empty queue each time:
@@ -13,10 +13,11 @@ each run opens an app (results off) and times, on an empty queue each time:
   sync API, whose calls all run on the app's one I/O thread;
 - `bulk`: the same number of tasks through `delay_many`, 1,000 a call.
 
-It prints enqueues/s and the p50 and p99 latency of one call, each the median over `--repeat`
-runs (interleaved across brokers, so a noisy machine hits every figure alike), and the ratio of
-`c100` and of the threads to `bulk`, the median of the ratios within each run. What it makes, it
-deletes (as `enqueue.py`, whose helpers it uses).
+It prints enqueues/s (with the lowest and highest), the process's CPU time per enqueue (µs, all
+threads: steadier than the rate on a shared machine) and the p50 and p99 latency of one call,
+each the median over `--repeat` runs (interleaved across brokers, so a noisy machine hits every
+figure alike), and the ratio of `c100` and of the threads to `bulk`, the median of the ratios
+within each run. What it makes, it deletes (as `enqueue.py`, whose helpers it uses).
 """
 
 from __future__ import annotations
