@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pamqp.frame
 import pytest
 from pamqp import commands as spec
+from pamqp import encode
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
@@ -23,7 +25,7 @@ from aqueue import BrokerError, OutgoingMessage
 from aqueue.drivers import create_broker
 from aqueue.drivers.amqp import broker as amqp
 from aqueue.drivers.amqp.broker import AMQPBroker
-from aqueue.drivers.amqp.publisher import Outgoing, Pipeline, _Encoder
+from aqueue.drivers.amqp.publisher import Outgoing, Pipeline, _Encoder, field_table
 
 from . import service_amqp
 from .conftest import service_unavailable
@@ -265,11 +267,14 @@ async def _in_scope(
         spec.Basic.Properties(
             delivery_mode=2, priority=5, headers={"n": 1, "s": "\u00e9t\u00e9"}, message_id="id"
         ),
+        spec.Basic.Properties(
+            delivery_mode=2, headers={"aqueue-at": 1_765_000_000_000_000}, message_id="id"
+        ),
         spec.Basic.Properties(delivery_mode=2, headers={}),
         spec.Basic.Properties(headers=None, message_id=""),
         spec.Basic.Properties(content_type="text/plain", delivery_mode=2, message_id="m"),
     ],
-    ids=["aqueue's", "empty headers", "none", "another property"],
+    ids=["aqueue's", "a delay()'s", "empty headers", "none", "another property"],
 )
 @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 350])
 def test_the_frames_of_a_message_are_those_pamqp_marshals(
@@ -287,6 +292,27 @@ def test_the_frames_of_a_message_are_those_pamqp_marshals(
         monkeypatch.setattr(ContentHeader, "marshal", None)
     for _ in range(2):  # the publish frame encoded, then kept
         assert encoder.message(Outgoing("ex", "key", body, properties)) == expected
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"aqueue-at": 1_765_000_000_000_000},
+        {"\u00e9t\u00e9": 2**32},
+        {"n": 2**32 - 1},
+        {"n": 2**63 - 1},
+        {"n": True},
+        {"n": 1, "m": 2**40},
+        {},
+    ],
+)
+def test_field_tables_are_encoded_as_pamqp_encodes_them(table: dict[str, Any]) -> None:
+    assert field_table(table) == encode.field_table(table)
+
+
+def test_a_field_table_pamqp_refuses_is_refused() -> None:
+    with pytest.raises(TypeError):
+        field_table({"n": 2**63})
 
 
 def test_the_publish_frames_kept_are_bounded() -> None:
