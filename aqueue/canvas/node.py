@@ -52,11 +52,18 @@ class Plan:
     """What sending a workflow takes: its messages, and the groups to save first."""
 
     def __init__(
-        self, app: AppLike, parent: str | None, headers: Mapping[str, Any] | None = None
+        self,
+        app: AppLike,
+        parent: str | None,
+        headers: Mapping[str, Any] | None = None,
+        once: str | None = None,
     ) -> None:
         self.app = app
         #: The task whose worker sends this (a continuation), else None (the caller).
         self.parent = parent
+        #: The chord whose claimant sends this (its callback): each message then carries a
+        #: token of its own, and runs only if its copy claims the run (`ResultBackend.chord_run`).
+        self.once = once
         #: Headers every message carries (a continuation's, inherited from its parent).
         self.headers = dict(headers or {})
         self.calls: list[Call] = []
@@ -86,9 +93,13 @@ async def launch(
     *,
     parent: str | None = None,
     headers: Mapping[str, Any] | None = None,
+    once: str | None = None,
 ) -> None:
-    """Send a frozen workflow, `prev` put before its first tasks' arguments."""
-    plan = Plan(app, parent, headers)
+    """Send a frozen workflow, `prev` put before its first tasks' arguments.
+
+    `once`: the chord whose claimant sends it; each copy of a message claims its run.
+    """
+    plan = Plan(app, parent, headers, once)
     workflow.plan(plan, tuple(prev), kwargs or {})
     await plan.send()
 

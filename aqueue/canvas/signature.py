@@ -208,6 +208,8 @@ class Signature(Workflow[R]):
             canvas["chord"] = self.chord
         if plan.parent is not None:
             canvas["parent"] = plan.parent
+        if plan.once is not None:
+            canvas["once"] = {"chord": plan.once, "token": new_id()}
         if canvas or plan.headers:
             options["headers"] = {**plan.headers, **(options.get("headers") or {})}
             if canvas:
