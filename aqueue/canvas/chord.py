@@ -1,12 +1,14 @@
-"""`Chord`: a group (the header) whose list of results goes to one callback, sent exactly once.
+"""`Chord`: a group (the header) whose list of results goes to one callback, run exactly once.
 
 `chord(header, callback)` or `group(...) | callback`. Each header task, once its result is
 stored, records its id in the chord's set in the result store, atomically
-(`ResultBackend.chord_part`: one Lua call on Redis, one transaction on SQLite). The worker
-that records the last id reads the header's results, in order, and sends the callback with
-the list first; no task polls. A failing header task fails the chord: the callback's result
-becomes that error and its `link_error` callbacks run. Only a result store that counts
-chords can carry one (`counts_chords`); sending one elsewhere is refused.
+(`ResultBackend.chord_part`: one Lua call on Redis, one transaction on SQLite). The first
+worker to find every id recorded claims the chord in that step, reads the header's results,
+in order, and sends the callback with the list first; no task polls. A copy of the callback
+sent again after a crash does not run (`aqueue.canvas.counter` says how). A failing header
+task fails the chord: the callback's result becomes that error and its `link_error`
+callbacks run. Only a result store that counts chords can carry one (`counts_chords`);
+sending one elsewhere is refused.
 """
 
 from __future__ import annotations
