@@ -19,16 +19,23 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack
 
 from .options import ManySendOptions, SendOptions
 
 if TYPE_CHECKING:
     from .interfaces import AppLike
     from .result import AsyncResult
-    from .task import Task
 
-__all__ = ["IOThread", "SyncApp", "SyncResult", "TaskSync", "block", "check_no_loop"]
+__all__ = [
+    "IOThread",
+    "SyncApp",
+    "SyncResult",
+    "SyncableTask",
+    "TaskSync",
+    "block",
+    "check_no_loop",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -327,10 +334,57 @@ class SyncResult(Generic[R]):
         self._run(self.async_result.revoke(terminate=terminate), "revoke")
 
 
+class SyncableTask(Protocol[R]):
+    """What `TaskSync` needs of a task (`Task` is one): its names and its async methods."""
+
+    @property
+    def name(self) -> str:
+        """The task's registered name."""
+        ...
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The decorated function."""
+        ...
+
+    @property
+    def app(self) -> AppLike:
+        """The app the task sends through."""
+        ...
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Send the task with call options."""
+        ...
+
+    def delay_many(
+        self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
+    ) -> Coroutine[Any, Any, list[AsyncResult[R]]]:
+        """Send one invocation per tuple of positional arguments."""
+        ...
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Run the task here, through the worker's runner."""
+        ...
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # Celery's name
+        """Return the result of an invocation sent earlier."""
+        ...
+
+
 class TaskSync(Generic[P, R]):
     """`task.sync`: the task's sending methods for sync code, typed like the async ones."""
 
-    def __init__(self, task: Task[P, R]) -> None:
+    def __init__(self, task: SyncableTask[R]) -> None:
         self.task = task
 
     def __repr__(self) -> str:
@@ -348,7 +402,7 @@ class TaskSync(Generic[P, R]):
         task = self.task
         app = task.app
         if app.conf.task_always_eager:
-            return SyncResult(self._run(task._send(args, kwargs, {}), "delay"))
+            return SyncResult(self._run(task.apply_async(args, kwargs), "delay"))
         name = task.fn.__name__
         check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
         result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
@@ -361,14 +415,14 @@ class TaskSync(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> SyncResult[R]:
         """Send the task with call options (`Task.apply_async`)."""
-        coroutine = self.task._send(args, kwargs, options)
+        coroutine = self.task.apply_async(args, kwargs, **options)
         return SyncResult(self._run(coroutine, "apply_async"))
 
     def delay_many(
         self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
     ) -> list[SyncResult[R]]:
         """Send one invocation per tuple of positional arguments, in one publish."""
-        sent = self._run(self.task._send_many(calls, options), "delay_many")
+        sent = self._run(self.task.delay_many(calls, **options), "delay_many")
         return [SyncResult(result) for result in sent]
 
     def apply(
@@ -378,7 +432,7 @@ class TaskSync(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> SyncResult[R]:
         """Run the task here, through the worker's runner (`Task.apply`)."""
-        return SyncResult(self._run(self.task._apply(args, kwargs, options), "apply"))
+        return SyncResult(self._run(self.task.apply(args, kwargs, **options), "apply"))
 
     def AsyncResult(self, task_id: str) -> SyncResult[R]:  # Celery's name
         """Return the sync result of an invocation of this task sent earlier."""

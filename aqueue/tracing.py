@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - the otel extra is in the test extra
 
 if TYPE_CHECKING:
     from .drivers.base import Delivery
+    from .interfaces import RunnableTask
     from .message import Envelope, OutgoingMessage
-    from .task import Task
 
 __all__ = ["AVAILABLE", "Tracer", "describe_send", "producer_span", "tracer_for"]
 
@@ -95,10 +95,10 @@ class Tracer:
         #: The span and context token of each running task, by its envelope (see events).
         self._open: dict[int, tuple[Any, Any]] = {}
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to trace yet."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Open the consumer span, a child of the producer's, and make it current."""
         queue = delivery.queue
         parent = propagate.extract(envelope.headers)
@@ -120,7 +120,7 @@ class Tracer:
         self._open[id(envelope)] = (span, token)
 
     def finished(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """End the span with the task's state (ERROR status for a failure)."""
         opened = self._open.pop(id(envelope), None)
@@ -135,7 +135,7 @@ class Tracer:
         span.end()
         otel_context.detach(token)
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """End the span of a cancelled task."""
         opened = self._open.pop(id(envelope), None)
         if opened is not None:

@@ -63,7 +63,12 @@ async def test_a_suspect_runs_with_no_more_messages_held_than_the_slots(url: str
     @app.task
     async def probe(name: str) -> str:
         slots = worker.slots
-        seen[name] = (slots.used, slots.size, len(worker._inbox), slots.suspects)
+        seen[name] = (
+            slots.used,
+            slots.size,
+            len(worker.dispatch.inbox) if worker.dispatch else 0,
+            slots.suspects,
+        )
         if name == "suspect":
             suspect_ran.set()
         await suspect_ran.wait()
@@ -123,7 +128,7 @@ async def test_messages_claimed_ahead_go_back_uncounted_at_stop(url: str) -> Non
 
 
 async def test_no_message_is_claimed_ahead_while_a_suspect_is_in_the_worker() -> None:
-    from aqueue.slots import Slots
+    from aqueue.worker.slots import Slots
 
     slots = Slots(2, ahead=1)
     assert await slots.wait() == 3

@@ -1,4 +1,4 @@
-"""The garbage collector's settings in a worker process (aqueue/_gc.py, `Worker.serve`)."""
+"""The garbage collector's settings in a worker process (`aqueue.worker.gc_tuning`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from aqueue import App, Worker
-from aqueue._gc import YOUNG, tuned_for_worker
+from aqueue.worker.gc_tuning import YOUNG, tuned_for_worker
 
 pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 

@@ -10,7 +10,7 @@ import pytest
 
 from aqueue import Worker
 from aqueue.cli import main
-from aqueue.runtimes import percentile
+from aqueue.worker.runtimes import percentile
 
 from .conftest import MakeApp
 

@@ -13,7 +13,7 @@ import anyio.lowlevel
 import pytest
 
 from aqueue import App, Worker
-from aqueue.loopwatch import LoopWatch, blocking_tasks
+from aqueue.worker.loopwatch import LoopWatch, blocking_tasks
 
 WATCH_THREAD = "aqueue-loopwatch"
 

@@ -33,9 +33,9 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aqueue import App, ConfigurationError, Settings, TaskError, TaskRevoked, Worker
-from aqueue import _procworker as child
 from aqueue.exceptions import Retry
-from aqueue.processes import ProcessPool
+from aqueue.worker import child
+from aqueue.worker.processes import ProcessPool
 
 from .test_processes import STEP
 

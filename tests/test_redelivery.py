@@ -2,7 +2,7 @@
 
 A "dead worker" here is a broker connection closed with a delivery unsettled: RabbitMQ gives
 the message back at once, SQLite and Redis once its short lease ran out (the tests block on the
-next delivery, never on a clock). See `aqueue.isolation`.
+next delivery, never on a clock). See `aqueue.worker.isolation`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 
 from aqueue import App, Broker, Delivery, TaskError, states
 from aqueue.drivers import create_broker
-from aqueue.isolation import Isolation
 from aqueue.result_meta import ResultMeta
-from aqueue.runner import Runner
+from aqueue.worker.isolation import Isolation
+from aqueue.worker.runner import Runner
 
 from . import service_amqp, service_redis
 from .conftest import SERVICES, require

@@ -8,7 +8,7 @@ import asyncio
 import anyio
 import pytest
 
-from aqueue.slots import WAKE_AHEAD, Inbox, InboxClosed, Slots
+from aqueue.worker.slots import WAKE_AHEAD, Inbox, InboxClosed, Slots
 
 pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
 

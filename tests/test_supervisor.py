@@ -26,8 +26,9 @@ import pytest
 
 from aqueue import App
 from aqueue.exceptions import ConfigurationError
-from aqueue.recycle import Recycle, parse_memory
-from aqueue.supervisor import child_name, describe_status
+from aqueue.sizes import parse_memory
+from aqueue.worker.recycle import Recycle
+from aqueue.worker.supervisor import child_name, describe_status
 
 from .test_redis_processes import STEP, Lines, child_env, spawn
 

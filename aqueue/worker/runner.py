@@ -14,39 +14,73 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Container
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Container, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 
-from . import states
-from .canvas import continuation
-from .canvas.data import InvalidWorkflow, canvas_header
-from .exceptions import (
+from .. import states
+from ..canvas import continuation
+from ..canvas.data import InvalidWorkflow, canvas_header
+from ..exceptions import (
     ConfigurationError,
     NotRegistered,
     Retry,
     SerializationError,
     WorkerLostError,
 )
-from .formats import FORMATS, check_formats, packer
-from .limits import run_coroutine, run_in_thread
-from .message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
-from .result_meta import ResultMeta
-from .sending import priority_for
-from .signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
-from .task import Request, Task, current_request, running_request
+from ..formats import FORMATS, check_formats, packer
+from ..interfaces import AppLike, RunnableTask
+from ..limits import run_coroutine, run_in_thread
+from ..message import DeadLetterReason, Envelope, InvalidMessage, OutgoingMessage
+from ..request import Request, current_request, running_request
+from ..result_meta import ResultMeta
+from ..sending import priority_for
+from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
 
 if TYPE_CHECKING:
-    from .app import App
-    from .drivers.base import Broker, Delivery, ResultBackend
-    from .hooks import TaskRun
-    from .observe import Watch
+    from ..drivers.base import Broker, Delivery, ResultBackend
+    from ..fixups import FixupHooks
+    from ..hooks import Hooks, TaskRun
+    from ..observe import Watch
     from .processes import ProcessPool
 
-__all__ = ["Active", "Runner"]
+__all__ = ["Active", "Runner", "WorkerApp"]
 
 logger = logging.getLogger("aqueue.worker")
+
+
+class WorkerApp(AppLike, Protocol):
+    """What a worker needs of its app (`App` is one): settings, tasks that run, and hooks."""
+
+    @property
+    def tasks(self) -> Mapping[str, RunnableTask]:
+        """The registered tasks, by name."""
+        ...
+
+    @property
+    def fixup_hooks(self) -> FixupHooks:
+        """What a framework runs around tasks (Django: close stale connections)."""
+        ...
+
+    @property
+    def hooks(self) -> Hooks:
+        """The user's worker and task hooks (`@app.on_worker_start`, `@app.before_task`)."""
+        ...
+
+    @property
+    def broker_url(self) -> str:
+        """The broker's URL (with its password: redact it before showing it)."""
+        ...
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result store's URL, or None when results are disabled."""
+        ...
+
+    def setup_worker(self) -> None:
+        """Prepare this process to run tasks (a framework's set-up, the task modules)."""
+        ...
 
 
 class Active(NamedTuple):
@@ -65,7 +99,7 @@ class Runner:
 
     def __init__(
         self,
-        app: App,
+        app: WorkerApp,
         broker: Broker,
         backend: ResultBackend | None,
         *,
@@ -106,7 +140,7 @@ class Runner:
         if checked is not None:
             await self.run(delivery, *checked)
 
-    async def check(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | None:
+    async def check(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | None:
         """Return the envelope and task to run, or settle a message that must not run."""
         checked = self._inspect(delivery)
         if isinstance(checked, _Refusal):
@@ -129,7 +163,7 @@ class Runner:
         return None
 
     async def _ran_already(
-        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask
     ) -> bool:
         """Redo what follows a workflow's task whose result is stored already; True if settled.
 
@@ -154,17 +188,17 @@ class Runner:
         )
         return True
 
-    def knows_outcome(self, task: Task[Any, Any]) -> bool:
+    def knows_outcome(self, task: RunnableTask) -> bool:
         """Whether any worker can learn from the result store that this task finished."""
         backend = self.backend
         return backend is not None and backend.shared and not task.ignore_result
 
     async def _settled_suspect(
-        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask
     ) -> bool:
         """Settle a redelivered message that must not run again; False if it may run.
 
-        See `aqueue.isolation`: its task finished already, or it was started too often.
+        See `aqueue.worker.isolation`: its task finished already, or it was started too often.
         """
         started = delivery.runs + 1  # its first run is never recorded
         limit = self.broker.max_deliveries
@@ -204,7 +238,7 @@ class Runner:
         return True
 
     async def discard(
-        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], why: str
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, why: str
     ) -> None:
         """Settle a task that must not run, its result saying REVOKED and why."""
         meta = ResultMeta(
@@ -220,7 +254,7 @@ class Runner:
         if self.watch is not None:
             self.watch.revoked(task.name, envelope.id, why)
 
-    def _inspect(self, delivery: Delivery) -> tuple[Envelope, Task[Any, Any]] | _Refusal:
+    def _inspect(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
         """Decode the message and find its task, or say why it can never run."""
         limit = self.app.conf.message_max_bytes
         body = delivery.body
@@ -291,7 +325,7 @@ class Runner:
             return
         await continuation.after(self.app, self.backend, envelope, None, meta)
 
-    async def run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
+    async def run(self, delivery: Delivery, envelope: Envelope, task: RunnableTask) -> None:
         """Run a checked task, store its outcome, and acknowledge its message."""
         informed = logger.isEnabledFor(logging.INFO)
         if informed:
@@ -346,7 +380,7 @@ class Runner:
         self,
         delivery: Delivery,
         envelope: Envelope,
-        task: Task[Any, Any],
+        task: RunnableTask,
         started: float,
         informed: bool,
     ) -> tuple[str, Any]:
@@ -372,7 +406,7 @@ class Runner:
         return states.SUCCESS, value
 
     async def _interrupted(
-        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask
     ) -> None:
         if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
             await self.discard(delivery, envelope, task, "terminated while running")
@@ -389,14 +423,14 @@ class Runner:
             except Exception:
                 logger.exception("Could not return the message of %s[%s]", task.name, envelope.id)
 
-    async def _execute(self, task: Task[Any, Any], envelope: Envelope) -> Any:
+    async def _execute(self, task: RunnableTask, envelope: Envelope) -> Any:
         conf = self.app.conf
         options = task.options
         hard = options.time_limit or conf.task_time_limit
         if options.executor == "process":
             return await self._in_process(task, envelope, hard)
         if task.is_async:
-            coroutine = task._call(envelope.args, envelope.kwargs)
+            coroutine = task.invoke(envelope.args, envelope.kwargs)
             soft = options.soft_time_limit or conf.task_soft_time_limit
             if soft is None and hard is None:
                 return await coroutine
@@ -404,9 +438,7 @@ class Runner:
         call = functools.partial(self._in_thread, task, envelope)
         return await run_in_thread(call, hard=hard, limiter=self.threads, name=task.name)
 
-    async def _in_process(
-        self, task: Task[Any, Any], envelope: Envelope, hard: float | None
-    ) -> Any:
+    async def _in_process(self, task: RunnableTask, envelope: Envelope, hard: float | None) -> Any:
         """Run an executor="process" task in the pool; its child is killed past `hard`."""
         if self.processes is None:
             raise ConfigurationError(
@@ -424,7 +456,7 @@ class Runner:
         )
 
     async def _retry(
-        self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any], retry: Retry
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, retry: Retry
     ) -> None:
         """Record the RETRY state, then send the task again with `retries + 1`."""
         self.retried += 1
@@ -459,25 +491,25 @@ class Runner:
             _short(retry.exc),
         )
 
-    async def _after_async_failure(self, task: Task[Any, Any]) -> None:
+    async def _after_async_failure(self, task: RunnableTask) -> None:
         """Run the hooks for a failed coroutine task (Django: drop broken connections)."""
         hooks = self.app.fixup_hooks.async_failure_hooks
         if hooks and task.is_async:
             await self.app.fixup_hooks.after_async_failure()
 
-    def _in_thread(self, task: Task[Any, Any], envelope: Envelope) -> Any:
+    def _in_thread(self, task: RunnableTask, envelope: Envelope) -> Any:
         self.threads_busy += 1  # an int += under the GIL, from one thread at a time per task
         hooks = self.app.fixup_hooks  # e.g. Django's close_old_connections (aqueue/fixups.py)
         if hooks.thread_task_hooks:
             hooks.around_thread_task()
         try:
-            return task._call(envelope.args, envelope.kwargs)
+            return task.invoke(envelope.args, envelope.kwargs)
         finally:
             if hooks.thread_task_hooks:
                 hooks.around_thread_task()
             self.threads_busy -= 1
 
-    def _request(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> Request:
+    def _request(self, delivery: Delivery, envelope: Envelope, task: RunnableTask) -> Request:
         return Request(
             id=envelope.id,
             task=task.name,
@@ -494,7 +526,7 @@ class Runner:
         )
 
     async def _succeeded(
-        self, envelope: Envelope, task: Task[Any, Any], value: Any, started: float, informed: bool
+        self, envelope: Envelope, task: RunnableTask, value: Any, started: float, informed: bool
     ) -> None:
         """Log and store a success (`run` counted it; it skips this when there is neither)."""
         if informed:
@@ -509,7 +541,7 @@ class Runner:
             await self._store(envelope, task, states.SUCCESS, meta)
 
     async def _failed(
-        self, envelope: Envelope, task: Task[Any, Any], exc: Exception, runtime: float
+        self, envelope: Envelope, task: RunnableTask, exc: Exception, runtime: float
     ) -> ResultMeta:
         self.failed += 1
         # Cut to size once (a message of a megabyte was logged twice, then not stored).
@@ -527,7 +559,7 @@ class Runner:
         return meta
 
     async def _store(
-        self, envelope: Envelope, task: Task[Any, Any] | None, state: str, meta: ResultMeta
+        self, envelope: Envelope, task: RunnableTask | None, state: str, meta: ResultMeta
     ) -> None:
         if self.backend is None or (task is not None and task.ignore_result):
             return
@@ -580,7 +612,7 @@ async def _after_hooks(
     await watch.hooks.after(run)
 
 
-def _autoretry(task: Task[Any, Any], exc: Exception, retries: int) -> Retry | None:
+def _autoretry(task: RunnableTask, exc: Exception, retries: int) -> Retry | None:
     """Return the retry `autoretry_for` asks for, or None when the failure stands."""
     if not task.options.autoretry_for or not isinstance(exc, task.options.autoretry_for):
         return None

@@ -12,9 +12,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .drivers.base import Delivery
-    from .message import Envelope
-    from .task import Task
+    from ..drivers.base import Delivery
+    from ..interfaces import RunnableTask
+    from ..message import Envelope
 
 __all__ = ["SAMPLES", "Runtimes", "percentile"]
 
@@ -37,14 +37,14 @@ class Runtimes:
         self._runtimes: dict[str, deque[float]] = {}
         self._counts: dict[str, int] = {}
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to note."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to note."""
 
     def finished(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """Keep the runtime of a run."""
         name = task.name
@@ -54,7 +54,7 @@ class Runtimes:
         kept.append(runtime)
         self._counts[name] = self._counts.get(name, 0) + 1
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Nothing to note."""
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:

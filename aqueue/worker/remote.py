@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from . import codec
-from .control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_MANY_PREFIX, REVOKED_PREFIX
-from .exceptions import ConfigurationError
-from .throttle import parse_rate
+from .. import codec
+from ..control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_MANY_PREFIX, REVOKED_PREFIX
+from ..exceptions import ConfigurationError
+from ..throttle import parse_rate
 
 if TYPE_CHECKING:
-    from .drivers.base import Mailbox
-    from .interfaces import AppLike
+    from ..drivers.base import Mailbox
+    from ..interfaces import AppLike
 
 __all__ = ["RemoteControl", "Revocations", "WorkerView"]
 

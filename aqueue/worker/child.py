@@ -1,4 +1,4 @@
-"""A child of the worker's process pool: `python -m aqueue._procworker module:app`.
+"""A child of the worker's process pool: `python -m aqueue.worker.child module:app`.
 
 The child imports the app the way `aqueue worker` does (`aqueue.loader.load_app`), so it runs
 only the tasks registered on that app, and only those declared `executor="process"`. Nothing
@@ -36,13 +36,14 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import IO, Any
 
-from . import codec
-from .exceptions import Retry, SerializationError, SoftTimeLimitExceeded
-from .hooks import WorkerContext, current_worker
-from .loader import import_from_cwd, load_app
+from .. import codec
+from ..exceptions import Retry, SerializationError, SoftTimeLimitExceeded
+from ..hooks import WorkerContext, current_worker
+from ..loader import import_from_cwd, load_app
+from ..request import Request, current_request
+from ..result_meta import ResultMeta
+from ..task import Task
 from .processes import FRAME_HEADER
-from .result_meta import ResultMeta
-from .task import Request, Task, current_request
 
 __all__ = ["main", "read_frame", "write_frame"]
 
@@ -184,7 +185,7 @@ def _run(tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], soft: 
     try:
         soft.arm(task.name, request.get("soft"))
         try:
-            return task._call(args, kwargs)
+            return task.invoke(args, kwargs)
         finally:
             soft.disarm()
     except Exception as exc:
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     with import_from_cwd():
         try:
             if len(args) != 1:
-                raise ValueError("usage: python -m aqueue._procworker module:app")
+                raise ValueError("usage: python -m aqueue.worker.child module:app")
             app = load_app(args[0])
             app.setup_worker()  # Django's set-up (DJANGO_SETTINGS_MODULE), the task modules
             tasks = app.tasks

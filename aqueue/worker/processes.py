@@ -3,10 +3,10 @@
 For CPU-bound code, and for code that must be stoppable: past its hard `time_limit` a process
 task's child is killed (SIGKILL) and replaced, and the task fails with `TimeLimitExceeded`.
 
-There is no pickle here. Each child is `python -m aqueue._procworker module:app`: it imports the
+There is no pickle here. Each child is `python -m aqueue.worker.child module:app`: it imports the
 app by the path the worker was started with, so it runs only the tasks registered on that app,
 and arguments and results cross its stdin and stdout as length-prefixed msgpack frames of the
-same allow-listed types as messages (see `aqueue._procworker` for the protocol). A failure comes
+same allow-listed types as messages (see `aqueue.worker.child` for the protocol). A failure comes
 back as data and is rebuilt the way results are: a builtin exception type as itself, any other
 as `TaskError`.
 
@@ -36,10 +36,10 @@ from typing import Any
 
 import anyio
 
-from . import codec
-from .exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLostError
-from .result_meta import ResultMeta, rebuild_exception
-from .task import Request
+from .. import codec
+from ..exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLostError
+from ..request import Request
+from ..result_meta import ResultMeta, rebuild_exception
 
 __all__ = ["FRAME_HEADER", "ProcessPool"]
 
@@ -190,7 +190,7 @@ class ProcessPool:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "aqueue._procworker",
+                "aqueue.worker.child",
                 self.app_path,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,

@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 if TYPE_CHECKING:
-    from .drivers.base import Delivery
+    from ..drivers.base import Delivery
     from .runner import Active
 
 __all__ = ["LoopWatch", "blocking_tasks"]

@@ -13,15 +13,15 @@ result backend is Redis, and per worker otherwise; `Admission.scope` says which.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
-from .drivers.base import RateLimiter, Semaphore
-from .throttle import LocalRateLimiter, LocalSemaphore, parse_rate
+from ..drivers.base import RateLimiter, Semaphore
+from ..throttle import LocalRateLimiter, LocalSemaphore, parse_rate
 
 if TYPE_CHECKING:
-    from .task import Task
+    from ..interfaces import RunnableTask
 
 __all__ = ["Admission", "Ticket"]
 
@@ -58,18 +58,18 @@ class Admission:
         """Say "global" when limits hold across all workers, else "local"."""
         return self.limiter.scope
 
-    def rate_of(self, task: Task[Any, Any]) -> float | None:
+    def rate_of(self, task: RunnableTask) -> float | None:
         """Return the rate limit in force for `task`, in starts per second (None: no limit)."""
         if task.name in self.overrides:
             return parse_rate(self.overrides[task.name])
         return parse_rate(task.options.rate_limit)
 
-    def unlimited(self, task: Task[Any, Any]) -> bool:
+    def unlimited(self, task: RunnableTask) -> bool:
         """Say whether the task has no rate limit and no concurrency limit: nothing to book."""
         options = task.options
         return options.rate_limit is None and not options.concurrency and not self.overrides
 
-    async def admit(self, task: Task[Any, Any]) -> Ticket:
+    async def admit(self, task: RunnableTask) -> Ticket:
         """Book the task's start; the ticket says whether it must be held first."""
         ticket = Ticket()
         options = task.options
@@ -80,7 +80,7 @@ class Admission:
             await self._take_place(task, ticket)
         return ticket
 
-    async def wait(self, task: Task[Any, Any], ticket: Ticket) -> None:
+    async def wait(self, task: RunnableTask, ticket: Ticket) -> None:
         """Wait out a held ticket: its booked start, then a free place."""
         if ticket.wait > 0:
             await anyio.sleep(ticket.wait)  # a booked time, not a poll: nothing to wake us earlier
@@ -90,7 +90,7 @@ class Admission:
             if not await self._take_place(task, ticket):
                 await self.semaphore.wait(task.name, at_most=self.lease)
 
-    async def _take_place(self, task: Task[Any, Any], ticket: Ticket) -> bool:
+    async def _take_place(self, task: RunnableTask, ticket: Ticket) -> bool:
         assert task.options.concurrency is not None
         token = await self.semaphore.acquire(task.name, task.options.concurrency, self.lease)
         ticket.token, ticket.needs_place = token, token is None
@@ -98,7 +98,7 @@ class Admission:
             self._places[token] = task.name
         return token is not None
 
-    async def done(self, task: Task[Any, Any], ticket: Ticket) -> None:
+    async def done(self, task: RunnableTask, ticket: Ticket) -> None:
         """Give back the task's place, if it had one."""
         if ticket.token is not None:
             self._places.pop(ticket.token, None)

@@ -9,7 +9,7 @@ messages claimed before a slot asks for them, so a slot that frees up finds its 
 waiting instead of waiting for a claim (Redis, S2 of the benchmarks: 10 ms tasks at
 concurrency 500). The worker renews their leases and gives them back first when it stops.
 
-Claiming ahead never weakens the isolation of redelivered messages (`aqueue.isolation`): while
+Claiming ahead never weakens the isolation of redelivered messages (`isolation`): while
 a suspect is in the worker (`suspects`: queued or running), nothing is claimed ahead, so the
 worker holds no more than it would without `ahead`; and the worker gives back, unstarted, the
 messages queued beyond the slots when a slot takes a suspect (`excess`).

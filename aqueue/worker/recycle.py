@@ -2,7 +2,7 @@
 
 Celery's two knobs for containing leaks. The worker asks `Recycle.after_task()` once a task
 has finished; when a limit is reached it warm-stops (running tasks finish, messages claimed
-ahead go back) and exits with `EXIT_RECYCLE`, and the supervisor (`aqueue.supervisor`) starts
+ahead go back) and exits with `EXIT_RECYCLE`, and the supervisor (`aqueue.worker.supervisor`) starts
 a replacement. The memory is the process's resident set, read from `/proc/self/statm` at most
 once a second (elsewhere: the peak resident set, as Celery reads it).
 """
@@ -10,38 +10,14 @@ once a second (elsewhere: the peak resident set, as Celery reads it).
 from __future__ import annotations
 
 import os
-import re
 import resource
 import sys
 import time
 
-from .exceptions import ConfigurationError
-
-__all__ = ["EXIT_RECYCLE", "Recycle", "parse_memory", "resident_kib"]
+__all__ = ["EXIT_RECYCLE", "Recycle", "resident_kib"]
 
 #: The exit status of a worker that retired on a limit (EX_TEMPFAIL: start another).
 EXIT_RECYCLE = 75
-
-_UNITS = {"": 1, "k": 1, "kb": 1, "kib": 1, "m": 1024, "mb": 1024, "mib": 1024}
-_UNITS |= {"g": 1024**2, "gb": 1024**2, "gib": 1024**2}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
-
-
-def parse_memory(text: str | int) -> int:
-    """Return a memory size in KiB: a bare number is KiB (as Celery's), or `200MB`, `1.5GiB`."""
-    if isinstance(text, int):
-        value, unit = float(text), ""
-    else:
-        match = _SIZE.fullmatch(text)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise ConfigurationError(
-                f"{text!r} is not a memory size; write KiB as a number, or e.g. 200MB or 1GiB"
-            )
-        value, unit = float(match.group(1)), match.group(2).lower()
-    kib = int(value * _UNITS[unit])
-    if kib < 1:
-        raise ConfigurationError(f"{text!r}: a memory limit must be at least 1 KiB")
-    return kib
 
 
 def resident_kib() -> int:

@@ -2,16 +2,17 @@
 
     Worker.run
     └── task group
-        ├── loop watch         warns when a task blocks the event loop (aqueue/loopwatch.py)
+        ├── loop watch         warns when a task blocks the event loop (`loopwatch`)
         ├── heartbeat          renews the leases of running messages (lease-based brokers only)
         └── work task group
             ├── consume loop   takes at most as many messages as there are free slots
             │                  (plus half as many ahead, on a broker that claims ahead),
             │                  and puts them in the inbox
-            └── one slot coroutine per unit of concurrency: inbox -> Runner.handle
+            └── one slot coroutine per unit of concurrency: inbox -> check -> admit -> run
+                               (`dispatch`; a task's own run: `runner`)
 
-A redelivered message runs alone, its start recorded first (`aqueue.isolation`), so that a
-message that kills its worker is told apart from the ones that worker merely held.
+A redelivered message runs alone, its start recorded first (`isolation`), so that a message that
+kills its worker is told apart from the ones that worker merely held.
 
 Shutdown has two phases, as in Celery: `stop()` (the first SIGTERM/SIGINT) ends the consume
 loop and lets running tasks finish for up to `shutdown_timeout` seconds, then cancels the rest,
@@ -28,39 +29,34 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
-from ._gc import tuned_for_worker
-from .admission import Admission, Ticket
-from .drivers.options import VISIBILITY_TIMEOUT
-from .events.emitter import EventEmitter
-from .exceptions import BrokerError, ConfigurationError
-from .hooks import WorkerContext, current_worker
-from .isolation import Isolation
-from .logs import install_task_records
+from ..drivers.options import VISIBILITY_TIMEOUT
+from ..events.emitter import EventEmitter
+from ..exceptions import BrokerError, ConfigurationError
+from ..hooks import WorkerContext, current_worker
+from ..logs import install_task_records
+from ..metrics import WorkerMetrics
+from ..observe import Observer, Watch
+from ..tracing import AVAILABLE as TRACING
+from ..tracing import Tracer, tracer_for
+from .admission import Admission
+from .dispatch import Dispatcher
+from .gc_tuning import tuned_for_worker
 from .loopwatch import LoopWatch, blocking_tasks
-from .metrics import WorkerMetrics
-from .observe import Observer, Watch
 from .processes import ProcessPool
 from .recycle import Recycle
 from .remote import RemoteControl, Revocations
-from .runner import Runner
+from .runner import Runner, WorkerApp
 from .runtimes import Runtimes
-from .slots import Inbox, InboxClosed, Slots
-from .task import current_revocations
-from .tracing import AVAILABLE as TRACING
-from .tracing import Tracer, tracer_for
+from .slots import Slots
 
 if TYPE_CHECKING:
-    from .app import App
-    from .drivers.base import Broker, Delivery, ResultBackend
-    from .message import Envelope
-    from .task import Task
+    from ..drivers.base import Broker, ResultBackend
 
 __all__ = ["Worker"]
 
@@ -72,7 +68,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: WorkerApp,
         *,
         queues: Sequence[str] | None = None,
         concurrency: int | None = None,
@@ -110,7 +106,7 @@ class Worker:
         self.metrics: WorkerMetrics | None = None
         self.hostname = hostname or conf.worker_hostname or f"aqueue@{socket.gethostname()}"
         self.started_at: float | None = None
-        #: Retire after so many tasks, or past so much resident memory (KiB): see aqueue/recycle.py.
+        #: Retire after so many tasks, or past so much resident memory (KiB): see `recycle`.
         self.recycle = Recycle(
             max_tasks_per_child or conf.worker_max_tasks_per_child,
             max_memory_per_child or conf.worker_max_memory_per_child,
@@ -120,22 +116,17 @@ class Worker:
         #: What the worker's hooks open and its tasks share (`aqueue.worker_context()`).
         self.context = WorkerContext(self.hostname)
         self.runner: Runner | None = None
-        #: The running deliveries, with the asyncio task running each (for terminate).
-        self._running: dict[Delivery, asyncio.Task[Any]] = {}
-        self._terminated: dict[Delivery, bool] = {}
         #: Task ids revoked on this worker (by `app.control.revoke`), each until it expires.
         self.revoked = Revocations()
         #: Rate limits changed at runtime (`aqueue control rate_limit`), by task name.
         self.rate_limits: dict[str, str | float | None] = {}
         self.admission: Admission | None = None
-        self._held: dict[Delivery, Held] = {}
-        self._work: TaskGroup | None = None
+        #: What takes deliveries and runs them (made in run(), with the slots).
+        self.dispatch: Dispatcher | None = None
         self._stopping = False
         self._hard = False
         # Made in run(): anyio's primitives need the running event loop.
         self._slots: Slots | None = None
-        self._inbox: Inbox[Delivery] = Inbox()
-        self._isolation = Isolation()
         self._consume_scope: anyio.CancelScope | None = None
         self._hard_stop: anyio.Event | None = None
 
@@ -219,10 +210,17 @@ class Worker:
         self._slots = Slots(
             self.concurrency, held_limit=self.app.conf.worker_held_limit, ahead=ahead
         )
+        assert self.admission is not None
         # The budgets of def tasks (threads) and process tasks, apart from the slots.
-        self._lanes = (anyio.CapacityLimiter(self.threads), anyio.CapacityLimiter(self.processes))
-        self._inbox = Inbox()
-        self._isolation = Isolation()
+        lanes = (anyio.CapacityLimiter(self.threads), anyio.CapacityLimiter(self.processes))
+        self.dispatch = dispatch = Dispatcher(
+            self.runner,
+            self._slots,
+            self.admission,
+            lanes,
+            stopping=lambda: self._stopping,
+            finished=self._after_task if self.recycle else None,
+        )
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
         if self._stopping:  # stopped before it started
@@ -242,14 +240,13 @@ class Worker:
             if remote is not None:
                 await group.start(remote.run)
             async with anyio.create_task_group() as work:
-                self._work = work
                 for _ in range(self.concurrency):
-                    work.start_soon(self._slot, self.runner)
+                    work.start_soon(dispatch.slot, work)
                 with self._consume_scope:
                     logger.info("%s ready.", self.hostname)
                     task_status.started(self)
-                    await self._consume(broker)
-                await self._drain(work)
+                    await dispatch.consume(broker, self.queues, burst=self.burst)
+                await dispatch.drain(work, self.shutdown_timeout, self._hard_stop)
             group.cancel_scope.cancel()
 
     def _process_pool(self) -> ProcessPool | None:
@@ -263,175 +260,6 @@ class Worker:
             )
         return ProcessPool(self.app_path, self.processes)
 
-    async def _consume(self, broker: Broker) -> None:
-        slots, inbox = self.slots, self._inbox
-        while True:
-            taken = 0
-            async for delivery in broker.consume(self.queues, slots, burst=self.burst):
-                taken += 1
-                slots.take(delivery.suspect)
-                inbox.put(delivery)
-            if not self.burst:
-                return
-            await slots.wait_idle()  # tasks may have queued more work: look once more
-            if not taken:
-                return
-
-    async def _slot(self, runner: Runner) -> None:
-        """Run deliveries from the inbox, one at a time, until the inbox closes."""
-        inbox, slots = self._inbox, self.slots
-        current_revocations.set(self.revoked)  # this slot's context, copied into its threads
-        me = asyncio.current_task()
-        assert me is not None
-        while True:
-            try:
-                delivery = await inbox.get()
-            except InboxClosed:
-                return
-            if delivery.suspect:
-                await self._slot_suspect(runner, delivery, me)
-                continue
-            if slots.running >= slots.size:  # held tasks took the free slots meanwhile
-                await self._wait_slot(delivery)
-            slots.start()
-            try:
-                await self._guarded(delivery, self._admit(runner, delivery), me)
-            finally:
-                slots.release()
-
-    async def _slot_suspect(
-        self, runner: Runner, delivery: Delivery, me: asyncio.Task[Any]
-    ) -> None:
-        """Run a redelivered message in this slot, holding no more than the slots can run.
-
-        Nothing is claimed ahead while it is in the worker (`Slots.suspects`); the messages
-        claimed ahead of the slots before it came go back unstarted now, so that it runs alone
-        (`_run_alone`) with no message waiting in the inbox that its crash would take down.
-        """
-        slots = self.slots
-        try:
-            excess = slots.excess
-            if excess:
-                await self._give_back(self._inbox.take_last(excess))
-            if slots.running >= slots.size:
-                await self._wait_slot(delivery)
-            slots.start()
-            try:
-                await self._guarded(delivery, self._admit(runner, delivery), me)
-            finally:
-                slots.release()
-        finally:
-            slots.suspect_done()
-
-    async def _give_back(self, deliveries: list[Delivery]) -> None:
-        """Give back queued messages that never started (uncounted: `Delivery.release`)."""
-        slots = self.slots
-        with anyio.CancelScope(shield=True):
-            for delivery in deliveries:
-                await _release_quietly(delivery)
-                slots.give_back()
-                if delivery.suspect:
-                    slots.suspect_done()
-
-    async def _wait_slot(self, delivery: Delivery) -> None:
-        """Wait for a free slot for a queued delivery; give it back if cancelled meanwhile."""
-        try:
-            await self.slots.wait_slot()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await _release_quietly(delivery)
-            self.slots.give_back()
-            raise
-
-    async def _admit(self, runner: Runner, delivery: Delivery) -> None:
-        """Run the delivery now, or hold it outside the slots until it may start."""
-        checked = await runner.check(delivery)
-        if checked is None:
-            return
-        admission = self.admission
-        assert admission is not None
-        assert self._work is not None
-        ticket = Ticket() if admission.unlimited(checked[1]) else await admission.admit(checked[1])
-        if ticket.held and self._stopping:
-            await admission.done(checked[1], ticket)
-            await _nack_quietly(delivery, delay=0.0)
-        elif ticket.held:
-            if runner.watch is not None:  # it waits: its received and started events differ
-                runner.watch.received(checked[1], checked[0], delivery)
-            self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
-            self._work.start_soon(self._hold, runner, delivery, checked, ticket)
-        elif not checked[1].is_async:  # a def or process task: its executor's lane, not a slot
-            if runner.watch is not None:
-                runner.watch.received(checked[1], checked[0], delivery)
-            self.slots.hold()
-            self._work.start_soon(self._lane, runner, delivery, checked, ticket)
-        else:
-            await self._run(runner, delivery, checked, ticket)
-
-    async def _lane(
-        self,
-        runner: Runner,
-        delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
-        ticket: Ticket,
-    ) -> None:
-        """Run a def or process task within its executor's own budget, outside the slots.
-
-        It waits for a place in its pool (`--threads` or `--processes`) as a held task (given
-        back at shutdown if it never started), then runs as a running task: blocking code
-        never takes one of the slots that coroutines run in.
-        """
-        envelope, task = checked
-        lane = self._lanes[task.options.executor == "process"]
-        held = Held(anyio.CancelScope(), envelope, time.time())
-        self._held[delivery] = held
-        try:
-            with held.cancel_scope:  # cancelled at shutdown while it waits: it goes back
-                await lane.acquire()
-            if held.cancel_scope.cancelled_caught:
-                return
-            del self._held[delivery]
-            try:
-                await self._guarded(delivery, self._run(runner, delivery, checked, ticket))
-            finally:
-                lane.release()
-        finally:
-            if self._held.pop(delivery, None) is not None:  # never started: give it back
-                with anyio.CancelScope(shield=True):
-                    if self.admission is not None:
-                        await self.admission.done(task, ticket)
-                    await _nack_quietly(delivery, delay=0.0)
-            self.slots.unhold()
-
-    async def _guarded(
-        self, delivery: Delivery, work: Awaitable[None], me: asyncio.Task[Any] | None = None
-    ) -> None:
-        """Run `work` for a delivery as a running task, and settle whatever goes wrong.
-
-        A revoke(terminate=True) cancels this task alone, and is taken back (uncancel) once it
-        unwound; any other cancellation (a shutdown) gives the message back and goes on; a
-        broker or backend failure while settling gives it back a little later.
-        """
-        me = me or asyncio.current_task()
-        assert me is not None
-        self._running[delivery] = me
-        try:
-            await work
-            if self.recycle:
-                self._after_task()
-        except asyncio.CancelledError:
-            if self._terminated.pop(delivery, False) and me.uncancel() == 0:
-                return  # settled as revoked already
-            with anyio.CancelScope(shield=True):  # a no-op if it was settled already
-                await _nack_quietly(delivery, delay=0.0)
-            raise
-        except Exception:
-            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
-            with anyio.CancelScope(shield=True):
-                await _nack_quietly(delivery, delay=1.0)
-        finally:
-            del self._running[delivery]
-
     def _after_task(self) -> None:
         reason = self.recycle.after_task()
         if reason is not None and not self._stopping:
@@ -439,119 +267,12 @@ class Worker:
             self.recycled = reason
             self.stop()
 
-    async def _run(
-        self,
-        runner: Runner,
-        delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
-        ticket: Ticket,
-    ) -> None:
-        assert self.admission is not None
-        try:
-            if delivery.suspect:
-                await self._run_alone(runner, delivery, checked)
-            else:
-                gate = self._isolation
-                await gate.enter()
-                try:
-                    await runner.run(delivery, *checked)
-                finally:
-                    gate.leave()
-        finally:
-            if ticket.token is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.admission.done(checked[1], ticket)
-
-    async def _run_alone(
-        self, runner: Runner, delivery: Delivery, checked: tuple[Envelope, Task[Any, Any]]
-    ) -> None:
-        """Run a redelivered message alone, its start recorded (see `aqueue.isolation`)."""
-        envelope = checked[0]
-        logger.warning(
-            "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
-            envelope.task,
-            envelope.id,
-            delivery.delivery_count,
-            delivery.runs,
-        )
-        async with self._isolation.alone():
-            await delivery.begin()
-            await runner.run(delivery, *checked)
-
-    async def _hold(
-        self,
-        runner: Runner,
-        delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
-        ticket: Ticket,
-    ) -> None:
-        """Wait for a held task's turn without a slot, then take one and run it."""
-        assert self.admission is not None
-        envelope, task = checked
-        self._held[delivery] = scope = Held(
-            anyio.CancelScope(), envelope, time.time() + ticket.wait
-        )
-        try:
-            with scope.cancel_scope:  # cancelled at shutdown: the message goes back
-                await self.admission.wait(task, ticket)
-                await self.slots.wait_slot()  # not wait(): that one refuses at the held limit
-                self.slots.occupy()
-                del self._held[delivery]
-                self.slots.unhold()
-                try:
-                    await self._guarded(delivery, self._run_held(runner, delivery, checked, ticket))
-                finally:
-                    self.slots.release()
-        finally:
-            if self._held.pop(delivery, None) is not None:  # never started: give it back
-                self.slots.unhold()
-                with anyio.CancelScope(shield=True):
-                    await self.admission.done(task, ticket)
-                    await _nack_quietly(delivery, delay=0.0)
-
-    async def _run_held(
-        self,
-        runner: Runner,
-        delivery: Delivery,
-        checked: tuple[Envelope, Task[Any, Any]],
-        ticket: Ticket,
-    ) -> None:
-        envelope, task = checked
-        if envelope.id in self.revoked:
-            await runner.discard(delivery, envelope, task, "revoked while held")
-        else:
-            await self._run(runner, delivery, checked, ticket)
-
-    async def _drain(self, work: TaskGroup) -> None:
-        """Give back what has not started, let running tasks finish, then cancel the rest.
-
-        Running tasks get their grace period (`shutdown_timeout`); the slot coroutines end.
-        """
-        for held in list(self._held.values()):  # not started: they go back at once
-            held.cancel_scope.cancel()
-        slots = self.slots
-        unstarted = self._inbox.take_all()  # queued (or claimed ahead): back at once
-        self._inbox.close()
-        await self._give_back(unstarted)
-        if slots.used or slots.held:
-            logger.info(
-                "Waiting up to %ss for %d running task(s)",
-                self.shutdown_timeout,
-                slots.used + slots.held,
-            )
-            with anyio.move_on_after(self.shutdown_timeout):
-                async with anyio.create_task_group() as waiters:
-                    waiters.start_soon(_first_then_cancel, slots.wait_idle, waiters)
-                    assert self._hard_stop is not None
-                    waiters.start_soon(_first_then_cancel, self._hard_stop.wait, waiters)
-        if slots.used or slots.held:
-            work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
-
     async def _watch_loop(self, *, task_status: TaskStatus[None]) -> None:
-        """Warn when the event loop is blocked (a thread of its own: aqueue/loopwatch.py)."""
+        """Warn when the event loop is blocked (a thread of its own: aqueue/worker/loopwatch.py)."""
         assert self.runner is not None
+        assert self.dispatch is not None
         describe = functools.partial(
-            blocking_tasks, asyncio.get_running_loop(), self.runner.active, self._running
+            blocking_tasks, asyncio.get_running_loop(), self.runner.active, self.dispatch.running
         )
         watch = LoopWatch(self.app.conf.worker_loop_block_warning, describe)
         await watch.run(task_status=task_status)
@@ -560,7 +281,8 @@ class Worker:
         """Renew the leases of running messages every `interval` seconds (a named, owned loop)."""
         while True:
             await anyio.sleep(interval)
-            for delivery in [*self._running, *self._held, *self._inbox.queued()]:
+            assert self.dispatch is not None
+            for delivery in list(self.dispatch.leased()):
                 try:
                     await delivery.renew()
                 except Exception:
@@ -573,15 +295,7 @@ class Worker:
 
     def terminate(self, task_id: str) -> bool:
         """Cancel the running task `task_id` (after revoking it); False if it is not running."""
-        active = self.runner.active.get(task_id) if self.runner else None
-        task = self._running.get(active.delivery) if active else None
-        if active is None or task is None:
-            return False
-        # A native cancellation of the task running it, taken back (uncancel) once it has
-        # unwound; anyio's own cancellations (a shutdown) are told apart by their count.
-        self._terminated[active.delivery] = True
-        task.cancel()
-        return True
+        return self.dispatch.terminate(task_id) if self.dispatch is not None else False
 
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> str:
         """Change a task's rate limit on this worker; return its scope ("global" or "local").
@@ -589,9 +303,8 @@ class Worker:
         Tasks of that name held for their old booking go back to the queue, to be booked again.
         """
         self.rate_limits[task_name] = rate
-        for held in list(self._held.values()):  # booked at the old rate: book them again
-            if held.envelope.task == task_name:
-                held.cancel_scope.cancel()
+        if self.dispatch is not None:  # held tasks booked at the old rate: book them again
+            self.dispatch.rebook(task_name)
         return self.admission.scope if self.admission else "local"
 
     def active(self) -> list[dict[str, Any]]:
@@ -615,7 +328,7 @@ class Worker:
         """Return the tasks this worker holds for later, for `inspect scheduled`."""
         return [
             {"id": held.envelope.id, "name": held.envelope.task, "until": held.until}
-            for held in self._held.values()
+            for held in (self.dispatch.held.values() if self.dispatch is not None else ())
         ]
 
     async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -667,15 +380,6 @@ class Worker:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A task waiting outside the slots for its rate limit or a place."""
-
-    cancel_scope: anyio.CancelScope
-    envelope: Envelope
-    until: float  # its booked start (a POSIX time); later if it also waits for a place
-
-
 def _admission(
     broker: Broker, backend: ResultBackend | None, overrides: dict[str, str | float | None]
 ) -> Admission:
@@ -711,22 +415,3 @@ def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:
         logger.info("%s has no mailbox: remote control is off", type(broker).__name__)
         return None
     return RemoteControl(worker, mailbox)
-
-
-async def _first_then_cancel(wait: Any, group: TaskGroup) -> None:
-    await wait()
-    group.cancel_scope.cancel()
-
-
-async def _release_quietly(delivery: Delivery) -> None:
-    try:
-        await delivery.release()
-    except Exception:
-        logger.exception("Could not return a message to %s; its lease will expire", delivery.queue)
-
-
-async def _nack_quietly(delivery: Delivery, delay: float) -> None:
-    try:
-        await delivery.nack(delay=delay)
-    except Exception:
-        logger.exception("Could not return a message to %s; its lease will expire", delivery.queue)
