@@ -551,3 +551,31 @@ async def test_a_chord_callback_sent_twice_runs_once(
         logging.getLogger("aqueue.worker").removeHandler(handler)
     assert crashes == [result.results[0].id]
     assert runs == [[2, 4]]
+
+
+async def test_a_chord_claimant_that_died_before_sending_sends_on_redelivery(
+    canvas: Canvas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker that claims the chord fails to send its callback (as if it died there): no
+    # other header task may send it (the chord is claimed), so the claimant's redelivered
+    # message must, and the callback runs once.
+    from aqueue.canvas import counter, node
+
+    launch = node.launch
+    cut: list[str] = []
+
+    async def failing_once(app: Any, workflow: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("once") and not cut:
+            cut.append(kwargs["once"])
+            raise ConnectionError("the worker died here")
+        await launch(app, workflow, *args, **kwargs)
+
+    monkeypatch.setattr(counter, "launch", failing_once)
+    add = canvas.add
+    result = await chord([add.s(1, 1), add.s(2, 2), add.s(3, 3)], canvas.note.s("cb")).delay()
+    async with anyio.create_task_group() as tasks:
+        worker = await tasks.start(Worker(canvas.app, concurrency=4).run)
+        assert await result.get(timeout=20) is None
+        worker.stop()
+    assert cut == [result.results[0].id]
+    assert canvas.notes == [([2, 4, 6], "cb")]
