@@ -7,7 +7,7 @@
 - `runner`: running one job's task: check, run, store the outcome, settle the message.
 - executors: `slots` (the worker's concurrency), `processes` and `child` (the process pool),
   `admission` (rate limits and semaphores before a slot), `isolation` (a suspect runs alone).
-- `remote`: the control plane's commands, as a worker answers them.
+- `control`: the control plane's commands, as a worker answers them.
 - `supervisor` and `recycle`: `--workers N`, and replacing a child after N tasks or M bytes.
 - `loopwatch`, `runtimes`, `gc_tuning`: what a worker watches and tunes about itself.
 """

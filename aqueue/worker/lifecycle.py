@@ -45,12 +45,12 @@ from ..observe import Observer, Watch
 from ..tracing import AVAILABLE as TRACING
 from ..tracing import Tracer, tracer_for
 from .admission import Admission
+from .control import ControlServer, Revocations
 from .dispatch import Dispatcher
 from .gc_tuning import tuned_for_worker
 from .loopwatch import LoopWatch, blocking_tasks
 from .processes import ProcessPool
 from .recycle import Recycle
-from .remote import RemoteControl, Revocations
 from .runner import Runner, WorkerApp
 from .runtimes import Runtimes
 from .slots import Slots
@@ -166,7 +166,7 @@ class Worker:
             processes=pool,
         )
         self.admission = _admission(broker, backend, self.rate_limits)
-        remote = _remote_control(self, broker)
+        remote = _control_server(self, broker)
         if remote is not None:
             await remote.load()
         self.context = WorkerContext(self.hostname)
@@ -187,7 +187,7 @@ class Worker:
         self,
         broker: Broker,
         pool: ProcessPool | None,
-        remote: RemoteControl | None,
+        remote: ControlServer | None,
         *,
         task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -408,10 +408,10 @@ def _event_emitter(worker: Worker, broker: Broker) -> EventEmitter | None:
     return EventEmitter(mailbox, worker.hostname, worker.event_status, online)
 
 
-def _remote_control(worker: Worker, broker: Broker) -> RemoteControl | None:
+def _control_server(worker: Worker, broker: Broker) -> ControlServer | None:
     try:
         mailbox = broker.mailbox()
     except BrokerError:
         logger.info("%s has no mailbox: remote control is off", type(broker).__name__)
         return None
-    return RemoteControl(worker, mailbox)
+    return ControlServer(worker, mailbox)
