@@ -20,12 +20,10 @@ from .drivers.base import Broker, Credit, DeadLetter, Delivery, ResultBackend
 from .exceptions import ResultsDisabled
 from .message import Envelope, OutgoingMessage, new_id
 from .result import AsyncResult
-from .runner import Runner
+from .worker.runner import Runner, WorkerApp
 
 if TYPE_CHECKING:
-    from .app import App
-    from .interfaces import AppLike
-    from .task import Task
+    from .interfaces import AppLike, RunnableTask
 
 __all__ = ["EagerResult", "apply"]
 
@@ -98,13 +96,13 @@ class _ImmediateRetries(Broker):
 
 
 async def apply(
-    task: Task[Any, R],
+    task: RunnableTask,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     task_id: str | None = None,
-) -> EagerResult[R]:
+) -> EagerResult[Any]:
     """Run `task` with these arguments through a runner of its own; return its result."""
-    app = cast("App", task.app)
+    app = cast(WorkerApp, task.app)
     task.check_arguments(args, kwargs)  # a call that cannot bind fails here, as a call would
     conf = app.conf
     broker = _ImmediateRetries(

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .task import Task
+    from .interfaces import RunnableTask
 
 __all__ = ["Hooks", "TaskRun", "WorkerContext", "add_hook", "current_worker", "worker_context"]
 
@@ -111,7 +111,7 @@ class TaskRun:
 
     def __init__(
         self,
-        task: Task[Any, Any],
+        task: RunnableTask,
         task_id: str,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],

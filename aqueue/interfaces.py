@@ -1,19 +1,20 @@
-"""What tasks, results and the control plane need of an app, so that they need not import it.
+"""What the core needs of an app and of a task, so that it need not import either.
 
-`App` satisfies these protocols; `task`, `result`, `control`, `sending` and `current` are typed
-against them, and the import graph has no cycle through `app`.
+`App` and `Task` satisfy these protocols. The modules below them (`result`, `control`,
+`sending`, `sync`, `runner`, `hooks`, events, tracing, metrics) are typed against them, so the
+import graph runs one way: `app` -> `task` -> the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 from .config import Settings
 from .drivers.base import Broker, ResultBackend
 from .options import TaskOptions
 
-__all__ = ["AppLike", "TaskLike"]
+__all__ = ["AppLike", "RunnableTask", "TaskLike"]
 
 T = TypeVar("T")
 
@@ -34,6 +35,42 @@ class TaskLike(Protocol):
     @property
     def ignore_result(self) -> bool:
         """Whether workers store no result for the task."""
+        ...
+
+
+class RunnableTask(TaskLike, Protocol):
+    """What a worker needs of a registered task to run it (`Task` is one)."""
+
+    @property
+    def app(self) -> AppLike:
+        """The app the task sends through."""
+        ...
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is an `async def` (run on the loop, not in a thread)."""
+        ...
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise `TypeError` if the task does not take these arguments."""
+        ...
+
+    def invoke(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Call the function with these arguments (a coroutine for an async task)."""
+        ...
+
+    def retry(
+        self,
+        exc: Exception | None = None,
+        *,
+        countdown: float | None = None,
+        max_retries: int | Literal["default"] | None = "default",
+    ) -> NoReturn:
+        """Raise `Retry` (or `exc` once retries are spent)."""
+        ...
+
+    def backoff(self, retries: int) -> float:
+        """Return the countdown before retry number `retries + 1` under `autoretry_for`."""
         ...
 
 

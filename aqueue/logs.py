@@ -21,7 +21,7 @@ import logging.handlers
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .task import current_request, running_request
+from .request import current_request, running_request
 
 __all__ = [
     "FORMAT",

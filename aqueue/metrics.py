@@ -35,8 +35,8 @@ from .exceptions import MissingDependency
 
 if TYPE_CHECKING:
     from .drivers.base import Broker, Delivery
+    from .interfaces import RunnableTask
     from .message import Envelope
-    from .task import Task
 
 __all__ = ["QUEUE_SAMPLE", "WorkerMetrics"]
 
@@ -110,17 +110,17 @@ class WorkerMetrics:
 
     # -- the Observer protocol (aqueue/observe.py) ---------------------------------------------
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to count before it starts."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Count a running task, and a redelivery."""
         self.running.inc()
         if delivery.delivery_count > 1:
             self.redelivered.inc()
 
     def finished(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """Count the task by its state, and its runtime."""
         success, failure, retry, runtimes = self._of(task.name)
@@ -128,7 +128,7 @@ class WorkerMetrics:
         runtimes.observe(runtime)
         self.running.dec()
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Count a terminated task as REVOKED (a shutdown's task comes back: not counted)."""
         self.running.dec()
         if revoked:

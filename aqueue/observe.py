@@ -17,8 +17,8 @@ from .hooks import Hooks, TaskRun
 
 if TYPE_CHECKING:
     from .drivers.base import Delivery
+    from .interfaces import RunnableTask
     from .message import Envelope
-    from .task import Task
 
 __all__ = ["Observer", "Watch"]
 
@@ -29,18 +29,18 @@ class Observer(Protocol):
     The runner calls it with what it has at hand (no object is built per task for it).
     """
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note a message that may run was taken (it may wait for a slot or a rate limit)."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note the task starts now (a task run at once was not `received` first: note both)."""
 
     def finished(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """Note the task ended in `state` (SUCCESS, FAILURE, RETRY); `outcome`: value, error."""
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Note the task was cancelled: terminated (`revoked`), or by a shutdown."""
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
@@ -60,10 +60,10 @@ class Watch:
     def __init__(self, hooks: Hooks | None, observers: list[Observer]) -> None:
         self.hooks = hooks if hooks is not None and hooks.per_task else None
         self.observers = observers
-        self.received: Callable[[Task[Any, Any], Envelope, Delivery], None] = self._received
-        self.begin: Callable[[Task[Any, Any], Envelope, Delivery], TaskRun | None] = self._begin
-        self.end: Callable[[Task[Any, Any], Envelope, str, float, Any], None] = self._end
-        self.interrupted: Callable[[Task[Any, Any], Envelope, bool], None] = self._interrupted
+        self.received: Callable[[RunnableTask, Envelope, Delivery], None] = self._received
+        self.begin: Callable[[RunnableTask, Envelope, Delivery], TaskRun | None] = self._begin
+        self.end: Callable[[RunnableTask, Envelope, str, float, Any], None] = self._end
+        self.interrupted: Callable[[RunnableTask, Envelope, bool], None] = self._interrupted
         if len(observers) == 1 and self.hooks is None:
             (only,) = observers
             self.received, self.end = only.received, only.finished
@@ -73,14 +73,12 @@ class Watch:
     def __bool__(self) -> bool:
         return self.hooks is not None or bool(self.observers)
 
-    def _received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def _received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Tell the observers a message was taken."""
         for observer in self.observers:
             observer.received(task, envelope, delivery)
 
-    def _begin(
-        self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery
-    ) -> TaskRun | None:
+    def _begin(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> TaskRun | None:
         """Tell the observers the task starts; return the hooks' record of it (None: no hooks)."""
         for observer in self.observers:
             observer.started(task, envelope, delivery)
@@ -90,13 +88,13 @@ class Watch:
         return TaskRun(task, envelope.id, args, kwargs, delivery.queue, retries)
 
     def _end(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """Tell the observers the task ended (after the runner awaited the hooks)."""
         for observer in reversed(self.observers):
             observer.finished(task, envelope, state, runtime, outcome)
 
-    def _interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def _interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Tell the observers the task was cancelled."""
         for observer in reversed(self.observers):
             observer.interrupted(task, envelope, revoked)

@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack
 
 from .options import ManySendOptions, SendOptions
 
 if TYPE_CHECKING:
     from .interfaces import AppLike
     from .result import AsyncResult
-    from .task import Task
 
-__all__ = ["IOThread", "SyncApp", "SyncResult", "TaskSync", "block", "check_no_loop"]
+__all__ = [
+    "IOThread",
+    "SyncApp",
+    "SyncResult",
+    "SyncableTask",
+    "TaskSync",
+    "block",
+    "check_no_loop",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,17 +144,57 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
             loop.close()
 
 
-#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its outcome.
-_Call = tuple[str, Sequence[Any], Mapping[str, Any], "concurrent.futures.Future[Any]"]
+class _Waiter:
+    """How a sync caller waits for the I/O loop: a lock it blocks on, and the outcome.
+
+    The lock is held while no outcome is there: the caller blocks acquiring it, the loop
+    releases it once it set the outcome (one futex wake, where a `concurrent.futures.Future`
+    takes a condition, its lock and a lock of its own per wait). Each thread keeps one (a
+    thread makes one sync call at a time); one interrupted while waiting is dropped, as the
+    loop may release it later.
+    """
+
+    __slots__ = ("abandoned", "busy", "error", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.busy = False  # a call is under way (a signal handler's call gets another waiter)
+        self.abandoned = False  # its caller was interrupted: not sent if not taken yet
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def settle(self, result: Any, error: BaseException | None = None) -> None:
+        """Give the caller its outcome and wake it (on the I/O loop)."""
+        self.result, self.error = result, error
+        self.lock.release()
+
+
+_waiters = threading.local()
+
+
+def _waiter() -> _Waiter:
+    waiter: _Waiter | None = getattr(_waiters, "waiter", None)
+    if waiter is None or waiter.busy:
+        waiter = _Waiter()
+        if getattr(_waiters, "waiter", None) is None:
+            _waiters.waiter = waiter
+    return waiter
+
+
+#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its waiter.
+_Call = tuple[str, Sequence[Any], Mapping[str, Any], _Waiter]
 
 
 class _Sender:
     """Sync `delay()` calls from any number of threads, sent from the I/O loop in batches.
 
-    A caller queues its call and, if no batch is under way, wakes the loop once; the loop
-    sends everything queued meanwhile with `send_many` (one publish per task name), then looks
-    again. So 8 threads calling `add.sync.delay()` make few publishes of several messages,
-    one wake-up of the loop each, as `delay_many` would.
+    A caller queues its call and, if no wake-up of the loop is pending, asks for one; the
+    loop takes everything queued by then and sends it with `send_many` (one publish per task
+    name) in a task of its own, without waiting for the batch before: batches overlap as
+    concurrent `delay()` calls do, and the driver coalesces them further (RabbitMQ's publish
+    pipeline, SQLite's group commit). So 8 threads calling `add.sync.delay()` make few
+    publishes of several messages, one wake-up of the loop each, as `delay_many` would.
     """
 
     def __init__(self, app: AppLike, loop: asyncio.AbstractEventLoop) -> None:
@@ -156,73 +202,88 @@ class _Sender:
         self._loop = loop
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
-        self._sending = False
-        self._task: asyncio.Task[None] | None = None
+        self._woken = False  # a wake-up of the loop is pending
+        self._sending: set[asyncio.Task[None]] = set()
 
     def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        waiter = _waiter()
+        waiter.busy = True
         with self._lock:
-            self._waiting.append((name, args, kwargs, future))
-            start, self._sending = not self._sending, True
-        if start:
-            self._loop.call_soon_threadsafe(self._start)
+            self._waiting.append((name, args, kwargs, waiter))
+            wake, self._woken = not self._woken, True
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._take)
+            except RuntimeError:  # the loop closed (the I/O thread stopped meanwhile)
+                with self._lock:
+                    self._waiting = [call for call in self._waiting if call[3] is not waiter]
+                    self._woken = False
+                waiter.busy = False
+                raise
         try:
-            return future.result()
+            waiter.lock.acquire()
         except BaseException:
-            future.cancel()  # an interrupt while waiting: not sent, if not taken yet
+            waiter.abandoned = True  # an interrupt while waiting: not sent, if not taken yet
+            if getattr(_waiters, "waiter", None) is waiter:
+                _waiters.waiter = None  # the loop may still release its lock
             raise
+        waiter.busy = False
+        result, error = waiter.result, waiter.error
+        waiter.result = waiter.error = None
+        if error is not None:
+            raise error
+        return result
 
     def fail_waiting(self, error: Exception) -> None:
         with self._lock:
             waiting, self._waiting = self._waiting, []
-        for *_, future in waiting:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
+        for *_, waiter in waiting:
+            waiter.settle(None, error)
 
-    def _start(self) -> None:
-        self._task = self._loop.create_task(self._run())
-
-    async def _run(self) -> None:
-        batch: list[_Call] = []
-        try:
-            while True:
-                with self._lock:
-                    batch, self._waiting = self._waiting, []
-                    if not batch:
-                        self._sending = False
-                        return
-                await self._send([call for call in batch if call[3].set_running_or_notify_cancel()])
-        except BaseException as exc:  # cancelled as the I/O thread stops
-            error = exc if isinstance(exc, Exception) else RuntimeError("the I/O thread stopped")
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            with self._lock:
-                self._sending = False
-            self.fail_waiting(error)
-            raise
-
-    async def _send(self, calls: list[_Call]) -> None:
-        from . import sending
-
+    def _take(self) -> None:
+        """Send what is queued, in a task per task name (on the I/O loop)."""
+        with self._lock:
+            calls, self._waiting = self._waiting, []
+            self._woken = False
         groups: dict[str, list[_Call]] = {}
         for call in calls:
-            groups.setdefault(call[0], []).append(call)
+            if not call[3].abandoned:
+                groups.setdefault(call[0], []).append(call)
         for name, group in groups.items():
+            task = self._loop.create_task(self._send(name, group))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, name: str, group: list[_Call]) -> None:
+        from . import sending
+
+        settled = 0
+        try:
             try:
                 sent = await sending.send_many(self._app, name, [(a, k) for _, a, k, _ in group])
             except Exception as exc:
                 if len(group) == 1:
-                    group[0][3].set_exception(exc)
-                    continue
-                for _, args, kwargs, future in group:  # one by one: each gets its own outcome
+                    settled = 1
+                    group[0][3].settle(None, exc)
+                    return
+                for _, args, kwargs, waiter in group:  # one by one: each gets its own outcome
                     try:
-                        future.set_result(await sending.send(self._app, name, args, kwargs))
+                        result = await sending.send(self._app, name, args, kwargs)
                     except Exception as error:
-                        future.set_exception(error)
+                        settled += 1
+                        waiter.settle(None, error)
+                    else:
+                        settled += 1
+                        waiter.settle(result)
             else:
-                for (*_, future), result in zip(group, sent, strict=True):
-                    future.set_result(result)
+                for (*_, waiter), result in zip(group, sent, strict=True):
+                    settled += 1
+                    waiter.settle(result)
+        except BaseException:  # cancelled as the I/O thread stops
+            stopped = RuntimeError("the app's I/O thread stopped")
+            for *_, waiter in group[settled:]:
+                waiter.settle(None, stopped)
+            raise
 
 
 def check_no_loop(call: str, instead: str) -> None:
@@ -327,10 +388,57 @@ class SyncResult(Generic[R]):
         self._run(self.async_result.revoke(terminate=terminate), "revoke")
 
 
+class SyncableTask(Protocol[R]):
+    """What `TaskSync` needs of a task (`Task` is one): its names and its async methods."""
+
+    @property
+    def name(self) -> str:
+        """The task's registered name."""
+        ...
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The decorated function."""
+        ...
+
+    @property
+    def app(self) -> AppLike:
+        """The app the task sends through."""
+        ...
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Send the task with call options."""
+        ...
+
+    def delay_many(
+        self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
+    ) -> Coroutine[Any, Any, list[AsyncResult[R]]]:
+        """Send one invocation per tuple of positional arguments."""
+        ...
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SendOptions],
+    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Run the task here, through the worker's runner."""
+        ...
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # Celery's name
+        """Return the result of an invocation sent earlier."""
+        ...
+
+
 class TaskSync(Generic[P, R]):
     """`task.sync`: the task's sending methods for sync code, typed like the async ones."""
 
-    def __init__(self, task: Task[P, R]) -> None:
+    def __init__(self, task: SyncableTask[R]) -> None:
         self.task = task
 
     def __repr__(self) -> str:
@@ -348,7 +456,7 @@ class TaskSync(Generic[P, R]):
         task = self.task
         app = task.app
         if app.conf.task_always_eager:
-            return SyncResult(self._run(task._send(args, kwargs, {}), "delay"))
+            return SyncResult(self._run(task.apply_async(args, kwargs), "delay"))
         name = task.fn.__name__
         check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
         result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
@@ -361,14 +469,14 @@ class TaskSync(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> SyncResult[R]:
         """Send the task with call options (`Task.apply_async`)."""
-        coroutine = self.task._send(args, kwargs, options)
+        coroutine = self.task.apply_async(args, kwargs, **options)
         return SyncResult(self._run(coroutine, "apply_async"))
 
     def delay_many(
         self, calls: Iterable[Sequence[Any]], **options: Unpack[ManySendOptions]
     ) -> list[SyncResult[R]]:
         """Send one invocation per tuple of positional arguments, in one publish."""
-        sent = self._run(self.task._send_many(calls, options), "delay_many")
+        sent = self._run(self.task.delay_many(calls, **options), "delay_many")
         return [SyncResult(result) for result in sent]
 
     def apply(
@@ -378,7 +486,7 @@ class TaskSync(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> SyncResult[R]:
         """Run the task here, through the worker's runner (`Task.apply`)."""
-        return SyncResult(self._run(self.task._apply(args, kwargs, options), "apply"))
+        return SyncResult(self._run(self.task.apply(args, kwargs, **options), "apply"))
 
     def AsyncResult(self, task_id: str) -> SyncResult[R]:  # Celery's name
         """Return the sync result of an invocation of this task sent earlier."""

@@ -8,20 +8,17 @@ thread. Call options never share a namespace with task arguments: they go to `ap
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import random
 import warnings
 from collections.abc import (
     Callable,
-    Container,
     Coroutine,
     Generator,
     Iterable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NoReturn, ParamSpec, TypeVar, Unpack
 
 from . import current, sending
@@ -31,6 +28,7 @@ from .canvas.signature import Signature
 from .exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 from .interfaces import AppLike
 from .options import ManySendOptions, SendOptions, TaskOptions
+from .request import Request, current_request, current_revocations, running_request
 from .sync import TaskSync
 
 __all__ = [
@@ -49,47 +47,6 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What a bound task (`bind=True`) sees of the invocation it is running: `self.request`."""
-
-    id: str | None = None
-    task: str = ""
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    eta: float | None = None
-    expires: float | None = None
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    hostname: str | None = None
-    delivery_count: int = 0
-    called_directly: bool = True
-
-
-#: The request of the task running in this context (each worker task has its own context): a
-#: `Request`, or a function that builds it, for the worker to build it only if the task asks.
-current_request: contextvars.ContextVar[Request | Callable[[], Request] | None] = (
-    contextvars.ContextVar("aqueue_request", default=None)
-)
-
-
-def running_request() -> Request | None:
-    """Return the request of the task running in this context (None outside a worker)."""
-    request = current_request.get()
-    if request is None or isinstance(request, Request):
-        return request
-    built = request()
-    current_request.set(built)  # the same object on every call; the worker resets the var
-    return built
-
-
-#: The task ids revoked on the worker running this context (set once per worker slot).
-current_revocations: contextvars.ContextVar[Container[str]] = contextvars.ContextVar(
-    "aqueue_revocations", default=frozenset()
-)
 
 
 class Task(Generic[P, R]):
@@ -234,7 +191,7 @@ class Task(Generic[P, R]):
     @property
     def sync(self) -> TaskSync[P, R]:
         """The sending methods for sync code: `add.sync.delay(4, 4).get(timeout=5)`."""
-        return TaskSync(self)
+        return TaskSync[P, R](self)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Sending[_result.AsyncResult[R]]:
         """Send the task to a worker with these arguments; return its result handle.
@@ -313,7 +270,8 @@ class Task(Generic[P, R]):
             task_id, self.app, task_name=self.name, ignored=self.ignore_result
         )
 
-    def _call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    def invoke(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Call the function with these arguments (and the task first, if bound); no checks."""
         return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
 
 
@@ -322,7 +280,7 @@ class AsyncTask(Task[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         """Run the task here, now, as a plain coroutine call (as Celery's `task()` does)."""
-        coroutine: Coroutine[Any, Any, R] = self._call(args, kwargs)
+        coroutine: Coroutine[Any, Any, R] = self.invoke(args, kwargs)
         return coroutine
 
 
@@ -331,7 +289,7 @@ class SyncTask(Task[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task here, now, as a plain function call."""
-        result: R = self._call(args, kwargs)
+        result: R = self.invoke(args, kwargs)
         return result
 
 

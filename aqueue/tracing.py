@@ -20,6 +20,7 @@ import is tried once, when this module is first imported.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,8 @@ except ImportError:  # pragma: no cover - the otel extra is in the test extra
 
 if TYPE_CHECKING:
     from .drivers.base import Delivery
+    from .interfaces import RunnableTask
     from .message import Envelope, OutgoingMessage
-    from .task import Task
 
 __all__ = ["AVAILABLE", "Tracer", "describe_send", "producer_span", "tracer_for"]
 
@@ -43,12 +44,22 @@ AVAILABLE = trace is not None
 SYSTEM = "aqueue"
 
 
+#: Whether the environment names a tracer provider for the API to load (read at import).
+_PROVIDER_IN_ENVIRONMENT = AVAILABLE and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 def tracer_for(conf: Any) -> Any:
-    """Return the OpenTelemetry tracer to use, or None when nothing is to be traced."""
+    """Return the OpenTelemetry tracer to use, or None when nothing is to be traced.
+
+    Every `delay()` asks: with no provider configured, the answer costs an attribute read
+    (the API's `get_tracer_provider` looks the environment up each time: 5 µs).
+    """
     if trace is None:
         return None
     provider = conf.otel_tracer_provider
     if provider is None:
+        if getattr(trace, "_TRACER_PROVIDER", 0) is None and not _PROVIDER_IN_ENVIRONMENT:
+            return None  # none set (`set_tracer_provider` sets it), none to load
         provider = trace.get_tracer_provider()
         if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
             return None  # nobody configured tracing: do nothing at all
@@ -95,10 +106,10 @@ class Tracer:
         #: The span and context token of each running task, by its envelope (see events).
         self._open: dict[int, tuple[Any, Any]] = {}
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Nothing to trace yet."""
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Open the consumer span, a child of the producer's, and make it current."""
         queue = delivery.queue
         parent = propagate.extract(envelope.headers)
@@ -120,7 +131,7 @@ class Tracer:
         self._open[id(envelope)] = (span, token)
 
     def finished(
-        self, task: Task[Any, Any], envelope: Envelope, state: str, runtime: float, outcome: Any
+        self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """End the span with the task's state (ERROR status for a failure)."""
         opened = self._open.pop(id(envelope), None)
@@ -135,7 +146,7 @@ class Tracer:
         span.end()
         otel_context.detach(token)
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """End the span of a cancelled task."""
         opened = self._open.pop(id(envelope), None)
         if opened is not None:

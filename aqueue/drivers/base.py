@@ -84,7 +84,7 @@ class Delivery(abc.ABC):
 
     `runs` counts the times a worker recorded (`begin`) that it started this message's task
     without settling it: the crashes it may have caused. A worker begins only redelivered
-    messages (`suspect`), each run alone (`aqueue.isolation`), so a message that was merely
+    messages (`suspect`), each run alone (`aqueue.worker.isolation`), so a message that was merely
     held by a worker that died is not blamed for its death.
     """
 
@@ -120,7 +120,7 @@ class Delivery(abc.ABC):
 
         Either its task never started, or this worker's own shutdown interrupted it: nothing to
         blame it for, so a broker counts neither this delivery nor a run, and it comes back as
-        it was (not a suspect, see `aqueue.isolation`). By default, a `nack`.
+        it was (not a suspect, see `aqueue.worker.isolation`). By default, a `nack`.
         """
         await self.nack(delay=0.0)
 
@@ -299,7 +299,7 @@ class Broker(_Connected):
     #: Whether the worker should keep messages claimed ahead of its free slots (half its
     #: concurrency): for a driver whose every claim is a round trip. They are renewed like
     #: running ones and given back (`Delivery.release`) first at shutdown; none is claimed
-    #: ahead while a redelivered message is in the worker (see `aqueue.slots`).
+    #: ahead while a redelivered message is in the worker (see `aqueue.worker.slots`).
     claims_ahead: bool = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
@@ -385,8 +385,8 @@ class StoredResult:
 
 
 #: What `ResultBackend.chord_part` tells the worker that recorded a header task: "fire" (every
-#: header task succeeded: send the callback), "fail" (one failed: fail the chord), or "wait"
-#: (more to come, or the chord was settled already).
+#: header task is recorded: send the callback), "fail" (one failed: fail the chord), or "wait"
+#: (more to come, another recorder claimed the chord, or it was settled already).
 ChordStep: TypeAlias = Literal["fire", "fail", "wait"]
 
 
@@ -475,13 +475,23 @@ class ResultBackend(_Connected):
         """Record, atomically, that header task `task_id` of a chord of `size` finished.
 
         Each task id counts once however often it is recorded (a redelivered task records
-        again). With `ok=False` the chord is failed. Returns "fire" while all `size` ids are
-        recorded, "fail" while a failure is, and "wait" otherwise or once `chord_done` was
-        called: the recorder that gets "fire" or "fail" acts, then calls `chord_done`. The
-        records live for `ttl` seconds.
+        again). With `ok=False` the chord is failed. The first recorder that finds all `size`
+        ids recorded (or a failure) *claims* the chord, in the same atomic step, and is told
+        "fire" (or "fail"); every other recorder is told "wait". The claimant is told so
+        again each time it records until `chord_done` (its message redelivered after it died
+        before sending: it sends again), then "wait". The records live for `ttl` seconds.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot count chords")
 
     async def chord_done(self, chord_id: str, ttl: float) -> None:
         """Record that the chord's callback was sent (or the chord failed): no more "fire"."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count chords")
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim, atomically, the run of task `task_id` sent by chord `chord_id`'s claimant.
+
+        Each message the claimant sends carries a token of its own. The first token checked
+        for a task id is kept (for `ttl` seconds): True for it (again on redelivery of its
+        message), False for any other, a second copy sent after a crash, which must not run.
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot count chords")

@@ -35,8 +35,8 @@ from .event import TOPIC, Raw, encode_batch
 
 if TYPE_CHECKING:
     from ..drivers.base import Broker, Delivery, Mailbox
+    from ..interfaces import RunnableTask
     from ..message import Envelope, OutgoingMessage
-    from ..task import Task
 
 __all__ = [
     "BATCH",
@@ -155,7 +155,7 @@ class EventEmitter:
     # last flush. So the hot path stores a few values, and reprs and tuples are built once
     # per flush, off the task's way.
 
-    def received(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note task-received (its event is built at the flush)."""
         args: Any = envelope.args
         kwargs: Any = envelope.kwargs
@@ -189,7 +189,7 @@ class EventEmitter:
         if len(buffer) == 1 and self._wake is not None:
             self._wake.set()
 
-    def started(self, task: Task[Any, Any], envelope: Envelope, delivery: Delivery) -> None:
+    def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note task-started, and task-received at the same time if it never waited.
 
         The worker calls `received` only for the tasks that wait before they start.
@@ -236,7 +236,7 @@ class EventEmitter:
 
     def finished(
         self,
-        task: Task[Any, Any],
+        task: RunnableTask,
         envelope: Envelope,
         state: str,
         runtime: float,
@@ -267,7 +267,7 @@ class EventEmitter:
             record[_QUEUED] = True
             self._buffer.append(record)
 
-    def interrupted(self, task: Task[Any, Any], envelope: Envelope, revoked: bool) -> None:
+    def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
         self._open.pop(id(envelope), None)
         if revoked:

@@ -41,9 +41,9 @@ from ...config import load_object
 from ...drivers import create_backend
 from ...drivers.base import ResultBackend, StoredResult
 from ...exceptions import ConfigurationError
+from ...request import Request, running_request
 from ...result_meta import ResultMeta
 from ...signing import open_result, sign_result
-from ...task import Request, running_request
 
 if TYPE_CHECKING:
     from django.tasks.backends.base import BaseTaskBackend

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from ....drivers.base import ResultBackend, StoredResult
 from ....drivers.waiting import Pause, Poll, Waiters
 from ....exceptions import BrokerError, ConfigurationError
+from ....request import running_request
 from ....states import READY_STATES
-from ....task import running_request
 from ....urls import redact
 from .batching import Batcher
 from .listener import CHANNEL, Listener, connection_params, notify_chunks
