@@ -1,7 +1,7 @@
 """The contract suites (tests/contract/) again, on a Redis Cluster.
 
-Three primaries of the session's own (tests/redis_cluster.py), started once; every test gets
-`redis+cluster://...` under a key prefix of its own.
+Three primaries of the session's own (tests/helpers/redis_cluster.py), started once; every
+test gets `redis+cluster://...` under a key prefix of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .. import service_redis
-from ..conftest import service_unavailable
-from ..redis_cluster import ClusterGroup
+from tests.helpers import service_redis
+from tests.helpers.drivers import service_unavailable
+from tests.helpers.redis_cluster import ClusterGroup
 
 
 @pytest.fixture(scope="session")

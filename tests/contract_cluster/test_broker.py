@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aqueue import Broker
+from tests.helpers.consuming import drain
 
-from ..consuming import drain
 from ..contract.test_broker import *  # noqa: F403 - the same tests, another broker_url
 from ..contract.test_broker import message
 

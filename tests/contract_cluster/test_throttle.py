@@ -1,16 +1,17 @@
-"""tests/test_redis_throttle.py's rate limiter and semaphore tests, on a Redis Cluster."""
+"""The rate limiter and semaphore tests (tests/drivers/redis/test_redis_throttle.py), on a
+Redis Cluster."""
 
 from __future__ import annotations
 
 import pytest
 
-from .. import test_redis_throttle
-from ..test_redis_throttle import *  # noqa: F403 - the same tests, another url
+from tests.drivers.redis import test_redis_throttle
+from tests.drivers.redis.test_redis_throttle import *  # noqa: F403 - the same tests, another url
 
 
 @pytest.fixture
 def url(broker_url: str) -> str:
-    """Overrides tests/test_redis_throttle.py's: a Redis Cluster (see conftest.py)."""
+    """Overrides tests/drivers/redis/test_redis_throttle.py's: a Redis Cluster (see conftest.py)."""
     return broker_url
 
 

@@ -328,7 +328,9 @@ class Consumer:
             if len(self.readers) > 1:
                 commands = [self._read_command([each], limit, block_ms) for each in self.keys]
                 hot = self.broker.hot_path()
-                reply: Any = await per_slot.read_each(self.readers, hot, self.keys, commands)
+                reply: Any = await per_slot.read_each(
+                    self.readers, hot, [each.wake for each in self.keys], commands
+                )
             else:
                 reply = await self.reader.execute(*self._read_command(self.keys, limit, block_ms))
         except ResponseError as exc:

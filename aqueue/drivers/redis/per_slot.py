@@ -22,7 +22,6 @@ from .cluster import ClusterClient
 
 if TYPE_CHECKING:
     from .client import LeanClient
-    from .consumer import QueueKeys
 
 __all__ = ["merge_claims", "read_each"]
 
@@ -63,12 +62,15 @@ def merge_claims(replies: Sequence[Any], limit: int) -> tuple[Any, ...]:
 async def read_each(
     readers: Sequence[LeanClient],
     hot: LeanClient,
-    queues: Sequence[QueueKeys],
+    routes: Sequence[str],
     commands: Sequence[Sequence[Any]],
 ) -> list[Any]:
-    """Run one blocking read per queue at once; return their replies' streams together."""
+    """Run one blocking read per queue at once; return their replies' streams together.
+
+    `routes` holds a key of each queue (its slot's node is where its read goes).
+    """
     assert isinstance(hot, ClusterClient)
-    reads = _Reads(hot, queues)
+    reads = _Reads(hot, routes)
     async with anyio.create_task_group() as group:
         for index, reader in enumerate(readers):
             assert isinstance(reader, ClusterClient)
@@ -81,9 +83,9 @@ async def read_each(
 class _Reads:
     """The blocking reads of one `read_each` call."""
 
-    def __init__(self, hot: ClusterClient, queues: Sequence[QueueKeys]) -> None:
+    def __init__(self, hot: ClusterClient, routes: Sequence[str]) -> None:
         self.hot = hot
-        self.queues = queues
+        self.routes = routes
         self.found: list[Any] = []
         self.errors: list[BaseException] = []
         self.blocked: dict[int, int] = {}  # queue index -> the client id of its connection
@@ -93,7 +95,7 @@ class _Reads:
     async def read(self, index: int, reader: ClusterClient, command: Sequence[Any]) -> None:
         reply = None
         try:
-            (client_id,) = await reader.execute_at(self.queues[index].wake, ("CLIENT", "ID"))
+            (client_id,) = await reader.execute_at(self.routes[index], ("CLIENT", "ID"))
             if self.stop:
                 return
             self.blocked[index] = int(client_id)
@@ -116,7 +118,7 @@ class _Reads:
                 if index in self.done:
                     break
                 (ended,) = await self.hot.execute_at(
-                    self.queues[index].wake, ("CLIENT", "UNBLOCK", client_id)
+                    self.routes[index], ("CLIENT", "UNBLOCK", client_id)
                 )
                 if isinstance(ended, Exception) or int(ended):
                     break

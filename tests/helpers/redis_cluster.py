@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from .test_redis_processes import Lines, free_port, spawn
+from tests.helpers.processes import Lines, free_port, spawn
 
 NODE_TIMEOUT_MS = 1000
 STEP = 60.0

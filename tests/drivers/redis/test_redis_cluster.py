@@ -1,7 +1,7 @@
 """Redis Cluster: `redis+cluster://` URLs, slot redirections, several queues, a failover.
 
-The servers are the test's own (`tests/redis_cluster.py`): three primaries on free ports, and
-for the failover test a replica each. The failover test runs a worker process (`python -m
+The servers are the test's own (`tests/helpers/redis_cluster.py`): three primaries on free
+ports, and for the failover test a replica each. The failover test runs a worker process (`python -m
 aqueue worker`) and a producer in this process, kills a primary with SIGKILL and counts the
 tasks lost and run twice, from `ran.log`, where each run of `work` appends `index pid time`.
 (The contract suites run on a cluster too: tests/contract_cluster/.)
@@ -29,13 +29,12 @@ from aqueue.drivers.redis.client import parse_redis_url
 from aqueue.drivers.redis.cluster import slot_of
 from aqueue.exceptions import ConfigurationError
 from aqueue.urls import redact
-
-from . import service_redis
-from .conftest import service_unavailable
-from .consuming import Credit
-from .contract.test_broker import message
-from .redis_cluster import NODE_TIMEOUT_MS, ClusterGroup
-from .test_redis_processes import STEP, child_env, spawn
+from tests.contract.test_broker import message
+from tests.helpers import service_redis
+from tests.helpers.consuming import Credit
+from tests.helpers.drivers import service_unavailable
+from tests.helpers.processes import STEP, child_env, spawn
+from tests.helpers.redis_cluster import NODE_TIMEOUT_MS, ClusterGroup
 
 TASKS = """
     import os
@@ -126,7 +125,7 @@ def test_a_bad_cluster_url_is_one_line_without_the_password(url: str, says: str)
 
 
 async def test_an_unreachable_cluster_is_a_broker_error_without_the_password() -> None:
-    from .test_redis_throttle import _closed_port
+    from tests.drivers.redis.test_redis_throttle import _closed_port
 
     url = f"redis+cluster://:s3cret@127.0.0.1:{_closed_port()}/?socket_connect_timeout=0.5"
     broker = create_broker(url, {})
