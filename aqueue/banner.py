@@ -10,7 +10,7 @@ from ._version import __version__
 from .urls import redact
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .worker.lifecycle import Worker
 
 __all__ = ["banner"]
 

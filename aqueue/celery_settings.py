@@ -293,7 +293,7 @@ IGNORED: dict[str, str] = {
     ),
     **_each(
         "the control plane uses the broker's mailbox, always on",
-        "worker_enable_remote_control",
+        "worker_enable_control_server",
         "control_exchange",
         "control_queue_durable",
         "control_queue_exclusive",

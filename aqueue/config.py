@@ -33,7 +33,7 @@ from .drivers.options import (
 from .exceptions import ConfigurationError, UnknownSetting
 from .formats import check_formats
 from .loops import LOOPS
-from .recycle import parse_memory
+from .sizes import parse_memory
 from .urls import redact_text
 
 __all__ = ["DEFAULT_BROKER_URL", "ENVIRONMENT", "Settings", "load_object"]
@@ -102,10 +102,10 @@ class Settings:
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
     #: Warn (naming the task) when the event loop was blocked longer than this many seconds,
-    #: which only code that does not await can do (see aqueue/loopwatch.py); 0 turns it off.
+    #: which only code that does not await can do (see aqueue/worker/loopwatch.py); 0 turns it off.
     worker_loop_block_warning: float = 1.0
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
-    #: and collects young objects less often (see aqueue/_gc.py); False leaves it alone.
+    #: and collects young objects less often (aqueue/worker/gc_tuning.py); False leaves it alone.
     worker_tune_gc: bool = True
     #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.

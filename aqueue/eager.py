@@ -20,7 +20,7 @@ from .drivers.base import Broker, Credit, DeadLetter, Delivery, ResultBackend
 from .exceptions import ResultsDisabled
 from .message import Envelope, OutgoingMessage, new_id
 from .result import AsyncResult
-from .runner import Runner, WorkerApp
+from .worker.runner import Runner, WorkerApp
 
 if TYPE_CHECKING:
     from .interfaces import AppLike, RunnableTask

@@ -13,7 +13,7 @@ Nothing can cancel a coroutine that never awaits (CPU-bound code on the event lo
 to its end however long that takes. A task that returns past its hard limit still fails with
 `TimeLimitExceeded` (its value is dropped), so a limit is never silently exceeded (a thread
 that returns while the loop is blocked is failed by the deadline's cancellation); the worker's
-loop watch (aqueue/loopwatch.py) says which task blocked the loop meanwhile.
+loop watch (aqueue/worker/loopwatch.py) says which task blocked the loop meanwhile.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .app import App
-from .worker import Worker
+from .worker.lifecycle import Worker
 
 __all__ = ["InProcessWorker"]
 

@@ -70,7 +70,7 @@ async def drain(name: str, url: str) -> list[Envelope]:
             await delivery.ack()
     if name != "sqlite":  # the test suite's helpers remove the prefix's keys and queues
         sys.path.insert(0, str(ROOT))
-        from tests import service_amqp, service_redis
+        from tests.helpers import service_amqp, service_redis
 
         await {"redis": service_redis, "amqp": service_amqp}[name].cleanup(url)
     return envelopes

@@ -8,7 +8,7 @@ Each run, in a temporary directory of its own: worker A (`aqueue worker`, defaul
 file; worker B is started and idle; A is killed with SIGKILL and the file created; the time
 from the kill until every result is in is the recovery time. Prints each run and the median.
 Redis runs use a key prefix of their own and delete their keys. (RabbitMQ redelivers a dead
-connection's messages at once: `tests/test_reclaim.py` checks it.)
+connection's messages at once: `tests/worker/test_reclaim.py` checks it.)
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ async def cleanup(name: str, app: App, broker_url: str, tag: str) -> None:
     if name == "amqp":
         sys.path.insert(0, str(ROOT))
         try:
-            from tests import service_amqp
+            from tests.helpers import service_amqp
         finally:
             sys.path.remove(str(ROOT))
         await service_amqp.cleanup(broker_url)

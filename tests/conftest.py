@@ -1,36 +1,36 @@
-"""Shared fixtures: apps on every driver, and the rule for unreachable services.
+"""Shared fixtures: apps on every driver (the contract), worker projects, the --loop option.
 
-Each server-backed driver has a module here (`service_redis.py`, `service_amqp.py`) with
-`URL_SCHEME`, `make_url(unique)`, `async unreachable() -> str | None` and
-`async cleanup(url)`; the fixtures below run the contract on every driver in `DRIVERS`.
+Plain helpers live in `tests/helpers/` (`drivers.py`: which drivers, their URLs, and the rule
+for unreachable services); test modules import those, never each other or this file.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from aqueue import App, current
-
-from . import service_amqp, service_redis
-from .loops import (  # noqa: F401 - the --loop option: asyncio and uvloop
+from tests.helpers import service_redis
+from tests.helpers.cli import restore_logging, write_module  # noqa: F401 - fixtures
+from tests.helpers.drivers import (
+    DRIVERS,
+    SERVICES,
+    MakeApp,
+    driver_url,
+    require,
+    service_unavailable,
+)
+from tests.helpers.loops import (  # noqa: F401 - the --loop option: asyncio and uvloop
     pytest_addoption,
     pytest_asyncio_loop_factories,
     pytest_configure,
 )
-from .test_processes import project, workers  # noqa: F401 - worker-process fixtures, shared
-
-#: CI sets this: a test that needs an unreachable service fails instead of skipping.
-REQUIRE_SERVICES = os.environ.get("AQUEUE_REQUIRE_SERVICES") == "1"
-
-SERVICES: dict[str, ModuleType] = {"redis": service_redis, "amqp": service_amqp}
-DRIVERS = ["memory", "sqlite", *(name for name, mod in SERVICES.items() if mod.ENABLED)]
+from tests.helpers.processes import redis_servers  # noqa: F401 - Redis servers of a test's own
+from tests.helpers.worker_project import project, workers  # noqa: F401 - worker processes
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +46,6 @@ def _shared_tasks_restored() -> Iterator[None]:
     current._current[:] = current_app
 
 
-def service_unavailable(reason: str) -> None:
-    """Skip (or, under AQUEUE_REQUIRE_SERVICES=1, fail) a test whose service is unreachable."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (AQUEUE_REQUIRE_SERVICES=1 turns this skip into a failure)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 async def shared_url() -> AsyncIterator[str]:
     """The shared test Redis (AQUEUE_TEST_REDIS_URL) under a key prefix of this test's own."""
@@ -61,22 +54,6 @@ async def shared_url() -> AsyncIterator[str]:
     url = service_redis.make_url(uuid.uuid4().hex[:10])
     yield url
     await service_redis.cleanup(url)
-
-
-def driver_url(driver: str, tmp_path: Path) -> str:
-    """A URL for `driver` private to one test (its own file, key prefix or queue names)."""
-    if driver == "memory":
-        return "memory://"
-    if driver == "sqlite":
-        return f"sqlite:///{tmp_path / 'aqueue.db'}"
-    return str(SERVICES[driver].make_url(uuid.uuid4().hex[:10]))
-
-
-async def require(driver: str) -> None:
-    """Skip or fail the test when `driver`'s server is not reachable."""
-    service = SERVICES.get(driver)
-    if service is not None and (reason := await service.unreachable()):
-        service_unavailable(reason)
 
 
 @pytest.fixture(params=DRIVERS)
@@ -88,9 +65,6 @@ async def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield url
     if driver in SERVICES:
         await SERVICES[driver].cleanup(url)
-
-
-MakeApp = Callable[..., App]
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -25,53 +23,9 @@ from aqueue.cli import main
 from aqueue.exceptions import ConfigurationError
 from aqueue.loader import load_app
 from aqueue.logs import SecretFilter, setup_logging
+from tests.helpers.cli import WriteModule, assert_one_error_line
 
-WriteModule = Callable[[str], str]
-
-
-@pytest.fixture
-def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteModule]:
-    """Write a module into tmp_path (the current directory) under a fresh name; return the name.
-
-    Fresh names keep `sys.modules` from handing one test another test's module; each is
-    forgotten again afterwards.
-    """
-    monkeypatch.chdir(tmp_path)
-    names: list[str] = []
-
-    def write(source: str) -> str:
-        name = f"mod_{uuid.uuid4().hex[:10]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        return name
-
-    yield write
-    for name in names:
-        sys.modules.pop(name, None)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """`aqueue worker` reconfigures the root logger; put it back as pytest had it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
-
-
-def assert_one_error_line(stderr: str, *fragments: str) -> str:
-    lines = error_lines(stderr)
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("aqueue: error: "), stderr
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("restore_logging")  # `aqueue worker` sets up logging
 
 
 # -- --version --------------------------------------------------------------------------------

@@ -12,11 +12,10 @@ import pytest
 
 from aqueue import App, ConfigurationError, NoReply, NotRegistered, TaskRevoked, Worker, states
 from aqueue.control import require_replies
+from tests.contract.test_mailbox import MAILBOX_DRIVERS
+from tests.helpers.drivers import MakeApp
 
-from .conftest import MakeApp
-from .contract.test_mailbox import MAILBOX_DRIVERS
-
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 
 @pytest.fixture

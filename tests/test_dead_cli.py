@@ -12,8 +12,7 @@ import pytest
 from aqueue import App, OutgoingMessage, Worker
 from aqueue.cli import main
 from aqueue.message import Envelope
-
-from .consuming import drain
+from tests.helpers.consuming import drain
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ import pytest
 from aqueue import App, states
 from aqueue.beat.housekeeping import housekeeping_entries, run_housekeeping
 from aqueue.result_meta import ResultMeta
-
-from . import service_django, service_redis
-from .conftest import service_unavailable
+from tests.helpers import service_django, service_redis
+from tests.helpers.drivers import service_unavailable
 
 service_django.configure()
 
-from .djresults.aqueue_app import add, app, boom  # noqa: E402
+from tests.djresults.aqueue_app import add, app, boom  # noqa: E402
 
 #: (result store, broker) pairs: every store on SQLite, the cross-process ones on Redis too.
 CASES = [

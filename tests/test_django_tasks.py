@@ -11,8 +11,7 @@ import anyio
 import pytest
 
 from aqueue import App, Worker
-
-from . import service_django
+from tests.helpers import service_django
 
 service_django.configure()
 
@@ -26,9 +25,8 @@ from aqueue.contrib.django.tasks_backend import (  # noqa: E402
     task_finished,
     task_started,
 )
-
-from .djresults import djtasks, unimported  # noqa: E402
-from .djresults.aqueue_app import app  # noqa: E402
+from tests.djresults import djtasks, unimported  # noqa: E402
+from tests.djresults.aqueue_app import app  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

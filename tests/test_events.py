@@ -15,8 +15,7 @@ from aqueue.cli.events import format_event
 from aqueue.events import Event
 from aqueue.events.emitter import EventEmitter
 from aqueue.events.event import decode_batch, encode_batch
-
-from .conftest import MakeApp
+from tests.helpers.drivers import MakeApp
 
 
 def tasks_of(app: App) -> dict[str, Any]:

@@ -6,8 +6,7 @@ import __future__
 import types
 
 import aqueue
-
-from .test_layout import needs_django_ready
+from tests.helpers.layout import needs_django_ready
 
 #: Private-looking names that are public API all the same.
 PUBLIC_DUNDERS = {"__version__"}

@@ -14,9 +14,9 @@ from types import ModuleType
 import anyio
 import pytest
 
-from . import service_redis
-from .conftest import service_unavailable
-from .test_redis_processes import Lines, spawn
+from tests.helpers import service_redis
+from tests.helpers.drivers import service_unavailable
+from tests.helpers.processes import Lines, spawn
 
 pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (the test extra)")
 httpx = pytest.importorskip("httpx", reason="the FastAPI example test needs httpx")

@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from .test_redis_processes import STEP, Lines, free_port, spawn
+from tests.helpers.processes import STEP, Lines, free_port, spawn
 
 pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (the test extra)")
 pytest.importorskip("uvicorn", reason="the uvicorn test needs uvicorn (the test extra)")

@@ -13,9 +13,8 @@ from aqueue import App, OutgoingMessage, SerializationError, TaskError, Worker, 
 from aqueue.codec import MAX_DEPTH
 from aqueue.control import RATE_LIMIT_PREFIX
 from aqueue.result_meta import MAX_MESSAGE_CHARS, MAX_TRACEBACK_CHARS
-
-from .conftest import MakeApp
-from .contract.test_mailbox import MAILBOX_DRIVERS
+from tests.contract.test_mailbox import MAILBOX_DRIVERS
+from tests.helpers.drivers import MakeApp
 
 
 async def burst(app: App) -> Worker:

@@ -10,9 +10,8 @@ import pytest
 
 from aqueue import Worker
 from aqueue.cli import main
-from aqueue.runtimes import percentile
-
-from .conftest import MakeApp
+from aqueue.worker.runtimes import percentile
+from tests.helpers.drivers import MakeApp
 
 
 async def test_queue_stats_count_waiting_delayed_and_dead(make_app: MakeApp) -> None:

@@ -11,10 +11,9 @@ import pytest
 
 from aqueue import App, SoftTimeLimitExceeded, TaskError, TimeLimitExceeded, Worker
 from aqueue.limits import run_coroutine
+from tests.helpers.drivers import MakeApp
 
-from .conftest import MakeApp
-
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 LIMIT = "aqueue.exceptions.TimeLimitExceeded"
 

@@ -14,8 +14,7 @@ import pytest
 
 from aqueue import App, Worker
 from aqueue.logs import JsonFormatter, install_task_records
-
-from .test_processes import clean_env
+from tests.helpers.processes import child_env
 
 MODULE = """
     import json
@@ -64,7 +63,7 @@ async def run_worker(tmp_path: Path, *args: str) -> tuple[list[str], str]:
         done = await anyio.run_process(
             [sys.executable, "-m", "aqueue", "worker", "logmod:app", "--burst", *args],
             cwd=tmp_path,
-            env=clean_env(),
+            env=child_env(),
             check=False,
         )
     assert done.returncode == 0, done.stderr.decode()

@@ -1,5 +1,5 @@
 """The event loops: `aqueue worker --loop auto|asyncio|uvloop`, `worker_loop`, and the tests' own
-`--loop` option (tests/loops.py) that runs the driver suites on asyncio and on uvloop."""
+`--loop` option (tests/helpers/loops.py) that runs the driver suites on asyncio and on uvloop."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import asyncio
 import importlib.metadata
 import re
 import sys
-import textwrap
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -20,33 +17,13 @@ from aqueue import App, Settings
 from aqueue.exceptions import ConfigurationError
 from aqueue.loader import load_app
 from aqueue.loops import LOOPS, describe, loop_factory, resolve
+from tests.helpers.cli import WriteModule, assert_one_error_line
 
-from .test_cli import assert_one_error_line
-from .test_cli import restore_logging as restore_logging  # autouse: the worker sets up logging
+pytestmark = pytest.mark.usefixtures("restore_logging")  # the worker sets up logging
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is in the test extra")
 
 INSTALL = 'pip install "aqueue-tasks[uvloop]"'
-
-
-WriteModule = Callable[[str], str]
-
-
-@pytest.fixture
-def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteModule]:
-    """Write an app module into tmp_path (the current directory); return its fresh name."""
-    monkeypatch.chdir(tmp_path)
-    names: list[str] = []
-
-    def write(source: str) -> str:
-        name = f"mod_{uuid.uuid4().hex[:10]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        return name
-
-    yield write
-    for name in names:
-        sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -268,7 +245,7 @@ def test_no_code_checks_transport_classes() -> None:
 
 _LEAK = """
 import asyncio, socket, sys, warnings
-from tests.loops import _uvloop_factory
+from tests.helpers.loops import _uvloop_factory
 warnings.simplefilter("error")
 server = socket.create_server(("127.0.0.1", 0))
 async def leak():

@@ -11,8 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aqueue import Worker
 from aqueue.metrics import WorkerMetrics
-
-from .conftest import MakeApp
+from tests.helpers.drivers import MakeApp
 
 N = 7
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 
 from aqueue import App
-
-from . import service_redis
-from .conftest import service_unavailable
-from .test_redis_processes import Lines, child_env, spawn
+from tests.helpers import service_redis
+from tests.helpers.drivers import service_unavailable
+from tests.helpers.processes import Lines, child_env, spawn
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from aqueue import (
 )
 from aqueue.result_meta import ResultMeta, rebuild_exception
 
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"

@@ -9,10 +9,9 @@ import pytest
 
 from aqueue import App, MaxRetriesExceeded, Retry, Worker, states
 from aqueue.task import Task
+from tests.helpers.drivers import MakeApp
 
-from .conftest import MakeApp
-
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 
 async def burst(app: App) -> Worker:

@@ -9,8 +9,7 @@ import pytest
 
 from aqueue import App, ConfigurationError
 from aqueue.routing import route
-
-from .consuming import take_envelopes
+from tests.helpers.consuming import take_envelopes
 
 NewApp = Callable[..., App]
 

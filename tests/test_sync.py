@@ -21,9 +21,8 @@ import pytest
 from aqueue import App, SerializationError, Worker, states
 from aqueue.sync import _Sender
 from aqueue.testing import InProcessWorker
-
-from . import service_amqp, service_redis
-from .conftest import SERVICES, require
+from tests.helpers import service_amqp, service_redis
+from tests.helpers.drivers import SERVICES, require
 
 #: (name, broker driver, result backend: None for the broker's own, or a driver name).
 SETUPS = [

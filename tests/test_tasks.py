@@ -30,8 +30,7 @@ from aqueue import (
     shared_task,
 )
 from aqueue.task import current_request
-
-from .consuming import take_envelopes
+from tests.helpers.consuming import take_envelopes
 
 NewApp = Callable[..., App]
 

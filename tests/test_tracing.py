@@ -11,8 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from aqueue import App, Worker
-
-from .conftest import MakeApp
+from tests.helpers.drivers import MakeApp
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from .. import codec
+from .. import codec, sending
 from ..exceptions import AqueueError, ConfigurationError, NotRegistered
 from .clock import Clock, SystemClock
 from .entries import Entry
@@ -32,8 +32,8 @@ from .schedules import app_timezone, every
 from .source import Source, make_source
 
 if TYPE_CHECKING:
-    from ..app import App
     from ..drivers.base import Mailbox
+    from ..interfaces import AppLike
 
 __all__ = ["CLAIM_PREFIX", "LAST_PREFIX", "Beat"]
 
@@ -57,7 +57,7 @@ class Beat:
 
     def __init__(
         self,
-        app: App,
+        app: AppLike,
         *,
         clock: Clock | None = None,
         source: Source | None = None,
@@ -235,8 +235,8 @@ class Beat:
         headers = {**(options.pop("headers", None) or {}), "beat-entry": entry.name}
         headers["beat-due"] = due
         headers["beat-sent"] = self.clock.now()
-        result = await self.app.send_task(
-            entry.task, entry.args, entry.kwargs, headers=headers, **options
+        result = await sending.send(
+            self.app, entry.task, entry.args, entry.kwargs, headers=headers, **options
         )
         logger.info(
             "Sent %s (%s)%s due %s, %.1f ms after: %s",

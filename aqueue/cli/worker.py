@@ -25,10 +25,11 @@ from ..exceptions import ConfigurationError
 from ..loader import import_from_cwd, load_app
 from ..logs import root_handlers, setup_logging
 from ..loops import LOOPS, describe, loop_factory
-from ..recycle import EXIT_RECYCLE, parse_memory
-from ..supervisor import Supervisor, child_name, watch_parent
+from ..sizes import parse_memory
 from ..urls import secrets_in
 from ..worker import Worker
+from ..worker.recycle import EXIT_RECYCLE
+from ..worker.supervisor import Supervisor, child_name, watch_parent
 from .beat import beat_banner
 
 __all__ = ["add_commands"]
@@ -214,7 +215,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _supervise(app: App, args: argparse.Namespace) -> int:
-    """Run `--workers N` child workers under a supervisor (aqueue/supervisor.py)."""
+    """Run `--workers N` child workers under a supervisor (aqueue/worker/supervisor.py)."""
     hostname = args.hostname or app.conf.worker_hostname or f"aqueue@{socket.gethostname()}"
     setup_logging(args.loglevel, [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")])
 

@@ -84,7 +84,7 @@ class Delivery(abc.ABC):
 
     `runs` counts the times a worker recorded (`begin`) that it started this message's task
     without settling it: the crashes it may have caused. A worker begins only redelivered
-    messages (`suspect`), each run alone (`aqueue.isolation`), so a message that was merely
+    messages (`suspect`), each run alone (`aqueue.worker.isolation`), so a message that was merely
     held by a worker that died is not blamed for its death.
     """
 
@@ -120,7 +120,7 @@ class Delivery(abc.ABC):
 
         Either its task never started, or this worker's own shutdown interrupted it: nothing to
         blame it for, so a broker counts neither this delivery nor a run, and it comes back as
-        it was (not a suspect, see `aqueue.isolation`). By default, a `nack`.
+        it was (not a suspect, see `aqueue.worker.isolation`). By default, a `nack`.
         """
         await self.nack(delay=0.0)
 
@@ -299,7 +299,7 @@ class Broker(_Connected):
     #: Whether the worker should keep messages claimed ahead of its free slots (half its
     #: concurrency): for a driver whose every claim is a round trip. They are renewed like
     #: running ones and given back (`Delivery.release`) first at shutdown; none is claimed
-    #: ahead while a redelivered message is in the worker (see `aqueue.slots`).
+    #: ahead while a redelivered message is in the worker (see `aqueue.worker.slots`).
     claims_ahead: bool = False
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:

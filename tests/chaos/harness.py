@@ -36,8 +36,8 @@ from typing import Any
 import anyio
 
 from aqueue import App, BrokerError
-from tests import service_amqp
-from tests.test_redis_processes import Lines, child_env, free_port, spawn
+from tests.helpers import service_amqp
+from tests.helpers.processes import Lines, child_env, free_port, spawn
 
 from .ledger import TASK_LEDGER, Ledger, Report, connect
 from .proxy import Proxy

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import service_unavailable
+from tests.helpers.drivers import service_unavailable
 
 from . import scenarios
 from .harness import BROKERS, Outcome, missing

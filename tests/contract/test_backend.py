@@ -11,7 +11,7 @@ import pytest
 from aqueue import App, ResultBackend, StoredResult, states
 from aqueue.drivers import create_backend
 
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 
 from aqueue import ResultBackend
 from aqueue.drivers import create_backend
+from tests.helpers import service_django
+from tests.helpers.drivers import service_unavailable
 
-from .. import service_django
-from ..conftest import service_unavailable
 from .test_backend import (  # noqa: F401 - the contract, collected here on these stores
     task_id,
     test_expired_results_are_gone,

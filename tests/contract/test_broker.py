@@ -12,10 +12,9 @@ import pytest
 
 from aqueue import Broker, BrokerError, OutgoingMessage
 from aqueue.drivers import create_broker
+from tests.helpers.consuming import Credit, drain
 
-from ..consuming import Credit, drain
-
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 
 from aqueue import Broker, DeadLetterStats, OutgoingMessage
 from aqueue.drivers import create_broker
-
-from ..consuming import drain
+from tests.helpers.consuming import drain
 
 
 @pytest.fixture

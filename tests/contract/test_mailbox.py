@@ -12,7 +12,7 @@ from aqueue import Broker
 from aqueue.drivers import create_broker
 from aqueue.drivers.base import Mailbox
 
-pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/loops.py)
+pytestmark = pytest.mark.both_loops  # asyncio and uvloop (tests/helpers/loops.py)
 
 #: Drivers whose broker has a mailbox yet; each server driver joins when it gets one.
 MAILBOX_DRIVERS = ("memory", "sqlite", "redis", "amqp")

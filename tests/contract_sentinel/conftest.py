@@ -1,7 +1,8 @@
 """The contract suites (tests/contract/) again, on Redis behind Sentinel.
 
-One primary, two replicas and three sentinels of the session's own (tests/redis_sentinel.py),
-started once; every test gets `redis+sentinel://...` under a key prefix of its own.
+One primary, two replicas and three sentinels of the session's own
+(tests/helpers/redis_sentinel.py), started once; every test gets `redis+sentinel://...` under a
+key prefix of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .. import service_redis
-from ..conftest import service_unavailable
-from ..redis_sentinel import SentinelGroup
+from tests.helpers import service_redis
+from tests.helpers.drivers import service_unavailable
+from tests.helpers.redis_sentinel import SentinelGroup
 
 
 @pytest.fixture(scope="session")

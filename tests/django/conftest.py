@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .. import service_django
-from ..conftest import service_unavailable
+from tests.helpers import service_django
+from tests.helpers.drivers import service_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "django"

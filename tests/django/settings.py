@@ -5,8 +5,9 @@ would create its app before these settings exist), plus what the result stores a
 backend need: `aqueue.contrib.django`, a file cache, `TASKS`. The example's apps (`polls`,
 `reports`) are importable from here on. The SQLite files live in `AQUEUE_DJANGO_TEST_DIR` and
 the PostgreSQL database (127.0.0.1:5432, user postgres, trust auth) is `AQUEUE_DJANGO_PG_DB`,
-this run's own, created by the tests that use it and dropped at exit (`tests/service_django.py`);
-the test process picks both and passes them to the workers it starts.
+this run's own, created by the tests that use it and dropped at exit
+(`tests/helpers/service_django.py`); the test process picks both and passes them to the workers
+it starts.
 """
 
 import atexit

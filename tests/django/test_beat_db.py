@@ -12,8 +12,7 @@ import pytest
 
 from aqueue import App
 from aqueue.beat import Beat, ManualClock
-
-from ..consuming import take_envelopes
+from tests.helpers.consuming import take_envelopes
 
 START = 1_700_000_000.5
 

@@ -16,9 +16,9 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from aqueue import App, Worker, current
+from tests.helpers import service_redis
+from tests.helpers.drivers import require, service_unavailable
 
-from .. import service_redis
-from ..conftest import require, service_unavailable
 from .conftest import EXAMPLE, REPO
 
 

@@ -32,7 +32,7 @@ What it promises:
   classic queues) and acks the original. A message delivered more than `max_deliveries`
   times is dead-lettered with reason `max-deliveries` before it runs again.
 - **Runs.** On classic queues, `begin` (the worker calls it before running a redelivered
-  message alone, see `aqueue.isolation`) replaces the message by a copy with one more
+  message alone, see `aqueue.worker.isolation`) replaces the message by a copy with one more
   `aqueue-runs`, held on a running queue while the task runs (`running`): a message
   that kills its worker comes back counted, and one merely held is not blamed. A message with
   `max_deliveries` runs is dead-lettered (the worker does it first, with a failure result).

@@ -73,7 +73,7 @@ class _Encoder:
     type dispatch for each value): 10 µs a message. This keeps each destination's
     `Basic.Publish` frame once encoded, and encodes the content header itself when a message
     has only the properties aqueue sets (`headers`, `delivery_mode`, `priority`, `message_id`;
-    any other goes to pamqp). tests/test_amqp_publish.py checks the bytes are pamqp's.
+    any other goes to pamqp). tests/drivers/amqp/test_amqp_publish.py checks the bytes are pamqp's.
     """
 
     def __init__(self, number: int, max_content_size: int) -> None:

@@ -2,7 +2,7 @@
 
 RabbitMQ counts no deliveries on classic queues, and a delivered message cannot be changed: a
 message that kills its worker comes back as it was, forever. So `begin` (the worker calls it
-before running a redelivered message alone, see `aqueue.isolation`) replaces the message by a
+before running a redelivered message alone, see `aqueue.worker.isolation`) replaces the message by a
 copy whose `aqueue-runs` header says one more run:
 
 1. the copy is published to a running queue of this connection's own, `<queue>.running.<id>`,

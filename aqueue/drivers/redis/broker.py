@@ -16,7 +16,7 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `script
   runs every `visibility_timeout / 2` seconds. Settling is fenced by owner and delivery counter:
   a consumer whose lease ran out cannot settle the message another consumer now holds.
 - Runs: `begin` (the worker calls it before running a redelivered message alone, see
-  `aqueue.isolation`) and `nack` add one to the message's field in the hash
+  `aqueue.worker.isolation`) and `nack` add one to the message's field in the hash
   `<prefix>:{<queue>}:runs` (keyed by a digest of the body, which survives `nack` and delays);
   a redelivered message with `max_deliveries` runs goes to the dead letters
   (`max-deliveries`); the worker does it first, with a failure result. Deliveries blame

@@ -16,7 +16,7 @@ Idle consumers sleep on a Unix datagram socket (`wake`) that every publish pokes
 a timeout set to the next delayed message or lease expiry: nothing polls.
 
 Runs: `begin` (the worker calls it before running a redelivered message alone, see
-`aqueue.isolation`) and `nack` add one to the message's row in `aqueue_runs`; a message with
+`aqueue.worker.isolation`) and `nack` add one to the message's row in `aqueue_runs`; a message with
 `max_deliveries` runs is dead-lettered when next claimed (the worker does it first, with a
 failure result). Claims count deliveries in `deliveries`, which blames nothing: a message
 merely held by a worker that died is not the one that killed it.

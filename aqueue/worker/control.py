@@ -1,0 +1,201 @@
+"""The worker's side of the control plane: it answers `app.control` commands.
+
+`ControlServer.run` subscribes to `control.broadcast` on the broker's mailbox and runs each
+command meant for this worker: ping, active, scheduled, registered, stats, rate_limit, revoke,
+shutdown. Before it listens, it loads what must outlive a restart: revoked task ids and rate
+limits changed at runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .. import codec
+from ..control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_PREFIX
+from ..exceptions import ConfigurationError
+from ..throttle import parse_rate
+
+if TYPE_CHECKING:
+    from ..drivers.base import Mailbox
+    from ..interfaces import AppLike
+
+__all__ = ["ControlServer", "Revocations", "WorkerView"]
+
+logger = logging.getLogger("aqueue.worker")
+
+#: The longest a worker spends sending one reply (shielded from its own shutdown).
+REPLY_TIMEOUT = 5.0
+
+
+class Revocations:
+    """Revoked task ids this worker knows, each until it expires."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def add(self, task_id: str, ttl: float) -> None:
+        """Revoke `task_id` for `ttl` seconds."""
+        self._until[task_id] = time.time() + ttl
+        if len(self._until) % 1000 == 0:
+            now = time.time()
+            self._until = {key: until for key, until in self._until.items() if until > now}
+
+    def __contains__(self, task_id: object) -> bool:
+        until = self._until.get(task_id) if isinstance(task_id, str) else None
+        return until is not None and until > time.time()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+class WorkerView(Protocol):
+    """What the control plane sees of the worker it serves, and the few things it may do."""
+
+    @property
+    def app(self) -> AppLike:
+        """The worker's app (its tasks and settings)."""
+        ...
+
+    @property
+    def hostname(self) -> str:
+        """The worker's node name."""
+        ...
+
+    @property
+    def revoked(self) -> Revocations:
+        """The task ids this worker knows are revoked."""
+        ...
+
+    def active(self) -> list[dict[str, Any]]:
+        """Describe the tasks running now."""
+        ...
+
+    def held(self) -> list[dict[str, Any]]:
+        """Describe the tasks held until their ETA."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Return the worker's counters."""
+        ...
+
+    def set_rate_limit(self, task_name: str, rate: str | float | None) -> str:
+        """Change a task's rate limit; return its scope."""
+        ...
+
+    def terminate(self, task_id: str) -> bool:
+        """Cancel a running task; return whether it was running here."""
+        ...
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop the worker (warm, or cold with `now`)."""
+        ...
+
+
+class ControlServer:
+    """Runs control commands for one worker."""
+
+    def __init__(self, worker: WorkerView, mailbox: Mailbox) -> None:
+        self.worker = worker
+        self.mailbox = mailbox
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "ping": self._ping,
+            "active": self._active,
+            "scheduled": self._scheduled,
+            "registered": self._registered,
+            "stats": self._stats,
+            "rate_limit": self._rate_limit,
+            "revoke": self._revoke,
+            "shutdown": self._shutdown,
+        }
+
+    async def load(self) -> None:
+        """Apply the revocations and rate limits set while this worker was not running."""
+        ttl = self.worker.app.conf.result_expires
+        for key in await self.mailbox.items(REVOKED_PREFIX):
+            self.worker.revoked.add(key[len(REVOKED_PREFIX) :], ttl)
+        for key, value in (await self.mailbox.items(RATE_LIMIT_PREFIX)).items():
+            task = key[len(RATE_LIMIT_PREFIX) :]
+            if task in self.worker.app.tasks:
+                try:  # anyone may have written anything there: check it as a command would
+                    rate = codec.unpack(value)
+                    parse_rate(rate)
+                except (ValueError, ConfigurationError) as exc:
+                    logger.warning(
+                        "Ignored the stored rate limit of %s (%s); set it again with "
+                        "`aqueue control APP rate_limit TASK RATE`",
+                        task,
+                        str(exc)[:200],
+                    )
+                    continue
+                self.worker.set_rate_limit(task, rate)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Answer commands until cancelled."""
+        async with self.mailbox.subscribe(BROADCAST) as commands:
+            task_status.started()
+            async for raw in commands:
+                await self._one(raw)
+
+    async def _one(self, raw: bytes) -> None:
+        try:
+            command = codec.unpack(raw)
+            name, args = command["command"], command.get("args") or {}
+            destination, reply_to = command.get("destination"), command.get("reply_to")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("Ignored a malformed control command")
+            return
+        if destination and self.worker.hostname not in destination:
+            return
+        handler = self._handlers.get(name)
+        reply: dict[str, Any] = {"id": command.get("id"), "hostname": self.worker.hostname}
+        try:
+            if handler is None:
+                raise ValueError(f"unknown control command {name!r}")
+            reply.update(ok=True, result=await handler(args))
+        except Exception as exc:
+            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        if reply_to:
+            # Shielded (briefly): a command that ran gets its answer even when it stops this
+            # worker, whose shutdown would otherwise cancel the reply on its way out.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_TIMEOUT):
+                await self.mailbox.publish(reply_to, codec.pack(reply, where="reply"))
+
+    async def _ping(self, args: dict[str, Any]) -> str:
+        return "pong"
+
+    async def _active(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.worker.active()
+
+    async def _scheduled(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.worker.held()
+
+    async def _registered(self, args: dict[str, Any]) -> list[str]:
+        return sorted(self.worker.app.tasks)
+
+    async def _stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.worker.stats()
+
+    async def _rate_limit(self, args: dict[str, Any]) -> str:
+        task, rate = str(args["task"]), args.get("rate")
+        if task not in self.worker.app.tasks:
+            raise LookupError(f"no task named {task!r} is registered on this worker")
+        parse_rate(rate)
+        scope = self.worker.set_rate_limit(task, rate)
+        return f"rate limit of {task} set to {rate or 'none'} ({scope})"
+
+    async def _revoke(self, args: dict[str, Any]) -> str:
+        task_id, terminate = str(args["task_id"]), bool(args.get("terminate"))
+        self.worker.revoked.add(task_id, self.worker.app.conf.result_expires)
+        if terminate and self.worker.terminate(task_id):
+            return f"revoked {task_id} and terminated it"
+        return f"revoked {task_id}"
+
+    async def _shutdown(self, args: dict[str, Any]) -> str:
+        self.worker.stop()
+        return "shutting down"

@@ -1,0 +1,384 @@
+"""One delivery's way through a worker, from the broker to a slot, and back at shutdown.
+
+    consume ──> inbox ──> slot ──> check ──> admit ──┬──> run (coroutine, in the slot)
+                                                     ├──> lane (def or process task: its pool)
+                                                     └──> hold (rate limit or concurrency place)
+
+A `Job` is what travels: the delivery, its checked envelope and task, and the admission ticket
+it holds. A redelivered message (a suspect) runs alone, its start recorded first (`isolation`);
+what never started goes back to the broker uncounted when the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..request import current_revocations
+from .admission import Admission, Ticket
+from .isolation import Isolation
+from .slots import Inbox, InboxClosed, Slots
+
+if TYPE_CHECKING:
+    from ..drivers.base import Broker, Delivery
+    from ..interfaces import RunnableTask
+    from ..message import Envelope
+    from .runner import Runner
+
+__all__ = ["Dispatcher", "Held", "Job"]
+
+logger = logging.getLogger("aqueue.worker")
+
+
+@dataclass(slots=True)
+class Job:
+    """A delivery that passed its checks: the message, its envelope and task, its ticket."""
+
+    delivery: Delivery
+    envelope: Envelope
+    task: RunnableTask
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A task waiting outside the slots for its rate limit or a place."""
+
+    cancel_scope: anyio.CancelScope
+    envelope: Envelope
+    until: float  # its booked start (a POSIX time); later if it also waits for a place
+
+
+class Dispatcher:
+    """Takes deliveries from the broker and runs each in a slot, a lane, or after a hold.
+
+    `stopping()` says whether the worker is stopping (a job held for later then goes back);
+    `finished()` runs after each task that finished in a slot (the recycle count).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        slots: Slots,
+        admission: Admission,
+        lanes: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter],
+        *,
+        stopping: Callable[[], bool],
+        finished: Callable[[], None] | None,
+    ) -> None:
+        self.runner = runner
+        self.slots = slots
+        self.admission = admission
+        #: The budgets of def tasks (threads) and process tasks, apart from the slots.
+        self.lanes = lanes
+        self.inbox: Inbox[Delivery] = Inbox()
+        self.isolation = Isolation()
+        #: The running deliveries, with the asyncio task running each (for terminate).
+        self.running: dict[Delivery, asyncio.Task[Any]] = {}
+        #: Jobs waiting outside the slots (held, or waiting for their lane).
+        self.held: dict[Delivery, Held] = {}
+        self._terminated: dict[Delivery, bool] = {}
+        self._stopping = stopping
+        self._finished = finished
+        self._work: TaskGroup | None = None
+
+    def leased(self) -> Iterator[Delivery]:
+        """Yield the deliveries whose leases the worker renews: running, held and queued."""
+        yield from list(self.running)
+        yield from list(self.held)
+        yield from self.inbox.queued()
+
+    async def consume(self, broker: Broker, queues: Sequence[str], *, burst: bool) -> None:
+        """Put deliveries in the inbox as slots free up (in burst mode, until none is left)."""
+        slots, inbox = self.slots, self.inbox
+        while True:
+            taken = 0
+            async for delivery in broker.consume(queues, slots, burst=burst):
+                taken += 1
+                slots.take(delivery.suspect)
+                inbox.put(delivery)
+            if not burst:
+                return
+            await slots.wait_idle()  # tasks may have queued more work: look once more
+            if not taken:
+                return
+
+    async def slot(self, work: TaskGroup) -> None:
+        """Run deliveries from the inbox, one at a time, until the inbox closes.
+
+        `work` owns the lanes and the holds that this slot starts.
+        """
+        self._work = work
+        inbox, slots = self.inbox, self.slots
+        current_revocations.set(self.runner.revoked)  # this slot's context, copied into threads
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            try:
+                delivery = await inbox.get()
+            except InboxClosed:
+                return
+            if delivery.suspect:
+                await self._slot_suspect(delivery, me)
+                continue
+            if slots.running >= slots.size:  # held tasks took the free slots meanwhile
+                await self._wait_slot(delivery)
+            slots.start()
+            try:
+                await self._guarded(delivery, self._admit(delivery), me)
+            finally:
+                slots.release()
+
+    async def _slot_suspect(self, delivery: Delivery, me: asyncio.Task[Any]) -> None:
+        """Run a redelivered message in this slot, holding no more than the slots can run.
+
+        Nothing is claimed ahead while it is in the worker (`Slots.suspects`); the messages
+        claimed ahead of the slots before it came go back unstarted now, so that it runs alone
+        (`_run_alone`) with no message waiting in the inbox that its crash would take down.
+        """
+        slots = self.slots
+        try:
+            excess = slots.excess
+            if excess:
+                await self.give_back(self.inbox.take_last(excess))
+            if slots.running >= slots.size:
+                await self._wait_slot(delivery)
+            slots.start()
+            try:
+                await self._guarded(delivery, self._admit(delivery), me)
+            finally:
+                slots.release()
+        finally:
+            slots.suspect_done()
+
+    async def give_back(self, deliveries: list[Delivery]) -> None:
+        """Give back queued messages that never started (uncounted: `Delivery.release`)."""
+        slots = self.slots
+        with anyio.CancelScope(shield=True):
+            for delivery in deliveries:
+                await release_quietly(delivery)
+                slots.give_back()
+                if delivery.suspect:
+                    slots.suspect_done()
+
+    async def _wait_slot(self, delivery: Delivery) -> None:
+        """Wait for a free slot for a queued delivery; give it back if cancelled meanwhile."""
+        try:
+            await self.slots.wait_slot()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await release_quietly(delivery)
+            self.slots.give_back()
+            raise
+
+    async def _admit(self, delivery: Delivery) -> None:
+        """Run the delivery now, or hold it outside the slots until it may start."""
+        runner = self.runner
+        checked = await runner.check(delivery)
+        if checked is None:
+            return
+        envelope, task = checked
+        admission = self.admission
+        work = self._work
+        assert work is not None
+        ticket = Ticket() if admission.unlimited(task) else await admission.admit(task)
+        job = Job(delivery, envelope, task, ticket)
+        if ticket.held and self._stopping():
+            await admission.done(task, ticket)
+            await nack_quietly(delivery, delay=0.0)
+        elif ticket.held:
+            if runner.watch is not None:  # it waits: its received and started events differ
+                runner.watch.received(task, envelope, delivery)
+            self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
+            work.start_soon(self._hold, job)
+        elif not task.is_async:  # a def or process task: its executor's lane, not a slot
+            if runner.watch is not None:
+                runner.watch.received(task, envelope, delivery)
+            self.slots.hold()
+            work.start_soon(self._lane, job)
+        else:
+            await self._run(job)
+
+    async def _lane(self, job: Job) -> None:
+        """Run a def or process task within its executor's own budget, outside the slots.
+
+        It waits for a place in its pool (`--threads` or `--processes`) as a held task (given
+        back at shutdown if it never started), then runs as a running task: blocking code
+        never takes one of the slots that coroutines run in.
+        """
+        delivery = job.delivery
+        lane = self.lanes[job.task.options.executor == "process"]
+        held = Held(anyio.CancelScope(), job.envelope, time.time())
+        self.held[delivery] = held
+        try:
+            with held.cancel_scope:  # cancelled at shutdown while it waits: it goes back
+                await lane.acquire()
+            if held.cancel_scope.cancelled_caught:
+                return
+            del self.held[delivery]
+            try:
+                await self._guarded(delivery, self._run(job))
+            finally:
+                lane.release()
+        finally:
+            if self.held.pop(delivery, None) is not None:  # never started: give it back
+                with anyio.CancelScope(shield=True):
+                    await self.admission.done(job.task, job.ticket)
+                    await nack_quietly(delivery, delay=0.0)
+            self.slots.unhold()
+
+    async def _guarded(
+        self, delivery: Delivery, work: Awaitable[None], me: asyncio.Task[Any] | None = None
+    ) -> None:
+        """Run `work` for a delivery as a running task, and settle whatever goes wrong.
+
+        A revoke(terminate=True) cancels this task alone, and is taken back (uncancel) once it
+        unwound; any other cancellation (a shutdown) gives the message back and goes on; a
+        broker or backend failure while settling gives it back a little later.
+        """
+        me = me or asyncio.current_task()
+        assert me is not None
+        self.running[delivery] = me
+        try:
+            await work
+            if self._finished is not None:
+                self._finished()
+        except asyncio.CancelledError:
+            if self._terminated.pop(delivery, False) and me.uncancel() == 0:
+                return  # settled as revoked already
+            with anyio.CancelScope(shield=True):  # a no-op if it was settled already
+                await nack_quietly(delivery, delay=0.0)
+            raise
+        except Exception:
+            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
+            with anyio.CancelScope(shield=True):
+                await nack_quietly(delivery, delay=1.0)
+        finally:
+            del self.running[delivery]
+
+    async def _run(self, job: Job) -> None:
+        delivery = job.delivery
+        try:
+            if delivery.suspect:
+                await self._run_alone(job)
+            else:
+                gate = self.isolation
+                await gate.enter()
+                try:
+                    await self.runner.run(delivery, job.envelope, job.task)
+                finally:
+                    gate.leave()
+        finally:
+            if job.ticket.token is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.admission.done(job.task, job.ticket)
+
+    async def _run_alone(self, job: Job) -> None:
+        """Run a redelivered message alone, its start recorded (see `isolation`)."""
+        delivery, envelope = job.delivery, job.envelope
+        logger.warning(
+            "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
+            envelope.task,
+            envelope.id,
+            delivery.delivery_count,
+            delivery.runs,
+        )
+        async with self.isolation.alone():
+            await delivery.begin()
+            await self.runner.run(delivery, envelope, job.task)
+
+    async def _hold(self, job: Job) -> None:
+        """Wait for a held task's turn without a slot, then take one and run it."""
+        delivery, task, ticket = job.delivery, job.task, job.ticket
+        self.held[delivery] = scope = Held(
+            anyio.CancelScope(), job.envelope, time.time() + ticket.wait
+        )
+        try:
+            with scope.cancel_scope:  # cancelled at shutdown: the message goes back
+                await self.admission.wait(task, ticket)
+                await self.slots.wait_slot()  # not wait(): that one refuses at the held limit
+                self.slots.occupy()
+                del self.held[delivery]
+                self.slots.unhold()
+                try:
+                    await self._guarded(delivery, self._run_held(job))
+                finally:
+                    self.slots.release()
+        finally:
+            if self.held.pop(delivery, None) is not None:  # never started: give it back
+                self.slots.unhold()
+                with anyio.CancelScope(shield=True):
+                    await self.admission.done(task, ticket)
+                    await nack_quietly(delivery, delay=0.0)
+
+    async def _run_held(self, job: Job) -> None:
+        if job.envelope.id in self.runner.revoked:
+            await self.runner.discard(job.delivery, job.envelope, job.task, "revoked while held")
+        else:
+            await self._run(job)
+
+    async def drain(self, work: TaskGroup, grace: float, hard_stop: anyio.Event) -> None:
+        """Give back what has not started, let running tasks finish, then cancel the rest.
+
+        Running tasks get their grace period (`shutdown_timeout`); the slot coroutines end.
+        """
+        for held in list(self.held.values()):  # not started: they go back at once
+            held.cancel_scope.cancel()
+        slots = self.slots
+        unstarted = self.inbox.take_all()  # queued (or claimed ahead): back at once
+        self.inbox.close()
+        await self.give_back(unstarted)
+        if slots.used or slots.held:
+            logger.info("Waiting up to %ss for %d running task(s)", grace, slots.used + slots.held)
+            with anyio.move_on_after(grace):
+                async with anyio.create_task_group() as waiters:
+                    waiters.start_soon(_first_then_cancel, slots.wait_idle, waiters)
+                    waiters.start_soon(_first_then_cancel, hard_stop.wait, waiters)
+        if slots.used or slots.held:
+            work.cancel_scope.cancel()  # running tasks' messages go back as they unwind
+
+    def terminate(self, task_id: str) -> bool:
+        """Cancel the running task `task_id` (after revoking it); False if it is not running."""
+        active = self.runner.active.get(task_id)
+        task = self.running.get(active.delivery) if active else None
+        if active is None or task is None:
+            return False
+        # A native cancellation of the task running it, taken back (uncancel) once it has
+        # unwound; anyio's own cancellations (a shutdown) are told apart by their count.
+        self._terminated[active.delivery] = True
+        task.cancel()
+        return True
+
+    def rebook(self, task_name: str) -> None:
+        """Send back to the queue the held tasks of `task_name` (booked at an old rate)."""
+        for held in list(self.held.values()):
+            if held.envelope.task == task_name:
+                held.cancel_scope.cancel()
+
+
+async def _first_then_cancel(wait: Any, group: TaskGroup) -> None:
+    await wait()
+    group.cancel_scope.cancel()
+
+
+async def release_quietly(delivery: Delivery) -> None:
+    """Give a message back uncounted (`Delivery.release`); log a failure, its lease expires."""
+    try:
+        await delivery.release()
+    except Exception:
+        logger.exception("Could not return a message to %s; its lease will expire", delivery.queue)
+
+
+async def nack_quietly(delivery: Delivery, delay: float) -> None:
+    """Give a message back (`Delivery.nack`); log a failure, its lease expires."""
+    try:
+        await delivery.nack(delay=delay)
+    except Exception:
+        logger.exception("Could not return a message to %s; its lease will expire", delivery.queue)

@@ -1,0 +1,1 @@
+"""Periodic tasks: schedules, entries, the scheduler, `aqueue beat`."""

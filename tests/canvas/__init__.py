@@ -1,0 +1,1 @@
+"""Canvas: signatures, chains, groups and chords."""

@@ -1,0 +1,1 @@
+"""The web dashboard, in-process and in a real browser."""

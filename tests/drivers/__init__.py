@@ -1,0 +1,1 @@
+"""Tests of each driver, a folder per driver; every driver also passes tests/contract."""

@@ -1,0 +1,1 @@
+"""The RabbitMQ driver: broker, frames, publisher, mailbox, rpc://, quorum queues, host lists."""

@@ -1,0 +1,1 @@
+"""The Redis driver: Streams broker, client, scripts, throttles, Sentinel."""

@@ -1,0 +1,230 @@
+"""The heartbeat thread, and what the SQLite and Redis claims do with a dead owner's messages.
+
+The owners here are made up: rows and hash fields of consumers that never ran, holding messages
+leased to them, so that each case (stale, from before a reboot, partly taken) is set up exactly.
+Processes that really die are in `test_reclaim.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aqueue import OutgoingMessage
+from aqueue.drivers.base import Broker, Delivery
+from aqueue.drivers.heartbeat import Heartbeat
+from aqueue.drivers.sqlite.broker import SQLiteBroker
+from tests.helpers import service_redis
+from tests.helpers.consuming import Credit
+
+#: Heartbeat settings that make the tests quick: a beat every 50 ms, dead after 300 ms.
+FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.3}
+
+
+class Beats:
+    """Beats that fail `failures` times before they go through, and say when they did."""
+
+    def __init__(self, failures: int = 0, *, forget_fails: bool = False) -> None:
+        self.failures = failures
+        self.forget_fails = forget_fails
+        self.beats = 0
+        self.forgotten = False
+        self.closed = False
+        self.through = threading.Event()
+
+    async def beat(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("unreachable")
+        self.beats += 1
+        self.through.set()
+
+    async def forget(self) -> None:
+        if self.forget_fails:
+            raise ConnectionError("unreachable")
+        self.forgotten = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_heartbeat_judges_only_after_a_timeout_of_its_own_beats() -> None:
+    beats = Beats()
+    heartbeat = Heartbeat(lambda: beats, interval=0.05, timeout=60.0, name="test-heartbeat")
+    heartbeat.stop()  # not started: nothing to stop
+    assert heartbeat.judging_from() == math.inf
+    await anyio.to_thread.run_sync(heartbeat.start)
+    heartbeat.start()  # started already: nothing to do
+    assert heartbeat.running
+    assert beats.beats >= 1
+    assert time.monotonic() < heartbeat.judging_from() < time.monotonic() + 60.0
+    assert not heartbeat.judging()
+    await anyio.to_thread.run_sync(heartbeat.stop)
+    assert not heartbeat.running
+    assert beats.forgotten
+    assert beats.closed
+    assert heartbeat.judging_from() == math.inf
+
+
+async def test_a_failing_heartbeat_says_so_once_and_judges_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    beats = Beats(failures=3, forget_fails=True)
+    heartbeat = Heartbeat(lambda: beats, interval=0.01, timeout=0.05, name="test-heartbeat")
+    with caplog.at_level(logging.WARNING, "aqueue.heartbeat"):
+        await anyio.to_thread.run_sync(heartbeat.start)
+        assert heartbeat.judging_from() == math.inf  # the first beat failed
+        assert not heartbeat.judging()
+        assert await anyio.to_thread.run_sync(beats.through.wait, 10.0)
+        await anyio.to_thread.run_sync(heartbeat.stop)
+    failed = [r.getMessage() for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert len(failed) == 1  # not once per failed beat
+    assert "ConnectionError: unreachable" in failed[0]
+    assert "could not remove this consumer's heartbeat entry" in caplog.text
+    assert beats.closed
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+
+def _lease_to(path: Path, owners: dict[str, object]) -> None:
+    """Lease one waiting message to each made-up owner, whose last beat is given."""
+    with sqlite3.connect(path) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM aqueue_messages ORDER BY id")]
+        for id_, (owner, beat) in zip(ids, owners.items(), strict=False):
+            conn.execute(
+                "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, deliveries = 1 "
+                "WHERE id = ?",
+                (time.time() + 60, owner + "f" * 32, id_),
+            )
+            conn.execute("INSERT INTO aqueue_consumers (id, beat) VALUES (?, ?)", (owner, beat))
+
+
+def _consumers(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM aqueue_consumers")]
+
+
+async def _take(broker: Broker, count: int) -> list[Delivery]:
+    taken: list[Delivery] = []
+    with anyio.fail_after(10):
+        async with aclosing(broker.consume(["default"], Credit(10))) as deliveries:
+            async for delivery in deliveries:
+                taken.append(delivery)
+                if len(taken) == count:
+                    break
+    return taken
+
+
+async def test_sqlite_takes_the_leases_of_owners_whose_heartbeat_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    with sqlite3.connect(path) as conn:  # as an older aqueue made it: not STRICT
+        conn.execute("CREATE TABLE aqueue_consumers (id TEXT PRIMARY KEY, beat REAL NOT NULL)")
+    broker = SQLiteBroker(f"sqlite:///{path}", {**FAST, "visibility_timeout": 60})
+    async with broker:
+        await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(4)])
+        now = time.monotonic()
+        # A beat in the future is from before a reboot; one that is not a number, garbage.
+        stale, rebooted, garbage = "a" * 32, "b" * 32, "c" * 32
+        _lease_to(path, {stale: now - 10, rebooted: now + 1000, garbage: "soon"})
+        # Three of four were leased for 60 s; the claim waits for its own heartbeat, then
+        # takes them (the fourth, waiting, comes first).
+        taken = await _take(broker, 4)
+        assert sorted(d.delivery_count for d in taken) == [1, 2, 2, 2]
+        for delivery in taken:
+            await delivery.ack()
+        assert len(_consumers(path)) == 1  # this broker's own row; the dead ones went
+    assert _consumers(path) == []  # a closing broker removes its row
+
+
+async def test_sqlite_without_heartbeats_waits_for_the_lease(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    broker = SQLiteBroker(f"sqlite:///{path}", {"heartbeat_timeout": None})
+    async with broker:
+        await broker.publish([OutgoingMessage("m", "default", b"x")])
+        (delivery,) = await _take(broker, 1)
+        await delivery.ack()
+        assert _consumers(path) == []
+        assert broker._beating.heartbeat is None
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+
+async def test_redis_takes_what_a_dead_owners_consumers_held(shared_url: str) -> None:
+    from aqueue.drivers.redis.broker import RedisBroker
+
+    broker = RedisBroker(shared_url, {**FAST, "visibility_timeout": 60})
+    client = service_redis.client(shared_url)
+    try:
+        async with broker:
+            keys = broker.keys("default")
+            await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(3)])
+            # A consumer of a dead owner holds all three; the owner's last beat is from 1970.
+            stream, ghost = keys.stream(0), "ghost-host:1:deadbeef"
+            await client.xgroup_create(stream, "aqueue", id="0", mkstream=True)
+            await client.xreadgroup("aqueue", f"{ghost}:0000aaaa", {stream: ">"}, count=3)
+            await client.hset(keys.beats, ghost, 0)
+
+            taken: list[Delivery] = []
+            with anyio.fail_after(10):
+                async with aclosing(broker.consume(["default"], Credit(2))) as deliveries:
+                    async for delivery in deliveries:
+                        taken.append(delivery)
+                        if len(taken) == 2:  # credit 2: the first claim left one with the ghost
+                            assert await client.hexists(keys.beats, ghost)
+                        if len(taken) == 3:
+                            break
+            assert [d.delivery_count for d in taken] == [2, 2, 2]
+            for delivery in taken:
+                await delivery.ack()
+            assert not await client.hexists(keys.beats, ghost)  # nothing left to take
+            assert await client.hkeys(keys.beats) == [broker.owner.encode()]
+        assert await client.hkeys(keys.beats) == []  # a closing broker removes its beat
+    finally:
+        await client.aclose()
+
+
+async def test_redis_without_heartbeats_writes_no_beats(shared_url: str) -> None:
+    from aqueue.drivers.redis.broker import RedisBroker
+
+    broker = RedisBroker(shared_url, {"heartbeat_timeout": None})
+    client = service_redis.client(shared_url)
+    try:
+        async with broker:
+            await broker.publish([OutgoingMessage("m", "default", b"x")])
+            (delivery,) = await _take(broker, 1)
+            await delivery.ack()
+            assert broker.heartbeat is None
+            assert not await client.exists(broker.keys("default").beats)
+    finally:
+        await client.aclose()
+
+
+async def test_redis_beats_that_are_not_a_hash_stop_no_consumer(
+    shared_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aqueue.drivers.redis.broker import RedisBroker
+
+    broker = RedisBroker(shared_url, FAST)
+    client = service_redis.client(shared_url)
+    try:
+        async with broker:
+            await client.set(broker.keys("default").beats, "garbage")
+            await broker.publish([OutgoingMessage("m", "default", b"x")])
+            with caplog.at_level(logging.WARNING, "aqueue.heartbeat"):
+                (delivery,) = await _take(broker, 1)
+            await delivery.ack()
+            assert "heartbeat failed (ResponseError: WRONGTYPE" in caplog.text
+            assert broker.heartbeat is not None
+            assert not broker.heartbeat.judging()  # its beats fail: it judges nobody
+    finally:
+        await client.aclose()

@@ -1,0 +1,1 @@
+"""The worker package: lifecycle, dispatch, runner, slots, isolation, processes, supervisor."""
