@@ -26,8 +26,9 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `script
   (in Redis's time). A claim takes the messages of consumers whose owner's beat is older than
   `heartbeat_timeout` at once, without waiting for their leases; an idle consumer looks again
   when the oldest beat would go stale, and at least every `heartbeat_timeout` seconds.
-- `nack` and a closing consumer give messages back at once, as new entries (counting the
-  deliveries so far), not after the lease.
+- `nack`, `release` and a closing consumer give messages back at once, not after the lease,
+  and in their place: the next claim takes them before the newer entries (see `scripts`); a
+  `nack` with a delay adds the message to the delayed set (counting the deliveries so far).
 - Connections: publishes, claims and acks share one lean pipelined connection (`resp`),
   and each consumer blocks on a connection of its own; redis-py serves everything else.
   Concurrent publishes coalesce there: what callers send in one turn of the event loop while
@@ -200,7 +201,7 @@ class _RedisDelivery(Delivery):
                 self._lost("renew the lease of")
 
     async def nack(self, *, delay: float = 0.0) -> None:
-        """Add the message again, now or to the delayed set, counting this delivery."""
+        """Give the message back, in its place or to the delayed set, counting this delivery."""
         if not self._settle():
             return
         due = time.time() + delay if delay > 0 else 0.0

@@ -12,7 +12,7 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
                                     its last heartbeat, in Redis's own time (ms, `TIME`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
-added: a message given back with `nack` is added again, and keeps its count). A delayed member
+added: a message given back with a delay is added again, and keeps its count). A delayed member
 is `<priority>:<n>:<nonce>:<body>`. Nothing stops a client writing something else there: an
 entry without a body or with a count that is not 1 to 9 digits, and a delayed member of
 another shape, are dead-lettered as `undecodable`, saying what is wrong, as they are read.
