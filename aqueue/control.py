@@ -16,9 +16,10 @@ mailbox's settings, which workers read when they start.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,10 @@ __all__ = ["BROADCAST", "Control", "Inspect", "Reply"]
 BROADCAST = "control.broadcast"
 RATE_LIMIT_PREFIX = "rate_limit."
 REVOKED_PREFIX = "revoked."
+#: Settings of revocations in batches (`revoke` of a list): a msgpack map {"ids", "terminate"}.
+REVOKED_MANY_PREFIX = "revoked_many."
+#: The most task ids one revoke command (and one kept setting) carries.
+REVOKE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +72,49 @@ class Control:
         reply: bool = True,
     ) -> list[Reply]:
         """Send `command` to the workers (all, or `destination`); gather replies for `timeout`."""
+        return await self._broadcast(command, [args or {}], destination, timeout, reply)
+
+    async def _broadcast(
+        self,
+        command: str,
+        each_args: Sequence[dict[str, Any]],
+        destination: Sequence[str] | None,
+        timeout: float,
+        reply: bool,
+    ) -> list[Reply]:
+        """Send `command` once per args; gather the replies to all of them for `timeout`."""
         mailbox = (await self.app.broker()).mailbox()
-        command_id, reply_to = uuid.uuid4().hex, f"control.reply.{uuid.uuid4().hex}"
-        message = {
-            "v": 1,
-            "id": command_id,
-            "command": command,
-            "args": args or {},
-            "reply_to": reply_to if reply else None,
-            "destination": list(destination) if destination else None,
-        }
-        data = codec.pack(message, where="command")
+        reply_to = f"control.reply.{uuid.uuid4().hex}"
+        commands: dict[str, bytes] = {}
+        for args in each_args:
+            command_id = uuid.uuid4().hex
+            message = {
+                "v": 1,
+                "id": command_id,
+                "command": command,
+                "args": args,
+                "reply_to": reply_to if reply else None,
+                "destination": list(destination) if destination else None,
+            }
+            commands[command_id] = codec.pack(message, where="command")
         if not reply:
-            await mailbox.publish(BROADCAST, data)
+            for data in commands.values():
+                await mailbox.publish(BROADCAST, data)
             return []
         replies: list[Reply] = []
+        answered: dict[str, set[str]] = {command_id: set() for command_id in commands}
         async with mailbox.subscribe(reply_to) as incoming:
-            await mailbox.publish(BROADCAST, data)
+            for data in commands.values():
+                await mailbox.publish(BROADCAST, data)
             with anyio.move_on_after(timeout):
                 async for raw in incoming:
-                    answer = _reply(raw, command_id)
+                    answer = _reply(raw, answered)
                     if answer is not None:
-                        replies.append(answer)
-                        if destination and {r.hostname for r in replies} >= set(destination):
+                        replies.append(answer[1])
+                        answered[answer[0]].add(answer[1].hostname)
+                        if destination and all(
+                            hosts >= set(destination) for hosts in answered.values()
+                        ):
                             break
         return replies
 
@@ -127,35 +152,63 @@ class Control:
         return await self.broadcast("rate_limit", args, destination=destination, timeout=timeout)
 
     async def revoke(
-        self, task_id: str, *, terminate: bool = False, timeout: float = 1.0, reply: bool = True
+        self,
+        task_id: str | Sequence[str],
+        *,
+        terminate: bool = False,
+        timeout: float = 1.0,
+        reply: bool = True,
     ) -> list[Reply]:
-        """Stop a task from running (and, with `terminate`, cancel it if it runs now).
+        """Stop a task (or a list of tasks) from running (`terminate`: cancel it if it runs now).
 
         The revocation is kept (for `result_expires`) so workers started later honour it too,
-        and the task's result says REVOKED at once unless it already finished.
+        and the task's result says REVOKED at once unless it already finished. A list of ids
+        (as in Celery) goes in a few commands of up to `REVOKE_BATCH` ids each, every worker
+        replying to each command.
         """
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if not ids:
+            return []
+        if len(ids) > 1:
+            return await self._revoke_many(ids, terminate, timeout, reply)
         mailbox = (await self.app.broker()).mailbox()
         ttl = self.app.conf.result_expires
-        await mailbox.put(REVOKED_PREFIX + task_id, codec.pack({"terminate": terminate}), ttl)
-        await self._mark_revoked(task_id)
-        args = {"task_id": task_id, "terminate": terminate}
+        await mailbox.put(REVOKED_PREFIX + ids[0], codec.pack({"terminate": terminate}), ttl)
+        await self._mark_revoked(ids)
+        args = {"task_id": ids[0], "terminate": terminate}
         return await self.broadcast("revoke", args, timeout=timeout, reply=reply)
 
-    async def _mark_revoked(self, task_id: str) -> None:
+    async def _revoke_many(
+        self, ids: list[str], terminate: bool, timeout: float, reply: bool
+    ) -> list[Reply]:
+        mailbox = (await self.app.broker()).mailbox()
+        ttl = self.app.conf.result_expires
+        batches = [ids[start : start + REVOKE_BATCH] for start in range(0, len(ids), REVOKE_BATCH)]
+        for batch in batches:
+            value = codec.pack({"ids": batch, "terminate": terminate})
+            await mailbox.put(f"{REVOKED_MANY_PREFIX}{uuid.uuid4().hex}", value, ttl)
+            await self._mark_revoked(batch)
+        each_args = [{"task_ids": batch, "terminate": terminate} for batch in batches]
+        return await self._broadcast("revoke", each_args, None, timeout, reply)
+
+    async def _mark_revoked(self, task_ids: Sequence[str]) -> None:
+        """Store REVOKED for each task that has not finished: the stores run concurrently."""
         backend = await self.app.result_backend()
         if backend is None:
             return
-        stored = await backend.fetch(task_id)
-        if stored is not None and stored.state in states.READY_STATES:
-            return
+        found = await backend.fetch_many(task_ids)
         meta = ResultMeta(exc_type="TaskRevoked", exc_message="revoked", date_done=time.time())
-        await backend.store(
-            task_id,
-            states.REVOKED,
-            sign_result(self.app.conf, meta.encode()),
-            self.app.conf.result_expires,
+        store = functools.partial(
+            backend.store,
+            state=states.REVOKED,
+            payload=sign_result(self.app.conf, meta.encode()),
+            ttl=self.app.conf.result_expires,
             headers=backend.message_headers(),  # rpc:// keeps it only for its own reply queue
         )
+        async with anyio.create_task_group() as stores:
+            for task_id, stored in zip(task_ids, found, strict=True):
+                if stored is None or stored.state not in states.READY_STATES:
+                    stores.start_soon(functools.partial(store, task_id))
 
     async def delayed(self, queue: str, limit: int = 100) -> list[dict[str, Any]]:
         """Describe the messages of `queue` the broker holds until they are due.
@@ -259,14 +312,17 @@ class Inspect:
         return await self._ask("stats")
 
 
-def _reply(raw: bytes, command_id: str) -> Reply | None:
+def _reply(raw: bytes, command_ids: Container[str]) -> tuple[str, Reply] | None:
+    """Return the id of the command answered and the reply, or None for another message."""
     try:
         data = codec.unpack(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("id") != command_id:
+    if not isinstance(data, dict) or not isinstance(command_id := data.get("id"), str):
         return None
-    return Reply(
+    if command_id not in command_ids:
+        return None
+    return command_id, Reply(
         hostname=str(data.get("hostname", "?")),
         ok=bool(data.get("ok")),
         result=data.get("result"),

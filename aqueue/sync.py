@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -145,17 +144,57 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
             loop.close()
 
 
-#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its outcome.
-_Call = tuple[str, Sequence[Any], Mapping[str, Any], "concurrent.futures.Future[Any]"]
+class _Waiter:
+    """How a sync caller waits for the I/O loop: a lock it blocks on, and the outcome.
+
+    The lock is held while no outcome is there: the caller blocks acquiring it, the loop
+    releases it once it set the outcome (one futex wake, where a `concurrent.futures.Future`
+    takes a condition, its lock and a lock of its own per wait). Each thread keeps one (a
+    thread makes one sync call at a time); one interrupted while waiting is dropped, as the
+    loop may release it later.
+    """
+
+    __slots__ = ("abandoned", "busy", "error", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.busy = False  # a call is under way (a signal handler's call gets another waiter)
+        self.abandoned = False  # its caller was interrupted: not sent if not taken yet
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def settle(self, result: Any, error: BaseException | None = None) -> None:
+        """Give the caller its outcome and wake it (on the I/O loop)."""
+        self.result, self.error = result, error
+        self.lock.release()
+
+
+_waiters = threading.local()
+
+
+def _waiter() -> _Waiter:
+    waiter: _Waiter | None = getattr(_waiters, "waiter", None)
+    if waiter is None or waiter.busy:
+        waiter = _Waiter()
+        if getattr(_waiters, "waiter", None) is None:
+            _waiters.waiter = waiter
+    return waiter
+
+
+#: A sync caller's call waiting for the I/O loop: task name, args, kwargs, and its waiter.
+_Call = tuple[str, Sequence[Any], Mapping[str, Any], _Waiter]
 
 
 class _Sender:
     """Sync `delay()` calls from any number of threads, sent from the I/O loop in batches.
 
-    A caller queues its call and, if no batch is under way, wakes the loop once; the loop
-    sends everything queued meanwhile with `send_many` (one publish per task name), then looks
-    again. So 8 threads calling `add.sync.delay()` make few publishes of several messages,
-    one wake-up of the loop each, as `delay_many` would.
+    A caller queues its call and, if no wake-up of the loop is pending, asks for one; the
+    loop takes everything queued by then and sends it with `send_many` (one publish per task
+    name) in a task of its own, without waiting for the batch before: batches overlap as
+    concurrent `delay()` calls do, and the driver coalesces them further (RabbitMQ's publish
+    pipeline, SQLite's group commit). So 8 threads calling `add.sync.delay()` make few
+    publishes of several messages, one wake-up of the loop each, as `delay_many` would.
     """
 
     def __init__(self, app: AppLike, loop: asyncio.AbstractEventLoop) -> None:
@@ -163,73 +202,88 @@ class _Sender:
         self._loop = loop
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
-        self._sending = False
-        self._task: asyncio.Task[None] | None = None
+        self._woken = False  # a wake-up of the loop is pending
+        self._sending: set[asyncio.Task[None]] = set()
 
     def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        waiter = _waiter()
+        waiter.busy = True
         with self._lock:
-            self._waiting.append((name, args, kwargs, future))
-            start, self._sending = not self._sending, True
-        if start:
-            self._loop.call_soon_threadsafe(self._start)
+            self._waiting.append((name, args, kwargs, waiter))
+            wake, self._woken = not self._woken, True
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._take)
+            except RuntimeError:  # the loop closed (the I/O thread stopped meanwhile)
+                with self._lock:
+                    self._waiting = [call for call in self._waiting if call[3] is not waiter]
+                    self._woken = False
+                waiter.busy = False
+                raise
         try:
-            return future.result()
+            waiter.lock.acquire()
         except BaseException:
-            future.cancel()  # an interrupt while waiting: not sent, if not taken yet
+            waiter.abandoned = True  # an interrupt while waiting: not sent, if not taken yet
+            if getattr(_waiters, "waiter", None) is waiter:
+                _waiters.waiter = None  # the loop may still release its lock
             raise
+        waiter.busy = False
+        result, error = waiter.result, waiter.error
+        waiter.result = waiter.error = None
+        if error is not None:
+            raise error
+        return result
 
     def fail_waiting(self, error: Exception) -> None:
         with self._lock:
             waiting, self._waiting = self._waiting, []
-        for *_, future in waiting:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
+        for *_, waiter in waiting:
+            waiter.settle(None, error)
 
-    def _start(self) -> None:
-        self._task = self._loop.create_task(self._run())
-
-    async def _run(self) -> None:
-        batch: list[_Call] = []
-        try:
-            while True:
-                with self._lock:
-                    batch, self._waiting = self._waiting, []
-                    if not batch:
-                        self._sending = False
-                        return
-                await self._send([call for call in batch if call[3].set_running_or_notify_cancel()])
-        except BaseException as exc:  # cancelled as the I/O thread stops
-            error = exc if isinstance(exc, Exception) else RuntimeError("the I/O thread stopped")
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            with self._lock:
-                self._sending = False
-            self.fail_waiting(error)
-            raise
-
-    async def _send(self, calls: list[_Call]) -> None:
-        from . import sending
-
+    def _take(self) -> None:
+        """Send what is queued, in a task per task name (on the I/O loop)."""
+        with self._lock:
+            calls, self._waiting = self._waiting, []
+            self._woken = False
         groups: dict[str, list[_Call]] = {}
         for call in calls:
-            groups.setdefault(call[0], []).append(call)
+            if not call[3].abandoned:
+                groups.setdefault(call[0], []).append(call)
         for name, group in groups.items():
+            task = self._loop.create_task(self._send(name, group))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, name: str, group: list[_Call]) -> None:
+        from . import sending
+
+        settled = 0
+        try:
             try:
                 sent = await sending.send_many(self._app, name, [(a, k) for _, a, k, _ in group])
             except Exception as exc:
                 if len(group) == 1:
-                    group[0][3].set_exception(exc)
-                    continue
-                for _, args, kwargs, future in group:  # one by one: each gets its own outcome
+                    settled = 1
+                    group[0][3].settle(None, exc)
+                    return
+                for _, args, kwargs, waiter in group:  # one by one: each gets its own outcome
                     try:
-                        future.set_result(await sending.send(self._app, name, args, kwargs))
+                        result = await sending.send(self._app, name, args, kwargs)
                     except Exception as error:
-                        future.set_exception(error)
+                        settled += 1
+                        waiter.settle(None, error)
+                    else:
+                        settled += 1
+                        waiter.settle(result)
             else:
-                for (*_, future), result in zip(group, sent, strict=True):
-                    future.set_result(result)
+                for (*_, waiter), result in zip(group, sent, strict=True):
+                    settled += 1
+                    waiter.settle(result)
+        except BaseException:  # cancelled as the I/O thread stops
+            stopped = RuntimeError("the app's I/O thread stopped")
+            for *_, waiter in group[settled:]:
+                waiter.settle(None, stopped)
+            raise
 
 
 def check_no_loop(call: str, instead: str) -> None:

@@ -12,12 +12,16 @@ key prefix of the run's own. Each run measures, one after the other:
 - plain: from just before `noop.delay_many(...)` to every one of the N results in the caller
   (`get()` on each, concurrently): the same tasks with no chord.
 
+For the chord it also gives the worker process's CPU time per header task (from /proc, on
+Linux), steadier than the times on a shared machine.
+
 Prints each run and the medians. The keys are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -76,13 +80,22 @@ class WorkerProcess:
         self.proc.terminate()
         self.proc.wait(timeout=60)
 
+    def cpu(self) -> float:
+        """The worker process's CPU time so far, in seconds (Linux: /proc; else NaN)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-async def one_run(app: App, tasks: int) -> tuple[float, float]:
+
+async def one_run(app: App, tasks: int, worker: WorkerProcess) -> tuple[float, float, float]:
+    """Return the chord's seconds, the plain tasks' seconds, and the chord's worker CPU."""
     header = [signature("bench.noop", (i,), app=app) for i in range(tasks)]
-    started = time.perf_counter()
+    cpu, started = worker.cpu(), time.perf_counter()
     result = await chord(header, signature("bench.total", app=app)).delay()
     assert await result.get(timeout=600) == tasks
-    chord_seconds = time.perf_counter() - started
+    chord_seconds, chord_cpu = time.perf_counter() - started, worker.cpu() - cpu
 
     started = time.perf_counter()
     results = await app.send_many("bench.noop", [((i,), {}) for i in range(tasks)])
@@ -96,7 +109,7 @@ async def one_run(app: App, tasks: int) -> tuple[float, float]:
             group.start_soon(wait, index)
     assert values == list(range(tasks))
     plain_seconds = time.perf_counter() - started
-    return chord_seconds, plain_seconds
+    return chord_seconds, plain_seconds, chord_cpu
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -110,22 +123,25 @@ async def main(args: argparse.Namespace) -> None:
         try:
             async with App("caller", broker=url, set_as_current=False) as app:
                 await anyio.to_thread.run_sync(worker.ready.wait, 60)
-                await one_run(app, 200)  # warm up: connections, scripts
-                chords, plains = [], []
+                await one_run(app, 200, worker)  # warm up: connections, scripts
+                chords, plains, cpus = [], [], []
                 for run in range(args.runs):
-                    chord_seconds, plain_seconds = await one_run(app, args.tasks)
+                    chord_seconds, plain_seconds, cpu = await one_run(app, args.tasks, worker)
                     chords.append(chord_seconds)
                     plains.append(plain_seconds)
+                    cpus.append(cpu / args.tasks * 1e6)
                     print(
-                        f"run {run + 1}: chord {chord_seconds:.2f} s, "
-                        f"delay_many + gather {plain_seconds:.2f} s"
+                        f"run {run + 1}: chord {chord_seconds:.2f} s (worker CPU "
+                        f"{cpus[-1]:.0f} µs per header task), delay_many + gather "
+                        f"{plain_seconds:.2f} s"
                     )
                 chord_median, plain_median = statistics.median(chords), statistics.median(plains)
                 print(
                     f"\n{args.tasks:,} no-op tasks, Redis, one worker -c {args.concurrency}, "
                     f"median of {args.runs}:\n"
                     f"  chord (delay -> callback result): {chord_median:.2f} s "
-                    f"({args.tasks / chord_median:,.0f} header tasks/s)\n"
+                    f"({args.tasks / chord_median:,.0f} header tasks/s; worker CPU "
+                    f"{statistics.median(cpus):.0f} µs per header task)\n"
                     f"  delay_many + gather:              {plain_median:.2f} s "
                     f"({args.tasks / plain_median:,.0f} tasks/s)\n"
                     f"  chord / plain: {chord_median / plain_median:.2f}"

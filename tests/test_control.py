@@ -10,7 +10,16 @@ from typing import Any
 import anyio
 import pytest
 
-from aqueue import App, ConfigurationError, NoReply, NotRegistered, TaskRevoked, Worker, states
+from aqueue import (
+    App,
+    ConfigurationError,
+    NoReply,
+    NotRegistered,
+    TaskRevoked,
+    Worker,
+    control,
+    states,
+)
 from aqueue.control import require_replies
 from tests.contract.test_mailbox import MAILBOX_DRIVERS
 from tests.helpers.drivers import MakeApp
@@ -116,6 +125,31 @@ async def test_revoke_reaches_a_running_worker(make: MakeApp) -> None:
         with pytest.raises(TaskRevoked):
             await second.get(timeout=10)
     assert ran == [1]
+
+
+async def test_revoke_a_list_in_batches(make: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "REVOKE_BATCH", 3)  # 7 ids: three commands
+    app = make()
+    ran: list[int] = []
+
+    @app.task
+    async def job(n: int) -> None:
+        ran.append(n)
+
+    sent = [await job.delay(n) for n in range(7)]
+    ids = [result.id for result in sent]
+    async with running(app, queues=["elsewhere"], hostname="w@t") as worker:
+        replies = await app.control.revoke(ids, timeout=2)  # all in by then
+        assert sorted(r.result for r in replies) == ["revoked 1 tasks"] + ["revoked 3 tasks"] * 2
+        assert all(task_id in worker.revoked for task_id in ids)
+    for result in sent:
+        with pytest.raises(TaskRevoked):
+            await result.get(timeout=5)
+    later = Worker(app, burst=True)
+    await later.run()  # started after the revoke: reads the kept batches
+    assert all(task_id in later.revoked for task_id in ids)
+    assert ran == []
+    assert await app.control.revoke([], timeout=5) == []
 
 
 async def test_revoke_terminate_cancels_a_running_coroutine(make: MakeApp) -> None:

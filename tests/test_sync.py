@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from aqueue import App, SerializationError, Worker, states
-from aqueue.sync import _Sender
+from aqueue.sync import _Sender, _Waiter
 from aqueue.testing import InProcessWorker
 from tests.helpers import service_amqp, service_redis
 from tests.helpers.drivers import SERVICES, require
@@ -274,24 +274,19 @@ def test_a_call_that_cannot_be_sent_fails_alone_in_its_batch(tmp_path: Path) -> 
         return value
 
     sender = _Sender(app, app._io_thread().loop())
-    calls = [
-        (echo.name, (1,), {}, concurrent.futures.Future()),
-        (echo.name, (object(),), {}, concurrent.futures.Future()),
-        (echo.name, (3,), {}, concurrent.futures.Future()),
-    ]
-    for *_, future in calls:
-        assert future.set_running_or_notify_cancel()
-    app.run_blocking(sender._send(calls))
-    assert calls[0][3].result().id != calls[2][3].result().id
-    with pytest.raises(SerializationError):
-        calls[1][3].result()
+    calls = [(echo.name, (value,), {}, _Waiter()) for value in (1, object(), 3)]
+    app.run_blocking(sender._send(echo.name, calls))
+    waiters = [call[3] for call in calls]
+    assert all(waiter.lock.acquire(blocking=False) for waiter in waiters)  # each was settled
+    assert waiters[0].error is None
+    assert waiters[2].error is None
+    assert waiters[0].result.id != waiters[2].result.id
+    assert isinstance(waiters[1].error, SerializationError)
     worker = InProcessWorker(app)
     worker.start()
     try:
-        assert [app.sync.AsyncResult(calls[i][3].result().id).get(timeout=10) for i in (0, 2)] == [
-            1,
-            3,
-        ]
+        ids = [waiters[i].result.id for i in (0, 2)]
+        assert [app.sync.AsyncResult(task_id).get(timeout=10) for task_id in ids] == [1, 3]
     finally:
         worker.stop()
         app.sync.close()

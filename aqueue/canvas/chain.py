@@ -9,10 +9,10 @@ stored as failed with the failing step's error, naming the step, so `get()` rais
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, Unpack, overload
+from typing import Any, Self, TypeVar, overload
 
 from ..interfaces import AppLike
-from .node import Plan, SignatureOptions, Workflow, WorkflowSync
+from .node import Plan, Sendable, Workflow
 from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chain", "chain"]
@@ -21,7 +21,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Chain(Workflow[R]):
+class Chain(Sendable[R, WorkflowResult[R], SyncWorkflowResult[R]]):
     """Steps run in order; its result is its last step's."""
 
     def __init__(self, *steps: Workflow[Any], app: AppLike | None = None) -> None:
@@ -64,22 +64,6 @@ class Chain(Workflow[R]):
         """`chain | step`: a longer chain."""
         return Chain(*self.steps, other, app=self._app)
 
-    async def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult[R]:
-        """Send the chain; `args` go before the first step's own arguments."""
-        handle: WorkflowResult[R] = await self._send(args, kwargs)
-        return handle
-
-    async def apply_async(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Unpack[SignatureOptions],
-    ) -> WorkflowResult[R]:
-        """Send the chain, `args` and `kwargs` going to its first step (options: see there)."""
-        target = self.with_options(options) if options else self
-        handle: WorkflowResult[R] = await target._send(args or (), kwargs)
-        return handle
-
     def with_options(self, options: Mapping[str, Any]) -> Chain[R]:
         """Return a copy: `link_error` on every step, `link` and `task_id` on the last."""
         rest = dict(options)
@@ -97,11 +81,6 @@ class Chain(Workflow[R]):
         if last_options:
             steps[-1] = steps[-1].with_options(last_options)
         return Chain(*steps, app=self._app)
-
-    @property
-    def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:
-        """`delay` and `apply_async` for sync code."""
-        return WorkflowSync(self)
 
     def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Plan the first step, the rest riding on it as what follows."""

@@ -1,25 +1,27 @@
-"""`Chord`: a group (the header) whose list of results goes to one callback, sent exactly once.
+"""`Chord`: a group (the header) whose list of results goes to one callback, run exactly once.
 
 `chord(header, callback)` or `group(...) | callback`. Each header task, once its result is
 stored, records its id in the chord's set in the result store, atomically
-(`ResultBackend.chord_part`: one Lua call on Redis, one transaction on SQLite). The worker
-that records the last id reads the header's results, in order, and sends the callback with
-the list first; no task polls. A failing header task fails the chord: the callback's result
-becomes that error and its `link_error` callbacks run. Only a result store that counts
-chords can carry one (`counts_chords`); sending one elsewhere is refused.
+(`ResultBackend.chord_part`: one Lua call on Redis, one transaction on SQLite). The first
+worker to find every id recorded claims the chord in that step, reads the header's results,
+in order, and sends the callback with the list first; no task polls. A copy of the callback
+sent again after a crash does not run (`aqueue.canvas.counter` says how). A failing header
+task fails the chord: the callback's result becomes that error and its `link_error`
+callbacks run. Only a result store that counts chords can carry one (`counts_chords`);
+sending one elsewhere is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar
 
 from ..exceptions import ConfigurationError
 from ..interfaces import AppLike
 from ..message import new_id
 from .chain import Chain
 from .group_result import GroupResult
-from .node import Plan, SignatureOptions, Workflow, WorkflowSync
+from .node import Plan, Sendable, Workflow
 from .workflow_result import SyncWorkflowResult, WorkflowResult
 
 __all__ = ["Chord", "chord"]
@@ -28,7 +30,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Chord(Workflow[R]):
+class Chord(Sendable[R, WorkflowResult[R], SyncWorkflowResult[R]]):
     """A header of tasks and a callback that gets their results as one list."""
 
     def __init__(
@@ -95,22 +97,6 @@ class Chord(Workflow[R]):
         """`chord | step`: a chain (the step gets the callback's result)."""
         return Chain(self, other)
 
-    async def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult[R]:
-        """Send the chord (refused where the result store cannot count it)."""
-        handle: WorkflowResult[R] = await self._send(args, kwargs)
-        return handle
-
-    async def apply_async(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Unpack[SignatureOptions],
-    ) -> WorkflowResult[R]:
-        """Send the chord, `args` and `kwargs` going to every header task (options: see there)."""
-        target = self.with_options(options) if options else self
-        handle: WorkflowResult[R] = await target._send(args or (), kwargs)
-        return handle
-
     def with_options(self, options: Mapping[str, Any]) -> Chord[R]:
         """Return a copy: callbacks (and `task_id`) on the callback, the rest on the header."""
         rest = dict(options)
@@ -120,11 +106,6 @@ class Chord(Workflow[R]):
         header = [member.with_options(rest) for member in self.header] if rest else self.header
         body = self.body.with_options(body_options) if body_options else self.body
         return Chord(header, body, group_id=self.id, app=self._app)
-
-    @property
-    def sync(self) -> WorkflowSync[SyncWorkflowResult[R]]:
-        """`delay` and `apply_async` for sync code."""
-        return WorkflowSync(self)
 
     def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Plan the header, each member's last task carrying the chord (its id, size, body)."""

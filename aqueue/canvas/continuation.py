@@ -22,7 +22,7 @@ from .data import from_data
 from .failing import fail_workflows
 from .node import launch
 
-__all__ = ["HEADER", "after", "discarded", "inherited"]
+__all__ = ["HEADER", "admitted", "after", "discarded", "inherited"]
 
 #: The message header that carries a task's callbacks, its chord and its parent.
 HEADER = "canvas"
@@ -31,6 +31,21 @@ HEADER = "canvas"
 def inherited(envelope: Envelope) -> dict[str, Any]:
     """Return the headers a continuation of `envelope` carries on: all but `canvas`."""
     return {key: value for key, value in envelope.headers.items() if key != HEADER}
+
+
+async def admitted(app: AppLike, backend: ResultBackend | None, envelope: Envelope) -> bool:
+    """Whether `envelope` may run: False for a second copy of a message a chord sent.
+
+    A chord's claimant may send its callback twice (it died after sending, and its header
+    message was redelivered); each copy carries a token, and only the copy whose token first
+    claims the task id runs (`ResultBackend.chord_run`; see `aqueue.canvas.counter`).
+    """
+    canvas = envelope.headers.get(HEADER) if envelope.headers else None
+    once = canvas.get("once") if isinstance(canvas, Mapping) else None
+    if once is None or backend is None or not backend.counts_chords:
+        return True
+    ttl = app.conf.result_expires
+    return await backend.chord_run(once["chord"], envelope.id, once["token"], ttl)
 
 
 async def after(

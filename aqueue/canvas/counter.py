@@ -1,17 +1,24 @@
-"""The chord counter, worker side: record a header task, and act if the chord is complete.
+"""The chord counter, worker side: record a header task, and act if this worker claims the chord.
 
 After a header task's result is stored (and before its message is acknowledged), its worker
 records the task id with `ResultBackend.chord_part`. The store counts each id once, so a
-header task redelivered after a worker died counts once however often it runs. The worker
-told "fire" reads the header's results in order (`fetch_many`) and sends the callback with
-the list first; told "fail", it fails the callback with the header task's error. Then it
-calls `chord_done`, after which nobody is told to act again.
+header task redelivered after a worker died counts once however often it runs. In the same
+atomic step, the first recorder to find the chord complete (or failed) claims it: it alone is
+told "fire" (or "fail"). It reads the header's results in order (`fetch_many`) and sends the
+callback with the list first, or fails the callback with the header's error; then it calls
+`chord_done`, after which nobody is told to act again.
 
-What is guaranteed: the callback is sent once, with a fixed id, unless a worker dies between
-sending it and `chord_done` (or a header task is redelivered in those milliseconds): then it
-is sent again with the same id, and a worker drops that copy if the first already finished.
-It is never lost: a worker that dies before sending leaves its header message unacknowledged,
-and its redelivery, finding the result stored, records again and is told "fire" again.
+Exactly once, through every crash:
+
+- the claimant dies before sending: its header message was not acknowledged; redelivered, it
+  records again, is told "fire" again (it is the claimant) and sends;
+- it dies after sending and before `chord_done` (or its message is redelivered while it still
+  runs): it sends again. Every message the claimant sends carries a token of its own (the
+  `once` entry of its `canvas` header), and a worker runs a message only if its token is the
+  first checked for its task id (`ResultBackend.chord_run`, atomic; `continuation.admitted`):
+  the first copy runs, a later copy is dropped, even when both start at the same moment. A
+  copy redelivered (its worker died while running it) keeps its token, and runs again, as any
+  task whose worker died does.
 """
 
 from __future__ import annotations
@@ -59,14 +66,14 @@ async def record(
         return
     body = from_data(chord["body"])
     culprit = task_id
-    if step == "fire":
+    if failure is None:  # "fire", or "fail" for another header task's failure: find it
         values, failed = await _header_values(app, backend, chord_id)
         if failed is None:
-            await launch(app, body, (values,), parent=chord_id, headers=headers)
+            await launch(app, body, (values,), parent=chord_id, headers=headers, once=chord_id)
         else:
             culprit, failure = failed
     if failure is not None:
-        await fail_workflows(app, backend, [body], failure, culprit, (), headers)
+        await fail_workflows(app, backend, [body], failure, culprit, (), headers, chord_id)
     await backend.chord_done(chord_id, ttl)
 
 

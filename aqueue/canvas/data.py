@@ -65,6 +65,13 @@ def canvas_header(value: Any) -> dict[str, Any]:
     parent = value.get("parent")
     if parent is not None and not isinstance(parent, str):
         raise InvalidWorkflow("the canvas header's parent is not a task id")
+    once = value.get("once")
+    if once is not None and not (
+        isinstance(once, dict)
+        and isinstance(once.get("chord"), str)
+        and isinstance(once.get("token"), str)
+    ):
+        raise InvalidWorkflow("the canvas header's once needs a chord id and a token")
     return value
 
 

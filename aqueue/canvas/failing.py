@@ -30,8 +30,12 @@ async def fail_workflows(
     culprit: str,
     errbacks: Iterable[Workflow[Any]] = (),
     headers: Mapping[str, Any] | None = None,
+    once: str | None = None,
 ) -> None:
-    """Fail every task of `workflows` with `failure` (task `culprit`'s); send the errbacks."""
+    """Fail every task of `workflows` with `failure` (task `culprit`'s); send the errbacks.
+
+    `once`: the chord whose claimant fails them (see `launch`).
+    """
     workflows = list(workflows)
     if backend is not None:
         step = f"{failure.task}[{culprit}]"
@@ -50,4 +54,4 @@ async def fail_workflows(
         key = ",".join(errback.ids())
         if key not in seen:
             seen.add(key)
-            await launch(app, errback, (culprit,), parent=culprit, headers=headers)
+            await launch(app, errback, (culprit,), parent=culprit, headers=headers, once=once)

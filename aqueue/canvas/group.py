@@ -8,13 +8,13 @@ again), then every member goes out in one publish.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar, Unpack, overload
+from typing import Any, Self, TypeVar, overload
 
 from ..interfaces import AppLike
 from ..message import new_id
 from .chord import Chord
 from .group_result import GroupResult, SyncGroupResult
-from .node import Plan, SignatureOptions, Workflow, WorkflowSync
+from .node import Plan, Sendable, Workflow
 
 __all__ = ["Group", "group"]
 
@@ -22,7 +22,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Group(Workflow[list[R]]):
+class Group(Sendable[list[R], GroupResult[R], SyncGroupResult[R]]):
     """Tasks run in parallel; the result is the list of their results, in order."""
 
     def __init__(
@@ -75,33 +75,12 @@ class Group(Workflow[list[R]]):
         """`group | callback`: a chord."""
         return Chord(self.tasks, callback, group_id=self.id, app=self._app)
 
-    async def delay(self, *args: Any, **kwargs: Any) -> GroupResult[R]:
-        """Send every member (in one publish); `args` go before each member's own."""
-        handle: GroupResult[R] = await self._send(args, kwargs)
-        return handle
-
-    async def apply_async(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Unpack[SignatureOptions],
-    ) -> GroupResult[R]:
-        """Send every member, `args`, `kwargs` and the call options going to each."""
-        target = self.with_options(options) if options else self
-        handle: GroupResult[R] = await target._send(args or (), kwargs)
-        return handle
-
     def with_options(self, options: Mapping[str, Any]) -> Group[R]:
         """Return a copy whose every member has these options (`task_id` names one task)."""
         if "task_id" in options:
             raise TypeError("task_id names one task; a group's members each have their own")
         members = (member.with_options(options) for member in self.tasks)
         return Group(members, group_id=self.id, app=self._app)
-
-    @property
-    def sync(self) -> WorkflowSync[SyncGroupResult[R]]:
-        """`delay` and `apply_async` for sync code."""
-        return WorkflowSync(self)
 
     def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Plan saving the group's members, and every member."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 from .. import current
 from ..exceptions import ConfigurationError
@@ -26,10 +26,19 @@ from ..sending import Call, send_calls
 from ..sync import block
 from .group_result import save_group, to_sync
 
-__all__ = ["CHORD_BACKENDS", "Plan", "SignatureOptions", "Workflow", "WorkflowSync", "launch"]
+__all__ = [
+    "CHORD_BACKENDS",
+    "Plan",
+    "Sendable",
+    "SignatureOptions",
+    "Workflow",
+    "WorkflowSync",
+    "launch",
+]
 
 R = TypeVar("R")
 H = TypeVar("H")
+S = TypeVar("S")
 T = TypeVar("T")
 
 #: What the chord refusal names: the result stores that count chords.
@@ -52,11 +61,18 @@ class Plan:
     """What sending a workflow takes: its messages, and the groups to save first."""
 
     def __init__(
-        self, app: AppLike, parent: str | None, headers: Mapping[str, Any] | None = None
+        self,
+        app: AppLike,
+        parent: str | None,
+        headers: Mapping[str, Any] | None = None,
+        once: str | None = None,
     ) -> None:
         self.app = app
         #: The task whose worker sends this (a continuation), else None (the caller).
         self.parent = parent
+        #: The chord whose claimant sends this (its callback): each message then carries a
+        #: token of its own, and runs only if its copy claims the run (`ResultBackend.chord_run`).
+        self.once = once
         #: Headers every message carries (a continuation's, inherited from its parent).
         self.headers = dict(headers or {})
         self.calls: list[Call] = []
@@ -86,9 +102,13 @@ async def launch(
     *,
     parent: str | None = None,
     headers: Mapping[str, Any] | None = None,
+    once: str | None = None,
 ) -> None:
-    """Send a frozen workflow, `prev` put before its first tasks' arguments."""
-    plan = Plan(app, parent, headers)
+    """Send a frozen workflow, `prev` put before its first tasks' arguments.
+
+    `once`: the chord whose claimant sends it; each copy of a message claims its run.
+    """
+    plan = Plan(app, parent, headers, once)
     workflow.plan(plan, tuple(prev), kwargs or {})
     await plan.send()
 
@@ -168,6 +188,34 @@ class Workflow(abc.ABC, Generic[R]):
             "workflows (chains, groups, chords, callbacks) are not run eagerly: unset "
             "task_always_eager, or test them with a worker (aqueue.testing.InProcessWorker)"
         )
+
+
+class Sendable(Workflow[R], Generic[R, H, S]):
+    """A workflow that sends itself: `delay` and `apply_async` give `H`, `.sync`'s give `S`.
+
+    The base of `Signature`, `Chain`, `Group` and `Chord`, each naming its own result types.
+    """
+
+    async def delay(self, *args: Any, **kwargs: Any) -> H:
+        """Send it; `args` go before its first tasks' own arguments, `kwargs` merge in."""
+        handle: H = await self._send(args, kwargs)
+        return handle
+
+    async def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[SignatureOptions],
+    ) -> H:
+        """Send it, `args` and `kwargs` as in `delay`, with call options (`SignatureOptions`)."""
+        target = self.with_options(options) if options else self
+        handle: H = await target._send(args or (), kwargs)
+        return handle
+
+    @property
+    def sync(self) -> WorkflowSync[S]:
+        """`delay` and `apply_async` for sync code: `add.s(2, 2).sync.delay().get()`."""
+        return WorkflowSync(self)
 
 
 class WorkflowSync(Generic[H]):

@@ -20,7 +20,7 @@ from ..result import AsyncResult
 from ..sending import Call
 from ..sync import SyncResult
 from .chain import Chain
-from .node import Plan, SignatureOptions, Workflow, WorkflowSync
+from .node import Plan, Sendable, SignatureOptions, Workflow
 
 __all__ = ["Signature", "SignatureOptions", "signature"]
 
@@ -32,7 +32,7 @@ OPTION_NAMES = frozenset(SendOptions.__optional_keys__) | {"link", "link_error"}
 _SEND_OPTIONS = frozenset(ManySendOptions.__optional_keys__)
 
 
-class Signature(Workflow[R]):
+class Signature(Sendable[R, AsyncResult[R], SyncResult[R]]):
     """One task call: its task's name, arguments, call options, and whether it is immutable."""
 
     def __init__(
@@ -153,22 +153,6 @@ class Signature(Workflow[R]):
         """Chain `a | b`: b gets a's result."""
         return Chain(self, other)
 
-    async def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
-        """Send the task; `args` go before the signature's own (a partial), `kwargs` merge in."""
-        handle: AsyncResult[R] = await self._send(args, kwargs)
-        return handle
-
-    async def apply_async(
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Unpack[SignatureOptions],
-    ) -> AsyncResult[R]:
-        """Send the task with these call options (`link=`, `link_error=` among them)."""
-        target = self.with_options(options) if options else self
-        handle: AsyncResult[R] = await target._send(args or (), kwargs)
-        return handle
-
     async def _eager(self, app: AppLike, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         """Run a plain signature (no callbacks) here, as `task.apply()` does."""
         task: Any = app.tasks.get(self.task)
@@ -176,11 +160,6 @@ class Signature(Workflow[R]):
             return await super()._eager(app, args, kwargs)
         call = self.clone(args, kwargs)
         return await task.apply(call.args, call.kwargs, task_id=self.id)
-
-    @property
-    def sync(self) -> WorkflowSync[SyncResult[R]]:
-        """`delay` and `apply_async` for sync code: `add.s(2, 2).sync.delay().get()`."""
-        return WorkflowSync(self)
 
     def plan(self, plan: Plan, prev: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Add the task's message: its arguments, options and `canvas` header."""
@@ -208,6 +187,8 @@ class Signature(Workflow[R]):
             canvas["chord"] = self.chord
         if plan.parent is not None:
             canvas["parent"] = plan.parent
+        if plan.once is not None:
+            canvas["once"] = {"chord": plan.once, "token": new_id()}
         if canvas or plan.headers:
             options["headers"] = {**plan.headers, **(options.get("headers") or {})}
             if canvas:

@@ -17,9 +17,8 @@ T = TypeVar("T")
 
 async def revoke_all(app: AppLike, task_ids: Sequence[str], *, terminate: bool = False) -> None:
     """Revoke every task of a workflow that has not finished (finished ones keep their result)."""
-    control = Control(app)
-    for task_id in task_ids:
-        await control.revoke(task_id, terminate=terminate, reply=False)
+    if task_ids:  # in a few commands of many ids each
+        await Control(app).revoke(task_ids, terminate=terminate, reply=False)
 
 
 class WorkflowResult(Generic[R]):

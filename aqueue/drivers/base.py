@@ -385,8 +385,8 @@ class StoredResult:
 
 
 #: What `ResultBackend.chord_part` tells the worker that recorded a header task: "fire" (every
-#: header task succeeded: send the callback), "fail" (one failed: fail the chord), or "wait"
-#: (more to come, or the chord was settled already).
+#: header task is recorded: send the callback), "fail" (one failed: fail the chord), or "wait"
+#: (more to come, another recorder claimed the chord, or it was settled already).
 ChordStep: TypeAlias = Literal["fire", "fail", "wait"]
 
 
@@ -475,13 +475,23 @@ class ResultBackend(_Connected):
         """Record, atomically, that header task `task_id` of a chord of `size` finished.
 
         Each task id counts once however often it is recorded (a redelivered task records
-        again). With `ok=False` the chord is failed. Returns "fire" while all `size` ids are
-        recorded, "fail" while a failure is, and "wait" otherwise or once `chord_done` was
-        called: the recorder that gets "fire" or "fail" acts, then calls `chord_done`. The
-        records live for `ttl` seconds.
+        again). With `ok=False` the chord is failed. The first recorder that finds all `size`
+        ids recorded (or a failure) *claims* the chord, in the same atomic step, and is told
+        "fire" (or "fail"); every other recorder is told "wait". The claimant is told so
+        again each time it records until `chord_done` (its message redelivered after it died
+        before sending: it sends again), then "wait". The records live for `ttl` seconds.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot count chords")
 
     async def chord_done(self, chord_id: str, ttl: float) -> None:
         """Record that the chord's callback was sent (or the chord failed): no more "fire"."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count chords")
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim, atomically, the run of task `task_id` sent by chord `chord_id`'s claimant.
+
+        Each message the claimant sends carries a token of its own. The first token checked
+        for a task id is kept (for `ttl` seconds): True for it (again on redelivery of its
+        message), False for any other, a second copy sent after a crash, which must not run.
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot count chords")

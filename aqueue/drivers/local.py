@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -55,24 +56,44 @@ class LocalResults:
         self._results.pop(task_id, None)
 
 
+@dataclass
+class _Chord:
+    """One chord's record: the header ids recorded, its flags, its claimant, its runs."""
+
+    members: set[str] = field(default_factory=set)
+    failed: bool = False
+    done: bool = False
+    claimant: str | None = None
+    runs: dict[str, str] = field(default_factory=dict)
+
+
 class LocalChords:
-    """Chord headers counted in this process: per chord, the ids recorded, failed, done."""
+    """Chord headers counted in this process: per chord, the ids recorded, failed, done.
+
+    Each call runs to its end without awaiting, so it is atomic among the loop's tasks.
+    """
 
     def __init__(self) -> None:
-        self._chords: dict[str, tuple[set[str], list[bool]]] = {}
+        self._chords: dict[str, _Chord] = {}
 
     def part(self, chord_id: str, task_id: str, size: int, *, ok: bool) -> ChordStep:
         """Record a header task (once per id); see `ResultBackend.chord_part`."""
-        members, flags = self._chords.setdefault(chord_id, (set(), [False, False]))
-        members.add(task_id)
-        if not ok:
-            flags[0] = True
-        if flags[1]:
+        chord = self._chords.setdefault(chord_id, _Chord())
+        chord.members.add(task_id)
+        chord.failed = chord.failed or not ok
+        if chord.done or not (chord.failed or len(chord.members) >= size):
             return "wait"
-        if flags[0]:
-            return "fail"
-        return "fire" if len(members) >= size else "wait"
+        if chord.claimant is None:
+            chord.claimant = task_id
+        elif chord.claimant != task_id:
+            return "wait"
+        return "fail" if chord.failed else "fire"
 
     def done(self, chord_id: str) -> None:
         """Mark the chord settled."""
-        self._chords.setdefault(chord_id, (set(), [False, False]))[1][1] = True
+        self._chords.setdefault(chord_id, _Chord()).done = True
+
+    def run(self, chord_id: str, task_id: str, token: str) -> bool:
+        """Claim the run of a task the chord sent; see `ResultBackend.chord_run`."""
+        runs = self._chords.setdefault(chord_id, _Chord()).runs
+        return runs.setdefault(task_id, token) == token

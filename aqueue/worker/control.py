@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import codec
-from ..control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_PREFIX
+from ..control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_MANY_PREFIX, REVOKED_PREFIX
 from ..exceptions import ConfigurationError
 from ..throttle import parse_rate
 
@@ -119,6 +119,14 @@ class ControlServer:
         ttl = self.worker.app.conf.result_expires
         for key in await self.mailbox.items(REVOKED_PREFIX):
             self.worker.revoked.add(key[len(REVOKED_PREFIX) :], ttl)
+        for value in (await self.mailbox.items(REVOKED_MANY_PREFIX)).values():
+            try:  # anyone may have written anything there
+                ids = _task_ids(codec.unpack(value).get("ids"))
+            except (ValueError, AttributeError):
+                logger.warning("Ignored a malformed stored revocation")
+                continue
+            for task_id in ids:
+                self.worker.revoked.add(task_id, ttl)
         for key, value in (await self.mailbox.items(RATE_LIMIT_PREFIX)).items():
             task = key[len(RATE_LIMIT_PREFIX) :]
             if task in self.worker.app.tasks:
@@ -190,8 +198,15 @@ class ControlServer:
         return f"rate limit of {task} set to {rate or 'none'} ({scope})"
 
     async def _revoke(self, args: dict[str, Any]) -> str:
-        task_id, terminate = str(args["task_id"]), bool(args.get("terminate"))
-        self.worker.revoked.add(task_id, self.worker.app.conf.result_expires)
+        terminate, ttl = bool(args.get("terminate")), self.worker.app.conf.result_expires
+        if "task_ids" in args:  # a batch: `Control.revoke` of a list
+            ids = _task_ids(args["task_ids"])
+            for task_id in ids:
+                self.worker.revoked.add(task_id, ttl)
+            ended = sum(self.worker.terminate(task_id) for task_id in ids) if terminate else 0
+            return f"revoked {len(ids)} tasks" + (f", terminated {ended}" if ended else "")
+        task_id = str(args["task_id"])
+        self.worker.revoked.add(task_id, ttl)
         if terminate and self.worker.terminate(task_id):
             return f"revoked {task_id} and terminated it"
         return f"revoked {task_id}"
@@ -199,3 +214,10 @@ class ControlServer:
     async def _shutdown(self, args: dict[str, Any]) -> str:
         self.worker.stop()
         return "shutting down"
+
+
+def _task_ids(value: Any) -> list[str]:
+    """Check a batch of revoked task ids (a list of str); raise ValueError otherwise."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("revoke's task_ids must be a list of task ids")
+    return value

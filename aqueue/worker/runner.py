@@ -160,6 +160,14 @@ class Runner:
             delivery, envelope, task
         ):
             pass
+        elif not await continuation.admitted(self.app, self.backend, envelope):
+            await delivery.ack()
+            logger.warning(
+                "Task %s[%s] is a second copy of what a chord sent (the first copy runs): "
+                "acknowledged, not run",
+                task.name,
+                envelope.id,
+            )
         elif not delivery.suspect or not await self._settled_suspect(delivery, envelope, task):
             return checked  # the worker says `received` if it must wait: `Watch`
         return None

@@ -7,6 +7,7 @@ burst sees them).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ async def test_chain_failure_stops_and_names_the_step(canvas: Canvas) -> None:
     steps = add.s(1, 1) | boom.s() | add.s(1) | add.s(2)
     result = await steps.apply_async()
     await canvas.work()
-    failed = r"step tests\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"
+    failed = r"step tests\.canvas\.test_canvas\.boom\[.*\] failed.*boom \(2,\)"
     with pytest.raises(ValueError, match=failed):
         await result.get(timeout=10)
     assert [await step.state() for step in result.results] == [
@@ -173,7 +174,7 @@ async def test_failing_header_fails_the_chord(canvas: Canvas) -> None:
     callback = tsum.s().set(link_error=[note.s("chord failed")])
     result = await chord([add.s(1, 1), boom.s(7), add.s(2, 2)], callback).delay()
     await canvas.work()
-    with pytest.raises(ValueError, match=r"step tests\.test_canvas\.boom\[.*boom \(7,\)"):
+    with pytest.raises(ValueError, match=r"step tests\.canvas\.test_canvas\.boom\[.*boom \(7,\)"):
         await result.get(timeout=10)
     assert len(canvas.notes) == 1
     assert canvas.notes[0][1] == "chord failed"
@@ -288,7 +289,7 @@ async def test_rpc_runs_chains_and_groups_and_refuses_chords(tmp_path: Path) -> 
         together = await group(add.s(i, i) for i in range(3)).delay()
         await Worker(app, burst=True).run()
         assert await chained.get(timeout=10) == 4
-        with pytest.raises(KeyError, match=r"step tests\.test_canvas\.boom\["):
+        with pytest.raises(KeyError, match=r"step tests\.canvas\.test_canvas\.boom\["):
             await failed.get(timeout=10)
         assert await together.get(timeout=10) == [0, 2, 4]
     finally:
@@ -367,14 +368,40 @@ async def test_the_chord_counter_counts_each_task_once(canvas: Canvas) -> None:
     assert await backend.chord_part(chord_id, "a", 3, 60, ok=True) == "wait"
     assert await backend.chord_part(chord_id, "a", 3, 60, ok=True) == "wait"  # again: once
     assert await backend.chord_part(chord_id, "b", 3, 60, ok=True) == "wait"
-    assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "fire"
-    assert await backend.chord_part(chord_id, "b", 3, 60, ok=True) == "fire"  # until done
+    assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "fire"  # c claims it
+    assert await backend.chord_part(chord_id, "b", 3, 60, ok=True) == "wait"  # not b
+    assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "fire"  # c, until done
     await backend.chord_done(chord_id, 60)
     assert await backend.chord_part(chord_id, "c", 3, 60, ok=True) == "wait"
     failing = uuid.uuid4().hex
     assert await backend.chord_part(failing, "a", 3, 60, ok=False) == "fail"
+    assert await backend.chord_part(failing, "b", 3, 60, ok=False) == "wait"  # a claimed it
     await backend.chord_done(failing, 60)
-    assert await backend.chord_part(failing, "b", 3, 60, ok=False) == "wait"
+    assert await backend.chord_part(failing, "a", 3, 60, ok=False) == "wait"
+    # The callback's run: the first token checked for a task id holds it; another does not.
+    assert await backend.chord_run(chord_id, "callback", "t1", 60)
+    assert not await backend.chord_run(chord_id, "callback", "t2", 60)
+    assert await backend.chord_run(chord_id, "callback", "t1", 60)  # its redelivery
+    assert await backend.chord_run(chord_id, "other", "t2", 60)
+
+
+async def test_racing_header_tasks_claim_the_chord_once(canvas: Canvas) -> None:
+    # The last header task and redeliveries of the others record at the same moment, all
+    # finding the chord complete: one of them is told to send the callback.
+    backend = await canvas.app.result_backend()
+    assert backend is not None
+    chord_id, size = uuid.uuid4().hex, 20
+    for i in range(size - 1):
+        assert await backend.chord_part(chord_id, str(i), size, 60, ok=True) == "wait"
+    steps: list[str] = []
+
+    async def record(task_id: str) -> None:
+        steps.append(await backend.chord_part(chord_id, task_id, size, 60, ok=True))
+
+    async with anyio.create_task_group() as tasks:
+        for i in (size - 1, *range(size - 1)):  # the last first, then redeliveries
+            tasks.start_soon(record, str(i))
+    assert sorted(steps) == ["fire"] + ["wait"] * (size - 1)
 
 
 async def test_workflow_call_options(canvas: Canvas) -> None:
@@ -457,3 +484,97 @@ async def test_a_step_whose_worker_failed_before_sending_on_is_followed_on_redel
         worker.stop()
     assert cut == [result.results[1].id]
     assert canvas.notes == [(2, "ran")]  # step 2 ran once
+
+
+async def test_a_chord_callback_sent_twice_runs_once(
+    canvas: Canvas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker that claims the chord sends its callback, then dies before `chord_done` (a
+    # crash injected there): its header message is redelivered, and it sends the callback
+    # again, a second copy with the same id. A worker that takes both copies at once runs the
+    # callback once: the first copy holds it until the test saw the second handled.
+    app = canvas.app
+    backend = await app.result_backend()
+    assert backend is not None
+    chord_done = backend.chord_done
+    marked = anyio.Event()
+    crashes: list[str] = []
+
+    async def crashing_once(chord_id: str, ttl: float) -> None:
+        if not crashes:
+            crashes.append(chord_id)
+            raise ConnectionError("the worker died here")
+        await chord_done(chord_id, ttl)
+        marked.set()
+
+    monkeypatch.setattr(backend, "chord_done", crashing_once)
+    runs: list[Any] = []
+    handled = [0]
+    both, release = anyio.Event(), anyio.Event()
+
+    def seen() -> None:
+        handled[0] += 1
+        if handled[0] == 2:
+            both.set()
+
+    class Dropped(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "a second copy" in record.getMessage():
+                seen()
+
+    @app.task(name="canvas.gather")
+    async def gather(values: list[int]) -> int:
+        runs.append(values)
+        seen()
+        await release.wait()
+        return sum(values)
+
+    add = canvas.add
+    result = await chord([add.s(1, 1), add.s(2, 2)], gather.s().set(queue="callbacks")).delay()
+    async with anyio.create_task_group() as tasks:
+        worker = await tasks.start(Worker(app, concurrency=4).run)
+        with anyio.fail_after(20):
+            await marked.wait()
+        worker.stop()
+    handler = Dropped()
+    logging.getLogger("aqueue.worker").addHandler(handler)
+    try:
+        async with anyio.create_task_group() as tasks:
+            worker = await tasks.start(Worker(app, queues=["callbacks"], concurrency=2).run)
+            with anyio.fail_after(20):
+                await both.wait()
+            release.set()
+            assert await result.get(timeout=10) == 6
+            worker.stop()
+    finally:
+        logging.getLogger("aqueue.worker").removeHandler(handler)
+    assert crashes == [result.results[0].id]
+    assert runs == [[2, 4]]
+
+
+async def test_a_chord_claimant_that_died_before_sending_sends_on_redelivery(
+    canvas: Canvas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker that claims the chord fails to send its callback (as if it died there): no
+    # other header task may send it (the chord is claimed), so the claimant's redelivered
+    # message must, and the callback runs once.
+    from aqueue.canvas import counter, node
+
+    launch = node.launch
+    cut: list[str] = []
+
+    async def failing_once(app: Any, workflow: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("once") and not cut:
+            cut.append(kwargs["once"])
+            raise ConnectionError("the worker died here")
+        await launch(app, workflow, *args, **kwargs)
+
+    monkeypatch.setattr(counter, "launch", failing_once)
+    add = canvas.add
+    result = await chord([add.s(1, 1), add.s(2, 2), add.s(3, 3)], canvas.note.s("cb")).delay()
+    async with anyio.create_task_group() as tasks:
+        worker = await tasks.start(Worker(canvas.app, concurrency=4).run)
+        assert await result.get(timeout=20) is None
+        worker.stop()
+    assert cut == [result.results[0].id]
+    assert canvas.notes == [([2, 4, 6], "cb")]

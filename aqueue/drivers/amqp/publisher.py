@@ -22,6 +22,7 @@ when the channel closed).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import uuid
 from collections import deque
@@ -32,6 +33,7 @@ from typing import Any, cast
 import aiormq
 import pamqp.frame
 from aiormq.abc import ChannelFrame
+from aiormq.channel import Returning
 from pamqp import commands as spec
 from pamqp import encode
 from pamqp.header import ContentHeader
@@ -64,6 +66,33 @@ _HEADERS, _DELIVERY_MODE, _PRIORITY, _MESSAGE_ID = (
 )
 #: The most `Basic.Publish` frames a pipeline keeps encoded (delay routing keys are many).
 PUBLISH_FRAMES = 1024
+
+
+_TABLE_SIZE = struct.Struct(">I")
+_LONG_LONG = struct.Struct(">q")
+#: Field names encoded as pamqp encodes them (a length byte, UTF-8), by name; bounded.
+_FIELD_NAMES: dict[str, bytes] = {}
+
+
+def field_table(table: dict[str, Any]) -> bytes:
+    """Encode a field table as pamqp's `encode.field_table` does; faster for a time stamp.
+
+    Every `delay()` carries one header, when it was published (`stamp`: microseconds, which
+    pamqp writes as a long-long, `l`, as it does every int above 2**32 - 1 whichever
+    RabbitMQ it targets). That table is encoded here in 1 µs; pamqp's generic way took 6.
+    Anything else goes to pamqp.
+    """
+    if len(table) == 1:
+        ((key, value),) = table.items()
+        if type(value) is int and 4294967295 < value <= 9223372036854775807:
+            name = _FIELD_NAMES.get(key)
+            if name is None:
+                if len(_FIELD_NAMES) >= 64:
+                    _FIELD_NAMES.clear()
+                name = _FIELD_NAMES[key] = encode.short_string(key)  # checks its length
+            size = len(name) + 9
+            return _TABLE_SIZE.pack(size) + name + b"l" + _LONG_LONG.pack(value)
+    return encode.field_table(table)
 
 
 class _Encoder:
@@ -125,7 +154,7 @@ class _Encoder:
         # In the order of the flags, highest first; None and "" are left out, as pamqp does.
         if p.headers is not None:
             flags |= _HEADERS
-            parts.append(encode.field_table(p.headers))
+            parts.append(field_table(p.headers))
         if p.delivery_mode is not None:
             flags |= _DELIVERY_MODE
             parts.append(encode.octet(p.delivery_mode))
@@ -244,6 +273,13 @@ class Pipeline:
         self.writes = 0
         self._encoder = _Encoder(channel.number, channel.max_content_size)
         channel.closing.add_done_callback(self._channel_closed)
+        #: A return was read: aiormq put a `Returning` back at the end of `confirmations`,
+        #: out of tag order, so acknowledgements walk every tag until none is left.
+        self._returned = False
+        self._on_return_frame = channel._on_return_frame
+        # The channel's reader calls these by name: confirmations take `_on_confirm`'s way.
+        setattr(channel, "_on_confirm_frame", self._on_confirm)  # noqa: B010
+        setattr(channel, "_on_return_frame", self._on_return)  # noqa: B010
         self._writer = self._loop.create_task(self._run(), name="aqueue amqp publisher")
 
     @property
@@ -392,6 +428,35 @@ class Pipeline:
             for confirmation in submission.confirmations:
                 confirmation.set_exception(reason)  # unless settled
 
+    async def _on_confirm(self, frame: spec.Basic.Ack | spec.Basic.Nack) -> None:
+        """Settle what an acknowledgement (or a nack) answers, oldest first, there and then.
+
+        RabbitMQ acknowledges many messages at once (`multiple`). aiormq's handler walks every
+        outstanding tag for each such frame, and schedules a callback per tag it answers: at
+        1,000 in flight, a thousand steps an ack. Tags are kept in the order they were given,
+        so this takes them from the front, up to the acknowledged one.
+        """
+        confirmations = self.channel.confirmations
+        tag = frame.delivery_tag
+        error = None
+        if not isinstance(frame, spec.Basic.Ack):
+            error = aiormq.exceptions.DeliveryError(None, frame)
+        if not frame.multiple:
+            _answer(confirmations.pop(tag, None), frame, error)
+            return
+        if self._returned:
+            answered = [other for other in confirmations if other <= tag]
+            self._returned = len(answered) < len(confirmations)
+        else:
+            answered = list(itertools.takewhile(tag.__ge__, confirmations))
+        for other in answered:
+            _answer(confirmations.pop(other), frame, error)
+
+    async def _on_return(self, frame: spec.Basic.Return) -> None:
+        """Let aiormq read a returned message and fail its confirmation (see `_returned`)."""
+        self._returned = True
+        await self._on_return_frame(frame)
+
     def _channel_closed(self, closing: asyncio.Future[Any]) -> None:
         """Fail the confirmations the channel left when it closed (as aiormq fails futures)."""
         reason = None if closing.cancelled() else closing.exception()
@@ -399,6 +464,20 @@ class Pipeline:
         for confirmation in list(self.channel.confirmations.values()):
             if isinstance(confirmation, _Confirmation):
                 confirmation.set_exception(reason)  # unless settled
+
+
+def _answer(
+    confirmation: Any, frame: spec.Basic.Ack | spec.Basic.Nack, error: BaseException | None
+) -> None:
+    """Settle one confirmation as aiormq would, unless already settled (or returned)."""
+    if type(confirmation) is _Confirmation:
+        confirmation._settle(error)
+    elif confirmation is None or isinstance(confirmation, Returning) or confirmation.done():
+        return
+    elif error is None:
+        confirmation.set_result(frame)
+    else:
+        confirmation.set_exception(error)
 
 
 def _channel_closed() -> BaseException:

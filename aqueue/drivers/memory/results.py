@@ -60,3 +60,7 @@ class MemoryBackend(ResultBackend):
     async def chord_done(self, chord_id: str, ttl: float) -> None:
         """Mark the chord settled."""
         self._chords.done(chord_id)
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim the run of a task the chord sent, in this process's dict."""
+        return self._chords.run(chord_id, task_id, token)

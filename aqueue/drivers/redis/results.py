@@ -74,7 +74,8 @@ return #KEYS
 #: Record chord header tasks, a batch in one call. Per chord two keys: a set of the header
 #: task ids recorded (each counts once) and a hash of flags (failed, done). KEYS: per item, the
 #: set then the hash. ARGV[1]: a msgpack array, per item: {task_id, size, ok, ttl_ms}.
-#: Replies, per item: 1 fire, 2 fail, 0 wait (see `ResultBackend.chord_part`).
+#: Replies, per item: 1 fire, 2 fail, 0 wait (see `ResultBackend.chord_part`): the first
+#: recorder to find the chord complete or failed is its claimant, and alone is told to act.
 _CHORD_PART = Script(
     """
 local items = cmsgpack.unpack(ARGV[1])
@@ -88,18 +89,36 @@ for i, item in ipairs(items) do
     redis.call('HSET', flags, 'failed', '1')
     redis.call('PEXPIRE', flags, ttl)
   end
-  local state = redis.call('HMGET', flags, 'failed', 'done')
-  if state[2] then
-    out[i] = 0
-  elseif state[1] then
-    out[i] = 2
-  elseif redis.call('SCARD', members) >= item[2] then
-    out[i] = 1
-  else
-    out[i] = 0
+  local state = redis.call('HMGET', flags, 'failed', 'done', 'claimant')
+  out[i] = 0
+  if not state[2] and (state[1] or redis.call('SCARD', members) >= item[2]) then
+    if not state[3] then
+      redis.call('HSET', flags, 'claimant', item[1])
+      redis.call('PEXPIRE', flags, ttl)
+      state[3] = item[1]
+    end
+    if state[3] == item[1] then
+      out[i] = state[1] and 2 or 1
+    end
   end
 end
 return out
+"""
+)
+
+#: Claim the run of a task a chord sent for one token. KEYS[1]: the chord's hash of flags.
+#: ARGV: the task id, the token, the TTL in milliseconds. Replies 1 if the token holds it.
+_CHORD_RUN = Script(
+    """
+local field = 'run:' .. ARGV[1]
+if redis.call('HSETNX', KEYS[1], field, ARGV[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('HGET', KEYS[1], field) == ARGV[2] then
+  return 1
+end
+return 0
 """
 )
 
@@ -318,3 +337,11 @@ class RedisBackend(ResultBackend):
         _, flags = self._chord_keys(chord_id)
         with redis_errors(self.settings, "counting a chord"):
             await run_scripts(self._hot_path(), [(_CHORD_DONE, [flags], [max(int(ttl * 1000), 1)])])
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim the run of a task the chord sent: one script call."""
+        _, flags = self._chord_keys(chord_id)
+        argv = [task_id, token, max(int(ttl * 1000), 1)]
+        with redis_errors(self.settings, "claiming a chord's callback"):
+            (reply,) = await run_scripts(self._hot_path(), [(_CHORD_RUN, [flags], argv)])
+        return int(reply) == 1

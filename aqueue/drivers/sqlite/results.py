@@ -59,6 +59,16 @@ SCHEMA = (
     )"""
     + STRICT,
     "CREATE INDEX IF NOT EXISTS aqueue_chords_expires ON aqueue_chords (expires)",
+    # Claims on a chord (a table of its own, so older files need no migration): "send" held
+    # by the header task that acts (`chord_part`), "run:<task id>" by the token of the copy
+    # of a message it sent that may run (`chord_run`).
+    """CREATE TABLE IF NOT EXISTS aqueue_chord_claims (
+        chord_id TEXT NOT NULL,
+        what TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        PRIMARY KEY (chord_id, what)
+    )"""
+    + STRICT,
 )
 
 _READY = ", ".join(f"'{state}'" for state in sorted(READY_STATES))
@@ -107,11 +117,12 @@ def _forget(conn: sqlite3.Connection, task_id: str) -> None:
 
 def _purge(conn: sqlite3.Connection) -> int:
     now = time.time()
-    conn.execute(
-        "DELETE FROM aqueue_chord_parts WHERE chord_id IN "
-        "(SELECT chord_id FROM aqueue_chords WHERE expires <= ?)",
-        (now,),
-    )
+    for table in ("aqueue_chord_parts", "aqueue_chord_claims"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE chord_id IN "
+            "(SELECT chord_id FROM aqueue_chords WHERE expires <= ?)",
+            (now,),
+        )
     conn.execute("DELETE FROM aqueue_chords WHERE expires <= ?", (now,))
     return conn.execute("DELETE FROM aqueue_results WHERE expires <= ?", (now,)).rowcount
 
@@ -150,11 +161,35 @@ def _chord_part(
     parts, failed, done = conn.execute(
         "SELECT parts, failed, done FROM aqueue_chords WHERE chord_id = ?", (chord_id,)
     ).fetchone()
-    if done:
+    if done or not (failed or parts >= size):
         return "wait"
-    if failed:
-        return "fail"
-    return "fire" if parts >= size else "wait"
+    if _claim(conn, chord_id, "send", task_id) != task_id:
+        return "wait"
+    return "fail" if failed else "fire"
+
+
+def _claim(conn: sqlite3.Connection, chord_id: str, what: str, holder: str) -> str:
+    """Take `what` of the chord for `holder` unless it is held; return who holds it."""
+    conn.execute(
+        "INSERT OR IGNORE INTO aqueue_chord_claims (chord_id, what, holder) VALUES (?, ?, ?)",
+        (chord_id, what, holder),
+    )
+    row = conn.execute(
+        "SELECT holder FROM aqueue_chord_claims WHERE chord_id = ? AND what = ?",
+        (chord_id, what),
+    ).fetchone()
+    return str(row[0])
+
+
+def _chord_run(
+    conn: sqlite3.Connection, chord_id: str, task_id: str, token: str, expires: float
+) -> bool:
+    conn.execute(
+        "INSERT INTO aqueue_chords (chord_id, parts, failed, done, expires) "
+        "VALUES (?, 0, 0, 0, ?) ON CONFLICT (chord_id) DO NOTHING",
+        (chord_id, expires),
+    )
+    return _claim(conn, chord_id, f"run:{task_id}", token) == token
 
 
 def _chord_done(conn: sqlite3.Connection, chord_id: str, expires: float) -> None:
@@ -275,6 +310,11 @@ class SQLiteBackend(ResultBackend):
     async def chord_done(self, chord_id: str, ttl: float) -> None:
         """Mark the chord settled."""
         await self._database().write(_chord_done, chord_id, time.time() + ttl)
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim the run of a task the chord sent, in one transaction."""
+        expires = time.time() + ttl
+        return await self._database().write(_chord_run, chord_id, task_id, token, expires)
 
     async def wait(self, task_id: str) -> StoredResult:
         """Return once the task is in a ready state; sleep on the shared wake-up socket."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pamqp.frame
 import pytest
 from pamqp import commands as spec
+from pamqp import encode
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
@@ -23,7 +25,7 @@ from aqueue import BrokerError, OutgoingMessage
 from aqueue.drivers import create_broker
 from aqueue.drivers.amqp import broker as amqp
 from aqueue.drivers.amqp.broker import AMQPBroker
-from aqueue.drivers.amqp.publisher import Outgoing, Pipeline, _Encoder
+from aqueue.drivers.amqp.publisher import Outgoing, Pipeline, _Encoder, field_table
 from tests.helpers import service_amqp
 from tests.helpers.consuming import drain
 from tests.helpers.drivers import service_unavailable
@@ -175,6 +177,7 @@ async def test_an_unroutable_message_fails_its_caller_alone(broker: AMQPBroker, 
     assert await bodies(broker, queue) == sorted(str(i).encode() for i in range(20) if i % 5)
     await broker.publish([message(queue, b"after")])  # the channel is as good as before
     assert await bodies(broker, queue) == [b"after"]
+    assert not publisher.channel.confirmations  # the returned ones' markers too
 
 
 async def test_a_connection_lost_under_a_batch_sends_it_again_on_a_new_one(
@@ -263,11 +266,14 @@ async def _in_scope(
         spec.Basic.Properties(
             delivery_mode=2, priority=5, headers={"n": 1, "s": "\u00e9t\u00e9"}, message_id="id"
         ),
+        spec.Basic.Properties(
+            delivery_mode=2, headers={"aqueue-at": 1_765_000_000_000_000}, message_id="id"
+        ),
         spec.Basic.Properties(delivery_mode=2, headers={}),
         spec.Basic.Properties(headers=None, message_id=""),
         spec.Basic.Properties(content_type="text/plain", delivery_mode=2, message_id="m"),
     ],
-    ids=["aqueue's", "empty headers", "none", "another property"],
+    ids=["aqueue's", "a delay()'s", "empty headers", "none", "another property"],
 )
 @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 350])
 def test_the_frames_of_a_message_are_those_pamqp_marshals(
@@ -285,6 +291,27 @@ def test_the_frames_of_a_message_are_those_pamqp_marshals(
         monkeypatch.setattr(ContentHeader, "marshal", None)
     for _ in range(2):  # the publish frame encoded, then kept
         assert encoder.message(Outgoing("ex", "key", body, properties)) == expected
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"aqueue-at": 1_765_000_000_000_000},
+        {"\u00e9t\u00e9": 2**32},
+        {"n": 2**32 - 1},
+        {"n": 2**63 - 1},
+        {"n": True},
+        {"n": 1, "m": 2**40},
+        {},
+    ],
+)
+def test_field_tables_are_encoded_as_pamqp_encodes_them(table: dict[str, Any]) -> None:
+    assert field_table(table) == encode.field_table(table)
+
+
+def test_a_field_table_pamqp_refuses_is_refused() -> None:
+    with pytest.raises(TypeError):
+        field_table({"n": 2**63})
 
 
 def test_the_publish_frames_kept_are_bounded() -> None:
