@@ -2,9 +2,13 @@
 
 The order is what makes delivery at-least-once: the result is stored before the message is
 acknowledged, so a worker that dies in between leaves a message that runs again rather than a
-task that silently never finished. A message that can never run (undecodable, oversized,
-naming an unknown task, or with arguments the task does not take) is dead-lettered with a
-machine-readable reason after one delivery, and its caller gets a FAILURE result saying why.
+task that silently never finished. A result store that does not answer (Redis restarting) is
+tried again with backoff until it does (`_until_stored`): the message stays with its worker,
+whose heartbeat renews its lease, instead of coming back to run a second time.
+
+A message that can never run (undecodable, oversized, naming an unknown task, or with
+arguments the task does not take) is dead-lettered with a machine-readable reason after one
+delivery, and its caller gets a FAILURE result saying why.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import random
 import time
 import traceback
-from collections.abc import Container, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
@@ -580,13 +585,46 @@ class Runner:
             )
             failure = ResultMeta.failure(meta.task, error, None)
             state, payload = states.FAILURE, failure.encode(self.pack_result)
-        await self.backend.store(
+        store = functools.partial(
+            self.backend.store,
             envelope.id,
             state,
             sign_result(self.app.conf, payload),
             self.app.conf.result_expires,
             headers=envelope.headers,
         )
+        await _until_stored(store, f"{meta.task}[{envelope.id}]")
+
+
+#: The longest wait between two attempts to store a result while its store is unreachable.
+MAX_STORE_BACKOFF = 2.0
+
+
+async def _until_stored(store: Callable[[], Awaitable[None]], what: str) -> None:
+    """Store a result, trying again with backoff for as long as its store is unreachable.
+
+    Unreachable is a `ConnectionError` (a driver's `BrokerError` is one). The message stays
+    with this worker meanwhile, among its running ones, so the heartbeat renews its lease; a
+    shutdown cancels the wait once `shutdown_timeout` is over, and the message goes back then.
+    """
+    delay, failed = 0.1, False
+    while True:
+        try:
+            await store()
+        except ConnectionError as exc:
+            if not failed:
+                logger.warning(
+                    "Could not store the result of %s (%s); trying again until it answers",
+                    what,
+                    exc,
+                )
+            failed = True
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, MAX_STORE_BACKOFF)
+            continue
+        if failed:
+            logger.warning("Stored the result of %s after its store came back", what)
+        return
 
 
 def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:

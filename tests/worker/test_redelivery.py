@@ -18,6 +18,7 @@ import pytest
 
 from aqueue import App, Broker, Delivery, TaskError, states
 from aqueue.drivers import create_broker
+from aqueue.message import Envelope
 from aqueue.result_meta import ResultMeta
 from aqueue.worker.isolation import Isolation
 from aqueue.worker.runner import Runner
@@ -325,3 +326,36 @@ async def test_a_task_interrupted_by_a_shutdown_comes_back_as_it_was(setup: Setu
     await again.ack()
     broker = await app.broker()
     assert await broker.dead_letters("default") == []
+
+
+@pytest.mark.parametrize("how", ["release", "nack"])
+async def test_a_message_given_back_comes_before_the_backlog(
+    setup: Setup, how: str, request: pytest.FixtureRequest
+) -> None:
+    """A message given back at once (a shutdown, claimed ahead and not started, a nack) runs
+    next, not behind every message queued since (issue 19: 87 s behind 1,000 tasks)."""
+    if setup.driver == "amqp" and "queue_type=quorum" in setup.broker:
+        reason = "RabbitMQ 3 quorum queues have no priorities: a message given back goes last"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    app = setup.app()
+    ids = [(await app.send_task("tasks.anything", [n])).id for n in range(4)]
+    broker = await app.broker()
+    with anyio.fail_after(10):
+        async with aclosing(broker.consume(["default"], Credit(1))) as deliveries:
+            first = await anext(deliveries)
+    assert ids.index(first_id(first)) == 0
+    if how == "release":
+        await first.release()
+    else:
+        await first.nack()
+    again = await setup.next_delivery(app)
+    assert first_id(again) == ids[0]  # before the fix: ids[1], the given-back one last
+    expected = (1, False) if how == "release" else (2, True)
+    assert (again.delivery_count, again.suspect) == expected
+    await again.ack()
+    for _ in ids[1:]:
+        await (await setup.next_delivery(app)).ack()
+
+
+def first_id(delivery: Delivery) -> str:
+    return Envelope.decode(delivery.body).id

@@ -74,6 +74,7 @@ from .headers import (
     DELIVERIES,
     DUE_AT,
     FIRST_PUBLISHED,
+    PRIORITY,
     RUNS,
     header_number,
     header_time,
@@ -426,16 +427,26 @@ class AMQPBroker(Broker):
         Not a reject-requeue: RabbitMQ counts no requeues on classic queues, a delay needs the
         ladder anyway, and a confirmed publish is back in the queue when `nack` returns.
         `counted=False` (`release`): the copy carries the count this delivery came with.
+        A copy given back at once to a classic queue with priorities goes first: it is
+        published at the top priority, its own kept in a header (`PRIORITY`) for its next
+        copy; otherwise it would wait behind the whole backlog (issue 19). Quorum queues
+        (no priorities in RabbitMQ 3) put it at the tail.
         """
         if delivery.stale:
             return  # its channel is gone: RabbitMQ gives the message again by itself
         eta = time.time() + delay if delay > 0 else None
         runs = delivery.runs + delivery.begun
         deliveries = delivery.delivery_count - (0 if counted else 1)
-        await self._republish(delivery, eta=eta, deliveries=deliveries, runs=runs)
+        await self._republish(delivery, eta=eta, deliveries=deliveries, runs=runs, first=True)
 
     async def _republish(
-        self, delivery: AMQPDelivery, *, eta: float | None, deliveries: int, runs: int
+        self,
+        delivery: AMQPDelivery,
+        *,
+        eta: float | None,
+        deliveries: int,
+        runs: int,
+        first: bool = False,
     ) -> None:
         properties = delivery.message.header.properties
         headers: dict[str, Any] = {
@@ -445,10 +456,17 @@ class AMQPBroker(Broker):
         }
         if runs:
             headers[RUNS] = runs
+        priority = properties.priority
+        if properties.headers and PRIORITY in properties.headers:  # raised once: its own
+            priority = int(header_number(properties.headers, PRIORITY)) or None
+        top = self.settings.max_priority if self._classic else 0
+        if first and eta is None and top and (priority or 0) < top:
+            headers[PRIORITY] = priority or 0
+            priority = top
         outgoing = await self._route(
             delivery.queue,
             delivery.body,
-            properties.priority,
+            priority,
             headers,
             properties.message_id,
             eta,

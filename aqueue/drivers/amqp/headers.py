@@ -16,6 +16,7 @@ __all__ = [
     "DELIVERIES",
     "DUE_AT",
     "FIRST_PUBLISHED",
+    "PRIORITY",
     "RUNS",
     "SETTING_DELETED",
     "SETTING_EXPIRES",
@@ -32,6 +33,7 @@ DELIVERIES = "aqueue-deliveries"  # deliveries before this copy was published (n
 DUE_AT = "aqueue-eta"  # due time (µs) of a delay longer than the ladder holds
 DEAD_REASON = "aqueue-reason"  # dead letters: the reason and detail a worker gave
 DEAD_DETAIL = "aqueue-detail"
+PRIORITY = "aqueue-priority"  # the priority of a message given back first (raised to the top)
 
 # Running copies.
 RUNS = "aqueue-runs"  # recorded runs: copies made by `begin`

@@ -26,8 +26,9 @@ stream; the `{queue}` hash tag keeps them in one Redis Cluster slot (see `script
   (in Redis's time). A claim takes the messages of consumers whose owner's beat is older than
   `heartbeat_timeout` at once, without waiting for their leases; an idle consumer looks again
   when the oldest beat would go stale, and at least every `heartbeat_timeout` seconds.
-- `nack` and a closing consumer give messages back at once, as new entries (counting the
-  deliveries so far), not after the lease.
+- `nack`, `release` and a closing consumer give messages back at once, not after the lease,
+  and in their place: the next claim takes them before the newer entries (see `scripts`); a
+  `nack` with a delay adds the message to the delayed set (counting the deliveries so far).
 - Connections: publishes, claims and acks share one lean pipelined connection (`resp`),
   and each consumer blocks on a connection of its own; redis-py serves everything else.
   Concurrent publishes coalesce there: what callers send in one turn of the event loop while
@@ -167,7 +168,8 @@ class _RedisDelivery(Delivery):
 
         It returns without waiting while another batch of acks is on its way: this one goes
         with the next batch, sent before the caller sending the current one returns. An ack
-        that fails is logged; the message then runs again once its lease ran out.
+        that Redis does not answer is kept and sent again before the next claim
+        (`RedisBroker.settle_unacked`), rather than left to its lease and a second run.
         """
         if self._settle():
             await self._broker._settler.send(("ack", self))
@@ -175,18 +177,20 @@ class _RedisDelivery(Delivery):
 
     def _acked(self, outcome: bool | Exception) -> None:
         """Take the outcome of this delivery's ack, when its batch came back."""
-        self._release()
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, Exception):  # still held by this consumer: acked again later
+            self._broker._unacked.append(self)
             if self._broker._ack_failure is not outcome:  # once per failed batch
                 self._broker._ack_failure = outcome
                 logger.warning(
-                    "could not acknowledge a batch of messages (from %s of queue %r): they "
-                    "run again once their leases ran out: %s",
+                    "could not acknowledge a batch of messages (from %s of queue %r); "
+                    "trying again once Redis answers: %s",
                     self._claimed.id,
                     self.queue,
                     outcome,
                 )
-        elif not outcome:
+            return
+        self._release()
+        if not outcome:
             self._lost("acknowledge")
 
     async def renew(self) -> None:
@@ -198,7 +202,7 @@ class _RedisDelivery(Delivery):
                 self._lost("renew the lease of")
 
     async def nack(self, *, delay: float = 0.0) -> None:
-        """Add the message again, now or to the delayed set, counting this delivery."""
+        """Give the message back, in its place or to the delayed set, counting this delivery."""
         if not self._settle():
             return
         due = time.time() + delay if delay > 0 else 0.0
@@ -297,6 +301,8 @@ class RedisBroker(Broker):
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
         self._ack_failure: Exception | None = None  # the last one logged
+        #: Deliveries whose ack Redis did not answer: sent again by `settle_unacked`.
+        self._unacked: list[_RedisDelivery] = []
         self._settler: Batcher[tuple[str, _RedisDelivery], bool] = Batcher(
             self._flush_settles, on_unwaited=_acked
         )
@@ -320,6 +326,9 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
+        if self._unacked:  # a last try; the leases of the others bring them back
+            with anyio.CancelScope(shield=True):
+                await self.settle_unacked()
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:  # removes this broker's beats
             with anyio.CancelScope(shield=True):
@@ -492,6 +501,25 @@ class RedisBroker(Broker):
             for index, flag in zip(indexes, bytes(reply), strict=True):
                 done[index] = flag == ord("1")
         return done
+
+    async def settle_unacked(self) -> None:
+        """Send again the acks that Redis did not answer (it went away).
+
+        Consumers call this before each claim: the first round trip after an outage settles
+        them. They are fenced as any ack: one whose lease ran out meanwhile changes nothing (its
+        result is stored: the consumer that took it acknowledges it without running it).
+        """
+        if not self._unacked:
+            return
+        unacked, self._unacked = self._unacked, []
+        try:
+            done = await self._flush_settles([("ack", delivery) for delivery in unacked])
+        except BrokerError:
+            self._unacked[:0] = unacked  # still unreachable: the claim that follows backs off
+            return
+        logger.warning("acknowledged %d message(s) after Redis came back", len(unacked))
+        for delivery, outcome in zip(unacked, done, strict=True):
+            delivery._acked(outcome)
 
     async def _requeue(
         self, claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool = True

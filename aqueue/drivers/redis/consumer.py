@@ -94,6 +94,10 @@ class ConsumerHost(Protocol):
         """Give back claimed messages that were never handed out."""
         ...
 
+    async def settle_unacked(self) -> None:
+        """Send again the acks that Redis did not answer."""
+        ...
+
     async def forget_runs(self, claimed: Claimed) -> None:
         """Drop a settled message's count of runs."""
         ...
@@ -243,6 +247,7 @@ class Consumer:
     async def _claim(self, limit: int) -> tuple[list[Claimed] | None, float | None]:
         """Run the claim script; (None, _) when it only dead-lettered messages."""
         broker = self.broker
+        await broker.settle_unacked()  # acks lost to an outage first: no second run for them
         now = time.time()
         sweep = now >= self.next_sweep
         if sweep:
