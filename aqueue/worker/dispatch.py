@@ -271,7 +271,8 @@ class Dispatcher:
                 await self._run_alone(job)
             else:
                 gate = self.isolation
-                await gate.enter()
+                if not gate.try_enter():  # open, as a rule: no coroutine to count a task
+                    await gate.enter()
                 try:
                     await self.runner.run(delivery, job.envelope, job.task)
                 finally:
