@@ -134,6 +134,9 @@ class WorkerMetrics:
         if revoked:
             self.tasks.labels(task.name, "REVOKED").inc()
 
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Nothing to note: it never started."""
+
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Count a task settled without running as REVOKED."""
         self.tasks.labels(task_name, "REVOKED").inc()

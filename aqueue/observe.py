@@ -43,6 +43,9 @@ class Observer(Protocol):
     def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Note the task was cancelled: terminated (`revoked`), or by a shutdown."""
 
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Note a task `received` went back to the broker (or was settled) without starting."""
+
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Note a task was settled without running (revoked, expired)."""
 
@@ -98,6 +101,11 @@ class Watch:
         """Tell the observers the task was cancelled."""
         for observer in reversed(self.observers):
             observer.interrupted(task, envelope, revoked)
+
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Tell the observers a task received went back (or was settled) without starting."""
+        for observer in self.observers:
+            observer.returned(task, envelope)
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Tell the observers a task was settled without running."""

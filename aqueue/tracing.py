@@ -155,6 +155,9 @@ class Tracer:
             span.end()
             otel_context.detach(token)
 
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Nothing to note: it never started."""
+
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Nothing to trace."""
 

@@ -15,6 +15,7 @@ from aqueue.cli.events import format_event
 from aqueue.events import Event
 from aqueue.events.emitter import EventEmitter
 from aqueue.events.event import decode_batch, encode_batch
+from aqueue.message import Envelope
 from tests.helpers.drivers import MakeApp
 
 
@@ -237,3 +238,39 @@ async def test_a_task_that_waits_is_received_before_it_starts() -> None:
             "task-succeeded",
         ]
         assert mine[0].timestamp <= mine[1].timestamp <= mine[2].timestamp
+
+
+async def test_the_emitter_keeps_nothing_of_a_task_that_went_back_unstarted() -> None:
+    published: list[bytes] = []
+
+    class Recorder:
+        async def publish(self, topic: str, data: bytes) -> None:
+            published.append(data)
+
+    class Task:
+        name = "t.add"
+
+    class Delivery:
+        body = b"x" * 10
+        queue = "default"
+
+    task, delivery = Task(), Delivery()
+    envelope = Envelope(id="id1", task=task.name, args=(1, 2))
+    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter.received(task, envelope, delivery)  # type: ignore[arg-type]
+    assert emitter.waiting == 1
+    emitter.returned(task, envelope)  # type: ignore[arg-type] # held, handed back unstarted
+    assert emitter.waiting == 0
+    emitter.started(task, envelope, delivery)  # type: ignore[arg-type] # back: at once
+    emitter.finished(task, envelope, "SUCCESS", 0.5, 3)  # type: ignore[arg-type]
+    await emitter.flush()
+    events = [event for data in published for event in decode_batch(data)]
+    assert [event.type for event in events] == [
+        "task-received",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    ]
+    assert {event.task_id for event in events} == {"id1"}
+    assert (events[0]["args"], events[0]["kwargs"]) == ([1, 2], {})
+    assert (events[-1]["result"], events[-1]["runtime"]) == (3, 0.5)

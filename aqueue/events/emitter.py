@@ -1,12 +1,12 @@
 """The worker's side of events: `EventEmitter` buffers them and publishes them in batches.
 
-Nothing is encoded or sent when an event happens. A worker event is a tuple appended to a
-buffer; a task has one record, its wire entry (`event.TASK_ENTRY`), made when it is received
-(or, if it never waited, when it starts) and filled in place as it starts and ends. The flush
-loop, woken by the first entry of a batch, waits `FLUSH_INTERVAL` for more to gather, then
-publishes the buffer as it is in one mailbox publish (cut into batches of `BATCH` entries): a
-busy worker pays one encode and one publish per tick, and a task that ran within one tick one
-entry for its three events. A heartbeat every
+Nothing is encoded or sent when an event happens: each is a tuple appended to a buffer, and a
+task's steps are tuples of the values at hand, in the wire format itself (`event.STEPS`): a
+task that starts at once is one entry for its received and started events, its end one more.
+The emitter keeps no record per task, only the ids of tasks received and waiting to start.
+The flush loop, woken by the first entry of a batch, waits `FLUSH_INTERVAL` for more to
+gather, then publishes the buffer as it is in one mailbox publish (cut into batches of `BATCH`
+entries): a busy worker pays one encode and one publish per tick. A heartbeat every
 `HEARTBEAT_INTERVAL` seconds says the worker lives; `worker-online` and `worker-offline`
 bracket its life. A failed publish is logged and its events dropped: events are best-effort
 news, never a reason to slow or stop the worker.
@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .._version import __version__
-from .event import TOPIC, Raw, encode_batch
+from .event import BEGUN, ENDED, RECEIVED, STARTED, TOPIC, Raw, encode_batch
 
 if TYPE_CHECKING:
     from ..drivers.base import Broker, Delivery, Mailbox
@@ -55,6 +55,7 @@ FLUSH_INTERVAL = 0.1
 BATCH = 2000
 #: Seconds between worker-heartbeat events (Celery's is 2 s too).
 HEARTBEAT_INTERVAL = 2.0
+
 #: A task-received event carries the task's arguments when its message is no larger than
 #: this many bytes (else the string "<too large>").
 ARGS_BYTES = 4096
@@ -72,23 +73,8 @@ def short_repr(value: Any, limit: int) -> str:
     return _cut(text, limit)
 
 
-# A task's record is its wire entry (`event.TASK_ENTRY`), filled in as the task goes: the
-# flush encodes the buffer as it is, with no per-task work but a look at the unfinished.
-(_KIND, _ID, _NAME, _FROM, _TO, _QUEUE, _RETRIES, _ETA, _ARGS, _KWARGS) = range(10)
-(_RECEIVED, _STARTED, _ENDED, _STATE, _RUNTIME, _RESULT, _EXC_TYPE, _EXC_MESSAGE) = range(10, 18)
-_QUEUED = 18  # whether it waits in the buffer (sent too: receivers ignore it)
-
 #: Results of these types travel as they are; any other as its repr, cut to 200 characters.
 _PLAIN = frozenset({type(None), bool, int, float})
-
-
-def _published(buffer: list[Any]) -> None:
-    """After a flush: what is unfinished goes on from the stage it reached, without arguments."""
-    for item in buffer:
-        if item.__class__ is list and item[_TO] < 3:
-            item[_FROM] = item[_TO]
-            item[_ARGS] = item[_KWARGS] = None
-            item[_QUEUED] = False
 
 
 def _cut(text: str, limit: int) -> str:
@@ -118,18 +104,21 @@ class EventEmitter:
         self.online = online
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
-        #: Events (tuples) and task records (lists: their wire entries) waiting for the flush.
+        #: Events and task steps (tuples: `event.STEPS`) waiting for the flush.
         self._buffer: list[Any] = []
-        #: The records of tasks received and not yet ended, by their envelope (each delivery
-        #: decodes its own, alive while it runs): a retry of a task id may be received
-        #: before the run that sent it has ended.
-        self._open: dict[int, list[Any]] = {}
+        #: Tasks received and waiting to start, by id(envelope) (the runner holds it).
+        self._waiting: dict[int, str] = {}
         self._wake: anyio.Event | None = None
         self.pid = os.getpid()
         #: Entries (an event, or a task's events since the last flush) published and dropped
         #: (a failed publish), for tests and stats.
         self.published = 0
         self.dropped = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many tasks were received and have not started (nor gone back) yet."""
+        return len(self._waiting)
 
     # -- emitting (no I/O) -------------------------------------------------------------------
 
@@ -145,94 +134,56 @@ class EventEmitter:
         A task event's `fields` are a tuple of values in the order of `event.FIELDS`.
         """
         buffer = self._buffer
+        if not buffer:
+            self._wake_up()
         buffer.append((kind, time.time(), task_id, task_name, fields))
-        if len(buffer) == 1 and self._wake is not None:
+
+    def _wake_up(self) -> None:
+        """Wake the flush loop: the first entry of a batch is coming."""
+        if self._wake is not None:
             self._wake.set()
 
     # The Observer protocol of aqueue.observe: the runner calls these for every task. Each
-    # task has one record (a list, see _Record) made when it is received and filled in as it
-    # starts and ends; the flush turns it into the events of the stages reached since the
-    # last flush. So the hot path stores a few values, and reprs and tuples are built once
-    # per flush, off the task's way.
+    # appends one tuple of the values at hand, as the wire carries it (`event.STEPS`).
 
     def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
-        """Note task-received (its event is built at the flush)."""
-        args: Any = envelope.args
-        kwargs: Any = envelope.kwargs
-        if len(delivery.body) > ARGS_BYTES:
-            args = kwargs = _TOO_LARGE
-        # The wire entry itself (_KIND ... _QUEUED), built inline: this runs for every task.
-        record = [
-            "task",
-            envelope.id,
-            task.name,
-            0,
-            1,
-            delivery.queue,
-            envelope.retries,
-            envelope.eta,
-            args,
-            kwargs,
-            time.time(),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            True,
-        ]
-        self._open[id(envelope)] = record
-        buffer = self._buffer
-        buffer.append(record)
-        if len(buffer) == 1 and self._wake is not None:
-            self._wake.set()
+        """Note task-received: the task waits before it starts (a rate limit, a thread)."""
+        self._waiting[id(envelope)] = envelope.id
+        self._begin(RECEIVED, task, envelope, delivery)
 
     def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note task-started, and task-received at the same time if it never waited.
 
         The worker calls `received` only for the tasks that wait before they start.
         """
-        record = self._open.get(id(envelope))
-        if record is None:  # both at once, inline: this is every task's path
-            now = time.time()
-            args: Any = envelope.args
-            kwargs: Any = envelope.kwargs
-            if len(delivery.body) > ARGS_BYTES:
-                args = kwargs = _TOO_LARGE
-            record = [
-                "task",
+        waited = self._waiting.pop(id(envelope), None) if self._waiting else None
+        if waited == envelope.id:  # a stale id's task (never started) is not this one
+            self._step((STARTED, envelope.id, task.name, time.time(), delivery.queue))
+        else:  # this is every task's path
+            self._begin(BEGUN, task, envelope, delivery)
+
+    def _begin(self, step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
+        # No arguments travel as None (cheaper to encode than an empty array or map).
+        args: Any = envelope.args or None
+        kwargs: Any = envelope.kwargs or None
+        if len(delivery.body) > ARGS_BYTES:
+            args = kwargs = _TOO_LARGE
+        buffer = self._buffer
+        if not buffer:
+            self._wake_up()
+        buffer.append(
+            (
+                step,
                 envelope.id,
                 task.name,
-                0,
-                2,
+                time.time(),
                 delivery.queue,
                 envelope.retries,
                 envelope.eta,
                 args,
                 kwargs,
-                now,
-                now,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                True,
-            ]
-            self._open[id(envelope)] = record
-            buffer = self._buffer
-            buffer.append(record)
-            if len(buffer) == 1 and self._wake is not None:
-                self._wake.set()
-            return
-        record[_STARTED] = time.time()
-        record[_TO] = 2
-        if not record[_QUEUED]:
-            record[_QUEUED] = True
-            self._buffer.append(record)
+            )
+        )
 
     def finished(
         self,
@@ -243,36 +194,42 @@ class EventEmitter:
         outcome: Any,
     ) -> None:
         """Note task-succeeded, task-failed or task-retried."""
-        record = self._open.pop(id(envelope), None)
-        if record is None:
-            return
-        # The end by the clock that timed the start: one clock read fewer per task.
-        ended = record[_STARTED] + runtime if record[_STARTED] is not None else time.time()
         if state == "SUCCESS":
             result = outcome if outcome.__class__ in _PLAIN else short_repr(outcome, 200)
-            record[_ENDED : _RESULT + 1] = (ended, state, runtime, result)
-        else:
-            error = outcome if isinstance(outcome, BaseException) else None
-            record[_ENDED:] = (
-                ended,
+            step: tuple[Any, ...] = (
+                ENDED,
+                envelope.id,
+                task.name,
+                time.time(),
                 state,
                 runtime,
-                None,
-                type(error).__name__ if error is not None else None,
-                _cut(str(error), 1000) if error is not None else None,
-                record[_QUEUED],
+                result,
             )
-        record[_TO] = 3
-        if not record[_QUEUED]:
-            record[_QUEUED] = True
-            self._buffer.append(record)
+        else:
+            error = outcome if isinstance(outcome, BaseException) else None
+            exc_type = type(error).__name__ if error is not None else None
+            message = _cut(str(error), 1000) if error is not None else None
+            retries = envelope.retries
+            step = (ENDED, envelope.id, task.name, time.time(), state, runtime, None)
+            step += (exc_type, message, retries)
+        self._step(step)
+
+    def _step(self, step: tuple[Any, ...]) -> None:
+        buffer = self._buffer
+        if not buffer:
+            self._wake_up()
+        buffer.append(step)
 
     def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
-        self._open.pop(id(envelope), None)
+        self._waiting.pop(id(envelope), None)
         if revoked:
             reason = ("terminated while running", True)
             self.emit("task-revoked", envelope.id, task.name, reason)
+
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Forget a task received and handed back before it started (no event: it comes back)."""
+        self._waiting.pop(id(envelope), None)
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Emit task-revoked for a task settled without running."""
@@ -314,9 +271,7 @@ class EventEmitter:
         for start in range(0, len(entries), BATCH):
             chunk = entries[start : start + BATCH]
             try:
-                data = encode_batch(self.hostname, chunk, self.pid)
-                _published(chunk)
-                await self.mailbox.publish(TOPIC, data)
+                await self.mailbox.publish(TOPIC, encode_batch(self.hostname, chunk, self.pid))
             except Exception:
                 self.dropped += len(chunk)
                 logger.warning("Could not publish %d event(s); dropped", len(chunk), exc_info=True)

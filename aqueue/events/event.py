@@ -3,16 +3,26 @@
 Events travel on the mailbox topic `events` (see `aqueue.drivers.base.Mailbox`), in batches:
 one msgpack map per publish,
 
-    {"v": 1, "hostname": str, "pid": int | None,
+    {"v": 2, "hostname": str, "pid": int | None,
      "events": [[type, timestamp, task_id, task_name, fields], ...]}
 
 where `task_id` and `task_name` are None for worker events, and `fields` is the event type's
 own fields (below): for a task event, an array of their values in the order of `FIELDS` (a
 map's keys would cost more than the rest of the event); for a worker event, a map. A worker
-sends its tasks' received, started and ended events as one entry per task and flush instead
-(`TASK_ENTRY`), which the receiver expands into those events: a task that ran within one
-flush interval costs one entry, not three events. A receiver skips what it cannot read, and
-ignores values past those it knows.
+sends its tasks' received, started and ended events as step entries instead (`STEPS`, a
+number first), which the receiver expands into those events: a task that starts as soon as
+it is received costs two entries, not three events, and the worker builds no more than the
+entries themselves. A receiver skips what it cannot read, and ignores values past those it
+knows.
+
+    [1, task_id, task_name, timestamp, queue, retries, eta, args, kwargs]    task-received
+    [2, task_id, task_name, timestamp, queue, retries, eta, args, kwargs]    received, started
+    [3, task_id, task_name, timestamp, queue]                                task-started
+    [4, task_id, task_name, timestamp, state, runtime, result, exc_type,     succeeded, failed,
+        exc_message, retries]                                                or retried
+
+where `args` and `kwargs` are None when there are none (cheaper to encode than an empty array
+or map), and `state` is SUCCESS, FAILURE or RETRY.
 
     task-sent        queue, eta, retries                  (the producer's hostname)
     task-received    queue, retries, eta, args, kwargs    (the values; "<too large>" for a
@@ -39,7 +49,20 @@ import msgpack
 
 from .. import codec
 
-__all__ = ["EVENT_TYPES", "FIELDS", "TOPIC", "Event", "Raw", "decode_batch", "encode_batch"]
+__all__ = [
+    "BEGUN",
+    "ENDED",
+    "EVENT_TYPES",
+    "FIELDS",
+    "RECEIVED",
+    "STARTED",
+    "STEPS",
+    "TOPIC",
+    "Event",
+    "Raw",
+    "decode_batch",
+    "encode_batch",
+]
 
 #: The mailbox topic events are published on.
 TOPIC = "events"
@@ -72,28 +95,26 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "task-rejected": ("reason", "detail"),
 }
 
-#: A worker's entry for one task: its events of the stages after `from` up to `to` (1
-#: received, 2 started, 3 ended), with the ended part (from `ended` on) only when `to` is 3.
-TASK_ENTRY = (
-    "task",
-    "task_id",
-    "task_name",
-    "from",
-    "to",
-    "queue",
-    "retries",
-    "eta",
-    "args",
-    "kwargs",
-    "received",
-    "started",
-    "ended",
-    "state",
-    "runtime",
-    "result",
-    "exc_type",
-    "exc_message",
-)
+#: A worker's task steps, by the number that starts their entry: the names of the values
+#: after it (`retries` of an ended step comes with FAILURE and RETRY only).
+RECEIVED, BEGUN, STARTED, ENDED = 1, 2, 3, 4
+_BEGIN = ("task_id", "task_name", "timestamp", "queue", "retries", "eta", "args", "kwargs")
+STEPS: dict[int, tuple[str, ...]] = {
+    RECEIVED: _BEGIN,
+    BEGUN: _BEGIN,
+    STARTED: ("task_id", "task_name", "timestamp", "queue"),
+    ENDED: (
+        "task_id",
+        "task_name",
+        "timestamp",
+        "state",
+        "runtime",
+        "result",
+        "exc_type",
+        "exc_message",
+        "retries",
+    ),
+}
 
 #: One event as the emitter buffers it: (type, timestamp, task_id, task_name, fields), the
 #: fields a tuple of values (task events, see FIELDS) or a map (worker events).
@@ -133,7 +154,7 @@ class Event:
 
 def encode_batch(hostname: str, events: list[Any], pid: int | None = None) -> bytes:
     """Encode buffered events and task entries as one batch."""
-    batch = {"v": 1, "hostname": hostname, "pid": pid, "events": events}
+    batch = {"v": 2, "hostname": hostname, "pid": pid, "events": events}
     packed: bytes = msgpack.packb(batch, use_bin_type=True, default=_shown)
     return packed
 
@@ -152,8 +173,8 @@ def decode_batch(data: bytes) -> list[Event]:
     events: list[Event] = []
     pid = batch.get("pid")
     for item in batch["events"]:
-        if isinstance(item, list) and item and item[0] == "task":
-            events.extend(_task_events(hostname, pid, item))
+        if isinstance(item, list) and item and type(item[0]) is int:
+            events.extend(_step_events(hostname, pid, item))
             continue
         if not isinstance(item, list | tuple) or len(item) < 5:
             continue
@@ -175,34 +196,36 @@ def decode_batch(data: bytes) -> list[Event]:
     return events
 
 
-def _task_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:
-    """Expand a task entry (`TASK_ENTRY`) into its events; [] if it cannot be read."""
-    entry = dict(zip(TASK_ENTRY, item, strict=False))
-    task_id, name = entry.get("task_id"), entry.get("task_name")
-    low, high = entry.get("from"), entry.get("to")
-    if not isinstance(task_id, str) or not isinstance(low, int) or not isinstance(high, int):
+def _step_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:
+    """Expand a task step (`STEPS`) into its events; [] if it cannot be read."""
+    step = item[0]
+    entry = dict(zip(STEPS.get(step, ()), item[1:], strict=False))
+    task_id, name, stamp = entry.get("task_id"), entry.get("task_name"), entry.get("timestamp")
+    if not isinstance(task_id, str) or not isinstance(stamp, int | float):
         return []
     name = name if isinstance(name, str) else None
-    events: list[Event] = []
 
-    def add(kind: str, stamp: Any, fields: dict[str, Any]) -> None:
-        if isinstance(stamp, int | float):
-            events.append(Event(kind, float(stamp), hostname, task_id, name, fields))
+    def event(kind: str, fields: dict[str, Any]) -> Event:
+        return Event(kind, float(stamp), hostname, task_id, name, fields)
 
-    queue = entry.get("queue")
-    if low < 1 <= high:
+    if step in (RECEIVED, BEGUN):
         fields = {key: entry.get(key) for key in FIELDS["task-received"]}
-        add("task-received", entry.get("received"), fields)
-    if low < 2 <= high:
-        add("task-started", entry.get("started"), {"queue": queue, "pid": pid})
-    if low < 3 <= high:
-        state = entry.get("state")
-        if state == "SUCCESS":
-            kind = "task-succeeded"
-        else:
-            kind = "task-retried" if state == "RETRY" else "task-failed"
-        fields = {key: entry.get(key) for key in FIELDS[kind] if key != "retries"}
-        if kind == "task-retried":
-            fields["retries"] = int(entry.get("retries") or 0) + 1
-        add(kind, entry.get("ended"), fields)
-    return events
+        if fields["args"] is None:  # none: sent as None, cheaper to encode
+            fields["args"] = []
+        if fields["kwargs"] is None:
+            fields["kwargs"] = {}
+        received = event("task-received", fields)
+        if step == RECEIVED:
+            return [received]
+        return [received, event("task-started", {"queue": entry.get("queue"), "pid": pid})]
+    if step == STARTED:
+        return [event("task-started", {"queue": entry.get("queue"), "pid": pid})]
+    state = entry.get("state")
+    if state == "SUCCESS":
+        kind = "task-succeeded"
+    else:
+        kind = "task-retried" if state == "RETRY" else "task-failed"
+    fields = {key: entry.get(key) for key in FIELDS[kind] if key != "retries"}
+    if kind == "task-retried":
+        fields["retries"] = int(entry.get("retries") or 0) + 1
+    return [event(kind, fields)]

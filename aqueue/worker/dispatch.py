@@ -229,6 +229,7 @@ class Dispatcher:
                 lane.release()
         finally:
             if self.held.pop(delivery, None) is not None:  # never started: give it back
+                self._returned(job)
                 with anyio.CancelScope(shield=True):
                     await self.admission.done(job.task, job.ticket)
                     await nack_quietly(delivery, delay=0.0)
@@ -270,7 +271,8 @@ class Dispatcher:
                 await self._run_alone(job)
             else:
                 gate = self.isolation
-                await gate.enter()
+                if not gate.try_enter():  # open, as a rule: no coroutine to count a task
+                    await gate.enter()
                 try:
                     await self.runner.run(delivery, job.envelope, job.task)
                 finally:
@@ -313,13 +315,20 @@ class Dispatcher:
                     self.slots.release()
         finally:
             if self.held.pop(delivery, None) is not None:  # never started: give it back
+                self._returned(job)
                 self.slots.unhold()
                 with anyio.CancelScope(shield=True):
                     await self.admission.done(task, ticket)
                     await nack_quietly(delivery, delay=0.0)
 
+    def _returned(self, job: Job) -> None:
+        """Tell the watchers a task received (it waited) will not start here."""
+        if self.runner.watch is not None:
+            self.runner.watch.returned(job.task, job.envelope)
+
     async def _run_held(self, job: Job) -> None:
         if job.envelope.id in self.runner.revoked:
+            self._returned(job)
             await self.runner.discard(job.delivery, job.envelope, job.task, "revoked while held")
         else:
             await self._run(job)

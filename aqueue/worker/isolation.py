@@ -69,6 +69,13 @@ class Isolation:
         with anyio.move_on_after(math.inf if until is None else until - anyio.current_time()):
             await self._event.wait()
 
+    def try_enter(self) -> bool:
+        """Count a running task if the gate is open; False if it must `enter` (and wait)."""
+        if self.closed:
+            return False
+        self.running += 1
+        return True
+
     async def enter(self) -> None:
         """Wait while the gate is closed, then count a running task."""
         while self.closed:

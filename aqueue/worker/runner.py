@@ -412,7 +412,8 @@ class Runner:
         self.succeeded += 1
         if informed or (self.backend is not None and not task.ignore_result):
             await self._succeeded(envelope, task, value, started, informed)
-        await self._follow(envelope, value, None)
+        if envelope.headers:  # a workflow's step: no coroutine for a task that is none
+            await self._follow(envelope, value, None)
         return states.SUCCESS, value
 
     async def _interrupted(

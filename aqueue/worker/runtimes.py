@@ -57,6 +57,9 @@ class Runtimes:
     def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Nothing to note."""
 
+    def returned(self, task: RunnableTask, envelope: Envelope) -> None:
+        """Nothing to note: it never started."""
+
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Nothing to note."""
 

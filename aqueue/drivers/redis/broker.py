@@ -173,7 +173,8 @@ class _RedisDelivery(Delivery):
         """
         if self._settle():
             await self._broker._settler.send(("ack", self))
-            await self._forget_runs()
+            if self._begun or self.runs:  # as _forget_runs, without a coroutine per ack
+                await self._broker.forget_runs(self._claimed)
 
     def _acked(self, outcome: bool | Exception) -> None:
         """Take the outcome of this delivery's ack, when its batch came back."""
