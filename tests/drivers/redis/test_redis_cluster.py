@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.contract.test_broker import message
 from tests.helpers import service_redis
 from tests.helpers.consuming import Credit
 from tests.helpers.drivers import service_unavailable
+from tests.helpers.failover import fail_over_under_load
 from tests.helpers.processes import STEP, child_env, spawn
 from tests.helpers.redis_cluster import NODE_TIMEOUT_MS, ClusterGroup
 
@@ -307,12 +307,6 @@ async def test_producers_and_a_worker_follow_a_failover(
 
 async def _fail_over_under_load(group: ClusterGroup, cwd: Path, wait: int) -> dict[str, Any]:
     url = group.url(query=f"wait={wait}&wait_timeout=2")
-    confirmed: dict[int, Any] = {}
-    refused: list[int] = []
-    before, after = anyio.Event(), anyio.Event()
-    killed_at: list[float] = []
-    resumed_at: list[float] = []
-    phases: dict[str, float] = {}
     async with App("producer", broker=url, set_as_current=False) as producer:
         # The primary killed is the one that serves the queue's slot, given a second replica.
         broker = await producer.broker()
@@ -320,48 +314,8 @@ async def _fail_over_under_load(group: ClusterGroup, cwd: Path, wait: int) -> di
         victim = await _owner(broker, slot_of(producer.conf.task_default_queue))
         await anyio.to_thread.run_sync(group.add_replica, victim)
 
-        async def produce() -> None:
-            index = 0
-            while not after.is_set():
-                started = time.time()
-                try:
-                    confirmed[index] = await producer.send_task("tasks.work", [index, 0.005])
-                    if killed_at and started > killed_at[0] and not resumed_at:
-                        resumed_at.append(time.time())  # sent wholly after the kill
-                except BrokerError:
-                    refused.append(index)
-                    await anyio.sleep(0.05)  # the producer's own pause before the next try
-                index += 1
-                if len(confirmed) >= 300:
-                    before.set()
-                if resumed_at and len(confirmed) >= 600:
-                    after.set()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(produce)
-            await before.wait()
-            killed_at.append(time.time())
+        async def kill() -> None:
             group.kill(victim)
             await group.wait_failover()
-            phases["failover"] = time.time() - killed_at[0]
-            with anyio.fail_after(60):
-                await after.wait()
-            phases["after"] = time.time() - killed_at[0]
-        with anyio.fail_after(120):
-            for result in confirmed.values():
-                await result.get(timeout=60)
-        phases["results"] = time.time() - killed_at[0]
-    runs = [line.split() for line in (cwd / "ran.log").read_text().splitlines()]
-    done = [int(index) for index, _, _ in runs]
-    after_kill = [
-        float(t) for index, _, t in runs if int(index) in confirmed and float(t) > resumed_at[0]
-    ]
-    return {
-        "confirmed": len(confirmed),
-        "refused": len(refused),
-        "producer": resumed_at[0] - killed_at[0],
-        "worker": min(after_kill) - killed_at[0],
-        "lost": len(set(confirmed) - set(done)),
-        "duplicated": len(done) - len(set(done)),
-        "phases": phases,
-    }
+
+        return await fail_over_under_load(producer, cwd, kill)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from aqueue.drivers.redis.sentinel import SentinelConnection, parse_sentinel_url
 from aqueue.exceptions import ConfigurationError
 from aqueue.urls import redact
 from tests.helpers.drivers import service_unavailable
+from tests.helpers.failover import fail_over_under_load
 from tests.helpers.processes import STEP, child_env, free_port, spawn
 from tests.helpers.redis_sentinel import SERVICE, SentinelGroup
 
@@ -180,56 +180,10 @@ async def test_producers_and_a_worker_follow_a_failover(
 
 async def _fail_over_under_load(group: SentinelGroup, cwd: Path, wait: int) -> dict[str, Any]:
     url = group.url(query=f"wait={wait}&wait_timeout=2")
-    confirmed: dict[int, Any] = {}
-    refused: list[int] = []
-    before, after = anyio.Event(), anyio.Event()
-    killed_at: list[float] = []
-    resumed_at: list[float] = []
-    phases: dict[str, float] = {}
     async with App("producer", broker=url, set_as_current=False) as producer:
 
-        async def produce() -> None:
-            index = 0
-            while not after.is_set():
-                started = time.time()
-                try:
-                    confirmed[index] = await producer.send_task("tasks.work", [index, 0.005])
-                    if killed_at and started > killed_at[0] and not resumed_at:
-                        resumed_at.append(time.time())  # sent wholly after the kill
-                except BrokerError:
-                    refused.append(index)
-                    await anyio.sleep(0.05)  # the producer's own pause before the next try
-                index += 1
-                if len(confirmed) >= 300:
-                    before.set()
-                if resumed_at and len(confirmed) >= 600:
-                    after.set()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(produce)
-            await before.wait()
-            killed_at.append(time.time())
+        async def kill() -> None:
             group.kill_primary()
             await group.wait_failover()
-            phases["failover"] = time.time() - killed_at[0]
-            with anyio.fail_after(60):
-                await after.wait()
-            phases["after"] = time.time() - killed_at[0]
-        with anyio.fail_after(120):
-            for result in confirmed.values():
-                await result.get(timeout=60)
-        phases["results"] = time.time() - killed_at[0]
-    runs = [line.split() for line in (cwd / "ran.log").read_text().splitlines()]
-    done = [int(index) for index, _, _ in runs]
-    after_kill = [
-        float(t) for index, _, t in runs if int(index) in confirmed and float(t) > resumed_at[0]
-    ]
-    return {
-        "confirmed": len(confirmed),
-        "refused": len(refused),
-        "producer": resumed_at[0] - killed_at[0],
-        "worker": min(after_kill) - killed_at[0],
-        "lost": len(set(confirmed) - set(done)),
-        "duplicated": len(done) - len(set(done)),
-        "phases": phases,
-    }
+
+        return await fail_over_under_load(producer, cwd, kill)
