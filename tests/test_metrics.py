@@ -3,13 +3,16 @@ client's text-format parser, counts exact, on every broker."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aqueue import Worker
+from aqueue import App, Worker
+from aqueue.drivers import _BACKENDS, register_backend
+from aqueue.drivers.memory.results import MemoryBackend
 from aqueue.metrics import WorkerMetrics
 from tests.helpers.drivers import MakeApp
 
@@ -108,3 +111,58 @@ def test_each_worker_has_a_registry_of_its_own() -> None:
     first, second = WorkerMetrics(lambda: 1.0), WorkerMetrics(lambda: 2.0)
     assert b"aqueue_worker_slots_free 1.0" in first.render()
     assert b"aqueue_worker_slots_free 2.0" in second.render()
+
+
+class FlakyStore(MemoryBackend):
+    """A memory result store whose first SUCCESS cannot be stored (not a connection error)."""
+
+    failed = 0
+
+    async def store(
+        self,
+        task_id: str,
+        state: str,
+        payload: bytes,
+        ttl: float,
+        *,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        if state == "SUCCESS" and not FlakyStore.failed:
+            FlakyStore.failed += 1
+            raise RuntimeError("the store refused this result")
+        await super().store(task_id, state, payload, ttl, headers=headers)
+
+
+@pytest.fixture
+def flaky_store() -> Iterator[str]:
+    register_backend("flaky-memory", f"{__name__}:FlakyStore")
+    FlakyStore.failed = 0
+    yield "flaky-memory://"
+    _BACKENDS.pop("flaky-memory")
+
+
+async def test_a_result_that_cannot_be_stored_leaves_no_task_running(flaky_store: str) -> None:
+    """The run's observers hear how it ended even when its outcome could not be stored: the
+    message goes back, and the running gauge does not keep counting the run that gave it."""
+    app = App("tests", broker="memory://", backend=flaky_store, set_as_current=False)
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        result = await add.delay(2, 3)
+        async with anyio.create_task_group() as group:
+            worker = await group.start(Worker(app, metrics_port=0, concurrency=2).run)
+            assert worker.metrics is not None
+            assert await result.get(timeout=10) == 5  # stored on its second delivery
+            with anyio.fail_after(10):
+                await worker.slots.wait_idle()
+            _, body = await scrape(worker.metrics.port)
+            worker.stop()
+        got = samples(body)
+        assert FlakyStore.failed == 1
+        assert got[("aqueue_tasks_running", ())] == 0
+        assert got[("aqueue_deliveries_redelivered_total", ())] == 1
+    finally:
+        await app.close()

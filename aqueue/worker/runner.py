@@ -44,10 +44,12 @@ from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..drivers.base import Broker, Delivery, ResultBackend
     from ..fixups import FixupHooks
     from ..hooks import Hooks, TaskRun
     from ..observe import Watch
+    from ..options import TaskOptions
     from .processes import ProcessPool
 
 __all__ = ["Active", "Runner", "WorkerApp"]
@@ -160,7 +162,7 @@ class Runner:
             delivery, envelope, task
         ):
             pass
-        elif not await continuation.admitted(self.app, self.backend, envelope):
+        elif envelope.headers and not await continuation.admitted(self.app, self.backend, envelope):
             await delivery.ack()
             logger.warning(
                 "Task %s[%s] is a second copy of what a chord sent (the first copy runs): "
@@ -336,40 +338,66 @@ class Runner:
         await continuation.after(self.app, self.backend, envelope, None, meta)
 
     async def run(self, delivery: Delivery, envelope: Envelope, task: RunnableTask) -> None:
-        """Run a checked task, store its outcome, and acknowledge its message."""
+        """Run a checked task, store its outcome, and acknowledge its message.
+
+        Its observers (`watch`) hear exactly one of `end` and `interrupted`, even when storing
+        the outcome or the ack fails (the dispatcher then gives the message back).
+        """
         informed = logger.isEnabledFor(logging.INFO)
+        watch = self.watch  # hooks, events, metrics or traces: one check when all are off
+        run: TaskRun | None = None
+        if informed or watch is not None or self.app.conf.task_track_started:
+            run = await self._begin(delivery, envelope, task, informed)
+        # Built only if the task asks for it (`self.request`): most never do.
+        token = current_request.set(functools.partial(self._request, delivery, envelope, task))
+        started = time.perf_counter()
+        self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
+        heard = watch is None
+        try:  # the task's outcome, spelled out on the way to success: no coroutine more
+            try:
+                if task.is_async and _unlimited(task.options, self.app.conf):
+                    value = await task.invoke(envelope.args, envelope.kwargs)
+                else:
+                    value = await self._execute(task, envelope)
+            except Exception as exc:
+                state, outcome = await self._unsuccessful(delivery, envelope, task, started, exc)
+            else:
+                state, outcome = states.SUCCESS, value
+                self.succeeded += 1
+                if informed or (self.backend is not None and not task.ignore_result):
+                    await self._succeeded(envelope, task, value, started, informed)
+                if envelope.headers:  # a workflow's step: no coroutine for a task that is none
+                    await self._follow(envelope, value, None)
+            if watch is not None:
+                heard = True
+                await _watched(watch, run, task, envelope, state, outcome, started)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._interrupted(delivery, envelope, task)
+            raise
+        finally:
+            current_request.reset(token)
+            _forget(self.active, envelope.id, entry)
+            if not heard:  # cancelled, or its outcome could not be stored
+                assert watch is not None
+                watch.interrupted(task, envelope, envelope.id in self.revoked)
+        await delivery.ack()
+
+    async def _begin(
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, informed: bool
+    ) -> TaskRun | None:
+        """Say a task starts: the log, the STARTED state, the observers and before-hooks."""
         if informed:
             logger.info("Task %s[%s] received", task.name, envelope.id)
         if self.app.conf.task_track_started:
             await self._store(envelope, task, states.STARTED, ResultMeta(task=task.name))
-        # Built only if the task asks for it (`self.request`): most never do.
-        token = current_request.set(functools.partial(self._request, delivery, envelope, task))
-        watch = self.watch  # hooks, events, metrics or traces: one check when all are off
-        run: TaskRun | None = None
-        if watch is not None:
-            run = watch.begin(task, envelope, delivery)
-            if run is not None:
-                await watch.hooks.before(run)  # type: ignore[union-attr]
-        started = time.perf_counter()
-        self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
-        try:
-            state, outcome = await self._outcome(delivery, envelope, task, started, informed)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._interrupted(delivery, envelope, task)
-                if watch is not None:
-                    watch.interrupted(task, envelope, envelope.id in self.revoked)
-            raise
-        finally:
-            current_request.reset(token)
-            if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
-                del self.active[envelope.id]
-        if watch is not None:
-            runtime = time.perf_counter() - started
-            if run is not None:
-                await _after_hooks(watch, run, state, outcome, runtime)
-            watch.end(task, envelope, state, runtime, outcome)
-        await delivery.ack()
+        watch = self.watch
+        if watch is None:
+            return None
+        run = watch.begin(task, envelope, delivery)
+        if run is not None:
+            await watch.hooks.before(run)  # type: ignore[union-attr]
+        return run
 
     async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
         """Send what follows a workflow's task: after its result is stored, before the ack."""
@@ -386,35 +414,26 @@ class Runner:
         failure = meta if state == states.FAILURE else None
         await continuation.after(self.app, self.backend, envelope, meta.result, failure)
 
-    async def _outcome(
+    async def _unsuccessful(
         self,
         delivery: Delivery,
         envelope: Envelope,
         task: RunnableTask,
         started: float,
-        informed: bool,
+        exc: Exception,
     ) -> tuple[str, Any]:
-        """Run the task and record its outcome: its state, and its value or its error."""
-        try:
-            value = await self._execute(task, envelope)
-        except Retry as retry:
-            await self._retry(delivery, envelope, task, retry)
-            return states.RETRY, retry.exc
-        except Exception as exc:
-            await self._after_async_failure(task)
-            again = _autoretry(task, exc, envelope.retries)
-            if again is None:
-                failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
-                await self._follow(envelope, None, failure)
-                return states.FAILURE, exc
-            await self._retry(delivery, envelope, task, again)
-            return states.RETRY, exc
-        self.succeeded += 1
-        if informed or (self.backend is not None and not task.ignore_result):
-            await self._succeeded(envelope, task, value, started, informed)
-        if envelope.headers:  # a workflow's step: no coroutine for a task that is none
-            await self._follow(envelope, value, None)
-        return states.SUCCESS, value
+        """Record a run that raised: a retry, or a failure (its state, and its error)."""
+        if isinstance(exc, Retry):
+            await self._retry(delivery, envelope, task, exc)
+            return states.RETRY, exc.exc
+        await self._after_async_failure(task)
+        again = _autoretry(task, exc, envelope.retries)
+        if again is None:
+            failure = await self._failed(envelope, task, exc, time.perf_counter() - started)
+            await self._follow(envelope, None, failure)
+            return states.FAILURE, exc
+        await self._retry(delivery, envelope, task, again)
+        return states.RETRY, exc
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask
@@ -628,6 +647,16 @@ async def _until_stored(store: Callable[[], Awaitable[None]], what: str) -> None
         return
 
 
+def _unlimited(options: TaskOptions, conf: Settings) -> bool:
+    """Whether a task runs with no time limit (`Runner._execute` need not watch it)."""
+    return not (
+        options.time_limit
+        or options.soft_time_limit
+        or conf.task_time_limit
+        or conf.task_soft_time_limit
+    )
+
+
 def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:
     """Whether a workflow's message may be one whose task ran: redelivered, or sent again."""
     canvas = envelope.headers.get(continuation.HEADER) if envelope.headers else None
@@ -643,17 +672,36 @@ class _Refusal(NamedTuple):
     error: Exception | None = None
 
 
-async def _after_hooks(
-    watch: Watch, run: TaskRun, state: str, outcome: Any, runtime: float
+def _forget(active: dict[str, Active], task_id: str, entry: Active) -> None:
+    """Take a run off the running tasks, unless a retry of the same id runs there now."""
+    if active.get(task_id) is entry:
+        del active[task_id]
+
+
+async def _watched(
+    watch: Watch,
+    run: TaskRun | None,
+    task: RunnableTask,
+    envelope: Envelope,
+    state: str,
+    outcome: Any,
+    started: float,
 ) -> None:
-    """Record a run's outcome on its hooks' record, and await the after_task hooks."""
-    run.runtime, run.state = runtime, state
-    if state == states.SUCCESS:
-        run.result = outcome
+    """Tell the observers how a run ended, after the after_task hooks (if any) saw it."""
+    runtime = time.perf_counter() - started
+    if run is not None:
+        run.runtime, run.state = runtime, state
+        if state == states.SUCCESS:
+            run.result = outcome
+        else:
+            run.error = outcome
+        assert watch.hooks is not None
+        try:
+            await watch.hooks.after(run)
+        finally:
+            watch.end(task, envelope, state, runtime, outcome)
     else:
-        run.error = outcome
-    assert watch.hooks is not None
-    await watch.hooks.after(run)
+        watch.end(task, envelope, state, runtime, outcome)
 
 
 def _autoretry(task: RunnableTask, exc: Exception, retries: int) -> Retry | None:
