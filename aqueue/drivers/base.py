@@ -88,18 +88,18 @@ class Delivery(abc.ABC):
     held by a worker that died is not blamed for its death.
     """
 
-    __slots__ = ("body", "delivery_count", "queue", "runs")
+    __slots__ = ("body", "delivery_count", "queue", "runs", "suspect")
+
+    #: Whether this message may have been running when a worker died (a redelivery). An
+    #: attribute, not a property: the worker reads it several times per task.
+    suspect: bool
 
     def __init__(self, body: bytes, queue: str, delivery_count: int, runs: int = 0) -> None:
         self.body = body
         self.queue = queue
         self.delivery_count = delivery_count  # 1 on the first delivery
         self.runs = runs
-
-    @property
-    def suspect(self) -> bool:
-        """Whether this message may have been running when a worker died (a redelivery)."""
-        return self.delivery_count > 1 or self.runs > 0
+        self.suspect = delivery_count > 1 or runs > 0
 
     async def begin(self) -> None:  # noqa: B027 - deliberately a no-op by default
         """Record durably that a run of the task starts now (`runs` of later deliveries).

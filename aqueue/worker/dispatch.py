@@ -181,9 +181,12 @@ class Dispatcher:
     async def _admit(self, delivery: Delivery) -> None:
         """Run the delivery now, or hold it outside the slots until it may start."""
         runner = self.runner
-        checked = await runner.check(delivery)
+        runnable = runner.runnable(delivery)
+        checked = runner.ready(delivery, runnable)  # as a rule: no coroutine to check it
         if checked is None:
-            return
+            checked = await runner.check(delivery, runnable)
+            if checked is None:
+                return
         envelope, task = checked
         admission = self.admission
         if task.is_async and not delivery.suspect and admission.unlimited(task):

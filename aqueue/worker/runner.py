@@ -147,9 +147,36 @@ class Runner:
         if checked is not None:
             await self.run(delivery, *checked)
 
-    async def check(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | None:
-        """Return the envelope and task to run, or settle a message that must not run."""
-        checked = self._inspect(delivery)
+    def runnable(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
+        """Decode the message and find its task, or say why it can never run (no I/O).
+
+        `check` with this answer says whether it runs now: `ready` says so at once for the
+        common message (first delivered, no expiry, no workflow, not revoked).
+        """
+        return self._inspect(delivery)
+
+    def ready(
+        self, delivery: Delivery, checked: tuple[Envelope, RunnableTask] | _Refusal
+    ) -> tuple[Envelope, RunnableTask] | None:
+        """Return `checked` if it may run with no more checks; None: `check` must see it."""
+        if isinstance(checked, _Refusal) or delivery.suspect:
+            return None
+        envelope = checked[0]
+        if envelope.expires is None and not envelope.headers and envelope.id not in self.revoked:
+            return checked
+        return None
+
+    async def check(
+        self,
+        delivery: Delivery,
+        checked: tuple[Envelope, RunnableTask] | _Refusal | None = None,
+    ) -> tuple[Envelope, RunnableTask] | None:
+        """Return the envelope and task to run, or settle a message that must not run.
+
+        `checked` is what `runnable` said of it, if it was asked already.
+        """
+        if checked is None:
+            checked = self._inspect(delivery)
         if isinstance(checked, _Refusal):
             await self._refuse(delivery, *checked)
             return None
@@ -158,8 +185,10 @@ class Runner:
             await self.discard(delivery, envelope, task, "expired before it started")
         elif envelope.id in self.revoked:
             await self.discard(delivery, envelope, task, "revoked before it started")
-        elif _may_have_run(delivery, envelope) and await self._ran_already(
-            delivery, envelope, task
+        elif (
+            envelope.headers
+            and _may_have_run(delivery, envelope)
+            and await self._ran_already(delivery, envelope, task)
         ):
             pass
         elif envelope.headers and not await continuation.admitted(self.app, self.backend, envelope):
