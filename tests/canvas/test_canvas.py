@@ -286,7 +286,9 @@ async def test_rpc_runs_chains_and_groups_and_refuses_chords(tmp_path: Path) -> 
         raise KeyError(x)
 
     try:
-        with pytest.raises(ConfigurationError, match=r"redis://, sqlite:// .* rpc://"):
+        with pytest.raises(
+            ConfigurationError, match=r"redis://, sqlite://, django-db:// .* rpc://"
+        ):
             await chord([add.s(1, 1)], add.s(1)).delay()
         # Continuations carry the caller's reply queue on, so their results come back here.
         chained = await (add.s(1, 1) | add.s(1) | add.s(1)).delay()

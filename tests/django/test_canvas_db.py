@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aqueue import App
+from aqueue import App, ConfigurationError, chord
 from aqueue.contrib.django.results.database import DjangoDBBackend
 from aqueue.drivers import create_backend
 from tests.canvas.test_canvas import (  # noqa: F401 - collected here on the django-db store
@@ -204,3 +204,16 @@ def test_the_migrations_match_the_models(django_environment: dict[str, str]) -> 
     from django.core.management import call_command
 
     call_command("makemigrations", "aqueue", "--check", "--dry-run", verbosity=0)
+
+
+async def test_a_chord_on_the_django_cache_is_refused() -> None:
+    app = App(
+        "canvas", broker="memory://", result_backend="django-cache://files", set_as_current=False
+    )
+    canvas = make_canvas(app)
+    try:
+        refused = r"counts its header \(redis://, sqlite://, django-db:// .*django-cache://$"
+        with pytest.raises(ConfigurationError, match=refused):
+            await chord([canvas.add.s(1, 1)], canvas.tsum.s()).delay()
+    finally:
+        await app.close()
