@@ -7,8 +7,10 @@ in the ORM (the store is what is under test), and the counter is raced by stores
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,8 +36,14 @@ from tests.canvas.test_canvas import (  # noqa: F401 - collected here on the dja
     test_the_chord_counter_counts_each_task_once,
     test_workflow_call_options,
 )
+from tests.canvas.test_canvas_processes import (  # noqa: F401 - with the urls below
+    start_worker,
+    test_chord_callback_runs_once_after_two_kill_9,
+)
+from tests.helpers.drivers import SERVICES, driver_url, require
 from tests.test_django_results import orm
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("TaskResult", "ChordCounter", "ChordPart", "ChordClaim")
 
 
@@ -82,6 +90,26 @@ async def canvas(rows_made_here: str) -> AsyncIterator[Canvas]:
         yield make_canvas(app)
     finally:
         await app.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def urls(
+    request: pytest.FixtureRequest,
+    rows_made_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[str, str]]:
+    """For the kill -9 test: a SQLite or Redis broker, results in the ORM of the database.
+
+    Its worker processes find the test settings (`tests.django.settings`) from the repository.
+    """
+    driver: str = request.param
+    await require(driver)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    broker = driver_url(driver, tmp_path)
+    yield broker, _store_url(rows_made_here)
+    if driver in SERVICES:
+        await SERVICES[driver].cleanup(broker)
 
 
 @pytest.fixture
