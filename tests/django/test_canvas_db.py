@@ -245,3 +245,33 @@ async def test_a_chord_on_the_django_cache_is_refused() -> None:
             await chord([canvas.add.s(1, 1)], canvas.tsum.s()).delay()
     finally:
         await app.close()
+
+
+async def test_results_are_stored_and_purged_before_the_chord_tables_exist(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A project upgraded without `migrate`: the chord tables are missing (SQLite, migrated
+    # back to 0001 for this test, forward again after it). Results are stored and purged; the
+    # chords' purge is skipped with a warning.
+    from django.core.management import call_command
+
+    def migrate(*target: str) -> None:
+        from django.db import connections
+
+        call_command("migrate", "aqueue", *target, database="default", verbosity=0)
+        connections["default"].close()
+
+    await anyio.to_thread.run_sync(migrate, "0001")
+    try:
+        async with create_backend("django-db", {}) as backend:
+            await backend.store("gone-" + uuid.uuid4().hex, "SUCCESS", b"x", -1)
+            kept = "kept-" + uuid.uuid4().hex
+            await backend.store(kept, "SUCCESS", b"y", 60)
+            assert await backend.purge_expired() == 1
+            stored = await backend.fetch(kept)
+            assert stored is not None
+            assert stored.payload == b"y"
+            await backend.forget(kept)
+    finally:
+        await anyio.to_thread.run_sync(migrate)  # the latest
+    assert "cannot purge expired chords in 'default'" in caplog.text

@@ -19,6 +19,7 @@ unique (chord, task) constraint backs the count: a redelivered task counts once.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 __all__ = ["DjangoDBBackend", "purge_expired"]
+
+logger = logging.getLogger("aqueue.contrib.django")
 
 #: Expired rows are deleted by a store at most this often (seconds), per process.
 SWEEP_SECONDS = 60.0
@@ -204,14 +207,29 @@ def purge_expired(alias: str = "default") -> int:
 
 
 def _purge(alias: str, now: float) -> int:
-    """Delete the expired results and chords (in the caller's transaction); count results."""
+    """Delete the expired results and chords (in the caller's transaction); count results.
+
+    The chords' tables are purged in a savepoint of their own: a project upgraded without
+    `migrate` (no chord tables yet) keeps storing and purging results, with a warning.
+    """
+    from django.db import DatabaseError, transaction
+
     from ..models import ChordClaim, ChordCounter, ChordPart, TaskResult
 
-    expired = ChordCounter.objects.using(alias).filter(expires__lte=_when(now))
-    gone = expired.values("chord_id")
-    ChordPart.objects.using(alias).filter(chord_id__in=gone).delete()
-    ChordClaim.objects.using(alias).filter(chord_id__in=gone).delete()
-    expired.delete()
+    try:
+        with transaction.atomic(using=alias):
+            expired = ChordCounter.objects.using(alias).filter(expires__lte=_when(now))
+            gone = expired.values("chord_id")
+            ChordPart.objects.using(alias).filter(chord_id__in=gone).delete()
+            ChordClaim.objects.using(alias).filter(chord_id__in=gone).delete()
+            expired.delete()
+    except DatabaseError as exc:
+        logger.warning(
+            "django-db: cannot purge expired chords in %r (%s); has `python manage.py "
+            "migrate` created the aqueue tables?",
+            alias,
+            str(exc).strip(),
+        )
     deleted, _ = TaskResult.objects.using(alias).filter(expires__lte=_when(now)).delete()
     return deleted
 
