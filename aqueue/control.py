@@ -7,8 +7,9 @@ A command is a msgpack map published on the mailbox topic `control.broadcast`:
 
 Every worker listening runs it (or ignores it if it is not among `destination`) and publishes
 `{"id", "hostname", "ok", "result", "error"}` on `reply_to`. The asker subscribes to its reply
-topic before it sends, and gathers replies until `timeout`, or until every named destination
-answered.
+topic before it sends, and gathers replies until `timeout`, or sooner: once every named
+destination answered, or once `limit` workers answered (Celery's `limit`). With neither, it
+cannot know how many workers there are, and gathers for the whole `timeout`.
 
 Changes that must outlive a worker's restart (rate limits, revocations) are also written to the
 mailbox's settings, which workers read when they start.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +71,14 @@ class Control:
         destination: Sequence[str] | None = None,
         timeout: float = 1.0,
         reply: bool = True,
+        limit: int | None = None,
     ) -> list[Reply]:
-        """Send `command` to the workers (all, or `destination`); gather replies for `timeout`."""
-        return await self._broadcast(command, [args or {}], destination, timeout, reply)
+        """Send `command` to the workers (all, or `destination`); gather replies.
+
+        Returns when every worker of `destination` answered, when `limit` workers answered,
+        or after `timeout` seconds, whichever comes first.
+        """
+        return await self._broadcast(command, [args or {}], destination, timeout, reply, limit)
 
     async def _broadcast(
         self,
@@ -81,8 +87,16 @@ class Control:
         destination: Sequence[str] | None,
         timeout: float,
         reply: bool,
+        limit: int | None = None,
     ) -> list[Reply]:
-        """Send `command` once per args; gather the replies to all of them for `timeout`."""
+        """Send `command` once per args; gather the replies to all of them.
+
+        Until every command was answered by every worker of `destination`, or by `limit`
+        workers, or for `timeout` seconds.
+        """
+        _check_limit(limit)
+        if isinstance(destination, str):
+            raise TypeError(f"destination is a list of worker names, not {destination!r}")
         mailbox = (await self.app.broker()).mailbox()
         reply_to = f"control.reply.{uuid.uuid4().hex}"
         commands: dict[str, bytes] = {}
@@ -112,21 +126,30 @@ class Control:
                     if answer is not None:
                         replies.append(answer[1])
                         answered[answer[0]].add(answer[1].hostname)
-                        if destination and all(
-                            hosts >= set(destination) for hosts in answered.values()
-                        ):
+                        if _enough(answered.values(), destination, limit):
                             break
         return replies
 
     async def ping(
-        self, *, destination: Sequence[str] | None = None, timeout: float = 1.0
+        self,
+        *,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[Reply]:
         """Ask every worker (or `destination`) to answer "pong"."""
-        return await self.broadcast("ping", destination=destination, timeout=timeout)
+        return await self.broadcast("ping", destination=destination, timeout=timeout, limit=limit)
 
-    def inspect(self, *, destination: Sequence[str] | None = None, timeout: float = 1.0) -> Inspect:
+    def inspect(
+        self,
+        *,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        limit: int | None = None,
+    ) -> Inspect:
         """Return an inspector: `await app.control.inspect().active()`, as in Celery."""
-        return Inspect(self, destination, timeout)
+        _check_limit(limit)
+        return Inspect(self, destination, timeout, limit)
 
     async def rate_limit(
         self,
@@ -135,6 +158,7 @@ class Control:
         *,
         destination: Sequence[str] | None = None,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[Reply]:
         """Change a task's rate limit on the workers, now and for workers started later.
 
@@ -149,47 +173,53 @@ class Control:
             mailbox = (await self.app.broker()).mailbox()
             await mailbox.put(RATE_LIMIT_PREFIX + task_name, codec.pack(text))
         args = {"task": task_name, "rate": text}
-        return await self.broadcast("rate_limit", args, destination=destination, timeout=timeout)
+        return await self.broadcast(
+            "rate_limit", args, destination=destination, timeout=timeout, limit=limit
+        )
 
     async def revoke(
         self,
         task_id: str | Sequence[str],
         *,
+        destination: Sequence[str] | None = None,
         terminate: bool = False,
         timeout: float = 1.0,
         reply: bool = True,
+        limit: int | None = None,
     ) -> list[Reply]:
         """Stop a task (or a list of tasks) from running (`terminate`: cancel it if it runs now).
 
-        The revocation is kept (for `result_expires`) so workers started later honour it too,
-        and the task's result says REVOKED at once unless it already finished. A list of ids
-        (as in Celery) goes in a few commands of up to `REVOKE_BATCH` ids each, every worker
-        replying to each command.
+        Given to every worker (no `destination`), the revocation is kept (for
+        `result_expires`) so workers started later honour it too, and the task's result says
+        REVOKED at once unless it already finished. Given to `destination` (as in Celery),
+        only the workers named hear it: any other may still run the task, so neither is done
+        (a named worker that drops the task stores REVOKED then). A list of ids (as in
+        Celery) goes in a few commands of up to `REVOKE_BATCH` ids each, every worker
+        replying to each command. The call returns once every worker of `destination` (or
+        `limit` workers) answered every command, else after `timeout`.
         """
+        _check_limit(limit)
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         if not ids:
             return []
-        if len(ids) > 1:
-            return await self._revoke_many(ids, terminate, timeout, reply)
-        mailbox = (await self.app.broker()).mailbox()
-        ttl = self.app.conf.result_expires
-        await mailbox.put(REVOKED_PREFIX + ids[0], codec.pack({"terminate": terminate}), ttl)
-        await self._mark_revoked(ids)
-        args = {"task_id": ids[0], "terminate": terminate}
-        return await self.broadcast("revoke", args, timeout=timeout, reply=reply)
-
-    async def _revoke_many(
-        self, ids: list[str], terminate: bool, timeout: float, reply: bool
-    ) -> list[Reply]:
         mailbox = (await self.app.broker()).mailbox()
         ttl = self.app.conf.result_expires
         batches = [ids[start : start + REVOKE_BATCH] for start in range(0, len(ids), REVOKE_BATCH)]
-        for batch in batches:
-            value = codec.pack({"ids": batch, "terminate": terminate})
-            await mailbox.put(f"{REVOKED_MANY_PREFIX}{uuid.uuid4().hex}", value, ttl)
-            await self._mark_revoked(batch)
-        each_args = [{"task_ids": batch, "terminate": terminate} for batch in batches]
-        return await self._broadcast("revoke", each_args, None, timeout, reply)
+        if len(ids) == 1:
+            each_args = [{"task_id": ids[0], "terminate": terminate}]
+        else:
+            each_args = [{"task_ids": batch, "terminate": terminate} for batch in batches]
+        if destination is None:  # kept, for workers started later; the results say REVOKED
+            value: dict[str, Any]
+            for batch in batches:
+                if len(ids) == 1:
+                    key, value = REVOKED_PREFIX + ids[0], {"terminate": terminate}
+                else:
+                    key = f"{REVOKED_MANY_PREFIX}{uuid.uuid4().hex}"
+                    value = {"ids": batch, "terminate": terminate}
+                await mailbox.put(key, codec.pack(value), ttl)
+                await self._mark_revoked(batch)
+        return await self._broadcast("revoke", each_args, destination, timeout, reply, limit)
 
     async def _mark_revoked(self, task_ids: Sequence[str]) -> None:
         """Store REVOKED for each task that has not finished: the stores run concurrently."""
@@ -242,6 +272,7 @@ class Control:
         *,
         destination: Sequence[str] | None = None,
         timeout: float = 1.0,
+        limit: int | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Return, by queue: its waiting, delayed, running and dead messages, and consumers.
 
@@ -249,7 +280,9 @@ class Control:
         that answered within `timeout` naming the queue among theirs. Without `queues`: the
         default queue and every queue a worker consumes.
         """
-        replies = await self.broadcast("stats", destination=destination, timeout=timeout)
+        replies = await self.broadcast(
+            "stats", destination=destination, timeout=timeout, limit=limit
+        )
         workers: dict[str, list[str]] = {}
         for reply in replies:
             if reply.ok and isinstance(reply.result, dict):
@@ -271,23 +304,36 @@ class Control:
         return found
 
     async def shutdown(
-        self, *, destination: Sequence[str] | None = None, timeout: float = 1.0
+        self,
+        *,
+        destination: Sequence[str] | None = None,
+        timeout: float = 1.0,
+        limit: int | None = None,
     ) -> list[Reply]:
         """Ask workers for a warm shutdown (as their first SIGTERM would)."""
-        return await self.broadcast("shutdown", destination=destination, timeout=timeout)
+        return await self.broadcast(
+            "shutdown", destination=destination, timeout=timeout, limit=limit
+        )
 
 
 class Inspect:
     """Read-only questions to workers; each returns `{hostname: answer}`."""
 
-    def __init__(self, control: Control, destination: Sequence[str] | None, timeout: float) -> None:
+    def __init__(
+        self,
+        control: Control,
+        destination: Sequence[str] | None,
+        timeout: float,
+        limit: int | None = None,
+    ) -> None:
         self._control = control
         self._destination = destination
         self._timeout = timeout
+        self._limit = limit
 
     async def _ask(self, command: str) -> dict[str, Any]:
         replies = await self._control.broadcast(
-            command, destination=self._destination, timeout=self._timeout
+            command, destination=self._destination, timeout=self._timeout, limit=self._limit
         )
         return {r.hostname: r.result if r.ok else {"error": r.error} for r in replies}
 
@@ -310,6 +356,26 @@ class Inspect:
     async def stats(self) -> dict[str, Any]:
         """Return each worker's counters and settings."""
         return await self._ask("stats")
+
+
+def _check_limit(limit: int | None) -> None:
+    """Refuse a `limit` that is not a positive number of workers, in one line."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit is a number of workers (1 or more), not {limit!r}")
+
+
+def _enough(
+    answered: Iterable[set[str]], destination: Sequence[str] | None, limit: int | None
+) -> bool:
+    """Whether the replies so far end the gathering.
+
+    So they do once every command (`answered`: the workers that answered each) was answered
+    by every worker of `destination`, or by `limit` workers.
+    """
+    hosts = list(answered)
+    if destination and all(each >= set(destination) for each in hosts):
+        return True
+    return limit is not None and all(len(each) >= limit for each in hosts)
 
 
 def _reply(raw: bytes, command_ids: Container[str]) -> tuple[str, Reply] | None:

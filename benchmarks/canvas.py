@@ -2,9 +2,12 @@
 
     python benchmarks/canvas.py [--tasks 10000] [--runs 3] [--concurrency 200]
                                 [--redis redis://127.0.0.1:6379/0]
+                                [--store redis|django-db-pg|django-db-sqlite]
 
-Redis broker and results. One worker process (`aqueue worker -c C`) runs throughout, under a
-key prefix of the run's own. Each run measures, one after the other:
+Redis broker and results (`--store django-db-pg` / `django-db-sqlite`: results, and the chord
+count, in the Django ORM on PostgreSQL 127.0.0.1:5432, in a database of the run's own made
+from `test` and dropped after, or in a SQLite file). One worker process (`aqueue worker -c C`)
+runs throughout, under a key prefix of the run's own. Each run measures, one after the other:
 
 - chord: from just before `chord(header, total.s()).delay()` to the callback's result in the
   caller (`await result.get()`): the header sent in one publish, every header task counted in
@@ -41,7 +44,7 @@ from aqueue import App, chord, signature
 TASKS = """
     from aqueue import App
 
-    app = App("tasks", broker={url!r})
+    app = App("tasks", broker={url!r}, result_backend={store!r})
 
 
     @app.task(name="bench.noop")
@@ -112,16 +115,63 @@ async def one_run(app: App, tasks: int, worker: WorkerProcess) -> tuple[float, f
     return chord_seconds, plain_seconds, chord_cpu
 
 
+DJANGO_SETTINGS = """
+SECRET_KEY = "bench"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "aqueue.contrib.django"]
+DATABASES = {{
+    "default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {sqlite!r},
+                 "OPTIONS": {{"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}}}},
+    "pg": {{"ENGINE": "django.db.backends.postgresql", "NAME": {pg!r}, "USER": "postgres",
+            "HOST": "127.0.0.1", "PORT": "5432"}},
+}}
+"""
+
+
+def _pg(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def django_store(cwd: Path, store: str) -> tuple[str, str | None]:
+    """Set Django up for `store` (settings in `cwd`, tables migrated); return its URL and the
+    PostgreSQL database to drop after."""
+    pg_db = f"aqueue_bench_{uuid.uuid4().hex[:8]}" if store == "django-db-pg" else None
+    settings = DJANGO_SETTINGS.format(sqlite=str(cwd / "db.sqlite3"), pg=pg_db or "unused")
+    (cwd / "bench_settings.py").write_text(settings)
+    sys.path.insert(0, str(cwd))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_settings"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])
+    if pg_db is not None:
+        _pg(f'CREATE DATABASE "{pg_db}"')
+    import django
+    from django.core.management import call_command
+    from django.db import connections
+
+    django.setup()
+    alias = "default" if pg_db is None else "pg"
+    call_command("migrate", "aqueue", database=alias, verbosity=0)
+    connections.close_all()
+    return ("django-db" if pg_db is None else "django-db://pg"), pg_db
+
+
 async def main(args: argparse.Namespace) -> None:
     prefix = f"bench-canvas-{uuid.uuid4().hex[:8]}"
     separator = "&" if "?" in args.redis else "?"
     url = f"{args.redis}{separator}prefix={prefix}"
+    pg_db = None
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        (cwd / "tasks.py").write_text(textwrap.dedent(TASKS).format(url=url))
+        store = url
+        if args.store != "redis":
+            store, pg_db = await anyio.to_thread.run_sync(django_store, cwd, args.store)
+        (cwd / "tasks.py").write_text(textwrap.dedent(TASKS).format(url=url, store=store))
         worker = WorkerProcess(cwd, args.concurrency)
+        settings = {"result_backend": store}
         try:
-            async with App("caller", broker=url, set_as_current=False) as app:
+            async with App("caller", broker=url, set_as_current=False, **settings) as app:
                 await anyio.to_thread.run_sync(worker.ready.wait, 60)
                 await one_run(app, 200, worker)  # warm up: connections, scripts
                 chords, plains, cpus = [], [], []
@@ -137,7 +187,8 @@ async def main(args: argparse.Namespace) -> None:
                     )
                 chord_median, plain_median = statistics.median(chords), statistics.median(plains)
                 print(
-                    f"\n{args.tasks:,} no-op tasks, Redis, one worker -c {args.concurrency}, "
+                    f"\n{args.tasks:,} no-op tasks, Redis broker, {args.store} results, "
+                    f"one worker -c {args.concurrency}, "
                     f"median of {args.runs}:\n"
                     f"  chord (delay -> callback result): {chord_median:.2f} s "
                     f"({args.tasks / chord_median:,.0f} header tasks/s; worker CPU "
@@ -149,6 +200,8 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             worker.stop()
             await cleanup(args.redis, prefix)
+            if pg_db is not None:
+                _pg(f'DROP DATABASE "{pg_db}" WITH (FORCE)')
 
 
 async def cleanup(url: str, prefix: str) -> None:
@@ -169,4 +222,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--store", choices=["redis", "django-db-pg", "django-db-sqlite"], default="redis"
+    )
     anyio.run(main, parser.parse_args())

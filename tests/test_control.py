@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -150,6 +151,63 @@ async def test_revoke_a_list_in_batches(make: MakeApp, monkeypatch: pytest.Monke
     assert all(task_id in later.revoked for task_id in ids)
     assert ran == []
     assert await app.control.revoke([], timeout=5) == []
+
+
+async def test_replies_end_the_wait_once_the_destination_or_limit_answered(
+    make: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three live workers; each call names who must answer (or how many), and returns once
+    # they did: well before its generous timeout (a correctness check, not a speed test).
+    monkeypatch.setattr(control, "REVOKE_BATCH", 2)  # 5 ids: three commands
+    app = make()
+    timeout = 10.0
+
+    @app.task
+    async def job() -> None:
+        pass
+
+    async def timed(call: Any) -> tuple[list[str], float]:
+        started = time.monotonic()
+        replies = await call
+        if isinstance(replies, dict):  # an inspector's {hostname: answer}
+            return sorted(replies), time.monotonic() - started
+        return sorted(r.hostname for r in replies), time.monotonic() - started
+
+    async with (
+        running(app, queues=["elsewhere"], hostname="w1@t") as w1,  # the jobs stay queued
+        running(app, queues=["elsewhere"], hostname="w2@t") as w2,
+        running(app, queues=["elsewhere"], hostname="w3@t") as w3,
+    ):
+        one = await job.delay()
+        hosts, elapsed = await timed(
+            app.control.revoke(one.id, destination=["w1@t", "w2@t"], timeout=timeout)
+        )
+        assert (hosts, elapsed < timeout / 2) == (["w1@t", "w2@t"], True), elapsed
+        assert one.id in w1.revoked
+        assert one.id in w2.revoked
+        assert one.id not in w3.revoked
+        # Told to two workers only: not kept for later workers, the result not marked.
+        mailbox = (await app.broker()).mailbox()
+        assert await mailbox.items(control.REVOKED_PREFIX) == {}
+        assert await one.state() == states.PENDING
+
+        ids = [(await job.delay()).id for _ in range(5)]
+        hosts, elapsed = await timed(app.control.revoke(ids, destination=["w3@t"], timeout=timeout))
+        assert (hosts, elapsed < timeout / 2) == (["w3@t"] * 3, True), elapsed
+        assert all(task_id in w3.revoked for task_id in ids)
+
+        hosts, elapsed = await timed(app.control.ping(limit=2, timeout=timeout))
+        assert (len(hosts), elapsed < timeout / 2) == (2, True), elapsed
+        assert set(hosts) < {"w1@t", "w2@t", "w3@t"}
+        hosts, elapsed = await timed(app.control.inspect(limit=3, timeout=timeout).ping())
+        assert (hosts, elapsed < timeout / 2) == (["w1@t", "w2@t", "w3@t"], True), elapsed
+        hosts, elapsed = await timed(app.control.broadcast("ping", limit=1, timeout=timeout))
+        assert (len(hosts), elapsed < timeout / 2) == (1, True), elapsed
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="limit is a number of workers"):
+            await app.control.ping(limit=bad, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="destination is a list of worker names"):
+        await app.control.ping(destination="w1@t", timeout=timeout)
 
 
 async def test_revoke_terminate_cancels_a_running_coroutine(make: MakeApp) -> None:

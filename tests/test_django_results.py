@@ -224,21 +224,28 @@ async def test_concurrent_stores_go_as_one_write() -> None:
     first_in = anyio.Event()
     release = anyio.Event()
 
-    async def flush(items: list[int]) -> None:
+    async def flush(items: list[int]) -> list[int]:
         batches.append(items)
         if len(batches) == 1:
             first_in.set()
             await release.wait()
+        return [10 * item for item in items]  # one result per item, in order
 
-    batcher: Batcher[int] = Batcher(flush)
+    batcher: Batcher[int, int] = Batcher(flush)
+    results: dict[int, int] = {}
+
+    async def submit(item: int) -> None:
+        results[item] = await batcher.submit(item)
+
     async with anyio.create_task_group() as group:
-        group.start_soon(batcher.submit, 0)
+        group.start_soon(submit, 0)
         await first_in.wait()
         for item in range(1, 50):
-            group.start_soon(batcher.submit, item)
+            group.start_soon(submit, item)
         await anyio.wait_all_tasks_blocked()
         release.set()
     assert batches == [[0], list(range(1, 50))]
+    assert results == {item: 10 * item for item in range(50)}  # each caller gets its own
 
 
 def test_an_unconfigured_django_is_a_one_line_error() -> None:

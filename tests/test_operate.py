@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,13 @@ async def test_control_rate_limit_revoke_and_shutdown(
         capsys, "control", "tasks:app", "--timeout", "0.5", "revoke", "some-id"
     )
     assert (code, out) == (0, "w1@test: revoked some-id\n")
+    # Named with -d: it returns once w1 answered, not after its (generous) timeout.
+    started = time.monotonic()
+    code, out, _ = await aqueue(
+        capsys, "control", "tasks:app", "-d", "w1@test", "--timeout", "10", "revoke", "other-id"
+    )
+    assert (code, out) == (0, "w1@test: revoked other-id\n")
+    assert time.monotonic() - started < 5
     code, _, _ = await aqueue(capsys, "control", "tasks:app", "-d", "w1@test", "shutdown")
     assert code == 0
     assert await worker.wait_exit() == 0

@@ -42,7 +42,7 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 #: What the chord refusal names: the result stores that count chords.
-CHORD_BACKENDS = "redis://, sqlite:// or memory://"
+CHORD_BACKENDS = "redis://, sqlite://, django-db:// or memory://"
 
 
 class SignatureOptions(SendOptions, total=False):

@@ -4,7 +4,7 @@
     aqueue inspect tasks:app scheduled [-Q QUEUE,...] [--limit N]   (workers' and the broker's)
     aqueue inspect tasks:app queues [-Q QUEUE,...]
     aqueue control tasks:app rate_limit tasks.add 10/m
-    aqueue control tasks:app revoke TASK_ID [--terminate]
+    aqueue control tasks:app [-d HOST,...] revoke TASK_ID [--terminate]
     aqueue control tasks:app [-d HOST,...] shutdown
     aqueue purge tasks:app [-Q QUEUE,...] [--force]
     aqueue result tasks:app TASK_ID
@@ -166,7 +166,10 @@ def _control(args: argparse.Namespace) -> int:
             )
         elif args.action == "revoke":
             replies = await control.revoke(
-                args.task_id, terminate=args.terminate, timeout=args.timeout
+                args.task_id,
+                destination=destination,
+                terminate=args.terminate,
+                timeout=args.timeout,
             )
         else:
             replies = await control.shutdown(destination=destination, timeout=args.timeout)

@@ -49,19 +49,8 @@ class Canvas:
         await Worker(self.app, burst=True, concurrency=8).run()
 
 
-@pytest.fixture(params=DRIVERS)
-async def canvas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Canvas]:
-    driver: str = request.param
-    await require(driver)
-    url = driver_url(driver, tmp_path)
-    urls = [url]
-    settings: dict[str, Any] = {}
-    if driver == "amqp":  # RabbitMQ, results in Redis
-        await require("redis")
-        backend = service_redis.make_url(uuid.uuid4().hex[:10])
-        urls.append(backend)
-        settings["result_backend"] = backend
-    app = App("canvas", broker=url, set_as_current=False, **settings)
+def make_canvas(app: App) -> Canvas:
+    """Register the tasks of these tests on `app` (named after this module, wherever used)."""
     notes: list[Any] = []
 
     @app.task
@@ -80,8 +69,24 @@ async def canvas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     async def note(*args: Any) -> None:
         notes.append(args)
 
+    return Canvas(app, add, tsum, boom, note, notes)
+
+
+@pytest.fixture(params=DRIVERS)
+async def canvas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Canvas]:
+    driver: str = request.param
+    await require(driver)
+    url = driver_url(driver, tmp_path)
+    urls = [url]
+    settings: dict[str, Any] = {}
+    if driver == "amqp":  # RabbitMQ, results in Redis
+        await require("redis")
+        backend = service_redis.make_url(uuid.uuid4().hex[:10])
+        urls.append(backend)
+        settings["result_backend"] = backend
+    app = App("canvas", broker=url, set_as_current=False, **settings)
     try:
-        yield Canvas(app, add, tsum, boom, note, notes)
+        yield make_canvas(app)
     finally:
         await app.close()
         for each in urls:
@@ -281,7 +286,9 @@ async def test_rpc_runs_chains_and_groups_and_refuses_chords(tmp_path: Path) -> 
         raise KeyError(x)
 
     try:
-        with pytest.raises(ConfigurationError, match=r"redis://, sqlite:// .* rpc://"):
+        with pytest.raises(
+            ConfigurationError, match=r"redis://, sqlite://, django-db:// .* rpc://"
+        ):
             await chord([add.s(1, 1)], add.s(1)).delay()
         # Continuations carry the caller's reply queue on, so their results come back here.
         chained = await (add.s(1, 1) | add.s(1) | add.s(1)).delay()

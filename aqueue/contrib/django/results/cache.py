@@ -106,7 +106,7 @@ class DjangoCacheBackend(ResultBackend):
         super().__init__(url, options)
         self.alias = alias_of(url, "django-cache")
         self._thread: DjangoThread | None = None
-        self._stores: Batcher[tuple[str, str, bytes, float]] = Batcher(self._flush)
+        self._stores: Batcher[tuple[str, str, bytes, float], None] = Batcher(self._flush)
         self._waiters = Waiters(self.fetch, self._ready, Poll())
 
     def __repr__(self) -> str:
@@ -154,8 +154,9 @@ class DjangoCacheBackend(ResultBackend):
         """Set the key (batched with concurrent stores: one `set_many` per time to live)."""
         await self._stores.submit((task_id, state, payload, ttl))
 
-    async def _flush(self, items: list[tuple[str, str, bytes, float]]) -> None:
+    async def _flush(self, items: list[tuple[str, str, bytes, float]]) -> list[None]:
         await self._call("storing results", _write, self.alias, items)
+        return [None] * len(items)
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return the stored result, or None (never stored, expired or forgotten)."""

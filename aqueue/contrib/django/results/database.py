@@ -7,17 +7,25 @@ transaction (an upsert of every row); expired rows are deleted now and then by s
 
 Waiting: on PostgreSQL (with psycopg 3), LISTEN/NOTIFY (see `listener`); on any other
 database, a bounded backoff poll (see `waiting`), one query for all waiters of a process.
+
+Chords: header tasks are counted in `ChordCounter` / `ChordPart` rows, a batch of concurrent
+records in one transaction (`_chord_parts`). A recorder locks its chords' counter rows
+(`select_for_update`, in chord id order; on SQLite, whose `select_for_update` does nothing,
+the database's write lock, taken by the transaction's first statement, an insert), then adds
+each task id not yet recorded and decides, as the other stores do, who claims the chord. The
+unique (chord, task) constraint backs the count: a redelivered task counts once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ....drivers.base import ResultBackend, StoredResult
+from ....drivers.base import ChordStep, ResultBackend, StoredResult
 from ....drivers.waiting import Pause, Poll, Waiters
 from ....exceptions import BrokerError, ConfigurationError
 from ....request import running_request
@@ -32,6 +40,8 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 __all__ = ["DjangoDBBackend", "purge_expired"]
+
+logger = logging.getLogger("aqueue.contrib.django")
 
 #: Expired rows are deleted by a store at most this often (seconds), per process.
 SWEEP_SECONDS = 60.0
@@ -119,7 +129,7 @@ def _write(alias: str, rows: Sequence[Row], sweep: bool) -> None:
                 fields = {name: getattr(obj, name) for name in _UPDATED}
                 manager.update_or_create(task_id=obj.task_id, defaults=fields)
         if sweep:
-            manager.filter(expires__lte=_when(now)).delete()
+            _purge(alias, now)
         ready = [row.task_id for row in latest.values() if row.state in READY_STATES]
         if ready and conn.vendor == "postgresql":
             with conn.cursor() as cursor:
@@ -138,6 +148,24 @@ def _fetch(alias: str, task_id: str) -> StoredResult | None:
         .first()
     )
     return None if row is None else StoredResult(row[0], bytes(row[1]))
+
+
+def _fetch_many(alias: str, task_ids: Sequence[str]) -> list[StoredResult | None]:
+    from ..models import TaskResult
+
+    _connection(alias)
+    found: dict[str, StoredResult] = {}
+    now = _when(time.time())
+    for start in range(0, len(task_ids), _CHUNK):
+        rows = (
+            TaskResult.objects.using(alias)
+            .filter(task_id__in=task_ids[start : start + _CHUNK], expires__gt=now)
+            .values_list("task_id", "status", "payload")
+        )
+        found.update(
+            (task_id, StoredResult(state, bytes(payload))) for task_id, state, payload in rows
+        )
+    return [found.get(task_id) for task_id in task_ids]
 
 
 def _fetch_ready(alias: str, task_ids: Sequence[str]) -> dict[str, StoredResult]:
@@ -170,12 +198,145 @@ def _forget(alias: str, task_id: str) -> None:
 
 
 def purge_expired(alias: str = "default") -> int:
-    """Delete the expired rows of database `alias`; return how many (blocking: the ORM)."""
-    from ..models import TaskResult
+    """Delete the expired rows of database `alias`; return how many results (blocking)."""
+    from django.db import transaction
 
     _connection(alias)
-    deleted, _ = TaskResult.objects.using(alias).filter(expires__lte=_when(time.time())).delete()
+    with transaction.atomic(using=alias):
+        return _purge(alias, time.time())
+
+
+def _purge(alias: str, now: float) -> int:
+    """Delete the expired results and chords (in the caller's transaction); count results.
+
+    The chords' tables are purged in a savepoint of their own: a project upgraded without
+    `migrate` (no chord tables yet) keeps storing and purging results, with a warning.
+    """
+    from django.db import DatabaseError, transaction
+
+    from ..models import ChordClaim, ChordCounter, ChordPart, TaskResult
+
+    try:
+        with transaction.atomic(using=alias):
+            expired = ChordCounter.objects.using(alias).filter(expires__lte=_when(now))
+            gone = expired.values("chord_id")
+            ChordPart.objects.using(alias).filter(chord_id__in=gone).delete()
+            ChordClaim.objects.using(alias).filter(chord_id__in=gone).delete()
+            expired.delete()
+    except DatabaseError as exc:
+        logger.warning(
+            "django-db: cannot purge expired chords in %r (%s); has `python manage.py "
+            "migrate` created the aqueue tables?",
+            alias,
+            str(exc).strip(),
+        )
+    deleted, _ = TaskResult.objects.using(alias).filter(expires__lte=_when(now)).delete()
     return deleted
+
+
+def _counters(alias: str, expires: Mapping[str, float]) -> None:
+    """Create the missing `ChordCounter` rows (in chord id order: no lock-order cycle)."""
+    from ..models import ChordCounter
+
+    ChordCounter.objects.using(alias).bulk_create(
+        [
+            ChordCounter(chord_id=chord_id, expires=_when(expires[chord_id]))
+            for chord_id in sorted(expires)
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _chord_parts(alias: str, items: Sequence[tuple[str, str, int, bool, float]]) -> list[ChordStep]:
+    """Record header tasks (chord id, task id, size, ok, ttl) in one transaction.
+
+    Each is told its step as `ResultBackend.chord_part` says, as if recorded one by one.
+    """
+    from django.db import transaction
+
+    from ..models import ChordCounter, ChordPart
+
+    _connection(alias)
+    now = time.time()
+    expires = {chord_id: now + ttl for chord_id, _, _, _, ttl in items}
+    wanted: dict[str, set[str]] = {}
+    for chord_id, task_id, *_ in items:
+        wanted.setdefault(chord_id, set()).add(task_id)
+    steps: list[ChordStep] = []
+    with transaction.atomic(using=alias):
+        _counters(alias, expires)  # on SQLite, the write lock from here on
+        counters = {
+            counter.chord_id: counter
+            for counter in ChordCounter.objects.using(alias)
+            .select_for_update()
+            .filter(chord_id__in=sorted(expires))
+            .order_by("chord_id")
+        }
+        recorded = {
+            (chord_id, task_id)
+            for chord_id, ids in wanted.items()
+            for task_id in ChordPart.objects.using(alias)
+            .filter(chord_id=chord_id, task_id__in=sorted(ids))
+            .values_list("task_id", flat=True)
+        }
+        added: list[ChordPart] = []
+        for chord_id, task_id, size, ok, _ in items:
+            counter = counters[chord_id]
+            if (chord_id, task_id) not in recorded:
+                recorded.add((chord_id, task_id))
+                added.append(ChordPart(chord_id=chord_id, task_id=task_id))
+                counter.parts += 1
+            counter.failed = counter.failed or not ok
+            step: ChordStep = "wait"
+            if not counter.done and (counter.failed or counter.parts >= size):
+                if counter.claimant is None:
+                    counter.claimant = task_id
+                if counter.claimant == task_id:
+                    step = "fail" if counter.failed else "fire"
+            steps.append(step)
+        ChordPart.objects.using(alias).bulk_create(added)
+        for counter in counters.values():
+            counter.expires = _when(expires[counter.chord_id])
+        ChordCounter.objects.using(alias).bulk_update(
+            list(counters.values()), ["parts", "failed", "claimant", "expires"]
+        )
+    return steps
+
+
+def _chord_done(alias: str, chord_id: str, ttl: float) -> None:
+    from django.db import transaction
+
+    from ..models import ChordCounter
+
+    _connection(alias)
+    expires = time.time() + ttl
+    with transaction.atomic(using=alias):
+        _counters(alias, {chord_id: expires})
+        ChordCounter.objects.using(alias).filter(chord_id=chord_id).update(
+            done=True, expires=_when(expires)
+        )
+
+
+def _chord_run(alias: str, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+    """Claim the run of `task_id` for `token` unless another token holds it.
+
+    On PostgreSQL a concurrent insert of the same (chord, task) waits for the first to commit,
+    then inserts nothing, and the read that follows sees the first's token.
+    """
+    from django.db import transaction
+
+    from ..models import ChordClaim
+
+    _connection(alias)
+    claims = ChordClaim.objects.using(alias)
+    with transaction.atomic(using=alias):
+        _counters(alias, {chord_id: time.time() + ttl})  # its expiry takes the claim away
+        claims.bulk_create(
+            [ChordClaim(chord_id=chord_id, task_id=task_id, token=token)], ignore_conflicts=True
+        )
+        holder = claims.filter(chord_id=chord_id, task_id=task_id).values_list("token", flat=True)
+        held: str = holder.get()
+    return held == token
 
 
 def _open(alias: str) -> dict[str, Any] | None:
@@ -209,12 +370,16 @@ class DjangoDBBackend(ResultBackend):
     """Results in the `TaskResult` table: `App(backend="django-db")`."""
 
     keeps_expired = True
+    counts_chords = True
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self.alias = alias_of(url, "django-db")
         self._thread: DjangoThread | None = None
-        self._stores: Batcher[Row] = Batcher(self._flush)
+        self._stores: Batcher[Row, None] = Batcher(self._flush)
+        self._chord_parts: Batcher[tuple[str, str, int, bool, float], ChordStep] = Batcher(
+            self._flush_chord_parts
+        )
         self._swept = time.monotonic()
         self._listener: Listener | None = None
         self._waiters: Waiters | None = None
@@ -287,11 +452,45 @@ class DjangoDBBackend(ResultBackend):
         worker = None if request is None else request.hostname
         await self._stores.submit(describe(task_id, state, payload, ttl, worker))
 
-    async def _flush(self, rows: list[Row]) -> None:
+    async def _flush(self, rows: list[Row]) -> list[None]:
         sweep = time.monotonic() - self._swept >= SWEEP_SECONDS
         if sweep:
             self._swept = time.monotonic()
         await self._call("storing results", _write, self.alias, rows, sweep)
+        return [None] * len(rows)
+
+    async def fetch_many(self, task_ids: Sequence[str]) -> list[StoredResult | None]:
+        """Look many results up, a few hundred per query (a chord's header, a revoke's list)."""
+        found: list[StoredResult | None] = await self._call(
+            "fetching results", _fetch_many, self.alias, list(task_ids)
+        )
+        return found
+
+    async def chord_part(
+        self, chord_id: str, task_id: str, size: int, ttl: float, *, ok: bool
+    ) -> ChordStep:
+        """Record a header task: one transaction, shared with concurrent records."""
+        self._running()
+        return await self._chord_parts.submit((chord_id, task_id, size, ok, ttl))
+
+    async def _flush_chord_parts(
+        self, items: list[tuple[str, str, int, bool, float]]
+    ) -> list[ChordStep]:
+        steps: list[ChordStep] = await self._call(
+            "counting a chord", _chord_parts, self.alias, items
+        )
+        return steps
+
+    async def chord_done(self, chord_id: str, ttl: float) -> None:
+        """Mark the chord settled."""
+        await self._call("counting a chord", _chord_done, self.alias, chord_id, ttl)
+
+    async def chord_run(self, chord_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Claim the run of a task the chord sent, in one transaction."""
+        held: bool = await self._call(
+            "claiming a chord's callback", _chord_run, self.alias, chord_id, task_id, token, ttl
+        )
+        return held
 
     async def fetch(self, task_id: str) -> StoredResult | None:
         """Return the stored result unless it expired."""
