@@ -58,6 +58,7 @@ __all__ = [
     "ResultBackend",
     "Semaphore",
     "StoredResult",
+    "holds_suspect",
 ]
 
 #: The dead letters a queue keeps, in bytes (bodies, reasons and details) and in number: past
@@ -77,6 +78,17 @@ class Credit(Protocol):
     async def wait(self) -> int:
         """Wait until at least one slot is free; return how many are."""
         ...
+
+
+def holds_suspect(credit: Credit) -> bool:
+    """Whether the consumer behind `credit` holds a redelivered message now (`suspects`).
+
+    A worker runs redelivered messages one at a time (`aqueue.worker.isolation`); a broker
+    that can tell them apart before handing them out (messages of dead consumers, leases that
+    ran out) takes none while the worker holds one, and one at a time otherwise, so that they
+    spread over the workers. A credit without the attribute holds none.
+    """
+    return bool(getattr(credit, "suspects", 0))
 
 
 class Delivery(abc.ABC):

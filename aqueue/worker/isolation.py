@@ -14,7 +14,10 @@ death. The runner (`Runner.check`) tells them apart:
    the running ones to finish, records the start (`Delivery.begin`), and runs it. If the
    worker dies now, this message is the only one whose count of runs went up. Both waits are
    bounded (`GRACE`, 2 s): a long task does not stall the worker; a crash past them may blame
-   a suspect still running then.
+   a suspect still running then. For the same reason a task that has run `GRACE` already is
+   not waited for: the suspect waits at most until the youngest running task is that old.
+   (Issue 19, the kill -9 storm: with a 2-5 s task running in nearly every worker, nearly
+   every suspect waited the whole 2 s, one after the other.)
 
 First deliveries run side by side and record nothing (a durable write per task would halve a
 worker's throughput): a worker that dies while running many of them blames none, and each
@@ -23,6 +26,7 @@ comes back as a suspect to be run alone.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +55,9 @@ class Isolation:
         self._waiting = False  # a suspect waits for the running tasks: the gate is closed
         self._until: float | None = None  # then it runs, the gate closed until then
         self._event: anyio.Event | None = None  # made when first awaited: it needs a loop
+        #: When (the loop's clock) the last task counted started: a suspect waits for the
+        #: running tasks until the youngest has run `grace` seconds (at most).
+        self._last_start = -math.inf
 
     @property
     def closed(self) -> bool:
@@ -74,13 +81,18 @@ class Isolation:
         if self.closed:
             return False
         self.running += 1
+        self._last_start = asyncio.get_running_loop().time()  # anyio's clock, 8x cheaper
         return True
 
     async def enter(self) -> None:
         """Wait while the gate is closed, then count a running task."""
+        await self._wait_open()
+        self.running += 1
+        self._last_start = anyio.current_time()
+
+    async def _wait_open(self) -> None:
         while self.closed:
             await self._changed(None if self._waiting else self._until)
-        self.running += 1
 
     def leave(self) -> None:
         """Count a running task done."""
@@ -91,15 +103,17 @@ class Isolation:
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
         """Run the body alone: see the class docstring for how alone."""
-        await self.enter()  # after the suspect before it (for as long as its gate is closed)
-        self.running -= 1
+        await self._wait_open()  # after the suspect before it (as long as its gate is closed)
         until: float | None = None
         self._waiting = True
         try:
             deadline = anyio.current_time() + self.grace
-            try:
-                while self.running and anyio.current_time() < deadline:
-                    await self._changed(deadline)
+            try:  # no task starts meanwhile: the youngest running one is as young as it gets
+                while self.running:
+                    limit = min(deadline, self._last_start + self.grace)
+                    if anyio.current_time() >= limit:
+                        break
+                    await self._changed(limit)
             finally:
                 self._waiting = False
             until = self._until = anyio.current_time() + self.grace

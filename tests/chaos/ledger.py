@@ -182,16 +182,28 @@ def check(db: sqlite3.Connection) -> Report:
     report.cut_short = sum(len(starts) for starts in cut.values())
     faults = db.execute("SELECT at, coalesce(until, at) FROM faults ORDER BY at").fetchall()
     report.faults = len(faults)
-    for index, (at, until) in enumerate(faults):
-        following = faults[index + 1][0] if index + 1 < len(faults) else float("inf")
-        ends = [
-            last_end[task_id] - until
-            for task_id, starts in cut.items()
-            if task_id in last_end
-            and any(at - 60 <= s <= until for s in starts)
-            and last_end[task_id] >= until
-            and last_end[task_id] < following + 600
-        ]
-        if ends:
-            report.recovery.append(max(ends))
+    report.recovery = recovery(faults, cut, last_end)
     return report
+
+
+def recovery(
+    faults: list[tuple[float, float]], cut: dict[str, list[float]], last_end: dict[str, float]
+) -> list[float]:
+    """Per fault: seconds from it (or its healing) until the tasks it cut short had finished.
+
+    A task is the orphan of the fault that cut its last unfinished attempt: the first fault
+    healed at or after that attempt started. A task cut short twice (its second run in a
+    worker killed by the next fault) counts for the second fault only; before, it counted
+    for both, and the first fault's time to recover took in the whole second recovery.
+    """
+    ends: dict[int, list[float]] = {}
+    for task_id, starts in cut.items():
+        last = max(starts)
+        index = next((i for i, (_, until) in enumerate(faults) if until >= last), None)
+        if index is None or task_id not in last_end:
+            continue
+        at, until = faults[index]
+        if last < at - 60 or last_end[task_id] < until:
+            continue  # cut short long before the fault (a stuck attempt), or finished before
+        ends.setdefault(index, []).append(last_end[task_id] - until)
+    return [max(ends[index]) for index in sorted(ends)]

@@ -130,7 +130,10 @@ async def test_kill_9_messages_come_back_by_heartbeat_not_lease(
             assert recovered < 5.0
         else:
             assert counts == [2, 2, 2]  # the second delivery of each, on the second worker
-            await second.wait_line("reclaiming 3 message(s) of 1 consumer(s)")
+            if url.startswith("redis"):  # one at a time: each runs alone (see below)
+                await second.wait_line("reclaiming 1 message(s) of 1 consumer(s)", count=3)
+            else:
+                await second.wait_line("reclaiming 3 message(s) of 1 consumer(s)")
             assert recovered < LEASE / 2
         broker = await caller.broker()
         assert await broker.dead_letters("default") == []
@@ -171,3 +174,30 @@ async def test_a_blocked_loop_is_not_a_dead_worker(
         judge.signal(signal.SIGTERM)
         assert await judge.wait_exit() == 0
         assert judge.output.count("reclaiming") == 1
+
+
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
+async def test_a_dead_workers_messages_spread_over_the_live_workers(
+    url: str, project: Callable[..., Path], workers: Callable[..., Any]
+) -> None:
+    # A redelivered message runs alone in its worker (`aqueue.worker.isolation`), so a worker
+    # takes one at a time and none while it holds one: the dead worker's messages run side by
+    # side on the live workers. Before (issue 19, the kill -9 storm), the first claim took as
+    # many as it had free slots: here all four went to one worker and ran one after the other.
+    cwd = project(interval=0.2, timeout=1.0)
+    async with App("caller", broker=url, set_as_current=False) as caller:
+        doomed = await workers("-c", "4")
+        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(4)]
+        for result in results:
+            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
+        live = [await workers("-c", "4"), await workers("-c", "4")]
+        doomed.signal(signal.SIGKILL)
+        assert await doomed.wait_exit() == -signal.SIGKILL
+        for worker in live:  # each runs one of them (blocked until the file exists) ...
+            await worker.wait_line("redelivered")
+        (cwd / "go").touch()
+        assert [await result.get(timeout=STEP) for result in results] == [2, 2, 2, 2]
+        for worker in live:  # ... and never took more than one at a time
+            assert "reclaiming 1 message(s) of 1 consumer(s)" in worker.output
+            for count in range(2, 5):
+                assert f"reclaiming {count} message(s)" not in worker.output

@@ -302,6 +302,32 @@ async def test_a_long_task_holds_a_suspect_back_for_the_grace_period_only() -> N
     assert not gate.closed
 
 
+async def test_a_task_that_has_run_the_grace_period_does_not_hold_a_suspect_back() -> None:
+    # Issue 19 (the kill -9 storm): a 2-5 s task running in a worker made each suspect wait
+    # the whole grace period, though a task that has run that long is no more the crasher
+    # than one that kept running past a suspect's wait.
+    gate = Isolation(grace=60)
+    await gate.enter()  # a long task, started a grace period ago (the gate's clock)
+    gate._last_start -= 60
+    with anyio.fail_after(5):  # before: 60 s
+        async with gate.alone():
+            assert gate.running == 2
+    await gate.enter()  # a young task holds the next suspect back
+    async with anyio.create_task_group() as group:
+
+        async def suspect() -> None:
+            async with gate.alone():
+                raise AssertionError("it waits for the young task")
+
+        group.start_soon(suspect)
+        await anyio.wait_all_tasks_blocked()
+        assert gate.closed
+        group.cancel_scope.cancel()
+    gate.leave()
+    gate.leave()
+    assert not gate.closed
+
+
 async def test_a_task_interrupted_by_a_shutdown_comes_back_as_it_was(setup: Setup) -> None:
     """A shutdown past the grace period is no crash: the message is not a suspect (run alone,
     one at a time) and its interrupted run does not count towards max_deliveries."""

@@ -59,11 +59,22 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...exceptions import BrokerError
 from ...message import OutgoingMessage
-from ..base import Broker, Credit, DeadLetter, DeadLetterStats, Delayed, Delivery, QueueStats
+from ..base import (
+    Broker,
+    Credit,
+    DeadLetter,
+    DeadLetterStats,
+    Delayed,
+    Delivery,
+    QueueStats,
+    holds_suspect,
+)
 from ..heartbeat import Heartbeat
 from ..options import BrokerOptions
 from . import dead as deadletters
@@ -174,21 +185,13 @@ class _RedisDelivery(Delivery):
         if self._settle():
             await self._broker._settler.send(("ack", self))
             if self._begun or self.runs:  # as _forget_runs, without a coroutine per ack
-                await self._broker.forget_runs(self._claimed)
+                await self._broker._forget_runs_or_keep(self._claimed)
 
     def _acked(self, outcome: bool | Exception) -> None:
         """Take the outcome of this delivery's ack, when its batch came back."""
         if isinstance(outcome, Exception):  # still held by this consumer: acked again later
             self._broker._unacked.append(self)
-            if self._broker._ack_failure is not outcome:  # once per failed batch
-                self._broker._ack_failure = outcome
-                logger.warning(
-                    "could not acknowledge a batch of messages (from %s of queue %r); "
-                    "trying again once Redis answers: %s",
-                    self._claimed.id,
-                    self.queue,
-                    outcome,
-                )
+            self._broker._unreachable(outcome)
             return
         self._release()
         if not outcome:
@@ -301,9 +304,12 @@ class RedisBroker(Broker):
         self._mailbox: RedisMailbox | None = None
         self._rate_limiter: RedisRateLimiter | None = None
         self._semaphore: RedisSemaphore | None = None
-        self._ack_failure: Exception | None = None  # the last one logged
+        #: Since when (monotonic) settles have failed for want of Redis: logged once then.
+        self._unreachable_since: float | None = None
         #: Deliveries whose ack Redis did not answer: sent again by `settle_unacked`.
         self._unacked: list[_RedisDelivery] = []
+        #: Settled messages whose count of runs Redis did not drop: dropped with them.
+        self._unforgotten: list[Claimed] = []
         self._settler: Batcher[tuple[str, _RedisDelivery], bool] = Batcher(
             self._flush_settles, on_unwaited=_acked
         )
@@ -327,7 +333,7 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Close every connection; a consumer blocked on Redis stops, a subscriber fails."""
-        if self._unacked:  # a last try; the leases of the others bring them back
+        if self._unacked or self._unforgotten:  # a last try; the leases bring the others back
             with anyio.CancelScope(shield=True):
                 await self.settle_unacked()
         heartbeat, self.heartbeat = self.heartbeat, None
@@ -510,17 +516,54 @@ class RedisBroker(Broker):
         them. They are fenced as any ack: one whose lease ran out meanwhile changes nothing (its
         result is stored: the consumer that took it acknowledges it without running it).
         """
-        if not self._unacked:
+        if not self._unacked and not self._unforgotten:
             return
         unacked, self._unacked = self._unacked, []
+        unforgotten, self._unforgotten = self._unforgotten, []
         try:
             done = await self._flush_settles([("ack", delivery) for delivery in unacked])
-        except BrokerError:
-            self._unacked[:0] = unacked  # still unreachable: the claim that follows backs off
+            if unforgotten:
+                with redis_errors(self.settings, "settling messages"):
+                    pipe = self.redis_client().pipeline(transaction=False)
+                    for claimed in unforgotten:
+                        pipe.hdel(claimed.keys.runs, run_key(claimed.body))
+                    await pipe.execute()
+        except BrokerError:  # still unreachable: the claim that follows backs off
+            self._unacked[:0] = unacked
+            self._unforgotten[:0] = unforgotten
             return
-        logger.warning("acknowledged %d message(s) after Redis came back", len(unacked))
+        down, self._unreachable_since = self._unreachable_since, None
+        logger.warning(
+            "Redis at %s answers again%s: acknowledged %d message(s) kept meanwhile",
+            self.settings.url,
+            "" if down is None else f" after {time.monotonic() - down:.1f}s",
+            len(unacked),
+        )
         for delivery, outcome in zip(unacked, done, strict=True):
             delivery._acked(outcome)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Note a settle that failed for want of Redis; log it once per outage."""
+        if self._unreachable_since is not None:
+            return
+        self._unreachable_since = time.monotonic()
+        logger.warning(
+            "Redis at %s is unreachable (%s): acknowledgements are kept and sent again once it "
+            "answers; a message whose lease runs out meanwhile is delivered again, and "
+            "acknowledged without running if its result was stored",
+            self.settings.url,
+            exc,
+        )
+
+    async def _forget_runs_or_keep(self, claimed: Claimed) -> None:
+        """Drop a settled message's count of runs; if Redis is unreachable, do it later."""
+        try:
+            await self.redis_client().hdel(claimed.keys.runs, run_key(claimed.body))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._unforgotten.append(claimed)  # with the unacked acks (`settle_unacked`)
+            self._unreachable(broker_error(self.settings, exc, "settling a message"))
+        except RedisError as exc:
+            raise broker_error(self.settings, exc, "settling a message") from None
 
     async def _requeue(
         self, claimed: Claimed, consumer: str, mode: str, due: float, *, fenced: bool = True
@@ -575,7 +618,9 @@ class RedisBroker(Broker):
         try:
             while True:
                 limit = min(await credit.wait(), CLAIM_BATCH)
-                claimed = await state.next_batch(limit)
+                # Redeliveries one at a time, none while one is in the worker: they run
+                # alone there, and spread over the workers this way (`scripts.CLAIM`).
+                claimed = await state.next_batch(limit, lambda: 0 if holds_suspect(credit) else 1)
                 if claimed is None:
                     return
                 state.unyielded.extend(claimed)

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +56,8 @@ CLAIM_BATCH = 100
 MAX_BLOCK = 30.0
 #: The longest wait between two attempts to reach a Redis that went away.
 MAX_BACKOFF = 2.0
+#: How soon a consumer that left redeliveries to others (its worker held one) looks again.
+RECHECK = 0.5
 #: A consumer with nothing pending and unseen for this long is removed from the groups.
 STALE_CONSUMER_MS = 3_600_000
 
@@ -216,11 +219,18 @@ class Consumer:
             for priority in range(10):
                 self.by_stream[each.stream(priority)] = (each, priority)
 
-    async def next_batch(self, limit: int) -> list[Claimed] | None:
-        """Return the next messages to hand out (at most `limit`), or None to stop."""
+    async def next_batch(
+        self, limit: int, orphans: Callable[[], int] = lambda: 1
+    ) -> list[Claimed] | None:
+        """Return the next messages to hand out (at most `limit`), or None to stop.
+
+        Each claim takes at most `orphans()` of them from dead consumers or run-out leases
+        (see `scripts.CLAIM`): 0 while the worker holds a redelivered message, which may
+        change while this waits.
+        """
         while True:
             try:
-                batch, next_due = await self._claim(limit)
+                batch, next_due = await self._claim(limit, orphans())
                 if batch is None:  # only dead-lettered: look again
                     continue
                 if batch or self.burst:
@@ -244,14 +254,19 @@ class Consumer:
         )
         await anyio.sleep(delay)
 
-    async def _claim(self, limit: int) -> tuple[list[Claimed] | None, float | None]:
+    async def _claim(
+        self, limit: int, orphans: int = 1
+    ) -> tuple[list[Claimed] | None, float | None]:
         """Run the claim script; (None, _) when it only dead-lettered messages."""
         broker = self.broker
         await broker.settle_unacked()  # acks lost to an outage first: no second run for them
         now = time.time()
-        sweep = now >= self.next_sweep
+        due = now >= self.next_sweep
+        sweep = due and orphans > 0
         if sweep:
             self.next_sweep = now + broker.sweep_interval
+        elif due:  # the worker holds a redelivery: sweep once it is done
+            self.next_sweep = now + min(RECHECK, broker.sweep_interval)
         heartbeat = broker.heartbeat
         judging = heartbeat is not None and heartbeat.judging()
         args = [
@@ -267,6 +282,7 @@ class Consumer:
             int(judging),
             broker.owner,
             int((heartbeat.timeout if heartbeat else 0) * 1000),
+            orphans,
         ]
         if len(self.readers) > 1:  # a cluster: one script per queue's slot
             calls = [(_CLAIM, _claim_keys([each]), args) for each in self.keys]
@@ -279,7 +295,7 @@ class Consumer:
                 broker.hot_path(), _claim_keys(self.keys), args
             )
         self.failures = 0
-        self._judged(judging, next_check, robbed)
+        self._judged(judging, next_check, robbed, orphans)
         claimed = self._claimed(entries)
         if claimed:
             claimed = await self._with_runs(claimed)
@@ -296,7 +312,7 @@ class Consumer:
             for q, p, i, body, n, counter in entries
         ]
 
-    def _judged(self, judging: bool, next_check: Any, robbed: list[Any]) -> None:
+    def _judged(self, judging: bool, next_check: Any, robbed: list[Any], orphans: int) -> None:
         """Note when to judge again, and log what was taken from dead consumers."""
         heartbeat = self.broker.heartbeat
         if heartbeat is None:
@@ -305,11 +321,13 @@ class Consumer:
             # and dies is seen by the next look, a timeout from now
             wait = heartbeat.timeout if next_check is None else int(next_check) / 1000
             wait = min(wait, heartbeat.timeout)
+            if len(robbed) > 2 and int(robbed[2]):  # dead owners' entries left (`orphans`)
+                wait = 0 if orphans else RECHECK
         else:
             wait = heartbeat.judging_from() - time.monotonic()
         # Not sooner than half a beat: a dead owner found now was dealt with already.
         self.next_judgment = time.time() + max(wait, heartbeat.interval / 2)
-        taken, owners = (int(each) for each in robbed)
+        taken, owners = int(robbed[0]), int(robbed[1])
         if taken:
             logger.warning(
                 "reclaiming %d message(s) of %d consumer(s) whose heartbeat stopped more than "

@@ -44,7 +44,7 @@ def merge_claims(replies: Sequence[Any], limit: int) -> tuple[Any, ...]:
     script orders them) are kept, the rest are for the caller to give back.
     """
     entries: list[tuple[Any, ...]] = []
-    buried, taken, owners = 0, 0, 0
+    buried, taken, owners, unjudged = 0, 0, 0, 0
     next_due: float | None = None
     next_check: int | None = None
     for q, (found, dead, due, check, robbed) in enumerate(replies, start=1):
@@ -55,8 +55,10 @@ def merge_claims(replies: Sequence[Any], limit: int) -> tuple[Any, ...]:
         if check is not None:
             next_check = int(check) if next_check is None else min(next_check, int(check))
         taken, owners = taken + int(robbed[0]), owners + int(robbed[1])
+        unjudged += int(robbed[2]) if len(robbed) > 2 else 0
     entries.sort(key=lambda entry: (-int(entry[1]), _id_key(entry[2])))
-    return entries[:limit], entries[limit:], buried, next_due, next_check, [taken, owners]
+    robbed = [taken, owners, unjudged]
+    return entries[:limit], entries[limit:], buried, next_due, next_check, robbed
 
 
 async def read_each(

@@ -154,12 +154,18 @@ local RETURNED = 'returned'
 #: than `max_deliveries` times (the broker passes a backstop: runs are counted apart) are
 #: dead-lettered on the way.
 #: With `judge`, the entries held by consumers of dead owners (see the module) are taken first.
+#: Entries of dead owners and run-out leases are redeliveries, which a worker runs one at a
+#: time (`aqueue.worker.isolation`): a claim takes at most `orphans` of them (the consumer
+#: passes 1, or 0 while its worker holds one), so that they spread over the live workers and
+#: run side by side there. Taking every one a worker had room for, they piled up in the worker
+#: that claimed first and ran one after the other (issue 19: the last orphan of a kill -9 done
+#: 15.3 s after it, 8 of them in one worker).
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead; then the `beats` hash of each queue.
 #: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
-#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms.
+#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms, orphans (default: limit).
 #: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false,
 #: the ms until another owner's beat goes stale or false (when judging), and how many entries
-#: of how many dead owners it took.
+#: of how many dead owners it took, and how many dead owners still hold some.
 CLAIM = (
     _COMMON
     + """
@@ -171,7 +177,9 @@ dead_cap = tonumber(ARGV[9])
 local nq = #KEYS / 13
 local out, buried = {}, 0
 local judge, owner, hb_timeout = ARGV[10] == '1', ARGV[11], tonumber(ARGV[12])
-local next_check, reclaimed, robbed = false, 0, {}
+-- How many entries this claim may take from dead owners and run-out leases (see CLAIM).
+local orphans = math.min(remaining, tonumber(ARGV[13] or remaining))
+local next_check, reclaimed, robbed, unjudged = false, 0, {}, 0
 
 local function stream(q, p) return KEYS[(q - 1) * 12 + 10 - p] end
 
@@ -238,13 +246,15 @@ local function reclaim_stream(q, p)
   local cursor = '0-0'
   for _ = 1, 10 do
     if remaining <= 0 then return end
+    if orphans <= 0 then break end
     local res = redis.pcall('XAUTOCLAIM', key, group, consumer, min_idle, cursor,
-      'COUNT', remaining)
+      'COUNT', math.min(remaining, orphans))
     if type(res) ~= 'table' or res.err then return end
     cursor = res[1]
     for _, entry in ipairs(res[2]) do
       local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
       take(q, p, key, entry, tonumber(e[4]))
+      orphans = orphans - 1
     end
     if cursor == '0-0' then break end
   end
@@ -361,8 +371,9 @@ local function take_from_dead(q, p, dead, left)
     local who = string.match(c[1], '^(.*):[^:]*$')
     if who and dead[who] then
       local pend = {}
-      if remaining > 0 then
-        pend = redis.call('XPENDING', key, group, '-', '+', remaining, c[1])
+      local budget = math.min(remaining, orphans)
+      if budget > 0 then
+        pend = redis.call('XPENDING', key, group, '-', '+', budget, c[1])
       end
       if #pend < tonumber(c[2]) then left[who] = true end
       local ids = {}
@@ -373,6 +384,7 @@ local function take_from_dead(q, p, dead, left)
           local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
           take(q, p, key, entry, tonumber(e[4]))
           reclaimed = reclaimed + 1
+          orphans = orphans - 1
         end
       end
     end
@@ -386,7 +398,7 @@ local function judge_queue(q, now_ms)
   local left = {}
   for p = 9, 0, -1 do take_from_dead(q, p, dead, left) end
   for who in pairs(dead) do
-    if not left[who] then redis.call('HDEL', beats, who) end
+    if left[who] then unjudged = unjudged + 1 else redis.call('HDEL', beats, who) end
   end
 end
 
@@ -416,7 +428,7 @@ for q = 1, nq do
 end
 local dead_owners = 0
 for _ in pairs(robbed) do dead_owners = dead_owners + 1 end
-return {out, buried, next_due, next_check, {reclaimed, dead_owners}}
+return {out, buried, next_due, next_check, {reclaimed, dead_owners, unjudged}}
 """
 )
 

@@ -16,6 +16,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -117,7 +118,7 @@ async def _run_through_outage(
         value = await result.get(timeout=STEP)
         assert value == "done"
         outcome = await watch.first(
-            "after Redis came back",  # the ack sent again
+            "answers again",  # the ack sent again
             "redelivered after it finished",  # left to its lease: came back as a suspect
             "Stored the result",  # the result stored again
         )
@@ -137,7 +138,7 @@ async def test_a_result_that_could_not_be_stored_is_stored_once_redis_is_back(
     )
     seen = watch(
         "storing a result",
-        "after Redis came back",
+        "answers again",
         "redelivered after it finished",
         "Stored the result",
     )
@@ -160,16 +161,87 @@ async def test_an_ack_redis_did_not_answer_is_sent_again_once_it_is_back(
         set_as_current=False,
     )
     seen = watch(
-        "could not acknowledge a batch",
-        "after Redis came back",
+        "is unreachable",
+        "answers again",
         "redelivered after it finished",
         "Stored the result",
     )
     runs: list[int] = []
     try:
-        outcome = await _run_through_outage(app, node, seen, "could not acknowledge a batch", runs)
+        outcome = await _run_through_outage(app, node, seen, "is unreachable", runs)
     finally:
         await service_redis.cleanup(backend)
     assert runs == [1]
     # Before the fix: the message came back after its lease, a suspect, acknowledged unrun.
-    assert outcome == "after Redis came back"
+    assert outcome == "answers again"
+
+
+class _One:
+    """A credit of one message at a time (no worker's slots behind it)."""
+
+    async def wait(self) -> int:
+        return 1
+
+
+async def test_settling_while_redis_is_down_says_so_once_and_settles_later(
+    node: RedisNode, watch: Callable[..., Watch]
+) -> None:
+    # A redelivered message (a suspect: its run recorded) and two others finish while Redis
+    # is down. Before: the suspect's ack raised from dropping its count of runs, and the
+    # worker logged "Could not settle a message ... returning it" with a traceback, per task,
+    # though nothing went back. Now: one warning for the outage, and everything settles
+    # once Redis answers again.
+    backend = service_redis.make_url(f"outage-{uuid.uuid4().hex[:8]}")
+    app = App(
+        "outage",
+        broker=node.url,
+        result_backend=backend,
+        broker_visibility_timeout=LEASE,
+        set_as_current=False,
+    )
+    seen = watch("is unreachable", "answers again", "Could not settle")
+    records: list[logging.LogRecord] = []
+    counter = logging.Handler()
+    counter.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("aqueue").addHandler(counter)
+    release = anyio.Event()
+    started: list[str] = []
+    all_started = anyio.Event()
+
+    @app.task(name="outage.wait", bind=True)
+    async def wait(self: Any, name: str) -> str:
+        started.append(f"{name}:{self.request.delivery_count}")
+        if len(started) == 3:
+            all_started.set()
+        await release.wait()
+        return name
+
+    try:
+        async with app:
+            broker = await app.broker()
+            suspect = await wait.delay("suspect")
+            async for _ in broker.consume(["default"], _One()):  # taken, never settled:
+                break  # its lease runs out, and it comes back as a suspect
+            others = [await wait.delay(f"other{n}") for n in range(2)]
+            async with anyio.create_task_group() as group:
+                worker = await group.start(Worker(app, concurrency=4, shutdown_timeout=5.0).run)
+                with anyio.fail_after(STEP):
+                    await all_started.wait()
+                node.kill()
+                release.set()
+                with anyio.fail_after(STEP):
+                    await seen.events["is unreachable"].wait()
+                await node.start()
+                with anyio.fail_after(STEP):
+                    await seen.events["answers again"].wait()
+                for result in [suspect, *others]:
+                    assert await result.get(timeout=STEP) in ("suspect", "other0", "other1")
+                worker.stop()
+            runs = await broker.redis_client().hgetall(broker.keys("default").runs)
+    finally:
+        logging.getLogger("aqueue").removeHandler(counter)
+        await service_redis.cleanup(backend)
+    assert sorted(started) == ["other0:1", "other1:1", "suspect:2"]
+    assert not seen.events["Could not settle"].is_set()
+    assert sum("is unreachable" in record.getMessage() for record in records) == 1
+    assert runs == {}  # the suspect's count of runs dropped once Redis answered
