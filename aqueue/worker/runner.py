@@ -345,31 +345,75 @@ class Runner:
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
-        run: TaskRun | None = None
         if watch is not None:
-            run = watch.begin(task, envelope, delivery)
-            if run is not None:
-                await watch.hooks.before(run)  # type: ignore[union-attr]
+            try:
+                await self._watched(delivery, envelope, task, informed, watch)
+            finally:
+                current_request.reset(token)
+            return
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         try:
-            state, outcome = await self._outcome(delivery, envelope, task, started, informed)
+            await self._outcome(delivery, envelope, task, started, informed)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._interrupted(delivery, envelope, task)
-                if watch is not None:
-                    watch.interrupted(task, envelope, envelope.id in self.revoked)
             raise
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
-        if watch is not None:
+        await delivery.ack()
+
+    async def _watched(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: RunnableTask,
+        informed: bool,
+        watch: Watch,
+    ) -> None:
+        """`run` a task with its watch told: exactly one end or interrupted after its begin.
+
+        Whatever happens after `watch.begin` (a store or an ack that fails, a hook cancelled
+        at shutdown), the watch hears how the run ended, once: a gauge of running tasks or a
+        span left open would never come down or end. A run whose outcome could not be stored
+        (or what follows it sent) ends in FAILURE with that error; its message goes back.
+        """
+        watching = True  # begun, and neither ended nor interrupted yet
+        run = watch.begin(task, envelope, delivery)
+        try:
+            if run is not None:
+                await watch.hooks.before(run)  # type: ignore[union-attr]
+            started = time.perf_counter()
+            self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
+            error: Exception | None = None
+            try:
+                state, outcome = await self._outcome(delivery, envelope, task, started, informed)
+            except anyio.get_cancelled_exc_class():
+                watching = False
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._interrupted(delivery, envelope, task)
+                    finally:
+                        watch.interrupted(task, envelope, envelope.id in self.revoked)
+                raise
+            except Exception as exc:
+                state, outcome, error = states.FAILURE, exc, exc
+            finally:
+                if self.active.get(envelope.id) is entry:
+                    del self.active[envelope.id]
             runtime = time.perf_counter() - started
             if run is not None:
                 await _after_hooks(watch, run, state, outcome, runtime)
+            watching = False
             watch.end(task, envelope, state, runtime, outcome)
-        await delivery.ack()
+            if error is not None:
+                raise error  # the dispatcher gives the message back
+            await delivery.ack()
+        finally:
+            if watching:  # cancelled in a hook (a shutdown), or a hook's machinery failed
+                watch.interrupted(task, envelope, envelope.id in self.revoked)
 
     async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
         """Send what follows a workflow's task: after its result is stored, before the ack."""
