@@ -345,75 +345,48 @@ class Runner:
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
-        if watch is not None:
-            try:
-                await self._watched(delivery, envelope, task, informed, watch)
-            finally:
-                current_request.reset(token)
-            return
+        # Each watch.begin is followed by exactly one watch.end or watch.interrupted, whatever
+        # fails in between: a gauge of running tasks or a span left open would never come
+        # down or end. A run whose outcome could not be stored (or what follows it sent) ends
+        # in FAILURE with that error, and its message goes back.
+        run = watch.begin(task, envelope, delivery) if watch is not None else None
+        if run is not None:  # before_task hooks: interrupted if cancelled meanwhile
+            assert watch is not None
+            await self._before_hooks(watch, run, envelope)
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
+        error: Exception | None = None
         try:
-            await self._outcome(delivery, envelope, task, started, informed)
+            state, outcome = await self._outcome(delivery, envelope, task, started, informed)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._interrupted(delivery, envelope, task)
+                await self._interrupted(delivery, envelope, task, watch)
             raise
+        except Exception as exc:  # its outcome could not be stored, or what follows sent
+            state, outcome, error = states.FAILURE, exc, exc
         finally:
             current_request.reset(token)
             if self.active.get(envelope.id) is entry:  # a retry of the same id may run now
                 del self.active[envelope.id]
+        if watch is not None:
+            runtime = time.perf_counter() - started
+            try:
+                if run is not None:
+                    await _after_hooks(watch, run, state, outcome, runtime)
+            finally:  # even if cancelled in a hook: the run did end
+                watch.end(task, envelope, state, runtime, outcome)
+        if error is not None:
+            raise error  # the dispatcher gives the message back
         await delivery.ack()
 
-    async def _watched(
-        self,
-        delivery: Delivery,
-        envelope: Envelope,
-        task: RunnableTask,
-        informed: bool,
-        watch: Watch,
-    ) -> None:
-        """`run` a task with its watch told: exactly one end or interrupted after its begin.
-
-        Whatever happens after `watch.begin` (a store or an ack that fails, a hook cancelled
-        at shutdown), the watch hears how the run ended, once: a gauge of running tasks or a
-        span left open would never come down or end. A run whose outcome could not be stored
-        (or what follows it sent) ends in FAILURE with that error; its message goes back.
-        """
-        watching = True  # begun, and neither ended nor interrupted yet
-        run = watch.begin(task, envelope, delivery)
+    async def _before_hooks(self, watch: Watch, run: TaskRun, envelope: Envelope) -> None:
+        """Await the before_task hooks; tell the watch the run was interrupted if cancelled."""
+        assert watch.hooks is not None
         try:
-            if run is not None:
-                await watch.hooks.before(run)  # type: ignore[union-attr]
-            started = time.perf_counter()
-            self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
-            error: Exception | None = None
-            try:
-                state, outcome = await self._outcome(delivery, envelope, task, started, informed)
-            except anyio.get_cancelled_exc_class():
-                watching = False
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._interrupted(delivery, envelope, task)
-                    finally:
-                        watch.interrupted(task, envelope, envelope.id in self.revoked)
-                raise
-            except Exception as exc:
-                state, outcome, error = states.FAILURE, exc, exc
-            finally:
-                if self.active.get(envelope.id) is entry:
-                    del self.active[envelope.id]
-            runtime = time.perf_counter() - started
-            if run is not None:
-                await _after_hooks(watch, run, state, outcome, runtime)
-            watching = False
-            watch.end(task, envelope, state, runtime, outcome)
-            if error is not None:
-                raise error  # the dispatcher gives the message back
-            await delivery.ack()
-        finally:
-            if watching:  # cancelled in a hook (a shutdown), or a hook's machinery failed
-                watch.interrupted(task, envelope, envelope.id in self.revoked)
+            await watch.hooks.before(run)
+        except BaseException:
+            watch.interrupted(run.task, envelope, envelope.id in self.revoked)
+            raise
 
     async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
         """Send what follows a workflow's task: after its result is stored, before the ack."""
@@ -461,22 +434,30 @@ class Runner:
         return states.SUCCESS, value
 
     async def _interrupted(
-        self, delivery: Delivery, envelope: Envelope, task: RunnableTask
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
     ) -> None:
-        if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
-            await self.discard(delivery, envelope, task, "terminated while running")
-        else:  # a shutdown: the worker gives the message back, as it was
-            logger.warning(
-                "Task %s[%s] interrupted by shutdown; returning it to the queue",
-                task.name,
-                envelope.id,
-            )
-            # Not a nack: no worker died, so the message must not come back as a suspect
-            # (run alone, one at a time) nor have this run counted towards max_deliveries.
-            try:
-                await delivery.release()
-            except Exception:
-                logger.exception("Could not return the message of %s[%s]", task.name, envelope.id)
+        """Settle a cancelled run's message, then tell the watch (even if settling failed)."""
+        revoked = envelope.id in self.revoked
+        try:
+            if revoked:  # revoke(terminate=True): it must not come back
+                await self.discard(delivery, envelope, task, "terminated while running")
+            else:  # a shutdown: the worker gives the message back, as it was
+                logger.warning(
+                    "Task %s[%s] interrupted by shutdown; returning it to the queue",
+                    task.name,
+                    envelope.id,
+                )
+                # Not a nack: no worker died, so the message must not come back as a suspect
+                # (run alone, one at a time) nor have this run counted towards max_deliveries.
+                try:
+                    await delivery.release()
+                except Exception:
+                    logger.exception(
+                        "Could not return the message of %s[%s]", task.name, envelope.id
+                    )
+        finally:
+            if watch is not None:
+                watch.interrupted(task, envelope, revoked)
 
     async def _execute(self, task: RunnableTask, envelope: Envelope) -> Any:
         conf = self.app.conf
