@@ -248,9 +248,18 @@ class Runner:
         return True
 
     async def discard(
-        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, why: str
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: RunnableTask,
+        why: str,
+        *,
+        tell: bool = True,
     ) -> None:
-        """Settle a task that must not run, its result saying REVOKED and why."""
+        """Settle a task that must not run, its result saying REVOKED and why.
+
+        `tell=False`: the watch hears of it otherwise (a terminated run: `interrupted`).
+        """
         meta = ResultMeta(
             task=task.name, exc_type="TaskRevoked", exc_message=why, date_done=time.time()
         )
@@ -261,7 +270,7 @@ class Runner:
             await continuation.discarded(self.app, self.backend, envelope, meta, expired=expired)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
-        if self.watch is not None:
+        if tell and self.watch is not None:
             self.watch.revoked(task.name, envelope.id, why)
 
     def _inspect(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
@@ -440,7 +449,8 @@ class Runner:
         revoked = envelope.id in self.revoked
         try:
             if revoked:  # revoke(terminate=True): it must not come back
-                await self.discard(delivery, envelope, task, "terminated while running")
+                why = "terminated while running"  # the watch hears it as interrupted
+                await self.discard(delivery, envelope, task, why, tell=False)
             else:  # a shutdown: the worker gives the message back, as it was
                 logger.warning(
                     "Task %s[%s] interrupted by shutdown; returning it to the queue",

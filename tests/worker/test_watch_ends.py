@@ -243,3 +243,41 @@ async def test_a_shutdown_in_a_before_task_hook_interrupts_the_run(
     assert span.attributes["aqueue.task.state"] == "INTERRUPTED"
     stats = await (await app.broker()).queue_stats("default")
     assert stats.waiting == 1  # given back
+
+
+async def test_a_terminated_task_is_revoked_once(make: Any, exporter: InMemorySpanExporter) -> None:
+    app, seen = make("memory://", "memory://")
+    entered = anyio.Event()
+
+    @app.task
+    async def stuck() -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    sent = await stuck.delay()
+    worker = Worker(app, metrics_port=0, send_events=True, hostname="w@terminate")
+    events: list[Event] = []
+    async with app.events.receive() as stream, anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(20):
+            await entered.wait()
+            await app.control.revoke(sent.id, terminate=True, reply=False)
+            with pytest.raises(Exception, match="revoked"):
+                await sent.get(timeout=10)
+            await worker.slots.wait_idle()
+            worker.stop()
+            async for event in stream:
+                events.append(event)
+                if event.type == "worker-offline":
+                    break
+
+    revoked = [e for e in events if e.task_id == sent.id and e.type == "task-revoked"]
+    assert len(revoked) == 1
+    assert revoked[0]["terminated"] is True
+    got = metrics_of(worker)
+    assert got[("aqueue_tasks_running", ())] == 0
+    assert got[("aqueue_tasks_total", (("state", "REVOKED"), ("task", stuck.name)))] == 1
+    (span,) = runs(exporter)
+    assert span.attributes is not None
+    assert span.attributes["aqueue.task.state"] == "REVOKED"
+    assert seen == [("before", sent.id)]
