@@ -2,8 +2,10 @@
 
 The worker calls `received` for a task that waits before it starts (a rate limit, a place, a
 thread), and the runner a `Watch` at each step of a task (begin, end, revoked, rejected),
-and awaits its hooks (`watch.hooks`, None without task hooks) after `begin` and before `end`;
-the worker gives the runner one only when something watches, so with every feature off the
+and awaits its hooks (`watch.hooks`, None without task hooks) after `begin` and before `end`.
+Exactly one of `end` and `interrupted` follows each `begin`, whatever fails in between: a run
+whose outcome could not be stored ends in FAILURE with that error (its message goes back).
+The worker gives the runner one only when something watches, so with every feature off the
 cost per task is one attribute check. Observers are plain synchronous calls: no coroutine per
 task unless there are hooks.
 """

@@ -4,16 +4,18 @@ events on, received through `app.events.receive()`, and tailed by `aqueue events
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from typing import Any
 
 import anyio
+import msgpack
 import pytest
 
 from aqueue import App, Worker
 from aqueue.cli.events import format_event
-from aqueue.events import Event
-from aqueue.events.emitter import EventEmitter
+from aqueue.events import TOPIC, Event
+from aqueue.events.emitter import BATCH, CHUNK, EventEmitter
 from aqueue.events.event import decode_batch, encode_batch
 from aqueue.message import Envelope
 from tests.helpers.drivers import MakeApp
@@ -274,3 +276,119 @@ async def test_the_emitter_keeps_nothing_of_a_task_that_went_back_unstarted() ->
     assert {event.task_id for event in events} == {"id1"}
     assert (events[0]["args"], events[0]["kwargs"]) == ([1, 2], {})
     assert (events[-1]["result"], events[-1]["runtime"]) == (3, 0.5)
+
+
+def test_a_newer_batch_is_read_as_far_as_known_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = {
+        "v": 3,
+        "hostname": "w@future",
+        "pid": 7,
+        "new": "a key this version does not know",
+        "events": [
+            [2, "id1", "t.add", 1.0, "default", 0, None, [1], None, "a value past the known"],
+            [9, "id1", "t.add", 1.5, "a step this version does not know"],
+            [4, "id1", "t.add", 2.0, "SUCCESS", 0.25, 3],
+            ["worker-heartbeat", 2.5, None, None, {"active": 1}],
+        ],
+    }
+    data = msgpack.packb(batch)
+    with caplog.at_level(logging.WARNING, logger="aqueue.events"):
+        events = decode_batch(data)
+        assert decode_batch(data) == events
+    assert [event.type for event in events] == [
+        "task-received",
+        "task-started",
+        "task-succeeded",
+        "worker-heartbeat",
+    ]
+    assert events[0]["args"] == [1]
+    assert events[2]["result"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per worker and version, one line
+    assert "\n" not in warnings[0]
+    assert "w@future" in warnings[0]
+    assert "v3" in warnings[0]
+
+
+def test_a_version_1_batch_is_still_read(caplog: pytest.LogCaptureFixture) -> None:
+    old = {
+        "v": 1,
+        "hostname": "w@past",
+        "pid": 1,
+        "events": [["task-succeeded", 1.0, "id1", "t.add", {"runtime": 0.5, "result": "3"}]],
+    }
+    with caplog.at_level(logging.WARNING, logger="aqueue.events"):
+        (event,) = decode_batch(msgpack.packb(old))
+    assert (event.type, event["runtime"], event.hostname) == ("task-succeeded", 0.5, "w@past")
+    assert not caplog.records
+
+
+async def test_the_stream_skips_a_batch_it_cannot_read(caplog: pytest.LogCaptureFixture) -> None:
+    app = App("skips", broker="memory://", set_as_current=False)
+    try:
+        mailbox = (await app.broker()).mailbox()
+        raw = [("worker-heartbeat", 1.0, None, None, {"active": 0})]
+        async with app.events.receive() as stream:
+            with caplog.at_level(logging.WARNING, logger="aqueue.events"):
+                await mailbox.publish(TOPIC, b"\xc1")  # never valid msgpack
+                await mailbox.publish(TOPIC, msgpack.packb({"v": 2, "events": "no list"}))
+                await mailbox.publish(TOPIC, encode_batch("w@ok", raw))
+                with anyio.fail_after(5):
+                    event = await anext(aiter(stream))
+        assert (event.type, event.hostname) == ("worker-heartbeat", "w@ok")
+        skipped = [r for r in caplog.records if "could not be read" in r.getMessage()]
+        assert len(skipped) == 2
+    finally:
+        await app.close()
+
+
+async def test_encoded_chunks_make_the_same_batches() -> None:
+    published: list[bytes] = []
+
+    class Recorder:
+        async def publish(self, topic: str, data: bytes) -> None:
+            published.append(data)
+
+    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    total = BATCH + CHUNK + 3  # two publishes, chunks encoded on the way
+    for n in range(total):
+        emitter.emit("task-started", str(n), "t", ("q", n))
+    assert len(emitter._buffer) < CHUNK  # the rest encoded already
+    emitter.emit("task-failed", "bad", "t", (0.1, "E", ["x" * 3] * 2))
+    await emitter.flush()
+    assert len(published) == 2
+    events = [event for data in published for event in decode_batch(data)]
+    assert len(events) == total + 1 == emitter.published
+    assert [event.task_id for event in events[:total]] == [str(n) for n in range(total)]
+    assert events[5].fields == {"queue": "q", "pid": 5}
+    assert events[-1]["exc_message"] == ["xxx", "xxx"]
+    assert len(decode_batch(published[0])) <= BATCH
+    head = msgpack.unpackb(published[0])
+    assert (head["v"], head["hostname"], head["pid"]) == (2, "w@test", emitter.pid)
+
+
+async def test_an_entry_that_cannot_be_encoded_is_dropped_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    published: list[bytes] = []
+
+    class Recorder:
+        async def publish(self, topic: str, data: bytes) -> None:
+            published.append(data)
+
+    class Unshown:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")  # msgpack lacks the type, and its repr fails
+
+    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter.emit("task-started", "before", "t", ("q", 1))
+    emitter.emit("task-received", "deep", "t", ("q", 0, None, [Unshown()], None))
+    emitter.emit("task-started", "after", "t", ("q", 1))
+    with caplog.at_level(logging.WARNING, logger="aqueue.events"):
+        await emitter.flush()
+    events = [event for data in published for event in decode_batch(data)]
+    assert [event.task_id for event in events] == ["before", "after"]
+    assert (emitter.published, emitter.dropped) == (2, 1)
+    assert any("Could not encode" in r.getMessage() for r in caplog.records)

@@ -1,15 +1,17 @@
 """The worker's side of events: `EventEmitter` buffers them and publishes them in batches.
 
-Nothing is encoded or sent when an event happens: each is a tuple appended to a buffer, and a
-task's steps are tuples of the values at hand, in the wire format itself (`event.STEPS`): a
-task that starts at once is one entry for its received and started events, its end one more.
-The emitter keeps no record per task, only the ids of tasks received and waiting to start.
-The flush loop, woken by the first entry of a batch, waits `FLUSH_INTERVAL` for more to
-gather, then publishes the buffer as it is in one mailbox publish (cut into batches of `BATCH`
-entries): a busy worker pays one encode and one publish per tick. A heartbeat every
-`HEARTBEAT_INTERVAL` seconds says the worker lives; `worker-online` and `worker-offline`
-bracket its life. A failed publish is logged and its events dropped: events are best-effort
-news, never a reason to slow or stop the worker.
+Nothing is sent when an event happens: each is a tuple appended to a buffer, and a task's
+steps are tuples of the values at hand, in the wire format itself (`event.STEPS`): a task that
+starts at once is one entry for its received and started events, its end one more. Every
+`CHUNK` entries, the buffer is encoded (msgpack, one call) while its tuples are still in the
+processor's caches, and emptied; the flush loop, woken by the first entry of a batch, waits
+`FLUSH_INTERVAL` for more to gather, then publishes the encoded chunks (and what is left in the
+buffer) in one mailbox publish per `BATCH` entries, the batch's head written once. A busy
+worker pays a few encodes and one publish per tick, nothing per event but a tuple. The emitter
+keeps no record per task, only the ids of tasks received and waiting to start. A heartbeat
+every `HEARTBEAT_INTERVAL` seconds says the worker lives; `worker-online` and `worker-offline`
+bracket its life. A failed encode or publish is logged and its events dropped: events are
+best-effort news, never a reason to slow or stop the worker.
 
     EventEmitter.run
     └── task group
@@ -28,10 +30,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgpack
 from anyio.abc import TaskStatus
 
 from .._version import __version__
-from .event import BEGUN, ENDED, RECEIVED, STARTED, TOPIC, Raw, encode_batch
+from .event import (
+    BEGUN,
+    ENDED,
+    RECEIVED,
+    STARTED,
+    TOPIC,
+    Raw,
+    array_head,
+    batch_head,
+    encode_batch,
+    shown,
+)
 
 if TYPE_CHECKING:
     from ..drivers.base import Broker, Delivery, Mailbox
@@ -40,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH",
+    "CHUNK",
     "FLUSH_INTERVAL",
     "HEARTBEAT_INTERVAL",
     "EventEmitter",
@@ -52,7 +67,9 @@ logger = logging.getLogger("aqueue.events")
 #: How long the first event of a batch waits for others before they are published together.
 FLUSH_INTERVAL = 0.1
 #: Events per publish, at most.
-BATCH = 2000
+BATCH = 4096
+#: Entries encoded together as they come (while their tuples are still in the caches).
+CHUNK = 256
 #: Seconds between worker-heartbeat events (Celery's is 2 s too).
 HEARTBEAT_INTERVAL = 2.0
 
@@ -62,6 +79,8 @@ ARGS_BYTES = 4096
 _TOO_LARGE = "<too large>"
 
 _EMPTY: Mapping[str, Any] = {}
+
+_now = time.time
 
 
 def short_repr(value: Any, limit: int) -> str:
@@ -79,6 +98,23 @@ _PLAIN = frozenset({type(None), bool, int, float})
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _array_head_size(count: int) -> int:
+    """Return the size of the head of a msgpack array of `count` items."""
+    return 1 if count < 16 else 3 if count < 0x10000 else 5
+
+
+def _begun(
+    step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery
+) -> tuple[Any, ...]:
+    """Return a task's received (or received-and-started) step (`event.STEPS`)."""
+    args: Any = envelope.args or None  # none: None, cheaper to encode than [] or {}
+    kwargs: Any = envelope.kwargs or None
+    if len(delivery.body) > ARGS_BYTES:
+        args = kwargs = _TOO_LARGE
+    queue, retries, eta = delivery.queue, envelope.retries, envelope.eta
+    return (step, envelope.id, task.name, _now(), queue, retries, eta, args, kwargs)
 
 
 class EventEmitter:
@@ -104,14 +140,18 @@ class EventEmitter:
         self.online = online
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
-        #: Events and task steps (tuples: `event.STEPS`) waiting for the flush.
+        #: Events and task steps (tuples: `event.STEPS`) not encoded yet.
         self._buffer: list[Any] = []
+        #: Entries encoded, waiting for the flush: (how many, their msgpack without a head).
+        self._chunks: list[tuple[int, bytes]] = []
+        self._packer = msgpack.Packer(use_bin_type=True, default=shown)
         #: Tasks received and waiting to start, by id(envelope) (the runner holds it).
         self._waiting: dict[int, str] = {}
         self._wake: anyio.Event | None = None
         self.pid = os.getpid()
-        #: Entries (an event, or a task's events since the last flush) published and dropped
-        #: (a failed publish), for tests and stats.
+        self._head = batch_head(hostname, self.pid)
+        #: Entries (an event, or a task's step) published and dropped (a failed encode or
+        #: publish), for tests and stats.
         self.published = 0
         self.dropped = 0
 
@@ -133,57 +173,83 @@ class EventEmitter:
 
         A task event's `fields` are a tuple of values in the order of `event.FIELDS`.
         """
+        self._add((kind, _now(), task_id, task_name, fields))
+
+    def _add(self, entry: tuple[Any, ...]) -> None:
+        """Buffer an entry, waking the flush loop for the first of a batch (see `started`)."""
         buffer = self._buffer
         if not buffer:
             self._wake_up()
-        buffer.append((kind, time.time(), task_id, task_name, fields))
+        buffer.append(entry)
+        if len(buffer) >= CHUNK:
+            self._pack()
 
     def _wake_up(self) -> None:
         """Wake the flush loop: the first entry of a batch is coming."""
         if self._wake is not None:
             self._wake.set()
 
+    def _pack(self) -> None:
+        """Encode the buffered entries (one msgpack call), and empty the buffer."""
+        buffer = self._buffer
+        count = len(buffer)
+        try:
+            data = self._packer.pack(buffer)[_array_head_size(count) :]
+        except Exception:  # a value msgpack cannot take even as a repr (nested too deep)
+            count, data = self._pack_each(buffer)
+        buffer.clear()
+        if count:
+            self._chunks.append((count, data))
+
+    def _pack_each(self, entries: list[Any]) -> tuple[int, bytes]:
+        """Encode the entries one by one, dropping (and logging) those that cannot be."""
+        kept: list[bytes] = []
+        for entry in entries:
+            try:
+                kept.append(self._packer.pack(entry))
+            except Exception:
+                self.dropped += 1
+                logger.warning("Could not encode a %r event; dropped", entry[0], exc_info=True)
+        return len(kept), b"".join(kept)
+
     # The Observer protocol of aqueue.observe: the runner calls these for every task. Each
-    # appends one tuple of the values at hand, as the wire carries it (`event.STEPS`).
+    # appends one tuple of the values at hand, as the wire carries it (`event.STEPS`); the
+    # two of every task (`started`, `finished`) spell `_add` out, a call fewer each.
 
     def received(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note task-received: the task waits before it starts (a rate limit, a thread)."""
         self._waiting[id(envelope)] = envelope.id
-        self._begin(RECEIVED, task, envelope, delivery)
+        self._add(_begun(RECEIVED, task, envelope, delivery))
 
     def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Note task-started, and task-received at the same time if it never waited.
 
         The worker calls `received` only for the tasks that wait before they start.
         """
-        waited = self._waiting.pop(id(envelope), None) if self._waiting else None
-        if waited == envelope.id:  # a stale id's task (never started) is not this one
-            self._step((STARTED, envelope.id, task.name, time.time(), delivery.queue))
-        else:  # this is every task's path
-            self._begin(BEGUN, task, envelope, delivery)
-
-    def _begin(self, step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
-        # No arguments travel as None (cheaper to encode than an empty array or map).
-        args: Any = envelope.args or None
-        kwargs: Any = envelope.kwargs or None
-        if len(delivery.body) > ARGS_BYTES:
-            args = kwargs = _TOO_LARGE
-        buffer = self._buffer
-        if not buffer:
-            self._wake_up()
-        buffer.append(
-            (
-                step,
+        waiting = self._waiting
+        # A stale id's task (never started) is not this one: compare the ids.
+        if waiting and waiting.pop(id(envelope), None) == envelope.id:
+            step: tuple[Any, ...] = (STARTED, envelope.id, task.name, _now(), delivery.queue)
+        elif len(delivery.body) <= ARGS_BYTES:  # this is every task's path
+            step = (
+                BEGUN,
                 envelope.id,
                 task.name,
-                time.time(),
+                _now(),
                 delivery.queue,
                 envelope.retries,
                 envelope.eta,
-                args,
-                kwargs,
+                envelope.args or None,  # none: None, cheaper to encode than [] or {}
+                envelope.kwargs or None,
             )
-        )
+        else:
+            step = _begun(BEGUN, task, envelope, delivery)
+        buffer = self._buffer
+        if not buffer:
+            self._wake_up()
+        buffer.append(step)
+        if len(buffer) >= CHUNK:
+            self._pack()
 
     def finished(
         self,
@@ -196,29 +262,20 @@ class EventEmitter:
         """Note task-succeeded, task-failed or task-retried."""
         if state == "SUCCESS":
             result = outcome if outcome.__class__ in _PLAIN else short_repr(outcome, 200)
-            step: tuple[Any, ...] = (
-                ENDED,
-                envelope.id,
-                task.name,
-                time.time(),
-                state,
-                runtime,
-                result,
-            )
+            step: tuple[Any, ...] = (ENDED, envelope.id, task.name, _now(), state, runtime, result)
         else:
             error = outcome if isinstance(outcome, BaseException) else None
             exc_type = type(error).__name__ if error is not None else None
             message = _cut(str(error), 1000) if error is not None else None
             retries = envelope.retries
-            step = (ENDED, envelope.id, task.name, time.time(), state, runtime, None)
+            step = (ENDED, envelope.id, task.name, _now(), state, runtime, None)
             step += (exc_type, message, retries)
-        self._step(step)
-
-    def _step(self, step: tuple[Any, ...]) -> None:
         buffer = self._buffer
         if not buffer:
             self._wake_up()
         buffer.append(step)
+        if len(buffer) >= CHUNK:
+            self._pack()
 
     def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Emit task-revoked for a terminated task (a shutdown's task comes back: no event)."""
@@ -264,24 +321,37 @@ class EventEmitter:
                 await self.flush()
 
     async def flush(self) -> None:
-        """Publish every buffered event now, in batches of `BATCH` entries."""
-        entries, self._buffer = self._buffer, []
+        """Publish every buffered event now, at most `BATCH` entries per publish."""
+        if self._buffer:
+            self._pack()
+        chunks, self._chunks = self._chunks, []
         if self._wake is not None and self._wake.is_set():
             self._wake = anyio.Event()
-        for start in range(0, len(entries), BATCH):
-            chunk = entries[start : start + BATCH]
-            try:
-                await self.mailbox.publish(TOPIC, encode_batch(self.hostname, chunk, self.pid))
-            except Exception:
-                self.dropped += len(chunk)
-                logger.warning("Could not publish %d event(s); dropped", len(chunk), exc_info=True)
-            else:
-                self.published += len(chunk)
+        parts: list[bytes] = []
+        count = 0
+        for size, data in chunks:
+            if parts and count + size > BATCH:
+                await self._publish(count, parts)
+                parts, count = [], 0
+            parts.append(data)
+            count += size
+        if parts:
+            await self._publish(count, parts)
+
+    async def _publish(self, count: int, parts: list[bytes]) -> None:
+        """Publish `count` encoded entries as one batch (`event.batch_head`)."""
+        try:
+            await self.mailbox.publish(TOPIC, b"".join([self._head, array_head(count), *parts]))
+        except Exception:
+            self.dropped += count
+            logger.warning("Could not publish %d event(s); dropped", count, exc_info=True)
+        else:
+            self.published += count
 
     async def _flush_loop(self) -> None:
         while True:
             assert self._wake is not None
-            if not self._buffer:
+            if not self._buffer and not self._chunks:
                 await self._wake.wait()
             await anyio.sleep(self.flush_interval)  # let the batch gather
             await self.flush()

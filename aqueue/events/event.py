@@ -13,7 +13,9 @@ sends its tasks' received, started and ended events as step entries instead (`ST
 number first), which the receiver expands into those events: a task that starts as soon as
 it is received costs two entries, not three events, and the worker builds no more than the
 entries themselves. A receiver skips what it cannot read, and ignores values past those it
-knows.
+knows. A later version may add entries, steps and values, never change what these mean: a
+receiver reads a batch of a version newer than its own (`VERSION`) as far as it knows it,
+after a one-line warning (once per worker and version) that it may miss events.
 
     [1, task_id, task_name, timestamp, queue, retries, eta, args, kwargs]    task-received
     [2, task_id, task_name, timestamp, queue, retries, eta, args, kwargs]    received, started
@@ -41,6 +43,7 @@ or map), and `state` is SUCCESS, FAILURE or RETRY.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,14 +61,22 @@ __all__ = [
     "STARTED",
     "STEPS",
     "TOPIC",
+    "VERSION",
     "Event",
     "Raw",
+    "array_head",
+    "batch_head",
     "decode_batch",
     "encode_batch",
+    "shown",
 ]
+
+logger = logging.getLogger("aqueue.events")
 
 #: The mailbox topic events are published on.
 TOPIC = "events"
+#: The version of the batches written here (`decode_batch` reads this one and older ones).
+VERSION = 2
 
 EVENT_TYPES = frozenset(
     {
@@ -154,12 +165,31 @@ class Event:
 
 def encode_batch(hostname: str, events: list[Any], pid: int | None = None) -> bytes:
     """Encode buffered events and task entries as one batch."""
-    batch = {"v": 2, "hostname": hostname, "pid": pid, "events": events}
-    packed: bytes = msgpack.packb(batch, use_bin_type=True, default=_shown)
+    batch = {"v": VERSION, "hostname": hostname, "pid": pid, "events": events}
+    packed: bytes = msgpack.packb(batch, use_bin_type=True, default=shown)
     return packed
 
 
-def _shown(value: object) -> str:
+def batch_head(hostname: str, pid: int | None) -> bytes:
+    """Return the start of a batch, up to its events (their array's head, then the events).
+
+    `batch_head(h, p) + array_head(len(events)) + each event encoded` is `encode_batch`'s.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(4)]
+    for key, value in (("v", VERSION), ("hostname", hostname), ("pid", pid)):
+        parts += [packer.pack(key), packer.pack(value)]
+    parts.append(packer.pack("events"))
+    return b"".join(parts)
+
+
+def array_head(count: int) -> bytes:
+    """Return the msgpack head of an array of `count` items."""
+    head: bytes = msgpack.Packer().pack_array_header(count)
+    return head
+
+
+def shown(value: object) -> str:
     """Stand in for a value msgpack cannot encode (a datetime among the arguments): its repr."""
     return repr(value)
 
@@ -170,6 +200,9 @@ def decode_batch(data: bytes) -> list[Event]:
     if not isinstance(batch, dict) or not isinstance(batch.get("events"), list):
         raise ValueError("not an event batch")
     hostname = str(batch.get("hostname") or "?")
+    version = batch.get("v")
+    if not isinstance(version, int) or version > VERSION:
+        _newer(hostname, version)
     events: list[Event] = []
     pid = batch.get("pid")
     for item in batch["events"]:
@@ -194,6 +227,25 @@ def decode_batch(data: bytes) -> list[Event]:
             )
         )
     return events
+
+
+#: The (hostname, version) pairs of batches newer than this module, warned about once each.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _newer(hostname: str, version: object) -> None:
+    """Warn, once per sender and version, of a batch newer than this receiver reads."""
+    key = (hostname, repr(version)[:20])
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    logger.warning(
+        "Events from %s come in batch format v%s, newer than this aqueue reads (v%d): "
+        "showing the events it knows; upgrade aqueue to see them all",
+        hostname,
+        key[1],
+        VERSION,
+    )
 
 
 def _step_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:

@@ -6,7 +6,8 @@
 
 Receiving starts when the context is entered (the mailbox is pub/sub: nothing from before);
 events come in the order each worker published them, batch by batch. A batch that cannot be
-read is skipped with a warning. `types` keeps only the given event types.
+read is skipped with a warning; one of a newer format is read as far as this version knows it
+(`event.decode_batch`). `types` keeps only the given event types.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ async def _events(
     async for data in batches:
         try:
             events = decode_batch(data)
-        except ValueError:
-            logger.warning("Skipped an event batch that could not be read")
+        except Exception as exc:  # whatever a batch holds, the stream goes on
+            logger.warning("Skipped an event batch that could not be read (%s)", exc)
             continue
         for event in events:
             if types is None or event.type in types:

@@ -279,9 +279,18 @@ class Runner:
         return True
 
     async def discard(
-        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, why: str
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: RunnableTask,
+        why: str,
+        *,
+        tell: bool = True,
     ) -> None:
-        """Settle a task that must not run, its result saying REVOKED and why."""
+        """Settle a task that must not run, its result saying REVOKED and why.
+
+        `tell=False`: the watch hears of it otherwise (a terminated run: `interrupted`).
+        """
         meta = ResultMeta(
             task=task.name, exc_type="TaskRevoked", exc_message=why, date_done=time.time()
         )
@@ -292,7 +301,7 @@ class Runner:
             await continuation.discarded(self.app, self.backend, envelope, meta, expired=expired)
         await delivery.ack()
         logger.info("Task %s[%s] %s: not run", task.name, envelope.id, why)
-        if self.watch is not None:
+        if tell and self.watch is not None:
             self.watch.revoked(task.name, envelope.id, why)
 
     def _inspect(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
@@ -369,8 +378,10 @@ class Runner:
     async def run(self, delivery: Delivery, envelope: Envelope, task: RunnableTask) -> None:
         """Run a checked task, store its outcome, and acknowledge its message.
 
-        Its observers (`watch`) hear exactly one of `end` and `interrupted`, even when storing
-        the outcome or the ack fails (the dispatcher then gives the message back).
+        Each `watch.begin` is followed by exactly one `watch.end` or `watch.interrupted`,
+        whatever fails in between: a gauge of running tasks or a span left open would never
+        come down or end. A run whose outcome could not be stored (or what follows it sent)
+        ends in FAILURE with that error, and the dispatcher gives its message back.
         """
         informed = logger.isEnabledFor(logging.INFO)
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
@@ -381,7 +392,7 @@ class Runner:
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
         started = time.perf_counter()
         self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
-        heard = watch is None
+        error: Exception | None = None
         try:  # the task's outcome, spelled out on the way to success: no coroutine more
             try:
                 if task.is_async and _unlimited(task.options, self.app.conf):
@@ -397,19 +408,17 @@ class Runner:
                     await self._succeeded(envelope, task, value, started, informed)
                 if envelope.headers:  # a workflow's step: no coroutine for a task that is none
                     await self._follow(envelope, value, None)
-            if watch is not None:
-                heard = True
-                await _watched(watch, run, task, envelope, state, outcome, started)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._interrupted(delivery, envelope, task)
+                await self._interrupted(delivery, envelope, task, watch)
             raise
+        except Exception as exc:  # its outcome could not be stored, or what follows sent
+            state, outcome, error = states.FAILURE, exc, exc
         finally:
             current_request.reset(token)
             _forget(self.active, envelope.id, entry)
-            if not heard:  # cancelled, or its outcome could not be stored
-                assert watch is not None
-                watch.interrupted(task, envelope, envelope.id in self.revoked)
+        if watch is not None or error is not None:
+            await _ended(watch, run, task, envelope, state, outcome, started, error)
         await delivery.ack()
 
     async def _begin(
@@ -424,9 +433,18 @@ class Runner:
         if watch is None:
             return None
         run = watch.begin(task, envelope, delivery)
-        if run is not None:
-            await watch.hooks.before(run)  # type: ignore[union-attr]
+        if run is not None:  # before_task hooks: interrupted if they fail or are cancelled
+            await self._before_hooks(watch, run, envelope)
         return run
+
+    async def _before_hooks(self, watch: Watch, run: TaskRun, envelope: Envelope) -> None:
+        """Await the before_task hooks; tell the watch the run was interrupted if cancelled."""
+        assert watch.hooks is not None
+        try:
+            await watch.hooks.before(run)
+        except BaseException:
+            watch.interrupted(run.task, envelope, envelope.id in self.revoked)
+            raise
 
     async def _follow(self, envelope: Envelope, value: Any, failure: ResultMeta | None) -> None:
         """Send what follows a workflow's task: after its result is stored, before the ack."""
@@ -465,22 +483,31 @@ class Runner:
         return states.RETRY, exc
 
     async def _interrupted(
-        self, delivery: Delivery, envelope: Envelope, task: RunnableTask
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
     ) -> None:
-        if envelope.id in self.revoked:  # revoke(terminate=True): it must not come back
-            await self.discard(delivery, envelope, task, "terminated while running")
-        else:  # a shutdown: the worker gives the message back, as it was
-            logger.warning(
-                "Task %s[%s] interrupted by shutdown; returning it to the queue",
-                task.name,
-                envelope.id,
-            )
-            # Not a nack: no worker died, so the message must not come back as a suspect
-            # (run alone, one at a time) nor have this run counted towards max_deliveries.
-            try:
-                await delivery.release()
-            except Exception:
-                logger.exception("Could not return the message of %s[%s]", task.name, envelope.id)
+        """Settle a cancelled run's message, then tell the watch (even if settling failed)."""
+        revoked = envelope.id in self.revoked
+        try:
+            if revoked:  # revoke(terminate=True): it must not come back
+                why = "terminated while running"  # the watch hears it as interrupted
+                await self.discard(delivery, envelope, task, why, tell=False)
+            else:  # a shutdown: the worker gives the message back, as it was
+                logger.warning(
+                    "Task %s[%s] interrupted by shutdown; returning it to the queue",
+                    task.name,
+                    envelope.id,
+                )
+                # Not a nack: no worker died, so the message must not come back as a suspect
+                # (run alone, one at a time) nor have this run counted towards max_deliveries.
+                try:
+                    await delivery.release()
+                except Exception:
+                    logger.exception(
+                        "Could not return the message of %s[%s]", task.name, envelope.id
+                    )
+        finally:
+            if watch is not None:
+                watch.interrupted(task, envelope, revoked)
 
     async def _execute(self, task: RunnableTask, envelope: Envelope) -> Any:
         conf = self.app.conf
@@ -705,6 +732,23 @@ def _forget(active: dict[str, Active], task_id: str, entry: Active) -> None:
     """Take a run off the running tasks, unless a retry of the same id runs there now."""
     if active.get(task_id) is entry:
         del active[task_id]
+
+
+async def _ended(
+    watch: Watch | None,
+    run: TaskRun | None,
+    task: RunnableTask,
+    envelope: Envelope,
+    state: str,
+    outcome: Any,
+    started: float,
+    error: Exception | None,
+) -> None:
+    """Tell the observers how a run ended; raise `error` if its outcome was not settled."""
+    if watch is not None:
+        await _watched(watch, run, task, envelope, state, outcome, started)
+    if error is not None:
+        raise error  # the dispatcher gives the message back
 
 
 async def _watched(
