@@ -21,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -114,6 +115,30 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (a property of the file: the first opener switches it).
+
+    Switching takes an exclusive lock, and SQLite answers "database is locked" at once, without
+    its busy handler, while another connection opens the same new file: so several processes or
+    threads opening a new database at once try again, for up to `BUSY_TIMEOUT_MS` (this runs
+    in a thread of the database's own, never on the event loop).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # the lock holder gives no notice when it lets go
+        delay = min(delay * 2, 0.05)
+
+
 def _connect(path: str, schema: Sequence[str]) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path,
@@ -123,7 +148,7 @@ def _connect(path: str, schema: Sequence[str]) -> sqlite3.Connection:
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         with immediate(conn):
             for statement in schema:

@@ -662,3 +662,29 @@ async def test_dead_letters_an_older_aqueue_kept_are_counted(tmp_path: Path) -> 
         assert await broker.dead_letter_stats("q") == DeadLetterStats(1, 112, 0)
     async with SQLiteBroker(f"sqlite:///{path}", {}) as broker:  # counted once, not again
         assert await broker.dead_letter_stats("q") == DeadLetterStats(1, 112, 0)
+
+
+def test_many_threads_open_one_new_database_at_once(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes an exclusive lock that SQLite refuses at once (no busy
+    handler) while another connection opens it: every opener must still get its connection."""
+    import concurrent.futures
+    import threading
+
+    from aqueue.drivers.sqlite.database import _connect
+
+    schema = ("CREATE TABLE IF NOT EXISTS t (x INTEGER)",)
+    for round_ in range(30):
+        path = str(tmp_path / f"new-{round_}.db")
+        start = threading.Barrier(8)
+
+        def open_it(path: str = path, start: threading.Barrier = start) -> str:
+            start.wait()
+            conn = _connect(path, schema)
+            try:
+                return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+            finally:
+                conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            modes = list(pool.map(lambda _: open_it(), range(8)))
+        assert modes == ["wal"] * 8
