@@ -147,14 +147,6 @@ class Runner:
         if checked is not None:
             await self.run(delivery, *checked)
 
-    def runnable(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
-        """Decode the message and find its task, or say why it can never run (no I/O).
-
-        `check` with this answer says whether it runs now: `ready` says so at once for the
-        common message (first delivered, no expiry, no workflow, not revoked).
-        """
-        return self._inspect(delivery)
-
     def ready(
         self, delivery: Delivery, checked: tuple[Envelope, RunnableTask] | _Refusal
     ) -> tuple[Envelope, RunnableTask] | None:
@@ -176,7 +168,7 @@ class Runner:
         `checked` is what `runnable` said of it, if it was asked already.
         """
         if checked is None:
-            checked = self._inspect(delivery)
+            checked = self.runnable(delivery)
         if isinstance(checked, _Refusal):
             await self._refuse(delivery, *checked)
             return None
@@ -304,8 +296,12 @@ class Runner:
         if tell and self.watch is not None:
             self.watch.revoked(task.name, envelope.id, why)
 
-    def _inspect(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
-        """Decode the message and find its task, or say why it can never run."""
+    def runnable(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
+        """Decode the message and find its task, or say why it can never run (no I/O).
+
+        `ready` then says at once whether the common message (first delivered, no expiry, no
+        workflow, not revoked) runs now; any other goes through `check`.
+        """
         limit = self.app.conf.message_max_bytes
         body = delivery.body
         signer = signer_for(self.app.conf)
@@ -517,9 +513,7 @@ class Runner:
             return await self._in_process(task, envelope, hard)
         if task.is_async:
             coroutine = task.invoke(envelope.args, envelope.kwargs)
-            soft = options.soft_time_limit or conf.task_soft_time_limit
-            if soft is None and hard is None:
-                return await coroutine
+            soft = options.soft_time_limit or conf.task_soft_time_limit  # one at least: `run`
             return await run_coroutine(coroutine, soft=soft, hard=hard, name=task.name)
         call = functools.partial(self._in_thread, task, envelope)
         return await run_in_thread(call, hard=hard, limiter=self.threads, name=task.name)
@@ -705,12 +699,8 @@ async def _until_stored(store: Callable[[], Awaitable[None]], what: str) -> None
 
 def _unlimited(options: TaskOptions, conf: Settings) -> bool:
     """Whether a task runs with no time limit (`Runner._execute` need not watch it)."""
-    return not (
-        options.time_limit
-        or options.soft_time_limit
-        or conf.task_time_limit
-        or conf.task_soft_time_limit
-    )
+    hard = options.time_limit or conf.task_time_limit
+    return hard is None and (options.soft_time_limit or conf.task_soft_time_limit) is None
 
 
 def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:
