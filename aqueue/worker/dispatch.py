@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..drivers.base import Broker, Delivery
     from ..interfaces import RunnableTask
     from ..message import Envelope
-    from .runner import Runner
+    from .runner import Refusal, Runner
 
 __all__ = ["Dispatcher", "Held", "Job"]
 
@@ -116,8 +116,9 @@ class Dispatcher:
         `work` owns the lanes and the holds that this slot starts.
         """
         self._work = work
-        inbox, slots = self.inbox, self.slots
-        current_revocations.set(self.runner.revoked)  # this slot's context, copied into threads
+        inbox, slots, runner, running = self.inbox, self.slots, self.runner, self.running
+        gate, unlimited, finished = self.isolation, self.admission.unlimited, self._finished
+        current_revocations.set(runner.revoked)  # this slot's context, copied into threads
         me = asyncio.current_task()
         assert me is not None
         while True:
@@ -131,9 +132,34 @@ class Dispatcher:
             if slots.running >= slots.size:  # held tasks took the free slots meanwhile
                 await self._wait_slot(delivery)
             slots.start()
+            # `_guarded(delivery, _admit(delivery))`, spelled out for the common message (an
+            # async task with no limit, ready to run, the gate open): two coroutines less.
+            running[delivery] = me
             try:
-                await self._guarded(delivery, self._admit(delivery), me)
+                runnable = runner.runnable(delivery)
+                checked = runner.ready(delivery, runnable)  # as a rule: no coroutine to check
+                if (
+                    checked is not None
+                    and checked[1].is_async
+                    and unlimited(checked[1])
+                    and gate.try_enter()
+                ):
+                    try:
+                        await runner.run(delivery, *checked)
+                    finally:
+                        gate.leave()
+                else:
+                    await self._admit(delivery, runnable)
+                if finished is not None:
+                    finished()
+            except asyncio.CancelledError:
+                if await self._cancelled(delivery, me):
+                    continue
+                raise
+            except Exception:
+                await self._not_settled(delivery)
             finally:
+                del running[delivery]
                 slots.release()
 
     async def _slot_suspect(self, delivery: Delivery, me: asyncio.Task[Any]) -> None:
@@ -178,10 +204,18 @@ class Dispatcher:
             self.slots.give_back()
             raise
 
-    async def _admit(self, delivery: Delivery) -> None:
-        """Run the delivery now, or hold it outside the slots until it may start."""
+    async def _admit(
+        self,
+        delivery: Delivery,
+        runnable: tuple[Envelope, RunnableTask] | Refusal | None = None,
+    ) -> None:
+        """Run the delivery now, or hold it outside the slots until it may start.
+
+        `runnable` is what `Runner.runnable` said of it, if it was asked already.
+        """
         runner = self.runner
-        runnable = runner.runnable(delivery)
+        if runnable is None:
+            runnable = runner.runnable(delivery)
         checked = runner.ready(delivery, runnable)  # as a rule: no coroutine to check it
         if checked is None:
             checked = await runner.check(delivery, runnable)
@@ -189,16 +223,6 @@ class Dispatcher:
                 return
         envelope, task = checked
         admission = self.admission
-        if task.is_async and not delivery.suspect and admission.unlimited(task):
-            # The common case, spelled out: one coroutine less per task than `_run`.
-            gate = self.isolation
-            if not gate.try_enter():  # open, as a rule: no coroutine to count a task
-                await gate.enter()
-            try:
-                await runner.run(delivery, envelope, task)
-            finally:
-                gate.leave()
-            return
         work = self._work
         assert work is not None
         ticket = Ticket() if admission.unlimited(task) else await admission.admit(task)
@@ -265,17 +289,31 @@ class Dispatcher:
             if self._finished is not None:
                 self._finished()
         except asyncio.CancelledError:
-            if self._terminated.pop(delivery, False) and me.uncancel() == 0:
-                return  # settled as revoked already
-            with anyio.CancelScope(shield=True):  # a no-op if it was settled already
-                await nack_quietly(delivery, delay=0.0)
+            if await self._cancelled(delivery, me):
+                return
             raise
         except Exception:
-            logger.exception("Could not settle a message from %s; returning it", delivery.queue)
-            with anyio.CancelScope(shield=True):
-                await nack_quietly(delivery, delay=1.0)
+            await self._not_settled(delivery)
         finally:
             del self.running[delivery]
+
+    async def _cancelled(self, delivery: Delivery, me: asyncio.Task[Any]) -> bool:
+        """Settle a running delivery whose task was cancelled; True: the cancellation is over.
+
+        A revoke(terminate=True) cancelled this task alone (the run settled it as revoked):
+        it is taken back. Any other (a shutdown) gives the message back; the caller re-raises.
+        """
+        if self._terminated.pop(delivery, False) and me.uncancel() == 0:
+            return True  # settled as revoked already
+        with anyio.CancelScope(shield=True):  # a no-op if it was settled already
+            await nack_quietly(delivery, delay=0.0)
+        return False
+
+    async def _not_settled(self, delivery: Delivery) -> None:
+        """Give back a message whose settling failed (a broker or backend error), a little later."""
+        logger.exception("Could not settle a message from %s; returning it", delivery.queue)
+        with anyio.CancelScope(shield=True):
+            await nack_quietly(delivery, delay=1.0)
 
     async def _run(self, job: Job) -> None:
         delivery = job.delivery

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..options import TaskOptions
     from .processes import ProcessPool
 
-__all__ = ["Active", "Runner", "WorkerApp"]
+__all__ = ["Active", "Refusal", "Runner", "WorkerApp"]
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -148,10 +148,10 @@ class Runner:
             await self.run(delivery, *checked)
 
     def ready(
-        self, delivery: Delivery, checked: tuple[Envelope, RunnableTask] | _Refusal
+        self, delivery: Delivery, checked: tuple[Envelope, RunnableTask] | Refusal
     ) -> tuple[Envelope, RunnableTask] | None:
         """Return `checked` if it may run with no more checks; None: `check` must see it."""
-        if isinstance(checked, _Refusal) or delivery.suspect:
+        if isinstance(checked, Refusal) or delivery.suspect:
             return None
         envelope = checked[0]
         if envelope.expires is None and not envelope.headers and envelope.id not in self.revoked:
@@ -161,7 +161,7 @@ class Runner:
     async def check(
         self,
         delivery: Delivery,
-        checked: tuple[Envelope, RunnableTask] | _Refusal | None = None,
+        checked: tuple[Envelope, RunnableTask] | Refusal | None = None,
     ) -> tuple[Envelope, RunnableTask] | None:
         """Return the envelope and task to run, or settle a message that must not run.
 
@@ -169,7 +169,7 @@ class Runner:
         """
         if checked is None:
             checked = self.runnable(delivery)
-        if isinstance(checked, _Refusal):
+        if isinstance(checked, Refusal):
             await self._refuse(delivery, *checked)
             return None
         envelope, task = checked
@@ -296,41 +296,42 @@ class Runner:
         if tell and self.watch is not None:
             self.watch.revoked(task.name, envelope.id, why)
 
-    def runnable(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | _Refusal:
+    def runnable(self, delivery: Delivery) -> tuple[Envelope, RunnableTask] | Refusal:
         """Decode the message and find its task, or say why it can never run (no I/O).
 
         `ready` then says at once whether the common message (first delivered, no expiry, no
         workflow, not revoked) runs now; any other goes through `check`.
         """
-        limit = self.app.conf.message_max_bytes
+        conf = self.app.conf
+        limit = conf.message_max_bytes
         body = delivery.body
-        signer = signer_for(self.app.conf)
+        signer = signer_for(conf)
         if len(body) > limit + (OVERHEAD if signer is not None else 0):
             detail = f"{len(body)} bytes, over message_max_bytes ({limit})"
-            return _Refusal(DeadLetterReason.OVERSIZED, detail)
+            return Refusal(DeadLetterReason.OVERSIZED, detail)
         if signer is not None:  # before msgpack sees a byte of it
             try:
                 body = signer.verify(body)
             except SignatureError as exc:
-                return _Refusal(DeadLetterReason(exc.reason), exc.detail)
+                return Refusal(DeadLetterReason(exc.reason), exc.detail)
         try:
             envelope = Envelope.decode(body, self.accept)
         except InvalidMessage as exc:
-            return _Refusal(DeadLetterReason.UNDECODABLE, str(exc))
+            return Refusal(DeadLetterReason.UNDECODABLE, str(exc))
         task = self.app.tasks.get(envelope.task)
         if task is None:
             error = NotRegistered(f"no task named {envelope.task!r} is registered on the worker")
-            return _Refusal(DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
+            return Refusal(DeadLetterReason.UNKNOWN_TASK, str(error), envelope, error)
         try:
             task.check_arguments(envelope.args, envelope.kwargs)
         except TypeError as exc:
-            return _Refusal(DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc)
+            return Refusal(DeadLetterReason.BAD_ARGUMENTS, f"{task.name}: {exc}", envelope, exc)
         if continuation.HEADER in envelope.headers:
             try:
                 canvas_header(envelope.headers[continuation.HEADER])
             except InvalidWorkflow as error:
                 detail = f"{task.name}: bad workflow header: {error}"
-                return _Refusal(DeadLetterReason.UNDECODABLE, detail, envelope, error)
+                return Refusal(DeadLetterReason.UNDECODABLE, detail, envelope, error)
         return envelope, task
 
     async def _refuse(
@@ -381,8 +382,9 @@ class Runner:
         """
         informed = logger.isEnabledFor(logging.INFO)
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
+        conf = self.app.conf
         run: TaskRun | None = None
-        if informed or watch is not None or self.app.conf.task_track_started:
+        if informed or watch is not None or conf.task_track_started:
             run = await self._begin(delivery, envelope, task, informed)
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
@@ -391,7 +393,7 @@ class Runner:
         error: Exception | None = None
         try:  # the task's outcome, spelled out on the way to success: no coroutine more
             try:
-                if task.is_async and _unlimited(task.options, self.app.conf):
+                if task.is_async and _unlimited(task.options, conf):
                     value = await task.invoke(envelope.args, envelope.kwargs)
                 else:
                     value = await self._execute(task, envelope)
@@ -709,7 +711,7 @@ def _may_have_run(delivery: Delivery, envelope: Envelope) -> bool:
     return isinstance(canvas, dict) and (delivery.suspect or "parent" in canvas)
 
 
-class _Refusal(NamedTuple):
+class Refusal(NamedTuple):
     """Why a message can never run: `Runner._refuse`'s arguments after the delivery."""
 
     reason: DeadLetterReason
