@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -433,6 +433,8 @@ class Batcher(Generic[T, R]):
         self._max = max_size
         self._on_unwaited = on_unwaited
         self._queue: list[_Slot[T, R]] = []
+        #: Items of `send` queued while a flush was in flight: no caller waits for them.
+        self._unwaited: list[T] = []
         self._busy = False
 
     async def submit(self, item: T) -> R:
@@ -447,12 +449,11 @@ class Batcher(Generic[T, R]):
         while the acknowledgement travels with the next batch.
         """
         assert self._on_unwaited is not None, "send() needs an on_unwaited hook"
-        slot: _Slot[T, R] = _Slot(item, unwaited=True)
-        if self._busy and len(self._queue) < self._max:
-            self._queue.append(slot)  # the caller flushing now sends it next
+        if self._busy and len(self._queue) + len(self._unwaited) < self._max:
+            self._unwaited.append(item)  # the caller flushing now sends it next: no slot
             return
         with contextlib.suppress(Exception):  # reported to on_unwaited already
-            await self._submit(slot)
+            await self._submit(_Slot(item, unwaited=True))
 
     async def _submit(self, slot: _Slot[T, R]) -> R:
         slot.caller = True
@@ -474,7 +475,7 @@ class Batcher(Generic[T, R]):
 
     async def _hand_over(self) -> None:
         """Wake the next waiting caller to flush; with only unwaited items, flush them here."""
-        while self._queue and not self._busy:
+        while (self._queue or self._unwaited) and not self._busy:
             leader = next((s for s in self._queue if s.caller and not s.cancelled), None)
             if leader is not None:
                 leader.wake()
@@ -488,17 +489,23 @@ class Batcher(Generic[T, R]):
         self._busy = True
         taken, self._queue = self._queue[: self._max], self._queue[self._max :]
         batch = [slot for slot in taken if not slot.cancelled]
+        room = self._max - len(batch)
+        unwaited, self._unwaited = self._unwaited[:room], self._unwaited[room:]
         for slot in batch:
             slot.taken = True
+        items = [slot.item for slot in batch]
+        items += unwaited
+        results: list[R] = []
         try:
             with anyio.CancelScope(shield=True):
-                results = await self._flush([slot.item for slot in batch]) if batch else []
-            for slot, result in zip(batch, results, strict=True):
+                results = await self._flush(items) if items else []
+            for slot, result in zip(batch, results, strict=False):
                 slot.result = result
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else BrokerError("flush interrupted")
             for slot in batch:
                 slot.error = error
+            self._report_all(unwaited, [error] * len(unwaited))
             raise
         finally:
             self._busy = False
@@ -507,6 +514,19 @@ class Batcher(Generic[T, R]):
                 if slot.unwaited:
                     self._report(slot)
                 slot.wake()
+        self._report_all(unwaited, results[len(batch) :])
+
+    def _report_all(self, items: list[T], outcomes: Sequence[R | Exception]) -> None:
+        """Give the outcomes of a flush's unwaited items to `on_unwaited`."""
+        if not items:
+            return
+        hook = self._on_unwaited
+        assert hook is not None
+        for item, outcome in zip(items, outcomes, strict=True):
+            try:
+                hook(item, outcome)
+            except Exception:
+                logger.exception("the hook of a batched call failed")
 
     def _report(self, slot: _Slot[T, R]) -> None:
         assert self._on_unwaited is not None

@@ -682,6 +682,62 @@ async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
     assert isinstance(outcomes[5], ValueError)
 
 
+async def test_batcher_gives_each_item_its_own_outcome_in_a_mixed_flush() -> None:
+    """Items sent without waiting share a flush with waiting callers: each gets its own
+    result, and a failed flush reaches the hook for every unwaited item in it."""
+    from aqueue.drivers.redis.client import Batcher
+
+    gate = anyio.Event()
+    calls = 0
+    outcomes: dict[int, Any] = {}
+
+    async def flush(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        if 99 in items:
+            raise ValueError("unlucky")
+        return [item * 10 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(
+        flush, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
+    )
+    got: dict[int, Any] = {}
+
+    async def submit(item: int) -> None:
+        try:
+            got[item] = await batcher.submit(item)
+        except ValueError as exc:
+            got[item] = exc
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(submit, 1)  # the leader: in flight until the gate opens
+        await anyio.wait_all_tasks_blocked()
+        await batcher.send(2)
+        group.start_soon(submit, 3)  # waits behind the flush in flight
+        await anyio.wait_all_tasks_blocked()
+        await batcher.send(4)
+        gate.set()
+    assert got == {1: 10, 3: 30}
+    assert outcomes == {2: 20, 4: 40}
+
+    gate = anyio.Event()
+    calls = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(submit, 7)
+        await anyio.wait_all_tasks_blocked()
+        await batcher.send(99)  # fails the next flush
+        await batcher.send(8)
+        group.start_soon(submit, 9)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert got[7] == 70
+    assert isinstance(got[9], ValueError)
+    assert isinstance(outcomes[99], ValueError)
+    assert isinstance(outcomes[8], ValueError)
+
+
 async def test_a_burst_worker_leaves_nothing_pending(url: str) -> None:
     """Acks that travel after their task returned all land before the worker stops."""
     app = App("tests", broker=url, backend=False, set_as_current=False)
