@@ -384,7 +384,7 @@ class Runner:
         watch = self.watch  # hooks, events, metrics or traces: one check when all are off
         conf = self.app.conf
         run: TaskRun | None = None
-        if informed or watch is not None or conf.task_track_started:
+        if informed or conf.task_track_started or not _observed(watch, task, envelope, delivery):
             run = await self._begin(delivery, envelope, task, informed)
         # Built only if the task asks for it (`self.request`): most never do.
         token = current_request.set(functools.partial(self._request, delivery, envelope, task))
@@ -415,7 +415,9 @@ class Runner:
         finally:
             current_request.reset(token)
             _forget(self.active, envelope.id, entry)
-        if watch is not None or error is not None:
+        if error is not None or not _observed_end(
+            watch, run, task, envelope, state, outcome, started
+        ):
             await _ended(watch, run, task, envelope, state, outcome, started, error)
         await delivery.ack()
 
@@ -697,6 +699,39 @@ async def _until_stored(store: Callable[[], Awaitable[None]], what: str) -> None
         if failed:
             logger.warning("Stored the result of %s after its store came back", what)
         return
+
+
+def _observed(
+    watch: Watch | None, task: RunnableTask, envelope: Envelope, delivery: Delivery
+) -> bool:
+    """Tell plain observers (events, metrics: no hooks) a run begins; False if `_begin` must.
+
+    With nothing watching, or only observers, no coroutine is needed to say a task starts.
+    """
+    if watch is None:
+        return True
+    if watch.hooks is not None:
+        return False
+    watch.begin(task, envelope, delivery)  # None: no hooks, no record of the run
+    return True
+
+
+def _observed_end(
+    watch: Watch | None,
+    run: TaskRun | None,
+    task: RunnableTask,
+    envelope: Envelope,
+    state: str,
+    outcome: Any,
+    started: float,
+) -> bool:
+    """Tell plain observers how a run ended; False if after_task hooks must see it first."""
+    if watch is None:
+        return True
+    if run is not None:
+        return False
+    watch.end(task, envelope, state, time.perf_counter() - started, outcome)
+    return True
 
 
 def _unlimited(options: TaskOptions, conf: Settings) -> bool:
