@@ -25,7 +25,9 @@ thread), answering `GET /metrics` (anything else: 404).
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -63,13 +65,13 @@ class WorkerMetrics:
         client = _client()
         self._client = client
         self.registry = registry = client.CollectorRegistry(auto_describe=True)
-        self.tasks = client.Counter(
-            "aqueue_tasks", "Tasks ended, by task and state", ["task", "state"], registry=registry
-        )
-        self.runtime = client.Histogram(
-            "aqueue_task_runtime_seconds", "Task runtimes", ["task"], registry=registry
-        )
-        self.running = client.Gauge("aqueue_tasks_running", "Tasks running now", registry=registry)
+        #: Per task name: its runs ended by state, and its runtimes (`_PerTask`). Plain
+        #: numbers, read by `_TaskCollector` at each scrape: prometheus-client's own Counter
+        #: and Histogram take a lock per update (one per bucket), a fifth of a task's cost.
+        self._per_task: dict[str, _PerTask] = {}
+        self.running = 0
+        self.redelivered = 0
+        registry.register(_TaskCollector(client, self))
         free = client.Gauge("aqueue_worker_slots_free", "Free slots", registry=registry)
         free.set_function(slots_free)
         self.depth = client.Gauge(
@@ -81,9 +83,6 @@ class WorkerMetrics:
         self.dead = client.Gauge(
             "aqueue_queue_dead_letters", "Dead letters kept (sampled)", ["queue"], registry=registry
         )
-        self.redelivered = client.Counter(
-            "aqueue_deliveries_redelivered", "Messages delivered again", registry=registry
-        )
         self.dead_lettered = client.Counter(
             "aqueue_deliveries_dead_lettered",
             "Messages dead-lettered, by reason",
@@ -93,20 +92,12 @@ class WorkerMetrics:
         self.sample = sample
         #: The bound port once serving (for --metrics-port 0).
         self.port: int | None = None
-        # The label children of each task, made once: labels() takes a lock and a lookup.
-        self._children: dict[str, tuple[Any, Any, Any, Any]] = {}
 
-    def _of(self, name: str) -> tuple[Any, Any, Any, Any]:
-        children = self._children.get(name)
-        if children is None:
-            tasks = self.tasks
-            children = self._children[name] = (
-                tasks.labels(name, "SUCCESS"),
-                tasks.labels(name, "FAILURE"),
-                tasks.labels(name, "RETRY"),
-                self.runtime.labels(name),
-            )
-        return children
+    def _of(self, name: str) -> _PerTask:
+        counts = self._per_task.get(name)
+        if counts is None:
+            counts = self._per_task[name] = _PerTask()
+        return counts
 
     # -- the Observer protocol (aqueue/observe.py) ---------------------------------------------
 
@@ -115,36 +106,41 @@ class WorkerMetrics:
 
     def started(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> None:
         """Count a running task, and a redelivery."""
-        self.running.inc()
+        self.running += 1
         if delivery.delivery_count > 1:
-            self.redelivered.inc()
+            self.redelivered += 1
 
     def finished(
         self, task: RunnableTask, envelope: Envelope, state: str, runtime: float, outcome: Any
     ) -> None:
         """Count the task by its state, and its runtime."""
-        success, failure, retry, runtimes = self._of(task.name)
-        (success if state == "SUCCESS" else failure if state == "FAILURE" else retry).inc()
-        runtimes.observe(runtime)
-        self.running.dec()
+        counts = self._per_task.get(task.name) or self._of(task.name)
+        counts.ended[state] = counts.ended.get(state, 0) + 1
+        counts.buckets[bisect_left(BUCKETS, runtime)] += 1  # le: the first bound >= runtime
+        counts.runtime += runtime
+        self.running -= 1
 
     def interrupted(self, task: RunnableTask, envelope: Envelope, revoked: bool) -> None:
         """Count a terminated task as REVOKED (a shutdown's task comes back: not counted)."""
-        self.running.dec()
+        self.running -= 1
         if revoked:
-            self.tasks.labels(task.name, "REVOKED").inc()
+            self._count(task.name, "REVOKED")
 
     def returned(self, task: RunnableTask, envelope: Envelope) -> None:
         """Nothing to note: it never started."""
 
     def revoked(self, task_name: str, task_id: str, why: str) -> None:
         """Count a task settled without running as REVOKED."""
-        self.tasks.labels(task_name, "REVOKED").inc()
+        self._count(task_name, "REVOKED")
 
     def rejected(self, task_name: str, task_id: str, reason: str, detail: str) -> None:
         """Count a dead-lettered message as REJECTED, and by reason."""
-        self.tasks.labels(task_name, "REJECTED").inc()
+        self._count(task_name, "REJECTED")
         self.dead_lettered.labels(reason).inc()
+
+    def _count(self, task_name: str, state: str) -> None:
+        ended = self._of(task_name).ended
+        ended[state] = ended.get(state, 0) + 1
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -212,6 +208,61 @@ class WorkerMetrics:
                         )
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 return
+
+
+#: The runtime histogram's upper bounds, in seconds: prometheus-client's default buckets.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, inf)
+
+
+class _PerTask:
+    """One task name's counts: runs ended by state, runtimes by bucket, and their sum."""
+
+    __slots__ = ("buckets", "ended", "runtime")
+
+    def __init__(self) -> None:
+        self.ended: dict[str, int] = {}
+        self.buckets = [0] * len(BUCKETS)
+        self.runtime = 0.0
+
+
+class _TaskCollector:
+    """Reads a worker's per-task numbers at each scrape, as prometheus-client's families.
+
+    The endpoint answers on the worker's event loop, the thread that counts: nothing to lock.
+    """
+
+    def __init__(self, client: Any, metrics: WorkerMetrics) -> None:
+        self._client = client
+        self._metrics = metrics
+
+    def collect(self) -> list[Any]:
+        core, spell = self._client.metrics_core, self._client.utils.floatToGoString
+        metrics = self._metrics
+        tasks = core.CounterMetricFamily(
+            "aqueue_tasks", "Tasks ended, by task and state", labels=["task", "state"]
+        )
+        runtimes = core.HistogramMetricFamily(
+            "aqueue_task_runtime_seconds", "Task runtimes", labels=["task"]
+        )
+        for name, counts in list(metrics._per_task.items()):
+            for state, count in list(counts.ended.items()):
+                tasks.add_metric([name, state], count)
+            if not any(counts.buckets):  # never ran here (rejected, revoked): no runtimes
+                continue
+            cumulative, buckets = 0, []
+            for bound, count in zip(BUCKETS, list(counts.buckets), strict=True):
+                cumulative += count
+                buckets.append((spell(bound), cumulative))
+            runtimes.add_metric([name], buckets, counts.runtime)
+        running = core.GaugeMetricFamily(
+            "aqueue_tasks_running", "Tasks running now", value=metrics.running
+        )
+        redelivered = core.CounterMetricFamily(
+            "aqueue_deliveries_redelivered",
+            "Messages delivered again",
+            value=metrics.redelivered,
+        )
+        return [tasks, runtimes, running, redelivered]
 
 
 async def _read_head(stream: SocketStream) -> bytes:

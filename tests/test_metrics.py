@@ -166,3 +166,41 @@ async def test_a_result_that_cannot_be_stored_leaves_no_task_running(flaky_store
         assert got[("aqueue_deliveries_redelivered_total", ())] == 1
     finally:
         await app.close()
+
+
+def test_the_runtime_histogram_counts_each_run_in_its_buckets() -> None:
+    """Buckets are cumulative and `le` (a run of exactly 0.01 s is in le="0.01"), +Inf is the
+    count, the sum adds up; a task that never ran here (rejected) has no histogram."""
+
+    class Task:
+        name = "t.add"
+
+    class Delivery:
+        delivery_count = 1
+
+    metrics = WorkerMetrics(lambda: 1.0)
+    for runtime, state in [(0.001, "SUCCESS"), (0.01, "SUCCESS"), (0.3, "FAILURE"), (20, "RETRY")]:
+        metrics.started(Task, None, Delivery)  # type: ignore[arg-type]
+        metrics.finished(Task, None, state, runtime, None)  # type: ignore[arg-type]
+    metrics.rejected("t.unknown", "id", "unknown-task", "no such task")
+    got = samples(metrics.render().decode())
+
+    def bucket(le: str) -> float:
+        return got[("aqueue_task_runtime_seconds_bucket", (("le", le), ("task", "t.add")))]
+
+    assert [bucket("0.005"), bucket("0.01"), bucket("0.25"), bucket("0.5"), bucket("+Inf")] == [
+        1,
+        2,
+        2,
+        3,
+        4,
+    ]
+    assert got[("aqueue_task_runtime_seconds_count", (("task", "t.add"),))] == 4
+    assert got[("aqueue_task_runtime_seconds_sum", (("task", "t.add"),))] == pytest.approx(20.311)
+    assert got[("aqueue_tasks_total", (("state", "SUCCESS"), ("task", "t.add")))] == 2
+    assert got[("aqueue_tasks_total", (("state", "REJECTED"), ("task", "t.unknown")))] == 1
+    assert not any(
+        name.startswith("aqueue_task_runtime") and ("task", "t.unknown") in labels
+        for name, labels in got
+    )
+    assert got[("aqueue_tasks_running", ())] == 0
