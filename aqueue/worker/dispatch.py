@@ -209,12 +209,13 @@ class Dispatcher:
         if task.is_async and not delivery.suspect and admission.unlimited(task):
             # The common case, spelled out: one coroutine less per task than `_run`.
             gate = self.isolation
-            if not gate.try_enter():  # open, as a rule: no coroutine to count a task
-                await gate.enter()
+            entry = gate.try_enter()  # open, as a rule: no coroutine to count a task
+            if entry is None:
+                entry = await gate.enter()
             try:
                 await runner.run(delivery, envelope, task)
             finally:
-                gate.leave()
+                gate.leave(entry)
             return
         work = self._work
         assert work is not None
@@ -301,12 +302,13 @@ class Dispatcher:
                 await self._run_alone(job)
             else:
                 gate = self.isolation
-                if not gate.try_enter():  # open, as a rule: no coroutine to count a task
-                    await gate.enter()
+                entry = gate.try_enter()  # open, as a rule: no coroutine to count a task
+                if entry is None:
+                    entry = await gate.enter()
                 try:
                     await self.runner.run(delivery, job.envelope, job.task)
                 finally:
-                    gate.leave()
+                    gate.leave(entry)
         finally:
             if job.ticket.token is not None:
                 with anyio.CancelScope(shield=True):

@@ -34,6 +34,7 @@ comes back as a suspect to be run alone.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -62,15 +63,30 @@ class Isolation:
         self.grace = grace
         self.running = 0  # tasks (suspects too) between their start and their end
         self._waiting = False  # a suspect waits for the running tasks: the gate is closed
+        #: Suspects waiting for the window of the one before them to end: the gate stays
+        #: closed, so that the next one starts then, with no young task to wait for.
+        self._queued = 0
         self._until: float | None = None  # then it runs, the gate closed until then
         self._event: anyio.Event | None = None  # made when first awaited: it needs a loop
-        #: When (the loop's clock) the last task counted started: a suspect waits for the
-        #: running tasks until the youngest has run `grace` seconds (at most).
-        self._last_start = -math.inf
+        #: When (the loop's clock) each running task (not the suspects) started, by its
+        #: ticket: a suspect waits until the youngest still running has run `grace` seconds.
+        #: (Before, the youngest ever started: a 10 ms task that had finished held a suspect
+        #: back as long as a 2-5 s task kept running; issue 19.)
+        self.starts: dict[int, float] = {}
+        self._tickets = itertools.count()
 
     @property
     def closed(self) -> bool:
         """Whether a task starting now has to wait."""
+        return (
+            self._waiting
+            or self._queued > 0
+            or (self._until is not None and anyio.current_time() < self._until)
+        )
+
+    @property
+    def _busy(self) -> bool:
+        """Whether another suspect waits for the running tasks or runs within its window."""
         return self._waiting or (self._until is not None and anyio.current_time() < self._until)
 
     def _notify(self) -> None:
@@ -85,28 +101,35 @@ class Isolation:
         with anyio.move_on_after(math.inf if until is None else until - anyio.current_time()):
             await self._event.wait()
 
-    def try_enter(self) -> bool:
-        """Count a running task if the gate is open; False if it must `enter` (and wait)."""
-        if self.closed:
-            return False
-        self.running += 1
-        self._last_start = asyncio.get_running_loop().time()  # anyio's clock, 8x cheaper
-        return True
+    def try_enter(self) -> int | None:
+        """Count a running task if the gate is open: its ticket for `leave`; else None.
 
-    async def enter(self) -> None:
-        """Wait while the gate is closed, then count a running task."""
+        None: the task must `enter` (and wait).
+        """
+        if self.closed:
+            return None
+        self.running += 1
+        ticket = next(self._tickets)
+        self.starts[ticket] = asyncio.get_running_loop().time()  # anyio's clock, 8x cheaper
+        return ticket
+
+    async def enter(self) -> int:
+        """Wait while the gate is closed, then count a running task; return its ticket."""
         await self._wait_open()
         self.running += 1
-        self._last_start = anyio.current_time()
+        ticket = next(self._tickets)
+        self.starts[ticket] = anyio.current_time()
+        return ticket
 
     async def _wait_open(self) -> None:
         while self.closed:
             await self._changed(None if self._waiting else self._until)
 
-    def leave(self) -> None:
-        """Count a running task done."""
+    def leave(self, ticket: int) -> None:
+        """Count a running task done (`ticket`: what `try_enter` or `enter` returned)."""
         self.running -= 1
-        if not self.running:
+        del self.starts[ticket]
+        if self._waiting or not self.running:  # a suspect waits for the young ones
             self._notify()
 
     @asynccontextmanager
@@ -118,15 +141,20 @@ class Isolation:
         called twice (it must ignore the second call), and is also called when the body
         never ran (cancelled while waiting).
         """
-        await self._wait_open()  # after the suspect before it (as long as its gate is closed)
+        self._queued += 1  # after the suspect before it (as long as its window is on)
+        try:
+            while self._busy:
+                await self._changed(None if self._waiting else self._until)
+        finally:
+            self._queued -= 1
         until: float | None = None
         timer: asyncio.TimerHandle | None = None
         self._waiting = True
         try:
             deadline = anyio.current_time() + self.grace
             try:  # no task starts meanwhile: the youngest running one is as young as it gets
-                while self.running:
-                    limit = min(deadline, self._last_start + self.grace)
+                while self.starts:
+                    limit = min(deadline, max(self.starts.values()) + self.grace)
                     if anyio.current_time() >= limit:
                         break
                     await self._changed(limit)
