@@ -345,7 +345,7 @@ async def test_a_young_task_that_finished_does_not_hold_a_suspect_back() -> None
 async def test_a_suspect_waiting_for_another_goes_before_the_tasks_waiting_too() -> None:
     # A redelivery that waited for the window of the one before it starts as that window
     # ends, before the ordinary tasks that waited too: else it waits for them to age (issue
-    # 19: RabbitMQ and SQLite hand a worker several redeliveries at once).
+    # 19: a broker may hand a worker several redeliveries at once, as RabbitMQ does).
     gate = Isolation(grace=60)
     order: list[str] = []
     first_in, release_first, release_second = anyio.Event(), anyio.Event(), anyio.Event()
