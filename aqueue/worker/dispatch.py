@@ -12,6 +12,7 @@ what never started goes back to the broker uncounted when the worker stops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -85,6 +86,8 @@ class Dispatcher:
         #: Jobs waiting outside the slots (held, or waiting for their lane).
         self.held: dict[Delivery, Held] = {}
         self._terminated: dict[Delivery, bool] = {}
+        #: The suspects counted in `Slots.suspects`: taken, and their window not over yet.
+        self._suspects: set[Delivery] = set()
         self._stopping = stopping
         self._finished = finished
         self._work: TaskGroup | None = None
@@ -103,6 +106,8 @@ class Dispatcher:
             async for delivery in broker.consume(queues, slots, burst=burst):
                 taken += 1
                 slots.take(delivery.suspect)
+                if delivery.suspect:
+                    self._suspects.add(delivery)
                 inbox.put(delivery)
             if not burst:
                 return
@@ -142,12 +147,12 @@ class Dispatcher:
                     checked is not None
                     and checked[1].is_async
                     and unlimited(checked[1])
-                    and gate.try_enter()
+                    and (entry := gate.try_enter()) is not None
                 ):
                     try:
                         await runner.run(delivery, *checked)
                     finally:
-                        gate.leave()
+                        gate.leave(entry)
                 else:
                     await self._admit(delivery, runnable)
                 if finished is not None:
@@ -165,9 +170,10 @@ class Dispatcher:
     async def _slot_suspect(self, delivery: Delivery, me: asyncio.Task[Any]) -> None:
         """Run a redelivered message in this slot, holding no more than the slots can run.
 
-        Nothing is claimed ahead while it is in the worker (`Slots.suspects`); the messages
-        claimed ahead of the slots before it came go back unstarted now, so that it runs alone
-        (`_run_alone`) with no message waiting in the inbox that its crash would take down.
+        Nothing is claimed ahead while it is in the worker (`Slots.suspects`), until its
+        window of running alone is over (`_suspect_over`); the messages claimed ahead of the
+        slots before it came go back unstarted now, so that it runs alone (`_run_alone`) with
+        no message waiting in the inbox that its crash would take down.
         """
         slots = self.slots
         try:
@@ -182,7 +188,19 @@ class Dispatcher:
             finally:
                 slots.release()
         finally:
-            slots.suspect_done()
+            self._suspect_over(delivery)
+
+    def _suspect_over(self, delivery: Delivery) -> None:
+        """Stop counting a suspect in `Slots.suspects`: its window is over, or it is gone.
+
+        Its window ends once it has run alone for the isolation's grace period (it is still
+        running, maybe), or when it ends: a crash of the worker past it blames it anyway
+        (`isolation`), so the broker may hand this worker the next redelivery then, rather
+        than when a long suspect finishes (issue 19: 2-5 s suspects held every orphan back).
+        """
+        if delivery in self._suspects:
+            self._suspects.discard(delivery)
+            self.slots.suspect_done()
 
     async def give_back(self, deliveries: list[Delivery]) -> None:
         """Give back queued messages that never started (uncounted: `Delivery.release`)."""
@@ -191,8 +209,7 @@ class Dispatcher:
             for delivery in deliveries:
                 await release_quietly(delivery)
                 slots.give_back()
-                if delivery.suspect:
-                    slots.suspect_done()
+                self._suspect_over(delivery)
 
     async def _wait_slot(self, delivery: Delivery) -> None:
         """Wait for a free slot for a queued delivery; give it back if cancelled meanwhile."""
@@ -322,12 +339,13 @@ class Dispatcher:
                 await self._run_alone(job)
             else:
                 gate = self.isolation
-                if not gate.try_enter():  # open, as a rule: no coroutine to count a task
-                    await gate.enter()
+                entry = gate.try_enter()  # open, as a rule: no coroutine to count a task
+                if entry is None:
+                    entry = await gate.enter()
                 try:
                     await self.runner.run(delivery, job.envelope, job.task)
                 finally:
-                    gate.leave()
+                    gate.leave(entry)
         finally:
             if job.ticket.token is not None:
                 with anyio.CancelScope(shield=True):
@@ -343,7 +361,7 @@ class Dispatcher:
             delivery.delivery_count,
             delivery.runs,
         )
-        async with self.isolation.alone():
+        async with self.isolation.alone(functools.partial(self._suspect_over, delivery)):
             await delivery.begin()
             await self.runner.run(delivery, envelope, job.task)
 

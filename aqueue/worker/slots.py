@@ -10,9 +10,10 @@ waiting instead of waiting for a claim (Redis, S2 of the benchmarks: 10 ms tasks
 concurrency 500). The worker renews their leases and gives them back first when it stops.
 
 Claiming ahead never weakens the isolation of redelivered messages (`isolation`): while
-a suspect is in the worker (`suspects`: queued or running), nothing is claimed ahead, so the
-worker holds no more than it would without `ahead`; and the worker gives back, unstarted, the
-messages queued beyond the slots when a slot takes a suspect (`excess`).
+a suspect is in the worker (`suspects`: queued, or running within its window of running
+alone), nothing is claimed ahead, so the worker holds no more than it would without `ahead`;
+and the worker gives back, unstarted, the messages queued beyond the slots when a slot takes
+a suspect (`excess`).
 
 Both run on asyncio, as the worker does.
 """
@@ -130,8 +131,8 @@ class Slots:
         #: may be: at the limit, the worker takes no more messages until one moves on.
         self.held = 0
         self.held_limit = held_limit
-        #: Redelivered messages taken and not done yet: while there are any, none is claimed
-        #: ahead.
+        #: Redelivered messages taken whose window of running alone is not over yet: while
+        #: there are any, none is claimed ahead (and Redis hands out no other redelivery).
         self.suspects = 0
         self._waiter: asyncio.Future[None] | None = None
 

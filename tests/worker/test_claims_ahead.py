@@ -53,7 +53,7 @@ async def test_a_suspect_runs_with_no_more_messages_held_than_the_slots(url: str
     # Two slots and one message ahead: the first claim takes the suspect and both ordinary
     # messages. The one claimed beyond the slots goes back when a slot takes the suspect, and
     # nothing more is claimed ahead until the suspect is done. The ordinary ones wait for the
-    # suspect: it runs after its grace period (2 s), the first one still running.
+    # suspect: it runs after its grace period (0.5 s), the first one still running.
     app = App("tests", broker=url, set_as_current=False)
     seen: dict[str, tuple[int, int, int, int]] = {}
     suspect_ran, done = anyio.Event(), anyio.Event()

@@ -201,3 +201,28 @@ async def test_a_dead_workers_messages_spread_over_the_live_workers(
             assert "reclaiming 1 message(s) of 1 consumer(s)" in worker.output
             for count in range(2, 5):
                 assert f"reclaiming {count} message(s)" not in worker.output
+
+
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
+async def test_a_worker_takes_the_next_orphan_once_a_long_one_has_run_alone_a_moment(
+    url: str, project: Callable[..., Path], workers: Callable[..., Any]
+) -> None:
+    # Issue 19, the kill -9 storm: a worker took no redelivery while it held one, until that
+    # one finished, so a 2-5 s orphan held back every other orphan it could have run: the
+    # last orphan of a kill finished 11-16 s after it (lease 3 s). Now a suspect stops
+    # holding the next one back once its window of running alone is over (`isolation`):
+    # here the first one runs until the test lets it, and the second still comes.
+    cwd = project(interval=0.2, timeout=1.0)
+    async with App("caller", broker=url, set_as_current=False) as caller:
+        doomed = await workers("-c", "2")
+        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(2)]
+        for result in results:
+            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
+        live = await workers("-c", "4")
+        doomed.signal(signal.SIGKILL)
+        assert await doomed.wait_exit() == -signal.SIGKILL
+        # Before: the second never came while the first was blocked (timed out here).
+        await live.wait_line("redelivered", count=2, within=15)
+        (cwd / "go").touch()
+        assert [await result.get(timeout=STEP) for result in results] == [2, 2]
+        assert live.output.count("reclaiming 1 message(s) of 1 consumer(s)") == 2

@@ -218,14 +218,14 @@ async def test_a_suspect_runs_alone() -> None:
     first_done, suspect_in, release = anyio.Event(), anyio.Event(), anyio.Event()
 
     async def ordinary(name: str, done: anyio.Event | None) -> None:
-        await gate.enter()
+        entry = await gate.enter()
         order.append(f"{name} starts")
         try:
             if done is not None:
                 await done.wait()
         finally:
             order.append(f"{name} ends")
-            gate.leave()
+            gate.leave(entry)
 
     async def suspect() -> None:
         async with gate.alone():
@@ -256,7 +256,7 @@ async def test_a_suspect_runs_alone() -> None:
 async def test_a_suspect_cancelled_while_waiting_lets_others_start() -> None:
     gate = Isolation(grace=60)
     done = anyio.Event()
-    await gate.enter()
+    running = await gate.enter()
     async with anyio.create_task_group() as group:
 
         async def suspect() -> None:
@@ -270,20 +270,19 @@ async def test_a_suspect_cancelled_while_waiting_lets_others_start() -> None:
     assert not gate.closed
 
     async def ordinary() -> None:
-        await gate.enter()
-        gate.leave()
+        gate.leave(await gate.enter())
         done.set()
 
     async with anyio.create_task_group() as group:
         group.start_soon(ordinary)
     assert done.is_set()
-    gate.leave()
+    gate.leave(running)
 
 
 async def test_a_long_task_holds_a_suspect_back_for_the_grace_period_only() -> None:
     gate = Isolation(grace=0.05)
     forever, order = anyio.Event(), []
-    await gate.enter()  # a long task, running
+    long = await gate.enter()  # a long task, running
     async with anyio.create_task_group() as group:
 
         async def suspect() -> None:
@@ -293,12 +292,12 @@ async def test_a_long_task_holds_a_suspect_back_for_the_grace_period_only() -> N
 
         group.start_soon(suspect)
         await anyio.wait_all_tasks_blocked()
-        await gate.enter()  # waits for the suspect's turn, then its first grace period
+        entry = await gate.enter()  # waits for the suspect's turn, then its first grace period
         order.append("next starts")
-        gate.leave()
+        gate.leave(entry)
         assert order == ["suspect starts", "next starts"]
         group.cancel_scope.cancel()
-    gate.leave()
+    gate.leave(long)
     assert not gate.closed
 
 
@@ -307,12 +306,12 @@ async def test_a_task_that_has_run_the_grace_period_does_not_hold_a_suspect_back
     # the whole grace period, though a task that has run that long is no more the crasher
     # than one that kept running past a suspect's wait.
     gate = Isolation(grace=60)
-    await gate.enter()  # a long task, started a grace period ago (the gate's clock)
-    gate._last_start -= 60
+    long = await gate.enter()  # a long task, started a grace period ago (the gate's clock)
+    gate.starts[long] -= 60
     with anyio.fail_after(5):  # before: 60 s
         async with gate.alone():
             assert gate.running == 2
-    await gate.enter()  # a young task holds the next suspect back
+    young = await gate.enter()  # a young task holds the next suspect back
     async with anyio.create_task_group() as group:
 
         async def suspect() -> None:
@@ -323,8 +322,59 @@ async def test_a_task_that_has_run_the_grace_period_does_not_hold_a_suspect_back
         await anyio.wait_all_tasks_blocked()
         assert gate.closed
         group.cancel_scope.cancel()
-    gate.leave()
-    gate.leave()
+    gate.leave(young)
+    gate.leave(long)
+    assert not gate.closed
+
+
+async def test_a_young_task_that_finished_does_not_hold_a_suspect_back() -> None:
+    # Issue 19 (the kill -9 storm): the suspect waited until the youngest task ever started
+    # had run the grace period, though that 10-200 ms task had finished long before: with
+    # a 2-5 s task still running, each suspect waited the whole grace period.
+    gate = Isolation(grace=60)
+    long = await gate.enter()
+    gate.starts[long] -= 60  # running for a grace period already
+    gate.leave(await gate.enter())  # a young task, done
+    with anyio.fail_after(5):  # before: 60 s
+        async with gate.alone():
+            assert gate.running == 2
+    gate.leave(long)
+    assert not gate.closed
+
+
+async def test_a_suspect_waiting_for_another_goes_before_the_tasks_waiting_too() -> None:
+    # A redelivery that waited for the window of the one before it starts as that window
+    # ends, before the ordinary tasks that waited too: else it waits for them to age (issue
+    # 19: a broker may hand a worker several redeliveries at once, as RabbitMQ does).
+    gate = Isolation(grace=60)
+    order: list[str] = []
+    first_in, release_first, release_second = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def suspect(name: str, release: anyio.Event) -> None:
+        async with gate.alone():
+            order.append(f"{name} starts")
+            if name == "first":
+                first_in.set()
+            await release.wait()
+
+    async def ordinary() -> None:
+        entry = await gate.enter()
+        order.append("ordinary starts")
+        gate.leave(entry)
+
+    with anyio.fail_after(5):  # before: the ordinary task went first, the suspect waited 60 s
+        async with anyio.create_task_group() as group:
+            group.start_soon(suspect, "first", release_first)
+            await first_in.wait()
+            group.start_soon(ordinary)  # waits first ...
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(suspect, "second", release_second)  # ... and goes second
+            await anyio.wait_all_tasks_blocked()
+            release_first.set()
+            await anyio.wait_all_tasks_blocked()
+            assert order == ["first starts", "second starts"]
+            release_second.set()
+    assert order == ["first starts", "second starts", "ordinary starts"]
     assert not gate.closed
 
 
