@@ -24,13 +24,13 @@ around the ladder again when it reaches the consumer.
 The due queue (issue 19): the last hop does not go to `q` itself, where a due message would wait
 at the tail, behind the whole backlog (always on quorum queues, which have no priorities in
 RabbitMQ 3; at its priority on classic ones). Every consumer of `q` also consumes `aqueue.due.q`,
-on the same channel, and takes the oldest of what both gave it (priority first): a due message
-waits for a free slot, not for the backlog. The routing key's tail names the due queue, so wait
-queues declared by an older aqueue are used as they are (they get one more binding), and a
-message an older aqueue delayed (its tail names `q`) still ends in `q`, where the older binding
-sends it: no binding is removed, and no message is routed to both. Workers of an older aqueue
-do not consume due queues: a message a newer aqueue delayed waits there for a newer worker.
-Purging and counting take the due queue as part of `q` (ready messages).
+on the same channel (one credit on classic queues), and takes from the two in turn at one priority
+(`consumer.Session.next`): a due message waits for a free slot, not for the backlog. The routing
+key's tail names the due queue, so wait queues declared by an older aqueue are used as they are
+(they get one more binding), and a message an older aqueue delayed (its tail names `q`) still
+ends in `q` through the binding older versions made, still declared: no message matches both.
+Workers of an older aqueue do not consume due queues: a message a newer aqueue delayed waits
+there for a newer worker. Purging and counting take the due queue as part of `q` (ready).
 """
 
 from __future__ import annotations
@@ -265,10 +265,13 @@ class Topology:
         async with self._lock:
             self._reset_if_reconnected()
             await self._ensure_ladder()
+            name = self.queue(queue)
             await self._ensure(
                 f"delayed {queue}",
                 ("queue", (due, self.queue_arguments(queue))),  # if it came before its queue
                 ("bind", (due, self.delayed_exchange, _pattern(-1, "", due))),
+                # What an older aqueue delayed (its tail names the queue) still arrives.
+                ("bind", (name, self.delayed_exchange, _pattern(-1, "", name))),
             )
             for key, level in zip(keys, levels, strict=True):
                 wait = self.delay_queue(queue, level)
