@@ -4,7 +4,7 @@ Issue 19, finding 3: the delay ladder used to end in the task queue itself, so a
 delay was over joined the tail of the queue and waited behind every message ready before it
 (quorum queues have no priorities in RabbitMQ 3; on classic ones, behind its priority's
 backlog). Now it ends in the queue's due queue, which every consumer of the queue consumes too.
-Each test runs on classic and on quorum queues.
+Each test runs on classic and on quorum queues (one skips classic, saying why).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pamqp import commands as spec
 from aqueue import OutgoingMessage, Worker
 from aqueue.drivers import create_broker
 from aqueue.drivers.amqp.broker import AMQPBroker
+from aqueue.drivers.amqp.headers import FIRST_PUBLISHED, stamp
 from aqueue.drivers.amqp.publisher import Outgoing
 from aqueue.drivers.amqp.topology import LEVELS, delay_routing_key
 from tests.helpers import service_amqp
@@ -54,17 +55,19 @@ def message(queue: str, body: bytes, eta: float | None = None) -> OutgoingMessag
 
 
 async def test_a_delayed_task_starts_when_due_not_after_the_backlog(make_app: MakeApp) -> None:
-    # A backlog of 120 tasks of 0.2 s, 2 at a time (12 s of work), then a task due in 1 s.
-    # In the task queue's tail it would start after the whole backlog, 11 s past due.
+    # A backlog of 120 tasks of 0.2 s, 2 at a time (12 s of work); once it runs, a task due in
+    # 1 s. At the task queue's tail it would start after the whole backlog, 11 s past due.
     app = make_app()
     backlog = 120
     started: list[str] = []
+    backlog_started = anyio.Event()
     due_started = anyio.Event()
     start_of_due = 0.0
 
     @app.task
     async def work(n: int) -> None:
         started.append(f"work {n}")
+        backlog_started.set()
         await anyio.sleep(WORK)  # the task's work
 
     @app.task
@@ -76,11 +79,12 @@ async def test_a_delayed_task_starts_when_due_not_after_the_backlog(make_app: Ma
 
     for n in range(backlog):
         await work.delay(n)
-    due_at = time.time() + 1.0
-    await delayed.apply_async(eta=due_at)
     async with anyio.create_task_group() as group:
         worker = await group.start(Worker(app, concurrency=CONCURRENCY).run)
         with anyio.fail_after(backlog * WORK / CONCURRENCY + 30):
+            await backlog_started.wait()
+            due_at = time.time() + 1.0
+            await delayed.apply_async(eta=due_at)
             await due_started.wait()
         worker.stop()
     late = start_of_due - due_at
@@ -148,3 +152,34 @@ async def test_a_message_delayed_by_an_older_aqueue_still_reaches_its_queue(
                     break
     assert sorted(got) == [b"new", b"old"]
     assert await drain(broker, [queue]) == []
+
+
+async def test_a_due_message_takes_its_turn_before_an_older_backlog(broker: AMQPBroker) -> None:
+    # Thirty ready messages published before one comes due, and a consumer that holds ten: by
+    # age alone, every buffered message of the backlog (and each one RabbitMQ sends in its
+    # place) would go first (10th to 11th in three runs). Ready and due messages take turns.
+    if broker.settings.queue_type == "classic":
+        # There the channel-wide limit holds the buffer to the credit, and RabbitMQ decides
+        # which queue's message comes next (5th to 11th in three runs): the test above covers it.
+        pytest.skip("the buffer decides on quorum queues only")
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    topology = broker.topology
+    await broker.publish([message(queue, f"{n}".encode()) for n in range(30)])
+    await topology.ensure_delays(queue, [0])  # the ladder's last hop
+    due = Outgoing(
+        topology.delayed_exchange,
+        delay_routing_key(1, topology.due_queue(queue)),
+        b"due",
+        spec.Basic.Properties(delivery_mode=2, headers={FIRST_PUBLISHED: stamp(time.time())}),
+    )
+    await broker.send([due])
+    got: list[bytes] = []
+    with anyio.fail_after(10):
+        async with aclosing(broker.consume([queue], Credit(10))) as deliveries:
+            async for delivery in deliveries:
+                got.append(delivery.body)
+                await delivery.ack()
+                if delivery.body == b"due" or len(got) == 31:
+                    break
+    assert got.index(b"due") <= 1, got
+    await broker.purge(queue)
