@@ -157,10 +157,10 @@ async def test_a_message_delayed_by_an_older_aqueue_still_reaches_its_queue(
 async def test_a_due_message_takes_its_turn_before_an_older_backlog(broker: AMQPBroker) -> None:
     # Thirty ready messages published before one comes due, and a consumer that holds ten: by
     # age alone, every buffered message of the backlog (and each one RabbitMQ sends in its
-    # place) would go first (10th to 11th in three runs). Ready and due messages take turns.
+    # place) would go first (11th or 12th in three runs). Ready and due messages take turns.
     if broker.settings.queue_type == "classic":
         # There the channel-wide limit holds the buffer to the credit, and RabbitMQ decides
-        # which queue's message comes next (5th to 11th in three runs): the test above covers it.
+        # which queue's message comes next (6th to 12th in three runs): the test above covers it.
         pytest.skip("the buffer decides on quorum queues only")
     queue = f"q-{uuid.uuid4().hex[:8]}"
     topology = broker.topology
