@@ -557,6 +557,15 @@ async def rabbit_restarts(
             )
         }
         latest = max(late.values(), default=0.0)
+        while_up = {k: v for k, v in late.items() if due_or_back(k) == due[k]}
+        worst = max(while_up, key=while_up.__getitem__, default=None)
+        since_back = (
+            None
+            if worst is None
+            else min(
+                (due[worst] - until for _, until in downs if until <= due[worst]), default=None
+            )
+        )
         passed = (
             report.ok
             and not stuck
@@ -578,6 +587,8 @@ async def rabbit_restarts(
                 "resume after restart (s)": [round(r, 2) for r in resumes],
                 "stuck workers": stuck,
                 "latest delayed start past due (or back) (s)": latest,
+                "of those due while the node was up (s)": max(while_up.values(), default=None),
+                "it came due after the node was back by (s)": since_back and round(since_back, 2),
                 "lost ids": report.lost_ids[:5],
             },
         )

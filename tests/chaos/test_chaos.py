@@ -116,7 +116,6 @@ async def test_rabbitmq_restart_with_quorum_queues(tmp_path: Path) -> None:
     assert outcome.report.ok, describe(outcome)  # lost 0 of confirmed publishes
     assert not notes["stuck workers"], describe(outcome)
     assert max(notes["resume after restart (s)"]) <= 10, describe(outcome)
-    if notes["latest delayed start past due (or back) (s)"] > 10:
-        # Open finding (benchmarks/results-chaos.md): delayed tasks due while the node was
-        # down fired only after the next restart or tens of seconds late.
-        pytest.xfail(f"delayed tasks late after a RabbitMQ restart: {describe(outcome)}")
+    # Due messages go to a due queue consumed with the work queue, not to its tail behind the
+    # backlog (issue 19, finding 3: 29-112 s late before).
+    assert notes["latest delayed start past due (or back) (s)"] <= 10, describe(outcome)

@@ -23,7 +23,9 @@ What it promises:
   no-ops, RabbitMQ having given the message to a consumer again. Closing the consumer gives
   back, at once, what it received and did not yield.
 - **Delays** are held by RabbitMQ in TTL'd wait queues, a ladder of powers of two milliseconds
-  (see `topology`): no plugin, and a delayed message survives a worker restart.
+  (see `topology`): no plugin, and a delayed message survives a worker restart. Once due, a
+  message goes to the queue's due queue, which the queue's consumers consume too, taking turns
+  with the queue (`Session.next`): it waits for a free slot, not behind the backlog.
 - **Priorities** 0-9 on classic queues. Quorum queues in RabbitMQ 3.x ignore priorities (FIFO).
 - **Delivery limit.** Each message carries its delivery count: `x-delivery-count` (quorum
   queues) plus the `aqueue-deliveries` header aqueue sets when it republishes a message, plus
@@ -239,7 +241,7 @@ class AMQPBroker(Broker):
         properties = spec.Basic.Properties(
             delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
         )
-        routing_key = delay_routing_key(ms, topology.queue(queue))
+        routing_key = delay_routing_key(ms, topology.due_queue(queue))
         return Outgoing(topology.delay_exchange(levels[0]), routing_key, body, properties)
 
     def _outgoing(

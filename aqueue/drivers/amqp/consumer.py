@@ -2,8 +2,10 @@
 
 One channel per `consume()` call, and deliveries settled on the channel that delivered them.
 
-A `Session` owns a channel with `basic.qos` set to the worker's free slots, one consumer per
-queue, and a buffer of what RabbitMQ pushed but the generator has not yielded yet. It outlives
+A `Session` owns a channel with `basic.qos` set to the worker's free slots, two consumers per
+queue (the queue, and its due queue where delayed messages arrive, see `topology`), and a
+buffer of what RabbitMQ pushed but the generator has not yielded yet: the best first (priority,
+then the oldest first publish), so that a due message does not wait behind the backlog. It outlives
 the generator until every delivery it yielded is settled, then closes its channel. A session
 whose channel died (a dropped connection) is abandoned: RabbitMQ gives its unacknowledged
 messages to another consumer by itself, and settling one of its deliveries is a no-op.
@@ -22,7 +24,6 @@ import heapq
 import itertools
 import logging
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -203,9 +204,11 @@ class Session:
         self._tags: dict[str, str] = {}  # consumer tag -> aqueue queue
         self._current: list[str] = []  # the consumer tags in use (quorum: the latest ones)
         self._load: collections.Counter[str] = collections.Counter()  # tag -> unsettled
-        self._ordered = len(self.queues) > 1
-        self._fifo: deque[tuple[str, DeliveredMessage]] = deque()
+        #: What RabbitMQ pushed and was not yielded yet: from the queues, from the due queues.
         self._heap: list[tuple[int, float, int, str, DeliveredMessage]] = []
+        self._due: list[tuple[int, float, int, str, DeliveredMessage]] = []
+        self._due_tags: set[str] = set()  # the consumers of due queues
+        self._due_turn = True  # both waiting at one priority: they take turns
         self._seq = itertools.count()
         self._changed = anyio.Event()
         self._rejects: list[spec.Basic.Reject] = []  # to send with the next write, in order
@@ -235,7 +238,7 @@ class Session:
             self._notify()
 
     def __len__(self) -> int:
-        return len(self._heap) if self._ordered else len(self._fifo)
+        return len(self._heap) + len(self._due)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -262,12 +265,13 @@ class Session:
     async def _consume(self) -> None:
         tags = []
         for queue in self.queues:
-            tag = f"aqueue-{uuid.uuid4().hex}"
-            self._tags[tag] = queue
-            tags.append(tag)
-            await self.channel.basic_consume(
-                self.broker.topology.queue(queue), self._on_message, consumer_tag=tag
-            )
+            for name, due in zip(self.broker.topology.consumed(queue), (False, True), strict=True):
+                tag = f"aqueue-{uuid.uuid4().hex}"
+                self._tags[tag] = queue
+                if due:
+                    self._due_tags.add(tag)
+                tags.append(tag)
+                await self.channel.basic_consume(name, self._on_message, consumer_tag=tag)
         self._current = tags
 
     async def fit(self, free: int) -> None:
@@ -313,31 +317,41 @@ class Session:
         if queue is None or self.stopped:
             return  # a consumer being cancelled: the message goes back when the channel closes
         self._load[tag or ""] += 1
-        if self._ordered:
-            properties = message.header.properties
-            priority = properties.priority or 0
-            at = header_number(properties.headers, FIRST_PUBLISHED)
-            heapq.heappush(self._heap, (-priority, at, next(self._seq), queue, message))
-        else:
-            self._fifo.append((queue, message))
+        properties = message.header.properties
+        priority = properties.priority or 0
+        at = header_number(properties.headers, FIRST_PUBLISHED)
+        buffer = self._due if tag in self._due_tags else self._heap
+        heapq.heappush(buffer, (-priority, at, next(self._seq), queue, message))
         self._notify()
 
     def next(self) -> tuple[str, DeliveredMessage] | None:
-        """Pop the best buffered message (priority, then age, across queues), or None."""
-        if self._ordered:
-            if not self._heap:
-                return None
-            _, _, _, queue, message = heapq.heappop(self._heap)
-            return queue, message
-        return self._fifo.popleft() if self._fifo else None
+        """Pop the best buffered message, or None.
+
+        The highest priority first, then the oldest first publish across queues; a due message
+        (its delay over: it comes from a due queue) and one from the queues take turns at the
+        same priority. Not by age: the backlog, older than what came due, would hold a due
+        message back as long as it lasts; nor due messages first: retries with a delay could
+        then hold the queues back.
+        """
+        ready, due = self._heap, self._due
+        if due and (
+            not ready or due[0][0] < ready[0][0] or (due[0][0] == ready[0][0] and self._due_turn)
+        ):
+            buffer, self._due_turn = due, False
+        elif ready:
+            buffer, self._due_turn = ready, True
+        else:
+            return None
+        _, _, _, queue, message = heapq.heappop(buffer)
+        return queue, message
 
     async def ready_counts(self) -> list[int]:
-        """How many messages wait in each queue (one round trip per queue on this channel)."""
+        """How many messages wait in each queue and due queue (one round trip each)."""
         counts = []
         for queue in self.queues:
-            name = self.broker.topology.queue(queue)
-            result = await self.channel.queue_declare(name, passive=True)
-            counts.append(result.message_count or 0)
+            for name in self.broker.topology.consumed(queue):
+                result = await self.channel.queue_declare(name, passive=True)
+                counts.append(result.message_count or 0)
         return counts
 
     async def drained(self) -> bool:

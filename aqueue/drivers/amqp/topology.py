@@ -7,6 +7,7 @@ Every name starts with the `prefix` option. For an aqueue queue `q`:
     exchange  aqueue.dead          direct: routing key `q` -> queue `aqueue.dead.q`
     queue     aqueue.dead.q        the dead letters of `q`, at most `x-max-length-bytes`
                                    (`dead_letter_max_bytes`; the oldest dropped first)
+    queue     aqueue.due.q         delayed messages of `q` once due; the arguments of `q`
 
 Delays are held by RabbitMQ in a ladder of TTL'd wait queues (no plugin). A delay is a number
 of milliseconds; its binary digits say which rungs the message waits on. Rung `i` of queue `q`
@@ -14,11 +15,22 @@ is the queue `aqueue.delay.<i>.q`, with a TTL of 2**i ms, which dead-letters int
 `aqueue.delay.<i-1>` (rung 0 into `aqueue.delayed`). A delayed message is published to rung
 `top` (its highest digit) with the routing key `<digit 31>.<digit 30>....<digit 0>.q`; each
 topic exchange `aqueue.delay.<i>` routes it into the wait queue of rung `i` when digit `i` is 1,
-and on to exchange `i-1` when it is 0; `aqueue.delayed` finally routes it to `q`. A message
-therefore waits exactly its delay (rounded up to the millisecond), through at most 32 hops, in
-durable queues: it survives worker restarts, and broker restarts as any persistent message does.
-Rungs are declared on first use; a delay longer than 2**32 - 1 ms (49.7 days) goes around the
-ladder again when it reaches the consumer.
+and on to exchange `i-1` when it is 0; `aqueue.delayed` finally routes it to its due queue. A
+message therefore waits exactly its delay (rounded up to the millisecond), through at most 32
+hops, in durable queues: it survives worker restarts, and broker restarts as any persistent
+message does. Rungs are declared on first use; a delay longer than 2**32 - 1 ms (49.7 days) goes
+around the ladder again when it reaches the consumer.
+
+The due queue (issue 19): the last hop does not go to `q` itself, where a due message would wait
+at the tail, behind the whole backlog (always on quorum queues, which have no priorities in
+RabbitMQ 3; at its priority on classic ones). Every consumer of `q` also consumes `aqueue.due.q`,
+on the same channel (one credit on classic queues), and takes from the two in turn at one priority
+(`consumer.Session.next`): a due message waits for a free slot, not for the backlog. The routing
+key's tail names the due queue, so wait queues declared by an older aqueue are used as they are
+(they get one more binding), and a message an older aqueue delayed (its tail names `q`) still
+ends in `q` through the binding older versions made, still declared: no message matches both.
+Workers of an older aqueue do not consume due queues: a message a newer aqueue delayed waits
+there for a newer worker. Purging and counting take the due queue as part of `q` (ready).
 """
 
 from __future__ import annotations
@@ -102,6 +114,14 @@ class Topology:
     def dead_queue(self, queue: str) -> str:
         """Return the AMQP name of the dead-letter queue of an aqueue queue."""
         return f"{self.prefix}aqueue.dead.{queue}"
+
+    def due_queue(self, queue: str) -> str:
+        """Return the AMQP name of the queue where the delayed messages of `queue` come due."""
+        return f"{self.prefix}aqueue.due.{queue}"
+
+    def consumed(self, queue: str) -> tuple[str, str]:
+        """Return the AMQP queues a consumer of `queue` consumes: the queue, its due queue."""
+        return self.queue(queue), self.due_queue(queue)
 
     def delay_exchange(self, level: int) -> str:
         """Return the topic exchange of rung `level` (-1: the last hop, into the target queue)."""
@@ -221,10 +241,12 @@ class Topology:
             for queue in queues:
                 name, dead = self.queue(queue), self.dead_queue(queue)
                 dead_arguments = self._quorum(self._dead_cap(), at_least_once=False)
+                arguments = self.queue_arguments(queue)
                 await self._ensure(
                     queue,
-                    ("queue", (name, self.queue_arguments(queue))),
+                    ("queue", (name, arguments)),
                     ("bind", (name, self.exchange, name)),
+                    ("queue", (self.due_queue(queue), arguments)),
                     ("queue", (dead, dead_arguments)),
                     ("bind", (dead, self.dead_exchange, name)),
                 )
@@ -234,17 +256,22 @@ class Topology:
         keys = [f"delay {level} {queue}" for level in levels]
         if self.ready([*keys, f"delayed {queue}"]):
             return
-        name = self.queue(queue)
-        if len(name) + 2 * LEVELS > 255 or {"*", "#"} & set(name.split(".")):
+        due = self.due_queue(queue)  # the routing key's tail
+        if len(due) + 2 * LEVELS > 255 or {"*", "#"} & set(due.split(".")):
             raise ConfigurationError(
-                f"queue {name!r} cannot take delayed messages: its name must be under "
-                f"{255 - 2 * LEVELS} bytes, without '*' or '#' words"
+                f"queue {self.queue(queue)!r} cannot take delayed messages: the name of its due "
+                f"queue {due!r} must be under {255 - 2 * LEVELS} bytes, without '*' or '#' words"
             )
         async with self._lock:
             self._reset_if_reconnected()
             await self._ensure_ladder()
+            name = self.queue(queue)
             await self._ensure(
-                f"delayed {queue}", ("bind", (name, self.delayed_exchange, _pattern(-1, "", name)))
+                f"delayed {queue}",
+                ("queue", (due, self.queue_arguments(queue))),  # if it came before its queue
+                ("bind", (due, self.delayed_exchange, _pattern(-1, "", due))),
+                # What an older aqueue delayed (its tail names the queue) still arrives.
+                ("bind", (name, self.delayed_exchange, _pattern(-1, "", name))),
             )
             for key, level in zip(keys, levels, strict=True):
                 wait = self.delay_queue(queue, level)
@@ -255,7 +282,7 @@ class Topology:
                 await self._ensure(
                     key,
                     ("queue", (wait, self._quorum(arguments, at_least_once=True))),
-                    ("bind", (wait, self.delay_exchange(level), _pattern(level, "1", name))),
+                    ("bind", (wait, self.delay_exchange(level), _pattern(level, "1", due))),
                 )
 
     async def _ensure_ladder(self) -> None:
@@ -268,11 +295,15 @@ class Topology:
             )
         await self._ensure("ladder", *steps)
 
+    def _all(self, queue: str) -> list[str]:
+        """Return the queues holding the messages of `queue`: ready ones (2), then waiting."""
+        return [*self.consumed(queue), *(self.delay_queue(queue, n) for n in range(LEVELS))]
+
     async def purge(self, queue: str) -> int:
-        """Purge a task queue and its wait queues; return how many messages went."""
+        """Purge a task queue, its due queue and its wait queues; return how many went."""
         async with self._lock, amqp_errors(self.settings, f"purge {queue!r}"):
             total = 0
-            names = [self.queue(queue)] + [self.delay_queue(queue, n) for n in range(LEVELS)]
+            names = self._all(queue)
             for name in names:
                 channel = await self._admin()
                 try:
@@ -282,10 +313,10 @@ class Topology:
             return total
 
     async def counts(self, queue: str) -> tuple[int, int]:
-        """Return how many messages wait in a task queue, and in its wait (delay) queues."""
+        """Return how many messages are ready (queue and due queue), and wait (delay queues)."""
         async with self._lock, amqp_errors(self.settings, f"count {queue!r}"):
             counts: list[int] = []
-            names = [self.queue(queue)] + [self.delay_queue(queue, n) for n in range(LEVELS)]
+            names = self._all(queue)
             for name in names:
                 channel = await self._admin()
                 try:
@@ -294,7 +325,7 @@ class Topology:
                     counts.append(0)
                     continue
                 counts.append(declared.message_count or 0)
-            return counts[0], sum(counts[1:])
+            return counts[0] + counts[1], sum(counts[2:])
 
     async def close(self) -> None:
         """Close the admin channel."""
