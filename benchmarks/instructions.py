@@ -121,6 +121,13 @@ def count(args: argparse.Namespace, tree: str | None, variant: str, n: int) -> i
     return int(found.group(1))
 
 
+def default_tree() -> str:
+    """Return the checkout this interpreter imports aqueue from (no --tree)."""
+    import aqueue
+
+    return str(Path(aqueue.__file__).resolve().parents[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/13", help="the broker")
@@ -149,7 +156,7 @@ def main() -> None:
             per_task = (count(args, tree, variant, high) - count(args, tree, variant, low)) / (
                 high - low
             )
-            print(f"| {tree or 'this one'} | {variant} | {per_task:,.0f} |", flush=True)
+            print(f"| {tree or default_tree()} | {variant} | {per_task:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
