@@ -24,6 +24,7 @@ import heapq
 import itertools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -207,6 +208,11 @@ class Session:
         #: What RabbitMQ pushed and was not yielded yet: from the queues, from the due queues.
         self._heap: list[tuple[int, float, int, str, DeliveredMessage]] = []
         self._due: list[tuple[int, float, int, str, DeliveredMessage]] = []
+        #: One queue (as a rule): RabbitMQ delivers each consumer's messages in order, so
+        #: the two buffers are FIFOs, no heap and no header read per message.
+        self._ordered = len(self.queues) > 1
+        self._ready_fifo: deque[tuple[int, float, int, str, DeliveredMessage]] = deque()
+        self._due_fifo: deque[tuple[int, float, int, str, DeliveredMessage]] = deque()
         self._due_tags: set[str] = set()  # the consumers of due queues
         self._due_turn = True  # both waiting at one priority: they take turns
         self._seq = itertools.count()
@@ -238,7 +244,7 @@ class Session:
             self._notify()
 
     def __len__(self) -> int:
-        return len(self._heap) + len(self._due)
+        return len(self._heap) + len(self._due) + len(self._ready_fifo) + len(self._due_fifo)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -319,9 +325,15 @@ class Session:
         self._load[tag or ""] += 1
         properties = message.header.properties
         priority = properties.priority or 0
-        at = header_number(properties.headers, FIRST_PUBLISHED)
-        buffer = self._due if tag in self._due_tags else self._heap
-        heapq.heappush(buffer, (-priority, at, next(self._seq), queue, message))
+        due = tag in self._due_tags
+        if self._ordered:
+            at = header_number(properties.headers, FIRST_PUBLISHED)
+            entry = (-priority, at, next(self._seq), queue, message)
+            heapq.heappush(self._due if due else self._heap, entry)
+        else:
+            (self._due_fifo if due else self._ready_fifo).append(
+                (-priority, 0.0, 0, queue, message)
+            )
         self._notify()
 
     def next(self) -> tuple[str, DeliveredMessage] | None:
@@ -333,7 +345,9 @@ class Session:
         message back as long as it lasts; nor due messages first: retries with a delay could
         then hold the queues back.
         """
-        ready, due = self._heap, self._due
+        ordered = self._ordered
+        ready: Sequence[tuple[int, float, int, str, DeliveredMessage]]
+        ready, due = (self._heap, self._due) if ordered else (self._ready_fifo, self._due_fifo)
         if due and (
             not ready or due[0][0] < ready[0][0] or (due[0][0] == ready[0][0] and self._due_turn)
         ):
@@ -342,7 +356,10 @@ class Session:
             buffer, self._due_turn = ready, True
         else:
             return None
-        _, _, _, queue, message = heapq.heappop(buffer)
+        if ordered:
+            _, _, _, queue, message = heapq.heappop(cast("list[Any]", buffer))
+        else:
+            _, _, _, queue, message = cast("deque[Any]", buffer).popleft()
         return queue, message
 
     async def ready_counts(self) -> list[int]:
