@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack
 
 from .options import ManySendOptions, SendOptions
 
 if TYPE_CHECKING:
+    from .drivers.base import BlockingPublisher, ResultBackend
     from .interfaces import AppLike
+    from .message import OutgoingMessage
     from .result import AsyncResult
 
 __all__ = [
@@ -96,12 +100,28 @@ class IOThread:
         """Send one task from a sync caller; calls from many threads at once go as one batch."""
         sender = self._sender
         if sender is None:
-            loop = self.loop()
-            with self._lock:
-                sender = self._sender
-                if sender is None:
-                    sender = self._sender = _Sender(app, loop)
+            sender = self._start_sender(app)
         return sender.send(name, args, kwargs)
+
+    def _start_sender(self, app: AppLike) -> _Sender:
+        loop = self.loop()
+        # Open the app on the I/O loop first: its broker may let the callers publish
+        # themselves (`Broker.blocking_publisher`).
+        publisher, backend = self.run(_blocking_publisher(app))
+        with self._lock:
+            sender = self._sender
+            if sender is None and self._loop is loop:
+                if publisher is None:
+                    sender = _Sender(app, loop)
+                else:
+                    sender = _GroupSender(app, loop, publisher, backend)
+                    publisher = None
+                self._sender = sender
+        if publisher is not None:  # another caller's sender won, or the thread stopped
+            publisher.close()
+        if sender is None:
+            raise RuntimeError("the app's I/O thread stopped")
+        return sender
 
     def stop(self) -> None:
         """Close the app's connections on the thread's loop, stop the loop, join the thread."""
@@ -122,10 +142,19 @@ class IOThread:
             thread.join(_STOP_TIMEOUT)
             if sender is not None:
                 sender.fail_waiting(RuntimeError("the app's I/O thread stopped"))
+                sender.close()
 
     async def astop(self) -> None:
         """`stop`, awaited from another event loop (in a worker thread of that loop)."""
         await asyncio.to_thread(self.stop)
+
+
+async def _blocking_publisher(
+    app: AppLike,
+) -> tuple[BlockingPublisher | None, ResultBackend | None]:
+    broker = await app.broker()
+    backend = await app.result_backend()
+    return broker.blocking_publisher(), backend
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
@@ -154,7 +183,7 @@ class _Waiter:
     loop may release it later.
     """
 
-    __slots__ = ("abandoned", "busy", "error", "lock", "result")
+    __slots__ = ("abandoned", "busy", "error", "leads", "lock", "result")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -163,6 +192,7 @@ class _Waiter:
         self.abandoned = False  # its caller was interrupted: not sent if not taken yet
         self.result: Any = None
         self.error: BaseException | None = None
+        self.leads = False  # woken to publish the next group (`_GroupSender`)
 
     def settle(self, result: Any, error: BaseException | None = None) -> None:
         """Give the caller its outcome and wake it (on the I/O loop)."""
@@ -240,6 +270,9 @@ class _Sender:
         for *_, waiter in waiting:
             waiter.settle(None, error)
 
+    def close(self) -> None:
+        """Release what the sender holds (the I/O thread stopped)."""
+
     def _take(self) -> None:
         """Send what is queued, in a task per task name (on the I/O loop)."""
         with self._lock:
@@ -284,6 +317,125 @@ class _Sender:
             for *_, waiter in group[settled:]:
                 waiter.settle(None, stopped)
             raise
+
+
+class _GroupSender(_Sender):
+    """Sync `delay()` calls published by their callers' threads, in groups (group commit).
+
+    For a broker with a `BlockingPublisher` (SQLite: a connection of its own). A caller
+    builds its message in its own thread; if no group is being published it publishes, as
+    the leader, its message and those queued meanwhile; otherwise it queues its message and
+    waits. A leader done hands the lead to the first caller queued meanwhile, then wakes the
+    callers of its group, each with its outcome: a group's failure is each of its callers'.
+    No hop to the I/O loop and back, nor GIL handoffs with it: one wake-up a caller.
+    Calls the group path cannot take (tracing, `task_send_sent_event`) go through the loop.
+    """
+
+    def __init__(
+        self,
+        app: AppLike,
+        loop: asyncio.AbstractEventLoop,
+        publisher: BlockingPublisher,
+        backend: ResultBackend | None,
+    ) -> None:
+        from . import sending, tracing
+
+        super().__init__(app, loop)
+        self._publisher = publisher
+        self._backend = backend
+        self._plain_message = sending.plain_message
+        self._plain_result = sending.plain_result
+        self._tracer_for = tracing.tracer_for if tracing.AVAILABLE else None
+        self._queue: list[tuple[OutgoingMessage, _Waiter]] = []
+        self._leading = False  # a caller is publishing a group
+        self._stopped = False
+
+    def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        app = self._app
+        tracer_for = self._tracer_for
+        if app.conf.task_send_sent_event or (tracer_for and tracer_for(app.conf) is not None):
+            return super().send(name, args, kwargs)
+        message, task = self._plain_message(app, self._backend, name, args, kwargs)
+        waiter = _waiter()
+        waiter.busy = True
+        with self._lock:
+            if self._stopped:
+                waiter.busy = False
+                raise RuntimeError("the app's I/O thread stopped")
+            self._queue.append((message, waiter))
+            leads, self._leading = not self._leading, True
+        if not leads:
+            try:
+                waiter.lock.acquire()
+            except BaseException:
+                waiter.abandoned = True  # not published, if not taken yet
+                if getattr(_waiters, "waiter", None) is waiter:
+                    _waiters.waiter = None
+                # It may be woken to lead the next group: the others wait for that group.
+                threading.Thread(target=self._stand_in, args=(waiter,), daemon=True).start()
+                raise
+            leads, waiter.leads = waiter.leads, False
+        if leads:
+            self._lead(waiter)
+        waiter.busy = False
+        error, waiter.error = waiter.error, None
+        if error is not None:
+            raise error
+        return self._plain_result(app, name, message.id, task)
+
+    def _lead(self, waiter: _Waiter) -> None:
+        """Publish what is queued (`waiter`'s call among it), hand the lead on, wake the rest."""
+        time.sleep(0)  # let the callers ready to run (woken with the last group) join this one
+        with self._lock:
+            group, self._queue = self._queue, []
+        live = [(message, queued) for message, queued in group if not queued.abandoned]
+        errors: Sequence[BaseException | None] = ()
+        try:
+            if live:
+                errors = self._publisher.publish([message for message, _ in live])
+        except Exception as exc:  # each caller raises its own copy (its own traceback)
+            errors = [exc if queued is waiter else _copied(exc) for _, queued in live]
+        except BaseException as exc:  # the leader's interrupt: its own, not the others'
+            interrupted = RuntimeError("interrupted: the task may or may not have been sent")
+            errors = [exc if queued is waiter else interrupted for _, queued in live]
+        with self._lock:
+            after = self._queue[0][1] if self._queue else None
+            if after is None:
+                self._leading = False
+            else:
+                after.leads = True
+        if after is not None:
+            after.lock.release()
+        for (_, queued), error in zip(live, errors, strict=True):
+            queued.error = error
+        for _, queued in group:  # an abandoned one too: its stand-in waits for this
+            if queued is not waiter:
+                queued.lock.release()
+
+    def _stand_in(self, waiter: _Waiter) -> None:
+        """Wait for an interrupted caller's wake-up; lead its group if that was the call."""
+        waiter.lock.acquire()
+        if waiter.leads:
+            waiter.leads = False
+            self._lead(waiter)
+
+    def fail_waiting(self, error: Exception) -> None:
+        with self._lock:
+            self._stopped = True
+        super().fail_waiting(error)
+
+    def close(self) -> None:
+        self._publisher.close()  # waits for a group being published; later ones fail
+
+
+def _copied(error: Exception) -> Exception:
+    """Return a copy of `error` for another thread to raise, else `error` itself."""
+    try:
+        copied = copy.copy(error)
+    except Exception:
+        return error
+    copied.__cause__ = error.__cause__
+    return copied
 
 
 def check_no_loop(call: str, instead: str) -> None:
