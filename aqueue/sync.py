@@ -387,7 +387,8 @@ class _GroupSender(_Sender):
 
     def _lead(self, waiter: _Waiter) -> None:
         """Publish what is queued (`waiter`'s call among it), hand the lead on, wake the rest."""
-        time.sleep(0)  # let the callers ready to run (woken with the last group) join this one
+        if self._publisher.gathers:
+            time.sleep(0)  # let the callers ready to run (woken with the last group) join
         with self._lock:
             group, self._queue = self._queue, []
         live = [(message, queued) for message, queued in group if not queued.abandoned]
