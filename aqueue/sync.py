@@ -6,6 +6,9 @@ threads share that loop's connections, as async calls share theirs. The thread s
 `app.close()` / `app.sync.close()`, or at interpreter exit (an `atexit` hook closes the
 connections first; being a daemon, the thread never keeps the process alive).
 
+`add.sync.delay()` skips the hop to that loop when the broker lends a `BlockingPublisher`
+(SQLite, plain Redis): the callers' threads publish in groups themselves (`_GroupSender`).
+
 Called from a thread that runs an event loop, a sync method raises at once (it would block the
 loop, or deadlock it): `await add.delay()` is the call to make there.
 """
