@@ -14,13 +14,15 @@ import concurrent.futures
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aqueue import App, BrokerError, SerializationError
+from aqueue.drivers.base import BlockingPublisher
+from aqueue.message import OutgoingMessage
 from aqueue.sync import _GroupSender
 from aqueue.testing import InProcessWorker
 from tests.helpers import service_redis
@@ -244,6 +246,76 @@ def test_calls_the_group_path_cannot_take_go_through_the_io_loop(url: str) -> No
         assert isinstance(app._io_thread()._sender, _GroupSender)
         assert len({task_id for run in runs for task_id in run}) == THREADS * 10
         assert _queued(app) == THREADS * 10
+    finally:
+        app.sync.close()
+        asyncio.run(app.close())
+
+
+def test_an_interrupted_caller_still_passes_its_wake_up_on(tmp_path: Path) -> None:
+    """A caller interrupted while waiting (Ctrl-C in the main thread) is dropped from its
+    group, yet the callers after it in the wake-up chain, or waiting for it to lead the next
+    group, are still woken and sent."""
+    from aqueue.sync import _Waiter
+
+    app = App("tests", broker=f"sqlite:///{tmp_path / 'q.db'}", set_as_current=False)
+
+    @app.task
+    def noop(x: int) -> None:
+        return None
+
+    try:
+        noop.sync.delay(0)
+        assert _queued(app) == 1
+        sender = app._io_thread()._sender
+        assert isinstance(sender, _GroupSender)
+
+        def queue(*waiters: _Waiter) -> None:
+            for waiter in waiters:
+                message, _ = sender._plain_message(app, None, noop.name, (1,), {})
+                sender._queue.append((message, waiter))
+
+        # In a chain: the leader, an interrupted caller, one after it.
+        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
+        sender._leading = True
+        queue(leader, interrupted, after)
+        sender._abandon(interrupted)  # not woken yet: its stand-in waits for the wake-up
+        sender._lead(leader)
+        assert after.lock.acquire(timeout=10)  # woken through the interrupted one's stand-in
+        assert after.error is None
+        assert not sender._leading
+        assert _queued(app) == 2  # the interrupted caller's message was not sent
+
+        # Woken to lead the next group: its stand-in leads it. The leader's publish waits
+        # at a gate (the real publisher behind it) while the next two callers queue.
+        real = sender._publisher
+        started, gate = threading.Event(), threading.Event()
+
+        class Gated(BlockingPublisher):
+            gathers = real.gathers
+
+            def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+                started.set()
+                assert gate.wait(10)
+                return real.publish(messages)
+
+            def close(self) -> None:
+                real.close()
+
+        sender._publisher = Gated()
+        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
+        sender._leading = True
+        queue(leader)
+        leading = threading.Thread(target=sender._lead, args=(leader,))
+        leading.start()
+        assert started.wait(10)  # the leader took its group ([leader]) and publishes it
+        queue(interrupted, after)
+        sender._abandon(interrupted)
+        gate.set()
+        leading.join(10)
+        assert after.lock.acquire(timeout=10)  # the stand-in led the next group
+        assert after.error is None
+        assert not sender._leading
+        assert _queued(app) == 2  # the leader's message and the last one's
     finally:
         app.sync.close()
         asyncio.run(app.close())
