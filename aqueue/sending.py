@@ -25,7 +25,15 @@ from .signing import signer_for
 from .tracing import AVAILABLE as TRACING
 from .tracing import describe_send, producer_span, tracer_for
 
-__all__ = ["Call", "priority_for", "send", "send_calls", "send_many"]
+__all__ = [
+    "Call",
+    "plain_message",
+    "plain_result",
+    "priority_for",
+    "send",
+    "send_calls",
+    "send_many",
+]
 
 
 async def send(
@@ -178,6 +186,24 @@ async def _send_plain(
     if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
         return (await send_many(app, name, [(args, kwargs)]))[0]
     broker, backend = await _connected(app)
+    message, task = plain_message(app, backend, name, args, kwargs)
+    await broker.publish((message,))
+    if app.conf.task_send_sent_event:
+        await announce_sent(broker, name, (message,))
+    return AsyncResult(message.id, app, task_name=name, ignored=_ignored(app, task))
+
+
+def plain_message(
+    app: AppLike,
+    backend: ResultBackend | None,
+    name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> tuple[OutgoingMessage, TaskLike | None]:
+    """Build the message of a call without call options (`delay()`); return it and the task.
+
+    Blocking and thread-safe (no I/O): the sync API builds it in its caller's thread.
+    """
     task = app.tasks.get(name)
     priority = priority_for(app, task, None)  # what fails first fails as in send_many
     message_id = new_id()
@@ -198,10 +224,13 @@ async def _send_plain(
     signer = signer_for(app.conf)
     if signer is not None:
         body = signer.sign(body)
-    message = OutgoingMessage(message_id, queue, body, None, priority)
-    await broker.publish((message,))
-    if app.conf.task_send_sent_event:
-        await announce_sent(broker, name, (message,))
+    return OutgoingMessage(message_id, queue, body, None, priority), task
+
+
+def plain_result(
+    app: AppLike, name: str, message_id: str, task: TaskLike | None
+) -> AsyncResult[Any]:
+    """Return the result of a message `plain_message` made, once sent."""
     return AsyncResult(message_id, app, task_name=name, ignored=_ignored(app, task))
 
 

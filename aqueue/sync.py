@@ -6,6 +6,9 @@ threads share that loop's connections, as async calls share theirs. The thread s
 `app.close()` / `app.sync.close()`, or at interpreter exit (an `atexit` hook closes the
 connections first; being a daemon, the thread never keeps the process alive).
 
+`add.sync.delay()` skips the hop to that loop when the broker lends a `BlockingPublisher`
+(SQLite, plain Redis): the callers' threads publish in groups themselves (`_GroupSender`).
+
 Called from a thread that runs an event loop, a sync method raises at once (it would block the
 loop, or deadlock it): `await add.delay()` is the call to make there.
 """
@@ -14,16 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
 import datetime as dt
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack
 
 from .options import ManySendOptions, SendOptions
 
 if TYPE_CHECKING:
+    from .drivers.base import BlockingPublisher, ResultBackend
     from .interfaces import AppLike
+    from .message import OutgoingMessage
     from .result import AsyncResult
 
 __all__ = [
@@ -96,12 +104,28 @@ class IOThread:
         """Send one task from a sync caller; calls from many threads at once go as one batch."""
         sender = self._sender
         if sender is None:
-            loop = self.loop()
-            with self._lock:
-                sender = self._sender
-                if sender is None:
-                    sender = self._sender = _Sender(app, loop)
+            sender = self._start_sender(app)
         return sender.send(name, args, kwargs)
+
+    def _start_sender(self, app: AppLike) -> _Sender:
+        loop = self.loop()
+        # Open the app on the I/O loop first: its broker may let the callers publish
+        # themselves (`Broker.blocking_publisher`).
+        publisher, backend = self.run(_blocking_publisher(app))
+        with self._lock:
+            sender = self._sender
+            if sender is None and self._loop is loop:
+                if publisher is None:
+                    sender = _Sender(app, loop)
+                else:
+                    sender = _GroupSender(app, loop, publisher, backend)
+                    publisher = None
+                self._sender = sender
+        if publisher is not None:  # another caller's sender won, or the thread stopped
+            publisher.close()
+        if sender is None:
+            raise RuntimeError("the app's I/O thread stopped")
+        return sender
 
     def stop(self) -> None:
         """Close the app's connections on the thread's loop, stop the loop, join the thread."""
@@ -122,10 +146,19 @@ class IOThread:
             thread.join(_STOP_TIMEOUT)
             if sender is not None:
                 sender.fail_waiting(RuntimeError("the app's I/O thread stopped"))
+                sender.close()
 
     async def astop(self) -> None:
         """`stop`, awaited from another event loop (in a worker thread of that loop)."""
         await asyncio.to_thread(self.stop)
+
+
+async def _blocking_publisher(
+    app: AppLike,
+) -> tuple[BlockingPublisher | None, ResultBackend | None]:
+    broker = await app.broker()
+    backend = await app.result_backend()
+    return broker.blocking_publisher(), backend
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
@@ -154,7 +187,7 @@ class _Waiter:
     loop may release it later.
     """
 
-    __slots__ = ("abandoned", "busy", "error", "lock", "result")
+    __slots__ = ("abandoned", "busy", "error", "leads", "lock", "next", "result", "woken")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -163,6 +196,9 @@ class _Waiter:
         self.abandoned = False  # its caller was interrupted: not sent if not taken yet
         self.result: Any = None
         self.error: BaseException | None = None
+        self.leads = False  # woken to publish the next group (`_GroupSender`)
+        self.next: _Waiter | None = None  # the caller it wakes once woken (`_GroupSender`)
+        self.woken = False  # its wake-up was given (`_GroupSender`: set before the release)
 
     def settle(self, result: Any, error: BaseException | None = None) -> None:
         """Give the caller its outcome and wake it (on the I/O loop)."""
@@ -240,6 +276,9 @@ class _Sender:
         for *_, waiter in waiting:
             waiter.settle(None, error)
 
+    def close(self) -> None:
+        """Release what the sender holds (the I/O thread stopped)."""
+
     def _take(self) -> None:
         """Send what is queued, in a task per task name (on the I/O loop)."""
         with self._lock:
@@ -284,6 +323,150 @@ class _Sender:
             for *_, waiter in group[settled:]:
                 waiter.settle(None, stopped)
             raise
+
+
+class _GroupSender(_Sender):
+    """Sync `delay()` calls published by their callers' threads, in groups (group commit).
+
+    For a broker with a `BlockingPublisher` (SQLite: a connection of its own). A caller
+    builds its message in its own thread; if no group is being published it publishes, as
+    the leader, its message and those queued meanwhile; otherwise it queues its message and
+    waits. A leader done hands the lead to the first caller queued meanwhile, then wakes the
+    callers of its group, each with its outcome: a group's failure is each of its callers'.
+    No hop to the I/O loop and back, nor GIL handoffs with it: one wake-up a caller, and
+    the callers of a group wake each other in a chain (the leader makes one wake-up, not
+    one per caller: 8 threads, a quarter less CPU a call on Redis).
+    Calls the group path cannot take (tracing, `task_send_sent_event`) go through the loop.
+    """
+
+    def __init__(
+        self,
+        app: AppLike,
+        loop: asyncio.AbstractEventLoop,
+        publisher: BlockingPublisher,
+        backend: ResultBackend | None,
+    ) -> None:
+        from . import sending, tracing
+
+        super().__init__(app, loop)
+        self._publisher = publisher
+        self._backend = backend
+        self._plain_message = sending.plain_message
+        self._plain_result = sending.plain_result
+        self._tracer_for = tracing.tracer_for if tracing.AVAILABLE else None
+        self._queue: list[tuple[OutgoingMessage, _Waiter]] = []
+        self._leading = False  # a caller is publishing a group
+        self._stopped = False
+
+    def send(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        app = self._app
+        tracer_for = self._tracer_for
+        if app.conf.task_send_sent_event or (tracer_for and tracer_for(app.conf) is not None):
+            return super().send(name, args, kwargs)
+        message, task = self._plain_message(app, self._backend, name, args, kwargs)
+        waiter = _waiter()
+        waiter.busy, waiter.woken = True, False
+        with self._lock:
+            if self._stopped:
+                waiter.busy = False
+                raise RuntimeError("the app's I/O thread stopped")
+            self._queue.append((message, waiter))
+            leads, self._leading = not self._leading, True
+        if not leads:
+            try:
+                waiter.lock.acquire()
+            except BaseException:
+                self._abandon(waiter)
+                raise
+            self._pass_on(waiter)
+        if leads or waiter.leads:
+            waiter.leads = False
+            self._lead(waiter)
+        waiter.busy = False
+        error, waiter.error = waiter.error, None
+        if error is not None:
+            raise error
+        return self._plain_result(app, name, message.id, task)
+
+    def _lead(self, waiter: _Waiter) -> None:
+        """Publish what is queued (`waiter`'s call among it), hand the lead on, wake the rest."""
+        if self._publisher.gathers:
+            time.sleep(0)  # let the callers ready to run (woken with the last group) join
+        with self._lock:
+            group, self._queue = self._queue, []
+        live = [(message, queued) for message, queued in group if not queued.abandoned]
+        errors: Sequence[BaseException | None] = ()
+        try:
+            if live:
+                errors = self._publisher.publish([message for message, _ in live])
+        except Exception as exc:  # each caller raises its own copy (its own traceback)
+            errors = [exc if queued is waiter else _copied(exc) for _, queued in live]
+        except BaseException as exc:  # the leader's interrupt: its own, not the others'
+            interrupted = RuntimeError("interrupted: the task may or may not have been sent")
+            errors = [exc if queued is waiter else interrupted for _, queued in live]
+        with self._lock:
+            after = self._queue[0][1] if self._queue else None
+            if after is None:
+                self._leading = False
+            else:
+                after.leads = True
+        if after is not None:
+            after.woken = True
+            after.lock.release()
+        for (_, queued), error in zip(live, errors, strict=True):
+            queued.error = error
+        # Wake the first caller of the group, which wakes the second, and so on (an
+        # abandoned one too: its stand-in waits for this), so the wake-ups are made by many.
+        chain = [queued for _, queued in group if queued is not waiter]
+        for queued, following in itertools.pairwise(chain):
+            queued.next = following
+        if chain:
+            chain[0].woken = True
+            chain[0].lock.release()
+
+    def _pass_on(self, waiter: _Waiter) -> None:
+        """Wake the caller after `waiter` in the chain of its group, if any."""
+        after, waiter.next = waiter.next, None
+        if after is not None:
+            after.woken = True
+            after.lock.release()
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Drop an interrupted caller's call, and still pass its wake-up on when it comes."""
+        waiter.abandoned = True  # not published, if not taken yet
+        if getattr(_waiters, "waiter", None) is waiter:
+            _waiters.waiter = None  # its lock is in an unknown state now
+        if waiter.woken:  # woken already (the lock taken or not): pass it on here
+            self._pass_on(waiter)
+            if waiter.leads:
+                threading.Thread(target=self._lead, args=(waiter,), daemon=True).start()
+        else:  # it may be woken later, in a chain or to lead the next group
+            threading.Thread(target=self._stand_in, args=(waiter,), daemon=True).start()
+
+    def _stand_in(self, waiter: _Waiter) -> None:
+        """Wait for an interrupted caller's wake-up; pass it on, lead if it was the call."""
+        waiter.lock.acquire()
+        self._pass_on(waiter)
+        if waiter.leads:
+            self._lead(waiter)
+
+    def fail_waiting(self, error: Exception) -> None:
+        with self._lock:
+            self._stopped = True
+        super().fail_waiting(error)
+
+    def close(self) -> None:
+        self._publisher.close()  # waits for a group being published; later ones fail
+
+
+def _copied(error: Exception) -> Exception:
+    """Return a copy of `error` for another thread to raise, else `error` itself."""
+    try:
+        copied = copy.copy(error)
+    except Exception:
+        return error
+    copied.__cause__ = error.__cause__
+    return copied
 
 
 def check_no_loop(call: str, instead: str) -> None:

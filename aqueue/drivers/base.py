@@ -45,6 +45,7 @@ __all__ = [
     "DEAD_LETTER_MAX_BYTES",
     "DEAD_LETTER_MAX_COUNT",
     "UNSTARTED_FACTOR",
+    "BlockingPublisher",
     "Broker",
     "ChordStep",
     "Credit",
@@ -301,6 +302,28 @@ class _Connected(abc.ABC):
         await self.close()
 
 
+class BlockingPublisher(abc.ABC):
+    """`Broker.publish` for plain threads, blocking: one thread at a time calls it."""
+
+    #: Whether the thread about to publish lets the callers ready to run queue their
+    #: messages first (one yield of the GIL): for a publish that costs much more than a
+    #: caller's turn (a SQLite commit), not for a cheap one (a pipelined Redis write).
+    gathers: bool = False
+
+    @abc.abstractmethod
+    def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Exception | None]:
+        """Put ready messages on their queues; return once the broker holds them durably.
+
+        Return each message's outcome: None if sent, else the error of that message alone
+        (the others were sent); raise if the publish failed as a whole (none or only some
+        may have been sent).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; a later `publish` fails. Idempotent."""
+
+
 class Broker(_Connected):
     """A message transport. Use it as an async context manager, or call `open` and `close`."""
 
@@ -329,6 +352,15 @@ class Broker(_Connected):
     @abc.abstractmethod
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Put messages on their queues; return once the broker holds them durably."""
+
+    def blocking_publisher(self) -> BlockingPublisher | None:
+        """Return a publisher that sync callers' threads use themselves, or None.
+
+        Called on the broker's loop (the app's I/O thread) once the broker is open. With
+        one, the threads of concurrent sync calls publish in groups, one of them for all the
+        others (no hop to the I/O loop and back); without one, they go through the I/O loop.
+        """
+        return None
 
     @abc.abstractmethod
     def consume(

@@ -52,20 +52,25 @@ options of `client`, and `visibility_timeout` / `max_deliveries` / `heartbeat_in
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+import redis.connection
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from ...exceptions import BrokerError
 from ...message import OutgoingMessage
 from ..base import (
+    BlockingPublisher,
     Broker,
     Credit,
     DeadLetter,
@@ -468,6 +473,16 @@ class RedisBroker(Broker):
                 "but may not survive its failover"
             )
 
+    def blocking_publisher(self) -> BlockingPublisher | None:
+        """Return a publisher on a connection of its own, for sync callers' threads.
+
+        None for a cluster or behind sentinels (their publishes go through the I/O loop).
+        """
+        self.hot_path()
+        if self.settings.cluster or self.settings.connection_class not in _SYNC_CONNECTIONS:
+            return None
+        return _BlockingPublisher(self.settings, self.keys)
+
     async def _add(self, message: OutgoingMessage) -> None:
         """Add one ready message to its stream: one XADD, its head encoded once per stream."""
         hot = self.hot_path()
@@ -698,3 +713,102 @@ class RedisBroker(Broker):
         """Delete dead letters (those in `ids`, else all)."""
         with redis_errors(self.settings, "purging dead letters"):
             return await deadletters.purge(self.redis_client(), self.keys(queue), ids)
+
+
+#: The blocking twin of each connection class `_BlockingPublisher` can use.
+_SYNC_CONNECTIONS: dict[type[Any], type[Any]] = {
+    aioredis.Connection: redis.connection.Connection,
+    aioredis.SSLConnection: redis.connection.SSLConnection,
+    aioredis.UnixDomainSocketConnection: redis.connection.UnixDomainSocketConnection,
+}
+
+
+class _BlockingPublisher(BlockingPublisher):
+    """`publish` for the threads of sync callers, on a blocking connection of their own.
+
+    Ready messages only (what `delay()` sends): one XADD each, all in one round trip, then
+    `WAIT` for the replicas under `?wait=N`, as the broker's own publish. A connection that
+    failed is dropped and made again by the next publish (the failed one is not sent again:
+    it may have been added).
+    """
+
+    def __init__(self, settings: RedisSettings, keys: Callable[[str], QueueKeys]) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._heads: dict[tuple[str, int], bytes] = {}
+        self._lock = threading.Lock()  # one call at a time; `close` waits for a publish
+        self._connection: Any = None  # a redis-py blocking connection (untyped)
+        self._closed = False
+
+    def _connect(self) -> Any:
+        settings = self._settings
+        kwargs = dict(settings.kwargs)
+        kwargs["retry"] = SyncRetry(NoBackoff(), 0)  # a publish is never sent twice
+        connection_class = _SYNC_CONNECTIONS[settings.connection_class]
+        connection = connection_class(**kwargs)
+        connection.connect()
+        return connection
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> list[Exception | None]:
+        settings = self._settings
+        with self._lock:
+            if self._closed:
+                raise BrokerError(f"Redis at {settings.url}: the publisher is closed")
+            parts = self._encode(messages)
+            try:
+                replies, held = self._round_trip(parts)
+            except (RedisError, OSError) as exc:
+                connection, self._connection = self._connection, None
+                if connection is not None:
+                    connection.disconnect()
+                raise broker_error(settings, exc, "publishing") from None
+        if held < settings.wait:
+            raise BrokerError(
+                f"Redis at {settings.url}: only {held} of {settings.wait} replica(s) held a "
+                f"published message within {settings.wait_timeout} s; it is on the primary, "
+                "but may not survive its failover"
+            )
+        return [
+            broker_error(settings, reply, "publishing") if isinstance(reply, Exception) else None
+            for reply in replies
+        ]
+
+    def _encode(self, messages: Sequence[OutgoingMessage]) -> list[bytes]:
+        parts = []
+        for message in messages:
+            if message.eta is not None:
+                raise ValueError("a blocking publish takes ready messages only")
+            priority = min(max(int(message.priority), 0), 9)
+            head = self._heads.get((message.queue, priority))
+            if head is None:
+                stream = self._keys(message.queue).stream(priority)
+                head = self._heads[message.queue, priority] = encode_head(
+                    ("XADD", stream, "*", "b"), 5
+                )
+            parts.append(head + encode_bulk(message.body))
+        return parts
+
+    def _round_trip(self, parts: list[bytes]) -> tuple[list[Any], int]:
+        """Send the XADDs in one write, read their replies, then `WAIT` if asked to."""
+        settings = self._settings
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._connect()
+        connection.send_packed_command([b"".join(parts)], check_health=False)
+        replies: list[Any] = []
+        for _ in parts:
+            try:
+                replies.append(connection.read_response(disable_decoding=True))
+            except ResponseError as exc:  # an error reply, read whole: this message's alone
+                replies.append(exc)
+        held = 0
+        if settings.wait:
+            connection.send_command("WAIT", settings.wait, int(settings.wait_timeout * 1000))
+            held = connection.read_response()
+        return replies, held
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._connection, self._closed = self._connection, None, True
+        if connection is not None:
+            connection.disconnect()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from ...exceptions import BrokerError
 from ...message import DeadLetterReason, OutgoingMessage
 from ..base import (
     UNSTARTED_FACTOR,
+    BlockingPublisher,
     Broker,
     Credit,
     DeadLetter,
@@ -54,7 +56,7 @@ from ..options import BrokerOptions
 from . import dead as deadletters
 from .beats import SCHEMA as BEATS_SCHEMA
 from .beats import Beating, Judge, expire_dead_owners, oldest_beat
-from .database import STRICT, Database, immediate, parse_sqlite_url, placeholders
+from .database import STRICT, Database, connect, immediate, parse_sqlite_url, placeholders
 from .mailbox import SCHEMA as MAILBOX_SCHEMA
 from .mailbox import SQLiteMailbox
 from .rows import bad_times, bury_rows, fault
@@ -257,6 +259,44 @@ def _publish(conn: sqlite3.Connection, messages: list[OutgoingMessage]) -> None:
         size = min(_INSERT_ROWS, 1 << (left.bit_length() - 1))  # the largest that fits
         conn.execute(_INSERTS[size], values[start * 4 : (start + size) * 4])
         start, left = start + size, left - size
+
+
+class _BlockingPublisher(BlockingPublisher):
+    """`publish` for the threads of sync callers, on a connection of their own.
+
+    The connection opens on first use (in the calling thread, never on an event loop); each
+    publish is one transaction, as the broker's own, then the consumers are woken.
+    """
+
+    gathers = True  # a commit costs much more than a caller's turn: larger groups
+
+    def __init__(self, path: str, wake: str) -> None:
+        self._path = path
+        self._wake = wake
+        self._lock = threading.Lock()  # one call at a time; `close` waits for a publish
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> list[Exception | None]:
+        with self._lock:
+            if self._closed:
+                raise BrokerError(f"SQLite database {self._path} is closed")
+            try:
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = connect(self._path)
+                with immediate(conn):
+                    _publish(conn, list(messages))
+            except sqlite3.Error as exc:
+                raise BrokerError(f"SQLite database {self._path}: {exc}") from exc
+        notify(self._wake)
+        return [None] * len(messages)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn, self._closed = self._conn, None, True
+        if conn is not None:
+            conn.close()
 
 
 def _ack(conn: sqlite3.Connection, id_: int, token: str, runs: bool) -> bool:
@@ -502,6 +542,11 @@ class SQLiteBroker(Broker):
         """
         if messages:
             await self._database().append(_publish, messages, wake=self._wake)
+
+    def blocking_publisher(self) -> BlockingPublisher | None:
+        """Return a publisher on a connection of its own, for sync callers' threads."""
+        db = self._database()
+        return _BlockingPublisher(db.path, self._wake)
 
     async def consume(
         self, queues: Sequence[str], credit: Credit, *, burst: bool = False

@@ -38,6 +38,7 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "STRICT",
     "Database",
+    "connect",
     "immediate",
     "parse_sqlite_url",
     "placeholders",
@@ -139,12 +140,13 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _connect(path: str, schema: Sequence[str]) -> sqlite3.Connection:
+def connect(path: str, schema: Sequence[str] = ()) -> sqlite3.Connection:
+    """Open a connection as `Database` does (WAL, the busy timeout), creating `schema`."""
     conn = sqlite3.connect(
         path,
         timeout=BUSY_TIMEOUT_MS / 1000,
         isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
-        check_same_thread=False,  # used from worker threads, one at a time (the limiter)
+        check_same_thread=False,  # used from other threads, one at a time
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -224,7 +226,7 @@ class Database:
         path = await anyio.to_thread.run_sync(os.path.abspath, path)
         with anyio.CancelScope(shield=True):  # a connection made is a connection closed
             try:
-                conn = await anyio.to_thread.run_sync(_connect, path, schema)
+                conn = await anyio.to_thread.run_sync(connect, path, schema)
             except sqlite3.Error as exc:
                 raise BrokerError(f"cannot open SQLite database {path}: {exc}") from exc
         return cls(path, conn)

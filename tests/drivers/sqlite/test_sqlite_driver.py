@@ -670,7 +670,7 @@ def test_many_threads_open_one_new_database_at_once(tmp_path: Path) -> None:
     import concurrent.futures
     import threading
 
-    from aqueue.drivers.sqlite.database import _connect
+    from aqueue.drivers.sqlite.database import connect
 
     schema = ("CREATE TABLE IF NOT EXISTS t (x INTEGER)",)
     for round_ in range(30):
@@ -679,7 +679,7 @@ def test_many_threads_open_one_new_database_at_once(tmp_path: Path) -> None:
 
         def open_it(path: str = path, start: threading.Barrier = start) -> str:
             start.wait()
-            conn = _connect(path, schema)
+            conn = connect(path, schema)
             try:
                 return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
             finally:

@@ -1,0 +1,321 @@
+"""Sync `delay()` calls published by their callers' threads, in groups (`sync._GroupSender`).
+
+On SQLite and Redis (plain URLs), `add.sync.delay()` does not hop to the app's I/O loop: the
+calling threads build their messages and one of them publishes the group for all the others,
+on a connection of the sync path's own. These tests check that nothing is lost or sent twice
+from 8 threads at once, that each error reaches the caller it belongs to, and that the path
+survives the I/O thread stopping and starting again, and other loops using the same app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aqueue import App, BrokerError, SerializationError
+from aqueue.drivers.base import BlockingPublisher
+from aqueue.message import OutgoingMessage
+from aqueue.sync import _GroupSender
+from aqueue.testing import InProcessWorker
+from tests.helpers import service_redis
+from tests.helpers.drivers import SERVICES, require
+
+THREADS = 8
+CALLS = 150  # per thread
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A broker URL of the test's own (a new SQLite file, or a Redis key prefix)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'q.db'}"
+    else:
+        yield request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def app(url: str) -> Iterator[App]:
+    made = App("tests", broker=url, set_as_current=False)
+    yield made
+    made.sync.close()
+    asyncio.run(made.close())
+
+
+async def _purge(app: App, queue: str) -> int:
+    broker = await app.broker()
+    return await broker.purge(queue)
+
+
+def _queued(app: App, queue: str | None = None) -> int:
+    """How many messages `queue` holds (on the I/O loop's connection), emptying it."""
+    return app.run_blocking(_purge(app, queue or app.conf.task_default_queue))
+
+
+def _at_once(call: Any, count: int = THREADS) -> list[Any]:
+    """Run `call(index)` in `count` threads that start together; return their returns."""
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> Any:
+        barrier.wait()
+        return call(index)
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_eight_threads_lose_nothing_and_send_nothing_twice(app: App) -> None:
+    @app.task
+    def noop(x: int, y: int) -> None:
+        return None
+
+    noop.sync.delay(-1, -1)  # opens the app on the I/O thread
+    assert isinstance(app._io_thread()._sender, _GroupSender)
+    assert _queued(app) == 1
+    runs = _at_once(lambda x: [noop.sync.delay(x, y).id for y in range(CALLS)])
+    ids = [task_id for run in runs for task_id in run]
+    assert len(set(ids)) == THREADS * CALLS
+    assert _queued(app) == THREADS * CALLS
+
+
+def test_messages_sent_in_groups_run_with_their_own_arguments(app: App) -> None:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    worker = InProcessWorker(app)
+    worker.start()
+    try:
+        runs = _at_once(lambda x: [add.sync.delay(x, y) for y in range(20)])
+        values = [[result.get(timeout=30) for result in run] for run in runs]
+    finally:
+        worker.stop()
+    assert values == [[x + y for y in range(20)] for x in range(THREADS)]
+
+
+def test_a_call_that_cannot_be_encoded_fails_its_caller_alone(app: App) -> None:
+    @app.task
+    def echo(value: object) -> None:
+        return None
+
+    def calls(x: int) -> list[str]:
+        outcomes = []
+        for y in range(50):
+            try:
+                echo.sync.delay(object() if (x + y) % 3 == 0 else y)
+            except SerializationError:
+                outcomes.append("refused")
+            else:
+                outcomes.append("sent")
+        return outcomes
+
+    runs = _at_once(calls)
+    expected = [["refused" if (x + y) % 3 == 0 else "sent" for y in range(50)] for x in range(8)]
+    assert runs == expected
+    assert _queued(app) == sum(run.count("sent") for run in runs)
+
+
+def test_a_failed_sqlite_publish_fails_every_caller_of_its_group(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    app = App("tests", broker=f"sqlite:///{path}", set_as_current=False)
+
+    @app.task
+    def noop(x: int) -> None:
+        return None
+
+    try:
+        noop.sync.delay(0)
+        assert _queued(app) == 1
+        with sqlite3.connect(path) as conn:  # the database itself refuses every insert
+            conn.execute(
+                "CREATE TRIGGER syncpub_refuse BEFORE INSERT ON aqueue_messages "
+                "BEGIN SELECT RAISE(ABORT, 'refused by syncpub'); END"
+            )
+
+        def calls(x: int) -> list[str]:
+            errors = []
+            for y in range(20):
+                with pytest.raises(BrokerError) as caught:
+                    noop.sync.delay(y)
+                errors.append(str(caught.value))
+            return errors
+
+        runs = _at_once(calls)
+        assert all("refused by syncpub" in error for run in runs for error in run)
+        assert _queued(app) == 0
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TRIGGER syncpub_refuse")
+        _at_once(lambda x: [noop.sync.delay(y) for y in range(20)])
+        assert _queued(app) == THREADS * 20
+    finally:
+        app.sync.close()
+        asyncio.run(app.close())
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    asyncio.run(require("redis"))
+    made = service_redis.make_url(f"syncpub-{uuid.uuid4().hex[:10]}")
+    yield made
+    asyncio.run(SERVICES["redis"].cleanup(made))
+
+
+def test_a_redis_error_reply_fails_the_callers_of_that_message_only(redis_url: str) -> None:
+    import redis
+
+    url = redis_url
+    app = App("tests", broker=url, set_as_current=False)
+
+    @app.task(queue="syncpub-broken")
+    def broken(x: int) -> None:
+        return None
+
+    @app.task
+    def fine(x: int) -> None:
+        return None
+
+    async def stream_of(queue: str) -> str:
+        broker: Any = await app.broker()
+        return str(broker.keys(queue).stream(app.conf.task_default_priority))
+
+    client = redis.Redis.from_url(url.partition("?")[0])
+    try:
+        fine.sync.delay(0)
+        assert _queued(app) == 1
+        client.set(app.run_blocking(stream_of("syncpub-broken")), "not a stream")
+
+        def calls(x: int) -> list[str]:  # each group mixes both tasks
+            outcomes = []
+            for y in range(40):
+                try:
+                    (broken if (x + y) % 2 else fine).sync.delay(y)
+                except BrokerError as exc:
+                    outcomes.append("WRONGTYPE" if "WRONGTYPE" in str(exc) else str(exc))
+                else:
+                    outcomes.append("sent")
+            return outcomes
+
+        runs = _at_once(calls)
+        assert runs == [
+            ["WRONGTYPE" if (x + y) % 2 else "sent" for y in range(40)] for x in range(THREADS)
+        ]
+        assert _queued(app) == THREADS * 20
+    finally:
+        client.close()
+        app.sync.close()
+        asyncio.run(app.close())
+
+
+def test_the_group_path_across_loops_and_restarts_of_the_io_thread(app: App) -> None:
+    @app.task
+    def noop(x: int) -> None:
+        return None
+
+    async def from_a_loop_of_its_own(x: int) -> str:
+        return (await noop.delay(x)).id
+
+    ids = [noop.sync.delay(0).id]
+    ids.append(asyncio.run(from_a_loop_of_its_own(1)))  # its own loop, its own connection
+    asyncio.run(app.close())  # closes that loop's connections and stops the I/O thread
+    assert not app._io_thread().running
+    ids += [noop.sync.delay(2).id]  # a new I/O thread, a new sender and publisher
+    assert isinstance(app._io_thread()._sender, _GroupSender)
+    app.sync.close()
+    runs = _at_once(lambda x: [noop.sync.delay(x).id, asyncio.run(from_a_loop_of_its_own(x))])
+    ids += [task_id for run in runs for task_id in run]
+    assert len(set(ids)) == 3 + 2 * THREADS
+    assert _queued(app) == 3 + 2 * THREADS
+
+
+def test_calls_the_group_path_cannot_take_go_through_the_io_loop(url: str) -> None:
+    app = App("tests", broker=url, task_send_sent_event=True, set_as_current=False)
+
+    @app.task
+    def noop(x: int) -> None:
+        return None
+
+    try:
+        runs = _at_once(lambda x: [noop.sync.delay(y).id for y in range(10)])
+        assert isinstance(app._io_thread()._sender, _GroupSender)
+        assert len({task_id for run in runs for task_id in run}) == THREADS * 10
+        assert _queued(app) == THREADS * 10
+    finally:
+        app.sync.close()
+        asyncio.run(app.close())
+
+
+def test_an_interrupted_caller_still_passes_its_wake_up_on(tmp_path: Path) -> None:
+    """A caller interrupted while waiting (Ctrl-C in the main thread) is dropped from its
+    group, yet the callers after it in the wake-up chain, or waiting for it to lead the next
+    group, are still woken and sent."""
+    from aqueue.sync import _Waiter
+
+    app = App("tests", broker=f"sqlite:///{tmp_path / 'q.db'}", set_as_current=False)
+
+    @app.task
+    def noop(x: int) -> None:
+        return None
+
+    try:
+        noop.sync.delay(0)
+        assert _queued(app) == 1
+        sender = app._io_thread()._sender
+        assert isinstance(sender, _GroupSender)
+
+        def queue(*waiters: _Waiter) -> None:
+            for waiter in waiters:
+                message, _ = sender._plain_message(app, None, noop.name, (1,), {})
+                sender._queue.append((message, waiter))
+
+        # In a chain: the leader, an interrupted caller, one after it.
+        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
+        sender._leading = True
+        queue(leader, interrupted, after)
+        sender._abandon(interrupted)  # not woken yet: its stand-in waits for the wake-up
+        sender._lead(leader)
+        assert after.lock.acquire(timeout=10)  # woken through the interrupted one's stand-in
+        assert after.error is None
+        assert not sender._leading
+        assert _queued(app) == 2  # the interrupted caller's message was not sent
+
+        # Woken to lead the next group: its stand-in leads it. The leader's publish waits
+        # at a gate (the real publisher behind it) while the next two callers queue.
+        real = sender._publisher
+        started, gate = threading.Event(), threading.Event()
+
+        class Gated(BlockingPublisher):
+            gathers = real.gathers
+
+            def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+                started.set()
+                assert gate.wait(10)
+                return real.publish(messages)
+
+            def close(self) -> None:
+                real.close()
+
+        sender._publisher = Gated()
+        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
+        sender._leading = True
+        queue(leader)
+        leading = threading.Thread(target=sender._lead, args=(leader,))
+        leading.start()
+        assert started.wait(10)  # the leader took its group ([leader]) and publishes it
+        queue(interrupted, after)
+        sender._abandon(interrupted)
+        gate.set()
+        leading.join(10)
+        assert after.lock.acquire(timeout=10)  # the stand-in led the next group
+        assert after.error is None
+        assert not sender._leading
+        assert _queued(app) == 2  # the leader's message and the last one's
+    finally:
+        app.sync.close()
+        asyncio.run(app.close())
