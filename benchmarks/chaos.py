@@ -3,6 +3,7 @@
     python benchmarks/chaos.py [--scenarios kill_storm,kill_after_claim,...] [--tasks N]
                                [--brokers redis,sqlite,amqp] [--kills N] [--restarts N]
                                [--partitions N] [--length S] [--waiters N] [--fuzz N]
+                               [--grace S] [--bad N] [--crashers N]
                                [--write benchmarks/results-chaos.md]
 
 Every scenario starts its own broker (a `redis-server` with an append-only file: appendfsync
@@ -12,6 +13,13 @@ and its SQLite ledger in a temporary directory, injects its faults, drains, and 
 count lost, duplicated, recovered and unexpected tasks (see tests/chaos/ledger.py). The kill
 storm, the kill after a claim, SIGTERM and the poison mix run on each of `--brokers`. Prints
 one table row per run; with --write, the table goes to that file too.
+
+Sizes are the issue's by default where they have their own flag: SIGTERM with a 10 s grace
+(`--tasks` / 10 tasks: `--tasks 10000` for its 1,000), and each unfinished task started again
+within 1 s of its worker's exit; poison with 1,000 bad messages and 50 crashers among
+`--tasks` good ones, run three times in a row (clean, bad messages alone, bad messages and
+crashers: `scenarios.poison_throughput`) to compare the good tasks' rates and to read each
+worker's resident set; partitions 3 x 30 s with a 15 s lease.
 """
 
 from __future__ import annotations
@@ -70,11 +78,16 @@ async def one(name: str, args: argparse.Namespace, where: Path, broker: str) -> 
         )
     if name == "sigterm":
         return await scenarios.sigterm(
-            where, tasks=max(n // 10, 30), terms=args.kills, grace=3.0, broker=broker
+            where,
+            tasks=max(n // 10, 30),
+            terms=args.kills,
+            grace=args.grace,
+            broker=broker,
+            requeue_within=1.0,
         )
     if name == "poison":
-        return await scenarios.poison(
-            where, good=n, each=max(n // 90, 1), crashers=5, broker=broker
+        return await scenarios.poison_throughput(
+            where, good=n, bad=args.bad, crashers=args.crashers, broker=broker
         )
     if name == "rabbit_restarts":
         return await scenarios.rabbit_restarts(where, tasks=n, restarts=args.restarts)
@@ -109,8 +122,8 @@ def command(name: str, args: argparse.Namespace, broker: str) -> str:
         "redis_everysec": f"--tasks {args.tasks} --restarts {args.restarts}",
         "partitions": f"--tasks {args.tasks} --partitions {args.partitions} "
         f"--length {args.length:g} --lease {args.lease:g}",
-        "sigterm": f"--tasks {args.tasks} --kills {args.kills}",
-        "poison": f"--tasks {args.tasks}",
+        "sigterm": f"--tasks {args.tasks} --kills {args.kills} --grace {args.grace:g}",
+        "poison": f"--tasks {args.tasks} --bad {args.bad} --crashers {args.crashers}",
         "fuzz": f"--fuzz {args.fuzz}",
     }
     return f"python benchmarks/chaos.py --scenarios {name}{on} {sizes.get(name, '')}".strip()
@@ -173,6 +186,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--length", type=float, default=30.0, help="seconds per blackhole")
     parser.add_argument("--lease", type=float, default=15.0)
+    parser.add_argument("--grace", type=float, default=10.0, help="SIGTERM: shutdown grace (s)")
+    parser.add_argument("--bad", type=int, default=1000, help="poison: bad messages")
+    parser.add_argument("--crashers", type=int, default=50, help="poison: os._exit tasks")
     parser.add_argument("--fuzz", type=int, default=100_000)
     parser.add_argument("--write", help="write the table (markdown) to this file")
     return parser.parse_args()

@@ -183,6 +183,8 @@ class Fleet:
         self.exits: list[int] = []  # exit codes of the workers that died on their own
         self.restarts = 0
         self.stopped: list[Lines] = []
+        #: Each worker incarnation's resident set (bytes, /proc/PID/status): [at ready, peak].
+        self.rss: dict[int, list[int]] = {}
         self._changed = anyio.Event()  # set when a worker starts
 
     async def start(self, index: int) -> Lines:
@@ -192,6 +194,8 @@ class Fleet:
         self.workers[index] = worker
         self._changed.set()  # the supervisor watches this one too
         await worker.wait_line("ready.", within=STEP)
+        if (size := await anyio.to_thread.run_sync(rss, worker.proc.pid)) is not None:
+            self.rss[worker.proc.pid] = [size, size]
         return worker
 
     async def start_all(self) -> None:
@@ -249,9 +253,47 @@ class Fleet:
                 self.workers[index] = None  # first: a watcher must not restart it
                 worker.stop()
 
+    def sample_rss(self) -> None:
+        """Raise each live worker's recorded peak to its resident set now."""
+        for worker in self.workers:
+            sizes = self.rss.get(worker.proc.pid) if worker is not None else None
+            if sizes is not None and worker is not None and (size := rss(worker.proc.pid)):
+                sizes[1] = max(sizes[1], size)
+
+    async def watch_rss(self, every: float = 0.5) -> None:
+        """`sample_rss` every `every` s until cancelled (a worker killed by a crasher cannot be
+        read after its exit: its peak is the last sample before it)."""
+        while True:
+            await anyio.to_thread.run_sync(self.sample_rss)  # /proc reads, off the loop
+            await anyio.sleep(every)  # the sampling period
+
+    def rss_growth_now(self) -> int:
+        """The largest growth of a live worker's resident set, ready to now (bytes)."""
+        growth = 0
+        for worker in self.workers:
+            if worker is not None and (sizes := self.rss.get(worker.proc.pid)):
+                growth = max(growth, (rss(worker.proc.pid) or sizes[0]) - sizes[0])
+        return growth
+
+    def rss_growth(self) -> int:
+        """The largest growth of one worker incarnation's resident set, ready to peak (bytes)."""
+        return max((peak - first for first, peak in self.rss.values()), default=0)
+
     def output(self) -> str:
         alive = [worker for worker in self.workers if worker is not None]
         return "\n".join(worker.output for worker in [*self.stopped, *alive])
+
+
+def rss(pid: int) -> int | None:
+    """A process's resident set in bytes (VmRSS in /proc/PID/status), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
 
 
 @dataclass
