@@ -101,7 +101,7 @@ class Delivery(abc.ABC):
     held by a worker that died is not blamed for its death.
     """
 
-    __slots__ = ("body", "delivery_count", "queue", "runs", "suspect")
+    __slots__ = ("body", "delivery_count", "queue", "returned", "runs", "suspect")
 
     #: Whether this message may have been running when a worker died (a redelivery). An
     #: attribute, not a property: the worker reads it several times per task.
@@ -113,6 +113,9 @@ class Delivery(abc.ABC):
         self.delivery_count = delivery_count  # 1 on the first delivery
         self.runs = runs
         self.suspect = delivery_count > 1 or runs > 0
+        #: Given back to the queue unfinished (a shutdown, a `nack`) and taken again: a
+        #: worker runs it before the messages it took ahead of its slots (issue 19, finding 7).
+        self.returned = False
 
     async def begin(self) -> None:  # noqa: B027 - deliberately a no-op by default
         """Record durably that a run of the task starts now (`runs` of later deliveries).

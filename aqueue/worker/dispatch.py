@@ -108,7 +108,10 @@ class Dispatcher:
                 slots.take(delivery.suspect)
                 if delivery.suspect:
                     self._suspects.add(delivery)
-                inbox.put(delivery)
+                if delivery.returned:  # given back unfinished: before what was taken ahead
+                    inbox.put_front(delivery)
+                else:
+                    inbox.put(delivery)
             if not burst:
                 return
             await slots.wait_idle()  # tasks may have queued more work: look once more

@@ -61,6 +61,12 @@ class Inbox(Generic[T]):
         if self._waking < WAKE_AHEAD:
             self._wake()
 
+    def put_front(self, item: T) -> None:
+        """Queue an item before those queued (it was given back: it runs next)."""
+        self._items.appendleft(item)
+        if self._waking < WAKE_AHEAD:
+            self._wake()
+
     def _wake(self) -> None:
         """Wake sleepers until as many are waking as there are items (at most WAKE_AHEAD)."""
         sleepers = self._sleepers

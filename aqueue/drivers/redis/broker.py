@@ -150,6 +150,7 @@ class _RedisDelivery(Delivery):
         self._held = held
         self._settled = False
         self._begun = False
+        self.returned = claimed.returned
 
     async def begin(self) -> None:
         """Count a run of the message in its queue's runs hash, before it starts."""

@@ -147,6 +147,7 @@ class Claimed:
     n: int  # deliveries before this stream entry
     counter: int  # deliveries of this stream entry (the fencing token, with the consumer)
     runs: int = 0  # recorded runs (`begin`, `nack`), looked up for redeliveries only
+    returned: bool = False  # given back (`release`, `nack`): it goes before queued messages
 
     @property
     def stream(self) -> str:
@@ -308,8 +309,16 @@ class Consumer:
     def _claimed(self, entries: list[Any]) -> list[Claimed]:
         """Return the claim script's entries as `Claimed` messages."""
         return [
-            Claimed(self.keys[int(q) - 1], int(p), text(i), bytes(body), int(n), int(counter))
-            for q, p, i, body, n, counter in entries
+            Claimed(
+                self.keys[int(q) - 1],
+                int(p),
+                text(i),
+                bytes(body),
+                int(n),
+                int(counter),
+                returned=int(returned) == 1,
+            )
+            for q, p, i, body, n, counter, returned in entries
         ]
 
     def _judged(self, judging: bool, next_check: Any, robbed: list[Any], orphans: int) -> None:

@@ -204,6 +204,9 @@ local function promote(q)
 end
 
 -- Keep a claimed entry, or dead-letter it once it has been delivered too often.
+-- Set while taking returned entries: they go before the worker's queued messages.
+local returning = false
+
 local function take(q, p, key, entry, counter)
   local body, n, problem = fields_of(entry)
   if problem then
@@ -221,7 +224,7 @@ local function take(q, p, key, entry, counter)
     buried = buried + 1
     return
   end
-  out[#out + 1] = {q, p, entry[1], body or '', n, counter}
+  out[#out + 1] = {q, p, entry[1], body or '', n, counter, returning and 1 or 0}
   remaining = remaining - 1
 end
 
@@ -335,12 +338,14 @@ local function take_returned(q, p)
   if not ok or type(pend) ~= 'table' or #pend == 0 then return end
   local ids = {}
   for _, e in ipairs(pend) do ids[#ids + 1] = e[1] end
+  returning = true
   for _, entry in ipairs(redis.call('XCLAIM', key, group, consumer, 0, unpack(ids))) do
     if entry then
       local e = redis.call('XPENDING', key, group, entry[1], entry[1], 1)[1]
       take(q, p, key, entry, tonumber(e[4]))
     end
   end
+  returning = false
 end
 
 -- The owners in a queue's beats whose last beat is older than the timeout (Redis time, ms).
