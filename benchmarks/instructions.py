@@ -147,6 +147,26 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
+    try:
+        report(args)
+    finally:
+        clean_up(args.url)
+
+
+def clean_up(url: str) -> None:
+    """Delete the keys of the benchmark's queue (Redis); the other brokers keep an empty one."""
+    if not url.startswith("redis"):
+        return
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"aqueue:{{{QUEUE}}}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def report(args: argparse.Namespace) -> None:
     low, high = (int(value) for value in args.tasks.split(","))
     print(f"{args.kind} tasks on {args.url.split('@')[-1]}, loop {args.loop}, N = {low}, {high}")
     print("| tree | variant | instructions per task |")
