@@ -107,6 +107,10 @@ class Settings:
     #: `aqueue worker` (`Worker.serve`) freezes its start-up heap for the garbage collector
     #: and collects young objects less often (aqueue/worker/gc_tuning.py); False leaves it alone.
     worker_tune_gc: bool = True
+    #: `aqueue worker` serves blocks of this many bytes and more with mappings of their own,
+    #: given back to the system when freed (glibc: aqueue/worker/malloc_tuning.py), so that a
+    #: worker handling large messages does not keep its peak; None leaves malloc alone.
+    worker_malloc_mmap_threshold: int | None = 128 * 1024
     #: The event loop of `aqueue worker`: "auto" (uvloop when installed), "asyncio" or "uvloop"
     #: (see aqueue/loops.py); `aqueue worker --loop` overrides it.
     worker_loop: str = "auto"
@@ -440,6 +444,9 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
         None if value is None else _positive_int(name, value)
     ),
     "worker_max_memory_per_child": lambda name, value: None if value is None else _memory(value),
+    "worker_malloc_mmap_threshold": lambda name, value: (
+        None if value is None else _positive_int(name, value)
+    ),
     "worker_loop_block_warning": _seconds,
     "worker_loop": _loop,
     "worker_hijack_root_logger": _bool,

@@ -155,6 +155,7 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "task_soft_time_limit",
         "worker_processes",
         "worker_tune_gc",
+        "worker_malloc_mmap_threshold",
         "broker_heartbeat_interval",
         "broker_heartbeat_timeout",
         "worker_loop_block_warning",
@@ -163,7 +164,8 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_max_tasks_per_child",
         "worker_max_memory_per_child",
     } <= names
-    assert len(names) == 51  # 42, imports and include, the recycling limits, observability (5)
+    assert len(names) == 52  # 42, imports and include, the recycling limits, observability (5),
+    # worker_malloc_mmap_threshold
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -710,3 +712,10 @@ async def test_backend_url_follows_a_later_broker_change(build_app: BuildApp) ->
     app = build_app("proj")
     app.conf.broker_url = "memory://"
     assert app.backend_url == "memory://"
+
+
+def test_the_malloc_threshold_is_a_positive_size_or_none() -> None:
+    assert Settings().worker_malloc_mmap_threshold == 128 * 1024
+    assert Settings(worker_malloc_mmap_threshold=None).worker_malloc_mmap_threshold is None
+    with pytest.raises(ConfigurationError, match="worker_malloc_mmap_threshold must be"):
+        Settings(worker_malloc_mmap_threshold=-1)

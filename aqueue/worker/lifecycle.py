@@ -49,6 +49,7 @@ from .control import ControlServer, Revocations
 from .dispatch import Dispatcher
 from .gc_tuning import tuned_for_worker
 from .loopwatch import LoopWatch, blocking_tasks
+from .malloc_tuning import fix_mmap_threshold
 from .processes import ProcessPool
 from .recycle import Recycle
 from .runner import Runner, WorkerApp
@@ -334,8 +335,10 @@ class Worker:
     async def serve(self, *, task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM or SIGINT (a second one stops at once): what `aqueue worker` does.
 
-        As a process of its own, it also tunes the garbage collector (`worker_tune_gc`).
+        As a process of its own, it also tunes the garbage collector (`worker_tune_gc`) and
+        the C allocator (`worker_malloc_mmap_threshold`, for the life of the process).
         """
+        fix_mmap_threshold(self.app.conf.worker_malloc_mmap_threshold)
         with tuned_for_worker(self.app.conf.worker_tune_gc):
             async with anyio.create_task_group() as group:
                 group.start_soon(self._watch_signals)
