@@ -10,8 +10,9 @@ N tasks (`valgrind --tool=callgrind`, which counts, it does not time: the same c
 give the same count within 0.1%, whatever else the machine runs), for two values of N, and
 reports the difference over the difference of N: the instructions of one task, start-up
 (imports, connecting) taken out. That 0.1% of a whole run is about 1,000 instructions per
-task at the default N: differences smaller than that are noise (how the claims and acks of
-the run happened to batch).
+task at the default N, and how the run's claims and acks happened to batch moves it more:
+one tree gave 125.5k to 128.5k per task in three invocations, so trust differences of 3% or
+more, or measure the trees in one invocation (`--tree`), several times.
 
 Each count: the queue is filled by a normal process (`delay_many`), then one process, under
 valgrind, drains it with `Worker(app, concurrency=500, burst=True).serve()`, as `aqueue
