@@ -529,12 +529,8 @@ class Batcher(Generic[T, R]):
                 logger.exception("the hook of a batched call failed")
 
     def _report(self, slot: _Slot[T, R]) -> None:
-        assert self._on_unwaited is not None
         outcome = slot.error if slot.error is not None else slot.result
-        try:
-            self._on_unwaited(slot.item, outcome)  # type: ignore[arg-type]
-        except Exception:
-            logger.exception("the hook of a batched call failed")
+        self._report_all([slot.item], [outcome])  # type: ignore[list-item]
 
 
 class Script:
