@@ -16,7 +16,7 @@ from aqueue import App, Worker
 from aqueue.cli.events import format_event
 from aqueue.events import TOPIC, Event
 from aqueue.events.emitter import BATCH, CHUNK, EventEmitter
-from aqueue.events.event import decode_batch, encode_batch
+from aqueue.events.event import BEGUN, ENDED, RAN, VERSION, decode_batch, encode_batch
 from aqueue.message import Envelope
 from tests.helpers.drivers import MakeApp
 
@@ -278,11 +278,56 @@ async def test_the_emitter_keeps_nothing_of_a_task_that_went_back_unstarted() ->
     assert (events[-1]["result"], events[-1]["runtime"]) == (3, 0.5)
 
 
+async def test_a_run_with_nothing_in_between_is_one_entry_and_three_events() -> None:
+    published: list[bytes] = []
+
+    class Recorder:
+        async def publish(self, topic: str, data: bytes) -> None:
+            published.append(data)
+
+    class Task:
+        name = "t.add"
+
+    class Delivery:
+        body = b"x" * 10
+        queue = "default"
+
+    task, delivery = Task(), Delivery()
+    one, two, three = (Envelope(id=f"id{n}", task=task.name, args=(n,)) for n in (1, 2, 3))
+    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter.started(task, one, delivery)  # type: ignore[arg-type]
+    emitter.finished(task, one, "SUCCESS", 0.5, 3)  # type: ignore[arg-type] # at once
+    emitter.started(task, two, delivery)  # type: ignore[arg-type]
+    emitter.started(task, three, delivery)  # type: ignore[arg-type] # came in between
+    emitter.finished(task, two, "SUCCESS", 0.25, 4)  # type: ignore[arg-type]
+    emitter.finished(task, three, "FAILURE", 0.1, ValueError("no"))  # type: ignore[arg-type]
+    assert [entry[0] for entry in emitter._buffer] == [RAN, BEGUN, BEGUN, ENDED, ENDED]
+    stamp = emitter._buffer[0][3]
+    await emitter.flush()
+    events = [event for data in published for event in decode_batch(data)]
+    by_task: dict[str | None, list[Event]] = {}
+    for event in events:
+        by_task.setdefault(event.task_id, []).append(event)
+    for ident, last in (
+        ("id1", "task-succeeded"),
+        ("id2", "task-succeeded"),
+        ("id3", "task-failed"),
+    ):
+        assert [e.type for e in by_task[ident]] == ["task-received", "task-started", last]
+    ran = by_task["id1"]
+    assert ran[0]["args"] == [1]
+    assert (ran[2]["result"], ran[2]["runtime"]) == (3, 0.5)
+    assert ran[0].timestamp == ran[1].timestamp == stamp
+    assert ran[2].timestamp == stamp + 0.5  # its start plus its runtime
+    assert ran[2].task_name == "t.add"
+    assert by_task["id3"][2]["exc_type"] == "ValueError"
+
+
 def test_a_newer_batch_is_read_as_far_as_known_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     batch = {
-        "v": 3,
+        "v": VERSION + 1,
         "hostname": "w@future",
         "pid": 7,
         "new": "a key this version does not know",
@@ -309,7 +354,7 @@ def test_a_newer_batch_is_read_as_far_as_known_with_one_warning(
     assert len(warnings) == 1  # once per worker and version, one line
     assert "\n" not in warnings[0]
     assert "w@future" in warnings[0]
-    assert "v3" in warnings[0]
+    assert f"v{VERSION + 1}" in warnings[0]
 
 
 def test_a_version_1_batch_is_still_read(caplog: pytest.LogCaptureFixture) -> None:
@@ -366,7 +411,7 @@ async def test_encoded_chunks_make_the_same_batches() -> None:
     assert events[-1]["exc_message"] == ["xxx", "xxx"]
     assert len(decode_batch(published[0])) <= BATCH
     head = msgpack.unpackb(published[0])
-    assert (head["v"], head["hostname"], head["pid"]) == (2, "w@test", emitter.pid)
+    assert (head["v"], head["hostname"], head["pid"]) == (VERSION, "w@test", emitter.pid)
 
 
 async def test_an_entry_that_cannot_be_encoded_is_dropped_alone(

@@ -37,6 +37,7 @@ from .._version import __version__
 from .event import (
     BEGUN,
     ENDED,
+    RAN,
     RECEIVED,
     STARTED,
     TOPIC,
@@ -105,16 +106,14 @@ def _array_head_size(count: int) -> int:
     return 1 if count < 16 else 3 if count < 0x10000 else 5
 
 
-def _begun(
-    step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery
-) -> tuple[Any, ...]:
+def _begun(step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> list[Any]:
     """Return a task's received (or received-and-started) step (`event.STEPS`)."""
     args: Any = envelope.args or None  # none: None, cheaper to encode than [] or {}
     kwargs: Any = envelope.kwargs or None
     if len(delivery.body) > ARGS_BYTES:
         args = kwargs = _TOO_LARGE
     queue, retries, eta = delivery.queue, envelope.retries, envelope.eta
-    return (step, envelope.id, task.name, _now(), queue, retries, eta, args, kwargs)
+    return [step, envelope.id, task.name, _now(), queue, retries, eta, args, kwargs]
 
 
 class EventEmitter:
@@ -175,7 +174,7 @@ class EventEmitter:
         """
         self._add((kind, _now(), task_id, task_name, fields))
 
-    def _add(self, entry: tuple[Any, ...]) -> None:
+    def _add(self, entry: Sequence[Any]) -> None:
         """Buffer an entry, waking the flush loop for the first of a batch (see `started`)."""
         buffer = self._buffer
         if not buffer:
@@ -229,9 +228,10 @@ class EventEmitter:
         waiting = self._waiting
         # A stale id's task (never started) is not this one: compare the ids.
         if waiting and waiting.pop(id(envelope), None) == envelope.id:
-            step: tuple[Any, ...] = (STARTED, envelope.id, task.name, _now(), delivery.queue)
+            step: Any = (STARTED, envelope.id, task.name, _now(), delivery.queue)
         elif len(delivery.body) <= ARGS_BYTES:  # this is every task's path
-            step = (
+            # A list: `finished` makes it the task's whole run if nothing came in between.
+            step = [
                 BEGUN,
                 envelope.id,
                 task.name,
@@ -241,7 +241,7 @@ class EventEmitter:
                 envelope.eta,
                 envelope.args or None,  # none: None, cheaper to encode than [] or {}
                 envelope.kwargs or None,
-            )
+            ]
         else:
             step = _begun(BEGUN, task, envelope, delivery)
         buffer = self._buffer
@@ -260,8 +260,17 @@ class EventEmitter:
         outcome: Any,
     ) -> None:
         """Note task-succeeded, task-failed or task-retried."""
+        buffer = self._buffer
         if state == "SUCCESS":
             result = outcome if outcome.__class__ in _PLAIN else short_repr(outcome, 200)
+            if buffer:
+                last = buffer[-1]
+                # The task ran without a pause (no result stored, nothing awaited): its begun
+                # step, still last, becomes its whole run, one entry for the three events.
+                if last[1] is envelope.id and last[0] == BEGUN:
+                    last[0] = RAN
+                    last += (runtime, result)
+                    return
             step: tuple[Any, ...] = (ENDED, envelope.id, task.name, _now(), state, runtime, result)
         else:
             error = outcome if isinstance(outcome, BaseException) else None
@@ -270,7 +279,6 @@ class EventEmitter:
             retries = envelope.retries
             step = (ENDED, envelope.id, task.name, _now(), state, runtime, None)
             step += (exc_type, message, retries)
-        buffer = self._buffer
         if not buffer:
             self._wake_up()
         buffer.append(step)

@@ -3,7 +3,7 @@
 Events travel on the mailbox topic `events` (see `aqueue.drivers.base.Mailbox`), in batches:
 one msgpack map per publish,
 
-    {"v": 2, "hostname": str, "pid": int | None,
+    {"v": 3, "hostname": str, "pid": int | None,
      "events": [[type, timestamp, task_id, task_name, fields], ...]}
 
 where `task_id` and `task_name` are None for worker events, and `fields` is the event type's
@@ -22,6 +22,8 @@ after a one-line warning (once per worker and version) that it may miss events.
     [3, task_id, task_name, timestamp, queue]                                task-started
     [4, task_id, task_name, timestamp, state, runtime, result, exc_type,     succeeded, failed,
         exc_message, retries]                                                or retried
+    [5, task_id, task_name, timestamp, queue, retries, eta, args, kwargs,    received, started,
+        runtime, result]                                                     and succeeded
 
 where `args` and `kwargs` are None when there are none (cheaper to encode than an empty array
 or map), and `state` is SUCCESS, FAILURE or RETRY.
@@ -57,6 +59,7 @@ __all__ = [
     "ENDED",
     "EVENT_TYPES",
     "FIELDS",
+    "RAN",
     "RECEIVED",
     "STARTED",
     "STEPS",
@@ -76,7 +79,7 @@ logger = logging.getLogger("aqueue.events")
 #: The mailbox topic events are published on.
 TOPIC = "events"
 #: The version of the batches written here (`decode_batch` reads this one and older ones).
-VERSION = 2
+VERSION = 3
 
 EVENT_TYPES = frozenset(
     {
@@ -108,11 +111,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 #: A worker's task steps, by the number that starts their entry: the names of the values
 #: after it (`retries` of an ended step comes with FAILURE and RETRY only).
-RECEIVED, BEGUN, STARTED, ENDED = 1, 2, 3, 4
+RECEIVED, BEGUN, STARTED, ENDED, RAN = 1, 2, 3, 4, 5
 _BEGIN = ("task_id", "task_name", "timestamp", "queue", "retries", "eta", "args", "kwargs")
 STEPS: dict[int, tuple[str, ...]] = {
     RECEIVED: _BEGIN,
     BEGUN: _BEGIN,
+    RAN: (*_BEGIN, "runtime", "result"),
     STARTED: ("task_id", "task_name", "timestamp", "queue"),
     ENDED: (
         "task_id",
@@ -229,6 +233,20 @@ def decode_batch(data: bytes) -> list[Event]:
     return events
 
 
+def _succeeded(received: Event, entry: dict[str, Any]) -> list[Event]:
+    """Return the task-succeeded event of a run's step (`RAN`), timed by its runtime."""
+    runtime = entry.get("runtime")
+    if not isinstance(runtime, int | float):
+        return []
+    fields = {"runtime": runtime, "result": entry.get("result")}
+    stamp = received.timestamp + runtime
+    return [
+        Event(
+            "task-succeeded", stamp, received.hostname, received.task_id, received.task_name, fields
+        )
+    ]
+
+
 #: The (hostname, version) pairs of batches newer than this module, warned about once each.
 _WARNED: set[tuple[str, str]] = set()
 
@@ -260,7 +278,7 @@ def _step_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:
     def event(kind: str, fields: dict[str, Any]) -> Event:
         return Event(kind, float(stamp), hostname, task_id, name, fields)
 
-    if step in (RECEIVED, BEGUN):
+    if step in (RECEIVED, BEGUN, RAN):
         fields = {key: entry.get(key) for key in FIELDS["task-received"]}
         if fields["args"] is None:  # none: sent as None, cheaper to encode
             fields["args"] = []
@@ -269,7 +287,9 @@ def _step_events(hostname: str, pid: Any, item: list[Any]) -> list[Event]:
         received = event("task-received", fields)
         if step == RECEIVED:
             return [received]
-        return [received, event("task-started", {"queue": entry.get("queue"), "pid": pid})]
+        started = event("task-started", {"queue": entry.get("queue"), "pid": pid})
+        ran = _succeeded(received, entry) if step == RAN else []
+        return [received, started, *ran]
     if step == STARTED:
         return [event("task-started", {"queue": entry.get("queue"), "pid": pid})]
     state = entry.get("state")
