@@ -106,14 +106,16 @@ def _array_head_size(count: int) -> int:
     return 1 if count < 16 else 3 if count < 0x10000 else 5
 
 
-def _begun(step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> list[Any]:
+def _begun(
+    step: int, task: RunnableTask, envelope: Envelope, delivery: Delivery
+) -> tuple[Any, ...]:
     """Return a task's received (or received-and-started) step (`event.STEPS`)."""
     args: Any = envelope.args or None  # none: None, cheaper to encode than [] or {}
     kwargs: Any = envelope.kwargs or None
     if len(delivery.body) > ARGS_BYTES:
         args = kwargs = _TOO_LARGE
     queue, retries, eta = delivery.queue, envelope.retries, envelope.eta
-    return [step, envelope.id, task.name, _now(), queue, retries, eta, args, kwargs]
+    return (step, envelope.id, task.name, _now(), queue, retries, eta, args, kwargs)
 
 
 class EventEmitter:
@@ -143,6 +145,9 @@ class EventEmitter:
         self._buffer: list[Any] = []
         #: Entries encoded, waiting for the flush: (how many, their msgpack without a head).
         self._chunks: list[tuple[int, bytes]] = []
+        #: The begun step (`BEGUN`) last in the buffer, if the last entry is one: its task's
+        #: end, if nothing came in between, makes it the task's whole run (`finished`).
+        self._last_begun: tuple[Any, ...] | None = None
         self._packer = msgpack.Packer(use_bin_type=True, default=shown)
         #: Tasks received and waiting to start, by id(envelope) (the runner holds it).
         self._waiting: dict[int, str] = {}
@@ -180,6 +185,7 @@ class EventEmitter:
         if not buffer:
             self._wake_up()
         buffer.append(entry)
+        self._last_begun = None
         if len(buffer) >= CHUNK:
             self._pack()
 
@@ -197,6 +203,7 @@ class EventEmitter:
         except Exception:  # a value msgpack cannot take even as a repr (nested too deep)
             count, data = self._pack_each(buffer)
         buffer.clear()
+        self._last_begun = None
         if count:
             self._chunks.append((count, data))
 
@@ -228,10 +235,11 @@ class EventEmitter:
         waiting = self._waiting
         # A stale id's task (never started) is not this one: compare the ids.
         if waiting and waiting.pop(id(envelope), None) == envelope.id:
-            step: Any = (STARTED, envelope.id, task.name, _now(), delivery.queue)
-        elif len(delivery.body) <= ARGS_BYTES:  # this is every task's path
-            # A list: `finished` makes it the task's whole run if nothing came in between.
-            step = [
+            self._add((STARTED, envelope.id, task.name, _now(), delivery.queue))
+            return
+        if len(delivery.body) <= ARGS_BYTES:  # this is every task's path
+            # `finished` makes it the task's whole run if nothing comes in between.
+            step = (
                 BEGUN,
                 envelope.id,
                 task.name,
@@ -241,13 +249,14 @@ class EventEmitter:
                 envelope.eta,
                 envelope.args or None,  # none: None, cheaper to encode than [] or {}
                 envelope.kwargs or None,
-            ]
+            )
         else:
             step = _begun(BEGUN, task, envelope, delivery)
         buffer = self._buffer
         if not buffer:
             self._wake_up()
         buffer.append(step)
+        self._last_begun = step
         if len(buffer) >= CHUNK:
             self._pack()
 
@@ -263,14 +272,26 @@ class EventEmitter:
         buffer = self._buffer
         if state == "SUCCESS":
             result = outcome if outcome.__class__ in _PLAIN else short_repr(outcome, 200)
-            if buffer:
-                last = buffer[-1]
-                # The task ran without a pause (no result stored, nothing awaited): its begun
-                # step, still last, becomes its whole run, one entry for the three events.
-                if last[1] is envelope.id and last[0] == BEGUN:
-                    last[0] = RAN
-                    last += (runtime, result)
-                    return
+            last = self._last_begun
+            # The task ran without a pause (no result stored, nothing awaited): its begun
+            # step, still last, becomes its whole run, one entry for the three events.
+            if last is not None and last[1] is envelope.id:
+                _, ident, name, stamp, queue, retries, eta, args, kwargs = last
+                buffer[-1] = (
+                    RAN,
+                    ident,
+                    name,
+                    stamp,
+                    queue,
+                    retries,
+                    eta,
+                    args,
+                    kwargs,
+                    runtime,
+                    result,
+                )
+                self._last_begun = None
+                return
             step: tuple[Any, ...] = (ENDED, envelope.id, task.name, _now(), state, runtime, result)
         else:
             error = outcome if isinstance(outcome, BaseException) else None
@@ -282,6 +303,7 @@ class EventEmitter:
         if not buffer:
             self._wake_up()
         buffer.append(step)
+        self._last_begun = None
         if len(buffer) >= CHUNK:
             self._pack()
 
