@@ -36,8 +36,10 @@ What it promises:
 - **Runs.** On classic queues, `begin` (the worker calls it before running a redelivered
   message alone, see `aqueue.worker.isolation`) replaces the message by a copy with one more
   `aqueue-runs`, held on a running queue while the task runs (`running`): a message
-  that kills its worker comes back counted, and one merely held is not blamed. A message with
-  `max_deliveries` runs is dead-lettered (the worker does it first, with a failure result).
+  that kills its worker comes back counted, and first (at the top priority, or through the
+  due queue without priorities: not behind the backlog), and one merely held is not blamed.
+  A message with `max_deliveries` runs is dead-lettered (the worker does it first, with a
+  failure result).
   Quorum queues count every redelivery themselves (`x-delivery-limit`), held messages too.
 - **Mailbox** (`mailbox()`, see `mailbox`): control-plane topics over the direct
   exchange `aqueue.mailbox`, durable settings in the classic queue `aqueue.settings`.
