@@ -3,14 +3,14 @@
 Every publish of a broker goes through one `Pipeline`, on the broker's confirming channel. A
 caller queues its messages and waits for their confirmations; the pipeline's writer task takes
 everything queued since its last write and writes the frames of all of it in one buffer (one
-system call; a caller's messages of a frame's size or more go in a buffer of their own),
-registering a confirmation per message on aiormq's own bookkeeping (the channel's
+system call; a caller's messages of a frame's size or more go in a buffer of their own, one at
+a time), registering a confirmation per message on aiormq's own bookkeeping (the channel's
 `delivery_tag`, `confirmations` and `message_id_delivery_tag`, so confirms, nacks and returns
 resolve them as for `basic_publish`; `_Confirmation` says why it is not a future). It does not
 wait for confirmations between writes, and never waits for company: a lone message is written
 as soon as the writer runs; messages queued while it writes (or while the connection's frame
-buffer is full) go together in its next write. So 100 concurrent `delay()`
-calls cost a few writes, not 100.
+buffer is full) go together in its next write. So 100 concurrent `delay()` calls cost a few
+writes, not 100.
 
 Each caller gets the outcome of its own messages only: a return (unroutable) or a nack fails
 that caller; a channel that closes leaves the messages it did not confirm to their callers,
@@ -396,8 +396,11 @@ class Pipeline:
     async def _write(self, batch: list[_Submission]) -> None:
         """Write the batch in one frame buffer, each message with its confirmation future.
 
-        A submission of `ALONE` bytes or more is written in a buffer of its own, not joined to
-        the others': joining copied every large message once more (issue 19, finding 8).
+        A submission of `ALONE` bytes or more is encoded once what came before it is written,
+        and written in a buffer of its own, which the connection's writer hands to the socket
+        before the next one is encoded. Joined to the others', a large message was copied once
+        more, and a batch's were all encoded at once: a worker refusing 1 MB bodies held a copy
+        of each dead letter in flight (issue 19, finding 8).
         """
         channel = self.channel
         async with channel.lock:
@@ -406,48 +409,76 @@ class Pipeline:
                 for submission in batch:
                     submission.fail(_channel_closed())
                 return
-            # Each write: the channel's tag before it, its payloads, and their submissions.
-            writes: list[tuple[int, list[bytes], list[_Submission]]] = []
-            alone = False  # whether the last write holds a large payload
+            payloads: list[bytes] = []  # of the small submissions, written together
+            group: list[_Submission] = []  # those submissions
+            first = channel.delivery_tag  # the tag before the group's
             for submission in batch:
-                try:
-                    payload = self._encoder.payload(submission.items)
-                except Exception as exc:  # refused by the encoder: this caller's alone
-                    submission.error = exc
-                    submission.fail(exc)
+                payload = self._encode(submission)
+                if payload is None:
                     continue
-                large = len(payload) >= ALONE
-                if not writes or large or alone:
-                    writes.append((channel.delivery_tag, [], []))
-                alone = large
-                writes[-1][1].append(payload)
-                writes[-1][2].append(submission)
-                for item in submission.items:
-                    self._register(submission, item)
-            for at in range(len(writes)):
-                first, payloads, _ = writes[at]
-                frame = ChannelFrame(payload=b"".join(payloads), should_close=False)
-                payloads.clear()  # the frame has them now: let them go once written
-                try:
-                    await channel.write_queue.put(frame)
-                    self.writes += 1
-                except BaseException as exc:
-                    # Not written (the writer stopped while the frame buffer was full): take the
-                    # tags back, which RabbitMQ never saw, and leave the messages to their
-                    # callers; those written before wait for their confirmations.
-                    left = [submission for _, _, taken in writes[at:] for submission in taken]
-                    self._unregister(left, first, exc)
-                    raise
+                if len(payload) < ALONE:
+                    if not group:
+                        first = channel.delivery_tag
+                    payloads.append(payload)
+                    group.append(submission)
+                    self._register(submission)
+                    continue
+                if group:
+                    await self._put(payloads, group, first)
+                    group = []
+                alone = [payload]
+                del payload  # `_put` lets go of it once handed over
+                tag = channel.delivery_tag
+                self._register(submission)
+                await self._put(alone, [submission], tag, written=True)
+            if group:
+                await self._put(payloads, group, first)
 
-    def _register(self, submission: _Submission, item: Outgoing) -> None:
+    def _encode(self, submission: _Submission) -> bytes | None:
+        """Return the frames of a submission's messages; None (it failed) if they cannot be."""
+        try:
+            return self._encoder.payload(submission.items)
+        except Exception as exc:  # refused by the encoder: this caller's alone
+            submission.error = exc
+            submission.fail(exc)
+            return None
+
+    async def _put(
+        self, payloads: list[bytes], group: list[_Submission], first: int, written: bool = False
+    ) -> None:
+        """Hand `payloads` to the connection's writer as one buffer (and empty the list).
+
+        `group`: their submissions, registered from the tag after `first`. `written`: return
+        once the writer has handed the buffer to the socket (or the channel closed).
+        """
         channel = self.channel
-        message_id = item.properties.message_id or ""
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
-        confirmation = _Confirmation(submission, channel, message_id, tag)
-        channel.confirmations[tag] = cast("asyncio.Future[Any]", confirmation)  # see the class
-        channel.message_id_delivery_tag[message_id] = tag
-        submission.confirmations.append(confirmation)
+        drained = self._loop.create_future() if written else None
+        frame = ChannelFrame(payload=b"".join(payloads), should_close=False, drain_future=drained)
+        payloads.clear()  # the frame has them now: let them go once written
+        try:
+            await channel.write_queue.put(frame)
+            self.writes += 1
+        except BaseException as exc:
+            # Not written (the writer stopped while the frame buffer was full): take the tags
+            # back, which RabbitMQ never saw, and leave the messages to their callers; those
+            # written before wait for their confirmations.
+            self._unregister(group, first, exc)
+            raise
+        del frame
+        if drained is not None:
+            await asyncio.wait([drained, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+
+    def _register(self, submission: _Submission) -> None:
+        """Give each message of `submission` its delivery tag and confirmation."""
+        channel = self.channel
+        for item in submission.items:
+            message_id = item.properties.message_id or ""
+            channel.delivery_tag += 1
+            tag = channel.delivery_tag
+            confirmation = _Confirmation(submission, channel, message_id, tag)
+            channel.confirmations[tag] = cast("asyncio.Future[Any]", confirmation)  # see the class
+            channel.message_id_delivery_tag[message_id] = tag
+            submission.confirmations.append(confirmation)
 
     def _unregister(self, batch: list[_Submission], first: int, exc: BaseException) -> None:
         channel = self.channel
