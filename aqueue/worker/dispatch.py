@@ -112,6 +112,7 @@ class Dispatcher:
                     inbox.put_front(delivery)
                 else:
                     inbox.put(delivery)
+                del delivery  # the slot has it: not kept here until the next (see `slot`)
             if not burst:
                 return
             await slots.wait_idle()  # tasks may have queued more work: look once more
@@ -129,6 +130,12 @@ class Dispatcher:
         current_revocations.set(runner.revoked)  # this slot's context, copied into threads
         me = asyncio.current_task()
         assert me is not None
+        # Let go of a delivery (its body: up to message_max_bytes) before waiting for the next:
+        # a slot waiting for work kept its last one alive, and a RabbitMQ worker refusing 1 MB
+        # bodies held twice its slots' worth of them (issue 19, finding 8).
+        delivery: Delivery | None
+        runnable: tuple[Envelope, RunnableTask] | Refusal | None
+        checked: tuple[Envelope, RunnableTask] | None
         while True:
             try:
                 delivery = await inbox.get()
@@ -136,6 +143,7 @@ class Dispatcher:
                 return
             if delivery.suspect:
                 await self._slot_suspect(delivery, me)
+                delivery = None
                 continue
             if slots.running >= slots.size:  # held tasks took the free slots meanwhile
                 await self._wait_slot(delivery)
@@ -169,6 +177,7 @@ class Dispatcher:
             finally:
                 del running[delivery]
                 slots.release()
+                delivery = runnable = checked = None
 
     async def _slot_suspect(self, delivery: Delivery, me: asyncio.Task[Any]) -> None:
         """Run a redelivered message in this slot, holding no more than the slots can run.

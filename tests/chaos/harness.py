@@ -260,9 +260,10 @@ class Fleet:
             if sizes is not None and worker is not None and (size := rss(worker.proc.pid)):
                 sizes[1] = max(sizes[1], size)
 
-    async def watch_rss(self, every: float = 0.5) -> None:
+    async def watch_rss(self, every: float = 0.05) -> None:
         """`sample_rss` every `every` s until cancelled (a worker killed by a crasher cannot be
-        read after its exit: its peak is the last sample before it)."""
+        read after its exit: its peak is the last sample before it). It was every 0.5 s: a peak
+        shorter than that could fall between two samples (issue 19, finding 8)."""
         while True:
             await anyio.to_thread.run_sync(self.sample_rss)  # /proc reads, off the loop
             await anyio.sleep(every)  # the sampling period

@@ -487,7 +487,7 @@ async def poison_throughput(
     (`broker_max_deliveries` times each), and every kill costs a worker start and the tasks it
     was running (back after the lease): that cost is reported (`with crashers / clean`), not
     held to 10%. "RSS growth under 50 MB": the largest growth of one worker incarnation (from
-    ready to its peak, sampled every 0.5 s) over the two runs with bad messages.
+    ready to its peak, sampled every 50 ms) over the two runs with bad messages.
     """
     runs: dict[str, Outcome] = {}
     for name, (bad_count, crash_count) in {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ from aqueue import (
     Worker,
     states,
 )
+from aqueue.drivers.base import Delivery
 from aqueue.task import Task
 from tests.helpers.drivers import MakeApp
 
@@ -514,3 +517,31 @@ async def test_blocking_def_tasks_never_take_the_coroutines_slots(make_app: Make
         for result in sync_results:
             await result.get(timeout=10)
         worker.stop()
+
+
+async def test_a_worker_waiting_for_work_keeps_no_delivery_alive(make_app: MakeApp) -> None:
+    # Issue 19, finding 8: each slot kept its last delivery, body and all (up to
+    # message_max_bytes), while it waited for the next one; so did the consumer loops.
+    app = make_app()
+    token = uuid.uuid4().hex
+    ran: list[None] = []
+    done = anyio.Event()
+
+    @app.task
+    async def take(data: str) -> None:
+        ran.append(None)
+        if len(ran) == 3:
+            done.set()
+
+    worker = Worker(app, concurrency=3)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run)
+        for _ in range(3):
+            await take.delay(token * 100)
+        with anyio.fail_after(10):
+            await done.wait()
+            await worker.dispatch.slots.wait_idle()  # settled: every slot waits for work
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, Delivery) and token in str(o.body)]
+        worker.stop()
+    assert alive == []

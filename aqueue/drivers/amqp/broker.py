@@ -334,8 +334,10 @@ class AMQPBroker(Broker):
                         return
                     continue
                 delivery = await self._admit(session, *entry)
+                entry = None  # nor kept while waiting for credit: the worker has it (issue 19)
                 if delivery is not None:
                     yield delivery
+                    delivery = None
         finally:
             if session is not None:
                 with anyio.CancelScope(shield=True):

@@ -3,13 +3,14 @@
 Every publish of a broker goes through one `Pipeline`, on the broker's confirming channel. A
 caller queues its messages and waits for their confirmations; the pipeline's writer task takes
 everything queued since its last write and writes the frames of all of it in one buffer (one
-system call), registering a confirmation per message on aiormq's own bookkeeping (the
-channel's `delivery_tag`, `confirmations` and `message_id_delivery_tag`, so confirms, nacks and
-returns resolve them as for `basic_publish`; `_Confirmation` says why it is not a future). It
-does not wait for confirmations between writes, and never waits for company: a lone message
-is written as soon as the writer runs; messages queued while it writes (or while the
-connection's frame buffer is full) go together in its next write. So 100 concurrent `delay()`
-calls cost a few writes, not 100.
+system call; a caller's messages of a frame's size or more go in a buffer of their own, one at
+a time), registering a confirmation per message on aiormq's own bookkeeping (the channel's
+`delivery_tag`, `confirmations` and `message_id_delivery_tag`, so confirms, nacks and returns
+resolve them as for `basic_publish`; `_Confirmation` says why it is not a future). It does not
+wait for confirmations between writes, and never waits for company: a lone message is written
+as soon as the writer runs; messages queued while it writes (or while the connection's frame
+buffer is full) go together in its next write. So 100 concurrent `delay()` calls cost a few
+writes, not 100.
 
 Each caller gets the outcome of its own messages only: a return (unroutable) or a nack fails
 that caller; a channel that closes leaves the messages it did not confirm to their callers,
@@ -44,6 +45,8 @@ __all__ = ["Outgoing", "Pipeline"]
 
 #: The most messages one write takes (whole submissions; a larger one goes alone).
 MAX_WRITE = 5000
+#: A submission of this many bytes (a frame's worth, by default) is written alone.
+ALONE = 1 << 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +126,18 @@ class _Encoder:
             self.publish_frames[item.exchange, item.routing_key] = publish
         body = item.body
         size = self.max_content_size
+        header = self.content_header(item.properties, len(body))
         if len(body) <= size:
             bodies = _BODY.pack(3, self.number, len(body)) + body + _FRAME_END if body else b""
-        else:
-            bodies = b"".join(
-                _BODY.pack(3, self.number, len(chunk)) + chunk + _FRAME_END
-                for chunk in (body[start : start + size] for start in range(0, len(body), size))
-            )
-        return publish + self.content_header(item.properties, len(body)) + bodies
+            return publish + header + bodies
+        # A body of several frames: cut into views, copied once, in the one join (slicing,
+        # framing and joining it copied a 1 MB body four times over: issue 19, finding 8).
+        view = memoryview(body)
+        parts: list[bytes | memoryview] = [publish, header]
+        for start in range(0, len(body), size):
+            chunk = view[start : start + size]
+            parts += (_BODY.pack(3, self.number, len(chunk)), chunk, _FRAME_END)
+        return b"".join(parts)
 
     def content_header(self, properties: spec.Basic.Properties, body_size: int) -> bytes:
         """Return a content header frame, as pamqp marshals it."""
@@ -186,14 +193,24 @@ class _Confirmation:
     calls, and settles its message in its submission there and then. A future there would cost
     three callbacks scheduled on the loop per message (two of aiormq's future store, one to
     settle); as this is in no store, the pipeline fails those left when the channel closes.
+
+    It lets go of its submission once settled: the submission keeps its confirmations, so
+    the two would otherwise make a cycle that only the cyclic collector frees, and with it the
+    submission's messages. A worker collects its young objects every 10,000 allocations
+    (`gc_tuning`), and a RabbitMQ worker that dead-lettered 1 MB bodies kept up to 68 of them
+    alive that way, their bodies with them (issue 19, finding 8).
     """
 
     __slots__ = ("channel", "error", "message_id", "settled", "submission", "tag")
 
     def __init__(
-        self, submission: _Submission, channel: aiormq.Channel | None, message_id: str, tag: int
+        self,
+        submission: _Submission | None,
+        channel: aiormq.Channel | None,
+        message_id: str,
+        tag: int,
     ) -> None:
-        self.submission = submission
+        self.submission = submission  # None once settled (or born settled)
         self.channel = channel  # None: never registered (see `_Submission.fail`)
         self.message_id = message_id
         self.tag = tag
@@ -224,7 +241,8 @@ class _Confirmation:
             tags = self.channel.message_id_delivery_tag  # kept by aiormq to match returns
             if tags.get(self.message_id) == self.tag:
                 del tags[self.message_id]
-        submission = self.submission
+        submission, self.submission = self.submission, None
+        assert submission is not None  # set until settled
         submission.left -= 1
         if not submission.left and not submission.done.done():
             submission.done.set_result(None)
@@ -247,7 +265,7 @@ class _Submission:
     def fail(self, reason: BaseException) -> None:
         """Mark every message not written as not sent (the caller sends them again)."""
         for _ in self.items[len(self.confirmations) :]:
-            confirmation = _Confirmation(self, None, "", 0)
+            confirmation = _Confirmation(None, None, "", 0)  # settled: no submission
             confirmation.settled, confirmation.error = True, reason
             self.confirmations.append(confirmation)
         if not self.done.done():
@@ -376,7 +394,14 @@ class Pipeline:
         return taken
 
     async def _write(self, batch: list[_Submission]) -> None:
-        """Write the batch in one frame buffer, each message with its confirmation future."""
+        """Write the batch in one frame buffer, each message with its confirmation future.
+
+        A submission of `ALONE` bytes or more is encoded once what came before it is written,
+        and written in a buffer of its own, which the connection's writer hands to the socket
+        before the next one is encoded. Joined to the others', a large message was copied once
+        more, and a batch's were all encoded at once: a worker refusing 1 MB bodies held a copy
+        of each dead letter in flight (issue 19, finding 8).
+        """
         channel = self.channel
         async with channel.lock:
             batch = [s for s in batch if not s.done.done()]  # callers gone while it waited
@@ -384,39 +409,76 @@ class Pipeline:
                 for submission in batch:
                     submission.fail(_channel_closed())
                 return
-            first = channel.delivery_tag
-            payloads: list[bytes] = []
+            payloads: list[bytes] = []  # of the small submissions, written together
+            group: list[_Submission] = []  # those submissions
+            first = channel.delivery_tag  # the tag before the group's
             for submission in batch:
-                try:
-                    payloads.append(self._encoder.payload(submission.items))
-                except Exception as exc:  # refused by the encoder: this caller's alone
-                    submission.error = exc
-                    submission.fail(exc)
+                payload = self._encode(submission)
+                if payload is None:
                     continue
-                for item in submission.items:
-                    self._register(submission, item)
-            if not payloads:
-                return
-            try:
-                await channel.write_queue.put(
-                    ChannelFrame(payload=b"".join(payloads), should_close=False)
-                )
-                self.writes += 1
-            except BaseException as exc:
-                # Not written (the writer stopped while the frame buffer was full): take the
-                # tags back, which RabbitMQ never saw, and leave the messages to their callers.
-                self._unregister(batch, first, exc)
-                raise
+                if len(payload) < ALONE:
+                    if not group:
+                        first = channel.delivery_tag
+                    payloads.append(payload)
+                    group.append(submission)
+                    self._register(submission)
+                    continue
+                if group:
+                    await self._put(payloads, group, first)
+                    group = []
+                alone = [payload]
+                del payload  # `_put` lets go of it once handed over
+                tag = channel.delivery_tag
+                self._register(submission)
+                await self._put(alone, [submission], tag, written=True)
+            if group:
+                await self._put(payloads, group, first)
 
-    def _register(self, submission: _Submission, item: Outgoing) -> None:
+    def _encode(self, submission: _Submission) -> bytes | None:
+        """Return the frames of a submission's messages; None (it failed) if they cannot be."""
+        try:
+            return self._encoder.payload(submission.items)
+        except Exception as exc:  # refused by the encoder: this caller's alone
+            submission.error = exc
+            submission.fail(exc)
+            return None
+
+    async def _put(
+        self, payloads: list[bytes], group: list[_Submission], first: int, written: bool = False
+    ) -> None:
+        """Hand `payloads` to the connection's writer as one buffer (and empty the list).
+
+        `group`: their submissions, registered from the tag after `first`. `written`: return
+        once the writer has handed the buffer to the socket (or the channel closed).
+        """
         channel = self.channel
-        message_id = item.properties.message_id or ""
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
-        confirmation = _Confirmation(submission, channel, message_id, tag)
-        channel.confirmations[tag] = cast("asyncio.Future[Any]", confirmation)  # see the class
-        channel.message_id_delivery_tag[message_id] = tag
-        submission.confirmations.append(confirmation)
+        drained = self._loop.create_future() if written else None
+        frame = ChannelFrame(payload=b"".join(payloads), should_close=False, drain_future=drained)
+        payloads.clear()  # the frame has them now: let them go once written
+        try:
+            await channel.write_queue.put(frame)
+            self.writes += 1
+        except BaseException as exc:
+            # Not written (the writer stopped while the frame buffer was full): take the tags
+            # back, which RabbitMQ never saw, and leave the messages to their callers; those
+            # written before wait for their confirmations.
+            self._unregister(group, first, exc)
+            raise
+        del frame
+        if drained is not None:
+            await asyncio.wait([drained, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+
+    def _register(self, submission: _Submission) -> None:
+        """Give each message of `submission` its delivery tag and confirmation."""
+        channel = self.channel
+        for item in submission.items:
+            message_id = item.properties.message_id or ""
+            channel.delivery_tag += 1
+            tag = channel.delivery_tag
+            confirmation = _Confirmation(submission, channel, message_id, tag)
+            channel.confirmations[tag] = cast("asyncio.Future[Any]", confirmation)  # see the class
+            channel.message_id_delivery_tag[message_id] = tag
+            submission.confirmations.append(confirmation)
 
     def _unregister(self, batch: list[_Submission], first: int, exc: BaseException) -> None:
         channel = self.channel
