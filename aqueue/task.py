@@ -199,7 +199,7 @@ class Task(Generic[P, R]):
         Await it: `await add.delay(4, 4)` (from sync code, `add.sync.delay(4, 4)`). One never
         awaited sends nothing, and warns when dropped.
         """
-        return Sending(self._send(args, kwargs, {}), self, "delay")
+        return Sending(self._delay(args, kwargs), self, "delay")
 
     def apply_async(
         self,
@@ -255,6 +255,15 @@ class Task(Generic[P, R]):
         if app.conf.task_always_eager:
             return await self._apply(args, kwargs, options)
         return await sending.send(app, self.name, args, kwargs, **options)
+
+    async def _delay(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> _result.AsyncResult[R]:
+        """`_send` without call options (every `delay()`): one coroutine layer fewer a call."""
+        app = self.app
+        if app.conf.task_always_eager:
+            return await self._apply(args, kwargs, {})
+        return await sending.send_plain(app, self.name, args, kwargs)
 
     async def _send_many(
         self, calls: Iterable[Sequence[Any]], options: ManySendOptions

@@ -161,9 +161,15 @@ class AMQPBroker(Broker):
                 if pipeline is None or pipeline.is_closed:
                     await self.send(one)
                     return
-                # The pipeline is open: straight to it (two coroutine layers fewer a call).
+                # The pipeline is open: straight to it (three coroutine layers fewer a call:
+                # `send`, `_confirm` and the pipeline's `confirm`, whose steps these are).
+                submission = pipeline.submit(one)
                 try:
-                    lost, reason = await pipeline.confirm(one)
+                    await submission.done  # cancelled: it is dropped if not written yet
+                finally:
+                    pipeline.release()
+                try:
+                    lost, reason = pipeline.outcome(submission)
                 except TimeoutError:
                     raise self._unconfirmed(1) from None
                 if lost:  # the channel closed under it

@@ -226,6 +226,8 @@ class _Confirmation:
                 del tags[self.message_id]
         submission = self.submission
         submission.left -= 1
+        if error is not None:
+            submission.refused += 1
         if not submission.left and not submission.done.done():
             submission.done.set_result(None)
 
@@ -233,13 +235,23 @@ class _Confirmation:
 class _Submission:
     """One caller's messages: their confirmations, and the future the caller waits on."""
 
-    __slots__ = ("confirmations", "deadline", "done", "error", "items", "left", "timed_out")
+    __slots__ = (
+        "confirmations",
+        "deadline",
+        "done",
+        "error",
+        "items",
+        "left",
+        "refused",
+        "timed_out",
+    )
 
     def __init__(self, items: Sequence[Outgoing], done: asyncio.Future[None]) -> None:
         self.items = items
         self.done = done  # cancelled: the caller went away
         self.confirmations: list[_Confirmation] = []
-        self.left = len(items)
+        self.left = len(items)  # not settled yet
+        self.refused = 0  # settled with an error
         self.error: BaseException | None = None  # its messages could not be encoded
         self.deadline = 0.0  # loop time; 0: none
         self.timed_out = False
@@ -296,6 +308,18 @@ class Pipeline:
         message or a negative confirmation raises `BrokerError`; no confirmation of every
         message within `timeout`, `TimeoutError` (those not written yet are not).
         """
+        submission = self.submit(batch)
+        try:
+            await submission.done  # cancelled: it is dropped if not written yet
+        finally:
+            self.release()
+        return self.outcome(submission)
+
+    def submit(self, batch: Sequence[Outgoing]) -> _Submission:
+        """Queue `batch` for the next write; await its `done`, then call `release`, `outcome`.
+
+        `confirm` in three steps, for a caller that would otherwise be one coroutine more.
+        """
         submission = _Submission(batch, self._loop.create_future())
         if self.is_closed:
             submission.fail(self._closed or _channel_closed())
@@ -304,12 +328,17 @@ class Pipeline:
             self._wakeup.set()
             if self.timeout:
                 self._time(submission)
-        try:
-            await submission.done  # cancelled: it is dropped if not written yet
-        finally:
-            timed = self._timed
-            while timed and timed[0].done.done():  # let go of those answered
-                timed.popleft()
+        return submission
+
+    def release(self) -> None:
+        """Let go of the timed submissions answered (call it once a submission is done)."""
+        timed = self._timed
+        while timed and timed[0].done.done():
+            timed.popleft()
+
+    @staticmethod
+    def outcome(submission: _Submission) -> tuple[list[Outgoing], BaseException | None]:
+        """Return what `confirm` returns for a submission that is done (or raise, as it does)."""
         if submission.timed_out:
             raise TimeoutError
         return _outcome(submission)
@@ -490,10 +519,7 @@ def _outcome(submission: _Submission) -> tuple[list[Outgoing], BaseException | N
         raise BrokerError(
             f"could not encode a message for RabbitMQ: {submission.error}"
         ) from submission.error
-    confirmations = submission.confirmations
-    if len(confirmations) == len(submission.items) and all(
-        c.settled and c.error is None for c in confirmations
-    ):
+    if not submission.left and not submission.refused:
         return [], None  # every one confirmed: the common case
     lost: list[Outgoing] = []
     reason: BaseException | None = None
