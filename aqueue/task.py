@@ -149,9 +149,8 @@ class Task(Generic[P, R]):
     @property
     def ignore_result(self) -> bool:
         """Whether workers store this task's results (the option, else `task_ignore_result`)."""
-        if self.options.ignore_result is not None:
-            return self.options.ignore_result
-        return self.app.conf.task_ignore_result
+        ignore = self.options.ignore_result  # read once: every `delay()` asks
+        return ignore if ignore is not None else self.app.conf.task_ignore_result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """Return a signature of this call (Celery's `add.s(2, 2)`); typed like `delay`.

@@ -46,9 +46,9 @@ __all__ = ["Outgoing", "Pipeline"]
 MAX_WRITE = 5000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4 object.__setattr__
 class Outgoing:
-    """One message to publish: where to, and what."""
+    """One message to publish: where to, and what (not changed once made)."""
 
     exchange: str
     routing_key: str
