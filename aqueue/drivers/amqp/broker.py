@@ -83,7 +83,7 @@ from .headers import (
     stamp,
 )
 from .mailbox import AMQPMailbox
-from .publisher import Outgoing, Pipeline
+from .publisher import Outgoing, Pipeline, TaskProperties
 from .running import RunningCopies
 from .topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
@@ -259,9 +259,7 @@ class AMQPBroker(Broker):
         message_id: str | None,
     ) -> Outgoing:
         """Address a message to its queue, now."""
-        properties = spec.Basic.Properties(
-            delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
-        )
+        properties = TaskProperties(headers, priority or None, message_id)
         topology = self.topology
         return Outgoing(topology.exchange, topology.queue(queue), body, properties)
 
