@@ -100,7 +100,7 @@ async def _clean_amqp(url: str, prefix: str) -> None:
     from aqueue.drivers.amqp.topology import LEVELS
 
     base = f"{prefix}aqueue"
-    queues = [f"{prefix}{QUEUE}", f"{base}.dead.{QUEUE}"]
+    queues = [f"{prefix}{QUEUE}", f"{base}.dead.{QUEUE}", f"{base}.due.{QUEUE}"]
     queues += [f"{base}.delay.{level}.{QUEUE}" for level in range(LEVELS)]
     exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
     exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
