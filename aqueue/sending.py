@@ -33,6 +33,7 @@ __all__ = [
     "send",
     "send_calls",
     "send_many",
+    "send_plain",
 ]
 
 
@@ -46,7 +47,7 @@ async def send(
     """Send one invocation of task `name` (it need not be registered in this process)."""
     _check(options, _SEND_OPTIONS)
     if not any(value is not None for value in options.values()):
-        return await _send_plain(app, name, args or (), kwargs or {})
+        return await send_plain(app, name, args or (), kwargs or {})
     task_id = options.pop("task_id", None)
     shared: ManySendOptions = options  # what is left once task_id is out
     (result,) = await send_many(
@@ -178,14 +179,15 @@ async def send_calls(app: AppLike, calls: Sequence[Call]) -> None:
     await broker.publish(messages)
 
 
-async def _send_plain(
+async def send_plain(
     app: AppLike, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> AsyncResult[Any]:
-    """`send_many`'s work for one message with no call options, without the lists."""
+    """Send one invocation with no call options (`delay()`): `send_many`'s work, no lists."""
     tracer = tracer_for(app.conf) if TRACING else None
     if tracer is not None:  # opentelemetry installed and configured: aqueue/tracing.py
         return (await send_many(app, name, [(args, kwargs)]))[0]
-    broker, backend = await _connected(app)
+    opened = app.connected()  # open (every call but the first): no coroutine to make
+    broker, backend = opened if opened is not None else await _connected(app)
     message, task = plain_message(app, backend, name, args, kwargs)
     await broker.publish((message,))
     if app.conf.task_send_sent_event:

@@ -149,9 +149,8 @@ class Task(Generic[P, R]):
     @property
     def ignore_result(self) -> bool:
         """Whether workers store this task's results (the option, else `task_ignore_result`)."""
-        if self.options.ignore_result is not None:
-            return self.options.ignore_result
-        return self.app.conf.task_ignore_result
+        ignore = self.options.ignore_result  # read once: every `delay()` asks
+        return ignore if ignore is not None else self.app.conf.task_ignore_result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """Return a signature of this call (Celery's `add.s(2, 2)`); typed like `delay`.
@@ -199,7 +198,7 @@ class Task(Generic[P, R]):
         Await it: `await add.delay(4, 4)` (from sync code, `add.sync.delay(4, 4)`). One never
         awaited sends nothing, and warns when dropped.
         """
-        return Sending(self._send(args, kwargs, {}), self, "delay")
+        return Sending(self._delay(args, kwargs), self, "delay")
 
     def apply_async(
         self,
@@ -255,6 +254,15 @@ class Task(Generic[P, R]):
         if app.conf.task_always_eager:
             return await self._apply(args, kwargs, options)
         return await sending.send(app, self.name, args, kwargs, **options)
+
+    async def _delay(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> _result.AsyncResult[R]:
+        """`_send` without call options (every `delay()`): one coroutine layer fewer a call."""
+        app = self.app
+        if app.conf.task_always_eager:
+            return await self._apply(args, kwargs, {})
+        return await sending.send_plain(app, self.name, args, kwargs)
 
     async def _send_many(
         self, calls: Iterable[Sequence[Any]], options: ManySendOptions

@@ -2,7 +2,8 @@
 
     python benchmarks/producers.py [--brokers amqp,redis,sqlite] [--tasks 10000] [--repeat 3]
                                    [--flights 1,10,100,1000] [--threads 8]
-                                   [--loop asyncio|uvloop] [--amqp-url URL] [--redis-url URL]
+                                   [--loop asyncio|uvloop] [--queue-type default|classic|quorum]
+                                   [--amqp-url URL] [--redis-url URL]
 
 A web app enqueues from many requests at once, each calling `delay()` once. For each broker,
 each run opens an app (results off) and times, on an empty queue each time:
@@ -54,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=8, help="threads using .sync.delay() (0: none)"
     )
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--queue-type",
+        choices=("default", "classic", "quorum"),
+        default="default",
+        help="RabbitMQ queue type (default: aqueue's, classic with priorities)",
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     args = parser.parse_args(argv)

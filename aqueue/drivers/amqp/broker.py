@@ -85,7 +85,7 @@ from .headers import (
     stamp,
 )
 from .mailbox import AMQPMailbox
-from .publisher import Outgoing, Pipeline
+from .publisher import Outgoing, Pipeline, TaskProperties
 from .running import RunningCopies
 from .topology import MAX_DELAY_MS, Topology, delay_levels, delay_routing_key
 
@@ -163,9 +163,15 @@ class AMQPBroker(Broker):
                 if pipeline is None or pipeline.is_closed:
                     await self.send(one)
                     return
-                # The pipeline is open: straight to it (two coroutine layers fewer a call).
+                # The pipeline is open: straight to it (three coroutine layers fewer a call:
+                # `send`, `_confirm` and the pipeline's `confirm`, whose steps these are).
+                submission = pipeline.submit(one)
                 try:
-                    lost, reason = await pipeline.confirm(one)
+                    await submission.done  # cancelled: it is dropped if not written yet
+                finally:
+                    pipeline.release()
+                try:
+                    lost, reason = pipeline.outcome(submission)
                 except TimeoutError:
                     raise self._unconfirmed(1) from None
                 if lost:  # the channel closed under it
@@ -255,9 +261,7 @@ class AMQPBroker(Broker):
         message_id: str | None,
     ) -> Outgoing:
         """Address a message to its queue, now."""
-        properties = spec.Basic.Properties(
-            delivery_mode=2, priority=priority or None, headers=headers, message_id=message_id
-        )
+        properties = TaskProperties(headers, priority or None, message_id)
         topology = self.topology
         return Outgoing(topology.exchange, topology.queue(queue), body, properties)
 

@@ -26,7 +26,14 @@ from aqueue import BrokerError, OutgoingMessage
 from aqueue.drivers import create_broker
 from aqueue.drivers.amqp import broker as amqp
 from aqueue.drivers.amqp.broker import AMQPBroker
-from aqueue.drivers.amqp.publisher import ALONE, Outgoing, Pipeline, _Encoder, field_table
+from aqueue.drivers.amqp.publisher import (
+    ALONE,
+    Outgoing,
+    Pipeline,
+    TaskProperties,
+    _Encoder,
+    field_table,
+)
 from tests.helpers import service_amqp
 from tests.helpers.consuming import drain
 from tests.helpers.drivers import service_unavailable
@@ -338,6 +345,33 @@ def test_the_frames_of_a_message_are_those_pamqp_marshals(
         monkeypatch.setattr(ContentHeader, "marshal", None)
     for _ in range(2):  # the publish frame encoded, then kept
         assert encoder.message(Outgoing("ex", "key", body, properties)) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "priority", "message_id"),
+    [({"aqueue-at": 1_765_000_000_000_000}, None, "id"), ({"n": 1}, 9, "m"), (None, None, None)],
+)
+def test_task_properties_are_the_pamqp_properties_they_stand_for(
+    headers: dict[str, Any] | None, priority: int | None, message_id: str | None
+) -> None:
+    fast = TaskProperties(headers, priority, message_id)
+    slow = spec.Basic.Properties(
+        delivery_mode=2, priority=priority, headers=headers, message_id=message_id
+    )
+    for name in spec.Basic.Properties.flags:
+        assert getattr(fast, name) == getattr(slow, name), name
+    body = b"x" * 150
+    marshalled = pamqp.frame.marshal(ContentHeader(properties=fast, body_size=150), 3)
+    assert marshalled == pamqp.frame.marshal(ContentHeader(properties=slow, body_size=150), 3)
+    encoder = _Encoder(number=3, max_content_size=100)
+    assert encoder.message(Outgoing("ex", "key", body, fast)) == encoder.message(
+        Outgoing("ex", "key", body, slow)
+    )
+    fast.content_type = slow.content_type = "text/plain"  # set later: as pamqp's, again
+    assert fast == slow
+    assert pamqp.frame.marshal(ContentHeader(properties=fast, body_size=1), 3) == (
+        pamqp.frame.marshal(ContentHeader(properties=slow, body_size=1), 3)
+    )
 
 
 @pytest.mark.parametrize(
