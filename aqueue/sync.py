@@ -645,8 +645,9 @@ class TaskSync(Generic[P, R]):
         app = task.app
         if app.conf.task_always_eager:
             return SyncResult(self._run(task.apply_async(args, kwargs), "delay"))
-        name = task.fn.__name__
-        check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
+        if asyncio._get_running_loop() is not None:  # the error's words only when it is one
+            name = task.fn.__name__
+            check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
         result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
         return SyncResult(result)
 
