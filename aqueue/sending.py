@@ -204,13 +204,25 @@ def plain_message(
 ) -> tuple[OutgoingMessage, TaskLike | None]:
     """Build the message of a call without call options (`delay()`); return it and the task.
 
-    Blocking and thread-safe (no I/O): the sync API builds it in its caller's thread.
+    Blocking and thread-safe (no I/O): the sync API builds it in its caller's thread. It does
+    what `priority_for` and `_queue_for` do, the task's options read once.
     """
     task = app.tasks.get(name)
-    priority = priority_for(app, task, None)  # what fails first fails as in send_many
+    conf = app.conf
+    options = task.options if task is not None else None
+    priority = options.priority if options is not None else None
+    if priority is None:
+        priority = conf.task_default_priority
+    elif isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        priority_for(app, task, priority)  # raises, as send_many would (what fails first)
     message_id = new_id()
     args, kwargs = list(args), dict(kwargs)
-    queue = _queue_for(app, task, name, args, kwargs, None)
+    routes = conf.task_routes
+    queue = (
+        (route(routes, name, args, kwargs) if routes is not None else None)
+        or (options.queue if options is not None else None)
+        or conf.task_default_queue
+    )
     body = encode_body(
         message_id,
         name,
@@ -220,10 +232,10 @@ def plain_message(
         None,
         0,
         dict(backend.message_headers()) if backend is not None else {},
-        app.conf.message_max_bytes,
-        packer(app.conf.task_serializer),
+        conf.message_max_bytes,
+        packer(conf.task_serializer),
     )
-    signer = signer_for(app.conf)
+    signer = signer_for(conf)
     if signer is not None:
         body = signer.sign(body)
     return OutgoingMessage(message_id, queue, body, None, priority), task

@@ -395,15 +395,7 @@ class _GroupSender(_Sender):
         with self._lock:
             group, self._queue = self._queue, []
         live = [(message, queued) for message, queued in group if not queued.abandoned]
-        errors: Sequence[BaseException | None] = ()
-        try:
-            if live:
-                errors = self._publisher.publish([message for message, _ in live])
-        except Exception as exc:  # each caller raises its own copy (its own traceback)
-            errors = [exc if queued is waiter else _copied(exc) for _, queued in live]
-        except BaseException as exc:  # the leader's interrupt: its own, not the others'
-            interrupted = RuntimeError("interrupted: the task may or may not have been sent")
-            errors = [exc if queued is waiter else interrupted for _, queued in live]
+        errors = self._publish(waiter, live) if live else ()
         with self._lock:
             after = self._queue[0][1] if self._queue else None
             if after is None:
@@ -413,8 +405,9 @@ class _GroupSender(_Sender):
         if after is not None:
             after.woken = True
             after.lock.release()
-        for (_, queued), error in zip(live, errors, strict=True):
-            queued.error = error
+        if errors.count(None) != len(live):  # some failed (most often none did)
+            for (_, queued), error in zip(live, errors, strict=True):
+                queued.error = error
         # Wake the first caller of the group, which wakes the second, and so on (an
         # abandoned one too: its stand-in waits for this), so the wake-ups are made by many.
         chain = [queued for _, queued in group if queued is not waiter]
@@ -423,6 +416,18 @@ class _GroupSender(_Sender):
         if chain:
             chain[0].woken = True
             chain[0].lock.release()
+
+    def _publish(
+        self, waiter: _Waiter, live: list[tuple[OutgoingMessage, _Waiter]]
+    ) -> Sequence[BaseException | None]:
+        """Publish the group's messages; return each one's outcome (`waiter` leads it)."""
+        try:
+            return self._publisher.publish([message for message, _ in live])
+        except Exception as exc:  # each caller raises its own copy (its own traceback)
+            return [exc if queued is waiter else _copied(exc) for _, queued in live]
+        except BaseException as exc:  # the leader's interrupt: its own, not the others'
+            interrupted = RuntimeError("interrupted: the task may or may not have been sent")
+            return [exc if queued is waiter else interrupted for _, queued in live]
 
     def _pass_on(self, waiter: _Waiter) -> None:
         """Wake the caller after `waiter` in the chain of its group, if any."""
@@ -640,8 +645,9 @@ class TaskSync(Generic[P, R]):
         app = task.app
         if app.conf.task_always_eager:
             return SyncResult(self._run(task.apply_async(args, kwargs), "delay"))
-        name = task.fn.__name__
-        check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
+        if asyncio._get_running_loop() is not None:  # the error's words only when it is one
+            name = task.fn.__name__
+            check_no_loop(f"{name}.sync.delay()", f"{name}.delay(...)")
         result: AsyncResult[R] = app.send_blocking(task.name, args, kwargs)
         return SyncResult(result)
 

@@ -68,6 +68,7 @@ class Task(Generic[P, R]):
         self.arity = _plain_arity(self.call_signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        self._sync: TaskSync[P, R] | None = None
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
@@ -190,7 +191,10 @@ class Task(Generic[P, R]):
     @property
     def sync(self) -> TaskSync[P, R]:
         """The sending methods for sync code: `add.sync.delay(4, 4).get(timeout=5)`."""
-        return TaskSync[P, R](self)
+        sync = self._sync
+        if sync is None:  # made once: subscripting the generic costs more than the call
+            sync = self._sync = TaskSync[P, R](self)
+        return sync
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Sending[_result.AsyncResult[R]]:
         """Send the task to a worker with these arguments; return its result handle.

@@ -559,3 +559,41 @@ def test_trailing_bytes_in_a_deep_payload_are_refused() -> None:
         )
     with pytest.raises(ValueError, match=r"\S"):  # an array of 2 holding 1 value, deep down
         unpack(inner)
+
+
+def test_each_thread_packs_on_a_packer_of_its_own_and_a_failure_leaves_it_empty() -> None:
+    # `pack` keeps one msgpack packer per thread (not one per call): what a failed pack
+    # left in its buffer must not reach the next value, nor one thread's value another's.
+    import threading
+
+    from aqueue import codec
+
+    value = {"id": "x" * 36, "args": [1, dt.date(2024, 1, 2)], "kwargs": {"k": [None, 1.5]}}
+    expected = pack(value)
+    with pytest.raises(SerializationError):
+        pack({"a": [1, object()]})
+    with pytest.raises(SerializationError):
+        pack({"a": 2**70})
+    assert pack(value) == expected
+    assert unpack(expected) == value
+    taken = codec._packers.packer
+    codec._packers.packer = None  # as if a pack were under way (a signal handler's call)
+    assert pack(value) == expected
+    codec._packers.packer = taken
+    big = pack(b"x" * (codec._KEEP_BYTES + 1))  # a packer whose buffer grew is not kept
+    assert codec._packers.packer is None
+    assert unpack(big) == b"x" * (codec._KEEP_BYTES + 1)
+    barrier = threading.Barrier(4)
+    outcomes: list[bool] = []
+
+    def packs(index: int) -> None:
+        mine = {"thread": index, "payload": list(range(index * 50))}
+        barrier.wait()
+        outcomes.append(all(unpack(pack(mine)) == mine for _ in range(2000)))
+
+    threads = [threading.Thread(target=packs, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == [True] * 4

@@ -213,6 +213,28 @@ def test_a_redis_error_reply_fails_the_callers_of_that_message_only(redis_url: s
         asyncio.run(app.close())
 
 
+def test_a_redis_publish_short_of_its_replicas_fails_and_the_connection_stays_in_step(
+    redis_url: str,
+) -> None:
+    # `?wait=1` against a Redis without replicas: WAIT (sent with the XADDs, in one write)
+    # answers 0, so each call fails saying so; its message is on the primary all the same,
+    # and the replies stay in step with the commands from one publish to the next.
+    app = App("tests", broker=f"{redis_url}&wait=1&wait_timeout=0.01", set_as_current=False)
+
+    @app.task
+    def add(x: int) -> None:
+        return None
+
+    try:
+        for _ in range(3):
+            with pytest.raises(BrokerError, match="only 0 of 1 replica"):
+                add.sync.delay(1)
+        assert _queued(app) == 3
+    finally:
+        app.sync.close()
+        asyncio.run(app.close())
+
+
 def test_the_group_path_across_loops_and_restarts_of_the_io_thread(app: App) -> None:
     @app.task
     def noop(x: int) -> None:

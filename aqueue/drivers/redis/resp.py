@@ -50,7 +50,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ConnectionSettings", "RespClient", "encode_bulk", "encode_command", "encode_head"]
+__all__ = [
+    "ConnectionSettings",
+    "RespClient",
+    "encode_bulk",
+    "encode_command",
+    "encode_head",
+    "reply_error",
+]
 
 
 class ConnectionSettings(Protocol):
@@ -114,7 +121,7 @@ _BY_CODE: dict[str, type[RedisError]] = {
 }
 
 
-def _error(reply: ResponseError) -> RedisError:
+def reply_error(reply: ResponseError) -> RedisError:
     """Return the exception redis-py raises for an error reply."""
     message = str(reply)
     code = message.split(" ", 1)[0]
@@ -312,7 +319,7 @@ class RespClient:
         Behind Sentinel, a primary demoted to a replica answers READONLY (or UNBLOCKED to a
         blocked read): the next command connects again, to the primary the sentinels name.
         """
-        error = _error(reply)
+        error = reply_error(reply)
         if "sentinel" in self.settings.kwargs and (
             isinstance(error, ReadOnlyError) or str(reply).startswith("UNBLOCKED")
         ):
@@ -442,7 +449,7 @@ async def _hello(protocol: _Protocol, kwargs: dict[str, Any]) -> None:
     replies = await _replies(protocol, protocol.send(data, len(commands)))
     for command, reply in zip(commands, replies, strict=True):
         if type(reply) is ResponseError:  # a refused AUTH, whatever Redis calls it
-            raise AuthenticationError(str(reply)) if command[0] == "AUTH" else _error(reply)
+            raise AuthenticationError(str(reply)) if command[0] == "AUTH" else reply_error(reply)
         if command[0] == "ROLE" and not (reply and reply[0] == b"master"):
             raise RedisConnectionError("not the primary (a failover under way): trying again")
 
