@@ -282,7 +282,11 @@ async def sigterm(
         waits = [wait for wait, _ in again]
         overtaken = max((count for _, count in again), default=0)
         returned = fleet.output().count("returning it to the queue")
-        passed = report.ok and returned == report.cut_short
+        # Every task cut short was given back. One more may be: a task whose body ended (its
+        # end in the ledger) while its result was being stored when the second SIGTERM came
+        # is given back too, and runs again (a duplicate, which at-least-once allows).
+        extra = returned - report.cut_short
+        passed = report.ok and 0 <= extra <= report.duplicated
         line = "lost 0; every unfinished task given back by its worker as it exits (no lease wait)"
         if requeue_within is not None:
             passed = passed and (max(waits, default=0.0) <= requeue_within or overtaken == 0)
