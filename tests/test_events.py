@@ -39,6 +39,31 @@ def tasks_of(app: App) -> dict[str, Any]:
     return {"add": add, "boom": boom, "again": again}
 
 
+class Recorder:
+    """A mailbox that keeps what the emitter publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self.published.append(data)
+
+
+def recording_emitter() -> tuple[EventEmitter, list[bytes]]:
+    """Return an emitter on a `Recorder`, and the list of what it publishes."""
+    recorder = Recorder()
+    return EventEmitter(recorder, "w@test"), recorder.published  # type: ignore[arg-type]
+
+
+class FakeTask:
+    name = "t.add"
+
+
+class FakeDelivery:
+    body = b"x" * 10
+    queue = "default"
+
+
 async def drain_with_events(app: App, **worker: Any) -> list[Event]:
     """Run a burst worker with events on; return every event up to its worker-offline."""
     seen: list[Event] = []
@@ -128,15 +153,16 @@ async def test_events_are_off_by_default(make_app: MakeApp) -> None:
 
 
 async def test_the_emitter_batches_events_into_few_publishes() -> None:
-    published: list[bytes] = []
     first = anyio.Event()
 
-    class Recorder:
+    class Signalling(Recorder):
         async def publish(self, topic: str, data: bytes) -> None:
-            published.append(data)
+            await super().publish(topic, data)
             first.set()
 
-    emitter = EventEmitter(Recorder(), "w@test", flush_interval=0.05)  # type: ignore[arg-type]
+    recorder = Signalling()
+    published = recorder.published
+    emitter = EventEmitter(recorder, "w@test", flush_interval=0.05)  # type: ignore[arg-type]
     async with anyio.create_task_group() as group:
         await group.start(emitter.run)
         for n in range(500):
@@ -243,22 +269,9 @@ async def test_a_task_that_waits_is_received_before_it_starts() -> None:
 
 
 async def test_the_emitter_keeps_nothing_of_a_task_that_went_back_unstarted() -> None:
-    published: list[bytes] = []
-
-    class Recorder:
-        async def publish(self, topic: str, data: bytes) -> None:
-            published.append(data)
-
-    class Task:
-        name = "t.add"
-
-    class Delivery:
-        body = b"x" * 10
-        queue = "default"
-
-    task, delivery = Task(), Delivery()
+    task, delivery = FakeTask(), FakeDelivery()
     envelope = Envelope(id="id1", task=task.name, args=(1, 2))
-    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter, published = recording_emitter()
     emitter.received(task, envelope, delivery)  # type: ignore[arg-type]
     assert emitter.waiting == 1
     emitter.returned(task, envelope)  # type: ignore[arg-type] # held, handed back unstarted
@@ -279,22 +292,9 @@ async def test_the_emitter_keeps_nothing_of_a_task_that_went_back_unstarted() ->
 
 
 async def test_a_run_with_nothing_in_between_is_one_entry_and_three_events() -> None:
-    published: list[bytes] = []
-
-    class Recorder:
-        async def publish(self, topic: str, data: bytes) -> None:
-            published.append(data)
-
-    class Task:
-        name = "t.add"
-
-    class Delivery:
-        body = b"x" * 10
-        queue = "default"
-
-    task, delivery = Task(), Delivery()
+    task, delivery = FakeTask(), FakeDelivery()
     one, two, three = (Envelope(id=f"id{n}", task=task.name, args=(n,)) for n in (1, 2, 3))
-    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter, published = recording_emitter()
     emitter.started(task, one, delivery)  # type: ignore[arg-type]
     emitter.finished(task, one, "SUCCESS", 0.5, 3)  # type: ignore[arg-type] # at once
     emitter.started(task, two, delivery)  # type: ignore[arg-type]
@@ -390,13 +390,7 @@ async def test_the_stream_skips_a_batch_it_cannot_read(caplog: pytest.LogCapture
 
 
 async def test_encoded_chunks_make_the_same_batches() -> None:
-    published: list[bytes] = []
-
-    class Recorder:
-        async def publish(self, topic: str, data: bytes) -> None:
-            published.append(data)
-
-    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter, published = recording_emitter()
     total = BATCH + CHUNK + 3  # two publishes, chunks encoded on the way
     for n in range(total):
         emitter.emit("task-started", str(n), "t", ("q", n))
@@ -417,17 +411,11 @@ async def test_encoded_chunks_make_the_same_batches() -> None:
 async def test_an_entry_that_cannot_be_encoded_is_dropped_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    published: list[bytes] = []
-
-    class Recorder:
-        async def publish(self, topic: str, data: bytes) -> None:
-            published.append(data)
-
     class Unshown:
         def __repr__(self) -> str:
             raise RuntimeError("no repr")  # msgpack lacks the type, and its repr fails
 
-    emitter = EventEmitter(Recorder(), "w@test")  # type: ignore[arg-type]
+    emitter, published = recording_emitter()
     emitter.emit("task-started", "before", "t", ("q", 1))
     emitter.emit("task-received", "deep", "t", ("q", 0, None, [Unshown()], None))
     emitter.emit("task-started", "after", "t", ("q", 1))

@@ -179,7 +179,7 @@ class EventEmitter:
         """
         self._add((kind, _now(), task_id, task_name, fields))
 
-    def _add(self, entry: Sequence[Any]) -> None:
+    def _add(self, entry: tuple[Any, ...]) -> None:
         """Buffer an entry, waking the flush loop for the first of a batch (see `started`)."""
         buffer = self._buffer
         if not buffer:
