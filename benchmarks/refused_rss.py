@@ -138,25 +138,10 @@ async def work(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 async def cleanup(args: argparse.Namespace, prefix: str) -> None:
-    """Delete the queues (`rabbitmqctl list_queues`) and exchanges named with `prefix`."""
-    import aiormq
-    import anyio
+    """Delete the queues and exchanges named with `prefix`."""
+    from tests.helpers.service_amqp import delete_prefixed
 
-    from aqueue.drivers.amqp.connection import parse_amqp_url
-    from aqueue.drivers.amqp.topology import LEVELS
-    from tests.helpers.service_amqp import list_queues
-
-    settings = parse_amqp_url(args.url)
-    queues = await anyio.to_thread.run_sync(list_queues, prefix, settings.vhost)
-    base = f"{prefix}aqueue"
-    exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
-    exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
-    async with aiormq.connect(settings.aiormq_url("refused-rss")) as connection:
-        channel = await connection.channel()
-        for queue in queues:
-            await channel.queue_delete(queue)
-        for exchange in exchanges:
-            await channel.exchange_delete(exchange)
+    await delete_prefixed(args.url, prefix, "refused-rss")
 
 
 async def main(args: argparse.Namespace, prefix: str) -> None:

@@ -79,12 +79,17 @@ async def cleanup(url: str) -> None:
     prefix = prefix_of(url)
     if not prefix.startswith("t"):  # never touch what a test did not make
         return
+    await delete_prefixed(url, prefix, "tests")
+
+
+async def delete_prefixed(url: str, prefix: str, name: str) -> None:
+    """Delete the queues (`rabbitmqctl list_queues`) and exchanges named with `prefix`."""
     settings = parse_amqp_url(url)
     queues = await anyio.to_thread.run_sync(list_queues, prefix, settings.vhost)
     base = f"{prefix}aqueue"
     exchanges = [base, f"{base}.dead", f"{base}.delayed", f"{base}.mailbox"]
     exchanges += [f"{base}.delay.{level}" for level in range(LEVELS)]
-    async with aiormq.connect(settings.aiormq_url("tests")) as connection:
+    async with aiormq.connect(settings.aiormq_url(name)) as connection:
         channel = await connection.channel()
         for queue in queues:
             await channel.queue_delete(queue)
