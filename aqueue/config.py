@@ -92,6 +92,10 @@ class Settings:
     worker_threads: int = 8
     #: Child processes for executor="process" tasks; None: one per CPU (os.cpu_count()).
     worker_processes: int | None = None
+    #: Child processes that run redelivered messages (suspects: their worker died while they
+    #: ran), one at a time each, so that a task that kills its process kills a child, not the
+    #: worker (see aqueue/worker/quarantine.py); 0: suspects run alone in the worker instead.
+    worker_quarantine_processes: int = 2
     worker_shutdown_timeout: float = 10.0
     #: How many tasks a worker holds outside its slots (waiting for a rate limit or a place)
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
@@ -322,6 +326,12 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _whole_number(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be a whole number >= 0, not {value!r}")
+    return value
+
+
 def _priority(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
         raise ConfigurationError(f"{name} must be a whole number from 0 to 9, not {value!r}")
@@ -438,6 +448,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_concurrency": _positive_int,
     "worker_threads": _positive_int,
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
+    "worker_quarantine_processes": _whole_number,
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
     "worker_max_tasks_per_child": lambda name, value: (

@@ -1,5 +1,9 @@
 """A child of the worker's process pool: `python -m aqueue.worker.child module:app`.
 
+With `--quarantine` (`python -m aqueue.worker.child module:app --quarantine`) it runs any task
+of the app, coroutine tasks on a loop of its own: the worker's redelivered messages
+(`aqueue.worker.quarantine`). Without it, only the tasks declared `executor="process"`.
+
 The child imports the app the way `aqueue worker` does (`aqueue.loader.load_app`), so it runs
 only the tasks registered on that app, and only those declared `executor="process"`. Nothing
 named in a request is ever imported.
@@ -33,12 +37,14 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
 from .. import codec
 from ..exceptions import Retry, SerializationError, SoftTimeLimitExceeded
 from ..hooks import WorkerContext, current_worker
+from ..limits import run_coroutine
 from ..loader import import_from_cwd, load_app
 from ..request import Request, current_request
 from ..result_meta import ResultMeta
@@ -168,26 +174,31 @@ class _SoftLimit:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _task(tasks: Mapping[str, Task[Any, Any]], name: Any) -> Task[Any, Any]:
+def _task(tasks: Mapping[str, Task[Any, Any]], name: Any, quarantine: bool) -> Task[Any, Any]:
     task = tasks.get(name) if isinstance(name, str) else None
     if task is None:
         raise LookupError(f"no task named {name!r} is registered on the app in this process")
-    if task.options.executor != "process" or task.is_async:
+    if not quarantine and (task.options.executor != "process" or task.is_async):
         raise LookupError(f"task {name} is not a process task (executor='process', a plain def)")
     return task
 
 
-def _run(tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], soft: _SoftLimit) -> Any:
-    task = _task(tasks, request.get("task"))
+def _run(tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], child: _Runs) -> Any:
+    task = _task(tasks, request.get("task"), child.quarantine)
     args, kwargs = request.get("args") or (), request.get("kwargs") or {}
     fields = dict(request.get("request") or {}, args=args, kwargs=kwargs, called_directly=False)
     token = current_request.set(Request(**fields))
     try:
-        soft.arm(task.name, request.get("soft"))
+        if task.is_async:  # a quarantined coroutine task: on this process's loop
+            coroutine = task.invoke(args, kwargs)
+            soft_limit = request.get("soft")
+            limited = run_coroutine(coroutine, soft=soft_limit, hard=None, name=task.name)
+            return child.loop.run_until_complete(limited)
+        child.soft.arm(task.name, request.get("soft"))
         try:
             return task.invoke(args, kwargs)
         finally:
-            soft.disarm()
+            child.soft.disarm()
     except Exception as exc:
         # autoretry_for is checked here, where the task's own exception types exist: the
         # worker sees only their names. Out of retries, task.retry raises exc itself.
@@ -199,11 +210,22 @@ def _run(tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], soft: 
         current_request.reset(token)
 
 
+@dataclass
+class _Runs:
+    """What a child runs tasks with: its loop, its soft limit, and whether it runs any task."""
+
+    loop: asyncio.AbstractEventLoop
+    soft: _SoftLimit
+    #: Started with `--quarantine`: it runs any task of the app, a coroutine one too (the
+    #: worker's redelivered messages, `aqueue.worker.quarantine`), not only process tasks.
+    quarantine: bool
+
+
 def _handle(
-    tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], soft: _SoftLimit
+    tasks: Mapping[str, Task[Any, Any]], request: Mapping[str, Any], child: _Runs
 ) -> dict[str, Any]:
     try:
-        return {"ok": True, "result": _run(tasks, request, soft)}
+        return {"ok": True, "result": _run(tasks, request, child)}
     except BaseException as exc:  # SystemExit, KeyboardInterrupt too: every outcome is data
         return _failure(exc)
 
@@ -220,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     # task modules, and a framework's own lazy imports (Django's), come from it.
     with import_from_cwd():
         try:
-            if len(args) != 1:
-                raise ValueError("usage: python -m aqueue.worker.child module:app")
+            quarantine = args[1:] == ["--quarantine"]
+            if len(args) != 1 and not quarantine:
+                raise ValueError("usage: python -m aqueue.worker.child module:app [--quarantine]")
             app = load_app(args[0])
             app.setup_worker()  # Django's set-up (DJANGO_SETTINGS_MODULE), the task modules
             tasks = app.tasks
@@ -232,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             channel.send({"ready": False, **_failure(exc)})
             return 1
         channel.send({"ready": True, "pid": os.getpid()})
-        soft = _SoftLimit()
+        runs = _Runs(loop, _SoftLimit(), quarantine)
         try:
             while (request := channel.receive()) is not None:
-                channel.send(_handle(tasks, request, soft))
+                channel.send(_handle(tasks, request, runs))
                 channel.done()
         finally:
             loop.run_until_complete(app.hooks.stop_worker(context))

@@ -1,12 +1,14 @@
 """One delivery's way through a worker, from the broker to a slot, and back at shutdown.
 
     consume ──> inbox ──> slot ──> check ──> admit ──┬──> run (coroutine, in the slot)
-                                                     ├──> lane (def or process task: its pool)
+                                                     ├──> lane (def or process task: its pool;
+                                                     │         a suspect: quarantine)
                                                      └──> hold (rate limit or concurrency place)
 
 A `Job` is what travels: the delivery, its checked envelope and task, and the admission ticket
-it holds. A redelivered message (a suspect) runs alone, its start recorded first (`isolation`);
-what never started goes back to the broker uncounted when the worker stops.
+it holds. A redelivered message (a suspect) runs in a quarantine process, its start recorded
+first (`quarantine`), or, without them, alone in the worker (`isolation`); what never started
+goes back to the broker uncounted when the worker stops.
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ class Dispatcher:
         *,
         stopping: Callable[[], bool],
         finished: Callable[[], None] | None,
+        quarantine: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.runner = runner
         self.slots = slots
         self.admission = admission
         #: The budgets of def tasks (threads) and process tasks, apart from the slots.
         self.lanes = lanes
+        #: The budget of redelivered messages run in quarantine processes (one per child),
+        #: apart from the slots; None: they run alone in a slot (`isolation`).
+        self.quarantine = quarantine
         self.inbox: Inbox[Delivery] = Inbox()
         self.isolation = Isolation()
         #: The running deliveries, with the asyncio task running each (for terminate).
@@ -101,12 +107,13 @@ class Dispatcher:
     async def consume(self, broker: Broker, queues: Sequence[str], *, burst: bool) -> None:
         """Put deliveries in the inbox as slots free up (in burst mode, until none is left)."""
         slots, inbox = self.slots, self.inbox
+        alone = self.quarantine is None  # suspects run alone in the worker (`isolation`)
         while True:
             taken = 0
             async for delivery in broker.consume(queues, slots, burst=burst):
                 taken += 1
-                slots.take(delivery.suspect)
-                if delivery.suspect:
+                slots.take(alone and delivery.suspect)
+                if alone and delivery.suspect:
                     self._suspects.add(delivery)
                 if delivery.returned:  # given back unfinished: before what was taken ahead
                     inbox.put_front(delivery)
@@ -141,7 +148,7 @@ class Dispatcher:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
-            if delivery.suspect:
+            if delivery.suspect and self.quarantine is None:
                 await self._slot_suspect(delivery, me)
                 delivery = None
                 continue
@@ -264,7 +271,8 @@ class Dispatcher:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             work.start_soon(self._hold, job)
-        elif not task.is_async:  # a def or process task: its executor's lane, not a slot
+        elif not task.is_async or (delivery.suspect and self.quarantine is not None):
+            # a def or process task: its executor's lane, not a slot; a suspect: quarantine
             if runner.watch is not None:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()
@@ -280,7 +288,10 @@ class Dispatcher:
         never takes one of the slots that coroutines run in.
         """
         delivery = job.delivery
-        lane = self.lanes[job.task.options.executor == "process"]
+        if delivery.suspect and self.quarantine is not None:
+            lane = self.quarantine
+        else:
+            lane = self.lanes[job.task.options.executor == "process"]
         held = Held(anyio.CancelScope(), job.envelope, time.time())
         self.held[delivery] = held
         try:
@@ -364,8 +375,23 @@ class Dispatcher:
                     await self.admission.done(job.task, job.ticket)
 
     async def _run_alone(self, job: Job) -> None:
-        """Run a redelivered message alone, its start recorded (see `isolation`)."""
+        """Run a redelivered message alone, its start recorded (see `isolation`).
+
+        Or in a quarantine process, if the worker has them (`aqueue.worker.quarantine`).
+        """
         delivery, envelope = job.delivery, job.envelope
+        if self.quarantine is not None:
+            logger.warning(
+                "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it in a "
+                "quarantine process",
+                envelope.task,
+                envelope.id,
+                delivery.delivery_count,
+                delivery.runs,
+            )
+            await delivery.begin()
+            await self.runner.run(delivery, envelope, job.task)
+            return
         logger.warning(
             "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",
             envelope.task,

@@ -51,6 +51,7 @@ from .gc_tuning import tuned_for_worker
 from .loopwatch import LoopWatch, blocking_tasks
 from .malloc_tuning import fix_mmap_threshold
 from .processes import ProcessPool
+from .quarantine import Quarantine
 from .recycle import Recycle
 from .runner import Runner, WorkerApp
 from .runtimes import Runtimes
@@ -154,6 +155,7 @@ class Worker:
         """Work until stopped (or, in burst mode, until the queues are empty)."""
         self.app.setup_worker()  # once: a framework's set-up (Django's), the task modules
         pool = self._process_pool()  # before connecting: a missing app path fails at once
+        quarantine = self._quarantine()
         install_task_records()  # log records made during a task carry its id and name
         broker = await self.app.broker()
         backend = await self.app.result_backend()
@@ -165,6 +167,7 @@ class Worker:
             threads=anyio.CapacityLimiter(self.threads),
             revoked=self.revoked,
             processes=pool,
+            quarantine=quarantine,
         )
         self.admission = _admission(broker, backend, self.rate_limits)
         remote = _control_server(self, broker)
@@ -176,7 +179,9 @@ class Worker:
             hooks = self.app.hooks
             await hooks.start_worker(self.context)
             try:
-                await self._work_until_stopped(broker, pool, remote, task_status=task_status)
+                await self._work_until_stopped(
+                    broker, pool, quarantine, remote, task_status=task_status
+                )
             finally:
                 with anyio.CancelScope(shield=True):
                     await hooks.stop_worker(self.context)
@@ -188,6 +193,7 @@ class Worker:
         self,
         broker: Broker,
         pool: ProcessPool | None,
+        quarantine: Quarantine | None,
         remote: ControlServer | None,
         *,
         task_status: TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
@@ -221,13 +227,18 @@ class Worker:
             lanes,
             stopping=lambda: self._stopping,
             finished=self._after_task if self.recycle else None,
+            quarantine=None if quarantine is None else anyio.CapacityLimiter(quarantine.size),
         )
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()
         if self._stopping:  # stopped before it started
             self.stop(now=self._hard)
         # The pool (children start with the first process task) closes after the tasks end.
-        async with pool or contextlib.nullcontext(), anyio.create_task_group() as group:
+        async with (
+            pool or contextlib.nullcontext(),
+            quarantine.pool if quarantine is not None else contextlib.nullcontext(),
+            anyio.create_task_group() as group,
+        ):
             await group.start(self._watch_loop)
             if self.events is not None:
                 await group.start(self.events.run)
@@ -249,6 +260,17 @@ class Worker:
                     await dispatch.consume(broker, self.queues, burst=self.burst)
                 await dispatch.drain(work, self.shutdown_timeout, self._hard_stop)
             group.cancel_scope.cancel()
+
+    def _quarantine(self) -> Quarantine | None:
+        """Return the children that run redelivered messages; None: they run alone here.
+
+        None without an app path for them to load (a `Worker` made in code, not given one) or
+        with `worker_quarantine_processes = 0`. No child starts before the first suspect.
+        """
+        size = self.app.conf.worker_quarantine_processes
+        if self.app_path is None or size == 0:
+            return None
+        return Quarantine(ProcessPool(self.app_path, size, quarantine=True))
 
     def _process_pool(self) -> ProcessPool | None:
         """Return a pool for the app's executor="process" tasks; None if it has none."""

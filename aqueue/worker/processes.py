@@ -41,7 +41,12 @@ from ..exceptions import ConfigurationError, Retry, TimeLimitExceeded, WorkerLos
 from ..request import Request
 from ..result_meta import ResultMeta, rebuild_exception
 
-__all__ = ["FRAME_HEADER", "ProcessPool"]
+__all__ = ["FRAME_HEADER", "ProcessDied", "ProcessPool"]
+
+
+class ProcessDied(WorkerLostError):
+    """The child running a task died before it replied (not one that failed to start)."""
+
 
 #: Every frame: this header (the body's length, 4 bytes big-endian), then a msgpack body.
 FRAME_HEADER = struct.Struct(">I")
@@ -67,11 +72,16 @@ class ProcessPool:
     Use `async with ProcessPool(...) as pool` (or call `aclose()`): `await pool.run(...)`.
     """
 
-    def __init__(self, app_path: str, size: int, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, app_path: str, size: int, *, start_timeout: float = 60.0, quarantine: bool = False
+    ) -> None:
         if size < 1:
             raise ConfigurationError(f"a process pool needs at least 1 process, not {size}")
         self.app_path = app_path
         self.size = size
+        #: Its children run any task of the app (`aqueue.worker.quarantine`), not only the
+        #: process tasks.
+        self.quarantine = quarantine
         self.start_timeout = start_timeout
         #: The free places: idle children first (the latest used first, so few children
         #: start under a light load), then empty ones (None: no child yet, or it died).
@@ -192,6 +202,7 @@ class ProcessPool:
                 "-m",
                 "aqueue.worker.child",
                 self.app_path,
+                *(["--quarantine"] if self.quarantine else []),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -231,7 +242,7 @@ class ProcessPool:
             except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
                 with anyio.CancelScope(shield=True):  # its pipes closed: it is gone or going
                     await self._reap(child, kill=isinstance(exc, ValueError))
-                raise WorkerLostError(
+                raise ProcessDied(
                     f"the process running task {task_name} (pid {child.pid}) exited before "
                     f"it replied ({_how(child, exc)}); a new process takes its place"
                 ) from None

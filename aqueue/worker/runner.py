@@ -42,6 +42,7 @@ from ..request import Request, current_request, running_request
 from ..result_meta import ResultMeta
 from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
+from .quarantine import KilledItsProcess, Quarantine
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -114,6 +115,7 @@ class Runner:
         threads: anyio.CapacityLimiter,
         revoked: Container[str] = frozenset(),
         processes: ProcessPool | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -123,6 +125,8 @@ class Runner:
         self.revoked = revoked
         #: The pool that runs executor="process" tasks (None: the app has none).
         self.processes = processes
+        #: Where redelivered messages run (None: alone in the worker, `isolation`).
+        self.quarantine = quarantine
         #: The tasks running now, by id.
         self.active: dict[str, Active] = {}
         self.succeeded = 0
@@ -256,8 +260,25 @@ class Runner:
                     return True
         if started < limit:
             return False
+        await self._died_too_often(delivery, envelope, task, started, failed_already)
+        return True
+
+    async def _died_too_often(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: RunnableTask,
+        started: int,
+        failed_already: bool = False,
+    ) -> None:
+        """Fail a message started `broker_max_deliveries` times, each ending in a death.
+
+        Its result a `WorkerLostError` (unless `failed_already` stored it), what follows it
+        in a workflow failed with it; the message dead-lettered with reason `max-deliveries`.
+        """
+        limit = self.broker.max_deliveries
         self.failed += 1
-        detail = f"the worker died {started} times running this task; dead-lettered"
+        detail = f"the process running this task died {started} times; dead-lettered"
         if not failed_already:
             error = WorkerLostError(f"{detail} (broker_max_deliveries is {limit})")
             failure = ResultMeta.failure(task.name, error, None)
@@ -268,7 +289,6 @@ class Runner:
         if self.watch is not None:
             reason = DeadLetterReason.MAX_DELIVERIES.value
             self.watch.rejected(task.name, envelope.id, reason, detail)
-        return True
 
     async def discard(
         self,
@@ -393,10 +413,10 @@ class Runner:
         error: Exception | None = None
         try:  # the task's outcome, spelled out on the way to success: no coroutine more
             try:
-                if task.is_async and _unlimited(task.options, conf):
+                if task.is_async and _unlimited(task.options, conf) and not delivery.suspect:
                     value = await task.invoke(envelope.args, envelope.kwargs)
                 else:
-                    value = await self._execute(task, envelope)
+                    value = await self._execute(task, envelope, delivery.suspect)
             except Exception as exc:
                 state, outcome = await self._unsuccessful(delivery, envelope, task, started, exc)
             else:
@@ -470,6 +490,9 @@ class Runner:
         exc: Exception,
     ) -> tuple[str, Any]:
         """Record a run that raised: a retry, or a failure (its state, and its error)."""
+        if isinstance(exc, KilledItsProcess):
+            await self._killed_its_process(delivery, envelope, task, exc)
+            return states.RETRY, exc
         if isinstance(exc, Retry):
             await self._retry(delivery, envelope, task, exc)
             return states.RETRY, exc.exc
@@ -481,6 +504,29 @@ class Runner:
             return states.FAILURE, exc
         await self._retry(delivery, envelope, task, again)
         return states.RETRY, exc
+
+    async def _killed_its_process(
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, exc: KilledItsProcess
+    ) -> None:
+        """Settle a quarantined message whose child died: its recorded run counts.
+
+        Started `broker_max_deliveries` times now, it is dead-lettered (`_died_too_often`);
+        else it goes back, to be quarantined again. Settled here: the ack after it is none.
+        """
+        starts = delivery.runs + 2  # its first run (never recorded), the recorded ones, this
+        limit = self.broker.max_deliveries
+        logger.error(
+            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s",
+            task.name,
+            envelope.id,
+            starts,
+            limit,
+            exc,
+        )
+        if starts >= limit:
+            await self._died_too_often(delivery, envelope, task, starts)
+        else:
+            await delivery.nack(delay=0.0)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
@@ -509,10 +555,13 @@ class Runner:
             if watch is not None:
                 watch.interrupted(task, envelope, revoked)
 
-    async def _execute(self, task: RunnableTask, envelope: Envelope) -> Any:
+    async def _execute(self, task: RunnableTask, envelope: Envelope, suspect: bool) -> Any:
         conf = self.app.conf
         options = task.options
         hard = options.time_limit or conf.task_time_limit
+        if suspect and self.quarantine is not None:
+            soft = options.soft_time_limit or conf.task_soft_time_limit
+            return await self.quarantine.run(task, envelope, soft, hard)
         if options.executor == "process":
             return await self._in_process(task, envelope, hard)
         if task.is_async:
@@ -530,14 +579,17 @@ class Runner:
                 "pool; start it with `aqueue worker module:app` (or Worker(app_path=...))"
             )
         soft = task.options.soft_time_limit or self.app.conf.task_soft_time_limit
-        return await self.processes.run(
-            task.name,
-            envelope.args,
-            envelope.kwargs,
-            running_request(),
-            hard_limit=hard,
-            soft_limit=soft,
-        )
+        try:
+            return await self.processes.run(
+                task.name,
+                envelope.args,
+                envelope.kwargs,
+                running_request(),
+                hard_limit=hard,
+                soft_limit=soft,
+            )
+        except WorkerLostError as exc:  # as itself, not its `ProcessDied` subclass
+            raise WorkerLostError(str(exc)) from None
 
     async def _retry(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, retry: Retry

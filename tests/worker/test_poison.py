@@ -39,6 +39,7 @@ TASKS = """
         result_backend={backend!r},
         broker_visibility_timeout=1.0,
         broker_max_deliveries=2,
+        worker_quarantine_processes={quarantine!r},
     )
 
 
@@ -86,12 +87,15 @@ async def supervise(cwd: Path, crashes: list[int]) -> None:
             crashes.append(code)
 
 
+@pytest.mark.parametrize("quarantine", [2, 0], ids=["quarantine", "alone"])
 async def test_a_task_that_kills_its_worker_takes_no_good_task_with_it(
-    urls: tuple[str, str], tmp_path: Path
+    urls: tuple[str, str], tmp_path: Path, quarantine: int
 ) -> None:
+    """Its redelivery runs in a quarantine process (the worker dies once), or alone in the
+    worker (`worker_quarantine_processes = 0`: it dies twice)."""
     broker, backend = urls
     (tmp_path / "tasks.py").write_text(
-        textwrap.dedent(TASKS).format(broker=broker, backend=backend)
+        textwrap.dedent(TASKS).format(broker=broker, backend=backend, quarantine=quarantine)
     )
     crashes: list[int] = []
     caller = App("caller", broker=broker, result_backend=backend, set_as_current=False)
@@ -100,15 +104,19 @@ async def test_a_task_that_kills_its_worker_takes_no_good_task_with_it(
         doomed = await caller.send_task("tasks.poison")
         good += [await caller.send_task("tasks.good", [i]) for i in range(GOOD // 2, GOOD)]
         group.start_soon(supervise, tmp_path, crashes)
-        with pytest.raises(TaskError, match="the worker died 2 times") as caught:
+        with pytest.raises(TaskError, match="the process running this task died 2 times") as caught:
             await doomed.get(timeout=60)
         assert caught.value.type_name == "aqueue.exceptions.WorkerLostError"
         values = [await result.get(timeout=60) for result in good]
         group.cancel_scope.cancel()
     assert sorted(values) == list(range(GOOD))
-    assert crashes == [1, 1]  # the poison task's two runs, each alone
+    # The poison task's two runs: the first kills the worker; the second, recorded, kills a
+    # quarantine process, or the worker again where it ran alone.
+    assert crashes == ([1] if quarantine else [1, 1])
     async with App("reader", broker=broker, set_as_current=False) as reader:
         letters = await (await reader.broker()).dead_letters("default")
     assert [letter.reason for letter in letters] == ["max-deliveries"]
     log = (tmp_path / "worker.log").read_text()
-    assert "running it alone" in log
+    assert ("running it in a quarantine process" if quarantine else "running it alone") in log
+    if quarantine:
+        assert "killed its quarantine process (start 2 of at most 2)" in log

@@ -150,12 +150,12 @@ async def test_a_message_whose_runs_all_killed_the_worker_gets_a_failure(setup: 
     assert delivery.runs == 1
     runner = runner_of(app, await app.broker(), await app.result_backend())
     assert await runner.check(delivery) is None
-    with pytest.raises(TaskError, match="the worker died 2 times running this task") as caught:
+    with pytest.raises(TaskError, match="the process running this task died 2 times") as caught:
         await result.get(timeout=5)
     assert caught.value.type_name == "aqueue.exceptions.WorkerLostError"
     (letter,) = await (await app.broker()).dead_letters("default")
     assert letter.reason == "max-deliveries"
-    assert "the worker died 2 times" in letter.detail
+    assert "the process running this task died 2 times" in letter.detail
 
 
 async def test_a_chain_whose_step_killed_its_workers_fails(setup: Setup) -> None:
@@ -176,7 +176,7 @@ async def test_a_chain_whose_step_killed_its_workers_fails(setup: Setup) -> None
     delivery = await setup.next_delivery(app)
     runner = runner_of(app, await app.broker(), await app.result_backend())
     assert await runner.check(delivery) is None
-    with pytest.raises(TaskError, match="the worker died 2 times running this task"):
+    with pytest.raises(TaskError, match="the process running this task died 2 times"):
         await result.get(timeout=5)
 
 
