@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup
 from ..request import current_revocations
 from .admission import Admission, Ticket
 from .isolation import Isolation
+from .quarantine import Quarantine, QuarantineBroken
 from .slots import Inbox, InboxClosed, Slots
 
 if TYPE_CHECKING:
@@ -75,15 +76,15 @@ class Dispatcher:
         *,
         stopping: Callable[[], bool],
         finished: Callable[[], None] | None,
-        quarantine: anyio.CapacityLimiter | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.runner = runner
         self.slots = slots
         self.admission = admission
         #: The budgets of def tasks (threads) and process tasks, apart from the slots.
         self.lanes = lanes
-        #: The budget of redelivered messages run in quarantine processes (one per child),
-        #: apart from the slots; None: they run alone in a slot (`isolation`).
+        #: Where redelivered messages run, apart from the slots (one per child); None, or
+        #: broken: alone in a slot (`isolation`).
         self.quarantine = quarantine
         self.inbox: Inbox[Delivery] = Inbox()
         self.isolation = Isolation()
@@ -107,13 +108,13 @@ class Dispatcher:
     async def consume(self, broker: Broker, queues: Sequence[str], *, burst: bool) -> None:
         """Put deliveries in the inbox as slots free up (in burst mode, until none is left)."""
         slots, inbox = self.slots, self.inbox
-        alone = self.quarantine is None  # suspects run alone in the worker (`isolation`)
         while True:
             taken = 0
             async for delivery in broker.consume(queues, slots, burst=burst):
                 taken += 1
-                slots.take(alone and delivery.suspect)
-                if alone and delivery.suspect:
+                alone = delivery.suspect and not self._quarantined(delivery)
+                slots.take(alone)
+                if alone:
                     self._suspects.add(delivery)
                 if delivery.returned:  # given back unfinished: before what was taken ahead
                     inbox.put_front(delivery)
@@ -148,7 +149,7 @@ class Dispatcher:
                 delivery = await inbox.get()
             except InboxClosed:
                 return
-            if delivery.suspect and self.quarantine is None:
+            if delivery.suspect and not self._quarantined(delivery):
                 await self._slot_suspect(delivery, me)
                 delivery = None
                 continue
@@ -208,6 +209,20 @@ class Dispatcher:
                 slots.release()
         finally:
             self._suspect_over(delivery)
+
+    async def _quarantine_ready(self) -> bool:
+        """Whether a quarantine process is ready; False: none can start (it is broken)."""
+        assert self.quarantine is not None
+        try:
+            await self.quarantine.ready()
+        except QuarantineBroken:
+            return False
+        return True
+
+    def _quarantined(self, delivery: Delivery) -> bool:
+        """Whether `delivery` is a suspect to run in a quarantine process (not alone here)."""
+        quarantine = self.quarantine
+        return delivery.suspect and quarantine is not None and quarantine.broken is None
 
     def _suspect_over(self, delivery: Delivery) -> None:
         """Stop counting a suspect in `Slots.suspects`: its window is over, or it is gone.
@@ -271,7 +286,7 @@ class Dispatcher:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             work.start_soon(self._hold, job)
-        elif not task.is_async or (delivery.suspect and self.quarantine is not None):
+        elif not task.is_async or self._quarantined(delivery):
             # a def or process task: its executor's lane, not a slot; a suspect: quarantine
             if runner.watch is not None:
                 runner.watch.received(task, envelope, delivery)
@@ -288,8 +303,10 @@ class Dispatcher:
         never takes one of the slots that coroutines run in.
         """
         delivery = job.delivery
-        if delivery.suspect and self.quarantine is not None:
-            lane = self.quarantine
+        lane: anyio.CapacityLimiter
+        if self._quarantined(delivery):
+            assert self.quarantine is not None
+            lane = self.quarantine.places
         else:
             lane = self.lanes[job.task.options.executor == "process"]
         held = Held(anyio.CancelScope(), job.envelope, time.time())
@@ -380,7 +397,7 @@ class Dispatcher:
         Or in a quarantine process, if the worker has them (`aqueue.worker.quarantine`).
         """
         delivery, envelope = job.delivery, job.envelope
-        if self.quarantine is not None:
+        if self._quarantined(delivery) and await self._quarantine_ready():
             logger.warning(
                 "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it in a "
                 "quarantine process",
@@ -389,8 +406,7 @@ class Dispatcher:
                 delivery.delivery_count,
                 delivery.runs,
             )
-            await delivery.begin()
-            await self.runner.run(delivery, envelope, job.task)
+            await self.runner.run(delivery, envelope, job.task)  # it records the run
             return
         logger.warning(
             "Task %s[%s] redelivered (delivery %d, %d recorded run(s)): running it alone",

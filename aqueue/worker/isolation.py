@@ -1,5 +1,10 @@
 """Isolation: a redelivered message runs alone, so that only it is blamed if its worker dies.
 
+Where the worker has quarantine processes (`aqueue.worker.quarantine`: the default when it
+knows its app path) a suspect runs in one of them instead; this is for a worker without them
+(`worker_quarantine_processes = 0`, a `Worker` made in code without an app path, or one whose
+quarantine processes cannot start).
+
 A message delivered again after its worker died (`Delivery.suspect`) may be the one that
 killed it, or one that the worker merely held, or one whose task finished just before the
 death. The runner (`Runner.check`) tells them apart:

@@ -227,7 +227,7 @@ class Worker:
             lanes,
             stopping=lambda: self._stopping,
             finished=self._after_task if self.recycle else None,
-            quarantine=None if quarantine is None else anyio.CapacityLimiter(quarantine.size),
+            quarantine=quarantine,
         )
         self._consume_scope = anyio.CancelScope()
         self._hard_stop = anyio.Event()

@@ -29,7 +29,7 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -123,12 +123,15 @@ class ProcessPool:
         *,
         hard_limit: float | None = None,
         soft_limit: float | None = None,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> Any:
         """Run the registered task `task_name` in a child; return its result or raise its error.
 
         Past `hard_limit` seconds the child is killed and `TimeLimitExceeded` raised; past
         `soft_limit`, `SoftTimeLimitExceeded` is raised inside the task. A child that dies
         mid-task raises `WorkerLostError`. Cancelling the call kills the child too.
+        `before` is awaited once a child is ready for the task, before it is sent (a child
+        that cannot start raises before it).
         """
         frame = _frame(
             {
@@ -141,6 +144,12 @@ class ProcessPool:
             where="the process task's request",
         )
         child = await self._take()
+        if before is not None:
+            try:
+                await before()
+            except BaseException:
+                await self._give_back(child, healthy=True)
+                raise
         healthy = False
         try:
             reply = await self._call(child, frame, task_name, hard_limit)
@@ -148,6 +157,11 @@ class ProcessPool:
         finally:
             await self._give_back(child, healthy=healthy)
         return _outcome(task_name, reply)
+
+    async def warm(self) -> None:
+        """Start a child unless an idle one waits: a child that cannot start raises here."""
+        child = await self._take()
+        await self._give_back(child, healthy=True)
 
     async def aclose(self) -> None:
         """Stop every child (idle ones by closing their stdin, busy ones by SIGKILL); reap them."""

@@ -13,8 +13,11 @@ its slots, claiming ahead and taking other redeliveries as it does for first del
   recorded counts: the message goes back (`nack`), and once it has started
   `broker_max_deliveries` times it gets a `WorkerLostError` failure and is dead-lettered with
   reason `max-deliveries` (`Runner._settled_suspect`), without its worker ever dying again.
-  A child that could not start is the worker's trouble, not the message's: it raises a
-  plain `WorkerLostError`, a failure of the task like any other.
+- a child that cannot start (the app does not load in a fresh process) is the worker's
+  trouble, not the message's: the worker makes sure a child is ready (`ready`) before the
+  suspect's run is recorded; if none can start, the error is logged, the quarantine is
+  `broken` for the worker's life, and this suspect and the later ones run alone in the worker
+  (`aqueue.worker.isolation`).
 
 Issue 19, the poison mix (50 tasks that `os._exit` among 10,000): running each suspect alone
 in its worker (`aqueue.worker.isolation`, still used with 0 children or no app path) closed
@@ -24,35 +27,81 @@ twice; here the worker keeps its slots busy and a crasher kills one worker, once
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import anyio
+
+from ..drivers.base import Delivery
+from ..exceptions import ConfigurationError, WorkerLostError
 from ..interfaces import RunnableTask
 from ..message import Envelope
 from ..request import running_request
 from .processes import ProcessDied, ProcessPool
 
-__all__ = ["KilledItsProcess", "Quarantine"]
+if TYPE_CHECKING:
+    from ..drivers.base import Delivery
+
+__all__ = ["KilledItsProcess", "Quarantine", "QuarantineBroken"]
+
+logger = logging.getLogger("aqueue.worker")
 
 
 class KilledItsProcess(Exception):
     """The task killed the quarantine process that ran it: its message goes back, counted."""
 
 
+class QuarantineBroken(Exception):
+    """No quarantine process can start: the task must run in the worker."""
+
+
 class Quarantine:
-    """Runs tasks in the children of a `--quarantine` process pool: `await q.run(...)`."""
+    """Runs tasks in the children of a `--quarantine` process pool: `await q.run(...)`.
+
+    Made in the worker's event loop (`places` is a capacity limiter).
+    """
 
     def __init__(self, pool: ProcessPool) -> None:
         self.pool = pool
+        #: The budget of suspects: one per child, apart from the worker's slots.
+        self.places = anyio.CapacityLimiter(pool.size)
+        #: Why no child could start (then suspects run in the worker); None while they can.
+        self.broken: str | None = None
 
-    @property
-    def size(self) -> int:
-        """How many suspects may run at once (one per child)."""
-        return self.pool.size
+    async def ready(self) -> None:
+        """Make sure a child is ready to run a suspect; `QuarantineBroken` if none can start."""
+        if self.broken is not None:
+            raise QuarantineBroken(self.broken)
+        try:
+            await self.pool.warm()
+        except (ConfigurationError, WorkerLostError) as exc:
+            self._break(exc)
+
+    def _break(self, exc: Exception) -> NoReturn:
+        self.broken = str(exc)
+        logger.error(
+            "No quarantine process could start (%s); redelivered messages run alone in the "
+            "worker from now on",
+            exc,
+        )
+        raise QuarantineBroken(self.broken) from None
 
     async def run(
-        self, task: RunnableTask, envelope: Envelope, soft: float | None, hard: float | None
+        self,
+        task: RunnableTask,
+        envelope: Envelope,
+        delivery: Delivery,
+        soft: float | None,
+        hard: float | None,
     ) -> Any:
-        """Run the task in a child; its result, its error, or `KilledItsProcess`."""
+        """Run the task in a child; its result, its error, or `KilledItsProcess`.
+
+        The run is recorded (`delivery.begin`) once a child is ready for it: a child that
+        cannot start raises `QuarantineBroken` before, and the run, not recorded, blames no
+        one if the worker dies of it.
+        """
+        if self.broken is not None:
+            raise QuarantineBroken(self.broken)
         try:
             return await self.pool.run(
                 task.name,
@@ -61,6 +110,9 @@ class Quarantine:
                 running_request(),
                 hard_limit=hard,
                 soft_limit=soft,
+                before=delivery.begin,
             )
         except ProcessDied as exc:
             raise KilledItsProcess(str(exc)) from None
+        except (ConfigurationError, WorkerLostError) as exc:  # a child could not start
+            self._break(exc)

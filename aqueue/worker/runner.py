@@ -13,6 +13,7 @@ delivery, and its caller gets a FAILURE result saying why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -42,7 +43,7 @@ from ..request import Request, current_request, running_request
 from ..result_meta import ResultMeta
 from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
-from .quarantine import KilledItsProcess, Quarantine
+from .quarantine import KilledItsProcess, Quarantine, QuarantineBroken
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -416,7 +417,7 @@ class Runner:
                 if task.is_async and _unlimited(task.options, conf) and not delivery.suspect:
                     value = await task.invoke(envelope.args, envelope.kwargs)
                 else:
-                    value = await self._execute(task, envelope, delivery.suspect)
+                    value = await self._execute(task, envelope, delivery)
             except Exception as exc:
                 state, outcome = await self._unsuccessful(delivery, envelope, task, started, exc)
             else:
@@ -555,13 +556,15 @@ class Runner:
             if watch is not None:
                 watch.interrupted(task, envelope, revoked)
 
-    async def _execute(self, task: RunnableTask, envelope: Envelope, suspect: bool) -> Any:
+    async def _execute(self, task: RunnableTask, envelope: Envelope, delivery: Delivery) -> Any:
         conf = self.app.conf
         options = task.options
         hard = options.time_limit or conf.task_time_limit
-        if suspect and self.quarantine is not None:
+        quarantine = self.quarantine
+        if delivery.suspect and quarantine is not None and quarantine.broken is None:
             soft = options.soft_time_limit or conf.task_soft_time_limit
-            return await self.quarantine.run(task, envelope, soft, hard)
+            with contextlib.suppress(QuarantineBroken):  # then here, as any task
+                return await quarantine.run(task, envelope, delivery, soft, hard)
         if options.executor == "process":
             return await self._in_process(task, envelope, hard)
         if task.is_async:

@@ -30,8 +30,12 @@ GOOD = 60
 
 TASKS = """
     import os
+    import sys
 
     from aqueue import App
+
+    if {broken!r} and sys.argv[-1] == "--quarantine":
+        raise RuntimeError("this app does not load in a quarantine process")
 
     app = App(
         "tasks",
@@ -87,15 +91,19 @@ async def supervise(cwd: Path, crashes: list[int]) -> None:
             crashes.append(code)
 
 
-@pytest.mark.parametrize("quarantine", [2, 0], ids=["quarantine", "alone"])
+@pytest.mark.parametrize("mode", ["quarantine", "alone", "broken"])
 async def test_a_task_that_kills_its_worker_takes_no_good_task_with_it(
-    urls: tuple[str, str], tmp_path: Path, quarantine: int
+    urls: tuple[str, str], tmp_path: Path, mode: str
 ) -> None:
     """Its redelivery runs in a quarantine process (the worker dies once), or alone in the
-    worker (`worker_quarantine_processes = 0`: it dies twice)."""
+    worker (`worker_quarantine_processes = 0`: it dies twice), or, where no quarantine
+    process can start (the app does not load there), alone in the worker too."""
     broker, backend = urls
+    quarantine = 0 if mode == "alone" else 2
     (tmp_path / "tasks.py").write_text(
-        textwrap.dedent(TASKS).format(broker=broker, backend=backend, quarantine=quarantine)
+        textwrap.dedent(TASKS).format(
+            broker=broker, backend=backend, quarantine=quarantine, broken=mode == "broken"
+        )
     )
     crashes: list[int] = []
     caller = App("caller", broker=broker, result_backend=backend, set_as_current=False)
@@ -112,11 +120,16 @@ async def test_a_task_that_kills_its_worker_takes_no_good_task_with_it(
     assert sorted(values) == list(range(GOOD))
     # The poison task's two runs: the first kills the worker; the second, recorded, kills a
     # quarantine process, or the worker again where it ran alone.
-    assert crashes == ([1] if quarantine else [1, 1])
+    assert crashes == ([1] if mode == "quarantine" else [1, 1])
     async with App("reader", broker=broker, set_as_current=False) as reader:
         letters = await (await reader.broker()).dead_letters("default")
     assert [letter.reason for letter in letters] == ["max-deliveries"]
     log = (tmp_path / "worker.log").read_text()
-    assert ("running it in a quarantine process" if quarantine else "running it alone") in log
-    if quarantine:
+    if mode == "quarantine":
+        assert "running it in a quarantine process" in log
         assert "killed its quarantine process (start 2 of at most 2)" in log
+    else:
+        assert "running it alone" in log
+    if mode == "broken":
+        assert "No quarantine process could start" in log
+        assert "this app does not load in a quarantine process" in log
