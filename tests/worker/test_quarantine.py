@@ -1,0 +1,143 @@
+"""Quarantine: a redelivered message runs in a child process of the worker (`worker_quarantine_
+processes`), so a task that kills its process kills a child, not the worker running the test.
+
+On SQLite (the quarantine is the worker's, the same on every broker; `test_poison` runs it on
+every durable broker with real worker processes). The "dead worker" is a broker connection
+dropped with its delivery unsettled, as in `test_redelivery`; the worker here runs in this
+process, with an app path its children load from the test's directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import aclosing
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+
+from aqueue import App, Broker, TaskError, Worker
+from aqueue.drivers import create_broker
+from tests.helpers.consuming import Credit
+
+MODULE = """
+    import os
+
+    from aqueue import App
+
+    app = App(
+        "qtasks",
+        broker={url!r},
+        broker_visibility_timeout=0.3,
+        broker_max_deliveries=3,
+        set_as_current=False,
+    )
+
+
+    @app.task
+    async def where():
+        return os.getpid()
+
+
+    @app.task
+    def where_sync():
+        return os.getpid()
+
+
+    @app.task
+    async def crash():
+        os._exit(1)
+"""
+
+
+@pytest.fixture
+def tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The task module, importable here and in the worker's children (from the directory)."""
+    name = f"qtasks_{os.getpid()}_{id(tmp_path)}"
+    url = f"sqlite:///{tmp_path / 'aqueue.db'}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE).format(url=url))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+async def die_holding(app: App) -> None:
+    """Take the next message on a connection of its own and drop it: its worker died."""
+    broker: Broker = create_broker(app.broker_url, app._broker_options())
+    async with broker:
+        with anyio.fail_after(10):
+            async with aclosing(broker.consume(["default"], Credit(1))) as deliveries:
+                await anext(deliveries)
+
+
+async def run_worker_until(app: App, path: str, done: anyio.Event) -> None:
+    async with anyio.create_task_group() as group:
+        worker = await group.start(Worker(app, app_path=path, concurrency=4).run)
+        await done.wait()
+        worker.stop()
+
+
+@pytest.mark.parametrize("task_name", ["where", "where_sync"])
+async def test_a_redelivered_message_runs_in_a_child_process(
+    tasks: ModuleType, task_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app: App = tasks.app
+    async with app:
+        result = await app.send_task(getattr(tasks, task_name).name)
+        first = await app.send_task(tasks.where.name)  # a first delivery: in the worker
+        await die_holding(app)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            pid = await result.get(timeout=30)
+            assert await first.get(timeout=30) == os.getpid()
+            done.set()
+    assert pid != os.getpid()  # its quarantine process's
+    assert "running it in a quarantine process" in caplog.text
+
+
+async def test_a_redelivered_message_that_kills_its_process_is_dead_lettered(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    app: App = tasks.app
+    async with app:
+        doomed = await app.send_task(tasks.crash.name)
+        good = await app.send_task(tasks.where.name)
+        await die_holding(app)  # its first run, never recorded, "killed" its worker
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            with pytest.raises(TaskError, match="the process running this task died 3 times") as e:
+                await doomed.get(timeout=30)
+            assert await good.get(timeout=30) == os.getpid()  # the worker lives on
+            done.set()
+        broker = await app.broker()
+        (letter,) = await broker.dead_letters("default")
+    assert e.value.type_name == "aqueue.exceptions.WorkerLostError"
+    assert letter.reason == "max-deliveries"
+    # Two quarantine runs, each recorded: the first gives it back, the second buries it.
+    assert "killed its quarantine process (start 2 of at most 3)" in caplog.text
+    assert "killed its quarantine process (start 3 of at most 3)" in caplog.text
+
+
+async def test_without_quarantine_processes_a_suspect_runs_alone_in_the_worker(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    app: App = tasks.app
+    app.conf.update({"worker_quarantine_processes": 0})
+    async with app:
+        result = await app.send_task(tasks.where.name)
+        await die_holding(app)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            assert await result.get(timeout=30) == os.getpid()
+            done.set()
+    assert "running it alone" in caplog.text
