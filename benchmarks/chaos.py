@@ -87,7 +87,12 @@ async def one(name: str, args: argparse.Namespace, where: Path, broker: str) -> 
         )
     if name == "poison":
         return await scenarios.poison_throughput(
-            where, good=n, bad=args.bad, crashers=args.crashers, broker=broker
+            where,
+            good=n,
+            bad=args.bad,
+            crashers=args.crashers,
+            broker=broker,
+            spread=args.spread_crashers,
         )
     if name == "rabbit_restarts":
         return await scenarios.rabbit_restarts(where, tasks=n, restarts=args.restarts)
@@ -189,6 +194,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=10.0, help="SIGTERM: shutdown grace (s)")
     parser.add_argument("--bad", type=int, default=1000, help="poison: bad messages")
     parser.add_argument("--crashers", type=int, default=50, help="poison: os._exit tasks")
+    parser.add_argument(
+        "--spread-crashers",
+        action="store_true",
+        help="poison: one crasher before each 1/N of the second half of the good tasks, not "
+        "all together",
+    )
     parser.add_argument("--fuzz", type=int, default=100_000)
     parser.add_argument("--write", help="write the table (markdown) to this file")
     return parser.parse_args()

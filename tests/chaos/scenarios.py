@@ -382,12 +382,16 @@ async def poison(
     seed: int = 5,
     broker: str = "redis",
     bad: int | None = None,
+    spread: bool = False,
 ) -> Outcome:
     """Bad messages of every kind and tasks that os._exit their worker, among good ones.
 
     `each` bad messages of each of the nine kinds, or `bad` of them in all (the kinds in
-    turn). Notes the good tasks' drain rate (sent / publish start to last finished) and each
-    worker incarnation's resident-set growth, for `poison_throughput`.
+    turn). The crashers are sent together after the first half of the good tasks, or, if
+    `spread`, one before each 1/`crashers` of the second half (each then meets its worker
+    alone, as a rule: one worker exit per crasher). Notes the good tasks' drain rate (sent /
+    publish start to last finished) and each worker incarnation's resident-set growth, for
+    `poison_throughput`.
     """
     from aqueue import OutgoingMessage
 
@@ -418,9 +422,16 @@ async def poison(
             ]
             for at in range(0, len(outgoing), 20):  # 20 MB at most in one publish
                 await opened.publish(outgoing[at : at + 20])
-            for _ in range(crashers):
-                await producer.send_task("tasks.crash")
-            ids += await run.publish(producer, lengths[good // 2 :])
+            rest = lengths[good // 2 :]
+            if spread and crashers:
+                for at in range(crashers):
+                    await producer.send_task("tasks.crash")
+                    chunk = rest[at * len(rest) // crashers : (at + 1) * len(rest) // crashers]
+                    ids += await run.publish(producer, chunk)
+            else:
+                for _ in range(crashers):
+                    await producer.send_task("tasks.crash")
+                ids += await run.publish(producer, rest)
             await run.drain(len(ids), within=120 + good / 20 + crashers * 20)
             drained = time.monotonic() - started
             await anyio.to_thread.run_sync(fleet.sample_rss)
@@ -482,6 +493,7 @@ async def poison_throughput(
     crashers: int = 3,
     broker: str = "redis",
     limit_mb: float = 50.0,
+    spread: bool = False,
 ) -> Outcome:
     """`poison` three times, one after the other, with the same good tasks and workers: clean
     (no bad message, no crasher), the bad messages alone, then bad messages and crashers.
@@ -502,7 +514,7 @@ async def poison_throughput(
         where = directory / name.replace(" ", "-")
         where.mkdir()
         runs[name] = await poison(
-            where, good=good, crashers=crash_count, broker=broker, bad=bad_count
+            where, good=good, crashers=crash_count, broker=broker, bad=bad_count, spread=spread
         )
     full = runs["with crashers"]
     rate = {name: outcome.notes["good tasks per s"] for name, outcome in runs.items()}
