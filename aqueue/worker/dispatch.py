@@ -303,12 +303,13 @@ class Dispatcher:
         never takes one of the slots that coroutines run in.
         """
         delivery = job.delivery
-        lane: anyio.CapacityLimiter
-        if self._quarantined(delivery):
-            assert self.quarantine is not None
-            lane = self.quarantine.places
-        else:
-            lane = self.lanes[job.task.options.executor == "process"]
+        if self._quarantined(delivery):  # its place is the quarantine's to take (`run`)
+            try:
+                await self._guarded(delivery, self._run(job))
+            finally:
+                self.slots.unhold()
+            return
+        lane = self.lanes[job.task.options.executor == "process"]
         held = Held(anyio.CancelScope(), job.envelope, time.time())
         self.held[delivery] = held
         try:

@@ -270,7 +270,7 @@ class Worker:
         size = self.app.conf.worker_quarantine_processes
         if self.app_path is None or size == 0:
             return None
-        return Quarantine(ProcessPool(self.app_path, size, quarantine=True))
+        return Quarantine(self.app_path, size)
 
     def _process_pool(self) -> ProcessPool | None:
         """Return a pool for the app's executor="process" tasks; None if it has none."""

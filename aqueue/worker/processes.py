@@ -73,12 +73,21 @@ class ProcessPool:
     """
 
     def __init__(
-        self, app_path: str, size: int, *, start_timeout: float = 60.0, quarantine: bool = False
+        self,
+        app_path: str,
+        size: int,
+        *,
+        start_timeout: float = 60.0,
+        quarantine: bool = False,
+        keep: int | None = None,
     ) -> None:
         if size < 1:
             raise ConfigurationError(f"a process pool needs at least 1 process, not {size}")
         self.app_path = app_path
         self.size = size
+        #: How many idle children it keeps (`size` unless fewer): a child that ends a task
+        #: while more are alive exits.
+        self.keep = size if keep is None else keep
         #: Its children run any task of the app (`aqueue.worker.quarantine`), not only the
         #: process tasks.
         self.quarantine = quarantine
@@ -198,11 +207,12 @@ class ProcessPool:
             raise
 
     async def _give_back(self, child: _Child, *, healthy: bool) -> None:
-        if healthy and not self._closed:
+        surplus = len(self._children) > self.keep
+        if healthy and not self._closed and not surplus:
             self._put(child)
             return
         with anyio.CancelScope(shield=True):
-            await self._reap(child, kill=True)
+            await self._reap(child, kill=not healthy or self._closed)
         self._put(None)  # an empty place: the next task starts a new child
 
     def _put(self, entry: _Child | None) -> None:

@@ -1,10 +1,14 @@
 """Quarantine: a redelivered message runs in a child process, so only a child dies of it.
 
 A message delivered again after its worker died (`Delivery.suspect`) may be the one that
-killed it. With `worker_quarantine_processes` children (2 by default; the worker must know its
-app path, as `aqueue worker module:app` does), each suspect runs in one of them, alone there,
-its start recorded first (`Delivery.begin`), while the worker goes on running other tasks in
-its slots, claiming ahead and taking other redeliveries as it does for first deliveries:
+killed it. Each suspect runs in a child process of the worker, alone there, its start recorded
+first (`Delivery.begin`), while the worker goes on running other tasks in its slots, claiming
+ahead and taking other redeliveries as it does for first deliveries. At most
+`worker_quarantine_processes` (2 by default) suspects start at once; one that has run `GRACE`
+(0.5 s) frees its place and runs on in its child, so a long suspect holds back no other (up to
+`OLD_FACTOR` times as many children in all; beyond `worker_quarantine_processes` idle ones,
+a child exits when its task ends). The worker must know its app path, as `aqueue worker
+module:app` does; no child starts before the first suspect.
 
 - the task runs in the child as it would in the worker (`aqueue.worker.child --quarantine`):
   a coroutine task on the child's own loop, the same arguments, request, soft and hard time
@@ -27,6 +31,7 @@ twice; here the worker keeps its slots busy and a crasher kills one worker, once
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -42,7 +47,14 @@ from .processes import ProcessDied, ProcessPool
 if TYPE_CHECKING:
     from ..drivers.base import Delivery
 
-__all__ = ["KilledItsProcess", "Quarantine", "QuarantineBroken"]
+__all__ = ["GRACE", "OLD_FACTOR", "KilledItsProcess", "Quarantine", "QuarantineBroken"]
+
+#: A run that lived this long (seconds) frees its place for the next suspect: it goes on in
+#: its child, which no longer counts against `worker_quarantine_processes` (as the isolation's
+#: window: a crash comes early in a run, and a long suspect must not hold back the others).
+GRACE = 0.5
+#: The children of old runs and young ones together: at most this many times the places.
+OLD_FACTOR = 4
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -61,21 +73,28 @@ class Quarantine:
     Made in the worker's event loop (`places` is a capacity limiter).
     """
 
-    def __init__(self, pool: ProcessPool) -> None:
-        self.pool = pool
-        #: The budget of suspects: one per child, apart from the worker's slots.
-        self.places = anyio.CapacityLimiter(pool.size)
+    def __init__(self, app_path: str, size: int, grace: float = GRACE) -> None:
+        #: Up to `size` young runs, and the children of older ones (at most `OLD_FACTOR` times
+        #: as many in all; `size` idle ones kept).
+        self.pool = ProcessPool(app_path, size * OLD_FACTOR, quarantine=True, keep=size)
+        #: The budget of young runs: a run frees its place once it has run `grace` seconds.
+        self.places = anyio.CapacityLimiter(size)
+        self.grace = grace
         #: Why no child could start (then suspects run in the worker); None while they can.
         self.broken: str | None = None
+        self._proven = False  # a child started once
 
     async def ready(self) -> None:
         """Make sure a child is ready to run a suspect; `QuarantineBroken` if none can start."""
         if self.broken is not None:
             raise QuarantineBroken(self.broken)
+        if self._proven:  # a child started: the app loads in one
+            return
         try:
             await self.pool.warm()
         except (ConfigurationError, WorkerLostError) as exc:
             self._break(exc)
+        self._proven = True
 
     def _break(self, exc: Exception) -> NoReturn:
         self.broken = str(exc)
@@ -102,6 +121,22 @@ class Quarantine:
         """
         if self.broken is not None:
             raise QuarantineBroken(self.broken)
+        token = object()
+        await self.places.acquire_on_behalf_of(token)
+        held = True
+        timer: asyncio.TimerHandle | None = None
+
+        def free() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.places.release_on_behalf_of(token)
+
+        async def begin() -> None:
+            nonlocal timer
+            await delivery.begin()
+            timer = asyncio.get_running_loop().call_later(self.grace, free)
+
         try:
             return await self.pool.run(
                 task.name,
@@ -110,9 +145,13 @@ class Quarantine:
                 running_request(),
                 hard_limit=hard,
                 soft_limit=soft,
-                before=delivery.begin,
+                before=begin,
             )
         except ProcessDied as exc:
             raise KilledItsProcess(str(exc)) from None
         except (ConfigurationError, WorkerLostError) as exc:  # a child could not start
             self._break(exc)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            free()

@@ -26,6 +26,7 @@ from aqueue.drivers import create_broker
 from tests.helpers.consuming import Credit
 
 MODULE = """
+    import asyncio
     import os
 
     from aqueue import App
@@ -52,6 +53,13 @@ MODULE = """
     @app.task
     async def crash():
         os._exit(1)
+
+
+    @app.task
+    async def blocked(path):
+        while not os.path.exists(path):  # until the test lets it go
+            await asyncio.sleep(0.02)
+        return "let go"
 """
 
 
@@ -141,3 +149,25 @@ async def test_without_quarantine_processes_a_suspect_runs_alone_in_the_worker(
             assert await result.get(timeout=30) == os.getpid()
             done.set()
     assert "running it alone" in caplog.text
+
+
+async def test_a_long_suspect_frees_its_place_for_the_next(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    """With one place, a suspect that has run past the grace lets the next one start."""
+    app: App = tasks.app
+    app.conf.update({"worker_quarantine_processes": 1})
+    gate = tmp_path / "let-go"
+    async with app:
+        long = await app.send_task(tasks.blocked.name, [str(gate)])
+        quick = await app.send_task(tasks.where.name)
+        await die_holding(app)
+        await die_holding(app)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            assert await quick.get(timeout=30) != os.getpid()  # while `long` still runs
+            assert not await long.ready()
+            gate.write_text("")
+            assert await long.get(timeout=30) == "let go"
+            done.set()
