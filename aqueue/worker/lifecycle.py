@@ -251,6 +251,8 @@ class Worker:
                 group.start_soon(self._heartbeat, interval)
             if remote is not None:
                 await group.start(remote.run)
+            if quarantine is not None and not self.burst:  # a child for the first suspect
+                group.start_soon(quarantine.prepare)
             async with anyio.create_task_group() as work:
                 for _ in range(self.concurrency):
                     work.start_soon(dispatch.slot, work)

@@ -86,8 +86,9 @@ class ProcessPool:
         self.app_path = app_path
         self.size = size
         #: How many idle children it keeps (`size` unless fewer): a child that ends a task
-        #: while more are alive exits.
+        #: while as many others are idle exits.
         self.keep = size if keep is None else keep
+        self._busy = 0  # children taken (`_take`) and not given back
         #: Its children run any task of the app (`aqueue.worker.quarantine`), not only the
         #: process tasks.
         self.quarantine = quarantine
@@ -199,16 +200,20 @@ class ProcessPool:
             self._put(entry)
             raise RuntimeError("the process pool is closed")
         if entry is not None:
+            self._busy += 1
             return entry
         try:
-            return await self._spawn()
+            child = await self._spawn()
         except BaseException:
             self._put(None)
             raise
+        self._busy += 1
+        return child
 
     async def _give_back(self, child: _Child, *, healthy: bool) -> None:
-        surplus = len(self._children) > self.keep
-        if healthy and not self._closed and not surplus:
+        self._busy -= 1
+        idle = len(self._children) - self._busy - 1  # the others
+        if healthy and not self._closed and idle < self.keep:
             self._put(child)
             return
         with anyio.CancelScope(shield=True):

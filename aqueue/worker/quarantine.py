@@ -8,7 +8,7 @@ ahead and taking other redeliveries as it does for first deliveries. At most
 (0.5 s) frees its place and runs on in its child, so a long suspect holds back no other (up to
 `OLD_FACTOR` times as many children in all; beyond `worker_quarantine_processes` idle ones,
 a child exits when its task ends). The worker must know its app path, as `aqueue worker
-module:app` does; no child starts before the first suspect.
+module:app` does; one child starts with the worker, in the background, the others on demand.
 
 - the task runs in the child as it would in the worker (`aqueue.worker.child --quarantine`):
   a coroutine task on the child's own loop, the same arguments, request, soft and hard time
@@ -32,6 +32,7 @@ twice; here the worker keeps its slots busy and a crasher kills one worker, once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -83,6 +84,7 @@ class Quarantine:
         #: Why no child could start (then suspects run in the worker); None while they can.
         self.broken: str | None = None
         self._proven = False  # a child started once
+        self._proving = anyio.Lock()
 
     async def ready(self) -> None:
         """Make sure a child is ready to run a suspect; `QuarantineBroken` if none can start."""
@@ -90,11 +92,25 @@ class Quarantine:
             raise QuarantineBroken(self.broken)
         if self._proven:  # a child started: the app loads in one
             return
-        try:
-            await self.pool.warm()
-        except (ConfigurationError, WorkerLostError) as exc:
-            self._break(exc)
-        self._proven = True
+        async with self._proving:  # one child tries, the other suspects wait for it
+            if self.broken is not None:
+                raise QuarantineBroken(self.broken)
+            if self._proven:
+                return
+            try:
+                await self.pool.warm()
+            except (ConfigurationError, WorkerLostError) as exc:
+                self._break(exc)
+            self._proven = True
+
+    async def prepare(self) -> None:
+        """Start a child for the first suspect (a worker starting calls it in the background).
+
+        Suspects come in bursts, when another worker died: a child ready then saves the first
+        of them a process start (0.5-1 s). One that cannot start is logged (`ready`).
+        """
+        with contextlib.suppress(QuarantineBroken):
+            await self.ready()
 
     def _break(self, exc: Exception) -> NoReturn:
         self.broken = str(exc)
