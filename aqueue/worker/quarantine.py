@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
-from ..drivers.base import Delivery
 from ..exceptions import ConfigurationError, WorkerLostError
 from ..interfaces import RunnableTask
 from ..message import Envelope
