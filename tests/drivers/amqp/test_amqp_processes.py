@@ -46,7 +46,12 @@ TASKS = """
 
     HERE = pathlib.Path(__file__).resolve().parent
 
-    app = App("tasks", broker={url!r}, broker_max_deliveries={max_deliveries})
+    app = App(
+        "tasks",
+        broker={url!r},
+        broker_max_deliveries={max_deliveries},
+        worker_quarantine_processes={quarantine},
+    )
 
 
     def note(name, line):
@@ -103,8 +108,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Pa
     """Write `tasks.py` for a broker URL into tmp_path, the current directory."""
     monkeypatch.chdir(tmp_path)
 
-    def write(url: str, max_deliveries: int = 5) -> Path:
-        text = textwrap.dedent(TASKS).format(url=url, max_deliveries=max_deliveries)
+    def write(url: str, max_deliveries: int = 5, quarantine: int = 2) -> Path:
+        text = textwrap.dedent(TASKS).format(
+            url=url, max_deliveries=max_deliveries, quarantine=quarantine
+        )
         (tmp_path / "tasks.py").write_text(text)
         return tmp_path
 
@@ -179,26 +186,36 @@ async def test_a_countdown_survives_a_worker_restart_and_runs_once(
     assert (cwd / "stamps.log").read_text() == "ran\n"
 
 
+@pytest.mark.parametrize("quarantine", [2, 0], ids=["quarantine", "alone"])
 async def test_a_message_that_kills_every_worker_is_dead_lettered(
-    project: Callable[..., Path], workers: Callable[..., Any]
+    project: Callable[..., Path], workers: Callable[..., Any], quarantine: int
 ) -> None:
+    """On a quorum queue. Its first delivery kills a worker; its second kills a quarantine
+    process (the worker lives on and dead-letters it), or, run alone in the worker
+    (`worker_quarantine_processes = 0`), a second worker, and RabbitMQ's count of deliveries
+    dead-letters it on the third."""
     if reason := await service_amqp.unreachable():
         service_unavailable(reason)
     url = service_amqp.make_url(uuid.uuid4().hex[:10], queue_type="quorum")
     try:
-        project(url, max_deliveries=2)
+        project(url, max_deliveries=2, quarantine=quarantine)
         caller = App("caller", broker=url, broker_max_deliveries=2, set_as_current=False)
         async with caller:
             await caller.send_task("tasks.die")
-            for _ in range(2):  # each delivery kills its worker
+            for _ in range(1 if quarantine else 2):  # each delivery run here kills its worker
                 doomed = await workers("-c", "1")
                 assert await doomed.wait_exit() == -signal.SIGKILL
             survivor = await workers("-c", "1")
             assert await (await caller.send_task("tasks.add", [1, 2])).get(timeout=STEP) == 3
+            await survivor.wait_line("dead-lettered")
             letters = await (await caller.broker()).dead_letters("default")
             await stop(survivor)
         assert [letter.reason for letter in letters] == ["max-deliveries"]
-        assert "delivered 2 times" in letters[0].detail
+        if quarantine:
+            assert "the process running this task died 2 times" in letters[0].detail
+            assert "killed its quarantine process" in survivor.output
+        else:
+            assert "delivered 2 times" in letters[0].detail
         assert "dead-lettered" in survivor.output
     finally:
         await service_amqp.cleanup(url)
