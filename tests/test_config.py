@@ -164,8 +164,8 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_max_tasks_per_child",
         "worker_max_memory_per_child",
     } <= names
-    assert len(names) == 52  # 42, imports and include, the recycling limits, observability (5),
-    # worker_malloc_mmap_threshold
+    assert len(names) == 53  # 42, imports and include, the recycling limits, observability (5),
+    # worker_malloc_mmap_threshold, worker_quarantine_processes
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 

@@ -44,8 +44,12 @@ from ..result_meta import ResultMeta, rebuild_exception
 __all__ = ["FRAME_HEADER", "ProcessDied", "ProcessPool"]
 
 
-class ProcessDied(WorkerLostError):
-    """The child running a task died before it replied (not one that failed to start)."""
+class ProcessDied(Exception):
+    """The child running a task died before it replied (not one that failed to start).
+
+    The worker turns it into a `WorkerLostError` for a process task, into a recorded death
+    for a quarantined one (`aqueue.worker.quarantine`).
+    """
 
 
 #: Every frame: this header (the body's length, 4 bytes big-endian), then a msgpack body.
@@ -139,7 +143,7 @@ class ProcessPool:
 
         Past `hard_limit` seconds the child is killed and `TimeLimitExceeded` raised; past
         `soft_limit`, `SoftTimeLimitExceeded` is raised inside the task. A child that dies
-        mid-task raises `WorkerLostError`. Cancelling the call kills the child too.
+        mid-task raises `ProcessDied`. Cancelling the call kills the child too.
         `before` is awaited once a child is ready for the task, before it is sent (a child
         that cannot start raises before it).
         """

@@ -43,6 +43,7 @@ from ..request import Request, current_request, running_request
 from ..result_meta import ResultMeta
 from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
+from .processes import ProcessDied
 from .quarantine import KilledItsProcess, Quarantine, QuarantineBroken
 
 if TYPE_CHECKING:
@@ -591,7 +592,7 @@ class Runner:
                 hard_limit=hard,
                 soft_limit=soft,
             )
-        except WorkerLostError as exc:  # as itself, not its `ProcessDied` subclass
+        except ProcessDied as exc:
             raise WorkerLostError(str(exc)) from None
 
     async def _retry(

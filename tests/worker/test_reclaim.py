@@ -44,6 +44,7 @@ TASKS = """
         broker_visibility_timeout={lease!r},
         broker_heartbeat_interval={interval!r},
         broker_heartbeat_timeout={timeout!r},
+        worker_quarantine_processes={quarantine!r},
     )
 
 
@@ -81,9 +82,13 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[s
 def project(tmp_path: Path, url: str) -> Callable[..., Path]:
     """Write `tasks.py` for the broker and heartbeat settings into tmp_path."""
 
-    def write(interval: float = 1.0, timeout: float = 5.0) -> Path:
+    def write(interval: float = 1.0, timeout: float = 5.0, quarantine: int = 2) -> Path:
         text = textwrap.dedent(TASKS).format(
-            url=url, lease=LEASE, interval=float(interval), timeout=float(timeout)
+            url=url,
+            lease=LEASE,
+            interval=float(interval),
+            timeout=float(timeout),
+            quarantine=quarantine,
         )
         (tmp_path / "tasks.py").write_text(text)
         return tmp_path
@@ -180,11 +185,12 @@ async def test_a_blocked_loop_is_not_a_dead_worker(
 async def test_a_dead_workers_messages_spread_over_the_live_workers(
     url: str, project: Callable[..., Path], workers: Callable[..., Any]
 ) -> None:
-    # A redelivered message runs alone in its worker (`aqueue.worker.isolation`), so a worker
-    # takes one at a time and none while it holds one: the dead worker's messages run side by
-    # side on the live workers. Before (issue 19, the kill -9 storm), the first claim took as
-    # many as it had free slots: here all four went to one worker and ran one after the other.
-    cwd = project(interval=0.2, timeout=1.0)
+    # Without quarantine processes a redelivered message runs alone in its worker
+    # (`aqueue.worker.isolation`), so a worker takes one at a time and none while it holds
+    # one: the dead worker's messages run side by side on the live workers. Before (issue 19,
+    # the kill -9 storm), the first claim took as many as it had free slots: here all four
+    # went to one worker and ran one after the other.
+    cwd = project(interval=0.2, timeout=1.0, quarantine=0)
     async with App("caller", broker=url, set_as_current=False) as caller:
         doomed = await workers("-c", "4")
         results = [await caller.send_task("tasks.block", ["go"]) for _ in range(4)]
@@ -211,8 +217,9 @@ async def test_a_worker_takes_the_next_orphan_once_a_long_one_has_run_alone_a_mo
     # one finished, so a 2-5 s orphan held back every other orphan it could have run: the
     # last orphan of a kill finished 11-16 s after it (lease 3 s). Now a suspect stops
     # holding the next one back once its window of running alone is over (`isolation`):
-    # here the first one runs until the test lets it, and the second still comes.
-    cwd = project(interval=0.2, timeout=1.0)
+    # here the first one runs until the test lets it, and the second still comes. (Without
+    # quarantine processes: with them, suspects do not run alone in the worker.)
+    cwd = project(interval=0.2, timeout=1.0, quarantine=0)
     async with App("caller", broker=url, set_as_current=False) as caller:
         doomed = await workers("-c", "2")
         results = [await caller.send_task("tasks.block", ["go"]) for _ in range(2)]
@@ -226,3 +233,24 @@ async def test_a_worker_takes_the_next_orphan_once_a_long_one_has_run_alone_a_mo
         (cwd / "go").touch()
         assert [await result.get(timeout=STEP) for result in results] == [2, 2]
         assert live.output.count("reclaiming 1 message(s) of 1 consumer(s)") == 2
+
+
+@pytest.mark.parametrize("url", ["redis"], indirect=True)
+async def test_a_dead_workers_messages_run_at_once_in_quarantine_processes(
+    url: str, project: Callable[..., Path], workers: Callable[..., Any]
+) -> None:
+    # With quarantine processes (the default) a worker takes the dead worker's messages as it
+    # takes any, all four at once (not one at a time, as alone), each to run in a child of its
+    # own (two start at once, the next ones as each has run 0.5 s).
+    cwd = project(interval=0.2, timeout=1.0)
+    async with App("caller", broker=url, set_as_current=False) as caller:
+        doomed = await workers("-c", "4")
+        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(4)]
+        for result in results:
+            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
+        live = await workers("-c", "4")
+        doomed.signal(signal.SIGKILL)
+        assert await doomed.wait_exit() == -signal.SIGKILL
+        await live.wait_line("running it in a quarantine process", count=4)
+        (cwd / "go").touch()
+        assert [await result.get(timeout=STEP) for result in results] == [2, 2, 2, 2]
