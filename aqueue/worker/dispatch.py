@@ -286,12 +286,12 @@ class Dispatcher:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
             work.start_soon(self._hold, job)
-        elif not task.is_async or self._quarantined(delivery):
-            # a def or process task: its executor's lane, not a slot; a suspect: quarantine
+        elif (quarantined := self._quarantined(delivery)) or not task.is_async:
+            # a suspect: a quarantine process; a def or process task: its executor's lane
             if runner.watch is not None:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()
-            work.start_soon(self._lane, job)
+            work.start_soon(self._quarantine if quarantined else self._lane, job)
         else:
             await self._run(job)
 
@@ -303,12 +303,6 @@ class Dispatcher:
         never takes one of the slots that coroutines run in.
         """
         delivery = job.delivery
-        if self._quarantined(delivery):  # its place is the quarantine's to take (`run`)
-            try:
-                await self._guarded(delivery, self._run(job))
-            finally:
-                self.slots.unhold()
-            return
         lane = self.lanes[job.task.options.executor == "process"]
         held = Held(anyio.CancelScope(), job.envelope, time.time())
         self.held[delivery] = held
@@ -328,6 +322,13 @@ class Dispatcher:
                 with anyio.CancelScope(shield=True):
                     await self.admission.done(job.task, job.ticket)
                     await nack_quietly(delivery, delay=0.0)
+            self.slots.unhold()
+
+    async def _quarantine(self, job: Job) -> None:
+        """Run a suspect outside the slots; its place is the quarantine's to take (`run`)."""
+        try:
+            await self._guarded(job.delivery, self._run(job))
+        finally:
             self.slots.unhold()
 
     async def _guarded(

@@ -561,28 +561,27 @@ class Runner:
         conf = self.app.conf
         options = task.options
         hard = options.time_limit or conf.task_time_limit
-        quarantine = self.quarantine
-        if delivery.suspect and quarantine is not None and quarantine.broken is None:
-            soft = options.soft_time_limit or conf.task_soft_time_limit
+        soft = options.soft_time_limit or conf.task_soft_time_limit
+        if delivery.suspect and self.quarantine is not None:
             with contextlib.suppress(QuarantineBroken):  # then here, as any task
-                return await quarantine.run(task, envelope, delivery, soft, hard)
+                return await self.quarantine.run(task, envelope, delivery, soft, hard)
         if options.executor == "process":
-            return await self._in_process(task, envelope, hard)
+            return await self._in_process(task, envelope, hard, soft)
         if task.is_async:
             coroutine = task.invoke(envelope.args, envelope.kwargs)
-            soft = options.soft_time_limit or conf.task_soft_time_limit  # one at least: `run`
             return await run_coroutine(coroutine, soft=soft, hard=hard, name=task.name)
         call = functools.partial(self._in_thread, task, envelope)
         return await run_in_thread(call, hard=hard, limiter=self.threads, name=task.name)
 
-    async def _in_process(self, task: RunnableTask, envelope: Envelope, hard: float | None) -> Any:
+    async def _in_process(
+        self, task: RunnableTask, envelope: Envelope, hard: float | None, soft: float | None
+    ) -> Any:
         """Run an executor="process" task in the pool; its child is killed past `hard`."""
         if self.processes is None:
             raise ConfigurationError(
                 f"task {task.name} has executor='process', but this worker has no process "
                 "pool; start it with `aqueue worker module:app` (or Worker(app_path=...))"
             )
-        soft = task.options.soft_time_limit or self.app.conf.task_soft_time_limit
         try:
             return await self.processes.run(
                 task.name,

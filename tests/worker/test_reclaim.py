@@ -13,13 +13,13 @@ from __future__ import annotations
 import signal
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aqueue import App
+from aqueue import App, AsyncResult
 from tests.helpers.drivers import SERVICES, driver_url, require
 from tests.helpers.worker_project import WorkerProcess
 
@@ -112,6 +112,24 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         worker.stop()
 
 
+async def held_by_a_dead_worker(
+    caller: App, workers: Callable[..., Any], count: int, live: Callable[[], Awaitable[Any]]
+) -> tuple[list[AsyncResult[Any]], Any]:
+    """`count` blocked tasks received by a worker that `live` workers see killed (-9).
+
+    `live()` starts the workers that will take them, before the kill; returns the results
+    and what `live()` returned.
+    """
+    doomed = await workers("-c", str(count))
+    results = [await caller.send_task("tasks.block", ["go"]) for _ in range(count)]
+    for result in results:
+        await doomed.wait_line(f"Task tasks.block[{result.id}] received")
+    started = await live()
+    doomed.signal(signal.SIGKILL)
+    assert await doomed.wait_exit() == -signal.SIGKILL
+    return results, started
+
+
 async def test_kill_9_messages_come_back_by_heartbeat_not_lease(
     url: str, project: Callable[..., Path], workers: Callable[..., Any]
 ) -> None:
@@ -192,13 +210,11 @@ async def test_a_dead_workers_messages_spread_over_the_live_workers(
     # went to one worker and ran one after the other.
     cwd = project(interval=0.2, timeout=1.0, quarantine=0)
     async with App("caller", broker=url, set_as_current=False) as caller:
-        doomed = await workers("-c", "4")
-        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(4)]
-        for result in results:
-            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
-        live = [await workers("-c", "4"), await workers("-c", "4")]
-        doomed.signal(signal.SIGKILL)
-        assert await doomed.wait_exit() == -signal.SIGKILL
+
+        async def two() -> list[WorkerProcess]:
+            return [await workers("-c", "4"), await workers("-c", "4")]
+
+        results, live = await held_by_a_dead_worker(caller, workers, 4, two)
         for worker in live:  # each runs one of them (blocked until the file exists) ...
             await worker.wait_line("redelivered")
         (cwd / "go").touch()
@@ -221,13 +237,7 @@ async def test_a_worker_takes_the_next_orphan_once_a_long_one_has_run_alone_a_mo
     # quarantine processes: with them, suspects do not run alone in the worker.)
     cwd = project(interval=0.2, timeout=1.0, quarantine=0)
     async with App("caller", broker=url, set_as_current=False) as caller:
-        doomed = await workers("-c", "2")
-        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(2)]
-        for result in results:
-            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
-        live = await workers("-c", "4")
-        doomed.signal(signal.SIGKILL)
-        assert await doomed.wait_exit() == -signal.SIGKILL
+        results, live = await held_by_a_dead_worker(caller, workers, 2, lambda: workers("-c", "4"))
         # Before: the second never came while the first was blocked (timed out here).
         await live.wait_line("redelivered", count=2, within=15)
         (cwd / "go").touch()
@@ -244,13 +254,7 @@ async def test_a_dead_workers_messages_run_at_once_in_quarantine_processes(
     # own (two start at once, the next ones as each has run 0.5 s).
     cwd = project(interval=0.2, timeout=1.0)
     async with App("caller", broker=url, set_as_current=False) as caller:
-        doomed = await workers("-c", "4")
-        results = [await caller.send_task("tasks.block", ["go"]) for _ in range(4)]
-        for result in results:
-            await doomed.wait_line(f"Task tasks.block[{result.id}] received")
-        live = await workers("-c", "4")
-        doomed.signal(signal.SIGKILL)
-        assert await doomed.wait_exit() == -signal.SIGKILL
+        results, live = await held_by_a_dead_worker(caller, workers, 4, lambda: workers("-c", "4"))
         await live.wait_line("running it in a quarantine process", count=4)
         (cwd / "go").touch()
         assert [await result.get(timeout=STEP) for result in results] == [2, 2, 2, 2]
