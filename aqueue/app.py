@@ -22,7 +22,7 @@ from typing import (
 
 import anyio
 
-from . import current, sending
+from . import current, sending, signing
 from . import result as _result
 from .beat.edits import BeatControl
 from .canvas.group_result import GroupResult as _GroupResult
@@ -434,6 +434,8 @@ class App:
             "heartbeat_interval": self.conf.broker_heartbeat_interval,
             "heartbeat_timeout": self.conf.broker_heartbeat_timeout,
             "dead_letter_max_bytes": self.conf.broker_dead_letter_max_bytes,
+            "message_max_bytes": self.conf.message_max_bytes
+            + (signing.OVERHEAD if self.conf.task_message_key is not None else 0),
             **self.conf.broker_transport_options,
         }
 

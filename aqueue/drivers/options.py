@@ -10,7 +10,10 @@ the options aqueue itself defines into one frozen object, with the defaults writ
   dead-lettered;
 - `heartbeat_interval` (1 s) and `heartbeat_timeout` (5 s; None: leases only): see
   `aqueue.drivers.heartbeat`;
-- `dead_letter_max_bytes`: the bytes of dead letters a queue keeps.
+- `dead_letter_max_bytes`: the bytes of dead letters a queue keeps;
+- `message_max_bytes` (None: no limit; an app passes its own, plus a signature's bytes when it
+  signs messages): a broker that can see a message's size before it reads and leases it
+  (SQLite) dead-letters a longer one as `oversized` at the claim, unread.
 
 Brokers whose messages are not leased (RabbitMQ, memory) parse with `leases=False`: the lease
 and heartbeat options are left at their defaults, unread.
@@ -51,6 +54,8 @@ class BrokerOptions:
     #: None: no heartbeats, leases only.
     heartbeat_timeout: float | None = HEARTBEAT_TIMEOUT
     dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    #: None: the broker takes messages of any size (the worker refuses those over its limit).
+    message_max_bytes: int | None = None
 
     @property
     def renew_interval(self) -> float:
@@ -73,7 +78,20 @@ class BrokerOptions:
         if leases:
             interval, heartbeat_timeout = heartbeat_options(options)
         cap = int(options.get("dead_letter_max_bytes") or DEAD_LETTER_MAX_BYTES)
-        return cls(visibility_timeout, max_deliveries, interval, heartbeat_timeout, cap)
+        limit = _max_bytes(options.get("message_max_bytes"))
+        return cls(visibility_timeout, max_deliveries, interval, heartbeat_timeout, cap, limit)
+
+
+def _max_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if isinstance(value, bool) or limit < 1:
+        raise ConfigurationError(f"message_max_bytes must be a number of bytes > 0, not {value!r}")
+    return limit
 
 
 def heartbeat_options(options: Mapping[str, Any]) -> tuple[float, float | None]:

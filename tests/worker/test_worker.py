@@ -146,7 +146,7 @@ async def test_bound_task_sees_its_request(make_app: MakeApp) -> None:
 
 
 async def test_refused_messages_are_dead_lettered_and_the_worker_goes_on(
-    make_app: MakeApp,
+    make_app: MakeApp, broker_url: str
 ) -> None:
     app = make_app(message_max_bytes=10_000)
 
@@ -173,7 +173,8 @@ async def test_refused_messages_are_dead_lettered_and_the_worker_goes_on(
         "undecodable",
         "unknown-task",
     ]
-    assert worker.stats()["refused"] == 4
+    # SQLite dead-letters an oversized message at the claim, unread: the worker never sees it.
+    assert worker.stats()["refused"] == (3 if broker_url.startswith("sqlite") else 4)
     with pytest.raises(TaskError, match=r"tasks\.nope") as info:
         await unknown.get(timeout=5)
     assert info.value.type_name == "aqueue.exceptions.NotRegistered"

@@ -121,6 +121,7 @@ _BROKER_OPTIONS = (
     "visibility_timeout",
     "max_deliveries",
     "dead_letter_max_bytes",
+    "message_max_bytes",
     "heartbeat_interval",
     "heartbeat_timeout",
 )

@@ -111,9 +111,10 @@ SCHEMA = (
     )""",
 )
 
-_READY = """SELECT id, priority FROM aqueue_messages
+# length() of a BLOB reads no overflow pages: a message's size is known before it is read.
+_READY = """SELECT id, priority, length(body) FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due <= ? ORDER BY priority DESC, id LIMIT ?"""
-_EXPIRED = """SELECT id, priority FROM aqueue_messages
+_EXPIRED = """SELECT id, priority, length(body) FROM aqueue_messages
     WHERE queue = ? AND lease_until < ? ORDER BY priority DESC, id LIMIT ?"""
 _NEXT_DUE = """SELECT due FROM aqueue_messages
     WHERE queue = ? AND lease_until IS NULL AND due > ? ORDER BY due LIMIT 1"""
@@ -137,28 +138,41 @@ class _Claimed:
 @dataclass(frozen=True, slots=True)
 class _Claim:
     messages: list[_Claimed]
-    buried: int  # claimed past max_deliveries, and dead-lettered instead
+    buried: int  # claimed past max_deliveries, or oversized, and dead-lettered instead
     next_at: float | None  # nothing was ready: when the next message may be
     #: Nothing was ready: the oldest heartbeat (monotonic) of another owner holding leases.
     oldest_beat: float | None = None
+    oversized: int = 0  # of `buried`: over `message_max_bytes`, dead-lettered unread
 
 
 def _candidates(
-    conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
-) -> list[int]:
-    """Return the ids to claim: the best `limit` rows, and any whose priority is no integer.
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    now: float,
+    max_bytes: int | None,
+) -> tuple[list[int], list[int]]:
+    """Return the ids to claim, and those of the rows found over `max_bytes`.
 
-    A TEXT priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`.
+    The ids to claim: the best `limit` rows, and any whose priority is no integer (a TEXT
+    priority sorts first in SQL; it is claimed, to be dead-lettered by `_claim`). A row over
+    `max_bytes` is never claimed: a claim rewrites the row, its body with it, and the worker
+    would only refuse it.
     """
-    rows: list[tuple[int, Any]] = []
+    rows: list[tuple[int, Any, Any]] = []
     for queue in queues:
         rows += conn.execute(_READY, (queue, now, limit)).fetchall()
         rows += conn.execute(_EXPIRED, (queue, now, limit)).fetchall()
+    oversized: list[int] = []
+    if max_bytes is not None:
+        oversized = [row[0] for row in rows if type(row[2]) is int and row[2] > max_bytes]
+        if oversized:
+            rows = [row for row in rows if not (type(row[2]) is int and row[2] > max_bytes)]
     bad = [row[0] for row in rows if type(row[1]) is not int]
     if bad:
         rows = [row for row in rows if type(row[1]) is int]
     rows.sort(key=lambda row: (-row[1], row[0]))
-    return bad + [row[0] for row in rows[:limit]]
+    return bad + [row[0] for row in rows[:limit]], oversized
 
 
 def _next_at(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
@@ -179,15 +193,17 @@ def _claim(
     max_deliveries: int,
     judge: Judge,
     token: str,
+    max_bytes: int | None = None,
 ) -> _Claim:
     now = time.time()
     with immediate(conn):
         expire_dead_owners(conn, judge)
-        ids = _candidates(conn, queues, limit, now)
+        ids, over = _candidates(conn, queues, limit, now, max_bytes)
+        oversized = deadletters.bury_oversized(conn, over, max_bytes, now) if over else 0
         if not ids:
-            buried = bad_times(conn, queues, now)
+            buried = oversized + bad_times(conn, queues, now)
             next_at = None if buried else _next_at(conn, queues, now)
-            return _Claim([], buried, next_at, oldest_beat(conn, judge))
+            return _Claim([], buried, next_at, oldest_beat(conn, judge), oversized)
         rows = conn.execute(
             "UPDATE aqueue_messages SET lease_until = ?, lease_token = ?, "
             f"deliveries = deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
@@ -221,7 +237,7 @@ def _claim(
     gone = {message.id for message, _ in dead}
     live = [message for message in claimed if message.id not in gone]
     live.sort(key=lambda message: (-message.priority, message.id))
-    return _Claim(live, len(dead) + corrupt, None)
+    return _Claim(live, len(dead) + corrupt + oversized, None, oversized=oversized)
 
 
 def _exhausted(message: _Claimed, max_deliveries: int) -> str:
@@ -486,6 +502,7 @@ class SQLiteBroker(Broker):
         self.renew_interval = opts.renew_interval
         self._beating = Beating(opts)  # heartbeats: see `beats`
         self.dead_letter_max_bytes = opts.dead_letter_max_bytes
+        self.message_max_bytes = opts.message_max_bytes
         self._db: Database | None = None
         self._wake = ""
         self._listeners: set[Listener] = set()
@@ -574,7 +591,16 @@ class SQLiteBroker(Broker):
                     self.max_deliveries,
                     self._beating.judge(self._wake),
                     self._beating.token(),
+                    self.message_max_bytes,
                 )
+                if claim.oversized:
+                    logger.error(
+                        "Refused %d message(s) from %s: oversized (over message_max_bytes, "
+                        "%d bytes); dead-lettered unread",
+                        claim.oversized,
+                        ", ".join(queues),
+                        self.message_max_bytes,
+                    )
                 unyielded.extend(claim.messages)
                 while unyielded:
                     yield _SQLiteDelivery(self, unyielded.popleft())

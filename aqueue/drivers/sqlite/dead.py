@@ -19,7 +19,16 @@ from typing import Any
 from ..base import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_COUNT, DeadLetter, DeadLetterStats
 from .database import STRICT, immediate, placeholders
 
-__all__ = ["SCHEMA", "bury", "dead_letters", "purge", "retry", "set_caps", "stats"]
+__all__ = [
+    "SCHEMA",
+    "bury",
+    "bury_oversized",
+    "dead_letters",
+    "purge",
+    "retry",
+    "set_caps",
+    "stats",
+]
 
 #: A dead letter's bytes (`DeadLetter.size`); length() of a BLOB reads no overflow pages.
 _SIZE = "length({0}.body) + length(CAST({0}.reason AS BLOB)) + length(CAST({0}.detail AS BLOB))"
@@ -66,6 +75,31 @@ def bury(conn: sqlite3.Connection, rows: Iterable[tuple[str, bytes, str, str, fl
     conn.executemany(_BURY, rows)
     for queue in dict.fromkeys(row[0] for row in rows):
         _trim(conn, queue)
+
+
+def bury_oversized(
+    conn: sqlite3.Connection, ids: Sequence[int], max_bytes: int | None, now: float
+) -> int:
+    """Dead-letter messages by id as `oversized`, then trim their queues; say how many.
+
+    Each is copied row to row, in SQL: its body is never read into Python.
+    """
+    marks = placeholders(len(ids))
+    queues = [
+        row[0]
+        for row in conn.execute(
+            "INSERT INTO aqueue_dead_letters (queue, body, reason, detail, at) "
+            "SELECT CAST(queue AS TEXT), CAST(body AS BLOB), 'oversized', "
+            "length(body) || ' bytes, over message_max_bytes (' || ? || ')', ? "
+            f"FROM aqueue_messages WHERE id IN ({marks}) ORDER BY id RETURNING queue",
+            (max_bytes, now, *ids),
+        ).fetchall()
+    ]
+    conn.execute(f"DELETE FROM aqueue_messages WHERE id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM aqueue_runs WHERE id IN ({marks})", ids)
+    for queue in dict.fromkeys(queues):
+        _trim(conn, queue)
+    return len(queues)
 
 
 def _trim(conn: sqlite3.Connection, queue: str) -> None:

@@ -177,6 +177,9 @@ def test_bad_options() -> None:
         SQLiteBroker("sqlite:///q.db", {"visibility_timeout": 0})
     with pytest.raises(ConfigurationError, match="max_deliveries"):
         SQLiteBroker("sqlite:///q.db", {"max_deliveries": 0})
+    for bad in (0, "many", True):
+        with pytest.raises(ConfigurationError, match="message_max_bytes must be a number"):
+            SQLiteBroker("sqlite:///q.db", {"message_max_bytes": bad})
 
 
 async def test_relative_path_resolves_at_open(chdir_tmp: Path, db: Path) -> None:
@@ -316,6 +319,32 @@ async def test_max_deliveries_dead_letters(make_broker: MakeBroker) -> None:
     (letter,) = await broker.dead_letters(QUEUE)
     assert (letter.body, letter.reason) == (b"poison", DeadLetterReason.MAX_DELIVERIES)
     assert "2 times" in letter.detail
+
+
+async def test_an_oversized_message_is_dead_lettered_at_the_claim_unread(
+    make_broker: MakeBroker, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A claim rewrites the row, its body with it: an oversized message (which the worker
+    # would only refuse) is copied to the dead letters in SQL and never leased or read.
+    broker = await make_broker(message_max_bytes=1000)
+    big = os.urandom(5000)
+    await broker.publish([message(b"a" * 1000), message(big), message(b"b")])
+    with caplog.at_level(logging.ERROR, logger="aqueue"):
+        deliveries = await drain(broker)
+    assert [delivery.body for delivery in deliveries] == [b"a" * 1000, b"b"]
+    for delivery in deliveries:
+        await delivery.ack()
+    (letter,) = await broker.dead_letters(QUEUE)
+    assert (letter.reason, letter.body) == (DeadLetterReason.OVERSIZED, big)
+    assert letter.detail == "5000 bytes, over message_max_bytes (1000)"
+    assert (await broker.dead_letter_stats(QUEUE)).kept == 1
+    assert await count_rows(db, "aqueue_messages") == 0
+    assert "Refused 1 message(s) from default: oversized" in caplog.text
+    unlimited = await make_broker()  # no limit given: the worker refuses it instead
+    await broker.publish([message(big)])
+    (delivery,) = await drain(unlimited)
+    assert delivery.body == big
+    await delivery.ack()
 
 
 async def test_runs_count_begun_and_nacked_deliveries_not_held_ones(
