@@ -84,7 +84,8 @@ class Credit(Protocol):
 def holds_suspect(credit: Credit) -> bool:
     """Whether the consumer behind `credit` holds a redelivered message now (`suspects`).
 
-    A worker runs redelivered messages one at a time (`aqueue.worker.isolation`); a broker
+    A worker runs redelivered messages apart: in quarantine processes
+    (`aqueue.worker.quarantine`), or one at a time (`aqueue.worker.isolation`); a broker
     that can tell them apart before handing them out (messages of dead consumers, leases that
     ran out) takes none while the worker holds one, and one at a time otherwise, so that they
     spread over the workers. A credit without the attribute holds none.
@@ -97,8 +98,8 @@ class Delivery(abc.ABC):
 
     `runs` counts the times a worker recorded (`begin`) that it started this message's task
     without settling it: the crashes it may have caused. A worker begins only redelivered
-    messages (`suspect`), each run alone (`aqueue.worker.isolation`), so a message that was merely
-    held by a worker that died is not blamed for its death.
+    messages (`suspect`), each run apart (`aqueue.worker.quarantine`, `aqueue.worker.isolation`),
+    so a message that was merely held by a worker that died is not blamed for its death.
     """
 
     __slots__ = ("body", "delivery_count", "queue", "returned", "runs", "suspect")
