@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from aqueue import OutgoingMessage
 from aqueue.drivers.base import Broker, Delivery
 from aqueue.drivers.heartbeat import Heartbeat
 from aqueue.drivers.sqlite.broker import SQLiteBroker
+from aqueue.drivers.sqlite.liveness import this_process
 from tests.helpers import service_redis
 from tests.helpers.consuming import Credit
 
@@ -143,6 +148,68 @@ async def test_sqlite_takes_the_leases_of_owners_whose_heartbeat_stopped(tmp_pat
             await delivery.ack()
         assert len(_consumers(path)) == 1  # this broker's own row; the dead ones went
     assert _consumers(path) == []  # a closing broker removes its row
+
+
+def _processes(path: Path, rows: dict[str, tuple[str, int, int]]) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO aqueue_consumer_processes (id, place, pid, started) VALUES (?, ?, ?, ?)",
+            [(owner, *row) for owner, row in rows.items()],
+        )
+
+
+def _leases(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT lease_token FROM aqueue_messages WHERE lease_until > 0")
+        return {row[0][:32] for row in rows}
+
+
+@pytest.fixture
+def ended_and_zombie() -> Iterator[tuple[int, int]]:
+    """The pid of a process that ended and was reaped, and of one that ended, not reaped."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: no such process any more
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
+    yield ended.pid, zombie.pid
+    zombie.wait()
+
+
+@pytest.mark.skipif(this_process() is None, reason="processes are judged on Linux only")
+async def test_sqlite_takes_at_once_the_leases_of_owners_whose_process_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ended_and_zombie: tuple[int, int]
+) -> None:
+    # Their beats are fresh and the heartbeat timeout is a minute: only their processes tell.
+    me = this_process()
+    assert me is not None
+    ended, zombie = ended_and_zombie
+    path = tmp_path / "q.db"
+    slow = {"heartbeat_interval": 0.05, "heartbeat_timeout": 60, "visibility_timeout": 60}
+    broker = SQLiteBroker(f"sqlite:///{path}", slow)
+    async with broker:
+        await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(6)])
+        now = time.monotonic()
+        owners = [letter * 32 for letter in "abcde"]
+        _lease_to(path, dict.fromkeys(owners, now))
+        gone, living, reused, elsewhere, dead = owners
+        _processes(
+            path,
+            {
+                gone: (me.place, ended, 1),
+                living: (me.place, me.pid, me.started),
+                reused: (me.place, me.pid, me.started + 1),  # the pid is another's now
+                elsewhere: ("another boot or pid namespace", ended, 1),
+                dead: (me.place, zombie, 1),
+            },
+        )
+        with caplog.at_level(logging.WARNING, logger="aqueue"):
+            taken = await _take(broker, 4)
+        assert sorted(d.delivery_count for d in taken) == [1, 2, 2, 2]
+        assert _leases(path) == {living, elsewhere, broker._beating.owner}
+        assert "reclaiming 3 message(s) of 3 consumer(s) whose process is gone" in caplog.text
+        for delivery in taken:
+            await delivery.ack()
+        assert sorted(_consumers(path)) == sorted([living, elsewhere, broker._beating.owner])
 
 
 async def test_sqlite_without_heartbeats_waits_for_the_lease(tmp_path: Path) -> None:
