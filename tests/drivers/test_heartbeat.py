@@ -25,8 +25,8 @@ import pytest
 from aqueue import OutgoingMessage
 from aqueue.drivers.base import Broker, Delivery
 from aqueue.drivers.heartbeat import Heartbeat
+from aqueue.drivers.liveness import this_process
 from aqueue.drivers.sqlite.broker import SQLiteBroker
-from aqueue.drivers.sqlite.liveness import this_process
 from tests.helpers import service_redis
 from tests.helpers.consuming import Credit
 
@@ -256,6 +256,58 @@ async def test_redis_takes_what_a_dead_owners_consumers_held(shared_url: str) ->
             assert not await client.hexists(keys.beats, ghost)  # nothing left to take
             assert await client.hkeys(keys.beats) == [broker.owner.encode()]
         assert await client.hkeys(keys.beats) == []  # a closing broker removes its beat
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.skipif(this_process() is None, reason="processes are judged on Linux only")
+async def test_redis_takes_at_once_what_an_owner_whose_process_is_gone_held(
+    shared_url: str, ended_and_zombie: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    from aqueue.drivers.redis.broker import RedisBroker
+
+    # Their beats are fresh and the heartbeat timeout is a minute: only their processes tell
+    # (and this broker, whose own beats are not a minute old, judges no beat).
+    me = this_process()
+    assert me is not None
+    ended, _ = ended_and_zombie
+    slow = {"heartbeat_interval": 0.05, "heartbeat_timeout": 60, "visibility_timeout": 60}
+    broker = RedisBroker(shared_url, slow)
+    client = service_redis.client(shared_url)
+    try:
+        async with broker:
+            keys = broker.keys("default")
+            await broker.publish([OutgoingMessage(f"m{i}", "default", b"%d" % i) for i in range(4)])
+            stream = keys.stream(0)
+            seconds, micros = await client.time()
+            now_ms = seconds * 1000 + micros // 1000
+            gone, elsewhere, left = "gone-host:1:aaaa", "other-host:1:bbbb", "left-host:1:cccc"
+            await client.xgroup_create(stream, "aqueue", id="0", mkstream=True)
+            await client.xreadgroup("aqueue", f"{gone}:0000aaaa", {stream: ">"}, count=3)
+            await client.xreadgroup("aqueue", f"{elsewhere}:0000bbbb", {stream: ">"}, count=1)
+            await client.hset(keys.beats, mapping={gone: now_ms, elsewhere: now_ms})
+            await client.hset(
+                keys.procs,
+                mapping={
+                    gone: f"{me.place}\t{ended}\t1",
+                    elsewhere: f"another boot or pid namespace\t{ended}\t1",
+                    left: f"{me.place}\t{ended}\t1",  # no beat: its leases were taken
+                },
+            )
+            with caplog.at_level(logging.WARNING, logger="aqueue"):
+                taken = await _take(broker, 3)
+            assert [d.delivery_count for d in taken] == [2, 2, 2]
+            assert f"consumer(s) {gone}: process gone" in caplog.text
+            for delivery in taken:
+                await delivery.ack()
+            beats = await client.hgetall(keys.beats)
+            assert beats[elsewhere.encode()] == str(now_ms).encode()  # not judged from here
+            assert sorted(await client.hkeys(keys.procs)) == sorted(
+                [elsewhere.encode(), broker.owner.encode()]
+            )
+            pending = await client.xpending(stream, "aqueue")
+            assert pending["pending"] == 1  # the one held elsewhere
+        assert await client.hkeys(keys.procs) == [elsewhere.encode()]  # a closing broker's went
     finally:
         await client.aclose()
 

@@ -295,7 +295,7 @@ class RedisBroker(Broker):
         self.owner = f"{process_tag()}:{uuid.uuid4().hex[:8]}"
         #: The beats hashes of the queues consumed so far (replaced, never changed in place:
         #: the heartbeat thread reads it).
-        self.beat_keys: tuple[str, ...] = ()
+        self.beat_queues: tuple[QueueKeys, ...] = ()
         self.heartbeat: Heartbeat | None = None
         self.dead_letter_max_bytes = opts.dead_letter_max_bytes
         #: How often a consumer looks for messages whose lease ran out.
@@ -655,7 +655,8 @@ class RedisBroker(Broker):
     async def _start_heartbeat(self, keys: list[QueueKeys]) -> None:
         """Beat in these queues too, starting the heartbeat on the first call (`close` stops it)."""
         self.hot_path()
-        self.beat_keys = tuple(dict.fromkeys([*self.beat_keys, *(each.beats for each in keys)]))
+        queues = {each.queue: each for each in (*self.beat_queues, *keys)}
+        self.beat_queues = tuple(queues.values())
         if self.heartbeat is not None or self.heartbeat_timeout is None:
             return
         self.heartbeat = heartbeat = Heartbeat(

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ...exceptions import BrokerError
 from ..base import UNSTARTED_FACTOR
+from ..liveness import Process, alive, this_process
 from . import per_slot
 from . import scripts as lua
 from .client import LeanClient, Script, broker_error, run_scripts
@@ -67,7 +68,7 @@ class ConsumerHost(Protocol):
 
     settings: RedisSettings
     owner: str  # this broker's consumers are named after it (see `scripts`)
-    beat_keys: tuple[str, ...]  # the keys its heartbeat writes, one per queue consumed
+    beat_queues: tuple[QueueKeys, ...]  # the queues its heartbeat writes in, each consumed
     heartbeat: Heartbeat | None
     sweep_interval: float
     max_deliveries: int
@@ -114,12 +115,13 @@ class ConsumerHost(Protocol):
 
 _CLAIM = Script(lua.CLAIM)
 _BEAT = Script(lua.BEAT)
+_GONE = Script(lua.GONE)
 
 
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("beats", "dead", "delayed", "queue", "runs", "streams", "wake")
+    __slots__ = ("beats", "dead", "delayed", "procs", "queue", "runs", "streams", "wake")
 
     def __init__(self, prefix: str, queue: str) -> None:
         base = f"{prefix}:{{{queue}}}"
@@ -130,6 +132,7 @@ class QueueKeys:
         self.dead = f"{base}:dead"
         self.runs = f"{base}:runs"  # recorded runs, by `run_key` of the message body
         self.beats = f"{base}:beats"
+        self.procs = f"{base}:procs"  # each owner's process (see `scripts`)
 
     def stream(self, priority: int) -> str:
         """Return the stream of `priority` (0-9)."""
@@ -280,7 +283,7 @@ class Consumer:
             int(broker.visibility_timeout * 1000),
             STALE_CONSUMER_MS,
             broker.dead_letter_max_bytes,
-            int(judging),
+            1 if judging else 2 if heartbeat is not None else 0,  # 2: gone processes only
             broker.owner,
             int((heartbeat.timeout if heartbeat else 0) * 1000),
             orphans,
@@ -493,27 +496,66 @@ class Consumer:
 class Beats:
     """A broker's heartbeat, on a connection of its own used only by its thread.
 
-    It writes the beats of every queue the broker consumes (see `scripts`).
+    It writes the beats of every queue the broker consumes (see `scripts`), with its process;
+    each beat reads the other owners' processes back, and an owner whose process is gone
+    (`aqueue.drivers.liveness`: this machine, this pid namespace) is made dead at once.
     """
 
     def __init__(self, broker: ConsumerHost) -> None:
         self._broker = broker
         self._client = broker.settings.lean()
-
-    async def _run(self, forget: bool) -> None:
-        broker = self._broker
-        calls = [(_BEAT, [key], [broker.owner, int(forget)]) for key in broker.beat_keys]
-        if calls:
-            await run_scripts(self._client, calls)
+        process = this_process()
+        self._process = (
+            "" if process is None else f"{process.place}\t{process.pid}\t{process.started}"
+        )
 
     async def beat(self) -> None:
-        """Record that this consumer is alive."""
-        await self._run(forget=False)
+        """Record that this consumer is alive; declare dead the owners whose process is gone."""
+        broker = self._broker
+        queues = broker.beat_queues
+        calls = [(_BEAT, [q.beats, q.procs], [broker.owner, 0, self._process]) for q in queues]
+        if not calls:
+            return
+        replies = await run_scripts(self._client, calls)
+        gone = [
+            (queue, owner)
+            for queue, reply in zip(queues, replies, strict=True)
+            for owner, process in _pairs(reply)
+            if owner != broker.owner and _gone(process)
+        ]
+        if gone:
+            marks = [(_GONE, [q.beats, q.procs, q.wake], [owner]) for q, owner in gone]
+            marked = await run_scripts(self._client, marks)
+            dead = sorted({owner for (_, owner), m in zip(gone, marked, strict=True) if m})
+            if dead:
+                logger.warning(
+                    "consumer(s) %s: process gone; their messages go to the next claim",
+                    ", ".join(dead),
+                )
 
     async def forget(self) -> None:
         """Remove this consumer's beat: it stops for good."""
-        await self._run(forget=True)
+        broker = self._broker
+        calls = [(_BEAT, [q.beats, q.procs], [broker.owner, 1, ""]) for q in broker.beat_queues]
+        if calls:
+            await run_scripts(self._client, calls)
 
     async def aclose(self) -> None:
         """Close the heartbeat's connection."""
         await self._client.aclose()
+
+
+def _pairs(reply: Any) -> list[tuple[str, str]]:
+    """Return the (owner, process) pairs of a `BEAT` reply (a flat list; else none)."""
+    if not isinstance(reply, list):
+        return []
+    return [(text(reply[i]), text(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
+
+
+def _gone(process: str) -> bool:
+    """Whether a recorded process ("place<TAB>pid<TAB>started") is surely gone."""
+    place, _, rest = process.partition("\t")
+    pid, _, started = rest.partition("\t")
+    if not (pid.isdigit() and started.isdigit()):
+        return False  # written by something else: heartbeats decide
+    return not alive(Process(place, int(pid), int(started)))

@@ -10,6 +10,7 @@ Keys of one queue (all in one Cluster hash slot, thanks to the `{queue}` hash ta
     <prefix>:{<queue>}:dead:info    the bytes it keeps and the letters dropped (see `bury`)
     <prefix>:{<queue>}:beats        hash: the owner (broker) of each consumer of the queue ->
                                     its last heartbeat, in Redis's own time (ms, `TIME`)
+    <prefix>:{<queue>}:procs        hash: the owner -> its process (`aqueue.drivers.liveness`)
 
 A stream entry has the fields `b` (the message body) and `n` (deliveries before this entry was
 added: a message given back with a delay is added again, and keeps its count). A delayed member
@@ -21,7 +22,9 @@ A consumer is named `<owner>:<nonce>`, its owner being the broker that made it, 
 thread writes `beats` (`BEAT`). An owner whose beat is older than the heartbeat timeout is
 dead: the claim script of any live, judging consumer takes the entries its consumers held
 (`XCLAIM`, which counts a delivery, as `XAUTOCLAIM` does), and removes the owner's beat once
-none is left. Times are Redis's, so the workers' clocks never matter.
+none is left. Times are Redis's, so the workers' clocks never matter. An owner on the same
+machine (and pid namespace) whose process is gone is dead at once: each heartbeat reads the
+queue's `procs`, and `GONE` makes such an owner's beat stale and wakes a consumer.
 
 A delivery is fenced by (consumer, delivery counter of its pending entry): `XAUTOCLAIM` bumps the
 counter and changes the owner, so a settle from a consumer whose lease ran out changes nothing.
@@ -44,6 +47,7 @@ __all__ = [
     "BEAT",
     "CLAIM",
     "DEAD_LETTER",
+    "GONE",
     "PURGE",
     "PURGE_DEAD",
     "QUEUE_STATS",
@@ -162,7 +166,8 @@ local RETURNED = 'returned'
 #: 15.3 s after it, 8 of them in one worker).
 #: KEYS: per queue, 12 keys: p9..p0, delayed, dead; then the `beats` hash of each queue.
 #: ARGV: group, consumer, limit, now, max_deliveries, reclaim (0/1), min_idle_ms, stale_ms,
-#: dead_letter_max_bytes, judge (0/1), owner, heartbeat_timeout_ms, orphans (default: limit).
+#: dead_letter_max_bytes, judge (0/1/2: see `gone_only`), owner, heartbeat_timeout_ms,
+#: orphans (default: limit).
 #: Returns {{queue_index, priority, id, body, n, counter}...}, buried, next_due or false,
 #: the ms until another owner's beat goes stale or false (when judging), and how many entries
 #: of how many dead owners it took, and how many dead owners still hold some.
@@ -176,7 +181,10 @@ local reclaim, min_idle, stale = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 dead_cap = tonumber(ARGV[9])
 local nq = #KEYS / 13
 local out, buried = {}, 0
-local judge, owner, hb_timeout = ARGV[10] == '1', ARGV[11], tonumber(ARGV[12])
+-- Judge: '1' every owner by its beat; '2' (a consumer whose own beats are not proven yet)
+-- only the owners whose process is gone (`GONE` set their beat to 0); '0' nobody.
+local judge, owner, hb_timeout = ARGV[10] ~= '0', ARGV[11], tonumber(ARGV[12])
+local gone_only = ARGV[10] == '2'
 -- How many entries this claim may take from dead owners and run-out leases (see CLAIM).
 local orphans = math.min(remaining, tonumber(ARGV[13] or remaining))
 local next_check, reclaimed, robbed, unjudged = false, 0, {}, 0
@@ -356,7 +364,9 @@ local function dead_in(beats, now_ms)
   for i = 1, #flat, 2 do
     local who, beat = flat[i], tonumber(flat[i + 1])
     if who ~= owner then
-      if beat == nil or beat < now_ms - hb_timeout then
+      if gone_only then
+        if beat == 0 then dead[who], any = true, true end
+      elseif beat == nil or beat < now_ms - hb_timeout then
         dead[who], any = true, true
       else
         local check = beat + hb_timeout - now_ms
@@ -437,14 +447,44 @@ return {out, buried, next_due, next_check, {reclaimed, dead_owners, unjudged}}
 """
 )
 
-#: Record a heartbeat of `owner` in a queue's beats hash, in Redis's time (ms).
-#: KEYS: beats. ARGV: owner ('' with `forget`), forget (0/1).
+#: Record a heartbeat of `owner` in a queue's beats hash, in Redis's time (ms), and its
+#: process (`aqueue.drivers.liveness`: "place<TAB>pid<TAB>started", '' if unknown) in the
+#: queue's procs hash; return the procs hash, flat, without the entries of owners with no beat
+#: left (their leases were taken: those are deleted), for the caller to judge.
+#: KEYS: beats, procs. ARGV: owner, forget (0/1), process.
 BEAT = """
-if ARGV[2] == '1' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ms)
-return ms
+if ARGV[3] == '' then return {} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local ok, flat = pcall(redis.call, 'HGETALL', KEYS[2])
+if not ok then return {} end
+local out = {}
+for i = 1, #flat, 2 do
+  if redis.call('HEXISTS', KEYS[1], flat[i]) == 1 then
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+  else
+    redis.call('HDEL', KEYS[2], flat[i])
+  end
+end
+return out
+"""
+
+#: An owner's process is gone: make its beat stale (0) so that the next judging claim takes
+#: what its consumers held, and wake an idle consumer of the queue to make that claim.
+#: KEYS: beats, procs, wake. ARGV: owner. Returns 1 if the owner still had a beat.
+GONE = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 0)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 16, '*', 'w', '1')
+return 1
 """
 
 #: Acknowledge (XACK + XDEL) or renew (XCLAIM JUSTID: resets the idle time, not the counter)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import anyio
 
 from ..heartbeat import Heartbeat
+from ..liveness import Process, alive, this_process
 from ..options import BrokerOptions
 from .database import BUSY_TIMEOUT_MS, STRICT, placeholders
-from .liveness import Process, alive, this_process
 from .wake import notify
 
 __all__ = [

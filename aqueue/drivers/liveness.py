@@ -1,9 +1,10 @@
-"""Whether a SQLite consumer's process is still alive, asked of the kernel, not of its beats.
+"""Whether another consumer's process is still alive, asked of the kernel, not of its beats.
 
-Every process that uses a SQLite file in WAL mode runs on the same machine (WAL needs shared
-memory: no network file system). So a consumer can tell at once that another one's process is
-gone, where a heartbeat takes `heartbeat_timeout` to go stale: a worker killed with -9, or one
-that a task `os._exit()`ed, has its messages taken at the next claim of any consumer.
+A consumer on the same machine can tell at once that another one's process is gone, where a
+heartbeat takes `heartbeat_timeout` to go stale: a worker killed with -9, or one that a task
+`os._exit()`ed, has its messages taken at once. Every process that uses a SQLite file in WAL
+mode runs on the same machine (WAL needs shared memory: no network file system); the workers
+of `aqueue worker --workers N` share one too, on any broker.
 
 Each consumer records its process: pid, its start time (clock ticks since boot: a pid used
 again is another process), and where the pid means something (the boot, and the pid
