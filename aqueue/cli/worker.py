@@ -29,7 +29,7 @@ from ..sizes import parse_memory
 from ..urls import secrets_in
 from ..worker import Worker
 from ..worker.recycle import EXIT_RECYCLE
-from ..worker.supervisor import Supervisor, child_name, watch_parent
+from ..worker.supervisor import Supervisor, child_name, ready_pipe, tell_ready, watch_parent
 from .beat import beat_banner
 
 __all__ = ["add_commands"]
@@ -152,6 +152,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    ready = ready_pipe() if args.child else None  # the supervisor's, taken before anything starts
     before = root_handlers()  # handlers added from here on are the project's own
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         # Before the app module: one that imports models at the top then loads too.
@@ -201,7 +202,9 @@ def _run_worker(args: argparse.Namespace) -> int:
                     await beat.load()
                     print(beat_banner(app, beat, args.app), flush=True)
                     group.start_soon(beat.run)
-                await worker.serve()
+                async with anyio.create_task_group() as serving:
+                    await serving.start(worker.serve)
+                    tell_ready(ready)  # to the supervisor, if any: it was serving from now on
                 group.cancel_scope.cancel()  # the worker stopped: so does its beat
         finally:
             with anyio.CancelScope(shield=True):

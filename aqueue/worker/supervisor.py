@@ -15,8 +15,11 @@ supervisor's. A child whose supervisor died (kill -9) sees its stdin close and w
 
 - A child that dies (any exit but a stop asked for) is logged with its status or signal and
   started again after a backoff: 0.25 s, doubling up to 30 s, back to 0.25 s once a child of
-  that slot has run for a minute. The messages it held come back through the broker (leases,
-  heartbeats), as for any dead worker.
+  that slot has run for a minute. A child that had said it was ready (a byte on a pipe of its
+  own, `READY_FD`) was serving: a task killed it (`os._exit`, a segfault, the OOM killer),
+  not its start, and it is started again after 0.25 s, without doubling; only a child that
+  dies before it is ready backs off further (a crash loop: an app that does not load). The
+  messages it held come back through the broker (leases, heartbeats), as for any dead worker.
 - A child that retires on `--max-tasks-per-child` / `--max-memory-per-child` exits with
   `EXIT_RECYCLE` after a warm stop; its replacement starts at once.
 - SIGHUP starts a new generation of children (the code is imported afresh) and warm-stops the
@@ -45,7 +48,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .recycle import EXIT_RECYCLE
 
-__all__ = ["Supervisor", "child_name", "watch_parent"]
+__all__ = ["READY_FD", "Supervisor", "child_name", "ready_pipe", "tell_ready", "watch_parent"]
 
 logger = logging.getLogger("aqueue.supervisor")
 
@@ -54,6 +57,10 @@ BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 30.0
 #: A child that ran this long resets its slot's backoff.
 BACKOFF_RESET_AFTER = 60.0
+#: The environment variable that gives a child the pipe to say it is ready on.
+READY_FD = "AQUEUE_READY_FD"
+#: How long the supervisor waits, once a child exited, to read whether it had said it was ready.
+HEAR_READY_AFTER_EXIT = 1.0
 
 
 def child_name(base: str, index: int) -> str:
@@ -70,6 +77,8 @@ class Child:
     process: Process
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False  # asked to stop (reload, shutdown): its exit is expected
+    ready: bool = False  # it said it was ready (`tell_ready`): it was serving
+    heard: anyio.Event = field(default_factory=anyio.Event)  # its pipe was read to the end
 
 
 @dataclass(frozen=True)
@@ -144,25 +153,38 @@ class Supervisor:
         self, index: int, group: TaskGroup, send: MemoryObjectSendStream[Event]
     ) -> None:
         name = child_name(self.hostname, index)
-        process = await anyio.open_process(
-            list(self.command(name)),
-            stdin=subprocess.PIPE,  # held open: its end tells the child the supervisor died
-            stdout=None,
-            stderr=None,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone
-        )
+        readable, writable = os.pipe()
+        try:
+            process = await anyio.open_process(
+                list(self.command(name)),
+                stdin=subprocess.PIPE,  # held open: its end tells the child the supervisor died
+                stdout=None,
+                stderr=None,
+                env={**(os.environ if self.env is None else self.env), READY_FD: str(writable)},
+                cwd=self.cwd,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone
+                pass_fds=(writable,),
+            )
+        except BaseException:
+            os.close(readable)
+            raise
+        finally:
+            os.close(writable)  # the child's now: its exit closes the pipe
         child = Child(index, name, process)
         self.current[index] = child
         self.live.add(child)
         logger.info("started %s (pid %d)", name, process.pid)
         group.start_soon(self._wait, child, send.clone())
+        group.start_soon(_hear_ready, child, readable)
 
     async def _wait(self, child: Child, send: MemoryObjectSendStream[Event]) -> None:
         async with send:
             try:
                 status = await child.process.wait()
+                # Whether it had said it was ready: its pipe ends with it (a bound, for a pipe
+                # that some process of its own would hold open).
+                with anyio.move_on_after(HEAR_READY_AFTER_EXIT):
+                    await child.heard.wait()
             finally:
                 if child.process.returncode is None:  # the supervisor is being torn down
                     with anyio.CancelScope(shield=True):
@@ -196,8 +218,9 @@ class Supervisor:
             self._done.add(child.index)
             return
         ran = time.monotonic() - child.started
-        failures = 0 if ran >= BACKOFF_RESET_AFTER else self._failures.get(child.index, 0)
-        self._failures[child.index] = failures + 1
+        serving = child.ready or ran >= BACKOFF_RESET_AFTER  # a task killed it, not its start
+        failures = 0 if serving else self._failures.get(child.index, 0)
+        self._failures[child.index] = 0 if child.ready else failures + 1
         delay = min(BACKOFF_FIRST * 2**failures, BACKOFF_MAX)
         logger.warning(
             "%s (pid %d) %s after %.1f s; restarting in %.2f s",
@@ -250,6 +273,46 @@ class Supervisor:
                 task_status.started()
                 async for signum in signals:
                     await events.send(int(signum))
+
+
+async def _hear_ready(child: Child, readable: int) -> None:
+    """Note that `child` is ready once it writes to its pipe (its exit closes it: not ready).
+
+    A blocking read in a worker thread (no polling), abandoned if the supervisor stops.
+    """
+    said = b""
+    try:
+        said = await anyio.to_thread.run_sync(os.read, readable, 1, abandon_on_cancel=True)
+    finally:
+        child.ready = bool(said)
+        child.heard.set()
+        with contextlib.suppress(OSError):
+            os.close(readable)
+
+
+def ready_pipe() -> int | None:
+    """Take the pipe the supervisor gave this child to say it is ready on (None: no pipe).
+
+    Called first thing: the variable is removed, so no process this child starts sees it.
+    """
+    value = os.environ.pop(READY_FD, None)
+    if value is None or not value.isdigit():
+        return None
+    try:
+        if not stat.S_ISFIFO(os.fstat(int(value)).st_mode):
+            return None  # a stray variable: not a pipe of ours
+    except OSError:
+        return None
+    return int(value)
+
+
+def tell_ready(fd: int | None) -> None:
+    """Tell the supervisor that this child is ready: a byte on the pipe of `ready_pipe`."""
+    if fd is not None:
+        with contextlib.suppress(OSError):  # the supervisor died meanwhile
+            os.write(fd, b"1")
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 async def _start_later(index: int, delay: float, send: MemoryObjectSendStream[Event]) -> None:

@@ -60,6 +60,11 @@ TASKS = """
         finally:
             os.close(fd)
         return i
+
+
+    @app.task
+    async def crash():
+        os._exit(3)  # a task that kills its worker (once it is serving)
 """
 
 
@@ -159,6 +164,34 @@ async def test_a_child_killed_by_sigkill_is_restarted_and_nothing_is_lost(
     done = [i for i, _ in runs(tmp_path)]
     assert sorted(set(done)) == list(range(total))  # none lost
     assert len(done) - total <= 20  # at most what the victim had in flight ran twice
+
+
+async def test_a_child_a_task_killed_restarts_without_backing_off(
+    shared_url: str, supervised: Callable[..., Any]
+) -> None:
+    # It had said it was ready: a task killed it, not its start. Before, each death in a row
+    # doubled the wait (0.25, 0.5, 1 s ... up to 30 s), as for an app that cannot start.
+    supervisor = await supervised("--workers", "1", "-c", "5", ready=1)
+    async with App("caller", broker=shared_url, set_as_current=False) as caller:
+        for death in range(1, 4):
+            await caller.send_task("tasks.crash")  # a new one each time: it kills the worker
+            await supervisor.wait_line("exited with status 3 after", count=death)
+            await supervisor.wait_line("ready.", count=death + 1)
+    assert supervisor.count("exited with status 3 after") == 3
+    assert supervisor.count("restarting in 0.25 s") == 3, supervisor.output
+
+
+async def test_a_child_that_dies_before_it_is_ready_backs_off(
+    shared_url: str, supervised: Callable[..., Any], tmp_path: Path
+) -> None:
+    supervisor = await supervised("--workers", "1", ready=1)
+    # The app stops loading: each new child dies at start, and the waits double.
+    (tmp_path / "tasks.py").write_text("raise SystemExit(4)\n")
+    os.kill(child_pids(supervisor)[0], signal.SIGKILL)
+    await supervisor.wait_line("restarting in 0.25 s")  # it was serving when it was killed
+    await supervisor.wait_line("restarting in 0.50 s")
+    await supervisor.wait_line("restarting in 1.00 s")
+    assert supervisor.count("ready.") == 1
 
 
 async def test_sighup_reloads_without_losing_or_repeating_a_task(
