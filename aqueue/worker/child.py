@@ -30,6 +30,7 @@ task from a SIGALRM timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
@@ -128,7 +129,16 @@ class _Channel:
             body = codec.pack(reply, where="result")
         except SerializationError as exc:
             body = codec.pack(_failure(exc))
-        write_frame(self.output, body)
+        try:
+            write_frame(self.output, body)
+        except BrokenPipeError:  # the worker died (a task killed it): nobody to reply to
+            with contextlib.suppress(OSError):
+                self.output.close()  # its buffer is dropped, not flushed again at exit
+            raise _WorkerGone from None
+
+
+class _WorkerGone(Exception):
+    """The worker that started this child is gone: its end of the channel is closed."""
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
@@ -252,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
             loop.run_until_complete(app.hooks.start_worker(context))
         except Exception as exc:
             loop.close()
-            channel.send({"ready": False, **_failure(exc)})
+            with contextlib.suppress(_WorkerGone):
+                channel.send({"ready": False, **_failure(exc)})
             return 1
-        channel.send({"ready": True, "pid": os.getpid()})
         runs = _Runs(loop, _SoftLimit(), quarantine)
         try:
+            channel.send({"ready": True, "pid": os.getpid()})
             while (request := channel.receive()) is not None:
                 channel.send(_handle(tasks, request, runs))
                 channel.done()
+        except _WorkerGone:
+            pass  # a quiet end: the worker's own exit was logged by its supervisor
         finally:
             loop.run_until_complete(app.hooks.stop_worker(context))
             loop.close()

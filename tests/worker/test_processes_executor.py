@@ -16,6 +16,7 @@ import importlib
 import io
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -512,3 +513,26 @@ def test_the_child_protocol_in_process() -> None:
     assert (bare["retry"], bare["exc_type"]) == (0.0, None)
     interrupted = child._failure(KeyboardInterrupt())
     assert interrupted["exc_type"] == "KeyboardInterrupt"
+
+
+def test_a_child_whose_worker_is_gone_ends_quietly(tmp_path: Path) -> None:
+    # A worker killed by a task while its quarantine child was still loading: the child's
+    # "ready" meets a closed pipe. It used to end with a BrokenPipeError traceback, status 1.
+    (tmp_path / "gone_app.py").write_text(
+        "from aqueue import App\napp = App('gone', 'memory://')\n"
+    )
+    readable, writable = os.pipe()
+    os.close(readable)  # the worker's end, gone before the child says anything
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aqueue.worker.child", "gone_app:app", "--quarantine"],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=writable,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(writable)
+    _, stderr = process.communicate(timeout=STEP)
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    assert process.returncode == 0
