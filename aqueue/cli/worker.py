@@ -21,6 +21,7 @@ import anyio
 from ..app import App
 from ..banner import banner
 from ..beat.scheduler import Beat
+from ..drivers import preload
 from ..exceptions import ConfigurationError
 from ..loader import import_from_cwd, load_app
 from ..logs import root_handlers, setup_logging
@@ -29,7 +30,8 @@ from ..sizes import parse_memory
 from ..urls import secrets_in
 from ..worker import Worker
 from ..worker.recycle import EXIT_RECYCLE
-from ..worker.supervisor import Supervisor, child_name, ready_pipe, tell_ready, watch_parent
+from ..worker.standby import standby_pipe, wait_for_assignment
+from ..worker.supervisor import Supervisor, ready_pipe, tell_ready, watch_parent
 from .beat import beat_banner
 
 __all__ = ["add_commands"]
@@ -109,6 +111,13 @@ def add_commands(commands: Any) -> None:
         metavar="KIB",
         help="replace a worker process past this resident memory (KiB, or e.g. 200MB)",
     )
+    worker.add_argument(
+        "--standby",
+        type=_count,
+        metavar="K",
+        help="keep K loaded worker processes waiting to replace one that dies (implies the "
+        "supervisor; default 0)",
+    )
     worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=_worker)
 
@@ -120,6 +129,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
 
 
@@ -153,6 +172,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _run_worker(args: argparse.Namespace) -> int:
     ready = ready_pipe() if args.child else None  # the supervisor's, taken before anything starts
+    standby = standby_pipe() if args.child else None  # a standby's, where its slot comes
     before = root_handlers()  # handlers added from here on are the project's own
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         # Before the app module: one that imports models at the top then loads too.
@@ -161,9 +181,23 @@ def _run_worker(args: argparse.Namespace) -> int:
         setup_django()
     app = load_app(args.app)
     configured = [handler for handler in root_handlers() if handler not in before]
-    supervised = args.workers or args.max_tasks_per_child or args.max_memory_per_child
+    supervised = (
+        args.workers or args.max_tasks_per_child or args.max_memory_per_child or args.standby
+    )
     if supervised and not args.child:
         return _supervise(app, args)
+    factory = loop_factory(args.loop or app.conf.worker_loop)
+    secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
+    if app.conf.worker_hijack_root_logger and not configured:
+        setup_logging(args.loglevel, secrets, log_format=args.log_format, logfile=args.logfile)
+    _warn_ignored(app)
+    app.setup_worker()  # Django's set-up (if any), then the task modules
+    if standby is not None:  # loaded: wait for a slot, without connecting to anything
+        preload(app.broker_url, app.backend_url)
+        assignment = wait_for_assignment(standby)
+        if assignment is None:
+            return 0  # the supervisor let this standby go
+        args.hostname, args.beat = assignment.hostname, assignment.beat
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = Worker(
         app,
@@ -181,12 +215,6 @@ def _run_worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
     )
-    factory = loop_factory(args.loop or app.conf.worker_loop)
-    secrets = [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")]
-    if app.conf.worker_hijack_root_logger and not configured:
-        setup_logging(args.loglevel, secrets, log_format=args.log_format, logfile=args.logfile)
-    _warn_ignored(app)
-    app.setup_worker()  # Django's set-up (if any), then the task modules
 
     async def serve() -> None:
         try:
@@ -222,7 +250,7 @@ def _supervise(app: App, args: argparse.Namespace) -> int:
     hostname = args.hostname or app.conf.worker_hostname or f"aqueue@{socket.gethostname()}"
     setup_logging(args.loglevel, [*secrets_in(app.broker_url), *secrets_in(app.backend_url or "")])
 
-    def command(name: str) -> list[str]:
+    def command(name: str, beat: bool) -> list[str]:
         line = [sys.executable, "-m", "aqueue", "worker", args.app, "--child", "-n", name]
         line += ["-l", args.loglevel]
         for flag, value in (
@@ -239,11 +267,18 @@ def _supervise(app: App, args: argparse.Namespace) -> int:
                 line += [flag, str(value)]
         if args.burst:
             line.append("--burst")
-        if args.beat and name == child_name(hostname, 1):  # one beat is enough
+        if beat:  # slot 1's child only: one beat is enough
             line.append("--beat")
         return line
 
-    supervisor = Supervisor(command, args.workers or 1, hostname=hostname, burst=args.burst)
+    supervisor = Supervisor(
+        command,
+        args.workers or 1,
+        hostname=hostname,
+        burst=args.burst,
+        beat=args.beat,
+        standby=args.standby or 0,
+    )
     return anyio.run(supervisor.run)
 
 

@@ -13,6 +13,7 @@ implements (`Broker`, `Delivery`, `ResultBackend`, `Mailbox`, `RateLimiter`, `Se
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +59,7 @@ __all__ = [
     "create_backend",
     "create_broker",
     "default_backend",
+    "preload",
     "register_backend",
     "register_broker",
 ]
@@ -157,6 +159,18 @@ def _load(table: dict[str, tuple[str, str | None]], url: str, kind: str) -> type
         ) from None
     cls: type[Any] = getattr(module, attr)
     return cls
+
+
+def preload(broker_url: str, backend_url: str | None) -> None:
+    """Import the driver modules these URLs will open, now (a standby worker, ahead of need).
+
+    Nothing is opened; an error (an unknown scheme, a missing package) is left for the open
+    to raise in its own words.
+    """
+    for table, url, kind in ((_BROKERS, broker_url, "broker"), (_BACKENDS, backend_url, "")):
+        if url is not None:
+            with contextlib.suppress(Exception):
+                _load(table, url, kind or "result backend")
 
 
 def create_broker(url: str, options: Mapping[str, Any]) -> Broker:

@@ -22,6 +22,11 @@ supervisor's. A child whose supervisor died (kill -9) sees its stdin close and w
   messages it held come back through the broker (leases, heartbeats), as for any dead worker.
 - A child that retires on `--max-tasks-per-child` / `--max-memory-per-child` exits with
   `EXIT_RECYCLE` after a warm stop; its replacement starts at once.
+- With `standby` K (`--standby K`), K more children are started and loaded but not serving
+  (aqueue/worker/standby.py): a serving child that dies or retires is replaced by one of them
+  at once (its slot's name and beat written on the standby's pipe), and another standby is
+  started in the background. A child that dies before it is ready still backs off (a crash
+  loop is not fed standbys); so does a standby that dies while it waits.
 - SIGHUP starts a new generation of children (the code is imported afresh) and warm-stops the
   old one: running tasks finish, messages claimed ahead go back to the queue, nothing is lost.
 - With `--burst`, a child that exits 0 is done; the supervisor ends when all are.
@@ -47,6 +52,7 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .recycle import EXIT_RECYCLE
+from .standby import STANDBY_FD, Assignment
 
 __all__ = ["READY_FD", "Supervisor", "child_name", "ready_pipe", "tell_ready", "watch_parent"]
 
@@ -72,13 +78,18 @@ def child_name(base: str, index: int) -> str:
 class Child:
     """One worker process of the supervisor."""
 
-    index: int
+    index: int  # its slot, 1..count; 0 for a standby not yet assigned one
     name: str
     process: Process
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False  # asked to stop (reload, shutdown): its exit is expected
     ready: bool = False  # it said it was ready (`tell_ready`): it was serving
     heard: anyio.Event = field(default_factory=anyio.Event)  # its pipe was read to the end
+    assign: int | None = None  # a standby's end of the pipe its assignment goes on
+
+    def ran(self) -> float:
+        """Seconds since it started (or, for a standby, since it took its slot)."""
+        return time.monotonic() - self.started
 
 
 @dataclass(frozen=True)
@@ -89,22 +100,28 @@ class _Exited:
 
 @dataclass(frozen=True)
 class _Start:
-    index: int
+    index: int  # 0: a standby
 
 
 Event = _Exited | _Start | int  # an int is a signal number
 
 
 class Supervisor:
-    """Runs `count` worker processes, each `command(name)`, until SIGTERM/SIGINT."""
+    """Runs `count` worker processes, each `command(name, beat)`, until SIGTERM/SIGINT.
+
+    `beat`: slot 1's child runs the beat too. `standby`: how many loaded children wait to
+    replace one that dies (none in burst mode).
+    """
 
     def __init__(
         self,
-        command: Callable[[str], Sequence[str]],
+        command: Callable[[str, bool], Sequence[str]],
         count: int,
         *,
         hostname: str,
         burst: bool = False,
+        beat: bool = False,
+        standby: int = 0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> None:
@@ -112,12 +129,17 @@ class Supervisor:
         self.count = count
         self.hostname = hostname
         self.burst = burst
+        self.beat = beat
+        self.standby = 0 if burst else standby
         self.env = env
         self.cwd = cwd
         #: The child serving each slot (index 1..count), once started.
         self.current: dict[int, Child] = {}
         self.live: set[Child] = set()
+        #: The standbys waiting for a slot, oldest first.
+        self.standbys: list[Child] = []
         self.restarts = 0
+        self.promotions = 0
         self._failures: dict[int, int] = {}
         self._stopping = 0  # signals received: 1 warm, 2 cold
         self._done: set[int] = set()  # burst mode: slots whose child finished
@@ -129,7 +151,14 @@ class Supervisor:
             await group.start(self._watch_signals, send)
             for index in range(1, self.count + 1):
                 await self._start(index, group, send)
-            logger.info("supervisor (pid %d): %d worker process(es)", os.getpid(), self.count)
+            for _ in range(self.standby):
+                await self._start(0, group, send)
+            logger.info(
+                "supervisor (pid %d): %d worker process(es)%s",
+                os.getpid(),
+                self.count,
+                f", {self.standby} standby" if self.standby else "",
+            )
             async for event in receive:
                 if isinstance(event, int):
                     self._on_signal(event, group, send)
@@ -152,26 +181,39 @@ class Supervisor:
     async def _start(
         self, index: int, group: TaskGroup, send: MemoryObjectSendStream[Event]
     ) -> None:
-        name = child_name(self.hostname, index)
+        name = child_name(self.hostname, index) if index else f"{self.hostname}-standby"
         readable, writable = os.pipe()
+        env = {**(os.environ if self.env is None else self.env), READY_FD: str(writable)}
+        passed = [writable]  # the child's ends, closed here once it started
+        assign = None
+        if not index:  # a standby: a pipe for its assignment too
+            wait_on, assign = os.pipe()
+            env[STANDBY_FD] = str(wait_on)
+            passed.append(wait_on)
         try:
             process = await anyio.open_process(
-                list(self.command(name)),
+                list(self.command(name, self._beat(index))),
                 stdin=subprocess.PIPE,  # held open: its end tells the child the supervisor died
                 stdout=None,
                 stderr=None,
-                env={**(os.environ if self.env is None else self.env), READY_FD: str(writable)},
+                env=env,
                 cwd=self.cwd,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone
-                pass_fds=(writable,),
+                pass_fds=passed,
             )
         except BaseException:
             os.close(readable)
+            if assign is not None:
+                os.close(assign)
             raise
         finally:
-            os.close(writable)  # the child's now: its exit closes the pipe
-        child = Child(index, name, process)
-        self.current[index] = child
+            for fd in passed:
+                os.close(fd)  # the child's now: its exit closes the pipe
+        child = Child(index, name, process, assign=assign)
+        if index:
+            self.current[index] = child
+        else:
+            self.standbys.append(child)
         self.live.add(child)
         logger.info("started %s (pid %d)", name, process.pid)
         group.start_soon(self._wait, child, send.clone())
@@ -200,9 +242,14 @@ class Supervisor:
     ) -> None:
         child, status = event.child, event.status
         self.live.discard(child)
+        _stand_down(child)
         what = describe_status(status)
         if child.retiring or self._stopping:
             logger.info("%s (pid %d) %s", child.name, child.process.pid, what)
+            return
+        if child in self.standbys:  # it died waiting: the app does not load, as a rule
+            self.standbys.remove(child)
+            self._restart_later(child, 0, what, group, send)
             return
         if self.current.get(child.index) is not child:
             return
@@ -211,16 +258,33 @@ class Supervisor:
                 "%s (pid %d) retired; starting a replacement", child.name, child.process.pid
             )
             self.restarts += 1
-            send.send_nowait(_Start(child.index))
+            if not self._promote(child.index, send):
+                send.send_nowait(_Start(child.index))
             return
         if self.burst and status == 0:
             logger.info("%s (pid %d) finished (burst)", child.name, child.process.pid)
             self._done.add(child.index)
             return
-        ran = time.monotonic() - child.started
+        if child.ready:  # a task killed it, not its start: a standby may take over at once
+            self._failures[child.index] = 0
+            if self._promote(child.index, send, f"{what} after {child.ran():.1f} s"):
+                self.restarts += 1
+                return
+        self._restart_later(child, child.index, what, group, send)
+
+    def _restart_later(
+        self,
+        child: Child,
+        index: int,
+        what: str,
+        group: TaskGroup,
+        send: MemoryObjectSendStream[Event],
+    ) -> None:
+        """Start slot `index` (0: a standby) again after its backoff, and say so."""
+        ran = child.ran()
         serving = child.ready or ran >= BACKOFF_RESET_AFTER  # a task killed it, not its start
-        failures = 0 if serving else self._failures.get(child.index, 0)
-        self._failures[child.index] = 0 if child.ready else failures + 1
+        failures = 0 if serving else self._failures.get(index, 0)
+        self._failures[index] = 0 if child.ready else failures + 1
         delay = min(BACKOFF_FIRST * 2**failures, BACKOFF_MAX)
         logger.warning(
             "%s (pid %d) %s after %.1f s; restarting in %.2f s",
@@ -231,7 +295,44 @@ class Supervisor:
             delay,
         )
         self.restarts += 1
-        group.start_soon(_start_later, child.index, delay, send.clone())
+        group.start_soon(_start_later, index, delay, send.clone())
+
+    def _promote(
+        self, index: int, send: MemoryObjectSendStream[Event], why: str | None = None
+    ) -> bool:
+        """Give slot `index` to a waiting standby, and start another; False if none is left."""
+        previous = self.current.get(index)
+        while self.standbys:
+            standby = self.standbys.pop(0)
+            name = child_name(self.hostname, index)
+            order = Assignment(name, self._beat(index)).encode()
+            try:
+                assert standby.assign is not None
+                os.write(standby.assign, order)  # a pipe's buffer holds it: never blocks
+            except OSError:  # it died meanwhile: its waiter reports it
+                _stand_down(standby)
+                continue
+            _stand_down(standby)
+            standby.index, standby.name, standby.started = index, name, time.monotonic()
+            self.current[index] = standby
+            self.promotions += 1
+            if previous is not None and why is not None:
+                logger.warning(
+                    "%s (pid %d) %s; standby pid %d takes its place",
+                    previous.name,
+                    previous.process.pid,
+                    why,
+                    standby.process.pid,
+                )
+            else:
+                logger.info("standby pid %d takes the place of %s", standby.process.pid, name)
+            if not self._stopping:
+                send.send_nowait(_Start(0))  # another standby, in the background
+            return True
+        return False
+
+    def _beat(self, index: int) -> bool:
+        return self.beat and index == 1
 
     def _on_signal(
         self, signum: int, group: TaskGroup, send: MemoryObjectSendStream[Event]
@@ -242,12 +343,15 @@ class Supervisor:
                 return
             logger.warning("SIGHUP: reloading (new worker processes; the old ones warm-stop)")
             old = [child for child in self.live if not child.retiring]
+            self.standbys.clear()
             for child in old:
                 child.retiring = True
-                _signal(child, signal.SIGTERM)
+                _stop(child, signal.SIGTERM)
             for index in range(1, self.count + 1):
                 if index not in self._done:
                     send.send_nowait(_Start(index))
+            for _ in range(self.standby):
+                send.send_nowait(_Start(0))
             return
         self._stopping += 1
         if self._stopping == 1:
@@ -259,9 +363,10 @@ class Supervisor:
             )
         else:
             logger.warning("%s again: stopping the workers now", name)
+        self.standbys.clear()
         for child in self.live:
             child.retiring = True
-            _signal(child, signum)
+            _stop(child, signum)
 
     async def _watch_signals(
         self, send: MemoryObjectSendStream[Event], *, task_status: anyio.abc.TaskStatus[None]
@@ -321,9 +426,21 @@ async def _start_later(index: int, delay: float, send: MemoryObjectSendStream[Ev
         await send.send(_Start(index))
 
 
-def _signal(child: Child, signum: int) -> None:
+def _stop(child: Child, signum: int) -> None:
+    """Stop `child`: a standby that waits by ending its pipe (it exits 0), others by `signum`."""
+    if child.assign is not None:
+        _stand_down(child)
+        return
     with contextlib.suppress(ProcessLookupError):  # it exited already: its waiter reports it
         child.process.send_signal(signal.Signals(signum))
+
+
+def _stand_down(child: Child) -> None:
+    """Close the supervisor's end of a standby's pipe (once assigned, or to let it go)."""
+    if child.assign is not None:
+        with contextlib.suppress(OSError):
+            os.close(child.assign)
+        child.assign = None
 
 
 def describe_status(status: int) -> str:
