@@ -28,6 +28,7 @@ from aqueue import App
 from aqueue.exceptions import ConfigurationError
 from aqueue.sizes import parse_memory
 from aqueue.worker.recycle import Recycle
+from aqueue.worker.standby import STANDBY_FD, Assignment, standby_pipe, wait_for_assignment
 from aqueue.worker.supervisor import child_name, describe_status
 from tests.helpers.processes import STEP, Lines, child_env, spawn
 
@@ -324,6 +325,34 @@ def _wait_gone(pid: int) -> None:
 def test_child_names() -> None:
     assert child_name("aqueue@host", 2) == "aqueue@host-2"
     assert child_name("w%i@host", 3) == "w3@host"
+
+
+def test_a_standby_reads_its_assignment_from_its_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    readable, writable = os.pipe()
+    monkeypatch.setenv(STANDBY_FD, str(readable))
+    assert standby_pipe() == readable
+    assert STANDBY_FD not in os.environ  # no process it starts sees it
+    os.write(writable, Assignment("w@host-1", beat=True).encode())
+    assert wait_for_assignment(readable) == Assignment("w@host-1", True)
+    os.close(writable)
+    for written in (b"", b"not json\n", b'{"beat": true}\n'):  # ended, garbage, no name
+        readable, writable = os.pipe()
+        os.write(writable, written)
+        os.close(writable)
+        assert wait_for_assignment(readable) is None
+    with open(os.devnull) as stray:  # a variable that names no pipe of ours
+        monkeypatch.setenv(STANDBY_FD, str(stray.fileno()))
+        assert standby_pipe() is None
+    monkeypatch.setenv(STANDBY_FD, "x")
+    assert standby_pipe() is None
+
+
+def test_preload_imports_the_drivers_and_leaves_errors_to_the_open() -> None:
+    from aqueue import drivers
+
+    drivers.preload("sqlite:///x.db", "sqlite:///x.db")
+    assert "aqueue.drivers.sqlite.broker" in sys.modules
+    drivers.preload("nosuchscheme://x", None)  # raises nothing: the open says it in one line
 
 
 def test_exit_statuses_are_described() -> None:
