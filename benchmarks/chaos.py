@@ -93,6 +93,7 @@ async def one(name: str, args: argparse.Namespace, where: Path, broker: str) -> 
             crashers=args.crashers,
             broker=broker,
             spread=args.spread_crashers,
+            standby=args.supervised,
         )
     if name == "rabbit_restarts":
         return await scenarios.rabbit_restarts(where, tasks=n, restarts=args.restarts)
@@ -128,7 +129,8 @@ def command(name: str, args: argparse.Namespace, broker: str) -> str:
         "partitions": f"--tasks {args.tasks} --partitions {args.partitions} "
         f"--length {args.length:g} --lease {args.lease:g}",
         "sigterm": f"--tasks {args.tasks} --kills {args.kills} --grace {args.grace:g}",
-        "poison": f"--tasks {args.tasks} --bad {args.bad} --crashers {args.crashers}",
+        "poison": f"--tasks {args.tasks} --bad {args.bad} --crashers {args.crashers}"
+        + ("" if args.supervised is None else f" --supervised {args.supervised}"),
         "fuzz": f"--fuzz {args.fuzz}",
     }
     return f"python benchmarks/chaos.py --scenarios {name}{on} {sizes.get(name, '')}".strip()
@@ -199,6 +201,13 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="poison: one crasher before each 1/N of the second half of the good tasks, not "
         "all together",
+    )
+    parser.add_argument(
+        "--supervised",
+        type=int,
+        metavar="K",
+        help="poison: run the workers under `aqueue worker --workers 2 --standby K` (the "
+        "product's supervisor replaces a dead one), not the harness's own restarts",
     )
     parser.add_argument("--fuzz", type=int, default=100_000)
     parser.add_argument("--write", help="write the table (markdown) to this file")

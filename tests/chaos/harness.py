@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -285,6 +286,111 @@ class Fleet:
         return "\n".join(worker.output for worker in [*self.stopped, *alive])
 
 
+class SupervisedFleet:
+    """`count` workers under one `aqueue worker --workers count --standby K` supervisor.
+
+    The product restarts the workers here, not the harness: a worker a crasher killed is
+    replaced by a waiting standby (K > 0) or started again after the supervisor's 0.25 s. The
+    interface is the part of `Fleet` the poison scenario uses; exits and incarnations are read
+    from the supervisor's log, and a worker's resident set is measured from its first sample
+    after its "ready.", as `Fleet` does.
+    """
+
+    _DEATH = re.compile(r"\(pid (\d+)\) (?:exited with status (-?\d+)|was killed by \S+) after")
+    _STARTED = re.compile(r"started \S+ \(pid (\d+)\)")
+    _PROMOTED = re.compile(r"standby pid (\d+) takes")
+
+    def __init__(self, cwd: Path, count: int, concurrency: int, standby: int) -> None:
+        self.cwd = cwd
+        self.count = count
+        self.concurrency = concurrency
+        self.standby = standby
+        self.supervisor: Lines | None = None
+        self.rss: dict[int, list[int]] = {}
+
+    async def start_all(self) -> None:
+        command = [sys.executable, "-m", "aqueue", "worker", "tasks:app", "-l", "INFO"]
+        command += ["-c", str(self.concurrency), "-n", f"chaos%i@{os.getpid()}"]
+        command += ["--workers", str(self.count), "--standby", str(self.standby)]
+        self.supervisor = spawn(command, cwd=self.cwd, env=child_env())
+        await self.supervisor.wait_line("ready.", count=self.count, within=STEP)
+        await anyio.to_thread.run_sync(self.sample_rss)
+
+    @property
+    def exits(self) -> list[int]:
+        """The exit statuses of the workers that died on their own (signals as -1)."""
+        assert self.supervisor is not None
+        return [
+            int(status) if status is not None else -1
+            for _, status in self._DEATH.findall(self.supervisor.output)
+        ]
+
+    @property
+    def restarts(self) -> int:
+        return len(self.exits)
+
+    @property
+    def promotions(self) -> int:
+        """How many times a standby took the place of a worker that died or retired."""
+        assert self.supervisor is not None
+        return len(self._PROMOTED.findall(self.supervisor.output))
+
+    def serving(self) -> list[int]:
+        """The pids of the workers that said "ready.", in the order they took their slots.
+
+        A worker takes a slot when started for it or, a standby, when promoted; the k-th
+        "ready." line is taken to be the k-th such worker's (their starts are far apart).
+        """
+        assert self.supervisor is not None
+        pids: list[int] = []
+        ready = 0
+        for line in self.supervisor.output.splitlines():
+            if line.endswith(" ready."):
+                ready += 1
+            elif (started := self._STARTED.search(line)) and "-standby (pid" not in line:
+                pids.append(int(started.group(1)))
+            elif promoted := self._PROMOTED.search(line):
+                pids.append(int(promoted.group(1)))
+        return pids[:ready]
+
+    async def supervise(self) -> None:
+        await anyio.sleep_forever()  # the supervisor does it
+
+    def sample_rss(self) -> None:
+        for pid in self.serving():
+            if (size := rss(pid)) is not None:
+                sizes = self.rss.setdefault(pid, [size, size])
+                sizes[1] = max(sizes[1], size)
+
+    async def watch_rss(self, every: float = 0.05) -> None:
+        while True:
+            await anyio.to_thread.run_sync(self.sample_rss)
+            await anyio.sleep(every)  # the sampling period
+
+    def rss_growth_now(self) -> int:
+        growth = 0
+        for pid in self.serving():
+            sizes = self.rss.get(pid)
+            if sizes is not None and (size := rss(pid)) is not None:
+                growth = max(growth, size - sizes[0])
+        return growth
+
+    def rss_growth(self) -> int:
+        return max((peak - first for first, peak in self.rss.values()), default=0)
+
+    def stop_all(self) -> None:
+        supervisor = self.supervisor
+        if supervisor is None:
+            return
+        if supervisor.proc.poll() is None:
+            supervisor.proc.send_signal(signal.SIGTERM)  # warm, then cold: stop now
+            supervisor.proc.send_signal(signal.SIGTERM)
+        supervisor.stop(signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.supervisor.output if self.supervisor is not None else ""
+
+
 def rss(pid: int) -> int | None:
     """A process's resident set in bytes (VmRSS in /proc/PID/status), None once it is gone."""
     try:
@@ -333,7 +439,7 @@ class Run:
         self.rabbit: service_amqp.PrivateNode | None = None
         self.amqp_url: str | None = None  # on the shared server: its prefix is deleted at the end
         self.proxy: Proxy | None = None
-        self.fleet: Fleet | None = None
+        self.fleet: Fleet | SupervisedFleet | None = None
         self.apps: list[App] = []
 
     async def redis_broker(self, fsync: str = "always", proxied: bool = False) -> str:
@@ -386,9 +492,15 @@ class Run:
         return app
 
     async def workers(self, count: int, concurrency: int) -> Fleet:
-        self.fleet = Fleet(self.directory, count, concurrency)
-        await self.fleet.start_all()
-        return self.fleet
+        fleet = self.fleet = Fleet(self.directory, count, concurrency)
+        await fleet.start_all()
+        return fleet
+
+    async def supervised(self, count: int, concurrency: int, standby: int) -> SupervisedFleet:
+        """The workers under the product's supervisor (`aqueue worker --workers --standby`)."""
+        fleet = self.fleet = SupervisedFleet(self.directory, count, concurrency, standby)
+        await fleet.start_all()
+        return fleet
 
     async def publish(
         self, app: App, durations: list[int], batch: int = 100, task: str = "tasks.work"

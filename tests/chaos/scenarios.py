@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from .harness import Outcome, Run, Settings, durations, until
+from .harness import Outcome, Run, Settings, SupervisedFleet, durations, until
 
 
 async def kill_storm(
@@ -383,6 +383,7 @@ async def poison(
     broker: str = "redis",
     bad: int | None = None,
     spread: bool = False,
+    standby: int | None = None,
 ) -> Outcome:
     """Bad messages of every kind and tasks that os._exit their worker, among good ones.
 
@@ -391,7 +392,9 @@ async def poison(
     `spread`, one before each 1/`crashers` of the second half (each then meets its worker
     alone, as a rule: one worker exit per crasher). Notes the good tasks' drain rate (sent /
     publish start to last finished) and each worker incarnation's resident-set growth, for
-    `poison_throughput`.
+    `poison_throughput`. With `standby` (a number), the two workers run under the product's
+    supervisor with that many standbys (`aqueue worker --workers 2 --standby K`), which
+    replaces a dead one, instead of the harness's own restarts.
     """
     from aqueue import OutgoingMessage
 
@@ -403,7 +406,7 @@ async def poison(
     try:
         url = await run.broker(broker)
         run.write_tasks(url)
-        fleet = await run.workers(2, 10)
+        fleet = await (run.workers(2, 10) if standby is None else run.supervised(2, 10, standby))
         producer = run.producer(url)
         opened = await producer.broker()
         bodies = poison_bodies(each if bad is None else -(-bad // 9))
@@ -480,6 +483,11 @@ async def poison(
                 "worker incarnations": len(fleet.rss),
                 "max RSS growth (MB)": round(fleet.rss_growth() / 2**20, 1),
                 "RSS growth of a live worker once drained (MB)": round(growth_now / 2**20, 1),
+                **(
+                    {"standbys promoted": fleet.promotions}
+                    if isinstance(fleet, SupervisedFleet)
+                    else {}
+                ),
             },
         )
     finally:
@@ -494,6 +502,7 @@ async def poison_throughput(
     broker: str = "redis",
     limit_mb: float = 50.0,
     spread: bool = False,
+    standby: int | None = None,
 ) -> Outcome:
     """`poison` three times, one after the other, with the same good tasks and workers: clean
     (no bad message, no crasher), the bad messages alone, then bad messages and crashers.
@@ -514,7 +523,13 @@ async def poison_throughput(
         where = directory / name.replace(" ", "-")
         where.mkdir()
         runs[name] = await poison(
-            where, good=good, crashers=crash_count, broker=broker, bad=bad_count, spread=spread
+            where,
+            good=good,
+            crashers=crash_count,
+            broker=broker,
+            bad=bad_count,
+            spread=spread,
+            standby=standby,
         )
     full = runs["with crashers"]
     rate = {name: outcome.notes["good tasks per s"] for name, outcome in runs.items()}
