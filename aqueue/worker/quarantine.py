@@ -1,8 +1,8 @@
 """Quarantine: a redelivered message runs in a child process, so only a child dies of it.
 
 A message delivered again after its worker died (`Delivery.suspect`) may be the one that
-killed it. Each suspect runs in a child process of the worker, alone there, its start recorded
-first (`Delivery.begin`), while the worker goes on running other tasks in its slots, claiming
+killed it. Each suspect runs in a child process of the worker, alone there, while the worker
+goes on running other tasks in its slots, claiming
 ahead and taking other redeliveries as it does for first deliveries. At most
 `worker_quarantine_processes` (2 by default) suspects start at once; one that has run `GRACE`
 (0.5 s) frees its place and runs on in its child, so a long suspect holds back no other (up to
@@ -13,13 +13,21 @@ module:app` does; one child starts with the worker, in the background, the other
 - the task runs in the child as it would in the worker (`aqueue.worker.child --quarantine`):
   a coroutine task on the child's own loop, the same arguments, request, soft and hard time
   limits, retries; its outcome is stored, and its message settled, by the worker;
-- if the child dies before it replies (`os._exit`, a segfault, the OOM killer), the run it
-  recorded counts: the message goes back (`nack`), and once it has started
-  `broker_max_deliveries` times it gets a `WorkerLostError` failure and is dead-lettered with
-  reason `max-deliveries` (`Runner._settled_suspect`), without its worker ever dying again.
+- if the child dies before it replies (`os._exit`, a segfault, the OOM killer), the run is
+  recorded then (`Delivery.begin`, `Runner._killed_its_process`) and counts: the message goes
+  back (`nack`), and once it has started `broker_max_deliveries` times it gets a
+  `WorkerLostError` failure and is dead-lettered with reason `max-deliveries`, without its
+  worker ever dying again.
+- if the worker dies while a suspect runs here (another message killed it, or an operator),
+  the child dies with it, and that run is not recorded: it was not the suspect's doing (one
+  suspect a child: only its own child's death is). Recorded before the run, as it once was,
+  two such deaths dead-lettered a task that kills nothing at `broker_max_deliveries = 3`
+  (issue 19: crashers killing worker after worker). A suspect that kills its worker from a
+  child (a signal to its parent) is still bounded: `UNSTARTED_FACTOR` times
+  `broker_max_deliveries` deliveries.
 - a child that cannot start (the app does not load in a fresh process) is the worker's
   trouble, not the message's: the worker makes sure a child is ready (`ready`) before the
-  suspect's run is recorded; if none can start, the error is logged, the quarantine is
+  suspect's run starts; if none can start, the error is logged, the quarantine is
   `broken` for the worker's life, and this suspect and the later ones run alone in the worker
   (`aqueue.worker.isolation`).
 
@@ -34,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import anyio
 
@@ -43,9 +51,6 @@ from ..interfaces import RunnableTask
 from ..message import Envelope
 from ..request import running_request
 from .processes import ProcessDied, ProcessPool
-
-if TYPE_CHECKING:
-    from ..drivers.base import Delivery
 
 __all__ = ["GRACE", "OLD_FACTOR", "KilledItsProcess", "Quarantine", "QuarantineBroken"]
 
@@ -124,15 +129,13 @@ class Quarantine:
         self,
         task: RunnableTask,
         envelope: Envelope,
-        delivery: Delivery,
         soft: float | None,
         hard: float | None,
     ) -> Any:
         """Run the task in a child; its result, its error, or `KilledItsProcess`.
 
-        The run is recorded (`delivery.begin`) once a child is ready for it: a child that
-        cannot start raises `QuarantineBroken` before, and the run, not recorded, blames no
-        one if the worker dies of it.
+        Nothing is recorded before the run (see the module's docstring): the caller records
+        it if the child dies of it. A child that cannot start raises `QuarantineBroken`.
         """
         if self.broken is not None:
             raise QuarantineBroken(self.broken)
@@ -149,7 +152,6 @@ class Quarantine:
 
         async def begin() -> None:
             nonlocal timer
-            await delivery.begin()
             timer = asyncio.get_running_loop().call_later(self.grace, free)
 
         try:

@@ -510,10 +510,12 @@ class Runner:
     async def _killed_its_process(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, exc: KilledItsProcess
     ) -> None:
-        """Settle a quarantined message whose child died: its recorded run counts.
+        """Settle a quarantined message whose child died: that run is recorded, and counts.
 
         Started `broker_max_deliveries` times now, it is dead-lettered (`_died_too_often`);
-        else it goes back, to be quarantined again. Settled here: the ack after it is none.
+        else its run is recorded (`begin`, only now: a run cut short by the worker's own death
+        blames no suspect) and it goes back, to be quarantined again. Settled here: the ack
+        after it is none.
         """
         starts = delivery.runs + 2  # its first run (never recorded), the recorded ones, this
         limit = self.broker.max_deliveries
@@ -528,6 +530,7 @@ class Runner:
         if starts >= limit:
             await self._died_too_often(delivery, envelope, task, starts)
         else:
+            await delivery.begin()
             await delivery.nack(delay=0.0)
 
     async def _interrupted(
@@ -564,7 +567,7 @@ class Runner:
         soft = options.soft_time_limit or conf.task_soft_time_limit
         if delivery.suspect and self.quarantine is not None:
             with contextlib.suppress(QuarantineBroken):  # then here, as any task
-                return await self.quarantine.run(task, envelope, delivery, soft, hard)
+                return await self.quarantine.run(task, envelope, soft, hard)
         if options.executor == "process":
             return await self._in_process(task, envelope, hard, soft)
         if task.is_async:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 from aqueue import App, Broker, TaskError, Worker
 from aqueue.drivers import create_broker
 from tests.helpers.consuming import Credit
+from tests.helpers.processes import STEP, child_env, spawn
 
 MODULE = """
     import asyncio
@@ -57,6 +59,14 @@ MODULE = """
 
     @app.task
     async def blocked(path):
+        while not os.path.exists(path):  # until the test lets it go
+            await asyncio.sleep(0.02)
+        return "let go"
+
+
+    @app.task
+    async def blocked_said(path):
+        print("blocked_said started in", os.getpid(), flush=True)  # the worker's stderr
         while not os.path.exists(path):  # until the test lets it go
             await asyncio.sleep(0.02)
         return "let go"
@@ -133,6 +143,38 @@ async def test_a_redelivered_message_that_kills_its_process_is_dead_lettered(
     # Two quarantine runs, each recorded: the first gives it back, the second buries it.
     assert "killed its quarantine process (start 2 of at most 3)" in caplog.text
     assert "killed its quarantine process (start 3 of at most 3)" in caplog.text
+
+
+async def test_a_suspect_is_not_blamed_for_a_worker_that_died_while_it_ran_in_quarantine(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    # Two workers killed while the suspect ran in their quarantine processes (another message
+    # killed each, or an operator): its child died with them, of no doing of its own. Its
+    # quarantine runs were recorded before they started, so with broker_max_deliveries = 3 the
+    # third worker dead-lettered a task that kills nothing (issue 19: good tasks dead-lettered
+    # when crashers killed worker after worker). A quarantine run now counts only when its own
+    # child dies of it.
+    app: App = tasks.app
+    gate = tmp_path / "let-go"
+    command = [sys.executable, "-m", "aqueue", "worker", f"{tasks.__name__}:app", "-l", "INFO"]
+    async with app:
+        result = await app.send_task(tasks.blocked_said.name, [str(gate)])
+        await die_holding(app)  # now a suspect: quarantined by every worker that takes it
+        for _ in range(2):
+            worker = spawn(command, cwd=tmp_path, env=child_env())
+            try:
+                await worker.wait_line("blocked_said started in", within=STEP)
+            finally:
+                worker.stop(signal.SIGKILL)  # its quarantine child sees its pipe end and exits
+        worker = spawn(command, cwd=tmp_path, env=child_env())
+        try:
+            await worker.wait_line("blocked_said started in", within=STEP)
+            gate.write_text("")
+            assert await result.get(timeout=STEP) == "let go"
+        finally:
+            worker.stop(signal.SIGTERM)
+        broker = await app.broker()
+        assert await broker.dead_letters("default") == []
 
 
 async def test_without_quarantine_processes_a_suspect_runs_alone_in_the_worker(
