@@ -86,6 +86,14 @@ async def test_poison_mix(tmp_path: Path) -> None:
     await on_brokers(tmp_path, scenarios.poison, good=200, each=2, crashers=3)
 
 
+async def test_poison_mix_under_the_supervisor_with_a_standby(tmp_path: Path) -> None:
+    # The product restarts the workers (`aqueue worker --workers 2 --standby 1`): a crasher's
+    # victim is replaced by the standby, and nothing is lost or dead-lettered wrongly.
+    outcomes = await on_brokers(tmp_path, scenarios.poison, good=200, each=1, crashers=3, standby=1)
+    for outcome in outcomes.values():
+        assert outcome.notes["standbys promoted"] >= 1, describe(outcome)
+
+
 @pytest.mark.usefixtures("redis_node")
 async def test_redis_restart_appendfsync_always(tmp_path: Path) -> None:
     check(await scenarios.redis_restarts(tmp_path, tasks=300, restarts=1, fsync="always"))
