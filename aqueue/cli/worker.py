@@ -123,22 +123,20 @@ def add_commands(commands: Any) -> None:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+    return _whole(text, 1, "must be at least 1")
 
 
 def _count(text: str) -> int:
+    return _whole(text, 0, "must not be negative")
+
+
+def _whole(text: str, least: int, otherwise: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} {otherwise}")
     return value
 
 

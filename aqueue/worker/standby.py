@@ -18,7 +18,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["STANDBY_FD", "Assignment", "standby_pipe", "wait_for_assignment"]
+__all__ = ["STANDBY_FD", "Assignment", "inherited_pipe", "standby_pipe", "wait_for_assignment"]
 
 #: The environment variable that gives a standby the pipe its assignment comes on.
 STANDBY_FD = "AQUEUE_STANDBY_FD"
@@ -41,7 +41,16 @@ class Assignment:
 
 def standby_pipe() -> int | None:
     """Take the pipe of a standby (None: this child is not one), removing its variable."""
-    value = os.environ.pop(STANDBY_FD, None)
+    return inherited_pipe(STANDBY_FD)
+
+
+def inherited_pipe(variable: str) -> int | None:
+    """Take the pipe a parent named in environment `variable` (None: none), removing it.
+
+    The variable is removed, so no process this one starts sees it; one that names no pipe
+    (a stray variable) gives None.
+    """
+    value = os.environ.pop(variable, None)
     if value is None or not value.isdigit():
         return None
     try:

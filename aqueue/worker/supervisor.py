@@ -52,7 +52,7 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .recycle import EXIT_RECYCLE
-from .standby import STANDBY_FD, Assignment
+from .standby import STANDBY_FD, Assignment, inherited_pipe
 
 __all__ = ["READY_FD", "Supervisor", "child_name", "ready_pipe", "tell_ready", "watch_parent"]
 
@@ -139,7 +139,6 @@ class Supervisor:
         #: The standbys waiting for a slot, oldest first.
         self.standbys: list[Child] = []
         self.restarts = 0
-        self.promotions = 0
         self._failures: dict[int, int] = {}
         self._stopping = 0  # signals received: 1 warm, 2 cold
         self._done: set[int] = set()  # burst mode: slots whose child finished
@@ -315,7 +314,6 @@ class Supervisor:
             _stand_down(standby)
             standby.index, standby.name, standby.started = index, name, time.monotonic()
             self.current[index] = standby
-            self.promotions += 1
             if previous is not None and why is not None:
                 logger.warning(
                     "%s (pid %d) %s; standby pid %d takes its place",
@@ -400,15 +398,7 @@ def ready_pipe() -> int | None:
 
     Called first thing: the variable is removed, so no process this child starts sees it.
     """
-    value = os.environ.pop(READY_FD, None)
-    if value is None or not value.isdigit():
-        return None
-    try:
-        if not stat.S_ISFIFO(os.fstat(int(value)).st_mode):
-            return None  # a stray variable: not a pipe of ours
-    except OSError:
-        return None
-    return int(value)
+    return inherited_pipe(READY_FD)
 
 
 def tell_ready(fd: int | None) -> None:
