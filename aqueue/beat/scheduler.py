@@ -50,6 +50,13 @@ MIN_CLAIM_TTL = 10.0
 #: Compact the stored settings after this many sends (RabbitMQ keeps a log of changes; SQLite
 #: drops expired claims when it reads them).
 COMPACT_EVERY = 200
+#: The longest a losing beat waits for the winner to record a run before it takes the run over.
+TAKEOVER_MAX = 5.0
+
+
+def takeover_after(period: float) -> float:
+    """Seconds after a lost claim when the losers check that the winner sent the run."""
+    return min(period / 2, TAKEOVER_MAX)
 
 
 class Beat:
@@ -79,6 +86,8 @@ class Beat:
         self._wake = anyio.Event()
         self._stale = False
         self._mailbox: Mailbox | None = None
+        #: Runs another beat claimed: (entry, due time) -> when to check it recorded them.
+        self._claimed_elsewhere: dict[tuple[str, float], float] = {}
 
     # -- start -------------------------------------------------------------------------------
 
@@ -143,6 +152,7 @@ class Beat:
                 self._stale = False
                 await self._reload()
             now = self.clock.now()
+            await self._check_claimed_elsewhere(now)
             for entry in list(self.entries.values()):
                 if entry.enabled:
                     await self._tick(entry, now)
@@ -151,6 +161,7 @@ class Beat:
                 for name, entry in self.entries.items()
                 if entry.enabled
             ]
+            upcoming.extend(self._claimed_elsewhere.values())
             await self.clock.sleep_until(min(upcoming, default=math.inf), self._wake)
 
     async def _reload(self) -> None:
@@ -210,13 +221,71 @@ class Beat:
             following = entry.schedule.next_after(following, self.tz)
         return due
 
+    async def _check_claimed_elsewhere(self, now: float) -> None:
+        """Take over the runs whose winners did not mark them sent in time (killed, cut off).
+
+        The winner claims `<run>.done` once the run is sent and recorded; a loser that gets
+        that claim instead (only one does) reads the recorded run, to tell a winner that died
+        before sending from one that sent and left (a claim on RabbitMQ ends with its
+        connection), and sends the run if nothing recorded it.
+        """
+        for key, check_at in list(self._claimed_elsewhere.items()):
+            if check_at > now:
+                continue
+            del self._claimed_elsewhere[key]
+            name, due = key
+            entry = self.entries.get(name)
+            if entry is None or not entry.enabled:
+                continue
+            mailbox = await self._mailboxed()
+            try:
+                if not await mailbox.claim(
+                    _run_key(name, due) + ".done", _claim_ttl(entry, due, self.tz)
+                ):
+                    continue  # the winner marked it sent, or another beat checks it
+                recorded = await mailbox.items(LAST_PREFIX + name)
+            except AqueueError as exc:
+                logger.error("Beat entry %s due %s not checked: %s", name, _when(due), exc)
+                continue
+            last = _float(recorded.get(LAST_PREFIX + name))
+            if last is not None and last >= due:
+                continue  # sent by a winner that has gone since
+            logger.warning(
+                "Beat entry %s due %s: the beat that claimed it did not send it; sending it",
+                name,
+                _when(due),
+            )
+            await self._send_run(entry, due, late=True)
+
     async def _claim_and_send(self, entry: Entry, due: float, *, late: bool) -> None:
         mailbox = await self._mailboxed()
-        period = entry.schedule.next_after(due, self.tz) - due
-        ttl = min(max(period, MIN_CLAIM_TTL), 86400.0)
+        ttl = _claim_ttl(entry, due, self.tz)
         try:
-            if not await mailbox.claim(f"{CLAIM_PREFIX}{entry.name}.{round(due * 1000)}", ttl):
-                return  # another beat sends this one
+            claimed = await mailbox.claim(_run_key(entry.name, due), ttl)
+        except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
+            logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)
+            return
+        if not claimed:  # another beat sends this one: check later that it did
+            period = entry.schedule.next_after(due, self.tz) - due
+            self._claimed_elsewhere[(entry.name, due)] = self.clock.now() + takeover_after(period)
+            return
+        if not await self._send_run(entry, due, late=late):
+            return
+        try:
+            if not await mailbox.claim(_run_key(entry.name, due) + ".done", ttl):
+                logger.warning(
+                    "Beat entry %s due %s: sent after another beat had given up waiting for "
+                    "it; it may have gone out twice",
+                    entry.name,
+                    _when(due),
+                )
+        except AqueueError as exc:
+            logger.error("Beat entry %s due %s sent, not marked: %s", entry.name, _when(due), exc)
+
+    async def _send_run(self, entry: Entry, due: float, *, late: bool) -> bool:
+        """Send one run (or do the housekeeping) and record it; False if the broker failed."""
+        mailbox = await self._mailboxed()
+        try:
             if entry.name in HOUSEKEEPING:
                 await run_housekeeping(self.app, entry)
             else:
@@ -225,10 +294,11 @@ class Beat:
             await mailbox.put(LAST_PREFIX + entry.name, codec.pack(due))
         except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
             logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)
-            return
+            return False
         self.sent += 1
         if self.sent % COMPACT_EVERY == 0:
             await mailbox.items(CLAIM_PREFIX)
+        return True
 
     async def _send(self, entry: Entry, due: float, *, late: bool) -> None:
         options: dict[str, Any] = dict(entry.options)
@@ -247,6 +317,16 @@ class Beat:
             (headers["beat-sent"] - due) * 1000,
             result.id,
         )
+
+
+def _run_key(name: str, due: float) -> str:
+    return f"{CLAIM_PREFIX}{name}.{round(due * 1000)}"
+
+
+def _claim_ttl(entry: Entry, due: float, tz: dt.tzinfo) -> float:
+    """Claims outlive a period (at least `MIN_CLAIM_TTL`, at most a day)."""
+    period = entry.schedule.next_after(due, tz) - due
+    return min(max(period, MIN_CLAIM_TTL), 86400.0)
 
 
 def _float(raw: bytes | None) -> float | None:

@@ -17,7 +17,7 @@ import pytest
 
 from aqueue import App, ConfigurationError, NotRegistered, codec, crontab
 from aqueue.beat import Beat, ManualClock
-from aqueue.beat.scheduler import LAST_PREFIX
+from aqueue.beat.scheduler import CLAIM_PREFIX, LAST_PREFIX
 from aqueue.beat.schedules import every
 from aqueue.cli import main
 from tests.helpers.consuming import take_envelopes
@@ -90,6 +90,23 @@ async def test_three_beats_send_each_due_time_once(apps: Apps) -> None:
         group.cancel_scope.cancel()
     assert await dues(beats[0].app) == [START + 0.5 + i for i in range(10)]
     assert sum(beat.sent for beat in beats) == 10
+
+
+async def test_a_run_claimed_by_a_beat_killed_before_it_sent_is_taken_over(apps: Apps) -> None:
+    """The claim of a beat killed between claim and send: the others send that run, once."""
+    clock = ManualClock(START)
+    beats = [Beat(apps(beat_schedule=TICK), clock=clock) for _ in "ab"]
+    dead = (await apps().broker()).mailbox()  # a beat of its own: claims the run, sends nothing
+    assert await dead.claim(f"{CLAIM_PREFIX}tick.{round((START + 0.5) * 1000)}", 10.0)
+    async with anyio.create_task_group() as group:
+        for beat in beats:
+            await group.start(beat.run)
+        for _ in range(3):
+            await clock.advance(1)
+            await clock.sleepers(2)
+        group.cancel_scope.cancel()
+    assert await dues(beats[0].app) == [START + 0.5 + i for i in range(3)]
+    assert sum(beat.sent for beat in beats) == 3
 
 
 @pytest.mark.parametrize(
