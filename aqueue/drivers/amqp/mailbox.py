@@ -24,9 +24,11 @@ RabbitMQ requeues the live ones, unacked, where they were. Limits:
 
 - settings are meant to be few (rate limits, revocations): `items` reads them all every time,
   and the queue grows with every `put` until some `items` compacts it;
-- two `items` at the very same moment each see only the messages the other did not hold, so
-  each may miss settings; and a setting deleted (or overwritten) at that moment may come back
-  if the reader that held its older value did not see the tombstone (or the newer value);
+- a reader holds the messages it reads, so readers take turns: each first declares the
+  exclusive queue `aqueue.settings.reader` (one connection at a time may hold it; the others
+  get RESOURCE_LOCKED and try again after 2-50 ms, for at most `READ_WAIT` seconds) and deletes
+  it when done, or its connection's end frees it. Without it, readers at the same moment (say
+  workers starting together) each saw only the messages the others did not hold;
 - "most recent" compares the clocks of the processes that made the changes: two changes of one
   key from different hosts within their clock skew may be ordered the wrong way.
 """
@@ -56,6 +58,9 @@ from .headers import SETTING_DELETED, SETTING_EXPIRES, SETTING_KEY, SETTING_WRIT
 __all__ = ["AMQPMailbox", "Subscription"]
 
 logger = logging.getLogger("aqueue.amqp")
+
+#: The longest `items` waits for other readers of the settings before it gives up.
+READ_WAIT = 30.0
 
 #: Messages a subscriber that does not read may fall behind by before new ones are dropped.
 BUFFER = 1000
@@ -226,6 +231,7 @@ class AMQPMailbox(Mailbox):
         self._lock = anyio.Lock()
         self._declared = -1  # the link generation the exchange and queue were declared on
         self._claimer: AbstractChannel | None = None
+        self._reading = anyio.Lock()  # readers of this connection take turns too
 
     async def close(self) -> None:
         """Close the publishing channel (subscriptions end with the connection)."""
@@ -335,16 +341,46 @@ class AMQPMailbox(Mailbox):
     async def items(self, prefix: str) -> dict[str, bytes]:
         """Return every live setting whose key starts with `prefix`; compact the queue."""
         await self._channel()  # declared
-        channel = await self.link.channel(confirms=False)
-        try:
-            async with amqp_errors(self.settings, "read the settings"):
-                changes, junk = await self._read_all(channel)
-                live, useless = fold(changes, _micros(time.time()))
-                for tag in [*junk, *useless]:
-                    await channel.basic_ack(tag)
-        finally:
-            await _close(channel)  # the live ones go back, in place
+        async with self._reading, self._read_turn():
+            channel = await self.link.channel(confirms=False)
+            try:
+                async with amqp_errors(self.settings, "read the settings"):
+                    changes, junk = await self._read_all(channel)
+                    live, useless = fold(changes, _micros(time.time()))
+                    for tag in [*junk, *useless]:
+                        await channel.basic_ack(tag)
+            finally:
+                await _close(channel)  # the live ones go back, in place
         return {key: value for key, value in live.items() if key.startswith(prefix)}
+
+    @asynccontextmanager
+    async def _read_turn(self) -> AsyncIterator[None]:
+        """Hold `aqueue.settings.reader` (an exclusive queue) while reading the settings."""
+        name = f"{self.settings_queue}.reader"
+        deadline = anyio.current_time() + READ_WAIT
+        pause = 0.002
+        while True:
+            channel = await self.link.channel(confirms=False)
+            async with amqp_errors(self.settings, "wait for other readers of the settings"):
+                try:
+                    await channel.queue_declare(name, exclusive=True)
+                    break
+                except aiormq.exceptions.ChannelLockedResource:  # it closed the channel
+                    pass
+            if anyio.current_time() > deadline:
+                raise broker_error(
+                    self.settings,
+                    "read the settings",
+                    TimeoutError(f"another reader held them for over {READ_WAIT:.0f} s"),
+                )
+            await anyio.sleep(pause)  # no notification when an exclusive queue is freed
+            pause = min(pause * 2, 0.05)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True), released("free the settings"):
+                await channel.queue_delete(name)
+            await _close(channel)
 
     async def _read_all(self, channel: AbstractChannel) -> tuple[list[_Change], list[int]]:
         changes: list[_Change] = []

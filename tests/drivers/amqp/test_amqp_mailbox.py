@@ -149,3 +149,22 @@ async def test_leaving_a_topic_deletes_its_queue_without_a_warning(
     channel = await broker.link.channel(confirms=False)
     with pytest.raises(Exception, match="NOT_FOUND"):
         await channel.queue_declare(queue, passive=True)
+
+
+async def test_readers_at_the_same_moment_each_see_every_setting(url: str) -> None:
+    """Workers starting together read the revocations at once: none may see only a part."""
+    brokers = [create_broker(url, {}) for _ in range(4)]
+    async with brokers[0], brokers[1], brokers[2], brokers[3]:
+        for n in range(100):
+            await brokers[0].mailbox().put(f"revoked.{n}", b"1")
+        seen: list[int] = []
+
+        async def read(broker: object) -> None:
+            assert isinstance(broker, AMQPBroker)
+            seen.append(len(await broker.mailbox().items("revoked.")))
+
+        for _ in range(3):
+            async with anyio.create_task_group() as group:
+                for broker in [*brokers, brokers[0]]:  # two readers on one connection too
+                    group.start_soon(read, broker)
+        assert seen == [100] * 15
