@@ -59,6 +59,11 @@ __all__ = ["Active", "Refusal", "Runner", "WorkerApp"]
 
 logger = logging.getLogger("aqueue.worker")
 
+#: How long (seconds) a task that killed a quarantine process is suspected by its worker: its
+#: first deliveries run in quarantine too, so the next message of it that kills kills a child
+#: (and the other tasks running in the worker live on), not the worker.
+KILLER_WINDOW = 60.0
+
 
 class WorkerApp(AppLike, Protocol):
     """What a worker needs of its app (`App` is one): settings, tasks that run, and hooks."""
@@ -129,6 +134,9 @@ class Runner:
         self.processes = processes
         #: Where redelivered messages run (None: alone in the worker, `isolation`).
         self.quarantine = quarantine
+        #: Task names that killed a quarantine process lately, and when (`time.monotonic`)
+        #: that suspicion ends: their first deliveries run in quarantine too (`KILLER_WINDOW`).
+        self.killers: dict[str, float] = {}
         #: The tasks running now, by id.
         self.active: dict[str, Active] = {}
         self.succeeded = 0
@@ -415,7 +423,12 @@ class Runner:
         error: Exception | None = None
         try:  # the task's outcome, spelled out on the way to success: no coroutine more
             try:
-                if task.is_async and _unlimited(task.options, conf) and not delivery.suspect:
+                if (
+                    task.is_async
+                    and _unlimited(task.options, conf)
+                    and not delivery.suspect
+                    and not self.killers
+                ):
                     value = await task.invoke(envelope.args, envelope.kwargs)
                 else:
                     value = await self._execute(task, envelope, delivery)
@@ -517,21 +530,37 @@ class Runner:
         blames no suspect) and it goes back, to be quarantined again. Settled here: the ack
         after it is none.
         """
-        starts = delivery.runs + 2  # its first run (never recorded), the recorded ones, this
+        # A suspect: its first run (never recorded), the recorded ones, this one. A first
+        # delivery quarantined for its task's name (`killers`): the recorded ones, this one.
+        starts = delivery.runs + (2 if delivery.suspect else 1)
         limit = self.broker.max_deliveries
         logger.error(
-            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s",
+            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s; this "
+            "worker runs %s in quarantine for the next %.0f s",
             task.name,
             envelope.id,
             starts,
             limit,
             exc,
+            task.name,
+            KILLER_WINDOW,
         )
+        self.killers[task.name] = time.monotonic() + KILLER_WINDOW
         if starts >= limit:
             await self._died_too_often(delivery, envelope, task, starts)
         else:
             await delivery.begin()
             await delivery.nack(delay=0.0)
+
+    def _killer(self, name: str) -> bool:
+        """Whether the task `name` killed a quarantine process less than `KILLER_WINDOW` ago."""
+        until = self.killers.get(name)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self.killers[name]
+            return False
+        return True
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
@@ -565,7 +594,7 @@ class Runner:
         options = task.options
         hard = options.time_limit or conf.task_time_limit
         soft = options.soft_time_limit or conf.task_soft_time_limit
-        if delivery.suspect and self.quarantine is not None:
+        if self.quarantine is not None and (delivery.suspect or self._killer(task.name)):
             with contextlib.suppress(QuarantineBroken):  # then here, as any task
                 return await self.quarantine.run(task, envelope, soft, hard)
         if options.executor == "process":

@@ -58,6 +58,13 @@ MODULE = """
 
 
     @app.task
+    async def maybe_crash(crash):
+        if crash:
+            os._exit(1)
+        return os.getpid()
+
+
+    @app.task
     async def blocked(path):
         while not os.path.exists(path):  # until the test lets it go
             await asyncio.sleep(0.02)
@@ -143,6 +150,29 @@ async def test_a_redelivered_message_that_kills_its_process_is_dead_lettered(
     # Two quarantine runs, each recorded: the first gives it back, the second buries it.
     assert "killed its quarantine process (start 2 of at most 3)" in caplog.text
     assert "killed its quarantine process (start 3 of at most 3)" in caplog.text
+
+
+async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_too(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 19, the poison mix: each crasher's first delivery killed a worker and the tasks
+    # running in it. Once a task has killed a quarantine process, its worker runs the task's
+    # first deliveries in quarantine too, for a while: the next crasher kills a child.
+    app: App = tasks.app
+    async with app:
+        doomed = await app.send_task(tasks.maybe_crash.name, [True])
+        await die_holding(app)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            with pytest.raises(TaskError, match="died 3 times"):
+                await doomed.get(timeout=30)
+            again = await app.send_task(tasks.maybe_crash.name, [False])  # a first delivery
+            other = await app.send_task(tasks.where.name)
+            assert await again.get(timeout=30) != os.getpid()  # in a quarantine process
+            assert await other.get(timeout=30) == os.getpid()  # another task: in the worker
+            done.set()
+    assert "this worker runs " + tasks.maybe_crash.name + " in quarantine" in caplog.text
 
 
 async def test_a_suspect_is_not_blamed_for_a_worker_that_died_while_it_ran_in_quarantine(
