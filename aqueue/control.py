@@ -43,6 +43,9 @@ RATE_LIMIT_PREFIX = "rate_limit."
 REVOKED_PREFIX = "revoked."
 #: Settings of revocations in batches (`revoke` of a list): a msgpack map {"ids", "terminate"}.
 REVOKED_MANY_PREFIX = "revoked_many."
+#: Task names that killed a quarantine process lately (a worker's, `aqueue.worker.control`):
+#: the value is when the suspicion ends (seconds since the epoch).
+SUSPECT_PREFIX = "suspect."
 #: The most task ids one revoke command (and one kept setting) carries.
 REVOKE_BATCH = 1000
 

@@ -2,14 +2,17 @@
 
 `ControlServer.run` subscribes to `control.broadcast` on the broker's mailbox and runs each
 command meant for this worker: ping, active, scheduled, registered, stats, rate_limit, revoke,
-shutdown. Before it listens, it loads what must outlive a restart: revoked task ids and rate
-limits changed at runtime.
+shutdown, and `suspect`, which workers send each other (`tell_suspect`). Before it listens, it
+loads what must outlive a restart: revoked task ids, rate limits changed at runtime, and the
+task names suspected of killing their process.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,20 +20,37 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import codec
-from ..control import BROADCAST, RATE_LIMIT_PREFIX, REVOKED_MANY_PREFIX, REVOKED_PREFIX
-from ..exceptions import ConfigurationError
+from ..control import (
+    BROADCAST,
+    RATE_LIMIT_PREFIX,
+    REVOKED_MANY_PREFIX,
+    REVOKED_PREFIX,
+    SUSPECT_PREFIX,
+)
+from ..exceptions import AqueueError, ConfigurationError
 from ..throttle import parse_rate
 
 if TYPE_CHECKING:
     from ..drivers.base import Mailbox
     from ..interfaces import AppLike
 
-__all__ = ["ControlServer", "Revocations", "WorkerView"]
+__all__ = [
+    "KILLER_WINDOW",
+    "ControlServer",
+    "Revocations",
+    "Suspects",
+    "WorkerView",
+    "tell_suspect",
+]
 
 logger = logging.getLogger("aqueue.worker")
 
 #: The longest a worker spends sending one reply (shielded from its own shutdown).
 REPLY_TIMEOUT = 5.0
+#: How long (seconds) a task that killed a quarantine process is suspected, by every worker
+#: and by those that start meanwhile: its first deliveries run in quarantine too, so the next
+#: message of it that kills kills a child, not a worker and the tasks running in it.
+KILLER_WINDOW = 60.0
 
 
 class Revocations:
@@ -56,6 +76,51 @@ class Revocations:
         return len(self._until)
 
 
+class Suspects:
+    """Task names that killed a quarantine process lately, each until a time (epoch seconds)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def add(self, task_name: str, until: float) -> None:
+        """Suspect `task_name` until `until` (never beyond `KILLER_WINDOW` from now)."""
+        until = min(until, time.time() + KILLER_WINDOW)
+        if until > self._until.get(task_name, 0.0):
+            self._until[task_name] = until
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def __contains__(self, task_name: object) -> bool:
+        if not self._until or not isinstance(task_name, str):  # as a rule: none is
+            return False
+        until = self._until.get(task_name)
+        if until is None:
+            return False
+        if until <= time.time():
+            del self._until[task_name]
+            return False
+        return True
+
+
+async def tell_suspect(mailbox: Mailbox, task_name: str, until: float) -> None:
+    """Tell the workers, and those that start before `until`, that `task_name` kills."""
+    message = {
+        "v": 1,
+        "id": uuid.uuid4().hex,
+        "command": "suspect",
+        "args": {"task": task_name, "until": until},
+        "reply_to": None,
+        "destination": None,
+    }
+    try:
+        ttl = max(until - time.time(), 0.001)
+        await mailbox.put(SUSPECT_PREFIX + task_name, codec.pack(until), ttl=ttl)
+        await mailbox.publish(BROADCAST, codec.pack(message, where="command"))
+    except AqueueError as exc:
+        logger.warning("Could not tell the other workers that %s kills: %s", task_name, exc)
+
+
 class WorkerView(Protocol):
     """What the control plane sees of the worker it serves, and the few things it may do."""
 
@@ -72,6 +137,11 @@ class WorkerView(Protocol):
     @property
     def revoked(self) -> Revocations:
         """The task ids this worker knows are revoked."""
+        ...
+
+    @property
+    def suspects(self) -> Suspects:
+        """The task names this worker runs in quarantine (they killed a process lately)."""
         ...
 
     def active(self) -> list[dict[str, Any]]:
@@ -114,10 +184,11 @@ class ControlServer:
             "rate_limit": self._rate_limit,
             "revoke": self._revoke,
             "shutdown": self._shutdown,
+            "suspect": self._suspect,
         }
 
     async def load(self) -> None:
-        """Apply the revocations and rate limits set while this worker was not running."""
+        """Apply the revocations, suspects and rate limits set while this worker was not running."""
         ttl = self.worker.app.conf.result_expires
         for key in await self.mailbox.items(REVOKED_PREFIX):
             self.worker.revoked.add(key[len(REVOKED_PREFIX) :], ttl)
@@ -129,6 +200,11 @@ class ControlServer:
                 continue
             for task_id in ids:
                 self.worker.revoked.add(task_id, ttl)
+        for key, value in (await self.mailbox.items(SUSPECT_PREFIX)).items():
+            try:  # anyone may have written anything there
+                self.worker.suspects.add(key[len(SUSPECT_PREFIX) :], _until(codec.unpack(value)))
+            except ValueError:
+                logger.warning("Ignored a malformed stored suspect")
         for key, value in (await self.mailbox.items(RATE_LIMIT_PREFIX)).items():
             task = key[len(RATE_LIMIT_PREFIX) :]
             if task in self.worker.app.tasks:
@@ -213,9 +289,21 @@ class ControlServer:
             return f"revoked {task_id} and terminated it"
         return f"revoked {task_id}"
 
+    async def _suspect(self, args: dict[str, Any]) -> str:
+        task, until = str(args["task"]), _until(args.get("until"))
+        self.worker.suspects.add(task, until)
+        return f"{task} runs in quarantine for {max(until - time.time(), 0):.0f} s"
+
     async def _shutdown(self, args: dict[str, Any]) -> str:
         self.worker.stop()
         return "shutting down"
+
+
+def _until(value: Any) -> float:
+    """Check a suspicion's end (epoch seconds); raise ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("suspect's until must be a time in seconds since the epoch")
+    return float(value)
 
 
 def _task_ids(value: Any) -> list[str]:

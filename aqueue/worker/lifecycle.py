@@ -45,7 +45,7 @@ from ..observe import Observer, Watch
 from ..tracing import AVAILABLE as TRACING
 from ..tracing import Tracer, tracer_for
 from .admission import Admission
-from .control import ControlServer, Revocations
+from .control import ControlServer, Revocations, Suspects
 from .dispatch import Dispatcher
 from .gc_tuning import tuned_for_worker
 from .loopwatch import LoopWatch, blocking_tasks
@@ -120,6 +120,8 @@ class Worker:
         self.runner: Runner | None = None
         #: Task ids revoked on this worker (by `app.control.revoke`), each until it expires.
         self.revoked = Revocations()
+        #: Task names that killed a quarantine process lately: they run in quarantine here.
+        self.suspects = Suspects()
         #: Rate limits changed at runtime (`aqueue control rate_limit`), by task name.
         self.rate_limits: dict[str, str | float | None] = {}
         self.admission: Admission | None = None
@@ -168,6 +170,7 @@ class Worker:
             revoked=self.revoked,
             processes=pool,
             quarantine=quarantine,
+            suspects=self.suspects,
         )
         self.admission = _admission(broker, backend, self.rate_limits)
         remote = _control_server(self, broker)

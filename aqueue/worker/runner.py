@@ -43,6 +43,7 @@ from ..request import Request, current_request, running_request
 from ..result_meta import ResultMeta
 from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
+from .control import KILLER_WINDOW, Suspects, tell_suspect
 from .processes import ProcessDied
 from .quarantine import KilledItsProcess, Quarantine, QuarantineBroken
 
@@ -58,11 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["Active", "Refusal", "Runner", "WorkerApp"]
 
 logger = logging.getLogger("aqueue.worker")
-
-#: How long (seconds) a task that killed a quarantine process is suspected by its worker: its
-#: first deliveries run in quarantine too, so the next message of it that kills kills a child
-#: (and the other tasks running in the worker live on), not the worker.
-KILLER_WINDOW = 60.0
 
 
 class WorkerApp(AppLike, Protocol):
@@ -123,6 +119,7 @@ class Runner:
         revoked: Container[str] = frozenset(),
         processes: ProcessPool | None = None,
         quarantine: Quarantine | None = None,
+        suspects: Suspects | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -134,9 +131,9 @@ class Runner:
         self.processes = processes
         #: Where redelivered messages run (None: alone in the worker, `isolation`).
         self.quarantine = quarantine
-        #: Task names that killed a quarantine process lately, and when (`time.monotonic`)
-        #: that suspicion ends: their first deliveries run in quarantine too (`KILLER_WINDOW`).
-        self.killers: dict[str, float] = {}
+        #: Task names that killed a quarantine process lately (here or in another worker):
+        #: their first deliveries run in quarantine too, for `KILLER_WINDOW` seconds.
+        self.suspects = Suspects() if suspects is None else suspects
         #: The tasks running now, by id.
         self.active: dict[str, Active] = {}
         self.succeeded = 0
@@ -427,7 +424,7 @@ class Runner:
                     task.is_async
                     and _unlimited(task.options, conf)
                     and not delivery.suspect
-                    and not self.killers
+                    and not self.suspects
                 ):
                     value = await task.invoke(envelope.args, envelope.kwargs)
                 else:
@@ -531,12 +528,12 @@ class Runner:
         after it is none.
         """
         # A suspect: its first run (never recorded), the recorded ones, this one. A first
-        # delivery quarantined for its task's name (`killers`): the recorded ones, this one.
+        # delivery quarantined for its task's name (`suspects`): the recorded ones, this one.
         starts = delivery.runs + (2 if delivery.suspect else 1)
         limit = self.broker.max_deliveries
         logger.error(
-            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s; this "
-            "worker runs %s in quarantine for the next %.0f s",
+            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s; the "
+            "workers run %s in quarantine for the next %.0f s",
             task.name,
             envelope.id,
             starts,
@@ -545,22 +542,14 @@ class Runner:
             task.name,
             KILLER_WINDOW,
         )
-        self.killers[task.name] = time.monotonic() + KILLER_WINDOW
+        until = time.time() + KILLER_WINDOW
+        self.suspects.add(task.name, until)
+        await tell_suspect(self.broker.mailbox(), task.name, until)
         if starts >= limit:
             await self._died_too_often(delivery, envelope, task, starts)
         else:
             await delivery.begin()
             await delivery.nack(delay=0.0)
-
-    def _killer(self, name: str) -> bool:
-        """Whether the task `name` killed a quarantine process less than `KILLER_WINDOW` ago."""
-        until = self.killers.get(name)
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self.killers[name]
-            return False
-        return True
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
@@ -594,7 +583,7 @@ class Runner:
         options = task.options
         hard = options.time_limit or conf.task_time_limit
         soft = options.soft_time_limit or conf.task_soft_time_limit
-        if self.quarantine is not None and (delivery.suspect or self._killer(task.name)):
+        if self.quarantine is not None and (delivery.suspect or task.name in self.suspects):
             with contextlib.suppress(QuarantineBroken):  # then here, as any task
                 return await self.quarantine.run(task, envelope, soft, hard)
         if options.executor == "process":

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
@@ -172,7 +173,35 @@ async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_to
             assert await again.get(timeout=30) != os.getpid()  # in a quarantine process
             assert await other.get(timeout=30) == os.getpid()  # another task: in the worker
             done.set()
-    assert "this worker runs " + tasks.maybe_crash.name + " in quarantine" in caplog.text
+        # A worker that starts within the window learns it from the broker, as does one
+        # running (told by the first: `test_a_worker_told_of_a_suspect_quarantines_it`).
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            later = await app.send_task(tasks.maybe_crash.name, [False])
+            assert await later.get(timeout=30) != os.getpid()
+            done.set()
+    assert "the workers run " + tasks.maybe_crash.name + " in quarantine" in caplog.text
+
+
+async def test_a_worker_told_of_a_suspect_quarantines_it(tasks: ModuleType) -> None:
+    app: App = tasks.app
+    async with app:
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            before = await app.send_task(tasks.maybe_crash.name, [False])
+            assert await before.get(timeout=30) == os.getpid()  # the worker is up
+            (reply,) = await app.control.broadcast(
+                "suspect", {"task": tasks.maybe_crash.name, "until": time.time() + 30}
+            )
+            assert reply.ok, reply
+            after = await app.send_task(tasks.maybe_crash.name, [False])
+            assert await after.get(timeout=30) != os.getpid()
+            (bad,) = await app.control.broadcast("suspect", {"task": "x", "until": "soon"})
+            assert not bad.ok
+            assert "until must be a time" in str(bad.error)
+            done.set()
 
 
 async def test_a_suspect_is_not_blamed_for_a_worker_that_died_while_it_ran_in_quarantine(
