@@ -542,14 +542,14 @@ class Runner:
             task.name,
             KILLER_WINDOW,
         )
+        if starts >= limit:
+            await self._died_too_often(delivery, envelope, task, starts)
+        else:  # recorded, so it comes back a suspect on every broker (its next count is one
+            await delivery.begin()  # too many for a first delivery: a bound, never a loop)
+            await delivery.nack(delay=0.0)
         until = time.time() + KILLER_WINDOW
         self.suspects.add(task.name, until)
         await tell_suspect(self.broker.mailbox(), task.name, until)
-        if starts >= limit:
-            await self._died_too_often(delivery, envelope, task, starts)
-        else:
-            await delivery.begin()
-            await delivery.nack(delay=0.0)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None
