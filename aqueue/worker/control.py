@@ -189,6 +189,11 @@ class ControlServer:
 
     async def load(self) -> None:
         """Apply the revocations, suspects and rate limits set while this worker was not running."""
+        await self._load_revocations()
+        await self._load_suspects()
+        await self._load_rate_limits()
+
+    async def _load_revocations(self) -> None:
         ttl = self.worker.app.conf.result_expires
         for key in await self.mailbox.items(REVOKED_PREFIX):
             self.worker.revoked.add(key[len(REVOKED_PREFIX) :], ttl)
@@ -200,11 +205,18 @@ class ControlServer:
                 continue
             for task_id in ids:
                 self.worker.revoked.add(task_id, ttl)
+
+    async def _load_suspects(self) -> None:
         for key, value in (await self.mailbox.items(SUSPECT_PREFIX)).items():
+            task = key[len(SUSPECT_PREFIX) :]
+            if task not in self.worker.app.tasks:
+                continue
             try:  # anyone may have written anything there
-                self.worker.suspects.add(key[len(SUSPECT_PREFIX) :], _until(codec.unpack(value)))
+                self.worker.suspects.add(task, _until(codec.unpack(value)))
             except ValueError:
                 logger.warning("Ignored a malformed stored suspect")
+
+    async def _load_rate_limits(self) -> None:
         for key, value in (await self.mailbox.items(RATE_LIMIT_PREFIX)).items():
             task = key[len(RATE_LIMIT_PREFIX) :]
             if task in self.worker.app.tasks:
@@ -291,6 +303,8 @@ class ControlServer:
 
     async def _suspect(self, args: dict[str, Any]) -> str:
         task, until = str(args["task"]), _until(args.get("until"))
+        if task not in self.worker.app.tasks:
+            raise LookupError(f"no task named {task!r} is registered on this worker")
         self.worker.suspects.add(task, until)
         return f"{task} runs in quarantine for {max(until - time.time(), 0):.0f} s"
 

@@ -198,9 +198,14 @@ async def test_a_worker_told_of_a_suspect_quarantines_it(tasks: ModuleType) -> N
             assert reply.ok, reply
             after = await app.send_task(tasks.maybe_crash.name, [False])
             assert await after.get(timeout=30) != os.getpid()
-            (bad,) = await app.control.broadcast("suspect", {"task": "x", "until": "soon"})
+            (bad,) = await app.control.broadcast(
+                "suspect", {"task": tasks.where.name, "until": "soon"}
+            )
             assert not bad.ok
             assert "until must be a time" in str(bad.error)
+            (unknown,) = await app.control.broadcast("suspect", {"task": "x", "until": 1e10})
+            assert not unknown.ok
+            assert "no task named 'x'" in str(unknown.error)
             done.set()
 
 
