@@ -96,6 +96,9 @@ class Settings:
     #: ran), one at a time each, so that a task that kills its process kills a child, not the
     #: worker (see aqueue/worker/quarantine.py); 0: suspects run alone in the worker instead.
     worker_quarantine_processes: int = 2
+    #: Seconds a task that killed a quarantine process stays suspected by every worker (its
+    #: first deliveries run in quarantine too); 0: only its redelivered messages do.
+    worker_suspect_window: float = 60.0
     worker_shutdown_timeout: float = 10.0
     #: How many tasks a worker holds outside its slots (waiting for a rate limit or a place)
     #: before it stops taking messages; a fetch under way may add one batch beyond it.
@@ -449,6 +452,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "worker_threads": _positive_int,
     "worker_processes": lambda name, value: None if value is None else _positive_int(name, value),
     "worker_quarantine_processes": _whole_number,
+    "worker_suspect_window": _seconds,
     "worker_shutdown_timeout": _seconds,
     "worker_held_limit": _positive_int,
     "worker_max_tasks_per_child": lambda name, value: (

@@ -163,9 +163,10 @@ def test_iteration_and_as_dict_list_every_setting() -> None:
         "worker_loop",
         "worker_max_tasks_per_child",
         "worker_max_memory_per_child",
+        "worker_suspect_window",
     } <= names
-    assert len(names) == 53  # 42, imports and include, the recycling limits, observability (5),
-    # worker_malloc_mmap_threshold, worker_quarantine_processes
+    assert len(names) == 54  # 42, imports and include, the recycling limits, observability (5),
+    # worker_malloc_mmap_threshold, worker_quarantine_processes, worker_suspect_window
     assert conf.as_dict()["worker_threads"] == 2
     assert set(conf.as_dict()) == names
 
@@ -719,3 +720,14 @@ def test_the_malloc_threshold_is_a_positive_size_or_none() -> None:
     assert Settings(worker_malloc_mmap_threshold=None).worker_malloc_mmap_threshold is None
     with pytest.raises(ConfigurationError, match="worker_malloc_mmap_threshold must be"):
         Settings(worker_malloc_mmap_threshold=-1)
+
+
+def test_the_suspect_window_is_seconds() -> None:
+    conf = Settings()
+    assert conf.worker_suspect_window == 60.0
+    conf.worker_suspect_window = dt.timedelta(minutes=2)
+    assert conf.worker_suspect_window == 120.0
+    conf.worker_suspect_window = 0  # off: only redeliveries run in quarantine
+    for bad in (-1, float("nan"), "60", True):
+        with pytest.raises(ConfigurationError, match=r"^worker_suspect_window must be a number"):
+            conf.worker_suspect_window = bad

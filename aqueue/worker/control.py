@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..interfaces import AppLike
 
 __all__ = [
-    "KILLER_WINDOW",
+    "MAX_SUSPECT_WINDOW",
     "ControlServer",
     "Revocations",
     "Suspects",
@@ -47,10 +47,10 @@ logger = logging.getLogger("aqueue.worker")
 
 #: The longest a worker spends sending one reply (shielded from its own shutdown).
 REPLY_TIMEOUT = 5.0
-#: How long (seconds) a task that killed a quarantine process is suspected, by every worker
-#: and by those that start meanwhile: its first deliveries run in quarantine too, so the next
-#: message of it that kills kills a child, not a worker and the tasks running in it.
-KILLER_WINDOW = 60.0
+#: The longest a `suspect` command or stored suspect is believed (seconds from now), whatever
+#: it says; how long a worker suspects a task that killed its process is the setting
+#: `worker_suspect_window` (60 s).
+MAX_SUSPECT_WINDOW = 3600.0
 
 
 class Revocations:
@@ -83,8 +83,8 @@ class Suspects:
         self._until: dict[str, float] = {}
 
     def add(self, task_name: str, until: float) -> None:
-        """Suspect `task_name` until `until` (never beyond `KILLER_WINDOW` from now)."""
-        until = min(until, time.time() + KILLER_WINDOW)
+        """Suspect `task_name` until `until` (never beyond `MAX_SUSPECT_WINDOW` from now)."""
+        until = min(until, time.time() + MAX_SUSPECT_WINDOW)
         if until > self._until.get(task_name, 0.0):
             self._until[task_name] = until
 

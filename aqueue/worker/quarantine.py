@@ -25,10 +25,10 @@ module:app` does; one child starts with the worker, in the background, the other
   (issue 19: crashers killing worker after worker). A suspect that kills its worker from a
   child (a signal to its parent) is still bounded: `UNSTARTED_FACTOR` times
   `broker_max_deliveries` deliveries.
-- a task that killed a quarantine process is suspected for `KILLER_WINDOW` (60 s) by every
-  worker (`aqueue.worker.control.tell_suspect`: a control command, and a setting for the
-  workers that start meanwhile): its first deliveries run here too, so the next message of it
-  that kills kills a child, not a worker and the tasks running in it;
+- a task that killed a quarantine process is suspected for `worker_suspect_window` (60 s) by
+  every worker (`aqueue.worker.control.tell_suspect`: a control command, and a setting for
+  the workers that start meanwhile): its first deliveries run here too, so the next message
+  of it that kills kills a child, not a worker and the tasks running in it;
 - a child that cannot start (the app does not load in a fresh process) is the worker's
   trouble, not the message's: the worker makes sure a child is ready (`ready`) before the
   suspect's run starts; if none can start, the error is logged, the quarantine is

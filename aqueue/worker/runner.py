@@ -43,7 +43,7 @@ from ..request import Request, current_request, running_request
 from ..result_meta import ResultMeta
 from ..sending import priority_for
 from ..signing import OVERHEAD, SignatureError, open_result, sign_result, signer_for
-from .control import KILLER_WINDOW, Suspects, tell_suspect
+from .control import Suspects, tell_suspect
 from .processes import ProcessDied
 from .quarantine import KilledItsProcess, Quarantine, QuarantineBroken
 
@@ -132,7 +132,7 @@ class Runner:
         #: Where redelivered messages run (None: alone in the worker, `isolation`).
         self.quarantine = quarantine
         #: Task names that killed a quarantine process lately (here or in another worker):
-        #: their first deliveries run in quarantine too, for `KILLER_WINDOW` seconds.
+        #: their first deliveries run in quarantine too (`worker_suspect_window`).
         self.suspects = Suspects() if suspects is None else suspects
         #: The tasks running now, by id.
         self.active: dict[str, Active] = {}
@@ -531,25 +531,27 @@ class Runner:
         # delivery quarantined for its task's name (`suspects`): the recorded ones, this one.
         starts = delivery.runs + (2 if delivery.suspect else 1)
         limit = self.broker.max_deliveries
+        window = self.app.conf.worker_suspect_window
         logger.error(
-            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s; the "
-            "workers run %s in quarantine for the next %.0f s",
+            "Task %s[%s] killed its quarantine process (start %d of at most %d): %s%s",
             task.name,
             envelope.id,
             starts,
             limit,
             exc,
-            task.name,
-            KILLER_WINDOW,
+            f"; the workers run {task.name} in quarantine for the next {window:.0f} s"
+            if window > 0
+            else "",
         )
         if starts >= limit:
             await self._died_too_often(delivery, envelope, task, starts)
         else:  # recorded, so it comes back a suspect on every broker (its next count is one
             await delivery.begin()  # too many for a first delivery: a bound, never a loop)
             await delivery.nack(delay=0.0)
-        until = time.time() + KILLER_WINDOW
-        self.suspects.add(task.name, until)
-        await tell_suspect(self.broker.mailbox(), task.name, until)
+        if window > 0:
+            until = time.time() + window
+            self.suspects.add(task.name, until)
+            await tell_suspect(self.broker.mailbox(), task.name, until)
 
     async def _interrupted(
         self, delivery: Delivery, envelope: Envelope, task: RunnableTask, watch: Watch | None

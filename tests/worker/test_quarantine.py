@@ -184,6 +184,25 @@ async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_to
     assert "the workers run " + tasks.maybe_crash.name + " in quarantine" in caplog.text
 
 
+async def test_with_no_suspect_window_only_redeliveries_are_quarantined(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    app: App = tasks.app
+    app.conf.worker_suspect_window = 0
+    async with app:
+        doomed = await app.send_task(tasks.maybe_crash.name, [True])
+        await die_holding(app)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            with pytest.raises(TaskError, match="died 3 times"):
+                await doomed.get(timeout=30)
+            again = await app.send_task(tasks.maybe_crash.name, [False])
+            assert await again.get(timeout=30) == os.getpid()  # a first delivery: here
+            done.set()
+    assert "in quarantine for the next" not in caplog.text
+
+
 async def test_a_worker_told_of_a_suspect_quarantines_it(tasks: ModuleType) -> None:
     app: App = tasks.app
     async with app:
