@@ -91,6 +91,11 @@ class Suspects:
     def __bool__(self) -> bool:
         return bool(self._until)
 
+    def report(self) -> dict[str, float]:
+        """Each task suspected now, with the seconds its suspicion has left (`inspect stats`)."""
+        now = time.time()
+        return {name: round(until - now, 1) for name, until in self._until.items() if until > now}
+
     def __contains__(self, task_name: object) -> bool:
         if not self._until or not isinstance(task_name, str):  # as a rule: none is
             return False

@@ -407,6 +407,7 @@ class Worker:
             "runtimes": self.runtimes.report() if self.runtimes is not None else None,
             "queues": list(self.queues),
             "concurrency": self.concurrency,
+            "suspects": self.suspects.report(),  # tasks run in quarantine for now
         }
 
 

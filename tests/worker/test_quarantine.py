@@ -217,6 +217,8 @@ async def test_a_worker_told_of_a_suspect_quarantines_it(tasks: ModuleType) -> N
             assert reply.ok, reply
             after = await app.send_task(tasks.maybe_crash.name, [False])
             assert await after.get(timeout=30) != os.getpid()
+            (stats,) = (await app.control.inspect().stats()).values()
+            assert 25 < stats["suspects"][tasks.maybe_crash.name] <= 30
             (bad,) = await app.control.broadcast(
                 "suspect", {"task": tasks.where.name, "until": "soon"}
             )
