@@ -36,7 +36,7 @@ from .throttle import parse_rate
 if TYPE_CHECKING:
     from .interfaces import AppLike
 
-__all__ = ["BROADCAST", "Control", "Inspect", "Reply"]
+__all__ = ["BROADCAST", "Control", "Inspect", "Reply", "command_message"]
 
 BROADCAST = "control.broadcast"
 RATE_LIMIT_PREFIX = "rate_limit."
@@ -105,15 +105,9 @@ class Control:
         commands: dict[str, bytes] = {}
         for args in each_args:
             command_id = uuid.uuid4().hex
-            message = {
-                "v": 1,
-                "id": command_id,
-                "command": command,
-                "args": args,
-                "reply_to": reply_to if reply else None,
-                "destination": list(destination) if destination else None,
-            }
-            commands[command_id] = codec.pack(message, where="command")
+            commands[command_id] = command_message(
+                command_id, command, args, reply_to if reply else None, destination
+            )
         if not reply:
             for data in commands.values():
                 await mailbox.publish(BROADCAST, data)
@@ -359,6 +353,25 @@ class Inspect:
     async def stats(self) -> dict[str, Any]:
         """Return each worker's counters and settings."""
         return await self._ask("stats")
+
+
+def command_message(
+    command_id: str,
+    command: str,
+    args: dict[str, Any],
+    reply_to: str | None = None,
+    destination: Sequence[str] | None = None,
+) -> bytes:
+    """Encode one control command as workers read it from `BROADCAST`."""
+    message = {
+        "v": 1,
+        "id": command_id,
+        "command": command,
+        "args": args,
+        "reply_to": reply_to,
+        "destination": list(destination) if destination else None,
+    }
+    return codec.pack(message, where="command")
 
 
 def _check_limit(limit: int | None) -> None:

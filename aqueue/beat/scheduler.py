@@ -240,7 +240,7 @@ class Beat:
             mailbox = await self._mailboxed()
             try:
                 if not await mailbox.claim(
-                    _run_key(name, due) + ".done", _claim_ttl(entry, due, self.tz)
+                    _done_key(name, due), _claim_ttl(self._period(entry, due))
                 ):
                     continue  # the winner marked it sent, or another beat checks it
                 recorded = await mailbox.items(LAST_PREFIX + name)
@@ -259,20 +259,20 @@ class Beat:
 
     async def _claim_and_send(self, entry: Entry, due: float, *, late: bool) -> None:
         mailbox = await self._mailboxed()
-        ttl = _claim_ttl(entry, due, self.tz)
+        period = self._period(entry, due)
+        ttl = _claim_ttl(period)
         try:
             claimed = await mailbox.claim(_run_key(entry.name, due), ttl)
         except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
             logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)
             return
         if not claimed:  # another beat sends this one: check later that it did
-            period = entry.schedule.next_after(due, self.tz) - due
             self._claimed_elsewhere[(entry.name, due)] = self.clock.now() + takeover_after(period)
             return
         if not await self._send_run(entry, due, late=late):
             return
         try:
-            if not await mailbox.claim(_run_key(entry.name, due) + ".done", ttl):
+            if not await mailbox.claim(_done_key(entry.name, due), ttl):
                 logger.warning(
                     "Beat entry %s due %s: sent after another beat had given up waiting for "
                     "it; it may have gone out twice",
@@ -281,6 +281,10 @@ class Beat:
                 )
         except AqueueError as exc:
             logger.error("Beat entry %s due %s sent, not marked: %s", entry.name, _when(due), exc)
+
+    def _period(self, entry: Entry, due: float) -> float:
+        """Seconds from the run due at `due` to the entry's next one."""
+        return entry.schedule.next_after(due, self.tz) - due
 
     async def _send_run(self, entry: Entry, due: float, *, late: bool) -> bool:
         """Send one run (or do the housekeeping) and record it; False if the broker failed."""
@@ -323,9 +327,13 @@ def _run_key(name: str, due: float) -> str:
     return f"{CLAIM_PREFIX}{name}.{round(due * 1000)}"
 
 
-def _claim_ttl(entry: Entry, due: float, tz: dt.tzinfo) -> float:
+def _done_key(name: str, due: float) -> str:
+    """Return the claim that says the run was sent (`_check_claimed_elsewhere`)."""
+    return _run_key(name, due) + ".done"
+
+
+def _claim_ttl(period: float) -> float:
     """Claims outlive a period (at least `MIN_CLAIM_TTL`, at most a day)."""
-    period = entry.schedule.next_after(due, tz) - due
     return min(max(period, MIN_CLAIM_TTL), 86400.0)
 
 

@@ -26,6 +26,7 @@ from ..control import (
     REVOKED_MANY_PREFIX,
     REVOKED_PREFIX,
     SUSPECT_PREFIX,
+    command_message,
 )
 from ..exceptions import AqueueError, ConfigurationError
 from ..throttle import parse_rate
@@ -110,18 +111,11 @@ class Suspects:
 
 async def tell_suspect(mailbox: Mailbox, task_name: str, until: float) -> None:
     """Tell the workers, and those that start before `until`, that `task_name` kills."""
-    message = {
-        "v": 1,
-        "id": uuid.uuid4().hex,
-        "command": "suspect",
-        "args": {"task": task_name, "until": until},
-        "reply_to": None,
-        "destination": None,
-    }
+    message = command_message(uuid.uuid4().hex, "suspect", {"task": task_name, "until": until})
     try:
         ttl = max(until - time.time(), 0.001)
         await mailbox.put(SUSPECT_PREFIX + task_name, codec.pack(until), ttl=ttl)
-        await mailbox.publish(BROADCAST, codec.pack(message, where="command"))
+        await mailbox.publish(BROADCAST, message)
     except AqueueError as exc:
         logger.warning("Could not tell the other workers that %s kills: %s", task_name, exc)
 

@@ -77,17 +77,22 @@ async def dues_kept(app: App, entry: str) -> list[float]:
     return sorted(e.headers["beat-due"] for e in envelopes if e.headers["beat-entry"] == entry)
 
 
+async def run_seconds(beats: list[Beat], clock: ManualClock, seconds: int) -> None:
+    """Run the beats while the clock moves `seconds` whole seconds, each handled by all."""
+    async with anyio.create_task_group() as group:
+        for beat in beats:
+            await group.start(beat.run)
+        for _ in range(seconds):
+            await clock.advance(1)
+            await clock.sleepers(len(beats))
+        group.cancel_scope.cancel()
+
+
 async def test_three_beats_send_each_due_time_once(apps: Apps) -> None:
     beats = [Beat(apps(beat_schedule=TICK), clock=(clock := ManualClock(START))) for _ in "abc"]
     for beat in beats:
         beat.clock = clock
-    async with anyio.create_task_group() as group:
-        for beat in beats:
-            await group.start(beat.run)
-        for _ in range(10):
-            await clock.advance(1)
-            await clock.sleepers(3)
-        group.cancel_scope.cancel()
+    await run_seconds(beats, clock, 10)
     assert await dues(beats[0].app) == [START + 0.5 + i for i in range(10)]
     assert sum(beat.sent for beat in beats) == 10
 
@@ -98,13 +103,7 @@ async def test_a_run_claimed_by_a_beat_killed_before_it_sent_is_taken_over(apps:
     beats = [Beat(apps(beat_schedule=TICK), clock=clock) for _ in "ab"]
     dead = (await apps().broker()).mailbox()  # a beat of its own: claims the run, sends nothing
     assert await dead.claim(f"{CLAIM_PREFIX}tick.{round((START + 0.5) * 1000)}", 10.0)
-    async with anyio.create_task_group() as group:
-        for beat in beats:
-            await group.start(beat.run)
-        for _ in range(3):
-            await clock.advance(1)
-            await clock.sleepers(2)
-        group.cancel_scope.cancel()
+    await run_seconds(beats, clock, 3)
     assert await dues(beats[0].app) == [START + 0.5 + i for i in range(3)]
     assert sum(beat.sent for beat in beats) == 3
 

@@ -15,8 +15,8 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -153,6 +153,21 @@ async def test_a_redelivered_message_that_kills_its_process_is_dead_lettered(
     assert "killed its quarantine process (start 3 of at most 3)" in caplog.text
 
 
+@asynccontextmanager
+async def after_quarantine_kills(tasks: ModuleType) -> AsyncIterator[None]:
+    """Run a worker once a suspect `maybe_crash` killed its quarantine process 3 times."""
+    app: App = tasks.app
+    doomed = await app.send_task(tasks.maybe_crash.name, [True])
+    await die_holding(app)
+    done = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+        with pytest.raises(TaskError, match="died 3 times"):
+            await doomed.get(timeout=30)
+        yield
+        done.set()
+
+
 async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_too(
     tasks: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -161,18 +176,11 @@ async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_to
     # first deliveries in quarantine too, for a while: the next crasher kills a child.
     app: App = tasks.app
     async with app:
-        doomed = await app.send_task(tasks.maybe_crash.name, [True])
-        await die_holding(app)
-        done = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
-            with pytest.raises(TaskError, match="died 3 times"):
-                await doomed.get(timeout=30)
+        async with after_quarantine_kills(tasks):
             again = await app.send_task(tasks.maybe_crash.name, [False])  # a first delivery
             other = await app.send_task(tasks.where.name)
             assert await again.get(timeout=30) != os.getpid()  # in a quarantine process
             assert await other.get(timeout=30) == os.getpid()  # another task: in the worker
-            done.set()
         # A worker that starts within the window learns it from the broker, as does one
         # running (told by the first: `test_a_worker_told_of_a_suspect_quarantines_it`).
         done = anyio.Event()
@@ -189,17 +197,9 @@ async def test_with_no_suspect_window_only_redeliveries_are_quarantined(
 ) -> None:
     app: App = tasks.app
     app.conf.worker_suspect_window = 0
-    async with app:
-        doomed = await app.send_task(tasks.maybe_crash.name, [True])
-        await die_holding(app)
-        done = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
-            with pytest.raises(TaskError, match="died 3 times"):
-                await doomed.get(timeout=30)
-            again = await app.send_task(tasks.maybe_crash.name, [False])
-            assert await again.get(timeout=30) == os.getpid()  # a first delivery: here
-            done.set()
+    async with app, after_quarantine_kills(tasks):
+        again = await app.send_task(tasks.maybe_crash.name, [False])
+        assert await again.get(timeout=30) == os.getpid()  # a first delivery: here
     assert "in quarantine for the next" not in caplog.text
 
 
