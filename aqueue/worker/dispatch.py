@@ -7,8 +7,9 @@
 
 A `Job` is what travels: the delivery, its checked envelope and task, and the admission ticket
 it holds. A redelivered message (a suspect) runs in a quarantine process, its start recorded
-first (`quarantine`), or, without them, alone in the worker (`isolation`); what never started
-goes back to the broker uncounted when the worker stops.
+first (`quarantine`), or, without them, alone in the worker (`isolation`); first deliveries of
+its task wait for its verdict there (`verdicts`); what never started goes back to the broker
+uncounted when the worker stops.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from ..request import current_revocations
 from .admission import Admission, Ticket
 from .isolation import Isolation
 from .quarantine import Quarantine, QuarantineBroken
+from .runner import Refusal
 from .slots import Inbox, InboxClosed, Slots
+from .verdicts import Verdict, Verdicts
 
 if TYPE_CHECKING:
     from ..drivers.base import Broker, Delivery
     from ..interfaces import RunnableTask
     from ..message import Envelope
-    from .runner import Refusal, Runner
+    from .runner import Runner
 
 __all__ = ["Dispatcher", "Held", "Job"]
 
@@ -86,6 +89,10 @@ class Dispatcher:
         #: Where redelivered messages run, apart from the slots (one per child); None, or
         #: broken: alone in a slot (`isolation`).
         self.quarantine = quarantine
+        #: Tasks whose suspects wait for a quarantine run: their first deliveries wait too.
+        self.verdicts = Verdicts()
+        if quarantine is not None and runner.app.conf.worker_suspect_window > 0:
+            quarantine.on_grace = self.verdicts.given
         self.inbox: Inbox[Delivery] = Inbox()
         self.isolation = Isolation()
         #: The running deliveries, with the asyncio task running each (for terminate).
@@ -135,6 +142,7 @@ class Dispatcher:
         self._work = work
         inbox, slots, runner, running = self.inbox, self.slots, self.runner, self.running
         gate, unlimited, finished = self.isolation, self.admission.unlimited, self._finished
+        verdicts, suspects = self.verdicts, runner.suspects
         current_revocations.set(runner.revoked)  # this slot's context, copied into threads
         me = asyncio.current_task()
         assert me is not None
@@ -166,6 +174,8 @@ class Dispatcher:
                     checked is not None
                     and checked[1].is_async
                     and unlimited(checked[1])
+                    and not verdicts  # as a rule: no suspect of any task waits for its run,
+                    and not suspects  # and none is suspected
                     and (entry := gate.try_enter()) is not None
                 ):
                     try:
@@ -219,10 +229,18 @@ class Dispatcher:
             return False
         return True
 
-    def _quarantined(self, delivery: Delivery) -> bool:
-        """Whether `delivery` is a suspect to run in a quarantine process (not alone here)."""
+    def _quarantined(self, delivery: Delivery, task: RunnableTask | None = None) -> bool:
+        """Whether `delivery` runs in a quarantine process.
+
+        A suspect does (not alone here), and a first delivery of a `task` suspected by its name
+        (`Runner.suspects`).
+        """
         quarantine = self.quarantine
-        return delivery.suspect and quarantine is not None and quarantine.broken is None
+        return (
+            quarantine is not None
+            and quarantine.broken is None
+            and (delivery.suspect or (task is not None and task.name in self.runner.suspects))
+        )
 
     def _suspect_over(self, delivery: Delivery) -> None:
         """Stop counting a suspect in `Slots.suspects`: its window is over, or it is gone.
@@ -267,15 +285,33 @@ class Dispatcher:
         runner = self.runner
         if runnable is None:
             runnable = runner.runnable(delivery)
-        checked = runner.ready(delivery, runnable)  # as a rule: no coroutine to check it
-        if checked is None:
-            checked = await runner.check(delivery, runnable)
+        # Before any await: a first delivery of its task taken meanwhile waits (`verdicts`).
+        verdict = self._expect_verdict(delivery, runnable)
+        try:
+            checked = runner.ready(delivery, runnable)  # as a rule: no coroutine to check it
             if checked is None:
+                checked = await runner.check(delivery, runnable)
+                if checked is None:
+                    return
+            if not delivery.suspect and (pending := self.verdicts.pending(checked[1].name)):
+                # It keeps this slot's place (claimed, not run): nothing more is claimed for it.
+                self.slots.occupy()
+                self._start(self._after_verdict, delivery, checked, pending)
                 return
-        envelope, task = checked
-        admission = self.admission
-        work = self._work
-        assert work is not None
+            if await self._dispatch(delivery, *checked, verdict):
+                verdict = None  # given when its quarantine run ends (or lives its grace)
+        finally:
+            if verdict is not None:  # the suspect goes without a quarantine run
+                verdict.withdraw()
+
+    async def _dispatch(
+        self, delivery: Delivery, envelope: Envelope, task: RunnableTask, verdict: Verdict | None
+    ) -> bool:
+        """Run a checked delivery now, or hand it to a hold, a lane or the quarantine.
+
+        True: the quarantine run has `verdict` to give.
+        """
+        runner, admission = self.runner, self.admission
         ticket = Ticket() if admission.unlimited(task) else await admission.admit(task)
         job = Job(delivery, envelope, task, ticket)
         if ticket.held and self._stopping():
@@ -285,15 +321,64 @@ class Dispatcher:
             if runner.watch is not None:  # it waits: its received and started events differ
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()  # counted before this slot is freed, so burst mode waits for it
-            work.start_soon(self._hold, job)
-        elif (quarantined := self._quarantined(delivery)) or not task.is_async:
+            self._start(self._hold, job)
+        elif (quarantined := self._quarantined(delivery, task)) or not task.is_async:
             # a suspect: a quarantine process; a def or process task: its executor's lane
             if runner.watch is not None:
                 runner.watch.received(task, envelope, delivery)
             self.slots.hold()
-            work.start_soon(self._quarantine if quarantined else self._lane, job)
+            if quarantined:
+                self._start(self._quarantine, job, verdict)
+                return True
+            self._start(self._lane, job)
         else:
             await self._run(job)
+        return False
+
+    def _start(self, *call: Any) -> None:
+        """Start a held job's coroutine in the worker's task group (`slot`'s `work`)."""
+        work = self._work
+        assert work is not None
+        work.start_soon(*call)
+
+    def _expect_verdict(
+        self, delivery: Delivery, runnable: tuple[Envelope, RunnableTask] | Refusal
+    ) -> Verdict | None:
+        """Count a suspect on its way to quarantine: its task's first deliveries wait for it."""
+        if (
+            not delivery.suspect
+            or self.quarantine is None
+            or self.quarantine.on_grace is None  # no suspicion to learn (window 0)
+            or isinstance(runnable, Refusal)
+            or not self._quarantined(delivery)
+            or runnable[1].name in self.runner.suspects  # quarantined by its name already
+        ):
+            return None
+        return self.verdicts.expect(runnable[1].name)
+
+    async def _after_verdict(
+        self, delivery: Delivery, checked: tuple[Envelope, RunnableTask], verdict: Verdict
+    ) -> None:
+        """Hold a first delivery until the verdict on its task's suspect, then admit it.
+
+        Then its task is suspected (it goes to quarantine) or not (it runs here, as it would
+        have). It keeps the place of the slot that took it (`Slots.occupy`), so a worker holds
+        no more than its concurrency; given back, uncounted, if the worker stops meanwhile.
+        """
+        held = Held(anyio.CancelScope(), checked[0], time.time())
+        self.held[delivery] = held
+        try:
+            with held.cancel_scope:  # cancelled at shutdown: the message goes back
+                await verdict.wait()
+                del self.held[delivery]
+                await self._guarded(delivery, self._admit(delivery, checked))
+        finally:
+            try:
+                if self.held.pop(delivery, None) is not None:  # never started: give it back
+                    with anyio.CancelScope(shield=True):
+                        await release_quietly(delivery)
+            finally:
+                self.slots.release()
 
     async def _lane(self, job: Job) -> None:
         """Run a def or process task within its executor's own budget, outside the slots.
@@ -324,11 +409,18 @@ class Dispatcher:
                     await nack_quietly(delivery, delay=0.0)
             self.slots.unhold()
 
-    async def _quarantine(self, job: Job) -> None:
-        """Run a suspect outside the slots; its place is the quarantine's to take (`run`)."""
+    async def _quarantine(self, job: Job, verdict: Verdict | None) -> None:
+        """Run a suspect (or a task suspected by its name) outside the slots, in quarantine.
+
+        Its place is the quarantine's to take (`run`). Its run's end is the verdict its task's
+        first deliveries may wait for (given after its settling: the task is suspected by then
+        if it killed).
+        """
         try:
             await self._guarded(job.delivery, self._run(job))
         finally:
+            if verdict is not None:
+                verdict.give()
             self.slots.unhold()
 
     async def _guarded(

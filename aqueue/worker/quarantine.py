@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import anyio
@@ -93,6 +94,9 @@ class Quarantine:
         self.broken: str | None = None
         self._proven = False  # a child started once
         self._proving = anyio.Lock()
+        #: Called with a task's name when a run of it has lived `grace` seconds in its child
+        #: (the dispatcher's verdicts: `aqueue.worker.verdicts`).
+        self.on_grace: Callable[[str], None] | None = None
 
     async def ready(self) -> None:
         """Make sure a child is ready to run a suspect; `QuarantineBroken` if none can start."""
@@ -154,9 +158,14 @@ class Quarantine:
                 held = False
                 self.places.release_on_behalf_of(token)
 
+        def lived() -> None:
+            free()
+            if self.on_grace is not None:
+                self.on_grace(task.name)
+
         async def begin() -> None:
             nonlocal timer
-            timer = asyncio.get_running_loop().call_later(self.grace, free)
+            timer = asyncio.get_running_loop().call_later(self.grace, lived)
 
         try:
             return await self.pool.run(

@@ -10,6 +10,7 @@ process, with an app path its children load from the test's directory.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -103,6 +104,15 @@ async def die_holding(app: App) -> None:
                 await anext(deliveries)
 
 
+async def give_back_counted(app: App) -> None:
+    """Take the next message and give it back counted: it comes back a suspect, at once."""
+    broker: Broker = create_broker(app.broker_url, app._broker_options())
+    async with broker:
+        with anyio.fail_after(10):
+            async with aclosing(broker.consume(["default"], Credit(1))) as deliveries:
+                await (await anext(deliveries)).nack(delay=0.0)
+
+
 async def run_worker_until(app: App, path: str, done: anyio.Event) -> None:
     async with anyio.create_task_group() as group:
         worker = await group.start(Worker(app, app_path=path, concurrency=4).run)
@@ -190,6 +200,51 @@ async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_to
             assert await later.get(timeout=30) != os.getpid()
             done.set()
     assert "the workers run " + tasks.maybe_crash.name + " in quarantine" in caplog.text
+
+
+async def test_first_deliveries_wait_for_the_verdict_on_a_suspect_of_their_task(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 19, the poison mix with its crashers sent together: a worker took suspect crashers
+    # to quarantine and fresh ones with them, ran a fresh one itself and died of it before any
+    # child had (9-12 worker incarnations in 3 s). First deliveries of a task now wait while
+    # a suspect of it waits for its quarantine run: here the suspect kills its child, so the
+    # task is suspected, and the first delivery claimed with it runs in quarantine too.
+    caplog.set_level(logging.INFO, "aqueue.worker")
+    app: App = tasks.app
+    async with app:
+        doomed = await app.send_task(tasks.maybe_crash.name, [True])
+        await give_back_counted(app)  # a suspect now, at the head of the queue
+        fresh = await app.send_task(tasks.maybe_crash.name, [False])
+        other = await app.send_task(tasks.where.name)
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            assert await fresh.get(timeout=30) != os.getpid()  # after the verdict: quarantined
+            assert await other.get(timeout=30) == os.getpid()  # another task: in the worker
+            with pytest.raises(TaskError, match="died 3 times"):
+                await doomed.get(timeout=30)
+            done.set()
+    assert f"Task {tasks.maybe_crash.name}: holding its first deliveries" in caplog.text
+
+
+async def test_first_deliveries_held_for_a_suspect_that_lives_run_in_the_worker(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "aqueue.worker")
+    app: App = tasks.app
+    async with app:
+        suspect = await app.send_task(tasks.maybe_crash.name, [False])
+        await give_back_counted(app)
+        fresh = await app.send_task(tasks.maybe_crash.name, [False])
+        done = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+            assert await suspect.get(timeout=30) != os.getpid()  # in quarantine: no kill
+            assert await fresh.get(timeout=30) == os.getpid()  # then here, as before
+            done.set()
+    assert f"Task {tasks.maybe_crash.name}: holding its first deliveries" in caplog.text
+    assert "killed its quarantine process" not in caplog.text
 
 
 async def test_with_no_suspect_window_only_redeliveries_are_quarantined(

@@ -49,6 +49,9 @@ TASKS = """
         broker={url!r},
         broker_heartbeat_interval=0.2,
         broker_heartbeat_timeout=1.0,
+        # `crash` must kill the serving worker each time it is sent: not suspected (then its
+        # first deliveries would wait for, and run in, a quarantine process).
+        worker_suspect_window=0,
     )
 
 
