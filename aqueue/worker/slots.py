@@ -197,7 +197,11 @@ class Slots:
         self.queued -= 1
 
     def occupy(self) -> None:
-        """Occupy a slot at once (a held task whose turn came)."""
+        """Occupy a slot's place at once.
+
+        For a held task whose turn came, or a first delivery waiting for a verdict
+        (`aqueue.worker.verdicts`).
+        """
         self.used += 1
 
     def hold(self) -> None:
