@@ -13,7 +13,9 @@ first deliveries of X (outside the slots, their leases renewed, given back if it
 the verdict: the suspect killed its child (X is suspected: they run in quarantine too), its run
 ended, or it has lived the quarantine's grace (0.5 s) in its child (then they run here, as
 before). A suspect that never reaches its run (refused, revoked, settled already) gives no
-verdict: the last of them to go lets the held ones run. The price: after a worker dies, the
+verdict: the last of them to go lets the held ones run. None waits more than `WAIT` seconds
+(a quarantine child slow to start, places taken by other suspects): then it goes on as if the
+suspect had lived. The price: after a worker dies, the
 first deliveries of the tasks it was running wait for one quarantine run (a child start, up to
 the grace) in the worker that took its messages. With `worker_suspect_window = 0` nothing is
 held: a verdict could change nothing.
@@ -25,9 +27,13 @@ import logging
 
 import anyio
 
-__all__ = ["Verdict", "Verdicts"]
+__all__ = ["WAIT", "Verdict", "Verdicts"]
 
 logger = logging.getLogger("aqueue.worker")
+
+#: The longest a first delivery waits for a verdict (seconds): a child start (0.3-1.2 s here)
+#: and the grace, several times over.
+WAIT = 5.0
 
 
 class Verdict:
@@ -45,7 +51,7 @@ class Verdict:
         self.held = 0
 
     async def wait(self) -> None:
-        """Wait for the verdict (a held first delivery)."""
+        """Wait for the verdict (a held first delivery), `WAIT` seconds at most."""
         if not self.held:
             logger.info(
                 "Task %s: holding its first deliveries until a redelivered one has run in "
@@ -53,7 +59,16 @@ class Verdict:
                 self.task_name,
             )
         self.held += 1
-        await self._event.wait()
+        with anyio.move_on_after(WAIT) as scope:
+            await self._event.wait()
+        if scope.cancelled_caught and not self._event.is_set():
+            logger.warning(
+                "Task %s: no verdict on its redelivered message after %g s; running its held "
+                "first deliveries",
+                self.task_name,
+                WAIT,
+            )
+            self.give()
 
     def give(self) -> None:
         """Give the verdict: the held first deliveries go on."""
