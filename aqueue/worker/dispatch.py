@@ -89,9 +89,11 @@ class Dispatcher:
         #: Where redelivered messages run, apart from the slots (one per child); None, or
         #: broken: alone in a slot (`isolation`).
         self.quarantine = quarantine
-        #: Tasks whose suspects wait for a quarantine run: their first deliveries wait too.
+        #: Tasks whose suspects wait for a quarantine run: their first deliveries wait too
+        #: (not with `worker_suspect_window = 0`: a verdict would change nothing).
         self.verdicts = Verdicts()
-        if quarantine is not None and runner.app.conf.worker_suspect_window > 0:
+        self._awaits_verdicts = quarantine is not None and runner.app.conf.worker_suspect_window > 0
+        if quarantine is not None and self._awaits_verdicts:
             quarantine.on_grace = self.verdicts.given
         self.inbox: Inbox[Delivery] = Inbox()
         self.isolation = Isolation()
@@ -347,8 +349,7 @@ class Dispatcher:
         """Count a suspect on its way to quarantine: its task's first deliveries wait for it."""
         if (
             not delivery.suspect
-            or self.quarantine is None
-            or self.quarantine.on_grace is None  # no suspicion to learn (window 0)
+            or not self._awaits_verdicts
             or isinstance(runnable, Refusal)
             or not self._quarantined(delivery)
             or runnable[1].name in self.runner.suspects  # quarantined by its name already
@@ -373,12 +374,10 @@ class Dispatcher:
                 del self.held[delivery]
                 await self._guarded(delivery, self._admit(delivery, checked))
         finally:
-            try:
-                if self.held.pop(delivery, None) is not None:  # never started: give it back
-                    with anyio.CancelScope(shield=True):
-                        await release_quietly(delivery)
-            finally:
-                self.slots.release()
+            if self.held.pop(delivery, None) is not None:  # never started: give it back
+                with anyio.CancelScope(shield=True):
+                    await release_quietly(delivery)
+            self.slots.release()
 
     async def _lane(self, job: Job) -> None:
         """Run a def or process task within its executor's own budget, outside the slots.

@@ -24,7 +24,7 @@ from types import ModuleType
 import anyio
 import pytest
 
-from aqueue import App, Broker, TaskError, Worker
+from aqueue import App, AsyncResult, Broker, TaskError, Worker
 from aqueue.drivers import create_broker
 from tests.helpers.consuming import Credit
 from tests.helpers.processes import STEP, child_env, spawn
@@ -120,6 +120,26 @@ async def run_worker_until(app: App, path: str, done: anyio.Event) -> None:
         worker.stop()
 
 
+@asynccontextmanager
+async def worker_running(tasks: ModuleType) -> AsyncIterator[None]:
+    """Run a worker of the task module's app (with its app path) while the block runs."""
+    done = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_worker_until, tasks.app, f"{tasks.__name__}:app", done)
+        try:
+            yield
+        finally:
+            done.set()
+
+
+async def suspect_then_first(tasks: ModuleType, crash: bool) -> tuple[AsyncResult, AsyncResult]:
+    """Queue a suspect `maybe_crash(crash)`, and a first delivery of the task behind it."""
+    app: App = tasks.app
+    suspect = await app.send_task(tasks.maybe_crash.name, [crash])
+    await give_back_counted(app)  # a suspect now, at the head of the queue
+    return suspect, await app.send_task(tasks.maybe_crash.name, [False])
+
+
 @pytest.mark.parametrize("task_name", ["where", "where_sync"])
 async def test_a_redelivered_message_runs_in_a_child_process(
     tasks: ModuleType, task_name: str, caplog: pytest.LogCaptureFixture
@@ -169,13 +189,10 @@ async def after_quarantine_kills(tasks: ModuleType) -> AsyncIterator[None]:
     app: App = tasks.app
     doomed = await app.send_task(tasks.maybe_crash.name, [True])
     await die_holding(app)
-    done = anyio.Event()
-    async with anyio.create_task_group() as group:
-        group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+    async with worker_running(tasks):
         with pytest.raises(TaskError, match="died 3 times"):
             await doomed.get(timeout=30)
         yield
-        done.set()
 
 
 async def test_a_task_that_killed_its_quarantine_process_runs_there_next_time_too(
@@ -213,18 +230,13 @@ async def test_first_deliveries_wait_for_the_verdict_on_a_suspect_of_their_task(
     caplog.set_level(logging.INFO, "aqueue.worker")
     app: App = tasks.app
     async with app:
-        doomed = await app.send_task(tasks.maybe_crash.name, [True])
-        await give_back_counted(app)  # a suspect now, at the head of the queue
-        fresh = await app.send_task(tasks.maybe_crash.name, [False])
+        doomed, fresh = await suspect_then_first(tasks, crash=True)
         other = await app.send_task(tasks.where.name)
-        done = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+        async with worker_running(tasks):
             assert await fresh.get(timeout=30) != os.getpid()  # after the verdict: quarantined
             assert await other.get(timeout=30) == os.getpid()  # another task: in the worker
             with pytest.raises(TaskError, match="died 3 times"):
                 await doomed.get(timeout=30)
-            done.set()
     assert f"Task {tasks.maybe_crash.name}: holding its first deliveries" in caplog.text
 
 
@@ -234,15 +246,10 @@ async def test_first_deliveries_held_for_a_suspect_that_lives_run_in_the_worker(
     caplog.set_level(logging.INFO, "aqueue.worker")
     app: App = tasks.app
     async with app:
-        suspect = await app.send_task(tasks.maybe_crash.name, [False])
-        await give_back_counted(app)
-        fresh = await app.send_task(tasks.maybe_crash.name, [False])
-        done = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_worker_until, app, f"{tasks.__name__}:app", done)
+        suspect, fresh = await suspect_then_first(tasks, crash=False)
+        async with worker_running(tasks):
             assert await suspect.get(timeout=30) != os.getpid()  # in quarantine: no kill
             assert await fresh.get(timeout=30) == os.getpid()  # then here, as before
-            done.set()
     assert f"Task {tasks.maybe_crash.name}: holding its first deliveries" in caplog.text
     assert "killed its quarantine process" not in caplog.text
 
