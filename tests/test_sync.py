@@ -338,5 +338,8 @@ def test_a_script_exits_without_closing_the_app(tmp_path: Path) -> None:
         check=False,
     )
     assert process.returncode == 0, process.stderr
-    assert process.stdout.splitlines() == ["PENDING", "['aqueue-io-script']"]
+    assert process.stdout.splitlines() == [
+        "PENDING",
+        "['aqueue-io-script', 'aqueue-io-script writer']",
+    ]
     assert process.stderr == ""

@@ -1,7 +1,7 @@
-"""Sync `delay()` calls published by their callers' threads, in groups (`sync._GroupSender`).
+"""Sync `delay()` calls published in batches by a writer thread (`sync._WriterSender`).
 
 On SQLite and Redis (plain URLs), `add.sync.delay()` does not hop to the app's I/O loop: the
-calling threads build their messages and one of them publishes the group for all the others,
+calling threads build their messages and queue them, and a writer thread publishes each batch
 on a connection of the sync path's own. These tests check that nothing is lost or sent twice
 from 8 threads at once, that each error reaches the caller it belongs to, and that the path
 survives the I/O thread stopping and starting again, and other loops using the same app.
@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from aqueue import App, BrokerError, SerializationError
+from aqueue import sync as sync_module
 from aqueue.drivers.base import BlockingPublisher
-from aqueue.message import OutgoingMessage
-from aqueue.sync import _GroupSender
+from aqueue.message import Envelope, OutgoingMessage
+from aqueue.sync import _Waiter, _WriterSender
 from aqueue.testing import InProcessWorker
 from tests.helpers import service_redis
 from tests.helpers.drivers import SERVICES, require
@@ -77,7 +78,7 @@ def test_eight_threads_lose_nothing_and_send_nothing_twice(app: App) -> None:
         return None
 
     noop.sync.delay(-1, -1)  # opens the app on the I/O thread
-    assert isinstance(app._io_thread()._sender, _GroupSender)
+    assert isinstance(app._io_thread()._sender, _WriterSender)
     assert _queued(app) == 1
     runs = _at_once(lambda x: [noop.sync.delay(x, y).id for y in range(CALLS)])
     ids = [task_id for run in runs for task_id in run]
@@ -248,7 +249,7 @@ def test_the_group_path_across_loops_and_restarts_of_the_io_thread(app: App) -> 
     asyncio.run(app.close())  # closes that loop's connections and stops the I/O thread
     assert not app._io_thread().running
     ids += [noop.sync.delay(2).id]  # a new I/O thread, a new sender and publisher
-    assert isinstance(app._io_thread()._sender, _GroupSender)
+    assert isinstance(app._io_thread()._sender, _WriterSender)
     app.sync.close()
     runs = _at_once(lambda x: [noop.sync.delay(x).id, asyncio.run(from_a_loop_of_its_own(x))])
     ids += [task_id for run in runs for task_id in run]
@@ -265,7 +266,7 @@ def test_calls_the_group_path_cannot_take_go_through_the_io_loop(url: str) -> No
 
     try:
         runs = _at_once(lambda x: [noop.sync.delay(y).id for y in range(10)])
-        assert isinstance(app._io_thread()._sender, _GroupSender)
+        assert isinstance(app._io_thread()._sender, _WriterSender)
         assert len({task_id for run in runs for task_id in run}) == THREADS * 10
         assert _queued(app) == THREADS * 10
     finally:
@@ -273,12 +274,54 @@ def test_calls_the_group_path_cannot_take_go_through_the_io_loop(url: str) -> No
         asyncio.run(app.close())
 
 
-def test_an_interrupted_caller_still_passes_its_wake_up_on(tmp_path: Path) -> None:
-    """A caller interrupted while waiting (Ctrl-C in the main thread) is dropped from its
-    group, yet the callers after it in the wake-up chain, or waiting for it to lead the next
-    group, are still woken and sent."""
-    from aqueue.sync import _Waiter
+class _Gated(BlockingPublisher):
+    """A publisher that holds each publish at a gate until the test opens it."""
 
+    def __init__(self, real: BlockingPublisher) -> None:
+        self.real = real
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.batches: list[list[bytes]] = []
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+        self.started.set()
+        assert self.gate.wait(10)
+        self.batches.append([message.body for message in messages])
+        return self.real.publish(messages)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class _Lock:
+    """A waiter's lock that says when its caller waits, and may interrupt the wait."""
+
+    def __init__(self, waits: threading.Event, interrupt: bool) -> None:
+        self.real = threading.Lock()
+        self.real.acquire()
+        self.waits = waits
+        self.interrupt = interrupt
+
+    def acquire(self) -> bool:
+        self.waits.set()  # the call is queued: `send` queues it, then waits
+        if self.interrupt:
+            raise KeyboardInterrupt  # Ctrl-C while waiting
+        return self.real.acquire()
+
+    def release(self) -> None:
+        self.real.release()
+
+
+def _waiting(waits: threading.Event, *, interrupt: bool = False) -> None:
+    """Give the calling thread's next sync call a waiter whose waiting sets `waits`."""
+    waiter = _Waiter()
+    waiter.lock = _Lock(waits, interrupt)  # type: ignore[assignment]
+    sync_module._waiters.waiter = waiter
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[App, Any, _Gated]]:
+    """A SQLite app whose sync path publishes through `_Gated`, and its task `noop`."""
     app = App("tests", broker=f"sqlite:///{tmp_path / 'q.db'}", set_as_current=False)
 
     @app.task
@@ -289,55 +332,78 @@ def test_an_interrupted_caller_still_passes_its_wake_up_on(tmp_path: Path) -> No
         noop.sync.delay(0)
         assert _queued(app) == 1
         sender = app._io_thread()._sender
-        assert isinstance(sender, _GroupSender)
-
-        def queue(*waiters: _Waiter) -> None:
-            for waiter in waiters:
-                message, _ = sender._plain_message(app, None, noop.name, (1,), {})
-                sender._queue.append((message, waiter))
-
-        # In a chain: the leader, an interrupted caller, one after it.
-        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
-        sender._leading = True
-        queue(leader, interrupted, after)
-        sender._abandon(interrupted)  # not woken yet: its stand-in waits for the wake-up
-        sender._lead(leader)
-        assert after.lock.acquire(timeout=10)  # woken through the interrupted one's stand-in
-        assert after.error is None
-        assert not sender._leading
-        assert _queued(app) == 2  # the interrupted caller's message was not sent
-
-        # Woken to lead the next group: its stand-in leads it. The leader's publish waits
-        # at a gate (the real publisher behind it) while the next two callers queue.
-        real = sender._publisher
-        started, gate = threading.Event(), threading.Event()
-
-        class Gated(BlockingPublisher):
-            gathers = real.gathers
-
-            def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
-                started.set()
-                assert gate.wait(10)
-                return real.publish(messages)
-
-            def close(self) -> None:
-                real.close()
-
-        sender._publisher = Gated()
-        leader, interrupted, after = _Waiter(), _Waiter(), _Waiter()
-        sender._leading = True
-        queue(leader)
-        leading = threading.Thread(target=sender._lead, args=(leader,))
-        leading.start()
-        assert started.wait(10)  # the leader took its group ([leader]) and publishes it
-        queue(interrupted, after)
-        sender._abandon(interrupted)
-        gate.set()
-        leading.join(10)
-        assert after.lock.acquire(timeout=10)  # the stand-in led the next group
-        assert after.error is None
-        assert not sender._leading
-        assert _queued(app) == 2  # the leader's message and the last one's
+        assert isinstance(sender, _WriterSender)
+        gate = sender._publisher = _Gated(sender._publisher)
+        yield app, noop, gate
     finally:
+        sync_module._waiters.waiter = None
         app.sync.close()
         asyncio.run(app.close())
+
+
+def _sent(gate: _Gated) -> list[list[Any]]:
+    """The arguments of the messages of each batch the writer published."""
+    return [[Envelope.decode(body).args for body in batch] for batch in gate.batches]
+
+
+def _call_queued(noop: Any, x: int) -> threading.Thread:
+    """Call `noop.sync.delay(x)` in a thread; return once the call is queued and waits."""
+    waits = threading.Event()
+
+    def call() -> None:
+        _waiting(waits)
+        noop.sync.delay(x)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert waits.wait(10)
+    return thread
+
+
+def _joined(*threads: threading.Thread) -> None:
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_an_interrupted_caller_is_not_sent_and_the_next_one_is(
+    gated: tuple[App, Any, _Gated],
+) -> None:
+    """A caller interrupted while it waits (Ctrl-C in the main thread) is dropped from the
+    batch if the writer had not taken it yet; the callers queued with it are still sent."""
+    app, noop, gate = gated
+    first = _call_queued(noop, 1)
+    assert gate.started.wait(10)  # the writer took [1] and holds it at the gate
+    interrupted = threading.Event()
+    _waiting(interrupted, interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        noop.sync.delay(2)  # queued, then interrupted while it waits
+    assert interrupted.is_set()
+    last = _call_queued(noop, 3)
+    gate.gate.set()
+    _joined(first, last)
+    assert _sent(gate) == [[[1]], [[3]]]  # the interrupted caller's message was not sent
+    assert _queued(app) == 2
+
+
+def test_a_stopped_writer_sends_what_was_queued_and_refuses_new_calls(
+    gated: tuple[App, Any, _Gated],
+) -> None:
+    """Calls queued when the sender stops (the I/O thread stopping) are still published,
+    each caller answered; a call after that is refused, and nothing is left running."""
+    app, noop, gate = gated
+    sender = app._io_thread()._sender
+    assert isinstance(sender, _WriterSender)
+    first = _call_queued(noop, 1)
+    assert gate.started.wait(10)
+    second, third = _call_queued(noop, 2), _call_queued(noop, 3)
+    sender.fail_waiting(RuntimeError("the app's I/O thread stopped"))  # as `IOThread.stop`
+    with pytest.raises(RuntimeError, match="I/O thread stopped"):
+        sender.send(noop.name, (4,), {})
+    closing = threading.Thread(target=sender.close)  # waits for the writer to finish
+    closing.start()
+    gate.gate.set()
+    _joined(first, second, third, closing)
+    assert not sender._writer.is_alive()
+    assert _sent(gate) == [[[1]], [[2], [3]]]
+    assert _queued(app) == 3

@@ -309,11 +309,6 @@ class _Connected(abc.ABC):
 class BlockingPublisher(abc.ABC):
     """`Broker.publish` for plain threads, blocking: one thread at a time calls it."""
 
-    #: Whether the thread about to publish lets the callers ready to run queue their
-    #: messages first (one yield of the GIL): for a publish that costs much more than a
-    #: caller's turn (a SQLite commit), not for a cheap one (a pipelined Redis write).
-    gathers: bool = False
-
     @abc.abstractmethod
     def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Exception | None]:
         """Put ready messages on their queues; return once the broker holds them durably.

@@ -284,8 +284,6 @@ class _BlockingPublisher(BlockingPublisher):
     publish is one transaction, as the broker's own, then the consumers are woken.
     """
 
-    gathers = True  # a commit costs much more than a caller's turn: larger groups
-
     def __init__(self, path: str, wake: str) -> None:
         self._path = path
         self._wake = wake
