@@ -21,7 +21,9 @@ import atexit
 import copy
 import datetime as dt
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, Unpack
 
@@ -63,6 +65,18 @@ class IOThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sender: _Sender | None = None
+        _io_threads.add(self)
+
+    def _forget(self) -> None:
+        """In a forked child: the thread, its loop and its writer stayed in the parent.
+
+        Their connections are the parent's too: they are dropped, not closed (closing them
+        would close them for the parent), and the next sync call starts all anew.
+        """
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        if self._thread is not None:
+            atexit.unregister(self.stop)
+        self._loop = self._thread = self._sender = None
 
     @property
     def running(self) -> bool:
@@ -150,6 +164,23 @@ class IOThread:
     async def astop(self) -> None:
         """`stop`, awaited from another event loop (in a worker thread of that loop)."""
         await asyncio.to_thread(self.stop)
+
+
+#: This process's I/O threads, for `_after_fork`.
+_io_threads: weakref.WeakSet[IOThread] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child, which has none of the parent's threads: forget its I/O threads.
+
+    Else a sync call in the child (`multiprocessing` with fork, a server that forks its
+    workers after the app was used) would wait forever for a thread that is not there.
+    """
+    for io in list(_io_threads):
+        io._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 async def _blocking_publisher(

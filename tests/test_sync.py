@@ -343,3 +343,71 @@ def test_a_script_exits_without_closing_the_app(tmp_path: Path) -> None:
         "['aqueue-io-script', 'aqueue-io-script writer']",
     ]
     assert process.stderr == ""
+
+
+FORKING = """
+import os
+import signal
+import sys
+
+from aqueue import App
+
+app = App("forked", broker=sys.argv[1], backend=False)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+add.sync.delay(1, 2)  # the I/O thread (and the sync path's writer) start
+pid = os.fork()
+if pid == 0:  # the child: those threads are not in it
+    signal.alarm(20)  # a call that hangs ends the child (SIGALRM)
+    try:
+        add.sync.delay(3, 4)
+        app.sync.close()
+    except BaseException as exc:
+        print(f"child: {exc!r}", file=sys.stderr)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+add.sync.delay(5, 6)  # the parent's own threads still serve it
+app.sync.close()
+"""
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "redis", "amqp"])
+def test_sync_calls_in_a_child_forked_after_sync_calls(tmp_path: Path, driver: str) -> None:
+    """A process forked after sync calls (`multiprocessing`'s fork, a preloading server) has
+    none of its parent's threads: its sync calls start threads of its own, never hang."""
+    if driver != "sqlite":
+        asyncio.run(require(driver))
+    url = _url(driver, tmp_path, uuid.uuid4().hex[:10])
+    script = tmp_path / "forking.py"
+    script.write_text(FORKING)
+    try:
+        process = subprocess.run(
+            [sys.executable, str(script), url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert process.returncode == 0, process.stderr
+        assert process.stdout.split() == ["0"], process.stderr  # the child's exit code
+        app = App("forked", broker=url, backend=False, set_as_current=False)
+        try:
+            assert app.run_blocking(_purge_default(app)) == 3
+        finally:
+            app.sync.close()
+            asyncio.run(app.close())
+    finally:
+        if driver in SERVICES:
+            asyncio.run(SERVICES[driver].cleanup(url))
+
+
+async def _purge_default(app: App) -> int:
+    broker = await app.broker()
+    return await broker.purge(app.conf.task_default_queue)
