@@ -449,6 +449,9 @@ class _WriterSender(_Sender):
             return self._publisher.publish([message for message, _ in live])
         except Exception as exc:  # each caller raises its own copy (its own traceback)
             return [exc if index == 0 else _copied(exc) for index in range(len(live))]
+        except BaseException as exc:  # not expected in this thread: fail the batch, go on
+            detail = f"the sync path's writer failed ({exc!r}): the task may or may not be sent"
+            return [RuntimeError(detail) for _ in live]
 
     def fail_waiting(self, error: Exception) -> None:
         with self._lock:

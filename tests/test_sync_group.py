@@ -407,3 +407,26 @@ def test_a_stopped_writer_sends_what_was_queued_and_refuses_new_calls(
     assert not sender._writer.is_alive()
     assert _sent(gate) == [[[1]], [[2], [3]]]
     assert _queued(app) == 3
+
+
+def test_a_writer_that_meets_a_base_exception_fails_its_batch_and_goes_on(
+    gated: tuple[App, Any, _Gated],
+) -> None:
+    app, noop, gate = gated
+    sender = app._io_thread()._sender
+    assert isinstance(sender, _WriterSender)
+    real = gate.real
+
+    class Exiting(BlockingPublisher):
+        def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+            raise SystemExit(3)
+
+        def close(self) -> None:
+            real.close()
+
+    sender._publisher = Exiting()
+    with pytest.raises(RuntimeError, match="may or may not be sent"):
+        noop.sync.delay(1)
+    sender._publisher = real
+    noop.sync.delay(2)  # the writer lives on
+    assert _queued(app) == 1
