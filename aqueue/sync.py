@@ -54,6 +54,9 @@ logger = logging.getLogger("aqueue")
 #: How long stopping the I/O thread waits for its connections to close, then for the thread.
 _STOP_TIMEOUT = 10.0
 
+#: What a sync caller is told when the writer failed in a way no publish error explains.
+_UNKNOWN = "the sync path's writer failed: the task may or may not have been sent"
+
 
 class IOThread:
     """A daemon thread running an event loop of its own, for one app's sync calls."""
@@ -437,7 +440,11 @@ class _WriterSender(_Sender):
                 if errors.count(None) != len(live):  # some failed (most often none did)
                     for (_, waiter), error in zip(live, errors, strict=True):
                         waiter.error = error
-            finally:  # whatever happened, nobody is left waiting
+            except Exception as exc:  # outcomes that do not match the batch: a driver's bug
+                logger.exception("the sync path's writer could not give its batch's outcomes")
+                for _, waiter in live:
+                    waiter.error = RuntimeError(f"{_UNKNOWN} ({exc!r})")
+            finally:  # whatever happened, nobody is left waiting (and the writer goes on)
                 for _, waiter in batch:
                     waiter.lock.release()
 
@@ -450,8 +457,7 @@ class _WriterSender(_Sender):
         except Exception as exc:  # each caller raises its own copy (its own traceback)
             return [exc if index == 0 else _copied(exc) for index in range(len(live))]
         except BaseException as exc:  # not expected in this thread: fail the batch, go on
-            detail = f"the sync path's writer failed ({exc!r}): the task may or may not be sent"
-            return [RuntimeError(detail) for _ in live]
+            return [RuntimeError(f"{_UNKNOWN} ({exc!r})") for _ in live]
 
     def fail_waiting(self, error: Exception) -> None:
         with self._lock:

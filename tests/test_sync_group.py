@@ -425,8 +425,31 @@ def test_a_writer_that_meets_a_base_exception_fails_its_batch_and_goes_on(
             real.close()
 
     sender._publisher = Exiting()
-    with pytest.raises(RuntimeError, match="may or may not be sent"):
+    with pytest.raises(RuntimeError, match="may or may not have been sent"):
         noop.sync.delay(1)
     sender._publisher = real
     noop.sync.delay(2)  # the writer lives on
+    assert _queued(app) == 1
+
+
+def test_a_publisher_whose_outcomes_do_not_match_fails_its_batch_and_the_writer_goes_on(
+    gated: tuple[App, Any, _Gated],
+) -> None:
+    app, noop, gate = gated
+    sender = app._io_thread()._sender
+    assert isinstance(sender, _WriterSender)
+    real = gate.real
+
+    class Short(BlockingPublisher):  # one outcome too many: a driver's bug
+        def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+            return [BrokerError("refused")] * (len(messages) + 1)
+
+        def close(self) -> None:
+            real.close()
+
+    sender._publisher = Short()
+    with pytest.raises(RuntimeError, match="may or may not have been sent"):
+        noop.sync.delay(1)
+    sender._publisher = real
+    noop.sync.delay(2)
     assert _queued(app) == 1
