@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -71,6 +73,19 @@ class BoundTaskDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> SyncTask[P, R]: ...
 
 
+#: Every app of this process, for `_after_fork`.
+_made: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: make each app's lock anew (a parent thread may have held it)."""
+    for app in list(_made):
+        app._loops_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class App:
     """An aqueue application: `App("tasks")` uses the embedded SQLite default.
 
@@ -105,6 +120,7 @@ class App:
         #: The connections of each event loop that used the app, by loop.
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._loops_lock = threading.Lock()
+        _made.add(self)  # the lock is made anew in a forked child (`_after_fork`)
         #: The thread whose loop runs `app.sync` calls, started on first use.
         self._io: IOThread | None = None
         #: The worker and task hooks (`@app.on_worker_start`, ...): see aqueue/hooks.py.

@@ -79,6 +79,10 @@ class IOThread:
         self._lock = threading.Lock()  # another thread of the parent may have held it
         if self._thread is not None:
             atexit.unregister(self.stop)
+        # Kept, never collected here: collected, the sender's SQLite connection would be
+        # closed by the child, and SQLite warns against any use of a connection inherited
+        # over fork() (its lock state is the parent's).
+        _left_to_parent.append((self._loop, self._sender))
         self._loop = self._thread = self._sender = None
 
     @property
@@ -171,6 +175,9 @@ class IOThread:
 
 #: This process's I/O threads, for `_after_fork`.
 _io_threads: weakref.WeakSet[IOThread] = weakref.WeakSet()
+
+#: In a forked child, what its I/O threads held in the parent (see `IOThread._forget`).
+_left_to_parent: list[tuple[asyncio.AbstractEventLoop | None, _Sender | None]] = []
 
 
 def _after_fork() -> None:

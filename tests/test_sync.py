@@ -361,7 +361,12 @@ def add(x: int, y: int) -> int:
 
 
 add.sync.delay(1, 2)  # the I/O thread (and the sync path's writer) start
+held = sys.argv[2] == "held"
+if held:  # as if another thread held the app's lock at the fork
+    app._loops_lock.acquire()
 pid = os.fork()
+if held and pid:
+    app._loops_lock.release()
 if pid == 0:  # the child: those threads are not in it
     signal.alarm(20)  # a call that hangs ends the child (SIGALRM)
     try:
@@ -378,10 +383,16 @@ app.sync.close()
 """
 
 
-@pytest.mark.parametrize("driver", ["sqlite", "redis", "amqp"])
-def test_sync_calls_in_a_child_forked_after_sync_calls(tmp_path: Path, driver: str) -> None:
+@pytest.mark.parametrize(
+    ("driver", "lock"),
+    [("sqlite", "free"), ("redis", "free"), ("amqp", "free"), ("sqlite", "held")],
+)
+def test_sync_calls_in_a_child_forked_after_sync_calls(
+    tmp_path: Path, driver: str, lock: str
+) -> None:
     """A process forked after sync calls (`multiprocessing`'s fork, a preloading server) has
-    none of its parent's threads: its sync calls start threads of its own, never hang."""
+    none of its parent's threads: its sync calls start threads of its own, never hang (nor
+    on a lock of the app's that another thread of the parent held at the fork)."""
     if driver != "sqlite":
         asyncio.run(require(driver))
     url = _url(driver, tmp_path, uuid.uuid4().hex[:10])
@@ -389,7 +400,7 @@ def test_sync_calls_in_a_child_forked_after_sync_calls(tmp_path: Path, driver: s
     script.write_text(FORKING)
     try:
         process = subprocess.run(
-            [sys.executable, str(script), url],
+            [sys.executable, str(script), url, lock],
             capture_output=True,
             text=True,
             timeout=60,
