@@ -237,6 +237,17 @@ class _Waiter:
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def wait(self) -> None:
+        """Block until the outcome is there; an interrupted caller abandons its call."""
+        try:
+            self.lock.acquire()
+        except BaseException:
+            self.abandoned = True  # an interrupt while waiting: not sent, if not taken yet
+            if getattr(_waiters, "waiter", None) is self:
+                _waiters.waiter = None  # the loop (or the writer) may still release its lock
+            raise
+        self.busy = False
+
     def settle(self, result: Any, error: BaseException | None = None) -> None:
         """Give the caller its outcome and wake it (on the I/O loop)."""
         self.result, self.error = result, error
@@ -293,14 +304,7 @@ class _Sender:
                     self._woken = False
                 waiter.busy = False
                 raise
-        try:
-            waiter.lock.acquire()
-        except BaseException:
-            waiter.abandoned = True  # an interrupt while waiting: not sent, if not taken yet
-            if getattr(_waiters, "waiter", None) is waiter:
-                _waiters.waiter = None  # the loop may still release its lock
-            raise
-        waiter.busy = False
+        waiter.wait()
         result, error = waiter.result, waiter.error
         waiter.result = waiter.error = None
         if error is not None:
@@ -416,14 +420,7 @@ class _WriterSender(_Sender):
             ring, self._sleeping = self._sleeping, False
         if ring:
             self._bell.release()
-        try:
-            waiter.lock.acquire()
-        except BaseException:
-            waiter.abandoned = True  # an interrupt while waiting: not sent, if not taken yet
-            if getattr(_waiters, "waiter", None) is waiter:
-                _waiters.waiter = None  # the writer may still release its lock
-            raise
-        waiter.busy = False
+        waiter.wait()
         error, waiter.error = waiter.error, None
         if error is not None:
             raise error

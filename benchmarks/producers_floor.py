@@ -33,12 +33,16 @@ import asyncio
 import functools
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from enqueue import QUEUE, broker_url, bulk, in_flight, make_app
+from producers import threads
 
 from aqueue import App
 from aqueue.drivers.base import BlockingPublisher
@@ -47,7 +51,6 @@ from aqueue.sending import plain_message
 
 THREADS = 8
 FLIGHT = 100
-QUEUE = "floor"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,16 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := set(args.brokers) - {"sqlite", "redis"}:
         parser.error(f"unknown broker(s) {sorted(unknown)}: choose from sqlite, redis")
     return args
-
-
-def make_app(url: str) -> App:
-    app = App("floor", broker=url, backend=False, set_as_current=False)
-
-    @app.task(name="floor.noop", queue=QUEUE)
-    async def noop() -> None:
-        return None
-
-    return app
 
 
 class _Waiter:
@@ -232,84 +225,30 @@ async def raw_figures(
     return rates
 
 
-async def aqueue_c100(noop: Any, n: int) -> float:
-    async def sender(count: int) -> None:
-        for _ in range(count):
-            await noop.delay()
-
-    started = time.perf_counter()
-    async with asyncio.TaskGroup() as tasks:
-        for _ in range(FLIGHT):
-            tasks.create_task(sender(n // FLIGHT))
-    return n // FLIGHT * FLIGHT / (time.perf_counter() - started)
-
-
-def aqueue_t8(noop: Any, n: int) -> float:
-    def send(count: int) -> None:
-        for _ in range(count):
-            noop.sync.delay()
-
-    threads = [threading.Thread(target=send, args=(n // THREADS,)) for _ in range(THREADS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return n // THREADS * THREADS / (time.perf_counter() - started)
-
-
-async def one_run(url: str, n: int) -> dict[str, float]:
-    """Every figure, once, as rates (calls/s)."""
-    app = make_app(url)
-    noop: Any = app.tasks["floor.noop"]
-    broker = await app.broker()
-    await noop.delay()
-    publisher = broker.blocking_publisher()
-    assert publisher is not None
-    try:
-        started = time.perf_counter()
-        for _ in range(n // 1000):
-            await noop.delay_many([() for _ in range(1000)])
-        rates = {"bulk (delay_many)": n // 1000 * 1000 / (time.perf_counter() - started)}
-        build = functools.partial(_built, app)
-        rates.update(await raw_figures(publisher, n, build))
-        rates["aqueue c100"] = await aqueue_c100(noop, n)
-        rates["aqueue t8"] = await asyncio.to_thread(aqueue_t8, noop, n)
-    finally:
-        publisher.close()
-        await broker.purge(QUEUE)
-        await app.close()  # this loop's connections and the I/O thread's
+async def one_run(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Every figure, once, as rates (calls/s), on a broker URL of the run's own."""
+    n = args.tasks
+    async with broker_url(name, args) as url:
+        app = make_app(url)
+        noop: Any = app.tasks["bench.noop"]
+        broker = await app.broker()
+        await noop.delay()
+        publisher = broker.blocking_publisher()
+        assert publisher is not None
+        try:
+            rates = {"bulk (delay_many)": await bulk(app, n)}
+            rates.update(await raw_figures(publisher, n, functools.partial(_built, app)))
+            rates["aqueue c100"] = await in_flight(app, n, FLIGHT)
+            rates["aqueue t8"] = (await asyncio.to_thread(threads, app, n, THREADS))[0]
+        finally:
+            publisher.close()
+            await broker.purge(QUEUE)
+            await app.close()  # this loop's connections and the I/O thread's
     return rates
 
 
 def _built(app: App) -> OutgoingMessage:
-    return plain_message(app, None, "floor.noop", (), {})[0]
-
-
-@contextmanager
-def broker_url(name: str, args: argparse.Namespace) -> Iterator[str]:
-    if name == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="aqbench-floor-") as folder:
-            yield f"sqlite:///{folder}/floor.db"
-        return
-    prefix = f"aqbench-floor-{time.monotonic_ns()}-"
-    separator = "&" if "?" in args.redis_url else "?"
-    try:
-        yield f"{args.redis_url}{separator}prefix={prefix}"
-    finally:
-        asyncio.run(_delete_redis(args.redis_url, prefix))
-
-
-async def _delete_redis(url: str, prefix: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    return plain_message(app, None, "bench.noop", (), {})[0]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -318,10 +257,7 @@ def main(args: argparse.Namespace) -> None:
         "calls/s (median, lowest-highest) and over bulk (median of the runs' ratios)"
     )
     for name in args.brokers:
-        runs = []
-        for _ in range(args.repeat):
-            with broker_url(name, args) as url:
-                runs.append(asyncio.run(one_run(url, args.tasks)))
+        runs = [asyncio.run(one_run(name, args)) for _ in range(args.repeat)]
         print(f"\n{name}")
         for figure in runs[0]:
             rates = [run[figure] for run in runs]

@@ -14,7 +14,7 @@ import concurrent.futures
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,47 +409,35 @@ def test_a_stopped_writer_sends_what_was_queued_and_refuses_new_calls(
     assert _queued(app) == 3
 
 
-def test_a_writer_that_meets_a_base_exception_fails_its_batch_and_goes_on(
-    gated: tuple[App, Any, _Gated],
+def _exits(messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+    raise SystemExit(3)  # not expected in the writer's thread
+
+
+def _miscounts(messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
+    return [BrokerError("refused")] * (len(messages) + 1)  # one outcome too many: a bug
+
+
+@pytest.mark.parametrize("publish", [_exits, _miscounts])
+def test_a_writer_whose_publish_goes_wrong_fails_its_batch_and_goes_on(
+    gated: tuple[App, Any, _Gated], publish: Callable[[Sequence[OutgoingMessage]], Any]
 ) -> None:
+    """A publisher that raises a BaseException, or gives outcomes that do not match the
+    batch: its callers fail (the task may or may not have been sent), the writer lives on."""
     app, noop, gate = gated
     sender = app._io_thread()._sender
     assert isinstance(sender, _WriterSender)
     real = gate.real
 
-    class Exiting(BlockingPublisher):
+    class Broken(BlockingPublisher):
         def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
-            raise SystemExit(3)
+            return publish(messages)
 
         def close(self) -> None:
             real.close()
 
-    sender._publisher = Exiting()
+    sender._publisher = Broken()
     with pytest.raises(RuntimeError, match="may or may not have been sent"):
         noop.sync.delay(1)
     sender._publisher = real
     noop.sync.delay(2)  # the writer lives on
-    assert _queued(app) == 1
-
-
-def test_a_publisher_whose_outcomes_do_not_match_fails_its_batch_and_the_writer_goes_on(
-    gated: tuple[App, Any, _Gated],
-) -> None:
-    app, noop, gate = gated
-    sender = app._io_thread()._sender
-    assert isinstance(sender, _WriterSender)
-    real = gate.real
-
-    class Short(BlockingPublisher):  # one outcome too many: a driver's bug
-        def publish(self, messages: Sequence[OutgoingMessage]) -> Sequence[Any]:
-            return [BrokerError("refused")] * (len(messages) + 1)
-
-        def close(self) -> None:
-            real.close()
-
-    sender._publisher = Short()
-    with pytest.raises(RuntimeError, match="may or may not have been sent"):
-        noop.sync.delay(1)
-    sender._publisher = real
-    noop.sync.delay(2)
     assert _queued(app) == 1
