@@ -6,7 +6,8 @@ the first one, *claims* `(entry, due time)` with the broker's atomic primitive
 and sends the run only if the claim was its own. So any number of beats can run: every run is
 sent once, and while one beat lives, none is skipped.
 
-After each send the beat records the due time (`beat.last.<entry>` in the mailbox settings);
+After each send the beat marks the run sent (`beat.sent.<entry>.<due ms>`, for as long as
+its claim lives) and records the due time (`beat.last.<entry>` in the mailbox settings);
 a beat that starts reads it and treats the runs due since as missed: `beat_catch_up` says
 whether it sends one of them ("one", the latest), all of them, or none. A beat woken late (a
 blocked loop) applies the same rule to the runs it overslept.
@@ -41,6 +42,7 @@ logger = logging.getLogger("aqueue.beat")
 
 CLAIM_PREFIX = "beat.claim."
 LAST_PREFIX = "beat.last."
+SENT_PREFIX = "beat.sent."
 #: A run this late is "missed" (what `beat_catch_up` decides about), not on time.
 GRACE = 1.0
 #: The most missed runs of one entry sent at once under beat_catch_up="all".
@@ -224,10 +226,11 @@ class Beat:
     async def _check_claimed_elsewhere(self, now: float) -> None:
         """Take over the runs whose winners did not mark them sent in time (killed, cut off).
 
-        The winner claims `<run>.done` once the run is sent and recorded; a loser that gets
-        that claim instead (only one does) reads the recorded run, to tell a winner that died
+        The winner claims `<run>.done` once the run is sent and marked; a loser that gets
+        that claim instead (only one does) reads the run's mark, to tell a winner that died
         before sending from one that sent and left (a claim on RabbitMQ ends with its
-        connection), and sends the run if nothing recorded it.
+        connection), and sends the run if nothing marked it. The entry's last recorded run is
+        no such proof: another beat may have sent a later run by then.
         """
         for key, check_at in list(self._claimed_elsewhere.items()):
             if check_at > now:
@@ -243,12 +246,12 @@ class Beat:
                     _done_key(name, due), _claim_ttl(self._period(entry, due))
                 ):
                     continue  # the winner marked it sent, or another beat checks it
+                marks = await mailbox.items(_sent_key(name, due))
                 recorded = await mailbox.items(LAST_PREFIX + name)
             except AqueueError as exc:
                 logger.error("Beat entry %s due %s not checked: %s", name, _when(due), exc)
                 continue
-            last = _float(recorded.get(LAST_PREFIX + name))
-            if last is not None and last >= due:
+            if _sent_key(name, due) in marks or _float(recorded.get(LAST_PREFIX + name)) == due:
                 continue  # sent by a winner that has gone since
             logger.warning(
                 "Beat entry %s due %s: the beat that claimed it did not send it; sending it",
@@ -295,6 +298,8 @@ class Beat:
             else:
                 await self._send(entry, due, late=late)
                 await self.source.sent(entry, due)
+            ttl = _claim_ttl(self._period(entry, due))
+            await mailbox.put(_sent_key(entry.name, due), b"", ttl)
             await mailbox.put(LAST_PREFIX + entry.name, codec.pack(due))
         except AqueueError as exc:  # the broker is away: say so, carry on at the next tick
             logger.error("Beat entry %s due %s not sent: %s", entry.name, _when(due), exc)
@@ -330,6 +335,11 @@ def _run_key(name: str, due: float) -> str:
 def _done_key(name: str, due: float) -> str:
     """Return the claim that says the run was sent (`_check_claimed_elsewhere`)."""
     return _run_key(name, due) + ".done"
+
+
+def _sent_key(name: str, due: float) -> str:
+    """Return the mark that says the run was sent, whichever runs were recorded since."""
+    return f"{SENT_PREFIX}{name}.{round(due * 1000)}"
 
 
 def _claim_ttl(period: float) -> float:

@@ -108,6 +108,30 @@ async def test_a_run_claimed_by_a_beat_killed_before_it_sent_is_taken_over(apps:
     assert sum(beat.sent for beat in beats) == 3
 
 
+async def test_a_taken_over_run_is_sent_though_a_later_run_was_recorded(apps: Apps) -> None:
+    """A later run recorded by another beat before the check is no proof the lost one went out.
+
+    The run due at START + 0.5 is claimed by a beat that dies; before the survivor checks it,
+    another beat sends and records the next run: the survivor must still send the first.
+    """
+    clock = ManualClock(START)
+    beat = Beat(apps(beat_schedule=TICK), clock=clock)
+    other = (await apps().broker()).mailbox()
+    first, second = START + 0.5, START + 1.5
+    assert await other.claim(f"{CLAIM_PREFIX}tick.{round(first * 1000)}", 10.0)
+    async with anyio.create_task_group() as group:
+        await group.start(beat.run)
+        await clock.advance(1)  # the first run is due: its claim is lost, a check is planned
+        await clock.sleepers(1)
+        assert await other.claim(f"{CLAIM_PREFIX}tick.{round(second * 1000)}", 10.0)
+        await other.put(LAST_PREFIX + "tick", codec.pack(second))  # the other sent the second
+        await clock.advance(1)  # the check is due, and the second run
+        await clock.sleepers(1)
+        group.cancel_scope.cancel()
+    assert await dues(beat.app) == [first]
+    assert beat.sent == 1
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [("one", [START - 0.5]), ("all", None), ("none", [START - 0.5])],  # 0.5 s late: on time
