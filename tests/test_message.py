@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import os
@@ -70,6 +71,17 @@ def test_round_trip_keeps_every_field() -> None:
     assert back.expires == 1700000100.5
     assert back.retries == 3
     assert back.headers == {"trace": "x-1", "n": 7}
+
+
+def test_a_decoded_envelope_is_one_built_by_its_constructor() -> None:
+    """`decode` fills the slots itself: the outcome must not differ from `Envelope(...)`."""
+    made = Envelope("i", "t", [1], {"k": 2}, 1.5, 2.5, 3, {"h": 4})
+    back = Envelope.decode(made.encode(BIG))
+    assert back == made
+    assert repr(back) == repr(made)
+    assert type(back) is Envelope
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.retries = 4  # type: ignore[misc]
 
 
 def test_round_trip_of_defaults() -> None:
