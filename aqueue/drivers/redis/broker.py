@@ -191,7 +191,9 @@ class _RedisDelivery(Delivery):
         (`RedisBroker.settle_unacked`), rather than left to its lease and a second run.
         """
         if self._settle():
-            await self._broker._settler.send(("ack", self))
+            settler, item = self._broker._settler, ("ack", self)
+            if not settler.queue_unwaited(item):  # as a rule queued, with no coroutine
+                await settler.send(item)
             if self._begun or self.runs:  # as _forget_runs, without a coroutine per ack
                 await self._broker._forget_runs_or_keep(self._claimed)
 

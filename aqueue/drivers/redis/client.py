@@ -448,12 +448,22 @@ class Batcher(Generic[T, R]):
         never to the caller: a coroutine that acknowledges a message goes on to the next one
         while the acknowledgement travels with the next batch.
         """
-        assert self._on_unwaited is not None, "send() needs an on_unwaited hook"
-        if self._busy and len(self._queue) + len(self._unwaited) < self._max:
-            self._unwaited.append(item)  # the caller flushing now sends it next: no slot
+        if self.queue_unwaited(item):
             return
         with contextlib.suppress(Exception):  # reported to on_unwaited already
             await self._submit(_Slot(item, unwaited=True))
+
+    def queue_unwaited(self, item: T) -> bool:
+        """Queue `item` for the next flush if one is in flight (what `send` does then).
+
+        True: queued, with no coroutine made (the common case under load: every message a
+        busy worker acknowledges); False: `send` must flush it.
+        """
+        assert self._on_unwaited is not None, "send() needs an on_unwaited hook"
+        if self._busy and len(self._queue) + len(self._unwaited) < self._max:
+            self._unwaited.append(item)  # the caller flushing now sends it next: no slot
+            return True
+        return False
 
     async def _submit(self, slot: _Slot[T, R]) -> R:
         slot.caller = True

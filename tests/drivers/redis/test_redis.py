@@ -682,6 +682,33 @@ async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
     assert isinstance(outcomes[5], ValueError)
 
 
+async def test_batcher_queues_without_a_coroutine_only_while_a_flush_is_in_flight() -> None:
+    """`queue_unwaited` (what an ack tries first): True only when the item joins a flush."""
+    from aqueue.drivers.redis.client import Batcher
+
+    gate = anyio.Event()
+    batches: list[list[int]] = []
+    outcomes: dict[int, Any] = {}
+
+    async def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()
+        return [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(
+        flush, max_size=3, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
+    )
+    assert not batcher.queue_unwaited(1)  # nothing in flight: the caller must flush it
+    async with anyio.create_task_group() as group:
+        group.start_soon(batcher.send, 0)
+        await anyio.wait_all_tasks_blocked()
+        assert [batcher.queue_unwaited(item) for item in (1, 2, 3, 4)] == [True, True, True, False]
+        gate.set()
+    assert batches == [[0], [1, 2, 3]]
+    assert outcomes == {0: 0, 1: 2, 2: 4, 3: 6}  # 4 was refused: never sent, no outcome
+
+
 async def test_batcher_gives_each_item_its_own_outcome_in_a_mixed_flush() -> None:
     """Items sent without waiting share a flush with waiting callers: each gets its own
     result, and a failed flush reaches the hook for every unwaited item in it."""
