@@ -202,7 +202,14 @@ class Task(Generic[P, R]):
         Await it: `await add.delay(4, 4)` (from sync code, `add.sync.delay(4, 4)`). One never
         awaited sends nothing, and warns when dropped.
         """
-        return Sending(self._delay(args, kwargs), self, "delay")
+        app = self.app
+        if app.conf.task_always_eager:
+            return Sending(self._apply(args, kwargs, {}), self, "delay")
+        # send_plain itself, with no coroutine of the task's around it: every delay() is one.
+        sent: Coroutine[Any, Any, _result.AsyncResult[R]] = sending.send_plain(
+            app, self.name, args, kwargs
+        )
+        return Sending(sent, self, "delay")
 
     def apply_async(
         self,
@@ -258,15 +265,6 @@ class Task(Generic[P, R]):
         if app.conf.task_always_eager:
             return await self._apply(args, kwargs, options)
         return await sending.send(app, self.name, args, kwargs, **options)
-
-    async def _delay(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> _result.AsyncResult[R]:
-        """`_send` without call options (every `delay()`): one coroutine layer fewer a call."""
-        app = self.app
-        if app.conf.task_always_eager:
-            return await self._apply(args, kwargs, {})
-        return await sending.send_plain(app, self.name, args, kwargs)
 
     async def _send_many(
         self, calls: Iterable[Sequence[Any]], options: ManySendOptions
