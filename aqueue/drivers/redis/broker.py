@@ -429,7 +429,15 @@ class RedisBroker(Broker):
         if not messages:
             return
         if len(messages) == 1 and messages[0].eta is None:  # what every `delay()` sends
-            await self._add(messages[0])
+            hot = self.hot_path()  # one XADD, awaited here: no coroutine more a call
+            try:
+                reply = await hot.execute_encoded(self._xadd_command(messages[0]))
+                if self.settings.wait and not isinstance(reply, Exception):
+                    await self._replicated(hot)
+            except (RedisError, OSError) as exc:
+                raise broker_error(self.settings, exc, "publishing") from None
+            if isinstance(reply, Exception):
+                raise broker_error(self.settings, reply, "publishing")
             return
         hot = self.hot_path()
         now = time.time()
@@ -488,22 +496,14 @@ class RedisBroker(Broker):
             return None
         return _BlockingPublisher(self.settings, self.keys)
 
-    async def _add(self, message: OutgoingMessage) -> None:
-        """Add one ready message to its stream: one XADD, its head encoded once per stream."""
-        hot = self.hot_path()
+    def _xadd_command(self, message: OutgoingMessage) -> bytes:
+        """Return the XADD of one ready message, its head encoded once per stream."""
         priority = min(max(int(message.priority), 0), 9)
         head = self._xadd.get((message.queue, priority))
         if head is None:
             stream = self.keys(message.queue).stream(priority)
             head = self._xadd[message.queue, priority] = encode_head(("XADD", stream, "*", "b"), 5)
-        try:
-            reply = await hot.execute_encoded(head + encode_bulk(message.body))
-            if self.settings.wait and not isinstance(reply, Exception):
-                await self._replicated(hot)
-        except (RedisError, OSError) as exc:
-            raise broker_error(self.settings, exc, "publishing") from None
-        if isinstance(reply, Exception):
-            raise broker_error(self.settings, reply, "publishing")
+        return head + encode_bulk(message.body)
 
     # -- settling ---------------------------------------------------------------------------
 
