@@ -21,7 +21,7 @@ import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Container, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import anyio
 
@@ -97,12 +97,20 @@ class WorkerApp(AppLike, Protocol):
 class Active(NamedTuple):
     """A task running now: its message, and when it started (a POSIX time).
 
-    A named tuple: made once per task, at a fifth of a frozen dataclass's cost.
+    A named tuple: made once per task, at a fifth of a frozen dataclass's cost. Called, it
+    builds the task's `Request`: it is what `current_request` holds while the task runs (no
+    `functools.partial` more per task).
     """
 
     delivery: Delivery
     envelope: Envelope
     started: float
+    task: RunnableTask
+    runner: Runner
+
+    def __call__(self) -> Request:
+        """Return the request of this run (`self.request` in the task)."""
+        return self.runner._request(self.delivery, self.envelope, self.task)
 
 
 class Runner:
@@ -413,10 +421,11 @@ class Runner:
         run: TaskRun | None = None
         if informed or conf.task_track_started or not _observed(watch, task, envelope, delivery):
             run = await self._begin(delivery, envelope, task, informed)
-        # Built only if the task asks for it (`self.request`): most never do.
-        token = current_request.set(functools.partial(self._request, delivery, envelope, task))
+        self.active[envelope.id] = entry = Active(delivery, envelope, time.time(), task, self)
+        # The request is built only if the task asks for it. (mypy sees no named tuple with a
+        # __call__ as callable.)
+        token = current_request.set(cast("Callable[[], Request]", entry))
         started = time.perf_counter()
-        self.active[envelope.id] = entry = Active(delivery, envelope, time.time())
         error: Exception | None = None
         try:  # the task's outcome, spelled out on the way to success: no coroutine more
             try:
