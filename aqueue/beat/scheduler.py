@@ -246,12 +246,11 @@ class Beat:
                     _done_key(name, due), _claim_ttl(self._period(entry, due))
                 ):
                     continue  # the winner marked it sent, or another beat checks it
-                marks = await mailbox.items(_sent_key(name, due))
-                recorded = await mailbox.items(LAST_PREFIX + name)
+                sent = await self._marked_sent(mailbox, name, due)
             except AqueueError as exc:
                 logger.error("Beat entry %s due %s not checked: %s", name, _when(due), exc)
                 continue
-            if _sent_key(name, due) in marks or _float(recorded.get(LAST_PREFIX + name)) == due:
+            if sent:
                 continue  # sent by a winner that has gone since
             logger.warning(
                 "Beat entry %s due %s: the beat that claimed it did not send it; sending it",
@@ -259,6 +258,19 @@ class Beat:
                 _when(due),
             )
             await self._send_run(entry, due, late=True)
+
+    @staticmethod
+    async def _marked_sent(mailbox: Mailbox, name: str, due: float) -> bool:
+        """Whether the run's own mark says it was sent; else whether the last record is it.
+
+        The last record is read only without a mark: beats of the previous version leave
+        none, and record the run itself as the entry's last.
+        """
+        key = _sent_key(name, due)
+        if key in await mailbox.items(key):
+            return True
+        recorded = await mailbox.items(LAST_PREFIX + name)
+        return _float(recorded.get(LAST_PREFIX + name)) == due
 
     async def _claim_and_send(self, entry: Entry, due: float, *, late: bool) -> None:
         mailbox = await self._mailboxed()

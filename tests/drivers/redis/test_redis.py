@@ -37,7 +37,7 @@ from aqueue import (  # noqa: E402
 from aqueue.drivers import create_backend, create_broker  # noqa: E402
 from aqueue.drivers.base import UNSTARTED_FACTOR  # noqa: E402
 from aqueue.drivers.redis.broker import RedisBroker  # noqa: E402
-from aqueue.drivers.redis.client import parse_redis_url  # noqa: E402
+from aqueue.drivers.redis.client import Batcher, parse_redis_url  # noqa: E402
 from aqueue.drivers.redis.consumer import Consumer  # noqa: E402
 from aqueue.drivers.redis.results import RedisBackend  # noqa: E402
 from tests.helpers.consuming import Credit, drain  # noqa: E402
@@ -643,9 +643,13 @@ async def test_batcher_coalesces_and_shares_failures() -> None:
     assert all(results[item] == item * 2 for item in range(30) if item not in failed)
 
 
-async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
-    from aqueue.drivers.redis.client import Batcher
+def _gated_batcher(
+    max_size: int = 1000,
+) -> tuple[Batcher[int, int], anyio.Event, list[list[int]], dict[int, Any]]:
+    """A batcher whose first flush stays in flight until the gate is set; 5 fails a flush.
 
+    Returns it, the gate, the batches flushed and the unwaited items' outcomes.
+    """
     gate = anyio.Event()
     batches: list[list[int]] = []
     outcomes: dict[int, Any] = {}
@@ -659,8 +663,13 @@ async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
         return [item * 2 for item in items]
 
     batcher: Batcher[int, int] = Batcher(
-        flush, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
+        flush, max_size, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
     )
+    return batcher, gate, batches, outcomes
+
+
+async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
+    batcher, gate, batches, outcomes = _gated_batcher()
     returned: list[int] = []
 
     async def send(item: int) -> None:
@@ -684,21 +693,7 @@ async def test_batcher_send_does_not_wait_for_a_flush_in_flight() -> None:
 
 async def test_batcher_queues_without_a_coroutine_only_while_a_flush_is_in_flight() -> None:
     """`queue_unwaited` (what an ack tries first): True only when the item joins a flush."""
-    from aqueue.drivers.redis.client import Batcher
-
-    gate = anyio.Event()
-    batches: list[list[int]] = []
-    outcomes: dict[int, Any] = {}
-
-    async def flush(items: list[int]) -> list[int]:
-        batches.append(items)
-        if len(batches) == 1:
-            await gate.wait()
-        return [item * 2 for item in items]
-
-    batcher: Batcher[int, int] = Batcher(
-        flush, max_size=3, on_unwaited=lambda item, outcome: outcomes.__setitem__(item, outcome)
-    )
+    batcher, gate, batches, outcomes = _gated_batcher(max_size=3)
     assert not batcher.queue_unwaited(1)  # nothing in flight: the caller must flush it
     async with anyio.create_task_group() as group:
         group.start_soon(batcher.send, 0)
