@@ -203,7 +203,7 @@ class _RedisDelivery(Delivery):
             self._broker._unacked.append(self)
             self._broker._unreachable(outcome)
             return
-        self._held.discard(self._claimed.id)  # `_release`, spelled out: every ack comes here
+        self._release()
         if not outcome:
             self._lost("acknowledge")
 
@@ -511,8 +511,8 @@ class RedisBroker(Broker):
         """One ACK script call per (mode, stream, consumer), all in one pipeline."""
         groups: dict[tuple[str, str, str], list[int]] = {}
         for index, (mode, delivery) in enumerate(items):
-            claimed = delivery._claimed  # its stream, as `Claimed.stream` says, spelled out
-            stream = claimed.keys.streams[9 - claimed.priority]
+            claimed = delivery._claimed
+            stream = claimed.keys.stream(claimed.priority)
             groups.setdefault((mode, stream, delivery._consumer), []).append(index)
         calls = []
         for (mode, stream, consumer), indexes in groups.items():
